@@ -1,1 +1,61 @@
-fn main() {}
+//! `portcullis`: the user's command line for Portcullis.
+
+mod explain;
+mod load;
+mod matrix;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis: Kubernetes NetworkPolicy, enforced per pod by a sidecar L4 proxy.",
+    long_about = "Portcullis: Kubernetes NetworkPolicy, enforced per pod by a sidecar L4 proxy.\n\n\
+                  This command works offline on manifests (YAML or JSON files, or directories of \
+                  them, holding Namespaces, Pods with status.podIP, and NetworkPolicies): it shows \
+                  which pod may reach which, and explains why."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the reachability matrix of every pod to every pod, per port/protocol.
+    Matrix(matrix::MatrixArgs),
+    /// Explain the verdict for one connection, in words.
+    Explain(explain::ExplainArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Matrix(args) => matrix::run(args),
+        Command::Explain(args) => explain::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints load problems to stderr. Returns whether there were errors.
+fn report_load(loaded: &load::Loaded, verbose: bool) -> bool {
+    for e in &loaded.errors {
+        eprintln!("error: {e}");
+    }
+    if verbose {
+        for i in &loaded.ignored {
+            eprintln!("note: ignored {i}: not a Namespace, Pod or NetworkPolicy");
+        }
+    }
+    !loaded.errors.is_empty()
+}

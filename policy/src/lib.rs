@@ -1,1 +1,31 @@
-//! placeholder
+//! Kubernetes `networking.k8s.io/v1` NetworkPolicy semantics, with no I/O.
+//!
+//! Objects go in ([`manifest`] parses them from YAML/JSON text, [`Cluster`] holds them), compiled
+//! per-pod tables come out ([`compile`]), and a table answers "may this peer IP reach this port?"
+//! with a [`Verdict`] that says why. Label selectors are resolved to IP sets at compile time, so a
+//! lookup never evaluates a selector.
+//!
+//! Where to look: the allow/deny decision is [`DirectionTable::check`] in `table.rs`; how
+//! NetworkPolicy objects become those tables is `compile.rs`; what counts as a valid object is
+//! `validate.rs`.
+
+pub mod cluster;
+pub mod compile;
+pub mod error;
+pub mod ipset;
+pub mod manifest;
+pub mod matrix;
+pub mod ports;
+pub mod selector;
+pub mod table;
+pub mod validate;
+pub mod verdict;
+
+pub use cluster::{Cluster, NamespaceInfo, PodInfo};
+pub use compile::{compile, CompiledCluster};
+pub use error::{ObjectError, ObjectRef};
+pub use ipset::IpSet;
+pub use matrix::{Matrix, Probe, ProbeResult};
+pub use ports::{PortRange, Protocol};
+pub use table::{CompiledRule, DirectionTable, PodTable};
+pub use verdict::{Direction, Reason, Verdict};

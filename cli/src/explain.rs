@@ -1,0 +1,170 @@
+//! `portcullis explain`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use portcullis_policy::matrix::Probe;
+use portcullis_policy::{compile, Direction, PodTable, Verdict};
+use serde::Serialize;
+
+use crate::load::load_paths;
+use crate::matrix::parse_probe;
+use crate::render::{allowed_word, ColorChoice};
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "to_ip"])))]
+pub struct ExplainArgs {
+    /// Manifest files or directories.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Source pod, as NAMESPACE/POD.
+    #[arg(long, value_name = "NS/POD")]
+    pub from: Option<String>,
+    /// Source address, for clients outside the cluster (a pod's address names that pod).
+    #[arg(long, value_name = "IP")]
+    pub from_ip: Option<IpAddr>,
+    /// Destination pod, as NAMESPACE/POD.
+    #[arg(long, value_name = "NS/POD")]
+    pub to: Option<String>,
+    /// Destination address, for servers outside the cluster.
+    #[arg(long, value_name = "IP")]
+    pub to_ip: Option<IpAddr>,
+    /// Destination port and protocol, e.g. 80/TCP.
+    #[arg(long, value_parser = parse_probe)]
+    pub port: Probe,
+    /// `text` or `json`.
+    #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Serialize)]
+struct Explanation {
+    from: String,
+    to: String,
+    port: u16,
+    protocol: String,
+    allowed: bool,
+    /// None when the source is outside the cluster (no egress policy applies to it).
+    egress: Option<Verdict>,
+    /// None when the destination is outside the cluster.
+    ingress: Option<Verdict>,
+}
+
+enum Endpoint<'a> {
+    Pod(&'a PodTable),
+    External(IpAddr),
+}
+
+impl Endpoint<'_> {
+    fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Endpoint::Pod(t) => t.ips.first().copied(),
+            Endpoint::External(ip) => Some(*ip),
+        }
+    }
+    fn name(&self) -> String {
+        match self {
+            Endpoint::Pod(t) => t.key(),
+            Endpoint::External(ip) => ip.to_string(),
+        }
+    }
+}
+
+pub fn run(args: ExplainArgs) -> Result<ExitCode> {
+    let mut loaded = load_paths(&args.files);
+    let failed = crate::report_load(&loaded, false);
+    loaded.cluster.assign_placeholder_ips();
+    let compiled = compile(&loaded.cluster);
+    for e in &compiled.errors {
+        eprintln!("error: {e}");
+    }
+    let resolve = |pod: &Option<String>, ip: &Option<IpAddr>| -> Result<Endpoint<'_>> {
+        if let Some(key) = pod {
+            return match compiled.table(key) {
+                Some(t) => Ok(Endpoint::Pod(t)),
+                None if !key.contains('/') => bail!("{key:?}: write pods as NAMESPACE/POD"),
+                None => bail!("pod {key} is not in the manifests"),
+            };
+        }
+        let Some(ip) = ip else {
+            bail!("a source and a destination are required")
+        };
+        Ok(
+            match compiled
+                .tables
+                .values()
+                .find(|t| t.ips.contains(ip) && !is_host_network(&compiled, t))
+            {
+                Some(t) => Endpoint::Pod(t),
+                None => Endpoint::External(*ip),
+            },
+        )
+    };
+    let from = resolve(&args.from, &args.from_ip)?;
+    let to = resolve(&args.to, &args.to_ip)?;
+    let (Some(from_ip), Some(to_ip)) = (from.ip(), to.ip()) else {
+        bail!("both pods need an address (status.podIP)");
+    };
+    let Probe { port, protocol } = args.port;
+    let egress = match &from {
+        Endpoint::Pod(t) => Some(t.check(Direction::Egress, to_ip, port, protocol)),
+        Endpoint::External(_) => None,
+    };
+    let ingress = match &to {
+        Endpoint::Pod(t) => Some(t.check(Direction::Ingress, from_ip, port, protocol)),
+        Endpoint::External(_) => None,
+    };
+    let allowed = egress.as_ref().is_none_or(Verdict::allowed)
+        && ingress.as_ref().is_none_or(Verdict::allowed);
+    let explanation = Explanation {
+        from: from.name(),
+        to: to.name(),
+        port,
+        protocol: protocol.to_string(),
+        allowed,
+        egress,
+        ingress,
+    };
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        let color = args.color.enabled();
+        println!(
+            "{} -> {} on {}/{}: {}",
+            explanation.from,
+            explanation.to,
+            port,
+            protocol,
+            allowed_word(allowed, color)
+        );
+        match &explanation.egress {
+            Some(v) => println!("  egress of {}: {v}", explanation.from),
+            None => println!(
+                "  egress: {} is outside the cluster; no policy governs it",
+                explanation.from
+            ),
+        }
+        match &explanation.ingress {
+            Some(v) => println!("  ingress of {}: {v}", explanation.to),
+            None => println!(
+                "  ingress: {} is outside the cluster; no policy governs it",
+                explanation.to
+            ),
+        }
+    }
+    Ok(if failed || !compiled.errors.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn is_host_network(compiled: &portcullis_policy::CompiledCluster, t: &PodTable) -> bool {
+    compiled.pod(&t.key()).is_some_and(|p| p.host_network)
+}

@@ -1,0 +1,81 @@
+//! `portcullis matrix`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use portcullis_policy::matrix::{default_probes, Probe};
+use portcullis_policy::ports::parse_port_protocol;
+use portcullis_policy::{compile, Matrix};
+
+use crate::load::load_paths;
+use crate::render::{grids, ColorChoice};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One grid per probe, rows = from, columns = to; `.` allowed, `X` denied.
+    Table,
+    /// `{"probes":[{"from":"NS/POD","to":"NS/POD","port":80,"protocol":"TCP","allowed":true,"reason":"..."}]}`
+    Json,
+}
+
+#[derive(Args)]
+pub struct MatrixArgs {
+    /// Manifest files or directories (YAML, multi-document YAML, JSON, List objects).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Probes to evaluate, e.g. `80/TCP,81/UDP` (default: every containerPort any pod declares).
+    #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+    pub probe: Vec<Probe>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Colour the grid.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Also list objects of other kinds that were skipped.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+pub fn parse_probe(s: &str) -> Result<Probe, String> {
+    parse_port_protocol(s).map(|(port, protocol)| Probe { port, protocol })
+}
+
+/// Loads, compiles and computes the matrix; reports problems on stderr. Shared with the testbed.
+pub fn predicted(files: &[PathBuf], probes: &[Probe], verbose: bool) -> (Matrix, bool) {
+    let mut loaded = load_paths(files);
+    let mut failed = crate::report_load(&loaded, verbose);
+    for pod in loaded.cluster.assign_placeholder_ips() {
+        eprintln!(
+            "warning: pod {pod} has no status.podIP; using a placeholder address from 240.0.0.0/4"
+        );
+    }
+    let compiled = compile(&loaded.cluster);
+    for e in &compiled.errors {
+        eprintln!("error: {e}");
+        failed = true;
+    }
+    let probes = if probes.is_empty() {
+        default_probes(&compiled.pods)
+    } else {
+        probes.to_vec()
+    };
+    if probes.is_empty() {
+        eprintln!("warning: no pod declares a containerPort; pass --probe, e.g. --probe 80/TCP");
+    }
+    (Matrix::compute(&compiled, &probes), failed)
+}
+
+pub fn run(args: MatrixArgs) -> Result<ExitCode> {
+    let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+        Output::Table => print!("{}", grids(&matrix, None, args.color.enabled())),
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

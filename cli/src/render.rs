@@ -1,0 +1,104 @@
+//! Human-readable output: truth-table grids like the Kubernetes e2e tests print.
+
+use std::fmt::Write;
+use std::io::IsTerminal;
+
+use portcullis_policy::matrix::Probe;
+use portcullis_policy::Matrix;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    pub fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
+        }
+    }
+}
+
+const GREEN: &str = "\x1b[32m";
+const RED: &str = "\x1b[31;1m";
+const YELLOW: &str = "\x1b[33;1m";
+const RESET: &str = "\x1b[0m";
+
+pub fn paint(text: &str, color: &str, enabled: bool) -> String {
+    if enabled {
+        format!("{color}{text}{RESET}")
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn allowed_word(allowed: bool, color: bool) -> String {
+    if allowed {
+        paint("ALLOWED", GREEN, color)
+    } else {
+        paint("DENIED", RED, color)
+    }
+}
+
+/// One grid per probe: rows are sources, columns destinations; `.` allowed, `X` denied.
+/// With `compare`, cells that differ from it are marked `!` (observed vs predicted).
+pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
+    let pods = matrix.pods();
+    let width = pods.iter().map(String::len).max().unwrap_or(3).max(8);
+    let mut out = String::new();
+    for probe in matrix.probe_list() {
+        let _ = writeln!(out, "{}", grid_header(probe, compare.is_some()));
+        let _ = write!(out, "{:width$}", "from \\ to");
+        for to in &pods {
+            let _ = write!(out, " {to:>w$}", w = to.len().max(3));
+        }
+        out.push('\n');
+        for from in &pods {
+            let _ = write!(out, "{from:width$}");
+            for to in &pods {
+                let w = to.len().max(3);
+                let cell = matrix.get(from, to, probe);
+                let predicted = compare.and_then(|m| m.get(from, to, probe));
+                let (text, colour) = match (cell, predicted) {
+                    (None, _) => ("-", ""),
+                    (Some(c), Some(p)) if c.allowed != p.allowed => ("!", YELLOW),
+                    (Some(c), _) if c.allowed => (".", GREEN),
+                    (Some(_), _) => ("X", RED),
+                };
+                let padded = format!("{text:>w$}");
+                let _ = write!(
+                    out,
+                    " {}",
+                    if colour.is_empty() {
+                        padded
+                    } else {
+                        paint(&padded, colour, color)
+                    }
+                );
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    let legend = if compare.is_some() {
+        "legend: . allowed   X denied   ! observed differs from predicted"
+    } else {
+        "legend: . allowed   X denied"
+    };
+    let _ = writeln!(out, "{legend}");
+    out
+}
+
+fn grid_header(probe: Probe, observed: bool) -> String {
+    if observed {
+        format!("== {probe} (observed) ==")
+    } else {
+        format!("== {probe} ==")
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors that name the object and the field at fault.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Identifies a Kubernetes object in messages: kind, namespace/name, and where it was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// File (and document) the object came from, when it came from a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name)?,
+            None => write!(f, "{} {}", self.kind, self.name)?,
+        }
+        if let Some(source) = &self.source {
+            write!(f, " (in {source})")?;
+        }
+        Ok(())
+    }
+}
+
+/// An object that could not be used, with the field at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectError {
+    pub object: ObjectRef,
+    /// JSON path of the offending field, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.object, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.object, self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ObjectError {}

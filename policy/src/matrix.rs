@@ -1,0 +1,152 @@
+//! The reachability matrix: for every ordered pair of pods and every probe (port/protocol),
+//! whether a connection is allowed — the source's egress AND the destination's ingress.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::PodInfo;
+use crate::compile::CompiledCluster;
+use crate::ports::Protocol;
+use crate::table::PodTable;
+use crate::verdict::{Direction, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Probe {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+/// Every (containerPort, protocol) any pod declares, sorted.
+pub fn default_probes(pods: &[PodInfo]) -> Vec<Probe> {
+    pods.iter()
+        .flat_map(|p| p.ports.iter())
+        .map(|p| Probe {
+            port: p.port,
+            protocol: p.protocol,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Both halves of a connection's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionVerdict {
+    pub egress: Verdict,
+    pub ingress: Verdict,
+}
+
+impl ConnectionVerdict {
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed() && self.ingress.allowed()
+    }
+
+    /// One sentence: the denying half (or halves), or both allowing halves.
+    pub fn explanation(&self) -> String {
+        match (self.egress.allowed(), self.ingress.allowed()) {
+            (true, false) => format!("ingress {}", self.ingress),
+            (false, true) => format!("egress {}", self.egress),
+            _ => format!("egress {}; ingress {}", self.egress, self.ingress),
+        }
+    }
+}
+
+/// Decides a connection from pod table `from` to pod table `to` on `probe`, using each pod's
+/// primary address.
+pub fn connection(from: &PodTable, to: &PodTable, probe: Probe) -> Option<ConnectionVerdict> {
+    let from_ip = *from.ips.first()?;
+    let to_ip = *to.ips.first()?;
+    Some(ConnectionVerdict {
+        egress: from.check(Direction::Egress, to_ip, probe.port, probe.protocol),
+        ingress: to.check(Direction::Ingress, from_ip, probe.port, probe.protocol),
+    })
+}
+
+/// One cell of the matrix. The first five fields are the stable, documented JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub allowed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Matrix {
+    pub probes: Vec<ProbeResult>,
+}
+
+impl Matrix {
+    /// Computes the matrix over every pod that has an address, for each probe in order.
+    pub fn compute(compiled: &CompiledCluster, probes: &[Probe]) -> Matrix {
+        let tables: Vec<&PodTable> = compiled
+            .tables
+            .values()
+            .map(|t| &**t)
+            .filter(|t| !t.ips.is_empty())
+            .collect();
+        let mut out = Vec::with_capacity(probes.len() * tables.len() * tables.len());
+        for &probe in probes {
+            for from in &tables {
+                for to in &tables {
+                    if let Some(v) = connection(from, to, probe) {
+                        out.push(ProbeResult {
+                            from: from.key(),
+                            to: to.key(),
+                            port: probe.port,
+                            protocol: probe.protocol,
+                            allowed: v.allowed(),
+                            reason: Some(v.explanation()),
+                        });
+                    }
+                }
+            }
+        }
+        Matrix { probes: out }
+    }
+
+    /// The pods in the matrix, in order.
+    pub fn pods(&self) -> Vec<String> {
+        let mut pods: Vec<String> = self
+            .probes
+            .iter()
+            .map(|p| p.from.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        pods.sort();
+        pods
+    }
+
+    /// The probes in the matrix, in order of first appearance.
+    pub fn probe_list(&self) -> Vec<Probe> {
+        let mut seen = Vec::new();
+        for p in &self.probes {
+            let probe = Probe {
+                port: p.port,
+                protocol: p.protocol,
+            };
+            if !seen.contains(&probe) {
+                seen.push(probe);
+            }
+        }
+        seen
+    }
+
+    pub fn get(&self, from: &str, to: &str, probe: Probe) -> Option<&ProbeResult> {
+        self.probes.iter().find(|p| {
+            p.from == from && p.to == to && p.port == probe.port && p.protocol == probe.protocol
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! Compiled per-pod tables, and the decision itself: [`PodTable::check`].
+//!
+//! A table holds no label selectors: every peer is an [`IpSet`] resolved at compile time, every
+//! port a numeric range, so a lookup is a few range checks and binary searches.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ipset::IpSet;
+use crate::ports::{PortRange, Protocol};
+use crate::verdict::{Direction, Reason, Verdict};
+
+/// Everything one pod's proxy needs to decide on its connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodTable {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub host_ip: Option<IpAddr>,
+    pub ingress: DirectionTable,
+    pub egress: DirectionTable,
+    /// Pod names by IP, to name peers in audit logs. Shared between the tables of one compile.
+    #[serde(default)]
+    pub known_pods: Arc<BTreeMap<IpAddr, String>>,
+}
+
+/// The rules of every policy that selects the pod for one direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectionTable {
+    /// Policies that isolate the pod in this direction; empty means not isolated.
+    pub isolated_by: Arc<[Arc<str>]>,
+    pub rules: Vec<CompiledRule>,
+}
+
+impl DirectionTable {
+    pub fn open() -> Self {
+        DirectionTable {
+            isolated_by: Arc::from(Vec::new()),
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        !self.isolated_by.is_empty()
+    }
+}
+
+/// One ingress or egress rule of one policy, with selectors resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompiledRule {
+    /// `namespace/name` of the policy.
+    pub policy: Arc<str>,
+    /// Index of the rule in the policy's `ingress` or `egress` list.
+    pub rule: usize,
+    /// Peers the rule allows; `None` means any peer (no `from`/`to`).
+    pub peers: Option<Arc<IpSet>>,
+    /// Ports the rule allows for every peer above; `None` means any port of any protocol.
+    pub ports: Option<Arc<[PortRange]>>,
+    /// Named egress ports resolve per destination pod: (port, pods on which the name means it).
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub named: Arc<[NamedPortTarget]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedPortTarget {
+    pub name: String,
+    pub port: PortRange,
+    pub peers: IpSet,
+}
+
+impl CompiledRule {
+    #[inline]
+    pub fn matches(&self, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
+        let port_ok = match &self.ports {
+            None => true,
+            Some(ranges) => ranges.iter().any(|r| r.contains(protocol, port)),
+        };
+        if port_ok && self.peers.as_ref().is_none_or(|set| set.contains(peer)) {
+            return true;
+        }
+        self.named
+            .iter()
+            .any(|t| t.port.contains(protocol, port) && t.peers.contains(peer))
+    }
+}
+
+impl PodTable {
+    /// A table for a pod no policy selects.
+    pub fn unrestricted(
+        namespace: &str,
+        name: &str,
+        ips: Vec<IpAddr>,
+        host_ip: Option<IpAddr>,
+    ) -> Self {
+        PodTable {
+            namespace: namespace.into(),
+            name: name.into(),
+            ips,
+            host_ip,
+            ingress: DirectionTable::open(),
+            egress: DirectionTable::open(),
+            known_pods: Arc::default(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn direction(&self, direction: Direction) -> &DirectionTable {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Decides a connection of this pod with `peer` (the source for ingress, the destination for
+    /// egress) on `port`/`protocol` (the destination port in both cases).
+    pub fn check(
+        &self,
+        direction: Direction,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Verdict {
+        let peer = canonical(peer);
+        let table = self.direction(direction);
+        let reason = if !table.is_isolated() {
+            Reason::NotIsolated
+        } else if peer.is_loopback() || self.ips.contains(&peer) {
+            Reason::SelfTraffic
+        } else if self.host_ip == Some(peer) {
+            Reason::NodeTraffic
+        } else {
+            match table.rules.iter().find(|r| r.matches(peer, port, protocol)) {
+                Some(rule) => Reason::Rule {
+                    policy: rule.policy.clone(),
+                    rule: rule.rule,
+                },
+                None => Reason::NoRuleMatched {
+                    isolated_by: table.isolated_by.clone(),
+                },
+            }
+        };
+        Verdict { direction, reason }
+    }
+
+    /// `namespace/name` of the pod that owns `ip`, when the table knows it.
+    pub fn pod_name(&self, ip: IpAddr) -> Option<&str> {
+        self.known_pods.get(&canonical(ip)).map(String::as_str)
+    }
+}
+
+/// IPv4 peers seen on a dual-stack socket arrive as `::ffff:a.b.c.d`.
+#[inline]
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}

@@ -1,0 +1,93 @@
+//! Verdicts and the reasons behind them, in words a person can act on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a connection is allowed or denied in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// No policy selects the pod for this direction: everything is allowed.
+    NotIsolated,
+    /// The peer is the pod itself.
+    SelfTraffic,
+    /// The peer is the node the pod runs on (`status.hostIP`).
+    NodeTraffic,
+    /// A rule allowed it.
+    Rule { policy: Arc<str>, rule: usize },
+    /// The pod is isolated by these policies and none of their rules matches.
+    NoRuleMatched { isolated_by: Arc<[Arc<str>]> },
+}
+
+/// The decision for one direction of one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub direction: Direction,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline]
+    pub fn allowed(&self) -> bool {
+        !matches!(self.reason, Reason::NoRuleMatched { .. })
+    }
+
+    /// The isolating policies when denied; empty when allowed.
+    pub fn isolated_by(&self) -> &[Arc<str>] {
+        match &self.reason {
+            Reason::NoRuleMatched { isolated_by } => isolated_by,
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.direction;
+        match &self.reason {
+            Reason::NotIsolated => write!(f, "allowed: no NetworkPolicy selects the pod for {d}"),
+            Reason::SelfTraffic => {
+                write!(f, "allowed: traffic of a pod to itself is always allowed")
+            }
+            Reason::NodeTraffic => write!(
+                f,
+                "allowed: traffic between a pod and its node (hostIP) is always allowed"
+            ),
+            Reason::Rule { policy, rule } => {
+                write!(f, "allowed by NetworkPolicy {policy}, {d} rule #{rule}")
+            }
+            Reason::NoRuleMatched { isolated_by } => {
+                let names: Vec<&str> = isolated_by.iter().map(|s| &**s).collect();
+                write!(
+                    f,
+                    "denied: the pod is isolated for {d} by {} and no {d} rule matches",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
