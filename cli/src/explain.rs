@@ -10,9 +10,9 @@ use portcullis_policy::matrix::Probe;
 use portcullis_policy::{compile, Direction, PodTable, Verdict};
 use serde::Serialize;
 
-use crate::load::load_paths;
 use crate::matrix::parse_probe;
 use crate::render::{allowed_word, ColorChoice};
+use portcullis_policy_loader::load_paths;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]

@@ -1,7 +1,7 @@
 //! `portcullis`: the user's command line for Portcullis.
 
 mod explain;
-mod load;
+
 mod matrix;
 mod render;
 
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints load problems to stderr. Returns whether there were errors.
-fn report_load(loaded: &load::Loaded, verbose: bool) -> bool {
+fn report_load(loaded: &portcullis_policy_loader::Loaded, verbose: bool) -> bool {
     for e in &loaded.errors {
         eprintln!("error: {e}");
     }

@@ -9,8 +9,8 @@ use portcullis_policy::matrix::{default_probes, Probe};
 use portcullis_policy::ports::parse_port_protocol;
 use portcullis_policy::{compile, Matrix};
 
-use crate::load::load_paths;
 use crate::render::{grids, ColorChoice};
+use portcullis_policy_loader::load_paths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {

@@ -1,4 +1,5 @@
-//! Reading manifests from files and directories into a [`Cluster`].
+//! Reads manifests from files and directories into a [`Cluster`]: the file-system half of
+//! `portcullis-policy`, shared by the CLI, the proxy (`--policy-dir`) and the controller (file mode).
 
 use std::fs;
 use std::path::{Path, PathBuf};
