@@ -83,12 +83,12 @@ impl PodInfo {
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
         let err = |field: &str, message: String| ObjectError {
-            object: ObjectRef {
+            object: Box::new(ObjectRef {
                 kind: "Pod".into(),
                 namespace: Some(namespace.clone()),
                 name: name.clone(),
                 source: source.map(str::to_string),
-            },
+            }),
             field: field.into(),
             message,
         };

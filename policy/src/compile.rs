@@ -386,12 +386,12 @@ pub fn known_pods(pods: &[PodInfo]) -> BTreeMap<IpAddr, String> {
 
 fn duplicate(kind: &str, namespace: &str, name: &str, source: Option<&str>) -> ObjectError {
     ObjectError {
-        object: ObjectRef {
+        object: Box::new(ObjectRef {
             kind: kind.into(),
             namespace: Some(namespace.into()),
             name: name.into(),
             source: source.map(str::to_string),
-        },
+        }),
         field: "metadata.name".into(),
         message: "defined more than once; the first definition is used".into(),
     }

@@ -31,7 +31,7 @@ impl fmt::Display for ObjectRef {
 /// An object that could not be used, with the field at fault and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObjectError {
-    pub object: ObjectRef,
+    pub object: Box<ObjectRef>,
     /// JSON path of the offending field, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
     pub field: String,
     pub message: String,

@@ -5,6 +5,8 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, NamespaceInfo, PodInfo};
@@ -44,7 +46,7 @@ pub struct LoadReport {
 /// to `cluster`.
 pub fn load_into(cluster: &mut Cluster, text: &str, source: &str) -> LoadReport {
     let mut report = LoadReport::default();
-    let documents: Vec<Value> = match parse_documents(text) {
+    let documents = match split_documents(text) {
         Ok(docs) => docs,
         Err(message) => {
             report.errors.push(LoadError::Syntax {
@@ -66,44 +68,104 @@ pub fn load_into(cluster: &mut Cluster, text: &str, source: &str) -> LoadReport 
     report
 }
 
-fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+/// One document, parsed lazily into whichever type its `kind` calls for.
+///
+/// YAML is decoded straight into the target type, as kubectl does, so that a label value such as
+/// `y` or `on` stays the string it is meant to be instead of becoming a YAML 1.1 boolean.
+enum Document<'a> {
+    Yaml(&'a str),
+    Json(Value),
+}
+
+impl Document<'_> {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        match self {
+            Document::Yaml(text) => serde_saphyr::from_str(text).map_err(|e| e.to_string()),
+            Document::Json(v) => T::deserialize(v).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Document::Yaml(text) => text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')),
+            Document::Json(v) => v.is_null(),
+        }
+    }
+}
+
+/// The fields every object has, read before the object itself.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<HeadMeta>,
+}
+
+#[derive(Deserialize, Default)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// A `List`'s items, each kept as YAML-free JSON so that it can be decoded by kind.
+#[derive(Deserialize)]
+struct ListItems {
+    items: Option<Vec<Value>>,
+}
+
+/// Splits a stream into documents the way kubectl does: on lines that start with `---`.
+fn split_documents(text: &str) -> Result<Vec<Document<'_>>, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // JSON: one value, or a stream of values.
         let mut out = Vec::new();
         for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
             match v.map_err(|e| e.to_string())? {
-                Value::Array(items) => out.extend(items),
-                v => out.push(v),
+                Value::Array(items) => out.extend(items.into_iter().map(Document::Json)),
+                v => out.push(Document::Json(v)),
             }
         }
         return Ok(out);
     }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let is_marker = body == "---" || body.starts_with("--- ") || body == "...";
+        if is_marker {
+            docs.push(Document::Yaml(&text[start..offset]));
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(Document::Yaml(&text[start..]));
+    Ok(docs.into_iter().filter(|d| !d.is_empty()).collect())
 }
 
-fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut LoadReport) {
-    let kind = doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let api_version = doc
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let meta = doc.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let namespace = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &mut LoadReport) {
+    let head: Head = match doc.parse() {
+        Ok(h) => h,
+        Err(message) => {
+            report.errors.push(LoadError::Syntax {
+                source: source.to_string(),
+                message,
+            });
+            return;
+        }
+    };
+    let kind = head.kind.unwrap_or_default();
+    let api_version = head.api_version.unwrap_or_default();
+    let meta = head.metadata.unwrap_or_default();
+    let name = meta.name.unwrap_or_default();
+    let namespace = meta.namespace;
     let object = |kind: &str, namespace: Option<String>| ObjectRef {
         kind: kind.to_string(),
         namespace,
@@ -116,38 +178,28 @@ fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut Load
     };
     let error = |kind: &str, namespace: Option<String>, field: &str, message: String| {
         LoadError::Object(ObjectError {
-            object: object(kind, namespace),
+            object: Box::new(object(kind, namespace)),
             field: field.to_string(),
             message,
         })
     };
 
     if kind.ends_with("List") {
-        match doc.get("items") {
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    add_object(
-                        cluster,
-                        item.clone(),
-                        &format!("{source}, items[{i}]"),
-                        report,
-                    );
+        match doc.parse::<ListItems>() {
+            Ok(ListItems { items: Some(items) }) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let here = format!("{source}, items[{i}]");
+                    add_object(cluster, Document::Json(item), &here, report);
                 }
             }
-            _ => report.errors.push(error(
+            Ok(_) => report.errors.push(error(
                 &kind,
                 None,
                 "items",
                 "a List needs an items array".into(),
             )),
+            Err(e) => report.errors.push(error(&kind, None, "items", e)),
         }
-        return;
-    }
-    if !doc.is_object() {
-        report.errors.push(LoadError::Syntax {
-            source: source.to_string(),
-            message: "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
-        });
         return;
     }
     let ns_or_default = || Some(namespace.clone().unwrap_or_else(|| "default".into()));
@@ -165,7 +217,7 @@ fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut Load
             if let Err(m) = expect_api("v1") {
                 return report.errors.push(error(&kind, None, "apiVersion", m));
             }
-            match serde_json::from_value::<Namespace>(doc) {
+            match doc.parse::<Namespace>() {
                 Ok(ns) if ns.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     cluster.add_namespace(NamespaceInfo::from_k8s(&ns))
                 }
@@ -174,7 +226,7 @@ fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut Load
                         .errors
                         .push(error(&kind, None, "metadata.name", "is required".into()))
                 }
-                Err(e) => report.errors.push(error(&kind, None, "", e.to_string())),
+                Err(e) => report.errors.push(error(&kind, None, "", e)),
             }
         }
         "Pod" => {
@@ -183,14 +235,12 @@ fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut Load
                     .errors
                     .push(error(&kind, ns_or_default(), "apiVersion", m));
             }
-            match serde_json::from_value::<Pod>(doc) {
+            match doc.parse::<Pod>() {
                 Ok(pod) => match PodInfo::from_k8s(&pod, Some(source)) {
                     Ok(info) => cluster.add_pod(info),
                     Err(e) => report.errors.push(LoadError::Object(e)),
                 },
-                Err(e) => report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "", e.to_string())),
+                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
             }
         }
         "NetworkPolicy" => {
@@ -199,18 +249,16 @@ fn add_object(cluster: &mut Cluster, doc: Value, source: &str, report: &mut Load
                     .errors
                     .push(error(&kind, ns_or_default(), "apiVersion", m));
             }
-            match serde_json::from_value::<NetworkPolicy>(doc) {
+            match doc.parse::<NetworkPolicy>() {
                 Ok(np) => cluster.add_policy(np, Some(source.to_string())),
-                Err(e) => report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "", e.to_string())),
+                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
             }
         }
         "" => report.errors.push(error(
             "<no kind>",
             namespace.clone(),
             "kind",
-            "is required".into(),
+            "is required (expected a Kubernetes object with apiVersion and kind)".into(),
         )),
         other => report.ignored.push(format!(
             "{other} {} ({source})",
@@ -241,6 +289,19 @@ mod tests {
             c.pods[0].ips,
             vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings_where_strings_are_expected() {
+        let mut c = Cluster::new();
+        let r = load_into(
+            &mut c,
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: y\n  labels: {ns: y, on: off, v: \"1\"}\n",
+            "ns.yaml",
+        );
+        assert_eq!(r.errors, vec![]);
+        assert_eq!(c.namespaces["y"].labels["ns"], "y");
+        assert_eq!(c.namespaces["y"].labels["on"], "off");
     }
 
     #[test]

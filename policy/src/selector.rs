@@ -61,12 +61,14 @@ impl Selector {
                 "NotIn" => Requirement::NotIn(key, values),
                 "Exists" => Requirement::Exists(key),
                 "DoesNotExist" => Requirement::DoesNotExist(key),
-                other => return Err((
-                    format!("{here}.operator"),
-                    format!(
+                other => {
+                    return Err((
+                        format!("{here}.operator"),
+                        format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
-                )),
+                    ))
+                }
             };
             requirements.push(req);
         }

@@ -90,7 +90,7 @@ pub fn validate_policy(
         source: source.map(str::to_string),
     };
     let fail = |field: String, message: String| ObjectError {
-        object: object.clone(),
+        object: Box::new(object.clone()),
         field,
         message,
     };

@@ -1,0 +1,237 @@
+//! The `portcullis` binary as a user runs it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+type Cells = BTreeMap<(String, String, u64, String), bool>;
+
+fn cells(json: &str) -> Cells {
+    let v: serde_json::Value = serde_json::from_str(json).expect("matrix JSON");
+    v["probes"]
+        .as_array()
+        .expect("probes array")
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["from"].as_str().unwrap().to_string(),
+                    p["to"].as_str().unwrap().to_string(),
+                    p["port"].as_u64().unwrap(),
+                    p["protocol"].as_str().unwrap().to_string(),
+                ),
+                p["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn conformance_fixtures_run_through_the_cli() {
+    let dir = repo().join("policy/tests/conformance");
+    let mut cases: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let out = portcullis(&[
+            "matrix",
+            "-f",
+            dir.join("model.yaml").to_str().unwrap(),
+            "-f",
+            case.join("policy.yaml").to_str().unwrap(),
+            "-o",
+            "json",
+        ]);
+        assert!(out.status.success(), "{case:?}: {}", text(&out.stderr));
+        let expected = fs::read_to_string(case.join("expected.json")).unwrap();
+        assert_eq!(cells(&text(&out.stdout)), cells(&expected), "{case:?}");
+    }
+}
+
+#[test]
+fn json_output_has_exactly_the_documented_shape() {
+    let out = portcullis(&[
+        "matrix",
+        "-f",
+        "manifests/examples/kangaroo",
+        "-o",
+        "json",
+        "--probe",
+        "80/TCP",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = v["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 36, "6 pods x 6 pods x 1 probe");
+    let cell = probes
+        .iter()
+        .find(|p| p["from"] == "kangaroo/worker" && p["to"] == "kangaroo/backend")
+        .unwrap();
+    assert_eq!(cell["port"], 80);
+    assert_eq!(cell["protocol"], "TCP");
+    assert_eq!(cell["allowed"], false);
+    let web = probes
+        .iter()
+        .find(|p| p["from"] == "storefront/web" && p["to"] == "kangaroo/backend")
+        .unwrap();
+    assert_eq!(web["allowed"], true);
+    assert!(web["reason"]
+        .as_str()
+        .unwrap()
+        .contains("kangaroo/kangaroo-backend"));
+}
+
+#[test]
+fn table_output_is_one_grid_per_probe() {
+    let out = portcullis(&[
+        "matrix",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--color",
+        "never",
+    ]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    for probe in [
+        "== 80/TCP ==",
+        "== 81/TCP ==",
+        "== 443/TCP ==",
+        "== 9090/TCP ==",
+    ] {
+        assert!(stdout.contains(probe), "{stdout}");
+    }
+    let row = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("== 81/TCP"))
+        .find(|l| l.starts_with("monitoring-system/prometheus"))
+        .unwrap();
+    // backend is the first column: prometheus may scrape 81.
+    assert_eq!(row.split_whitespace().nth(1), Some("."), "{row}");
+}
+
+#[test]
+fn explain_names_the_rule_or_the_isolating_policies() {
+    let out = portcullis(&[
+        "explain",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--from",
+        "kangaroo/backend",
+        "--to",
+        "membership/api",
+        "--port",
+        "443/TCP",
+        "--color",
+        "never",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ALLOWED"), "{stdout}");
+    assert!(
+        stdout.contains("allowed by NetworkPolicy kangaroo/kangaroo-backend, egress rule #0"),
+        "{stdout}"
+    );
+
+    let out = portcullis(&[
+        "explain",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--from-ip",
+        "203.0.113.9",
+        "--to",
+        "kangaroo/backend",
+        "--port",
+        "81",
+        "--color",
+        "never",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DENIED"), "{stdout}");
+    assert!(
+        stdout.contains("isolated for ingress by kangaroo/default-deny, kangaroo/kangaroo-backend"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn invalid_objects_are_named_and_fail_the_run_but_the_rest_compiles() {
+    let dir = tempdir("invalid");
+    fs::write(
+        dir.join("cluster.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}]}]\nstatus: {podIP: 10.0.0.1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nstatus: {podIP: 10.0.0.2}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad-cidr, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {}}\n  policyTypes: [Ingress]\n",
+    )
+    .unwrap();
+    let out = portcullis(&["matrix", "-f", dir.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("NetworkPolicy x/bad-cidr"), "{stderr}");
+    assert!(
+        stderr.contains("spec.ingress[0].from[0].ipBlock.cidr"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cluster.yaml"), "{stderr}");
+    // The valid policy still applies: b may not reach a.
+    let cells = cells(&text(&out.stdout));
+    assert!(!cells[&("x/b".into(), "x/a".into(), 80, "TCP".into())]);
+}
+
+#[test]
+fn unreadable_and_malformed_files_are_reported() {
+    let out = portcullis(&["matrix", "-f", "/nonexistent/portcullis.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/portcullis.yaml: cannot read"));
+
+    let dir = tempdir("syntax");
+    let file = dir.join("broken.yaml");
+    fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n").unwrap();
+    let out = portcullis(&["matrix", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("broken.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = portcullis(&[
+        "matrix",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--probe",
+        "80/ICMP",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("ICMP"));
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
