@@ -1,0 +1,123 @@
+//! Constants shared with the other components (see `docs/CONVENTIONS.md`) and the injector's
+//! configuration: the defaults that annotations may override.
+
+use crate::values::{CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode};
+
+/// The proxy's UID and GID.
+pub const PROXY_UID: i64 = 2171;
+/// Proxy inbound listener.
+pub const INBOUND_PORT: i32 = 4143;
+/// Proxy outbound listener (loopback only).
+pub const OUTBOUND_PORT: i32 = 4140;
+/// Proxy admin listener: `/metrics`, `/ready`, `/live`, `/policy`.
+pub const ADMIN_PORT: i32 = 4191;
+
+pub const INIT_CONTAINER_NAME: &str = "portcullis-init";
+pub const PROXY_CONTAINER_NAME: &str = "portcullis-proxy";
+/// Projected service-account token for the proxy, audience [`TOKEN_AUDIENCE`].
+pub const TOKEN_VOLUME_NAME: &str = "portcullis-token";
+/// Writable `/run` for `portcullis-init` (the xtables lock), whose root filesystem is read-only.
+pub const INIT_RUN_VOLUME_NAME: &str = "portcullis-init-run";
+pub const TOKEN_AUDIENCE: &str = "portcullis";
+pub const TOKEN_DIR: &str = "/var/run/secrets/portcullis.dev/token";
+pub const TOKEN_FILE: &str = "/var/run/secrets/portcullis.dev/token/token";
+
+/// Port names on the proxy container (at most 15 characters each).
+pub const INBOUND_PORT_NAME: &str = "pc-inbound";
+pub const ADMIN_PORT_NAME: &str = "pc-admin";
+
+pub const DEFAULT_CONTROLLER_URL: &str = "https://portcullis-controller.portcullis-system.svc:8443";
+
+/// Annotation keys. Every key is read on the pod first, then on its namespace.
+pub mod annotations {
+    /// `disabled` opts a pod (or, on the namespace, all its pods by default) out.
+    pub const INJECT: &str = "portcullis.dev/inject";
+    pub const SKIP_INBOUND_PORTS: &str = "portcullis.dev/skip-inbound-ports";
+    pub const SKIP_OUTBOUND_PORTS: &str = "portcullis.dev/skip-outbound-ports";
+    pub const SKIP_OUTBOUND_CIDRS: &str = "portcullis.dev/skip-outbound-cidrs";
+    /// `enforce` or `audit`.
+    pub const POLICY_MODE: &str = "portcullis.dev/policy-mode";
+    /// `native` or `classic`.
+    pub const SIDECAR_MODE: &str = "portcullis.dev/sidecar-mode";
+    pub const LOG_LEVEL: &str = "portcullis.dev/log-level";
+    pub const PROXY_CPU_REQUEST: &str = "portcullis.dev/proxy-cpu-request";
+    pub const PROXY_CPU_LIMIT: &str = "portcullis.dev/proxy-cpu-limit";
+    pub const PROXY_MEMORY_REQUEST: &str = "portcullis.dev/proxy-memory-request";
+    pub const PROXY_MEMORY_LIMIT: &str = "portcullis.dev/proxy-memory-limit";
+
+    /// Written by the injector: the version of Portcullis that was injected.
+    pub const INJECTED_VERSION: &str = "portcullis.dev/injected-version";
+    pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+    pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+    pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+    /// Set in classic mode (when absent) so that `kubectl logs/exec` keep picking the app.
+    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+}
+
+/// Requests and limits of the proxy container. `None` leaves that value unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyResources {
+    pub cpu_request: Option<Quantity>,
+    pub cpu_limit: Option<Quantity>,
+    pub memory_request: Option<Quantity>,
+    pub memory_limit: Option<Quantity>,
+}
+
+impl Default for ProxyResources {
+    /// 10m CPU / 32Mi requested, 256Mi memory limit, no CPU limit (a CPU limit throttles every
+    /// connection of the pod; the request gives the scheduler what it needs).
+    fn default() -> Self {
+        ProxyResources {
+            cpu_request: "10m".parse().ok(),
+            cpu_limit: None,
+            memory_request: "32Mi".parse().ok(),
+            memory_limit: "256Mi".parse().ok(),
+        }
+    }
+}
+
+/// Everything the decision needs besides the pod and its namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectorConfig {
+    /// Image of `portcullis-proxy`.
+    pub proxy_image: String,
+    /// Image of `portcullis-init`.
+    pub init_image: String,
+    /// `imagePullPolicy` of both containers; `None` lets Kubernetes choose.
+    pub image_pull_policy: Option<String>,
+    /// Recorded in the `portcullis.dev/injected-version` annotation.
+    pub version: String,
+    /// `PORTCULLIS_CONTROLLER` of the proxy.
+    pub controller_url: String,
+    /// Lifetime of the projected token (Kubernetes: at least 600).
+    pub token_expiration_seconds: i64,
+    pub sidecar_mode: SidecarMode,
+    pub policy_mode: PolicyMode,
+    pub log_level: LogLevel,
+    pub proxy_resources: ProxyResources,
+    pub skip_inbound_ports: PortList,
+    pub skip_outbound_ports: PortList,
+    pub skip_outbound_cidrs: CidrList,
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+impl Default for InjectorConfig {
+    fn default() -> Self {
+        InjectorConfig {
+            proxy_image: format!("ghcr.io/portcullis-dev/portcullis-proxy:{VERSION}"),
+            init_image: format!("ghcr.io/portcullis-dev/portcullis-init:{VERSION}"),
+            image_pull_policy: None,
+            version: VERSION.to_string(),
+            controller_url: DEFAULT_CONTROLLER_URL.to_string(),
+            token_expiration_seconds: 3600,
+            sidecar_mode: SidecarMode::default(),
+            policy_mode: PolicyMode::default(),
+            log_level: LogLevel::default(),
+            proxy_resources: ProxyResources::default(),
+            skip_inbound_ports: PortList::default(),
+            skip_outbound_ports: PortList::default(),
+            skip_outbound_cidrs: CidrList::default(),
+        }
+    }
+}

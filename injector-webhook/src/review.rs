@@ -1,0 +1,304 @@
+//! AdmissionReview in, AdmissionReview out. [`parse_review`] is the request parser (fuzzed in
+//! `fuzz/`); [`respond`] turns a parsed request and the namespace defaults into the response.
+//! Both are pure: the server only adds the namespace look-up, logging and metrics.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube_core::DynamicObject;
+use serde_json::Value;
+
+use crate::config::{InjectorConfig, INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME};
+use crate::inject::{decide, NamespaceDefaults, Outcome, SkipReason};
+use crate::values::SidecarMode;
+
+pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+pub const ADMISSION_KIND: &str = "AdmissionReview";
+/// Largest request body accepted. The API server caps objects at about 1.5 MiB; a review holds
+/// at most the object and the old object.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// A request that cannot be answered with an AdmissionResponse (no uid to answer to): the
+/// server replies HTTP 400 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("request body is not a valid AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported AdmissionReview apiVersion {0:?}: this webhook speaks admission.k8s.io/v1 only")]
+    ApiVersion(String),
+    #[error("unexpected kind {0:?}: expected AdmissionReview")]
+    Kind(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has an empty uid")]
+    EmptyUid,
+}
+
+/// What the request is about.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A Pod being created: the typed pod and the object as JSON (the document the patch
+    /// applies to).
+    Pod { pod: Box<Pod>, object: Value },
+    /// Anything this webhook does not touch (other kinds, other operations, subresources).
+    Ignore(String),
+    /// A Pod creation whose object cannot be read as a Pod.
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ParsedReview {
+    pub request: AdmissionRequest<DynamicObject>,
+    pub target: Target,
+}
+
+impl ParsedReview {
+    /// The namespace of the pod: from the request, else from the object.
+    pub fn namespace(&self) -> Option<&str> {
+        let from_object = match &self.target {
+            Target::Pod { pod, .. } => pod.metadata.namespace.as_deref(),
+            _ => None,
+        };
+        self.request
+            .namespace
+            .as_deref()
+            .or(from_object)
+            .filter(|ns| !ns.is_empty())
+    }
+
+    /// A name for logs: the pod's name, else its generateName prefix, else "-".
+    pub fn pod_name(&self) -> &str {
+        let (name, generate_name) = match &self.target {
+            Target::Pod { pod, .. } => (
+                pod.metadata.name.as_deref(),
+                pod.metadata.generate_name.as_deref(),
+            ),
+            _ => (None, None),
+        };
+        [Some(self.request.name.as_str()), name, generate_name]
+            .into_iter()
+            .flatten()
+            .find(|n| !n.is_empty())
+            .unwrap_or("-")
+    }
+}
+
+/// Parse an HTTP request body into an admission request.
+pub fn parse_review(body: &[u8]) -> Result<ParsedReview, ParseError> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    if review.types.api_version != ADMISSION_API_VERSION {
+        return Err(ParseError::ApiVersion(review.types.api_version));
+    }
+    if review.types.kind != ADMISSION_KIND {
+        return Err(ParseError::Kind(review.types.kind));
+    }
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| ParseError::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(ParseError::EmptyUid);
+    }
+    let target = classify(&request);
+    Ok(ParsedReview { request, target })
+}
+
+fn classify(req: &AdmissionRequest<DynamicObject>) -> Target {
+    let k = &req.kind;
+    if !(k.group.is_empty() && k.version == "v1" && k.kind == "Pod") {
+        return Target::Ignore(format!(
+            "kind {}/{}/{}",
+            if k.group.is_empty() { "core" } else { &k.group },
+            k.version,
+            k.kind
+        ));
+    }
+    if let Some(sub) = req.sub_resource.as_deref().filter(|s| !s.is_empty()) {
+        return Target::Ignore(format!("subresource {sub}"));
+    }
+    if !matches!(req.operation, Operation::Create) {
+        return Target::Ignore(format!("operation {:?}", req.operation));
+    }
+    let Some(object) = req.object.as_ref() else {
+        return Target::Invalid("Pod CREATE request without an object".to_string());
+    };
+    let object = match serde_json::to_value(object) {
+        Ok(v) => v,
+        Err(e) => return Target::Invalid(format!("object cannot be re-encoded: {e}")),
+    };
+    match serde_json::from_value::<Pod>(object.clone()) {
+        Ok(pod) => Target::Pod {
+            pod: Box::new(pod),
+            object,
+        },
+        Err(e) => Target::Invalid(format!("object is not a valid Pod: {e}")),
+    }
+}
+
+/// What was done, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewResult {
+    Injected(SidecarMode),
+    Skipped(SkipReason),
+    Ignored(String),
+    /// The webhook failed; the pod was admitted untouched (or denied with `--fail-closed`).
+    Error(String),
+}
+
+impl ReviewResult {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReviewResult::Injected(_) => "injected",
+            ReviewResult::Skipped(_) => "skipped",
+            ReviewResult::Ignored(_) => "ignored",
+            ReviewResult::Error(_) => "error",
+        }
+    }
+}
+
+/// The response to send, and what it means.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub review: AdmissionReview<DynamicObject>,
+    pub result: ReviewResult,
+    pub warnings: Vec<String>,
+}
+
+/// Answer a parsed request. Never fails: errors of the webhook itself admit the pod untouched
+/// with a warning, or deny it when `fail_closed`.
+pub fn respond(
+    parsed: &ParsedReview,
+    namespace: &NamespaceDefaults,
+    cfg: &InjectorConfig,
+    fail_closed: bool,
+) -> Reply {
+    let base = AdmissionResponse::from(&parsed.request);
+    let (pod, object) = match &parsed.target {
+        Target::Ignore(why) => {
+            return Reply {
+                review: base.into_review(),
+                result: ReviewResult::Ignored(why.clone()),
+                warnings: Vec::new(),
+            }
+        }
+        Target::Invalid(why) => return failure(base, why.clone(), Vec::new(), fail_closed),
+        Target::Pod { pod, object } => (pod, object),
+    };
+
+    let decision = decide(pod, namespace, cfg);
+    let mut warnings = decision.warnings;
+    let (patch, mode) = match decision.outcome {
+        Outcome::Skip(reason) => {
+            let mut resp = base;
+            resp.audit_annotations = audit("skipped", reason.label());
+            return Reply {
+                review: with_warnings(resp, &warnings).into_review(),
+                result: ReviewResult::Skipped(reason),
+                warnings,
+            };
+        }
+        Outcome::Inject { patch, settings } => (patch, settings.sidecar_mode),
+    };
+
+    if let Err(why) = verify_patch(object, &patch, mode) {
+        return failure(base, why, warnings, fail_closed);
+    }
+    let mut resp = match base.clone().with_patch(patch) {
+        Ok(resp) => resp,
+        Err(e) => {
+            return failure(
+                base,
+                format!("cannot encode the patch: {e}"),
+                warnings,
+                fail_closed,
+            )
+        }
+    };
+    resp.audit_annotations = audit("injected", mode.as_str());
+    warnings.truncate(MAX_WARNINGS);
+    Reply {
+        review: with_warnings(resp, &warnings).into_review(),
+        result: ReviewResult::Injected(mode),
+        warnings,
+    }
+}
+
+/// The API server may drop warnings past a handful; keep the list short.
+const MAX_WARNINGS: usize = 16;
+
+fn audit(outcome: &str, detail: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("outcome".to_string(), outcome.to_string()),
+        ("detail".to_string(), detail.to_string()),
+    ])
+}
+
+fn with_warnings(mut resp: AdmissionResponse, warnings: &[String]) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        let mut w = warnings.to_vec();
+        w.truncate(MAX_WARNINGS);
+        resp.warnings = Some(w);
+    }
+    resp
+}
+
+fn failure(
+    base: AdmissionResponse,
+    why: String,
+    mut warnings: Vec<String>,
+    fail_closed: bool,
+) -> Reply {
+    let resp = if fail_closed {
+        base.deny(format!(
+            "portcullis injector failed ({why}); denied because the injector runs with --fail-closed"
+        ))
+    } else {
+        warnings.push(format!(
+            "portcullis: injection failed ({why}); pod admitted WITHOUT the Portcullis proxy"
+        ));
+        let mut resp = base;
+        resp.audit_annotations = audit("error", "admitted_without_proxy");
+        resp
+    };
+    Reply {
+        review: with_warnings(resp, &warnings).into_review(),
+        result: ReviewResult::Error(why),
+        warnings,
+    }
+}
+
+/// Apply the patch to the object exactly as the API server will, and check the result: a bug
+/// here must not reach the API server, which would reject the pod.
+pub fn verify_patch(
+    object: &Value,
+    patch: &json_patch::Patch,
+    mode: SidecarMode,
+) -> Result<(), String> {
+    let mut doc = object.clone();
+    json_patch::patch(&mut doc, patch).map_err(|e| format!("patch does not apply: {e}"))?;
+    let pod: Pod =
+        serde_json::from_value(doc).map_err(|e| format!("patched object is not a Pod: {e}"))?;
+    let spec = pod.spec.as_ref().ok_or("patched pod has no spec")?;
+    let inits: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    if inits.first() != Some(&INIT_CONTAINER_NAME) {
+        return Err(format!(
+            "{INIT_CONTAINER_NAME} is not the first init container"
+        ));
+    }
+    let proxy_ok = match mode {
+        SidecarMode::Native => inits.get(1) == Some(&PROXY_CONTAINER_NAME),
+        SidecarMode::Classic => {
+            spec.containers.first().map(|c| c.name.as_str()) == Some(PROXY_CONTAINER_NAME)
+        }
+    };
+    if !proxy_ok {
+        return Err(format!(
+            "{PROXY_CONTAINER_NAME} is not where {mode} mode puts it"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Namespace annotations (defaults for the namespace's pods), read through the Kubernetes API
+//! with a short timeout and a small time-bounded cache. Needs RBAC `get` on `namespaces`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+
+use crate::inject::NamespaceDefaults;
+
+/// Where namespace annotations come from.
+pub enum NamespaceSource {
+    /// Look-ups turned off: no namespace defaults, no warning.
+    Disabled,
+    /// No API access (reason given at start-up): every injection carries a warning.
+    Unavailable(String),
+    /// A fixed map, for tests and local runs.
+    Static(HashMap<String, BTreeMap<String, String>>),
+    /// Through the API server.
+    Api(Box<ApiNamespaces>),
+}
+
+impl NamespaceSource {
+    pub async fn defaults(&self, namespace: Option<&str>) -> NamespaceDefaults {
+        let Some(ns) = namespace else {
+            return match self {
+                NamespaceSource::Disabled => NamespaceDefaults::Disabled,
+                _ => NamespaceDefaults::Unavailable("request has no namespace".to_string()),
+            };
+        };
+        match self {
+            NamespaceSource::Disabled => NamespaceDefaults::Disabled,
+            NamespaceSource::Unavailable(why) => NamespaceDefaults::Unavailable(why.clone()),
+            NamespaceSource::Static(map) => {
+                NamespaceDefaults::Annotations(map.get(ns).cloned().unwrap_or_default())
+            }
+            NamespaceSource::Api(api) => api.defaults(ns).await,
+        }
+    }
+}
+
+type CacheEntry = (Instant, Result<BTreeMap<String, String>, String>);
+
+/// `GET /api/v1/namespaces/{name}` (metadata only), cached.
+pub struct ApiNamespaces {
+    api: Api<Namespace>,
+    timeout: Duration,
+    ttl: Duration,
+    error_ttl: Duration,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+}
+
+/// Entries kept at most; past this, expired entries are dropped, then everything.
+const MAX_ENTRIES: usize = 4096;
+
+impl ApiNamespaces {
+    pub fn new(client: kube::Client, timeout: Duration, ttl: Duration) -> Self {
+        ApiNamespaces {
+            api: Api::all(client),
+            timeout,
+            ttl,
+            error_ttl: Duration::from_secs(5).min(ttl),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, ns: &str) -> Option<Result<BTreeMap<String, String>, String>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, value) = cache.get(ns)?;
+        let ttl = if value.is_ok() {
+            self.ttl
+        } else {
+            self.error_ttl
+        };
+        (at.elapsed() < ttl).then(|| value.clone())
+    }
+
+    fn store(&self, ns: &str, value: Result<BTreeMap<String, String>, String>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(ns.to_string(), (Instant::now(), value));
+    }
+
+    pub async fn defaults(&self, ns: &str) -> NamespaceDefaults {
+        let result = match self.cached(ns) {
+            Some(hit) => {
+                metrics::counter!(crate::server::metrics::NAMESPACE_LOOKUPS, "result" => "cached")
+                    .increment(1);
+                hit
+            }
+            None => {
+                let fetched = match tokio::time::timeout(self.timeout, self.api.get_metadata(ns))
+                    .await
+                {
+                    Ok(Ok(meta)) => Ok(meta
+                        .metadata
+                        .annotations
+                        .unwrap_or_default()
+                        .into_iter()
+                        // Only ours: keeps the cache small (no last-applied-configuration).
+                        .filter(|(k, _)| k.starts_with("portcullis.dev/"))
+                        .collect()),
+                    // The pod's namespace exists (the API server checked); a 404 here means a
+                    // race with deletion: no defaults.
+                    Ok(Err(kube::Error::Api(status))) if status.code == 404 => Ok(BTreeMap::new()),
+                    Ok(Err(e)) => Err(format!("reading namespace {ns}: {e}")),
+                    Err(_) => Err(format!(
+                        "reading namespace {ns}: timed out after {:?}",
+                        self.timeout
+                    )),
+                };
+                let label = if fetched.is_ok() { "fetched" } else { "error" };
+                metrics::counter!(crate::server::metrics::NAMESPACE_LOOKUPS, "result" => label)
+                    .increment(1);
+                if let Err(e) = &fetched {
+                    tracing::warn!(namespace = ns, error = %e, "namespace look-up failed");
+                }
+                self.store(ns, fetched.clone());
+                fetched
+            }
+        };
+        match result {
+            Ok(map) => NamespaceDefaults::Annotations(map),
+            Err(e) => NamespaceDefaults::Unavailable(e),
+        }
+    }
+}
