@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod matrix;
 pub mod ports;
 pub mod selector;
+pub mod synthetic;
 pub mod table;
 pub mod validate;
 pub mod verdict;
