@@ -38,7 +38,7 @@ fn lookups(c: &mut Criterion) {
             let t = &tables[i % tables.len()];
             let peer = peers[i % peers.len()];
             let port = ports[i % ports.len()];
-            let dir = if i % 2 == 0 {
+            let dir = if i.is_multiple_of(2) {
                 Direction::Ingress
             } else {
                 Direction::Egress

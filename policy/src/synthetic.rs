@@ -58,7 +58,7 @@ pub fn cluster(namespaces: usize, pods: usize, policies: usize, seed: u64) -> Cl
         labels.insert("team".into(), format!("team-{}", ns % TEAMS));
         labels.insert(
             "env".into(),
-            if ns % 3 == 0 { "prod" } else { "dev" }.into(),
+            if ns.is_multiple_of(3) { "prod" } else { "dev" }.into(),
         );
         c.add_namespace(NamespaceInfo::new(namespace_name(ns), labels));
     }
