@@ -718,3 +718,7 @@ fn init_run_volume() -> Volume {
         ..Volume::default()
     }
 }
+
+#[cfg(test)]
+#[path = "inject_tests.rs"]
+mod tests;

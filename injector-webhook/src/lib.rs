@@ -18,4 +18,6 @@ pub mod server;
 
 pub use config::InjectorConfig;
 pub use inject::{decide, Decision, NamespaceDefaults, Outcome, SkipReason};
-pub use review::{parse_review, respond, ParseError, ParsedReview, Reply, ReviewResult, Target};
+pub use review::{
+    encode_review, parse_review, respond, ParseError, ParsedReview, Reply, ReviewResult, Target,
+};

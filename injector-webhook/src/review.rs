@@ -266,6 +266,22 @@ fn failure(
     }
 }
 
+/// Encode a response review for the API server. kube-core serializes `response.patch` (a Go
+/// `[]byte`) as an array of numbers; Kubernetes documents base64, which is what this writes.
+pub fn encode_review(
+    review: &AdmissionReview<DynamicObject>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(review)?;
+    if let Some(response) = value.get_mut("response").and_then(Value::as_object_mut) {
+        if let Some(patch) = response.get("patch") {
+            let bytes: Vec<u8> = serde_json::from_value(patch.clone())?;
+            let encoded = serde_json::to_value(k8s_openapi::ByteString(bytes))?;
+            response.insert("patch".to_string(), encoded);
+        }
+    }
+    serde_json::to_vec(&value)
+}
+
 /// Apply the patch to the object exactly as the API server will, and check the result: a bug
 /// here must not reach the API server, which would reject the pod.
 pub fn verify_patch(
@@ -302,3 +318,7 @@ pub fn verify_patch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "review_tests.rs"]
+mod tests;

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::InjectorConfig;
 use crate::inject::NamespaceDefaults;
 use crate::review::{
-    parse_review, respond, ParseError, Reply, ReviewResult, Target, MAX_BODY_BYTES,
+    encode_review, parse_review, respond, ParseError, Reply, ReviewResult, Target, MAX_BODY_BYTES,
 };
 use namespaces::NamespaceSource;
 
@@ -129,7 +129,7 @@ async fn mutate(state: &AppState, req: Request<Incoming>) -> HttpResponse {
         }
     };
     let resp = match admit(state, &body).await {
-        Ok(reply) => match serde_json::to_vec(&reply.review) {
+        Ok(reply) => match encode_review(&reply.review) {
             Ok(json) => response(StatusCode::OK, "application/json", json),
             Err(e) => {
                 // Cannot happen with these types; answer something the API server reads as an

@@ -1,0 +1,210 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+fn review(request: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    }))
+    .expect("json")
+}
+
+fn pod_request(object: Value) -> Value {
+    json!({
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "shop",
+        "operation": "CREATE",
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "object": object,
+        "oldObject": null,
+        "dryRun": false
+    })
+}
+
+fn simple_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-7d4b9c-", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+    })
+}
+
+fn answer(body: &[u8], fail_closed: bool) -> (Reply, Value) {
+    let parsed = parse_review(body).expect("parses");
+    let reply = respond(
+        &parsed,
+        &NamespaceDefaults::Disabled,
+        &InjectorConfig::default(),
+        fail_closed,
+    );
+    let json =
+        serde_json::from_slice(&encode_review(&reply.review).expect("encodes")).expect("json");
+    (reply, json)
+}
+
+#[test]
+fn injects_a_pod_and_echoes_the_uid() {
+    let (reply, json) = answer(&review(pod_request(simple_pod())), false);
+    assert_eq!(reply.result, ReviewResult::Injected(SidecarMode::Native));
+    let resp = &json["response"];
+    assert_eq!(json["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(json["kind"], "AdmissionReview");
+    assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let patch: k8s_openapi::ByteString =
+        serde_json::from_value(resp["patch"].clone()).expect("patch is base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch.0).expect("a JSONPatch");
+    assert!(!patch.0.is_empty());
+    assert!(resp.get("warnings").is_none());
+    assert_eq!(resp["auditAnnotations"]["outcome"], "injected");
+}
+
+#[test]
+fn parse_errors() {
+    assert!(matches!(
+        parse_review(b"not json"),
+        Err(ParseError::Json(_))
+    ));
+    assert!(matches!(parse_review(b""), Err(ParseError::Json(_))));
+    assert!(matches!(parse_review(b"[]"), Err(ParseError::Json(_))));
+    let v1beta1 = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+        "request": pod_request(simple_pod())
+    }))
+    .expect("json");
+    assert!(matches!(
+        parse_review(&v1beta1),
+        Err(ParseError::ApiVersion(_))
+    ));
+    let wrong_kind = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "Pod",
+        "request": pod_request(simple_pod())
+    }))
+    .expect("json");
+    assert!(matches!(
+        parse_review(&wrong_kind),
+        Err(ParseError::Kind(_))
+    ));
+    let no_request = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#;
+    assert!(matches!(
+        parse_review(no_request),
+        Err(ParseError::NoRequest)
+    ));
+    let mut req = pod_request(simple_pod());
+    req["uid"] = json!("");
+    assert!(matches!(
+        parse_review(&review(req)),
+        Err(ParseError::EmptyUid)
+    ));
+    let mut req = pod_request(simple_pod());
+    req["operation"] = json!("EXPLODE");
+    let err = parse_review(&review(req)).err().expect("bad operation");
+    assert!(
+        err.to_string().contains("not a valid AdmissionReview"),
+        "{err}"
+    );
+}
+
+#[test]
+fn other_kinds_operations_and_subresources_are_ignored() {
+    let mut deploy = pod_request(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "d"}, "spec": {"replicas": "not a number"}}));
+    deploy["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let (reply, json) = answer(&review(deploy), true);
+    assert!(matches!(reply.result, ReviewResult::Ignored(_)));
+    assert_eq!(json["response"]["allowed"], true);
+    assert!(json["response"].get("patch").is_none());
+
+    let mut update = pod_request(simple_pod());
+    update["operation"] = json!("UPDATE");
+    assert!(matches!(
+        answer(&review(update), false).0.result,
+        ReviewResult::Ignored(_)
+    ));
+
+    let mut sub = pod_request(simple_pod());
+    sub["subResource"] = json!("ephemeralcontainers");
+    assert!(matches!(
+        answer(&review(sub), false).0.result,
+        ReviewResult::Ignored(_)
+    ));
+}
+
+#[test]
+fn webhook_errors_admit_with_a_warning_or_deny_when_fail_closed() {
+    // A CREATE of a Pod whose object is not a Pod (containers is not a list).
+    let bad = pod_request(json!({"metadata": {"name": "x"}, "spec": {"containers": 5}}));
+    let (reply, json) = answer(&review(bad.clone()), false);
+    assert!(matches!(reply.result, ReviewResult::Error(_)));
+    let resp = &json["response"];
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none());
+    let warning = resp["warnings"][0].as_str().expect("warning");
+    assert!(
+        warning.contains("WITHOUT the Portcullis proxy"),
+        "{warning}"
+    );
+
+    let (reply, json) = answer(&review(bad), true);
+    assert!(matches!(reply.result, ReviewResult::Error(_)));
+    assert_eq!(json["response"]["allowed"], false);
+    let msg = json["response"]["status"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(msg.contains("--fail-closed"), "{msg}");
+
+    let mut no_object = pod_request(simple_pod());
+    no_object["object"] = Value::Null;
+    assert!(matches!(
+        answer(&review(no_object), false).0.result,
+        ReviewResult::Error(_)
+    ));
+}
+
+#[test]
+fn skipped_pods_carry_warnings_but_no_patch() {
+    let mut p = simple_pod();
+    p["spec"]["hostNetwork"] = json!(true);
+    let (reply, json) = answer(&review(pod_request(p)), false);
+    assert_eq!(reply.result, ReviewResult::Skipped(SkipReason::HostNetwork));
+    assert_eq!(json["response"]["allowed"], true);
+    assert!(json["response"].get("patch").is_none());
+    assert_eq!(
+        json["response"]["warnings"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn verify_patch_catches_patches_that_do_not_fit() {
+    let object = json!({"spec": {"containers": [{"name": "a"}]}});
+    let pod: Pod = serde_json::from_value(object.clone()).expect("pod");
+    let d = crate::inject::decide(
+        &pod,
+        &NamespaceDefaults::Disabled,
+        &InjectorConfig::default(),
+    );
+    let Outcome::Inject { patch, .. } = d.outcome else {
+        panic!("inject")
+    };
+    // The typed pod has (default) metadata, the JSON object has none: the patch cannot apply.
+    let err = verify_patch(&object, &patch, SidecarMode::Native).expect_err("must fail");
+    assert!(err.contains("does not apply"), "{err}");
+    // And a patch that applies but puts the proxy elsewhere is refused too.
+    let with_meta = json!({"metadata": {}, "spec": {"containers": [{"name": "a"}]}});
+    let err = verify_patch(&with_meta, &patch, SidecarMode::Classic).expect_err("must fail");
+    assert!(err.contains("classic"), "{err}");
+    verify_patch(&with_meta, &patch, SidecarMode::Native).expect("fits");
+}
+
+#[test]
+fn names_for_logs() {
+    let parsed = parse_review(&review(pod_request(simple_pod()))).expect("parses");
+    assert_eq!(parsed.namespace(), Some("shop"));
+    assert_eq!(parsed.pod_name(), "web-7d4b9c-");
+}
