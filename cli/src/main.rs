@@ -1,9 +1,12 @@
 //! `portcullis`: the user's command line for Portcullis.
 
+mod demo;
 mod explain;
 
 mod matrix;
 mod render;
+mod testbed;
+mod testbed_cli;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,10 @@ enum Command {
     Matrix(matrix::MatrixArgs),
     /// Explain the verdict for one connection, in words.
     Explain(explain::ExplainArgs),
+    /// A local cluster in network namespaces with the real init container and proxies (root).
+    Testbed(testbed_cli::TestbedArgs),
+    /// Run the kangaroo example end to end in a testbed, apply a policy change live (root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +44,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Testbed(args) => testbed_cli::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

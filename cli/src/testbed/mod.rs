@@ -1,0 +1,639 @@
+//! `portcullis testbed`: a cluster built from manifests out of network namespaces on this
+//! machine — a "node" namespace with a bridge, one namespace per pod with its `status.podIP`,
+//! and in each pod the real `portcullis-init` and `portcullis-proxy` in front of a small server
+//! on every declared TCP port. Nothing outside the testbed's namespaces is touched.
+
+pub mod netns;
+pub mod serve;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use portcullis_policy::matrix::Probe;
+use portcullis_policy::{compile, Matrix, ProbeResult, Protocol};
+use serde::{Deserialize, Serialize};
+
+/// Every name the testbed creates starts with this.
+pub const PREFIX: &str = "pc-tb-";
+pub const PROXY_UID: u32 = 2171;
+pub const ADMIN_PORT: u16 = 4191;
+
+/// Where a testbed keeps its state, logs and the policy directory its proxies watch.
+pub fn state_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/portcullis/testbed").join(name)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    /// `namespace/name`
+    pub key: String,
+    pub netns: String,
+    pub ip: IpAddr,
+    pub ports: Vec<u16>,
+    pub pids: Vec<u32>,
+    pub proxy_log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub node_netns: String,
+    pub pods: Vec<PodState>,
+    /// The proxies' `--policy-dir`: `cluster/` (files given to `up`) and `applied/` (later).
+    pub policy_dir: PathBuf,
+}
+
+impl State {
+    pub fn load(name: &str) -> Result<State> {
+        let path = state_dir(name).join("state.json");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("no testbed named {name:?} is up (no {})", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = state_dir(&self.name).join("state.json");
+        fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn pod(&self, key: &str) -> Result<&PodState> {
+        self.pods.iter().find(|p| p.key == key).with_context(|| {
+            format!(
+                "pod {key} is not in testbed {} (write NAMESPACE/POD)",
+                self.name
+            )
+        })
+    }
+
+    /// Every manifest the proxies currently see.
+    pub fn manifest_paths(&self) -> Vec<PathBuf> {
+        vec![self.policy_dir.clone()]
+    }
+}
+
+/// Where to find the binaries the testbed runs.
+pub struct Binaries {
+    pub proxy: PathBuf,
+    pub init: PathBuf,
+}
+
+impl Binaries {
+    /// Next to this executable (cargo puts all workspace binaries together), else on PATH.
+    pub fn locate(proxy: Option<PathBuf>, init: Option<PathBuf>) -> Result<Binaries> {
+        let find = |explicit: Option<PathBuf>, name: &str| -> Result<PathBuf> {
+            if let Some(p) = explicit {
+                return Ok(p);
+            }
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join(name)));
+            if let Some(p) = beside.filter(|p| p.is_file()) {
+                return Ok(p);
+            }
+            for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+                let p = dir.join(name);
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+            bail!("cannot find {name}: build it (cargo build -p {name}) or pass its path")
+        };
+        Ok(Binaries {
+            proxy: find(proxy, "portcullis-proxy")?,
+            init: find(init, "portcullis-init")?,
+        })
+    }
+}
+
+pub struct UpOptions {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+    pub binaries: Binaries,
+    pub proxy_args: Vec<String>,
+}
+
+fn require_root() -> Result<()> {
+    if !netns::is_root() {
+        bail!("the testbed needs root: it creates network namespaces, veth pairs and iptables rules (run it with sudo)");
+    }
+    Ok(())
+}
+
+/// Brings a testbed up. On failure, removes whatever it had created.
+pub fn up(opts: &UpOptions) -> Result<State> {
+    require_root()?;
+    let dir = state_dir(&opts.name);
+    if dir.join("state.json").exists() || !netns::list_with_prefix(&prefix(&opts.name)).is_empty() {
+        bail!(
+            "testbed {:?} is already up; run `portcullis testbed down --name {}` first",
+            opts.name,
+            opts.name
+        );
+    }
+    match build(opts) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            down(&opts.name);
+            Err(e)
+        }
+    }
+}
+
+fn prefix(name: &str) -> String {
+    format!("{PREFIX}{name}-")
+}
+
+fn build(opts: &UpOptions) -> Result<State> {
+    let dir = state_dir(&opts.name);
+    let policy_dir = dir.join("policy");
+    fs::create_dir_all(policy_dir.join("cluster"))?;
+    fs::create_dir_all(policy_dir.join("applied"))?;
+    copy_manifests(&opts.files, &policy_dir.join("cluster"))?;
+    // The proxies run as UID 2171 and must read the policy directory.
+    for d in ["/run/portcullis", "/run/portcullis/testbed"] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    make_world_readable(&dir)?;
+
+    let loaded = portcullis_policy_loader::load_paths(&[policy_dir.clone()]);
+    if !loaded.errors.is_empty() {
+        bail!(
+            "the manifests have errors:\n  {}",
+            loaded.errors.join("\n  ")
+        );
+    }
+    let cluster = loaded.cluster;
+    let node = format!("{}node", prefix(&opts.name));
+    netns::add(&node)?;
+    netns::ip_in(&node, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(&node, &["link", "set", "br0", "up"])?;
+    netns::exec_in(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+
+    // Every distinct hostIP is an address of the node; pods without one use a link-local gateway.
+    const FALLBACK_GATEWAY: &str = "169.254.1.1";
+    let mut gateways: BTreeSet<String> = BTreeSet::new();
+    let mut state = State {
+        name: opts.name.clone(),
+        node_netns: node.clone(),
+        pods: Vec::new(),
+        policy_dir: policy_dir.clone(),
+    };
+    for (i, pod) in cluster.pods.iter().enumerate() {
+        if pod.host_network {
+            eprintln!(
+                "note: {} is a hostNetwork pod; the testbed leaves it out",
+                pod.key()
+            );
+            continue;
+        }
+        let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
+            bail!(
+                "pod {} needs an IPv4 status.podIP for the testbed",
+                pod.key()
+            );
+        };
+        let gateway = match pod.host_ip {
+            Some(IpAddr::V4(h)) => h.to_string(),
+            _ => FALLBACK_GATEWAY.to_string(),
+        };
+        if gateways.insert(gateway.clone()) {
+            netns::ip_in(
+                &node,
+                &["addr", "add", &format!("{gateway}/32"), "dev", "br0"],
+            )?;
+        }
+        let ns = format!("{}p{i}", prefix(&opts.name));
+        netns::add(&ns)?;
+        let host_end = format!("vp{i}");
+        netns::ip_in(
+            &node,
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        netns::ip_in(&node, &["link", "set", &host_end, "master", "br0", "up"])?;
+        netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
+        netns::ip_in(
+            &ns,
+            &["route", "add", "default", "via", &gateway, "dev", "eth0"],
+        )?;
+        netns::ip_in(&node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
+        let ports: Vec<u16> = pod
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        state.pods.push(PodState {
+            key: pod.key(),
+            netns: ns,
+            ip: IpAddr::V4(ip),
+            ports,
+            pids: Vec::new(),
+            proxy_log: dir.join(format!("{}.{}.proxy.log", pod.namespace, pod.name)),
+        });
+    }
+    state.save()?;
+
+    let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
+    for (pod, info) in state
+        .pods
+        .iter_mut()
+        .zip(cluster.pods.iter().filter(|p| !p.host_network))
+    {
+        netns::exec_in(&pod.netns, &opts.binaries.init.to_string_lossy(), &[])
+            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+        if !pod.ports.is_empty() {
+            let ports: Vec<String> = pod.ports.iter().map(u16::to_string).collect();
+            let log = dir.join(format!("{}.{}.server.log", info.namespace, info.name));
+            let pid = spawn_in(
+                &pod.netns,
+                &self_exe,
+                &[
+                    "testbed".into(),
+                    "serve".into(),
+                    "--identity".into(),
+                    pod.key.clone(),
+                    "--ports".into(),
+                    ports.join(","),
+                ],
+                &[],
+                &log,
+                None,
+            )?;
+            pod.pids.push(pid);
+        }
+        let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
+        let mut env = vec![
+            ("POD_NAME".to_string(), info.name.clone()),
+            ("POD_NAMESPACE".to_string(), info.namespace.clone()),
+            ("POD_IPS".to_string(), ips.join(",")),
+            ("PORTCULLIS_LOG".to_string(), "info".to_string()),
+        ];
+        if let Some(h) = info.host_ip {
+            env.push(("HOST_IP".into(), h.to_string()));
+        }
+        let mut args = vec![
+            "--policy-dir".to_string(),
+            policy_dir.to_string_lossy().into_owned(),
+        ];
+        args.extend(opts.proxy_args.iter().cloned());
+        let pid = spawn_in(
+            &pod.netns,
+            &opts.binaries.proxy,
+            &args,
+            &env,
+            &pod.proxy_log,
+            Some(PROXY_UID),
+        )?;
+        pod.pids.push(pid);
+    }
+    state.save()?;
+    wait_ready(&state, Duration::from_secs(30))?;
+    Ok(state)
+}
+
+/// Starts a long-running process inside `ns`, detached from our session, output to `log`.
+fn spawn_in(
+    ns: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    uid: Option<u32>,
+) -> Result<u32> {
+    let out = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    fs::set_permissions(log, fs::Permissions::from_mode(0o644))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    if let Some(uid) = uid {
+        // The proxy runs as its own unprivileged user, as in a pod.
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+        ]);
+    }
+    cmd.arg(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {} in {ns}", program.display()))?;
+    Ok(child.id())
+}
+
+fn copy_manifests(files: &[PathBuf], into: &Path) -> Result<()> {
+    let mut n = 0;
+    for path in files {
+        let mut found = Vec::new();
+        collect(path, &mut found)?;
+        for file in found {
+            n += 1;
+            let name = file
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = into.join(format!("{n:03}-{name}"));
+            fs::copy(&file, &target)
+                .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta = fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            if e.is_dir() || portcullis_policy_loader::is_manifest(&e) {
+                collect(&e, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn make_world_readable(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            make_world_readable(&path)?;
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds manifests to the proxies' policy directory (`replace`: drop earlier applied ones first).
+/// The proxies notice by themselves; this waits until every one serves the expected table.
+pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration) -> Result<()> {
+    let applied = state.policy_dir.join("applied");
+    // Write into a staging directory, then swap it in with one rename, so that a proxy never
+    // sees half of a change.
+    let staging = state.policy_dir.join(".staging");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+    if !replace {
+        for entry in fs::read_dir(&applied)? {
+            let p = entry?.path();
+            if let Some(name) = p.file_name() {
+                fs::copy(&p, staging.join(name))?;
+            }
+        }
+    }
+    let offset = fs::read_dir(&staging)?.count();
+    let mut found = Vec::new();
+    for f in files {
+        collect(f, &mut found)?;
+    }
+    for (i, file) in found.iter().enumerate() {
+        let name = file
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fs::copy(file, staging.join(format!("{:03}-{name}", offset + i + 1)))
+            .with_context(|| format!("cannot copy {}", file.display()))?;
+    }
+    make_world_readable(&staging)?;
+    let old = state.policy_dir.join(".old");
+    let _ = fs::remove_dir_all(&old);
+    fs::rename(&applied, &old)?;
+    fs::rename(&staging, &applied)?;
+    let _ = fs::remove_dir_all(&old);
+    wait_converged(state, timeout)
+}
+
+/// Waits until every proxy serves, on `/policy`, the table this process compiles from the same
+/// directory.
+pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
+    let loaded = portcullis_policy_loader::load_paths(&state.manifest_paths());
+    if !loaded.errors.is_empty() {
+        bail!(
+            "the manifests have errors:\n  {}",
+            loaded.errors.join("\n  ")
+        );
+    }
+    let compiled = compile(&loaded.cluster);
+    let deadline = Instant::now() + timeout;
+    for pod in &state.pods {
+        let Some(expected) = compiled.table(&pod.key) else {
+            continue;
+        };
+        let mut want = serde_json::to_value(&**expected)?;
+        strip_known_pods(&mut want);
+        loop {
+            let served = admin_get(&pod.netns, "/policy")
+                .ok()
+                .and_then(|(status, body)| {
+                    (status == 200)
+                        .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
+                        .flatten()
+                });
+            if let Some(mut served) = served.and_then(|v| v.get("table").cloned()) {
+                strip_known_pods(&mut served);
+                if served == want {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the proxy of {} did not load the new policy within {timeout:?} (see `portcullis testbed logs {}`)", pod.key, pod.key);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn strip_known_pods(v: &mut serde_json::Value) {
+    if let Some(map) = v.as_object_mut() {
+        map.remove("known_pods");
+    }
+}
+
+fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for pod in &state.pods {
+        loop {
+            if matches!(admin_get(&pod.netns, "/ready"), Ok((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(&pod.proxy_log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                bail!(
+                    "the proxy of {} is not ready after {timeout:?}; last log lines:\n{}",
+                    pod.key,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// `GET path` on the proxy's admin port, from inside the pod. Returns (status, body).
+pub fn admin_get(ns: &str, path: &str) -> Result<(u16, String)> {
+    let path = path.to_string();
+    netns::within(ns, move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("malformed HTTP response")?;
+        Ok((status, body.to_string()))
+    })
+}
+
+/// Connects from every pod to every pod on every probe; TCP only (what Portcullis proxies).
+pub fn probe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Matrix> {
+    let tcp: Vec<Probe> = probes
+        .iter()
+        .copied()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .collect();
+    let targets: Vec<(String, IpAddr)> = state.pods.iter().map(|p| (p.key.clone(), p.ip)).collect();
+    let mut handles = Vec::new();
+    for from in &state.pods {
+        let ns = from.netns.clone();
+        let from_key = from.key.clone();
+        let targets = targets.clone();
+        let tcp = tcp.clone();
+        handles.push(std::thread::spawn(move || -> Result<Vec<ProbeResult>> {
+            netns::enter(&ns)?;
+            let mut out = Vec::new();
+            for probe in &tcp {
+                for (to, ip) in &targets {
+                    let allowed = serve::probe(SocketAddr::new(*ip, probe.port), to, timeout);
+                    out.push(ProbeResult {
+                        from: from_key.clone(),
+                        to: to.clone(),
+                        port: probe.port,
+                        protocol: probe.protocol,
+                        allowed,
+                        reason: None,
+                    });
+                }
+            }
+            Ok(out)
+        }));
+    }
+    let mut results = Vec::new();
+    for h in handles {
+        results.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
+        );
+    }
+    // Same order as the engine's matrix: probe, then from, then to.
+    let order = |p: &ProbeResult| {
+        (
+            tcp.iter()
+                .position(|q| q.port == p.port && q.protocol == p.protocol),
+            p.from.clone(),
+            p.to.clone(),
+        )
+    };
+    results.sort_by_key(order);
+    Ok(Matrix { probes: results })
+}
+
+/// Stops every process and deletes every namespace of the testbed, also after a crash (it
+/// finds leftovers by name prefix). Never fails: it removes what it can.
+pub fn down(name: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(state) = State::load(name) {
+        for pod in &state.pods {
+            for pid in &pod.pids {
+                // Negative pid: the whole process group (ip netns exec, setpriv and the child).
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(-(*pid as i32)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    for ns in netns::list_with_prefix(&prefix(name)) {
+        // Processes still inside the namespace (e.g. after a crash of `up`).
+        if let Ok(pids) = netns::ip(&["netns", "pids", &ns]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        netns::delete(&ns);
+        removed.push(ns);
+    }
+    let _ = fs::remove_dir_all(state_dir(name));
+    removed
+}
+
+/// The proxy's audit lines (`"event":"connection_*"`) of one pod.
+pub fn audit_lines(state: &State, pod: &str, all: bool) -> Result<Vec<String>> {
+    let pod = state.pod(pod)?;
+    let log = fs::read_to_string(&pod.proxy_log)
+        .with_context(|| format!("cannot read {}", pod.proxy_log.display()))?;
+    Ok(log
+        .lines()
+        .filter(|l| all || l.contains("\"event\":\"connection_"))
+        .map(str::to_string)
+        .collect())
+}
+
+pub fn metrics(state: &State, pod: &str) -> Result<String> {
+    let pod = state.pod(pod)?;
+    let (status, body) = admin_get(&pod.netns, "/metrics")?;
+    if status != 200 {
+        bail!(
+            "the proxy of {} answered /metrics with HTTP {status}",
+            pod.key
+        );
+    }
+    Ok(body)
+}
