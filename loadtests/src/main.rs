@@ -1,0 +1,321 @@
+//! `portcullis-loadtests`: Portcullis against the direct path and against HAProxy, side by side
+//! in one run, in network namespaces this program creates (and removes). See loadtests/README.md.
+
+mod report;
+mod topology;
+mod workload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use report::{MemoryResult, PathResult, Report, SoakResult};
+use topology::*;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis-loadtests",
+    version,
+    about = "Measure Portcullis against the direct path and HAProxy (needs root)."
+)]
+struct Args {
+    /// A few seconds in all: tiny durations, one round, 100 idle connections, 20 swaps. For CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds per throughput and connection-rate run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Rounds; every path runs once per round, interleaved, and the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Ping-pong exchanges per latency run.
+    #[arg(long, default_value_t = 20_000)]
+    latency_rounds: usize,
+    /// Idle-connection counts for the memory measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    idle: Vec<usize>,
+    /// Policy swaps in the soak.
+    #[arg(long, default_value_t = 1000)]
+    swaps: usize,
+    /// Leave HAProxy out (when it is not installed).
+    #[arg(long)]
+    no_haproxy: bool,
+    /// Where results go (a timestamped folder is created inside).
+    #[arg(long, default_value = "loadtests/results")]
+    out: PathBuf,
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    #[arg(long)]
+    init_bin: Option<PathBuf>,
+    /// Extra arguments for both proxies, e.g. `--proxy-arg=--copy=userspace`.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    proxy_args: Vec<String>,
+}
+
+fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let beside = std::env::current_exe()?.parent().map(|d| d.join(name));
+    beside.filter(|p| p.is_file()).with_context(|| {
+        format!(
+            "cannot find {name}; build the workspace or pass --{}-bin",
+            name.trim_start_matches("portcullis-")
+        )
+    })
+}
+
+struct PathSpec {
+    name: &'static str,
+    description: &'static str,
+    ns: String,
+    sink: SocketAddr,
+    echo: SocketAddr,
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("constant address"), port)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.seconds = 0.3;
+        args.rounds = 1;
+        args.latency_rounds = 300;
+        args.idle = vec![100];
+        args.swaps = 10;
+    }
+    raise_fd_limit();
+    let proxy = locate(args.proxy_bin.clone(), "portcullis-proxy")?;
+    let init = locate(args.init_bin.clone(), "portcullis-init")?;
+    let haproxy = !args.no_haproxy;
+    if haproxy && which("haproxy").is_none() {
+        bail!("haproxy is not installed (apt-get install haproxy), or pass --no-haproxy");
+    }
+
+    let mut topo = Topology::create()?;
+    workload::start_servers(
+        &topo.server,
+        &[(SINK_PORT, ECHO_PORT), (DIRECT_SINK_PORT, DIRECT_ECHO_PORT)],
+    )?;
+    topo.write_policy(0)?;
+    let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
+    let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());
+    let server_proxy = topo.start_portcullis(
+        &server_ns,
+        "server",
+        &server_ips,
+        &init,
+        &proxy,
+        &args.proxy_args,
+    )?;
+    topo.start_portcullis(
+        &mesh_ns,
+        "mesh-client",
+        CLIENT_IP_MESH,
+        &init,
+        &proxy,
+        &args.proxy_args,
+    )?;
+    let haproxy_pid = if haproxy {
+        Some(topo.start_haproxy()?)
+    } else {
+        None
+    };
+
+    let mut paths = vec![
+        PathSpec {
+            name: "direct",
+            description: "direct (no proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, DIRECT_SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, DIRECT_ECHO_PORT),
+        },
+        PathSpec {
+            name: "inbound",
+            description: "Portcullis inbound (1 proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, ECHO_PORT),
+        },
+        PathSpec {
+            name: "mesh",
+            description: "Portcullis outbound+inbound (2 proxies)",
+            ns: topo.mesh_client.clone(),
+            sink: addr(SERVER_IP_MESH, SINK_PORT),
+            echo: addr(SERVER_IP_MESH, ECHO_PORT),
+        },
+    ];
+    if haproxy {
+        paths.push(PathSpec {
+            name: "haproxy",
+            description: "HAProxy TCP, splice-auto (1 proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, HAPROXY_SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT),
+        });
+    }
+
+    let duration = Duration::from_secs_f64(args.seconds);
+    let n = paths.len();
+    let (mut t1, mut t16, mut cps, mut fails) = (
+        vec![vec![]; n],
+        vec![vec![]; n],
+        vec![vec![]; n],
+        vec![0u64; n],
+    );
+    let mut lat: Vec<Vec<workload::Latency>> = vec![vec![]; n];
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}", round + 1, args.rounds);
+        for (i, p) in paths.iter().enumerate() {
+            t1[i].push(
+                workload::throughput(&p.ns, p.sink, 1, duration)
+                    .with_context(|| format!("{}: 1 stream", p.name))?
+                    / 1e9,
+            );
+            t16[i].push(
+                workload::throughput(&p.ns, p.sink, 16, duration)
+                    .with_context(|| format!("{}: 16 streams", p.name))?
+                    / 1e9,
+            );
+            lat[i].push(
+                workload::latency(&p.ns, p.echo, args.latency_rounds)
+                    .with_context(|| format!("{}: latency", p.name))?,
+            );
+            let (rate, failed) = workload::connection_rate(&p.ns, p.echo, 4, duration)?;
+            cps[i].push(rate);
+            fails[i] += failed;
+        }
+    }
+    let results: Vec<PathResult> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PathResult {
+            path: p.name.into(),
+            description: p.description.into(),
+            throughput_1_gbps: median(t1[i].clone()),
+            throughput_16_gbps: median(t16[i].clone()),
+            latency: workload::Latency {
+                p50_us: median(lat[i].iter().map(|l| l.p50_us).collect()),
+                p99_us: median(lat[i].iter().map(|l| l.p99_us).collect()),
+                p999_us: median(lat[i].iter().map(|l| l.p999_us).collect()),
+            },
+            connections_per_s: median(cps[i].clone()),
+            connection_failures: fails[i],
+        })
+        .collect();
+
+    // Memory with idle connections held open through each proxy.
+    let mut memory = Vec::new();
+    let mut subjects = vec![(
+        "portcullis-proxy (inbound)",
+        server_proxy,
+        addr(SERVER_IP_PLAIN, ECHO_PORT),
+    )];
+    if let Some(pid) = haproxy_pid {
+        subjects.push(("haproxy", pid, addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT)));
+    }
+    for (name, pid, target) in subjects {
+        for &count in &args.idle {
+            let baseline = rss_bytes(pid)? as f64 / 1048576.0;
+            let conns = workload::open_idle(&topo.client, target, count)
+                .with_context(|| format!("{count} idle connections through {name}"))?;
+            std::thread::sleep(Duration::from_millis(300));
+            let rss = rss_bytes(pid)? as f64 / 1048576.0;
+            drop(conns);
+            std::thread::sleep(Duration::from_millis(500));
+            memory.push(MemoryResult {
+                process: name.into(),
+                idle_connections: count,
+                rss_mib: rss,
+                rss_baseline_mib: baseline,
+            });
+        }
+    }
+
+    // Policy swaps while connections flow through the inbound proxy.
+    let generation = |ns: &str| -> u64 {
+        workload::http_get(ns, 4191, "/policy")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.get("generation").and_then(|g| g.as_u64()))
+            .unwrap_or(0)
+    };
+    let gen_start = generation(&server_ns);
+    let topo_ref = &topo;
+    let (ok, failed) = workload::soak(
+        &topo.client,
+        addr(SERVER_IP_PLAIN, ECHO_PORT),
+        args.swaps,
+        |i| {
+            let before = generation(&server_ns);
+            topo_ref.write_policy(i + 1)?;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while generation(&server_ns) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        },
+    )?;
+    let soak = SoakResult {
+        swaps_requested: args.swaps,
+        generations_observed: generation(&server_ns).saturating_sub(gen_start),
+        connections_ok: ok,
+        connections_failed: failed,
+    };
+
+    let report = Report {
+        machine: machine(),
+        rounds: args.rounds,
+        seconds_per_run: args.seconds,
+        paths: results,
+        memory,
+        soak: Some(soak),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = args
+        .out
+        .join(format!("{stamp}{}", if args.smoke { "-smoke" } else { "" }));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(dir.join("results.md"), report.markdown())?;
+    std::fs::write(dir.join("plot.svg"), report.svg())?;
+    println!("{}", report.markdown());
+    println!("results: {}", dir.display());
+    Ok(())
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, Linux {}", kernel.trim())
+}
+
+/// 10,000 idle connections need ~40,000 descriptors between us and the proxy (which inherits
+/// the limit through `ip netns exec`).
+fn raise_fd_limit() {
+    use nix::sys::resource::{setrlimit, Resource};
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, 200_000, 200_000);
+}

@@ -1,0 +1,215 @@
+//! Results as JSON, a Markdown table, and an SVG chart people can look at.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::workload::Latency;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathResult {
+    pub path: String,
+    pub description: String,
+    pub throughput_1_gbps: f64,
+    pub throughput_16_gbps: f64,
+    pub latency: Latency,
+    pub connections_per_s: f64,
+    pub connection_failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryResult {
+    pub process: String,
+    pub idle_connections: usize,
+    pub rss_mib: f64,
+    pub rss_baseline_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakResult {
+    pub swaps_requested: usize,
+    pub generations_observed: u64,
+    pub connections_ok: u64,
+    pub connections_failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub rounds: usize,
+    pub seconds_per_run: f64,
+    pub paths: Vec<PathResult>,
+    pub memory: Vec<MemoryResult>,
+    pub soak: Option<SoakResult>,
+}
+
+impl Report {
+    fn path(&self, name: &str) -> Option<&PathResult> {
+        self.paths.iter().find(|p| p.path == name)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Machine: {}; median of {} rounds, {:.1}s per run, all paths interleaved in one run.\n",
+            self.machine, self.rounds, self.seconds_per_run
+        );
+        let _ = writeln!(s, "| path | 1 stream Gbit/s | 16 streams Gbit/s | p50 µs | p99 µs | p99.9 µs | conn/s | failed |");
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for p in &self.paths {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                p.description,
+                p.throughput_1_gbps,
+                p.throughput_16_gbps,
+                p.latency.p50_us,
+                p.latency.p99_us,
+                p.latency.p999_us,
+                p.connections_per_s,
+                p.connection_failures
+            );
+        }
+        let _ = writeln!(s, "\nRatios (target in brackets):\n");
+        let _ = writeln!(
+            s,
+            "| ratio | 1 stream | 16 streams | p50 latency | conn/s |"
+        );
+        let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+        for (a, b, label) in [
+            (
+                "inbound",
+                "direct",
+                "portcullis inbound / direct [tput ≥ 0.9, p50 ≤ 1.3]",
+            ),
+            ("mesh", "direct", "portcullis outbound+inbound / direct"),
+            (
+                "inbound",
+                "haproxy",
+                "portcullis inbound / HAProxy [tput ≥ 1, conn/s ≥ 1]",
+            ),
+        ] {
+            if let (Some(a), Some(b)) = (self.path(a), self.path(b)) {
+                let _ = writeln!(
+                    s,
+                    "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    a.throughput_1_gbps / b.throughput_1_gbps,
+                    a.throughput_16_gbps / b.throughput_16_gbps,
+                    a.latency.p50_us / b.latency.p50_us,
+                    a.connections_per_s / b.connections_per_s
+                );
+            }
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| process | idle connections | RSS MiB | RSS at start MiB |"
+            );
+            let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+            for m in &self.memory {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} |",
+                    m.process, m.idle_connections, m.rss_mib, m.rss_baseline_mib
+                );
+            }
+        }
+        if let Some(soak) = &self.soak {
+            let _ = writeln!(
+                s,
+                "\nPolicy-swap soak: {} swaps requested, {} table generations observed, {} connections ok, **{} failed** (target 0).",
+                soak.swaps_requested, soak.generations_observed, soak.connections_ok, soak.connections_failed
+            );
+        }
+        s
+    }
+
+    /// Two bar charts: throughput per path, latency percentiles per path.
+    pub fn svg(&self) -> String {
+        let colors = ["#4e79a7", "#f28e2b", "#59a14f"];
+        let (w, h) = (900.0, 420.0);
+        let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
+        let panel = |s: &mut String,
+                     x0: f64,
+                     title: &str,
+                     unit: &str,
+                     series: &[(&str, Vec<f64>)]| {
+            let (pw, ph, top) = (400.0, 300.0, 50.0);
+            let max = series
+                .iter()
+                .flat_map(|(_, v)| v.iter().copied())
+                .fold(0.0f64, f64::max)
+                .max(1e-9);
+            let _ = writeln!(
+                s,
+                "<text x='{}' y='25' font-size='15' font-weight='bold'>{title}</text>",
+                x0
+            );
+            let _ = writeln!(
+                s,
+                "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+                top + ph,
+                x0 + pw,
+                top + ph
+            );
+            let groups = self.paths.len().max(1) as f64;
+            let gw = pw / groups;
+            let bw = gw * 0.8 / series.len() as f64;
+            for (gi, p) in self.paths.iter().enumerate() {
+                let gx = x0 + gi as f64 * gw;
+                let _ = writeln!(
+                    s,
+                    "<text x='{}' y='{}' text-anchor='middle'>{}</text>",
+                    gx + gw / 2.0,
+                    top + ph + 16.0,
+                    p.path
+                );
+                for (si, (_, values)) in series.iter().enumerate() {
+                    let v = values.get(gi).copied().unwrap_or(0.0);
+                    let bh = v / max * (ph - 20.0);
+                    let bx = gx + gw * 0.1 + si as f64 * bw;
+                    let _ = writeln!(
+                        s,
+                        "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{}'/>",
+                        top + ph - bh,
+                        bw - 2.0,
+                        colors[si % 3]
+                    );
+                    let _ = writeln!(s, "<text x='{:.1}' y='{:.1}' text-anchor='middle' font-size='10'>{:.1}</text>", bx + bw / 2.0, top + ph - bh - 3.0, v);
+                }
+            }
+            for (si, (name, _)) in series.iter().enumerate() {
+                let ly = top + ph + 40.0 + si as f64 * 16.0;
+                let _ = writeln!(s, "<rect x='{x0}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}'>{name} ({unit})</text>", ly - 9.0, colors[si % 3], x0 + 14.0, ly);
+            }
+        };
+        let col = |f: &dyn Fn(&PathResult) -> f64| self.paths.iter().map(f).collect::<Vec<_>>();
+        panel(
+            &mut s,
+            30.0,
+            "Bulk throughput",
+            "Gbit/s",
+            &[
+                ("1 stream", col(&|p| p.throughput_1_gbps)),
+                ("16 streams", col(&|p| p.throughput_16_gbps)),
+            ],
+        );
+        panel(
+            &mut s,
+            480.0,
+            "1-byte request/response latency",
+            "µs",
+            &[
+                ("p50", col(&|p| p.latency.p50_us)),
+                ("p99", col(&|p| p.latency.p99_us)),
+                ("p99.9", col(&|p| p.latency.p999_us)),
+            ],
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}

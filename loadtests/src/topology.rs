@@ -1,0 +1,329 @@
+//! The load-test network: a server namespace and two client namespaces, one plain and one with
+//! Portcullis' outbound redirect, all created here and removed on drop (also on panic).
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const SERVER_IP_PLAIN: &str = "10.210.1.2";
+pub const CLIENT_IP_PLAIN: &str = "10.210.1.1";
+pub const SERVER_IP_MESH: &str = "10.210.2.2";
+pub const CLIENT_IP_MESH: &str = "10.210.2.1";
+/// The application's ports: sink (bulk) and echo (latency, connections/s).
+pub const SINK_PORT: u16 = 5201;
+pub const ECHO_PORT: u16 = 5202;
+/// The same application on ports the redirect skips: the direct path.
+pub const DIRECT_SINK_PORT: u16 = 5301;
+pub const DIRECT_ECHO_PORT: u16 = 5302;
+/// HAProxy's frontends.
+pub const HAPROXY_SINK_PORT: u16 = 6201;
+pub const HAPROXY_ECHO_PORT: u16 = 6202;
+pub const PROXY_UID: u32 = 2171;
+
+pub struct Topology {
+    pub server: String,
+    pub client: String,
+    pub mesh_client: String,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+    pub haproxy_pid: Option<u32>,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+fn sysctl(ns: &str, kv: &str) -> Result<()> {
+    run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv])
+}
+
+impl Topology {
+    pub fn create() -> Result<Topology> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the load tests need root: they build network namespaces and iptables rules (run with sudo)");
+        }
+        let tag = std::process::id();
+        let dir = std::env::temp_dir().join(format!("pc-lt-{tag}"));
+        fs::create_dir_all(&dir)?;
+        let mut t = Topology {
+            server: format!("pc-lt-{tag}-srv"),
+            client: format!("pc-lt-{tag}-cli"),
+            mesh_client: format!("pc-lt-{tag}-mesh"),
+            dir,
+            children: Vec::new(),
+            haproxy_pid: None,
+        };
+        for ns in [&t.server, &t.client, &t.mesh_client] {
+            run("ip", &["netns", "add", ns])?;
+            ip_in(ns, &["link", "set", "lo", "up"])?;
+        }
+        t.link(&t.client.clone(), CLIENT_IP_PLAIN, SERVER_IP_PLAIN, "vc")?;
+        t.link(&t.mesh_client.clone(), CLIENT_IP_MESH, SERVER_IP_MESH, "vm")?;
+        for ns in [&t.client, &t.mesh_client] {
+            // Many short connections: reuse TIME_WAIT ports and use the whole range.
+            sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
+            sysctl(ns, "net.ipv4.ip_local_port_range=1024 65000")?;
+        }
+        sysctl(&t.server, "net.core.somaxconn=65535")?;
+        Ok(t)
+    }
+
+    fn link(&mut self, client: &str, client_ip: &str, server_ip: &str, name: &str) -> Result<()> {
+        ip_in(
+            &self.server,
+            &[
+                "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", client,
+            ],
+        )?;
+        ip_in(
+            &self.server,
+            &["addr", "add", &format!("{server_ip}/24"), "dev", name],
+        )?;
+        ip_in(&self.server, &["link", "set", name, "up"])?;
+        ip_in(
+            client,
+            &["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"],
+        )?;
+        ip_in(client, &["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Writes the policy directory the proxies read: three pods and policies that allow the
+    /// load traffic (so every connection goes through a real table lookup).
+    pub fn write_policy(&self, variant: usize) -> Result<PathBuf> {
+        let dir = self.dir.join("policy");
+        fs::create_dir_all(&dir)?;
+        let pods = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: lt}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: lt, labels: {{role: server}}}}\n\
+             spec: {{containers: [{{name: app, ports: [{{name: sink, containerPort: {SINK_PORT}}}, {{name: echo, containerPort: {ECHO_PORT}}}]}}]}}\n\
+             status: {{podIP: {SERVER_IP_PLAIN}, podIPs: [{{ip: {SERVER_IP_PLAIN}}}, {{ip: {SERVER_IP_MESH}}}]}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: lt, labels: {{role: client}}}}\n\
+             status: {{podIP: {CLIENT_IP_PLAIN}}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: mesh-client, namespace: lt, labels: {{role: client}}}}\n\
+             status: {{podIP: {CLIENT_IP_MESH}}}\n"
+        );
+        // Two equivalent policy sets, so that swapping between them changes the table but
+        // never the verdict for the load traffic.
+        let policy = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: server-v{variant}, namespace: lt}}\n\
+             spec:\n  podSelector: {{matchLabels: {{role: server}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]\n    ports: [{{port: {SINK_PORT}, endPort: {}}}]\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-egress-v{variant}, namespace: lt}}\n\
+             spec:\n  podSelector: {{matchLabels: {{role: client}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{podSelector: {{matchLabels: {{role: server}}}}}}]\n    ports: [{{port: sink}}, {{port: echo}}]\n",
+            ECHO_PORT + (variant % 2) as u16
+        );
+        // Written beside, then renamed: a proxy never reads half a file.
+        let tmp = dir.join(".policy.yaml.tmp");
+        fs::write(dir.join("pods.yaml"), pods)?;
+        fs::write(&tmp, policy)?;
+        fs::rename(&tmp, dir.join("policy.yaml"))?;
+        set_world_readable(&self.dir)?;
+        Ok(dir)
+    }
+
+    /// Runs portcullis-init in `ns` (inbound and outbound redirect) and starts a proxy there.
+    pub fn start_portcullis(
+        &mut self,
+        ns: &str,
+        pod: &str,
+        pod_ips: &str,
+        init: &Path,
+        proxy: &Path,
+        proxy_args: &[String],
+    ) -> Result<u32> {
+        let skip = format!(
+            "{DIRECT_SINK_PORT},{DIRECT_ECHO_PORT},{HAPROXY_SINK_PORT},{HAPROXY_ECHO_PORT}"
+        );
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                &init.to_string_lossy(),
+                "--skip-inbound-ports",
+                &skip,
+            ],
+        )
+        .with_context(|| format!("portcullis-init in {ns}"))?;
+        let policy_dir = self.dir.join("policy");
+        let log = self.dir.join(format!("{pod}.proxy.log"));
+        let out = File::create(&log)?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "setpriv",
+                &format!("--reuid={PROXY_UID}"),
+                &format!("--regid={PROXY_UID}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(proxy)
+            .arg("--policy-dir")
+            .arg(&policy_dir)
+            .args(proxy_args)
+            .env("POD_NAME", pod)
+            .env("POD_NAMESPACE", "lt")
+            .env("POD_IPS", pod_ips)
+            .env("PORTCULLIS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start portcullis-proxy")?;
+        self.children.push(child);
+        self.wait_ready(ns, &log)?;
+        pid_of_listener(ns, 4143).context("cannot find the proxy's process")
+    }
+
+    fn wait_ready(&self, ns: &str, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = crate::workload::http_get(ns, 4191, "/ready")
+                .map(|(status, _)| status == 200)
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "proxy in {ns} not ready after 20s: {}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// HAProxy in the server namespace, TCP mode, splice on, in front of the same application.
+    pub fn start_haproxy(&mut self) -> Result<u32> {
+        let cfg = self.dir.join("haproxy.cfg");
+        fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 100000\n  nbthread 2\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
+                 listen sink\n  bind {SERVER_IP_PLAIN}:{HAPROXY_SINK_PORT}\n  server app 127.0.0.1:{SINK_PORT}\n\
+                 listen echo\n  bind {SERVER_IP_PLAIN}:{HAPROXY_ECHO_PORT}\n  server app 127.0.0.1:{ECHO_PORT}\n"
+            ),
+        )?;
+        let log = File::create(self.dir.join("haproxy.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server, "haproxy", "-db", "-f"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start haproxy (apt-get install haproxy)")?;
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(pid) = pid_of_listener(&self.server, HAPROXY_SINK_PORT) {
+                self.haproxy_pid = Some(pid);
+                return Ok(pid);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "haproxy did not start: {}",
+                    fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.server, &self.client, &self.mesh_client] {
+            // Whatever still runs inside (setpriv's child), then the namespace.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn set_world_readable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            set_world_readable(&p)?;
+        } else {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
+
+/// The pid of the process listening on `port` in `ns` (from `ss`).
+pub fn pid_of_listener(ns: &str, port: u16) -> Result<u32> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            "-Hltnp",
+            &format!("sport = :{port}"),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("pid=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("nothing listens on {port} in {ns}"))
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}

@@ -1,0 +1,259 @@
+//! The application (sink and echo servers) and the load generators. Both sides are threads of
+//! this process placed in the right network namespace with setns(2).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Moves the calling thread into network namespace `ns` (per-thread; other threads stay put).
+pub fn enter(ns: &str) -> Result<()> {
+    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("no namespace {ns}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread inside `ns` and returns its result.
+pub fn within<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || enter(&ns).and_then(|_| f()))
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker thread panicked"))?
+}
+
+pub fn http_get(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
+    let path = path.to_string();
+    within(ns, move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("bad HTTP")?;
+        Ok((status, body.to_string()))
+    })
+}
+
+/// Starts the sink (reads everything, then answers with the byte count) and the echo server on
+/// `ports` = (sink, echo) pairs, in namespace `ns`. They run until the process exits.
+pub fn start_servers(ns: &str, ports: &[(u16, u16)]) -> Result<()> {
+    for &(sink, echo) in ports {
+        for (port, is_sink) in [(sink, true), (echo, false)] {
+            let listener = within(ns, move || {
+                let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                l.set_reuse_address(true)?;
+                l.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+                l.listen(4096)?;
+                Ok(TcpListener::from(l))
+            })?;
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    std::thread::spawn(move || {
+                        let _ = if is_sink {
+                            sink_conn(stream)
+                        } else {
+                            echo_conn(stream)
+                        };
+                    });
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn sink_conn(mut s: TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    s.write_all(&total.to_be_bytes())
+}
+
+fn echo_conn(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf)? {
+            0 => return Ok(()),
+            n => s.write_all(&buf[..n])?,
+        }
+    }
+}
+
+/// Bulk throughput with `streams` parallel connections for `duration`; bits per second as
+/// counted by the receiving application.
+pub fn throughput(ns: &str, addr: SocketAddr, streams: usize, duration: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..streams {
+        let ns = ns.to_string();
+        handles.push(std::thread::spawn(move || -> Result<u64> {
+            enter(&ns)?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            let buf = vec![0x5au8; 128 * 1024];
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                s.write_all(&buf)?;
+            }
+            s.shutdown(Shutdown::Write)?;
+            let mut count = [0u8; 8];
+            s.read_exact(&mut count)
+                .context("the sink did not report its count")?;
+            Ok(u64::from_be_bytes(count))
+        }));
+    }
+    let mut bytes = 0;
+    for h in handles {
+        bytes += h.join().map_err(|_| anyhow::anyhow!("stream panicked"))??;
+    }
+    Ok(bytes as f64 * 8.0 / start.elapsed().as_secs_f64())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+/// 1-byte request/response on one persistent connection, `rounds` times.
+pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
+    within(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut samples = Vec::with_capacity(rounds);
+        let mut b = [0u8; 1];
+        for i in 0..rounds + rounds / 10 {
+            let t = Instant::now();
+            s.write_all(b"x")?;
+            s.read_exact(&mut b)?;
+            // The first tenth warms up.
+            if i >= rounds / 10 {
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        samples.sort_unstable();
+        let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+        Ok(Latency {
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            p999_us: pct(0.999),
+        })
+    })
+}
+
+/// New connections per second, each with one 1-byte exchange; returns (rate, failures).
+pub fn connection_rate(
+    ns: &str,
+    addr: SocketAddr,
+    workers: usize,
+    duration: Duration,
+) -> Result<(f64, u64)> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (ns, ok, failed) = (ns.to_string(), ok.clone(), failed.clone());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            enter(&ns)?;
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                if one_exchange(addr).is_ok() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    Ok((
+        ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    ))
+}
+
+fn one_exchange(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"x")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)
+}
+
+/// Opens `n` connections through `addr` and keeps them open (each has exchanged one byte, so
+/// the proxy really holds both legs). Returns them; dropping closes them.
+pub fn open_idle(ns: &str, addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    within(ns, move || {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .with_context(|| format!("idle connection {i} of {n}"))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            out.push(s);
+        }
+        Ok(out)
+    })
+}
+
+/// Short connections flowing while `swap` is called `swaps` times; returns failed connections.
+pub fn soak(
+    ns: &str,
+    addr: SocketAddr,
+    swaps: usize,
+    mut swap: impl FnMut(usize) -> Result<()>,
+) -> Result<(u64, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let (ns, stop, ok, failed) = (ns.to_string(), stop.clone(), ok.clone(), failed.clone());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            enter(&ns)?;
+            while !stop.load(Ordering::Relaxed) {
+                if one_exchange(addr).is_ok() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+    }
+    let result = (0..swaps).try_for_each(&mut swap);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    result?;
+    Ok((ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed)))
+}
