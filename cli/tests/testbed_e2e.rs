@@ -1,0 +1,187 @@
+//! End-to-end conformance on real sockets: the Kubernetes e2e model built as a testbed (network
+//! namespaces, the real portcullis-init and portcullis-proxy in every pod), then every TCP-only
+//! conformance case applied in turn (hot reload, no restart) and probed. The observed matrix must
+//! equal the hand-written truth table of the case. Needs root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run portcullis")
+}
+
+/// Takes the testbed down when the test ends, however it ends.
+struct Testbed(&'static str);
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = portcullis(&["testbed", "down", "--name", self.0]);
+    }
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds network namespaces and iptables rules: run it as root (sudo ./scripts/test.sh)"
+    );
+}
+
+/// The proxy and init binaries the testbed runs sit next to `portcullis`; make sure they are
+/// built and current even when only this package's tests were asked for.
+fn build_components() {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "portcullis-proxy",
+            "-p",
+            "portcullis-init",
+        ])
+        .current_dir(repo())
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building portcullis-proxy and portcullis-init failed"
+    );
+}
+
+type Cells = BTreeMap<(String, String, u64, String), bool>;
+
+fn cells(json: &str, tcp_only: bool) -> Cells {
+    let v: serde_json::Value = serde_json::from_str(json).expect("JSON matrix");
+    v["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter(|p| !tcp_only || p["protocol"] == "TCP")
+        .map(|p| {
+            (
+                (
+                    p["from"].as_str().unwrap().to_string(),
+                    p["to"].as_str().unwrap().to_string(),
+                    p["port"].as_u64().unwrap(),
+                    p["protocol"].as_str().unwrap().to_string(),
+                ),
+                p["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn e2e_conformance_cases_hold_on_real_sockets() {
+    require_root();
+    build_components();
+    let dir = repo().join("policy/tests/conformance");
+    let _ = portcullis(&["testbed", "down", "--name", "e2e"]);
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        "e2e",
+        "-f",
+        dir.join("model.yaml").to_str().unwrap(),
+    ]);
+    let _guard = Testbed("e2e");
+    assert!(
+        up.status.success(),
+        "testbed up failed:\n{}\n{}",
+        text(&up.stdout),
+        text(&up.stderr)
+    );
+
+    let mut cases: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    cases.sort();
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let policy = fs::read_to_string(case.join("policy.yaml")).unwrap();
+        // Portcullis proxies TCP; cases about other protocols are checked by the engine only.
+        if policy.contains("UDP")
+            || policy.contains("SCTP")
+            || policy.contains("-udp")
+            || policy.contains("-sctp")
+        {
+            continue;
+        }
+        ran += 1;
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let apply = portcullis(&[
+            "testbed",
+            "apply",
+            "--name",
+            "e2e",
+            "--replace",
+            "-f",
+            case.join("policy.yaml").to_str().unwrap(),
+        ]);
+        assert!(
+            apply.status.success(),
+            "{name}: apply failed: {}",
+            text(&apply.stderr)
+        );
+        let probe = portcullis(&[
+            "testbed",
+            "probe",
+            "--name",
+            "e2e",
+            "--probe",
+            "80/TCP,81/TCP",
+            "-o",
+            "json",
+        ]);
+        let observed = cells(&text(&probe.stdout), true);
+        let expected = cells(
+            &fs::read_to_string(case.join("expected.json")).unwrap(),
+            true,
+        );
+        assert_eq!(
+            observed.len(),
+            expected.len(),
+            "{name}: {}",
+            text(&probe.stderr)
+        );
+        for (key, want) in &expected {
+            if observed.get(key) != Some(want) {
+                failures.push(format!(
+                    "{name}: {} -> {} {}/{}: expected {want}, observed {:?}",
+                    key.0,
+                    key.1,
+                    key.2,
+                    key.3,
+                    observed.get(key)
+                ));
+            }
+        }
+    }
+    assert!(ran >= 30, "only {ran} TCP cases ran");
+    assert!(
+        failures.is_empty(),
+        "{} cells differ on real sockets:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
