@@ -13,6 +13,9 @@ pub mod inject;
 pub mod review;
 pub mod values;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(feature = "server")]
 pub mod server;
 

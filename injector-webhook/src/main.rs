@@ -222,7 +222,16 @@ struct Args {
     )]
     namespace_cache_seconds: u64,
 
-    /// How long open connections may finish after SIGTERM, in seconds.
+    /// After SIGTERM, keep accepting requests this long (seconds), while the endpoint is
+    /// removed from the Service, then stop accepting.
+    #[arg(
+        long,
+        env = "PORTCULLIS_INJECTOR_SHUTDOWN_DELAY_SECONDS",
+        default_value_t = 5
+    )]
+    shutdown_delay_seconds: u64,
+
+    /// Then let open connections finish for up to this long, in seconds.
     #[arg(long, env = "PORTCULLIS_INJECTOR_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
 
@@ -283,7 +292,10 @@ fn build_config(args: &Args) -> anyhow::Result<InjectorConfig> {
 
 fn init_tracing(args: &Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -308,7 +320,7 @@ async fn namespace_source(args: &Args) -> NamespaceSource {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(delay: Duration) {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -324,7 +336,9 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(delay = ?delay, "shutting down: still serving during the delay");
+    tokio::time::sleep(delay).await;
+    tracing::info!("shutting down: no longer accepting connections");
 }
 
 #[tokio::main]
@@ -380,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
         webhook,
         tls,
         state,
-        shutdown_signal(),
+        shutdown_signal(Duration::from_secs(args.shutdown_delay_seconds)),
         Duration::from_secs(args.drain_seconds),
     )
     .await;

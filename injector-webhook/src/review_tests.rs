@@ -103,7 +103,7 @@ fn parse_errors() {
     ));
     let mut req = pod_request(simple_pod());
     req["operation"] = json!("EXPLODE");
-    let err = parse_review(&review(req)).err().expect("bad operation");
+    let err = parse_review(&review(req)).expect_err("bad operation");
     assert!(
         err.to_string().contains("not a valid AdmissionReview"),
         "{err}"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Serving certificate for portcullis-injector without cert-manager.
+#
+# Makes (or reuses) a CA with openssl, signs a serving certificate for the injector's Service,
+# and with --apply stores it in the Secret portcullis-injector-tls and puts the CA into the
+# caBundle of the MutatingWebhookConfiguration portcullis-injector.
+#
+#   kubectl apply -k manifests/
+#   manifests/plain-cert/gen-certs.sh --apply
+#
+# Rotation: run it again. The CA in --out is reused (the caBundle stays valid) and a new serving
+# certificate replaces the Secret; the injector reloads it without a restart. Use --new-ca to
+# replace the CA too (the caBundle is updated; the injector pods pick up the new Secret within
+# about a minute, during which the API server may fail to reach them and admit pods without
+# the proxy, per failurePolicy).
+#
+# Options:
+#   --out DIR        where to write ca.crt, ca.key, tls.crt, tls.key (default: ./portcullis-certs)
+#   --namespace NS   namespace of the injector (default: portcullis-system)
+#   --service NAME   Service name of the injector (default: portcullis-injector)
+#   --days N         validity of the serving certificate (default: 365)
+#   --ca-days N      validity of a new CA (default: 3650)
+#   --new-ca         make a new CA even if DIR has one
+#   --apply          write the Secret and patch the caBundle with kubectl (current context)
+#   -h, --help       this text
+#
+# Needs: openssl (1.1.1 or later), base64; kubectl for --apply. Keep ca.key private: whoever
+# holds it can impersonate the webhook.
+set -euo pipefail
+
+out=./portcullis-certs
+namespace=portcullis-system
+service=portcullis-injector
+webhook=portcullis-injector
+secret=portcullis-injector-tls
+days=365
+ca_days=3650
+new_ca=false
+apply=false
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out=$2; shift 2 ;;
+        --namespace) namespace=$2; shift 2 ;;
+        --service) service=$2; shift 2 ;;
+        --days) days=$2; shift 2 ;;
+        --ca-days) ca_days=$2; shift 2 ;;
+        --new-ca) new_ca=true; shift ;;
+        --apply) apply=true; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "gen-certs.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+command -v openssl >/dev/null || { echo "gen-certs.sh: openssl is required" >&2; exit 1; }
+if $apply; then
+    command -v kubectl >/dev/null || { echo "gen-certs.sh: --apply needs kubectl" >&2; exit 1; }
+fi
+
+mkdir -p "$out"
+chmod 700 "$out"
+umask 077
+
+if $new_ca || [ ! -s "$out/ca.crt" ] || [ ! -s "$out/ca.key" ]; then
+    echo "gen-certs.sh: making a new CA in $out" >&2
+    openssl ecparam -name prime256v1 -genkey -noout -out "$out/ca.key.tmp"
+    openssl pkcs8 -topk8 -nocrypt -in "$out/ca.key.tmp" -out "$out/ca.key"
+    rm -f "$out/ca.key.tmp"
+    openssl req -x509 -new -key "$out/ca.key" -sha256 -days "$ca_days" \
+        -subj "/O=Portcullis/CN=portcullis-ca" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -out "$out/ca.crt"
+else
+    echo "gen-certs.sh: reusing the CA in $out" >&2
+fi
+
+dns="$service.$namespace.svc"
+cat > "$out/server.ext" <<EOF
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:$dns,DNS:$dns.cluster.local
+EOF
+openssl ecparam -name prime256v1 -genkey -noout -out "$out/tls.key.tmp"
+openssl pkcs8 -topk8 -nocrypt -in "$out/tls.key.tmp" -out "$out/tls.key"
+rm -f "$out/tls.key.tmp"
+openssl req -new -key "$out/tls.key" -subj "/O=Portcullis/CN=$dns" -out "$out/tls.csr"
+openssl x509 -req -in "$out/tls.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
+    -CAcreateserial -CAserial "$out/ca.srl" -sha256 -days "$days" \
+    -extfile "$out/server.ext" -out "$out/tls.crt" 2>/dev/null
+rm -f "$out/tls.csr" "$out/server.ext"
+openssl verify -CAfile "$out/ca.crt" "$out/tls.crt" >/dev/null
+echo "gen-certs.sh: serving certificate for $dns valid $days days: $out/tls.crt" >&2
+
+ca_bundle=$(base64 < "$out/ca.crt" | tr -d '\n')
+
+if $apply; then
+    kubectl -n "$namespace" create secret tls "$secret" \
+        --cert="$out/tls.crt" --key="$out/tls.key" \
+        --dry-run=client -o yaml | kubectl apply -f -
+    kubectl patch mutatingwebhookconfiguration "$webhook" --type=json \
+        -p "[{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$ca_bundle\"}]"
+    echo "gen-certs.sh: Secret $namespace/$secret written, caBundle of $webhook set" >&2
+else
+    cat >&2 <<EOF
+gen-certs.sh: files written; to install them (or run again with --apply):
+  kubectl -n $namespace create secret tls $secret --cert=$out/tls.crt --key=$out/tls.key \\
+    --dry-run=client -o yaml | kubectl apply -f -
+  kubectl patch mutatingwebhookconfiguration $webhook --type=json \\
+    -p '[{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"'"\$(base64 < $out/ca.crt | tr -d '\n')"'"}]'
+EOF
+fi
