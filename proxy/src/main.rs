@@ -1,12 +1,45 @@
 use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Placeholder: this component is not built yet.
-#[derive(Parser)]
-#[command(name = "portcullis-proxy", version)]
-struct Args {}
+use portcullis_proxy::config::Config;
+use portcullis_proxy::telemetry;
 
 fn main() {
-    let _ = Args::parse();
-    eprintln!("portcullis-proxy: not implemented yet");
-    std::process::exit(2);
+    let config = Config::parse();
+    if let Err(e) = telemetry::init_logging(&config.log) {
+        eprintln!("portcullis-proxy: {e:#}");
+        std::process::exit(2);
+    }
+    if let Err(e) = run(config) {
+        tracing::error!(event = "fatal", error = %format!("{e:#}"));
+        eprintln!("portcullis-proxy: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::CONNECTION_DURATION.to_string()),
+            &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0],
+        )?
+        .install_recorder()?;
+    telemetry::describe();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))
+}
+
+/// Each proxied connection holds two sockets and, while data flows, two pipes: lift the soft
+/// file limit to the hard one, as proxies do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

@@ -1,0 +1,164 @@
+//! Allow or deny: the proxy's whole policy decision, in one place.
+//!
+//! The verdict itself comes from the compiled table ([`PodTable::check`] in the policy crate);
+//! this module adds the proxy's modes on top of it: audit mode lets denied connections through.
+
+use std::net::IpAddr;
+
+use portcullis_policy::{Direction, PodTable, Protocol, Verdict};
+
+use crate::config::Mode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Splice it through.
+    Allow(Verdict),
+    /// Refuse with a reset and write a `connection_denied` audit line.
+    Deny(Verdict),
+    /// Audit mode: the policy denies it but it goes through, logged as `connection_would_deny`.
+    AuditAllow(Verdict),
+}
+
+impl Decision {
+    pub fn lets_through(&self) -> bool {
+        !matches!(self, Decision::Deny(_))
+    }
+
+    pub fn verdict(&self) -> &Verdict {
+        match self {
+            Decision::Allow(v) | Decision::Deny(v) | Decision::AuditAllow(v) => v,
+        }
+    }
+
+    /// The `verdict` label of the connection metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(_) => "deny",
+            Decision::AuditAllow(_) => "audit",
+        }
+    }
+}
+
+/// Decides one TCP connection of this pod with `peer` on destination `port`.
+#[inline]
+pub fn decide(
+    table: &PodTable,
+    mode: Mode,
+    direction: Direction,
+    peer: IpAddr,
+    port: u16,
+) -> Decision {
+    let verdict = table.check(direction, peer, port, Protocol::Tcp);
+    match (verdict.allowed(), mode) {
+        (true, _) => Decision::Allow(verdict),
+        (false, Mode::Enforce) => Decision::Deny(verdict),
+        (false, Mode::Audit) => Decision::AuditAllow(verdict),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::manifest::load_into;
+    use portcullis_policy::{compile, Cluster};
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: shop, labels: {app: server}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.0.0.1, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+status: {podIP: 10.0.0.2, hostIP: 192.168.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-client, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 80}]
+"#;
+
+    fn server_table() -> std::sync::Arc<PodTable> {
+        let mut cluster = Cluster::new();
+        let report = load_into(&mut cluster, CLUSTER, "test.yaml");
+        assert!(report.errors.is_empty());
+        cluster.ensure_implied_namespaces();
+        compile(&cluster)
+            .table("shop/server")
+            .expect("table")
+            .clone()
+    }
+
+    #[test]
+    fn enforce_denies_what_the_table_denies() {
+        let t = server_table();
+        let ok = decide(
+            &t,
+            Mode::Enforce,
+            Direction::Ingress,
+            "10.0.0.2".parse().unwrap(),
+            80,
+        );
+        assert_eq!(ok.label(), "allow");
+        let wrong_port = decide(
+            &t,
+            Mode::Enforce,
+            Direction::Ingress,
+            "10.0.0.2".parse().unwrap(),
+            81,
+        );
+        assert_eq!(wrong_port.label(), "deny");
+        assert!(!wrong_port.lets_through());
+        let stranger = decide(
+            &t,
+            Mode::Enforce,
+            Direction::Ingress,
+            "10.9.9.9".parse().unwrap(),
+            80,
+        );
+        assert_eq!(stranger.verdict().isolated_by().len(), 1);
+    }
+
+    #[test]
+    fn audit_lets_denied_connections_through_but_says_so() {
+        let t = server_table();
+        let d = decide(
+            &t,
+            Mode::Audit,
+            Direction::Ingress,
+            "10.9.9.9".parse().unwrap(),
+            80,
+        );
+        assert_eq!(d.label(), "audit");
+        assert!(d.lets_through());
+        assert!(!d.verdict().allowed());
+    }
+
+    #[test]
+    fn node_and_v4_mapped_peers() {
+        let t = server_table();
+        let node = decide(
+            &t,
+            Mode::Enforce,
+            Direction::Ingress,
+            "192.168.0.1".parse().unwrap(),
+            9,
+        );
+        assert_eq!(node.label(), "allow");
+        let mapped = decide(
+            &t,
+            Mode::Enforce,
+            Direction::Ingress,
+            "::ffff:10.0.0.2".parse().unwrap(),
+            80,
+        );
+        assert_eq!(mapped.label(), "allow");
+    }
+}

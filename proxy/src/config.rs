@@ -1,0 +1,219 @@
+//! Command line and environment: everything the proxy can be told, with defaults that match the
+//! injector and `docs/CONVENTIONS.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Refuse connections the policy denies.
+    Enforce,
+    /// Let them through, but log `connection_would_deny` and count them with `verdict="audit"`.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnPolicyChange {
+    /// Close established connections that the new table denies (revoking access revokes it).
+    Close,
+    /// Keep established connections; the new table applies to new connections only.
+    Keep,
+}
+
+/// The Portcullis sidecar: enforces Kubernetes NetworkPolicy on every TCP connection of its pod.
+///
+/// `portcullis-init` redirects the pod's inbound TCP to the inbound listener and its outbound TCP
+/// to the outbound listener. For each connection the proxy reads the original destination, asks
+/// the pod's compiled policy table for a verdict, and either splices the bytes through or resets
+/// the connection, writing one JSON audit line per denial on stdout.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portcullis-proxy", version, max_term_width = 100)]
+pub struct Config {
+    /// Name of this pod (downward API `metadata.name`).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+
+    /// Namespace of this pod (downward API `metadata.namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: String,
+
+    /// This pod's IPs, comma separated (downward API `status.podIPs`). Used to recognise
+    /// connections to the pod itself and checked against the policy table.
+    #[arg(long, env = "POD_IPS", value_delimiter = ',')]
+    pub pod_ips: Vec<IpAddr>,
+
+    /// The node's IP (downward API `status.hostIP`); traffic with the node is always allowed.
+    #[arg(long, env = "HOST_IP")]
+    pub host_ip: Option<IpAddr>,
+
+    /// `enforce` refuses denied connections; `audit` allows them and logs `connection_would_deny`.
+    #[arg(long, env = "PORTCULLIS_MODE", value_enum, default_value = "enforce")]
+    pub mode: Mode,
+
+    /// Directory of Kubernetes YAML/JSON manifests (Namespaces, Pods, NetworkPolicies), the same
+    /// format `portcullis matrix` reads. Watched and recompiled on change; a change that does not
+    /// load cleanly is logged and the last good table stays.
+    #[arg(
+        long,
+        env = "PORTCULLIS_POLICY_DIR",
+        required_unless_present = "controller"
+    )]
+    pub policy_dir: Option<PathBuf>,
+
+    /// How often `--policy-dir` is checked for changes (e.g. `500ms`, `2s`).
+    #[arg(long, env = "PORTCULLIS_POLICY_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub policy_poll_interval: Duration,
+
+    /// URL of portcullis-controller (`https://portcullis-controller.portcullis-system:8443`);
+    /// the pod's table is streamed from it. Alternative to `--policy-dir`.
+    #[arg(long, env = "PORTCULLIS_CONTROLLER", conflicts_with = "policy_dir")]
+    pub controller: Option<String>,
+
+    /// Projected service-account token (audience `portcullis`) sent to the controller.
+    #[arg(
+        long,
+        env = "PORTCULLIS_TOKEN_FILE",
+        default_value = "/var/run/secrets/portcullis.dev/serviceaccount/token"
+    )]
+    pub token_file: PathBuf,
+
+    /// PEM file with the CA that signs the controller's certificate (https controller URLs).
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER_CA",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub controller_ca: PathBuf,
+
+    /// What happens to established connections that a new policy table denies.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ON_POLICY_CHANGE",
+        value_enum,
+        default_value = "close"
+    )]
+    pub on_policy_change: OnPolicyChange,
+
+    /// Inbound listener addresses, comma separated. IPv6 addresses that cannot be bound (no IPv6
+    /// in the pod) are skipped with a warning.
+    #[arg(
+        long,
+        env = "PORTCULLIS_INBOUND_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:4143,[::]:4143"
+    )]
+    pub inbound_listen: Vec<SocketAddr>,
+
+    /// Outbound listener addresses, comma separated.
+    #[arg(
+        long,
+        env = "PORTCULLIS_OUTBOUND_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:4140,[::1]:4140"
+    )]
+    pub outbound_listen: Vec<SocketAddr>,
+
+    /// Admin listener: `/metrics`, `/ready`, `/live`, `/policy`.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
+    pub admin_listen: SocketAddr,
+
+    /// Connections proxied at once (inbound and outbound together); more are reset and counted.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Time allowed to connect to the application or the upstream peer.
+    #[arg(long, env = "PORTCULLIS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// After SIGTERM: how long established connections may drain before the proxy exits.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Identical denials (same peer, port and direction) within this window are written as one
+    /// audit line with a count, so a port scan cannot flood the logs.
+    #[arg(long, env = "PORTCULLIS_AUDIT_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub audit_window: Duration,
+
+    /// Also log every allowed connection when it closes (bytes, duration) at info level.
+    #[arg(long, env = "PORTCULLIS_LOG_ALLOWED")]
+    pub log_allowed: bool,
+
+    /// Runtime worker threads. A sidecar shares the pod's CPU with the application.
+    #[arg(long, env = "PORTCULLIS_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `debug`, `portcullis_proxy=debug`).
+    #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn pod_key(&self) -> String {
+        format!("{}/{}", self.pod_namespace, self.pod_name)
+    }
+}
+
+/// `250ms`, `2s`, `1m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 2s, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration("3h").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn defaults_match_the_conventions() {
+        let c = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+        ])
+        .expect("parses");
+        assert_eq!(c.admin_listen.port(), 4191);
+        assert!(c.inbound_listen.iter().all(|a| a.port() == 4143));
+        assert!(c.outbound_listen.iter().all(|a| a.port() == 4140));
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(c.on_policy_change, OnPolicyChange::Close);
+    }
+
+    #[test]
+    fn a_policy_source_is_required() {
+        let err = Config::try_parse_from(["portcullis-proxy", "--pod-name=a", "--pod-namespace=x"])
+            .expect_err("no source");
+        assert!(err.to_string().contains("--policy-dir"));
+    }
+}

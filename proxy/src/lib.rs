@@ -1,0 +1,182 @@
+//! `portcullis-proxy`: the per-pod sidecar that enforces Kubernetes NetworkPolicy on every TCP
+//! connection.
+//!
+//! Where to look:
+//! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
+//! - what happens to one connection: [`connection`]; who the peer is: [`route`];
+//! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
+//! - policy tables: [`store`] (arc-swap) fed by a [`source`];
+//! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`].
+
+pub mod admin;
+pub mod audit;
+pub mod authorize;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod relay;
+pub mod route;
+pub mod source;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use portcullis_policy::Direction;
+use tokio::sync::{watch, Semaphore};
+
+use crate::audit::AuditLog;
+use crate::config::{Config, Mode, OnPolicyChange};
+use crate::source::{PodIdentity, PolicySource};
+use crate::store::PolicyStore;
+use crate::telemetry::DirectionMetrics;
+
+/// What every connection task shares.
+pub struct Context {
+    /// `namespace/name` of this pod.
+    pub pod: String,
+    pub mode: Mode,
+    pub on_policy_change: OnPolicyChange,
+    pub connect_timeout: Duration,
+    pub log_allowed: bool,
+    pub store: Arc<PolicyStore>,
+    pub audit: AuditLog,
+    pub connection_slots: Arc<Semaphore>,
+    ingress: DirectionMetrics,
+    egress: DirectionMetrics,
+}
+
+impl Context {
+    pub fn metrics(&self, direction: Direction) -> &DirectionMetrics {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let store = Arc::new(PolicyStore::new());
+    let pod = PodIdentity {
+        namespace: config.pod_namespace.clone(),
+        name: config.pod_name.clone(),
+        ips: config.pod_ips.clone(),
+    };
+    let source = PolicySource::from_config(&config)?;
+    let ctx = Arc::new(Context {
+        pod: pod.key(),
+        mode: config.mode,
+        on_policy_change: config.on_policy_change,
+        connect_timeout: config.connect_timeout,
+        log_allowed: config.log_allowed,
+        store: store.clone(),
+        audit: AuditLog::new(config.audit_window),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        ingress: DirectionMetrics::new(Direction::Ingress),
+        egress: DirectionMetrics::new(Direction::Egress),
+    });
+
+    let inbound = listener::bind_all(&config.inbound_listen, "inbound")?;
+    let outbound = listener::bind_all(&config.outbound_listen, "outbound")?;
+    let admin_listener = listener::bind(config.admin_listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind the admin listener on {}: {e}",
+            config.admin_listen
+        )
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_state = Arc::new(admin::AdminState {
+        store: store.clone(),
+        prometheus: prometheus.clone(),
+        draining: Default::default(),
+        pod: pod.key(),
+    });
+
+    tracing::info!(
+        event = "starting",
+        pod = %pod.key(),
+        mode = ?config.mode,
+        on_policy_change = ?config.on_policy_change,
+        inbound = ?config.inbound_listen,
+        outbound = ?config.outbound_listen,
+        admin = %config.admin_listen,
+        version = env!("CARGO_PKG_VERSION"),
+    );
+
+    tokio::spawn(source.run(pod, store.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        stop_rx.clone(),
+    ));
+    for l in inbound {
+        tokio::spawn(listener::accept_loop(
+            l,
+            Direction::Ingress,
+            ctx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    for l in outbound {
+        tokio::spawn(listener::accept_loop(
+            l,
+            Direction::Egress,
+            ctx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let audit_ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            audit_ctx.audit.flush();
+        }
+    });
+    if let Some(handle) = prometheus {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+
+    wait_for_signal().await?;
+    admin_state.draining.store(true, Ordering::Relaxed);
+    let active = config.max_connections - ctx.connection_slots.available_permits();
+    tracing::info!(event = "draining", active_connections = active, grace = ?config.shutdown_grace);
+    // Stop accepting (listeners close), keep the admin port up while draining.
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(
+        config.shutdown_grace,
+        ctx.connection_slots
+            .acquire_many(config.max_connections as u32),
+    )
+    .await
+    .is_ok();
+    ctx.audit.flush();
+    let left = config.max_connections - ctx.connection_slots.available_permits();
+    tracing::info!(
+        event = "stopped",
+        drained,
+        connections_cut = if drained { 0 } else { left }
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

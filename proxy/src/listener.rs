@@ -1,0 +1,108 @@
+//! Binding the listeners and accepting on them, with limits and back-off.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy::Direction;
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::connection::{reset, serve};
+use crate::route::route;
+use crate::telemetry::count_refused;
+use crate::Context;
+
+/// Binds every address; IPv6 ones that the pod cannot bind (no IPv6) are skipped with a warning.
+/// Fails when none of them can be bound.
+pub fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        match bind(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) if addr.is_ipv6() => {
+                tracing::warn!(%addr, error = %e, "cannot bind the IPv6 {what} listener; serving IPv4 only");
+            }
+            Err(e) => anyhow::bail!("cannot bind the {what} listener on {addr}: {e}"),
+        }
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("no {what} listener could be bound on {addrs:?}");
+    }
+    Ok(listeners)
+}
+
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // `[::]` and `0.0.0.0` on the same port: each family gets its own socket.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until `shutdown` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, source)) => {
+                let Ok(permit) = ctx.connection_slots.clone().try_acquire_owned() else {
+                    count_refused(direction, "max_connections");
+                    tracing::warn!(
+                        event = "connection_refused",
+                        direction = direction.as_str(),
+                        src = %source,
+                        reason = "--max-connections reached",
+                    );
+                    reset(stream);
+                    continue;
+                };
+                match route(direction, &stream, source, local) {
+                    Ok(r) => {
+                        tokio::spawn(serve(ctx.clone(), stream, r, permit));
+                    }
+                    Err(e) => {
+                        count_refused(direction, "not_redirected");
+                        tracing::debug!(direction = direction.as_str(), src = %source, error = %e, "refused");
+                        reset(stream);
+                    }
+                }
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Out of file descriptors or memory: spinning on accept would make it worse.
+                tracing::warn!(direction = direction.as_str(), error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::debug!(direction = direction.as_str(), error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
+    )
+}

@@ -1,0 +1,139 @@
+//! Where a redirected connection was going, and who the peer is.
+//!
+//! Both listeners receive connections that iptables `REDIRECT` rewrote; `SO_ORIGINAL_DST` gives
+//! back the destination the client asked for.
+//!
+//! - Inbound: the peer is the source; the connection goes on to the original destination, the
+//!   pod's own IP and port. Connecting to the pod IP rather than 127.0.0.1 keeps Kubernetes'
+//!   meaning without a mesh: an application bound only to localhost stays unreachable from other
+//!   pods, and one bound only to the pod IP still works. The proxy's own connections are exempt
+//!   from redirection by its UID, so this does not loop.
+//! - Outbound: the peer is the original destination, and the connection goes there.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use portcullis_policy::table::canonical;
+use portcullis_policy::Direction;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub direction: Direction,
+    /// Who opened the connection.
+    pub source: SocketAddr,
+    /// Where it was going before the redirect; the proxy connects there.
+    pub destination: SocketAddr,
+}
+
+impl Route {
+    /// The other end, as the policy sees it: the source for ingress, the destination for egress.
+    pub fn peer(&self) -> IpAddr {
+        match self.direction {
+            Direction::Ingress => self.source.ip(),
+            Direction::Egress => self.destination.ip(),
+        }
+    }
+
+    /// The policy port: the destination port in both directions.
+    pub fn port(&self) -> u16 {
+        self.destination.port()
+    }
+}
+
+#[derive(Debug)]
+pub enum RouteError {
+    /// No NAT happened: someone connected to the proxy port itself.
+    NotRedirected,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteError::NotRedirected => {
+                f.write_str("connection was not redirected by iptables (no original destination)")
+            }
+            RouteError::Io(e) => write!(f, "cannot read the original destination: {e}"),
+        }
+    }
+}
+
+/// Works out the route of a connection accepted on `listener` (which is `direction`'s port).
+pub fn route(
+    direction: Direction,
+    stream: &TcpStream,
+    source: SocketAddr,
+    listener: SocketAddr,
+) -> Result<Route, RouteError> {
+    let destination = original_destination(stream)?;
+    if destination.port() == listener.port() && is_local(destination.ip(), stream) {
+        // A direct connection to the proxy's port (no NAT entry rewrote it): serving it would
+        // connect the proxy to itself.
+        return Err(RouteError::NotRedirected);
+    }
+    Ok(Route {
+        direction,
+        source: canonical_addr(source),
+        destination: canonical_addr(destination),
+    })
+}
+
+fn is_local(ip: IpAddr, stream: &TcpStream) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || stream.local_addr().is_ok_and(|l| l.ip() == ip)
+}
+
+fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(addr.ip()), addr.port())
+}
+
+/// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6), per the socket's family.
+pub fn original_destination(stream: &TcpStream) -> Result<SocketAddr, RouteError> {
+    let socket = SockRef::from(stream);
+    let local = stream.local_addr().map_err(RouteError::Io)?;
+    let original = match local {
+        SocketAddr::V4(_) => socket.original_dst_v4(),
+        SocketAddr::V6(_) => socket.original_dst_v6(),
+    };
+    match original {
+        Ok(addr) => addr.as_socket().ok_or(RouteError::NotRedirected),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {
+            Err(RouteError::NotRedirected)
+        }
+        Err(e) => Err(RouteError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_depends_on_the_direction() {
+        let r = Route {
+            direction: Direction::Ingress,
+            source: "10.0.0.2:5555".parse().unwrap(),
+            destination: "10.0.0.1:80".parse().unwrap(),
+        };
+        assert_eq!(r.peer(), "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(r.port(), 80);
+        let out = Route {
+            direction: Direction::Egress,
+            ..r
+        };
+        assert_eq!(out.peer(), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_direct_connection_is_not_redirected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (stream, source) = listener.accept().await.expect("accept");
+        let err = route(Direction::Ingress, &stream, source, addr).expect_err("no NAT");
+        assert!(matches!(err, RouteError::NotRedirected), "{err}");
+    }
+}

@@ -1,0 +1,134 @@
+//! The pod's current policy table, swapped atomically as policy changes.
+//!
+//! The accept path reads it with one lock-free `load`; sources publish new tables with
+//! [`PolicyStore::publish`], which also wakes every established connection so that it can check
+//! itself against the new table.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use portcullis_policy::PodTable;
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// One loaded table and where it came from.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// Increases by one with every table that differs from the one before.
+    pub generation: u64,
+    /// `dir:/path` or the controller URL.
+    pub source: String,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: f64,
+    pub table: Arc<PodTable>,
+}
+
+pub struct PolicyStore {
+    current: ArcSwapOption<Snapshot>,
+    changed: watch::Sender<u64>,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl Default for PolicyStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyStore {
+    pub fn new() -> Self {
+        PolicyStore {
+            current: ArcSwapOption::empty(),
+            changed: watch::channel(0).0,
+            stale: Default::default(),
+        }
+    }
+
+    /// The table new connections are decided with; `None` until the first one is loaded.
+    #[inline]
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |s| s.generation)
+    }
+
+    /// Installs `table` unless it equals the current one. Returns the new generation when it
+    /// changed anything.
+    pub fn publish(
+        &self,
+        table: Arc<PodTable>,
+        source: &str,
+        generation: Option<u64>,
+    ) -> Option<u64> {
+        let previous = self.current.load_full();
+        if let Some(prev) = &previous {
+            if prev.table == table {
+                return None;
+            }
+        }
+        let generation =
+            generation.unwrap_or_else(|| previous.as_ref().map_or(0, |p| p.generation) + 1);
+        let loaded_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.current.store(Some(Arc::new(Snapshot {
+            generation,
+            source: source.to_string(),
+            loaded_at,
+            table,
+        })));
+        metrics::gauge!("portcullis_policy_generation").set(generation as f64);
+        metrics::gauge!("portcullis_policy_last_reload_timestamp_seconds").set(loaded_at);
+        self.changed.send_replace(generation);
+        Some(generation)
+    }
+
+    /// Wakes when a new table is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Whether the source could not refresh the table lately (the last good table still serves).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_stale(&self, stale: bool) {
+        self.stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("portcullis_policy_stale").set(if stale { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> Arc<PodTable> {
+        Arc::new(PodTable::unrestricted("x", name, vec![], None))
+    }
+
+    #[test]
+    fn identical_tables_do_not_bump_the_generation() {
+        let store = PolicyStore::new();
+        assert!(store.current().is_none());
+        assert_eq!(store.publish(table("a"), "test", None), Some(1));
+        assert_eq!(store.publish(table("a"), "test", None), None);
+        assert_eq!(store.publish(table("b"), "test", None), Some(2));
+        assert_eq!(store.generation(), 2);
+    }
+
+    #[test]
+    fn subscribers_see_each_new_generation() {
+        let store = PolicyStore::new();
+        let mut rx = store.subscribe();
+        store.publish(table("a"), "test", None);
+        assert!(rx.has_changed().expect("open"));
+        assert_eq!(*rx.borrow_and_update(), 1);
+        store.publish(table("a"), "test", None);
+        assert!(!rx.has_changed().expect("open"));
+    }
+}
