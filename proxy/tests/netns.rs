@@ -1,0 +1,572 @@
+//! The real proxy, as UID 2171, in a network namespace made by the test, with iptables
+//! `REDIRECT` rules in front of it (written here, the way portcullis-init writes them), and a
+//! peer in a second namespace across a veth pair. Needs root; never touches the host's netfilter.
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const POD_IP: &str = "10.214.0.1";
+const PEER_IP: &str = "10.214.0.2";
+const APP_PORT: u16 = 8080;
+const OTHER_APP_PORT: u16 = 9090;
+const PEER_PORT: u16 = 7070;
+const OTHER_PEER_PORT: u16 = 7071;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {app: server}}
+spec: {containers: [{name: app, ports: [{containerPort: 8080, name: http}, {containerPort: 9090}]}]}
+status: {podIP: 10.214.0.1, hostIP: 10.214.0.254, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+status: {podIP: 10.214.0.2, hostIP: 10.214.0.254, phase: Running}
+"#;
+
+const ALLOW_CLIENT_ON_8080: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-http, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: http}]
+"#;
+
+const ALLOW_CLIENT_ON_9090: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-9090, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 9090}]
+"#;
+
+const EGRESS_ONLY_7070: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-7070, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 7070}]
+"#;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create network namespaces and iptables rules: run them as root \
+         (sudo ./scripts/test.sh)"
+    );
+}
+
+/// A pod namespace with the proxy, a peer namespace, and everything removed on drop.
+struct Setup {
+    pod_ns: String,
+    peer_ns: String,
+    dir: PathBuf,
+    log: PathBuf,
+    proxy: Option<Child>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for ns in [&self.pod_ns, &self.peer_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "proxy log:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Setup {
+    fn new(manifests: &[&str], proxy_args: &[&str]) -> Setup {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("pc-proxy-test-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("policy")).expect("mkdir");
+        let mut setup = Setup {
+            pod_ns: format!("pc-proxy-{id}-pod"),
+            peer_ns: format!("pc-proxy-{id}-peer"),
+            log: dir.join("proxy.log"),
+            dir,
+            proxy: None,
+        };
+        let (pod, peer) = (setup.pod_ns.clone(), setup.peer_ns.clone());
+        sh(&["ip", "netns", "add", &pod]);
+        sh(&["ip", "netns", "add", &peer]);
+        let (veth_pod, veth_peer) = (
+            format!("pcp{n}x{}", std::process::id() % 100000),
+            format!("pcq{n}x{}", std::process::id() % 100000),
+        );
+        sh(&[
+            "ip", "link", "add", &veth_pod, "netns", &pod, "type", "veth", "peer", "name",
+            &veth_peer, "netns", &peer,
+        ]);
+        for (ns, dev, ip) in [(&pod, &veth_pod, POD_IP), (&peer, &veth_peer, PEER_IP)] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let rules = format!(
+            "*nat\n\
+             -A PREROUTING -p tcp --dport 4191 -j RETURN\n\
+             -A PREROUTING -p tcp -i {veth_pod} -j REDIRECT --to-ports 4143\n\
+             -A OUTPUT -p tcp -m owner --uid-owner 2171 -j RETURN\n\
+             -A OUTPUT -p tcp -d 127.0.0.0/8 -j RETURN\n\
+             -A OUTPUT -p tcp -j REDIRECT --to-ports 4140\n\
+             COMMIT\n"
+        );
+        let mut restore = Command::new("ip")
+            .args(["netns", "exec", &pod, "iptables-restore", "--noflush"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore (apt-get install iptables)");
+        restore
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        assert!(
+            restore.wait().expect("wait").success(),
+            "iptables-restore failed"
+        );
+
+        setup.write_policy("000-base.yaml", BASE);
+        for (i, m) in manifests.iter().enumerate() {
+            setup.write_policy(&format!("{:03}-policy.yaml", i + 1), m);
+        }
+        let log = fs::File::create(&setup.log).expect("log");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &pod,
+            "setpriv",
+            "--reuid=2171",
+            "--regid=2171",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"))
+        .arg("--policy-dir")
+        .arg(setup.dir.join("policy"))
+        .args(["--policy-poll-interval", "100ms"])
+        .args(proxy_args)
+        .env("POD_NAME", "server")
+        .env("POD_NAMESPACE", "x")
+        .env("POD_IPS", POD_IP)
+        .env("HOST_IP", "10.214.0.254")
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+        setup.proxy = Some(cmd.spawn().expect("start portcullis-proxy"));
+        setup
+    }
+
+    fn write_policy(&self, name: &str, text: &str) {
+        let path = self.dir.join("policy").join(name);
+        fs::write(&path, text).expect("write manifest");
+        // The proxy runs as UID 2171 and must read it.
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&self.dir)
+            .status()
+            .expect("chmod");
+    }
+
+    fn remove_policy(&self, name: &str) {
+        fs::remove_file(self.dir.join("policy").join(name)).expect("remove manifest");
+    }
+
+    fn admin(&self, path: &str) -> (u16, String) {
+        let path = path.to_string();
+        in_ns(&self.pod_ns, move || {
+            let mut s = TcpStream::connect_timeout(
+                &"127.0.0.1:4191".parse().unwrap(),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut raw = String::new();
+            s.read_to_string(&mut raw)?;
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Ok::<_, std::io::Error>((status, body.to_string()))
+        })
+        .unwrap_or((0, String::new()))
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_ready(&self) {
+        self.wait_for("/ready to answer 200", || self.admin("/ready").0 == 200);
+    }
+
+    fn generation(&self) -> u64 {
+        let (_, body) = self.admin("/policy");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["generation"].as_u64())
+            .unwrap_or(0)
+    }
+
+    fn audit_lines(&self, event: &str) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    fn metric(&self, name_and_labels: &[&str]) -> f64 {
+        let (_, body) = self.admin("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| name_and_labels.iter().all(|part| l.contains(part)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// An echo server inside the pod (or the peer) namespace.
+    fn echo_server(&self, in_pod: bool, port: u16) {
+        let ns = if in_pod { &self.pod_ns } else { &self.peer_ns };
+        let listener = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port))).expect("bind echo");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = conn.write_all(b"<eof>");
+                    let _ = conn.shutdown(Shutdown::Write);
+                });
+            }
+        });
+    }
+
+    fn connect_from_peer(&self, port: u16) -> std::io::Result<TcpStream> {
+        connect_in(&self.peer_ns, format!("{POD_IP}:{port}").parse().unwrap())
+    }
+
+    fn connect_from_pod(&self, port: u16) -> std::io::Result<TcpStream> {
+        connect_in(&self.pod_ns, format!("{PEER_IP}:{port}").parse().unwrap())
+    }
+}
+
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+fn connect_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = in_ns(ns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// Writes, half-closes, and reads everything back.
+fn exchange(mut s: TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(payload)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    Ok(back)
+}
+
+/// True when the connection is reset (as the proxy refuses), false when it carries data. The
+/// reset can come so fast that `connect` itself reports it.
+fn is_reset(connected: std::io::Result<TcpStream>) -> bool {
+    let mut s = match connected {
+        Ok(s) => s,
+        Err(e) => return e.kind() == ErrorKind::ConnectionReset,
+    };
+    if let Err(e) = s.write_all(b"hello\n") {
+        // The reset arrived first and this write consumed it.
+        return matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+    }
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn inbound_allowed_carries_data_and_denied_is_reset_with_one_audit_line() {
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &[]);
+    t.echo_server(true, APP_PORT);
+    t.echo_server(true, OTHER_APP_PORT);
+    t.wait_ready();
+
+    let (status, body) = t.admin("/policy");
+    assert_eq!(status, 200);
+    let policy: serde_json::Value = serde_json::from_str(&body).expect("JSON /policy");
+    assert_eq!(policy["generation"], 1);
+    assert_eq!(policy["table"]["name"], "server");
+    assert_eq!(
+        policy["table"]["ingress"]["isolated_by"][0],
+        "x/client-to-http"
+    );
+    assert_eq!(t.admin("/live").0, 200);
+
+    // Allowed: a megabyte one way, a half-close, and the echo back after it.
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let back =
+        exchange(t.connect_from_peer(APP_PORT).expect("connect"), &payload).expect("exchange");
+    assert_eq!(&back[..payload.len()], &payload[..]);
+    assert_eq!(
+        &back[payload.len()..],
+        b"<eof>",
+        "the app saw our half-close"
+    );
+
+    // Denied: port 9090 is not in the policy.
+    assert!(
+        is_reset(t.connect_from_peer(OTHER_APP_PORT)),
+        "denied connection must be reset"
+    );
+    t.wait_for("the denial audit line", || {
+        !t.audit_lines("connection_denied").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = t.audit_lines("connection_denied");
+    assert_eq!(lines.len(), 1, "exactly one audit line: {lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["direction"], "ingress");
+    assert_eq!(line["dst"], format!("{POD_IP}:{OTHER_APP_PORT}"));
+    assert!(line["src"].as_str().unwrap_or("").starts_with(PEER_IP));
+    assert_eq!(line["peer_pod"], "client");
+    assert_eq!(line["peer_namespace"], "x");
+    assert_eq!(line["pod"], "x/server");
+    assert_eq!(line["isolated_by"], "x/client-to-http");
+    assert_eq!(line["protocol"], "TCP");
+    assert!(line["timestamp"].is_string());
+
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "verdict=\"deny\""
+        ]),
+        1.0
+    );
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "verdict=\"allow\""
+        ]),
+        1.0
+    );
+    assert!(
+        t.metric(&[
+            "portcullis_bytes_total{",
+            "direction=\"ingress\"",
+            "flow=\"from_peer\""
+        ]) >= 1_000_000.0
+    );
+    assert_eq!(t.metric(&["portcullis_policy_generation"]), 1.0);
+}
+
+#[test]
+fn a_policy_change_applies_to_new_connections_and_revokes_denied_established_ones() {
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &[]);
+    t.echo_server(true, APP_PORT);
+    t.echo_server(true, OTHER_APP_PORT);
+    t.wait_ready();
+    assert!(is_reset(t.connect_from_peer(OTHER_APP_PORT)));
+
+    let mut established = t.connect_from_peer(APP_PORT).expect("connect");
+    let mut buf = [0u8; 5];
+    established.write_all(b"ping1").expect("write");
+    established.read_exact(&mut buf).expect("echo");
+
+    // Allow 9090 as well: new connections to it go through, the established one is untouched.
+    t.write_policy("900-more.yaml", ALLOW_CLIENT_ON_9090);
+    t.wait_for("generation 2", || t.generation() == 2);
+    let back = exchange(
+        t.connect_from_peer(OTHER_APP_PORT).expect("connect"),
+        b"now allowed",
+    )
+    .expect("exchange");
+    assert_eq!(back, b"now allowed<eof>");
+    established.write_all(b"ping2").expect("still open");
+    established.read_exact(&mut buf).expect("still echoed");
+    assert_eq!(&buf, b"ping2");
+
+    // Take 8080 away: the established connection is closed within a second, and logged.
+    t.remove_policy("001-policy.yaml");
+    t.wait_for("generation 3", || t.generation() == 3);
+    let revoked_at = Instant::now();
+    let mut one = [0u8; 1];
+    let result = established.read(&mut one);
+    assert!(
+        matches!(&result, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "expected a reset, got {result:?}"
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(2));
+    t.wait_for("the termination line", || {
+        !t.audit_lines("connection_terminated").is_empty()
+    });
+    let line = &t.audit_lines("connection_terminated")[0];
+    assert_eq!(line["dst"], format!("{POD_IP}:{APP_PORT}"));
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("x/client-to-9090"),
+        "{line}"
+    );
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_terminated_total{",
+            "direction=\"ingress\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn outbound_connections_are_decided_by_the_egress_table() {
+    let t = Setup::new(&[EGRESS_ONLY_7070], &[]);
+    t.echo_server(false, PEER_PORT);
+    t.echo_server(false, OTHER_PEER_PORT);
+    t.wait_ready();
+    let back = exchange(t.connect_from_pod(PEER_PORT).expect("connect"), b"out").expect("exchange");
+    assert_eq!(back, b"out<eof>");
+    assert!(is_reset(t.connect_from_pod(OTHER_PEER_PORT)));
+    t.wait_for("the egress denial line", || {
+        !t.audit_lines("connection_denied").is_empty()
+    });
+    let line = &t.audit_lines("connection_denied")[0];
+    assert_eq!(line["direction"], "egress");
+    assert_eq!(line["dst"], format!("{PEER_IP}:{OTHER_PEER_PORT}"));
+    assert_eq!(line["peer_pod"], "client");
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"egress\"",
+            "verdict=\"deny\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn audit_mode_lets_denied_connections_through_and_says_so() {
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &["--mode", "audit"]);
+    t.echo_server(true, OTHER_APP_PORT);
+    t.wait_ready();
+    let back =
+        exchange(t.connect_from_peer(OTHER_APP_PORT).expect("connect"), b"x").expect("exchange");
+    assert_eq!(back, b"x<eof>");
+    t.wait_for("the would-deny line", || {
+        !t.audit_lines("connection_would_deny").is_empty()
+    });
+    assert!(t.audit_lines("connection_denied").is_empty());
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "verdict=\"audit\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn without_a_table_the_proxy_is_not_ready_and_refuses() {
+    let t = Setup::new(&[], &[]);
+    t.remove_policy("000-base.yaml");
+    t.echo_server(true, APP_PORT);
+    t.wait_for("the admin port", || t.admin("/live").0 == 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(t.admin("/ready").0, 503);
+    assert_eq!(t.admin("/policy").0, 503);
+    assert!(is_reset(t.connect_from_peer(APP_PORT)));
+    t.write_policy("000-base.yaml", BASE);
+    t.wait_ready();
+    let back = exchange(t.connect_from_peer(APP_PORT).expect("connect"), b"y").expect("exchange");
+    assert_eq!(back, b"y<eof>");
+}
