@@ -368,7 +368,8 @@ fn is_reset(connected: std::io::Result<TcpStream>) -> bool {
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
         Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        Ok(_) => false,
+        // Data or a clean close: either way, not refused the way the proxy refuses.
+        Ok(_n) => false,
     }
 }
 
