@@ -19,6 +19,8 @@ fn main() {
 
 fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
+    // One TLS provider for the controller client, chosen explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(telemetry::CONNECTION_DURATION.to_string()),

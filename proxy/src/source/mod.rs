@@ -1,6 +1,7 @@
 //! Where policy tables come from. Each source runs as a task and publishes into the
 //! [`PolicyStore`](crate::store::PolicyStore); the data path never knows which one is in use.
 
+pub mod controller;
 pub mod dir;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ impl PodIdentity {
 pub enum PolicySource {
     /// A directory of manifests, compiled here.
     Dir(dir::DirSource),
+    /// Tables streamed by portcullis-controller.
+    Controller(controller::ControllerSource),
 }
 
 impl PolicySource {
@@ -34,9 +37,11 @@ impl PolicySource {
                 dir.clone(),
                 config.policy_poll_interval,
             ))),
-            (None, Some(url)) => anyhow::bail!(
-                "--controller {url}: this build has no controller client yet; use --policy-dir"
-            ),
+            (None, Some(url)) => Ok(PolicySource::Controller(controller::ControllerSource::new(
+                url,
+                config.token_file.clone(),
+                config.controller_ca.clone(),
+            )?)),
             (None, None) => anyhow::bail!("give --policy-dir or --controller"),
         }
     }
@@ -44,6 +49,7 @@ impl PolicySource {
     pub async fn run(self, pod: PodIdentity, store: Arc<PolicyStore>) {
         match self {
             PolicySource::Dir(source) => source.run(pod, store).await,
+            PolicySource::Controller(source) => source.run(pod, store).await,
         }
     }
 }
