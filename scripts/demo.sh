@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The main job: builds Portcullis and shows what it does on the bundled kangaroo example.
+# The main job: the local demo cluster. Builds Portcullis, brings the bundled kangaroo example up
+# in network namespaces (one per pod, with the real portcullis-init and portcullis-proxy in each),
+# probes every pod from every pod, shows denial audit lines and metrics, applies a policy change
+# live, probes again, and takes everything down. Needs root (network namespaces, iptables inside
+# them; the host's own interfaces and rules are never touched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_rust
-say "building (release)"
-cargo build --release --locked -q -p portcullis
-say "reachability matrix of manifests/examples/kangaroo"
-./target/release/portcullis matrix -f manifests/examples/kangaroo
-say "why is kangaroo/backend -> membership/db on 443/TCP denied?"
-./target/release/portcullis explain -f manifests/examples/kangaroo \
-    --from kangaroo/backend --to membership/db --port 443/TCP || true
+need_root "the demo"
+need_packages ip:iproute2 iptables:iptables setpriv:util-linux
+
+say "building portcullis, portcullis-proxy, portcullis-init (release)"
+cargo build --release --locked -q -p portcullis -p portcullis-proxy -p portcullis-init
+exec ./target/release/portcullis demo "$@"

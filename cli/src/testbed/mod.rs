@@ -187,6 +187,18 @@ fn build(opts: &UpOptions) -> Result<State> {
         pods: Vec::new(),
         policy_dir: policy_dir.clone(),
     };
+    // Every pod listens on every TCP port any pod declares, like the e2e suite's agnhost pods:
+    // then "nothing listens there" never masquerades as "the policy denies it", and a probe
+    // observes exactly the policy.
+    let served_ports: Vec<u16> = cluster
+        .pods
+        .iter()
+        .flat_map(|p| p.ports.iter())
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| p.port)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     for (i, pod) in cluster.pods.iter().enumerate() {
         if pod.host_network {
             eprintln!(
@@ -229,14 +241,7 @@ fn build(opts: &UpOptions) -> Result<State> {
             &["route", "add", "default", "via", &gateway, "dev", "eth0"],
         )?;
         netns::ip_in(&node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
-        let ports: Vec<u16> = pod
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let ports = served_ports.clone();
         state.pods.push(PodState {
             key: pod.key(),
             netns: ns,
