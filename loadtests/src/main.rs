@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     latency_rounds: usize,
     /// Idle-connection counts for the memory measurement.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     idle: Vec<usize>,
     /// Policy swaps in the soak.
     #[arg(long, default_value_t = 1000)]
@@ -313,9 +313,17 @@ fn machine() -> String {
     format!("{cpus} CPUs, Linux {}", kernel.trim())
 }
 
-/// 10,000 idle connections need ~40,000 descriptors between us and the proxy (which inherits
-/// the limit through `ip netns exec`).
+/// Idle connections need two descriptors each here and two in the proxy (which inherits the
+/// limit through `ip netns exec`): as many as the system allows.
 fn raise_fd_limit() {
-    use nix::sys::resource::{setrlimit, Resource};
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, 200_000, 200_000);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if setrlimit(Resource::RLIMIT_NOFILE, nr_open, nr_open).is_err() {
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

@@ -224,7 +224,7 @@ impl Topology {
         fs::write(
             &cfg,
             format!(
-                "global\n  maxconn 100000\n  nbthread 2\n\
+                "global\n  maxconn 7000\n  nbthread 2\n\
                  defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
                  listen sink\n  bind {SERVER_IP_PLAIN}:{HAPROXY_SINK_PORT}\n  server app 127.0.0.1:{SINK_PORT}\n\
                  listen echo\n  bind {SERVER_IP_PLAIN}:{HAPROXY_ECHO_PORT}\n  server app 127.0.0.1:{ECHO_PORT}\n"
