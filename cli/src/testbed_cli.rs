@@ -39,7 +39,7 @@ fn parse_name(s: &str) -> Result<String, String> {
 #[derive(Subcommand)]
 pub enum TestbedCommand {
     /// Build the cluster in network namespaces: a node with a bridge, one namespace per pod
-    /// running portcullis-init, portcullis-proxy and a server on every declared TCP port.
+    /// running portcullis-init, portcullis-proxy and a server on every TCP port any pod declares.
     Up {
         #[command(flatten)]
         name: Name,
