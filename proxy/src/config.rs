@@ -76,7 +76,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PORTCULLIS_TOKEN_FILE",
-        default_value = "/var/run/secrets/portcullis.dev/serviceaccount/token"
+        default_value = "/var/run/secrets/portcullis.dev/token/token"
     )]
     pub token_file: PathBuf,
 
@@ -87,6 +87,11 @@ pub struct Config {
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
     pub controller_ca: PathBuf,
+
+    /// The controller's CA as PEM text, instead of `--controller-ca` (the injector can pass it
+    /// inline, since pods cannot mount a ConfigMap from another namespace).
+    #[arg(long, env = "PORTCULLIS_CONTROLLER_CA_PEM", hide_env_values = true)]
+    pub controller_ca_pem: Option<String>,
 
     /// What happens to established connections that a new policy table denies.
     #[arg(

@@ -30,7 +30,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct ControllerSource {
     url: Uri,
     token_file: PathBuf,
-    ca_file: PathBuf,
+    trust: TrustAnchor,
+}
+
+/// The CA that signs the controller's certificate.
+#[derive(Debug, Clone)]
+pub enum TrustAnchor {
+    File(PathBuf),
+    Pem(String),
 }
 
 /// One line of the stream.
@@ -45,7 +52,7 @@ pub struct StreamLine {
 }
 
 impl ControllerSource {
-    pub fn new(url: &str, token_file: PathBuf, ca_file: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(url: &str, token_file: PathBuf, trust: TrustAnchor) -> anyhow::Result<Self> {
         let url: Uri = url
             .parse()
             .map_err(|e| anyhow!("--controller `{url}` is not a URL: {e}"))?;
@@ -59,7 +66,7 @@ impl ControllerSource {
         Ok(ControllerSource {
             url,
             token_file,
-            ca_file,
+            trust,
         })
     }
 
@@ -108,7 +115,7 @@ impl ControllerSource {
         .with_context(|| format!("cannot connect to {host}:{port}"))?;
         let _ = tcp.set_nodelay(true);
         if https {
-            let tls = tls_connector(&self.ca_file)?;
+            let tls = tls_connector(&self.trust)?;
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
                     .map_err(|e| anyhow!("`{host}` is not a valid TLS server name: {e}"))?;
@@ -216,17 +223,30 @@ impl ControllerSource {
     }
 }
 
-fn tls_connector(ca_file: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+fn tls_connector(trust: &TrustAnchor) -> anyhow::Result<tokio_rustls::TlsConnector> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
+    let (certs, origin): (Vec<_>, String) = match trust {
+        TrustAnchor::File(path) => (
+            CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read the controller CA {}", path.display()))?
+                .collect(),
+            path.display().to_string(),
+        ),
+        TrustAnchor::Pem(text) => (
+            CertificateDer::pem_slice_iter(text.as_bytes()).collect(),
+            "PORTCULLIS_CONTROLLER_CA_PEM".to_string(),
+        ),
+    };
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("cannot read the controller CA {}", ca_file.display()))?;
     for cert in certs {
-        let cert = cert.with_context(|| format!("{}: not a PEM certificate", ca_file.display()))?;
+        let cert = cert.with_context(|| format!("{origin}: not a PEM certificate"))?;
         roots
             .add(cert)
-            .with_context(|| format!("{}: unusable CA certificate", ca_file.display()))?;
+            .with_context(|| format!("{origin}: unusable CA certificate"))?;
+    }
+    if roots.is_empty() {
+        bail!("{origin}: no CA certificate found");
     }
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -249,10 +269,13 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        let ok =
-            ControllerSource::new("https://ctl.portcullis-system:8443", "t".into(), "c".into());
+        let ok = ControllerSource::new(
+            "https://ctl.portcullis-system:8443",
+            "t".into(),
+            TrustAnchor::File("c".into()),
+        );
         assert!(ok.is_ok());
-        let bad = ControllerSource::new("ctl:8443", "t".into(), "c".into())
+        let bad = ControllerSource::new("ctl:8443", "t".into(), TrustAnchor::File("c".into()))
             .err()
             .expect("error");
         assert!(bad.to_string().contains("http://"), "{bad}");
@@ -329,8 +352,12 @@ mod stream_tests {
             head
         });
         let store = Arc::new(PolicyStore::new());
-        let source =
-            ControllerSource::new(&format!("http://{addr}"), token.clone(), "none".into()).unwrap();
+        let source = ControllerSource::new(
+            &format!("http://{addr}"),
+            token.clone(),
+            TrustAnchor::File("none".into()),
+        )
+        .unwrap();
         let pod = PodIdentity {
             namespace: "x".into(),
             name: "a".into(),

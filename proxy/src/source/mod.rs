@@ -40,7 +40,10 @@ impl PolicySource {
             (None, Some(url)) => Ok(PolicySource::Controller(controller::ControllerSource::new(
                 url,
                 config.token_file.clone(),
-                config.controller_ca.clone(),
+                match &config.controller_ca_pem {
+                    Some(pem) => controller::TrustAnchor::Pem(pem.clone()),
+                    None => controller::TrustAnchor::File(config.controller_ca.clone()),
+                },
             )?)),
             (None, None) => anyhow::bail!("give --policy-dir or --controller"),
         }
