@@ -571,3 +571,58 @@ fn without_a_table_the_proxy_is_not_ready_and_refuses() {
     let back = exchange(t.connect_from_peer(APP_PORT).expect("connect"), b"y").expect("exchange");
     assert_eq!(back, b"y<eof>");
 }
+
+#[test]
+fn sigterm_stops_accepting_and_drains_established_connections() {
+    let mut t = Setup::new(&[ALLOW_CLIENT_ON_8080], &["--shutdown-grace", "10s"]);
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let mut established = t.connect_from_peer(APP_PORT).expect("connect");
+    established.write_all(b"one").expect("write");
+    let mut buf = [0u8; 3];
+    established.read_exact(&mut buf).expect("echo");
+
+    let pid = t.proxy.as_ref().expect("proxy").id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    t.wait_for("/ready to turn 503", || t.admin("/ready").0 == 503);
+    // New connections find no listener; the established one still works.
+    assert!(t.connect_from_peer(APP_PORT).is_err() || is_reset(t.connect_from_peer(APP_PORT)));
+    established.write_all(b"two").expect("write while draining");
+    established
+        .read_exact(&mut buf)
+        .expect("echo while draining");
+    assert_eq!(&buf, b"two");
+    assert!(
+        t.proxy
+            .as_mut()
+            .expect("proxy")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "still draining"
+    );
+
+    // Closing the last connection lets the proxy exit at once, well before the grace period.
+    established.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    established.read_to_end(&mut rest).expect("read to end");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = t.proxy.as_mut().expect("proxy").try_wait().expect("wait") {
+            assert!(status.success(), "clean exit after draining: {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = t.audit_lines("stopped");
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0]["drained"], true);
+}
