@@ -89,6 +89,9 @@ pub struct InjectorConfig {
     pub version: String,
     /// `PORTCULLIS_CONTROLLER` of the proxy.
     pub controller_url: String,
+    /// PEM of the CA that signs the controller's certificate, passed to the proxy inline
+    /// (`PORTCULLIS_CONTROLLER_CA_PEM`): a pod cannot mount a ConfigMap of another namespace.
+    pub controller_ca_pem: Option<String>,
     /// Lifetime of the projected token (Kubernetes: at least 600).
     pub token_expiration_seconds: i64,
     pub sidecar_mode: SidecarMode,
@@ -110,6 +113,7 @@ impl Default for InjectorConfig {
             image_pull_policy: None,
             version: VERSION.to_string(),
             controller_url: DEFAULT_CONTROLLER_URL.to_string(),
+            controller_ca_pem: None,
             token_expiration_seconds: 3600,
             sidecar_mode: SidecarMode::default(),
             policy_mode: PolicyMode::default(),

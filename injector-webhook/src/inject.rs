@@ -642,16 +642,22 @@ pub fn proxy_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
             port(INBOUND_PORT_NAME, INBOUND_PORT),
             port(ADMIN_PORT_NAME, ADMIN_PORT),
         ]),
-        env: Some(vec![
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-            env_field("POD_IPS", "status.podIPs"),
-            env_field("HOST_IP", "status.hostIP"),
-            env("PORTCULLIS_MODE", settings.policy_mode.as_str()),
-            env("PORTCULLIS_LOG", settings.log_level.as_str()),
-            env("PORTCULLIS_CONTROLLER", cfg.controller_url.clone()),
-            env("PORTCULLIS_TOKEN_FILE", TOKEN_FILE),
-        ]),
+        env: Some({
+            let mut vars = vec![
+                env_field("POD_NAME", "metadata.name"),
+                env_field("POD_NAMESPACE", "metadata.namespace"),
+                env_field("POD_IPS", "status.podIPs"),
+                env_field("HOST_IP", "status.hostIP"),
+                env("PORTCULLIS_MODE", settings.policy_mode.as_str()),
+                env("PORTCULLIS_LOG", settings.log_level.as_str()),
+                env("PORTCULLIS_CONTROLLER", cfg.controller_url.clone()),
+                env("PORTCULLIS_TOKEN_FILE", TOKEN_FILE),
+            ];
+            if let Some(pem) = &cfg.controller_ca_pem {
+                vars.push(env("PORTCULLIS_CONTROLLER_CA_PEM", pem.clone()));
+            }
+            vars
+        }),
         resources: Some(ResourceRequirements {
             requests: quantities(&[("cpu", &r.cpu_request), ("memory", &r.memory_request)]),
             limits: quantities(&[("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]),

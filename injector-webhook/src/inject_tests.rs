@@ -657,6 +657,9 @@ fn config_is_applied() {
         init_image: "registry.local/init:dev".into(),
         image_pull_policy: Some("Always".into()),
         controller_url: "https://ctl:1".into(),
+        controller_ca_pem: Some(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ),
         token_expiration_seconds: 600,
         version: "9.9.9".into(),
         ..InjectorConfig::default()
@@ -666,6 +669,9 @@ fn config_is_applied() {
     assert_eq!(proxy.image.as_deref(), Some("registry.local/proxy:dev"));
     assert_eq!(proxy.image_pull_policy.as_deref(), Some("Always"));
     assert_eq!(env_of(proxy)["PORTCULLIS_CONTROLLER"], "https://ctl:1");
+    assert!(
+        env_of(proxy)["PORTCULLIS_CONTROLLER_CA_PEM"].starts_with("-----BEGIN CERTIFICATE-----")
+    );
     let init = find(&p, "portcullis-init");
     assert_eq!(init.image.as_deref(), Some("registry.local/init:dev"));
     assert_eq!(annotations(&p)["portcullis.dev/injected-version"], "9.9.9");

@@ -109,6 +109,12 @@ struct Args {
     #[arg(long, env = "PORTCULLIS_INJECTOR_CONTROLLER_URL", default_value = DEFAULT_CONTROLLER_URL)]
     controller_url: String,
 
+    /// PEM file of the CA that signs the controller's certificate (with cert-manager: `ca.crt`
+    /// of the injector's own TLS Secret, same CA). Injected into the proxy as
+    /// PORTCULLIS_CONTROLLER_CA_PEM. Unset: the proxy falls back to the cluster CA file.
+    #[arg(long, env = "PORTCULLIS_INJECTOR_CONTROLLER_CA_FILE")]
+    controller_ca_file: Option<std::path::PathBuf>,
+
     /// Default sidecar mode: `native` (Kubernetes ≥ 1.29, proxy as an init container with
     /// restartPolicy Always) or `classic` (proxy as the first container). Annotation:
     /// portcullis.dev/sidecar-mode.
@@ -279,6 +285,21 @@ fn build_config(args: &Args) -> anyhow::Result<InjectorConfig> {
         image_pull_policy: args.image_pull_policy.map(|p| p.as_str().to_string()),
         version: VERSION.to_string(),
         controller_url: args.controller_url.clone(),
+        controller_ca_pem: match &args.controller_ca_file {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).with_context(|| {
+                    format!("--controller-ca-file {}: cannot read", path.display())
+                })?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    bail!(
+                        "--controller-ca-file {}: no PEM certificate in it",
+                        path.display()
+                    );
+                }
+                Some(pem)
+            }
+            None => None,
+        },
         token_expiration_seconds: args.token_expiration_seconds,
         sidecar_mode: args.sidecar_mode,
         policy_mode: args.policy_mode,

@@ -98,8 +98,10 @@ echo "gen-certs.sh: serving certificate for $dns valid $days days: $out/tls.crt"
 ca_bundle=$(base64 < "$out/ca.crt" | tr -d '\n')
 
 if $apply; then
-    kubectl -n "$namespace" create secret tls "$secret" \
-        --cert="$out/tls.crt" --key="$out/tls.key" \
+    # ca.crt too: the injector hands it to proxies to verify the controller.
+    kubectl -n "$namespace" create secret generic "$secret" --type=kubernetes.io/tls \
+        --from-file=tls.crt="$out/tls.crt" --from-file=tls.key="$out/tls.key" \
+        --from-file=ca.crt="$out/ca.crt" \
         --dry-run=client -o yaml | kubectl apply -f -
     kubectl patch mutatingwebhookconfiguration "$webhook" --type=json \
         -p "[{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$ca_bundle\"}]"
@@ -107,7 +109,8 @@ if $apply; then
 else
     cat >&2 <<EOF
 gen-certs.sh: files written; to install them (or run again with --apply):
-  kubectl -n $namespace create secret tls $secret --cert=$out/tls.crt --key=$out/tls.key \\
+  kubectl -n $namespace create secret generic $secret --type=kubernetes.io/tls \\
+    --from-file=tls.crt=$out/tls.crt --from-file=tls.key=$out/tls.key --from-file=ca.crt=$out/ca.crt \\
     --dry-run=client -o yaml | kubectl apply -f -
   kubectl patch mutatingwebhookconfiguration $webhook --type=json \\
     -p '[{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"'"\$(base64 < $out/ca.crt | tr -d '\n')"'"}]'
