@@ -1,12 +1,19 @@
 use clap::Parser;
 
-/// Placeholder: this component is not built yet.
-#[derive(Parser)]
-#[command(name = "portcullis-init", version)]
-struct Args {}
+use portcullis_init::config::Config;
 
 fn main() {
-    let _ = Args::parse();
-    eprintln!("portcullis-init: not implemented yet");
-    std::process::exit(2);
+    let cfg = Config::parse();
+    match portcullis_init::run(&cfg) {
+        Ok(report) => {
+            for line in report.lines {
+                eprintln!("portcullis-init: {line}");
+            }
+        }
+        Err(e) => {
+            // Non-zero, so the pod does not start with a half-applied redirect.
+            eprintln!("portcullis-init: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,0 +1,209 @@
+//! Flags (each also an environment variable) and the values they parse into.
+
+use std::fmt;
+use std::str::FromStr;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+
+/// Installs the iptables rules that send the pod's TCP traffic through portcullis-proxy.
+///
+/// Runs once, as root with NET_ADMIN and NET_RAW, in the pod's network namespace, before any
+/// other container. Inbound TCP (nat PREROUTING) is redirected to the proxy's inbound port,
+/// outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when the pod has it) IPv6. The
+/// proxy's own traffic (by UID), loopback traffic, the proxy's ports and what you exclude are
+/// left alone. Rules live in chains named PORTCULLIS_*, are written with one
+/// `iptables-restore --noflush` per family, and are verified after writing. Running it twice
+/// changes nothing; `--cleanup` removes exactly what it added.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portcullis-init", version, max_term_width = 100)]
+pub struct Config {
+    /// UID of portcullis-proxy; its connections are never redirected.
+    #[arg(long, env = "PORTCULLIS_PROXY_UID", default_value_t = 2171)]
+    pub proxy_uid: u32,
+
+    /// Port of the proxy's inbound listener.
+    #[arg(long, env = "PORTCULLIS_INBOUND_PORT", default_value_t = 4143)]
+    pub inbound_port: u16,
+
+    /// Port of the proxy's outbound listener.
+    #[arg(long, env = "PORTCULLIS_OUTBOUND_PORT", default_value_t = 4140)]
+    pub outbound_port: u16,
+
+    /// Port of the proxy's admin listener (metrics, probes); never redirected.
+    #[arg(long, env = "PORTCULLIS_ADMIN_PORT", default_value_t = 4191)]
+    pub admin_port: u16,
+
+    /// Inbound destination ports that bypass the proxy, e.g. `22,8000-8100`.
+    #[arg(long, env = "PORTCULLIS_SKIP_INBOUND_PORTS", default_value = "")]
+    pub skip_inbound_ports: PortList,
+
+    /// Outbound destination ports that bypass the proxy, e.g. `53,5432`.
+    #[arg(long, env = "PORTCULLIS_SKIP_OUTBOUND_PORTS", default_value = "")]
+    pub skip_outbound_ports: PortList,
+
+    /// Outbound destinations that bypass the proxy, IPv4 and IPv6 CIDRs, e.g.
+    /// `10.96.0.1/32,fd00::/8`.
+    #[arg(long, env = "PORTCULLIS_SKIP_OUTBOUND_CIDRS", default_value = "")]
+    pub skip_outbound_cidrs: CidrList,
+
+    /// iptables backend: `auto` uses the one that already holds rules in this network namespace
+    /// (as Linkerd and Istio do), `nft` when neither does.
+    #[arg(
+        long,
+        env = "PORTCULLIS_IPTABLES_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub backend: BackendChoice,
+
+    /// Print the iptables-restore input for each family and change nothing.
+    #[arg(long, env = "PORTCULLIS_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Remove every rule and chain this program adds, and nothing else.
+    #[arg(long, env = "PORTCULLIS_CLEANUP")]
+    pub cleanup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+/// A port or an inclusive range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpan {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            // iptables' multiport syntax.
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// `22,8000-8100`: ports and ranges, comma separated; empty means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<PortSpan>);
+
+impl FromStr for PortList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut spans = Vec::new();
+        for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let port = |p: &str| -> Result<u16, String> {
+                match p.trim().parse::<u16>() {
+                    Ok(0) | Err(_) => Err(format!(
+                        "`{token}` is not a port or a range (1-65535, e.g. `22` or `8000-8100`)"
+                    )),
+                    Ok(n) => Ok(n),
+                }
+            };
+            let span = match token.split_once('-') {
+                Some((a, b)) => {
+                    let (first, last) = (port(a)?, port(b)?);
+                    if first > last {
+                        return Err(format!("`{token}`: the range is backwards"));
+                    }
+                    PortSpan { first, last }
+                }
+                None => {
+                    let p = port(token)?;
+                    PortSpan { first: p, last: p }
+                }
+            };
+            spans.push(span);
+        }
+        Ok(PortList(spans))
+    }
+}
+
+/// `10.0.0.0/8,fd00::/8`: CIDRs, comma separated; a bare address means a single host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
+
+impl FromStr for CidrList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut nets = Vec::new();
+        for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let net = match token.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => token
+                    .parse::<std::net::IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| {
+                        format!("`{token}` is not a CIDR (e.g. `10.0.0.0/8`, `fd00::/8`)")
+                    })?,
+            };
+            nets.push(net.trunc());
+        }
+        Ok(CidrList(nets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_parse_ports_and_ranges() {
+        let l: PortList = "22, 8000-8100,53".parse().expect("parses");
+        assert_eq!(l.0.len(), 3);
+        assert_eq!(l.0[1].to_string(), "8000:8100");
+        assert_eq!("".parse::<PortList>(), Ok(PortList::default()));
+        assert!("22,http"
+            .parse::<PortList>()
+            .unwrap_err()
+            .contains("`http`"));
+        assert!("0".parse::<PortList>().is_err());
+        assert!("70000".parse::<PortList>().is_err());
+        assert!("90-80"
+            .parse::<PortList>()
+            .unwrap_err()
+            .contains("backwards"));
+    }
+
+    #[test]
+    fn cidr_lists_accept_both_families_and_bare_addresses() {
+        let l: CidrList = "10.1.2.3/8,fd00::/8,192.168.0.1".parse().expect("parses");
+        assert_eq!(l.0[0].to_string(), "10.0.0.0/8");
+        assert_eq!(l.0[2].to_string(), "192.168.0.1/32");
+        assert!("10.0.0.0/33"
+            .parse::<CidrList>()
+            .unwrap_err()
+            .contains("not a CIDR"));
+    }
+
+    #[test]
+    fn every_flag_reads_its_environment_variable() {
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "PORTCULLIS_PROXY_UID",
+            "PORTCULLIS_INBOUND_PORT",
+            "PORTCULLIS_OUTBOUND_PORT",
+            "PORTCULLIS_ADMIN_PORT",
+            "PORTCULLIS_SKIP_INBOUND_PORTS",
+            "PORTCULLIS_SKIP_OUTBOUND_PORTS",
+            "PORTCULLIS_SKIP_OUTBOUND_CIDRS",
+            "PORTCULLIS_IPTABLES_BACKEND",
+            "PORTCULLIS_DRY_RUN",
+            "PORTCULLIS_CLEANUP",
+        ] {
+            assert!(help.contains(var), "{var} missing from --help");
+        }
+    }
+}
