@@ -164,7 +164,7 @@ fn build(opts: &UpOptions) -> Result<State> {
     }
     make_world_readable(&dir)?;
 
-    let loaded = portcullis_policy_loader::load_paths(&[policy_dir.clone()]);
+    let loaded = portcullis_policy_loader::load_paths(std::slice::from_ref(&policy_dir));
     if !loaded.errors.is_empty() {
         bail!(
             "the manifests have errors:\n  {}",
