@@ -1,0 +1,81 @@
+//! The harness end to end at smoke size: every path carries traffic, nothing fails, the policy
+//! swap soak loses no connection, and the report is written. Figures are not asserted: timing
+//! targets live in the full run (`portcullis-loadtests`), never in tests. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+#[test]
+fn smoke_run_measures_every_path_without_failures() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the load harness builds network namespaces: run as root (sudo ./scripts/test.sh)"
+    );
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "portcullis-proxy",
+            "-p",
+            "portcullis-init",
+        ])
+        .current_dir(repo())
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "building the proxy and init failed");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_portcullis-loadtests"));
+    let target = bin.parent().expect("target dir");
+    let out_dir = std::env::temp_dir().join(format!("pc-loadtests-smoke-{}", std::process::id()));
+    let output = Command::new(&bin)
+        .arg("--smoke")
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--proxy-bin")
+        .arg(target.join("portcullis-proxy"))
+        .arg("--init-bin")
+        .arg(target.join("portcullis-init"))
+        .output()
+        .expect("run the harness");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "harness failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = std::fs::read_dir(&out_dir)
+        .expect("results folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .next()
+        .expect("one run folder");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("results.json")).expect("results.json"),
+    )
+    .expect("JSON");
+    let paths = json["paths"].as_array().expect("paths");
+    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
+    for want in ["direct", "inbound", "mesh", "haproxy"] {
+        assert!(names.contains(&want), "path {want} missing: {names:?}");
+    }
+    for p in paths {
+        assert!(p["throughput_1_gbps"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+        assert!(p["connections_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+        assert_eq!(p["connection_failures"], 0, "{p}");
+    }
+    assert_eq!(
+        json["soak"]["connections_failed"], 0,
+        "policy swaps must not break connections"
+    );
+    assert!(json["soak"]["generations_observed"].as_u64().unwrap_or(0) > 0);
+    assert!(run.join("results.md").exists() && run.join("plot.svg").exists());
+    assert!(stdout.contains("Ratios"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
