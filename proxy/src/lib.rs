@@ -60,6 +60,9 @@ impl Context {
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    // Before anything can report ready: a SIGTERM must always mean "drain", never the default
+    // action of dying on the spot.
+    let shutdown_signal = ShutdownSignal::install()?;
     let store = Arc::new(PolicyStore::new());
     let pod = PodIdentity {
         namespace: config.pod_namespace.clone(),
@@ -108,26 +111,23 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     );
 
     tokio::spawn(source.run(pod, store.clone()));
+    // The admin port outlives the listeners: it answers /ready with 503 while draining.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
-        stop_rx.clone(),
+        admin_stop_rx,
     ));
-    for l in inbound {
-        tokio::spawn(listener::accept_loop(
-            l,
-            Direction::Ingress,
-            ctx.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    for l in outbound {
-        tokio::spawn(listener::accept_loop(
-            l,
-            Direction::Egress,
-            ctx.clone(),
-            stop_rx.clone(),
-        ));
+    let mut accept_loops = Vec::new();
+    for (listeners, direction) in [(inbound, Direction::Ingress), (outbound, Direction::Egress)] {
+        for l in listeners {
+            accept_loops.push(tokio::spawn(listener::accept_loop(
+                l,
+                direction,
+                ctx.clone(),
+                stop_rx.clone(),
+            )));
+        }
     }
     let audit_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -147,12 +147,15 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
         });
     }
 
-    wait_for_signal().await?;
+    shutdown_signal.recv().await;
+    // Close the listeners first (connections still queued are reset), then report not ready.
+    stop_tx.send_replace(true);
+    for handle in accept_loops {
+        let _ = handle.await;
+    }
     admin_state.draining.store(true, Ordering::Relaxed);
     let active = config.max_connections - ctx.connection_slots.available_permits();
     tracing::info!(event = "draining", active_connections = active, grace = ?config.shutdown_grace);
-    // Stop accepting (listeners close), keep the admin port up while draining.
-    stop_tx.send_replace(true);
     let drained = tokio::time::timeout(
         config.shutdown_grace,
         ctx.connection_slots
@@ -161,6 +164,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     .await
     .is_ok();
     ctx.audit.flush();
+    admin_stop_tx.send_replace(true);
     let left = config.max_connections - ctx.connection_slots.available_permits();
     tracing::info!(
         event = "stopped",
@@ -170,13 +174,24 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }
