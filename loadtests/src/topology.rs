@@ -184,6 +184,9 @@ impl Topology {
             .arg(proxy)
             .arg("--policy-dir")
             .arg(&policy_dir)
+            // The swap soak changes the policy a thousand times: poll often so that it measures
+            // swaps, not the poll interval.
+            .args(["--policy-poll-interval", "20ms"])
             .args(proxy_args)
             .env("POD_NAME", pod)
             .env("POD_NAMESPACE", "lt")
