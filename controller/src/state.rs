@@ -1,0 +1,451 @@
+//! The cluster as policy sees it, and every pod's compiled table, kept up to date incrementally.
+//!
+//! Pure: no I/O, no clock. A [`Change`] (an object added, changed or gone, or a whole kind
+//! relisted) recompiles only what it can affect:
+//! - a policy change re-resolves that policy and reassembles the pods it selected before or
+//!   selects now;
+//! - a pod change reassembles that pod, and re-resolves the policies whose peers could include
+//!   it before or after the change (its labels, IPs and named ports feed their IP sets);
+//! - a namespace label change re-resolves the policies whose namespaceSelectors matched it before
+//!   or match it now.
+//!
+//! Tables are then compared with what they were, and only pods whose table really changed are
+//! reported, so that only their proxies receive anything. A from-scratch
+//! [`portcullis_policy::compile`] of the same objects is the oracle (see the tests).
+//!
+//! Peer names (`known_pods`) are left out of served tables: they would tie every table to every
+//! pod in the cluster, and one new pod would then mean a new table for every proxy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portcullis_policy::cluster::SourcedPolicy;
+use portcullis_policy::compile::{assemble_table, resolve_policy, ClusterIndex, ResolvedPolicy};
+use portcullis_policy::validate::{validate_policy, Peer, PortSpec, Rule, ValidPolicy};
+use portcullis_policy::{NamespaceInfo, ObjectError, PodInfo, PodTable};
+
+/// One thing that happened to the cluster.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Namespace(NamespaceInfo),
+    NamespaceGone(String),
+    Pod(PodInfo),
+    PodGone {
+        namespace: String,
+        name: String,
+    },
+    Policy(Box<SourcedPolicy>),
+    PolicyGone {
+        namespace: String,
+        name: String,
+    },
+    /// A relist: these are all the namespaces there are.
+    ResetNamespaces(Vec<NamespaceInfo>),
+    ResetPods(Vec<PodInfo>),
+    ResetPolicies(Vec<SourcedPolicy>),
+}
+
+/// What one [`ClusterState::apply`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Pods whose table changed, with the new table (`None`: the pod is gone).
+    pub changed: Vec<(String, Option<Arc<PodTable>>)>,
+    /// Objects that were rejected; for a policy that had a valid version before, that version
+    /// stays in force.
+    pub rejected: Vec<ObjectError>,
+    /// Policies re-resolved and tables reassembled: the incremental work actually done.
+    pub policies_resolved: usize,
+    pub tables_assembled: usize,
+}
+
+#[derive(Default)]
+pub struct ClusterState {
+    /// Namespace objects as declared.
+    declared_namespaces: BTreeMap<String, NamespaceInfo>,
+    /// Declared ones, plus those that only pods imply (with just their name label), as
+    /// [`portcullis_policy::compile`] treats them.
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    pods: Vec<PodInfo>,
+    pod_slots: HashMap<String, usize>,
+    pods_per_namespace: HashMap<String, usize>,
+    /// Valid policies by `namespace/name`, with their peers resolved.
+    policies: BTreeMap<String, Arc<ResolvedPolicy>>,
+    tables: HashMap<String, Arc<PodTable>>,
+    no_peer_names: Arc<BTreeMap<IpAddr, String>>,
+}
+
+/// Work collected while changes are applied, done once at the end of the batch.
+#[derive(Default)]
+struct Dirty {
+    policies: BTreeSet<String>,
+    pods: BTreeSet<String>,
+    gone_pods: BTreeSet<String>,
+}
+
+impl ClusterState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn table(&self, pod_key: &str) -> Option<&Arc<PodTable>> {
+        self.tables.get(pod_key)
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = (&String, &Arc<PodTable>)> {
+        self.tables.iter()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Applied {
+        let mut dirty = Dirty::default();
+        let mut applied = Applied::default();
+        for change in changes {
+            self.record(change, &mut dirty, &mut applied);
+        }
+        self.recompile(dirty, &mut applied);
+        applied
+    }
+
+    fn record(&mut self, change: Change, dirty: &mut Dirty, applied: &mut Applied) {
+        match change {
+            Change::Namespace(ns) => {
+                self.declared_namespaces.insert(ns.name.clone(), ns.clone());
+                self.refresh_namespace(&ns.name, dirty);
+            }
+            Change::NamespaceGone(name) => {
+                self.declared_namespaces.remove(&name);
+                self.refresh_namespace(&name, dirty);
+            }
+            Change::Pod(pod) => self.upsert_pod(pod, dirty),
+            Change::PodGone { namespace, name } => {
+                self.remove_pod(&format!("{namespace}/{name}"), dirty)
+            }
+            Change::Policy(sp) => match validate_policy(&sp.policy, sp.source.as_deref()) {
+                Ok(valid) => self.upsert_policy(valid, dirty),
+                Err(e) => applied.rejected.push(e),
+            },
+            Change::PolicyGone { namespace, name } => {
+                self.remove_policy(&format!("{namespace}/{name}"), dirty)
+            }
+            Change::ResetNamespaces(all) => {
+                let keep: BTreeSet<&str> = all.iter().map(|n| n.name.as_str()).collect();
+                let gone: Vec<String> = self
+                    .declared_namespaces
+                    .keys()
+                    .filter(|k| !keep.contains(k.as_str()))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.record(Change::NamespaceGone(name), dirty, applied);
+                }
+                for ns in all {
+                    if self.declared_namespaces.get(&ns.name) != Some(&ns) {
+                        self.record(Change::Namespace(ns), dirty, applied);
+                    }
+                }
+            }
+            Change::ResetPods(all) => {
+                let keep: BTreeSet<String> = all.iter().map(PodInfo::key).collect();
+                let gone: Vec<String> = self
+                    .pod_slots
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.remove_pod(&key, dirty);
+                }
+                for pod in all {
+                    self.upsert_pod(pod, dirty);
+                }
+            }
+            Change::ResetPolicies(all) => {
+                let mut keep = BTreeSet::new();
+                for sp in all {
+                    match validate_policy(&sp.policy, sp.source.as_deref()) {
+                        Ok(valid) => {
+                            if keep.insert(valid.key()) {
+                                self.upsert_policy(valid, dirty);
+                            } else {
+                                applied.rejected.push(duplicate_policy(&valid, &sp));
+                            }
+                        }
+                        Err(e) => {
+                            // The object exists, invalid: keep its last valid version.
+                            let o = &e.object;
+                            keep.insert(format!(
+                                "{}/{}",
+                                o.namespace.as_deref().unwrap_or("default"),
+                                o.name
+                            ));
+                            applied.rejected.push(e);
+                        }
+                    }
+                }
+                let gone: Vec<String> = self
+                    .policies
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.remove_policy(&key, dirty);
+                }
+            }
+        }
+    }
+
+    fn upsert_pod(&mut self, pod: PodInfo, dirty: &mut Dirty) {
+        let key = pod.key();
+        match self.pod_slots.get(&key) {
+            Some(&slot) => {
+                if self.pods[slot] == pod {
+                    return;
+                }
+                let old = std::mem::replace(&mut self.pods[slot], pod);
+                self.mark_policies_depending_on(&old, dirty);
+                self.mark_policies_depending_on(&self.pods[slot].clone(), dirty);
+            }
+            None => {
+                let namespace = pod.namespace.clone();
+                self.pod_slots.insert(key.clone(), self.pods.len());
+                self.pods.push(pod);
+                let last = self.pods.len() - 1;
+                self.mark_policies_depending_on(&self.pods[last].clone(), dirty);
+                *self
+                    .pods_per_namespace
+                    .entry(namespace.clone())
+                    .or_default() += 1;
+                self.refresh_namespace(&namespace, dirty);
+            }
+        }
+        dirty.gone_pods.remove(&key);
+        dirty.pods.insert(key);
+    }
+
+    fn remove_pod(&mut self, key: &str, dirty: &mut Dirty) {
+        let Some(slot) = self.pod_slots.remove(key) else {
+            return;
+        };
+        let old = self.pods.swap_remove(slot);
+        if let Some(moved) = self.pods.get(slot) {
+            self.pod_slots.insert(moved.key(), slot);
+        }
+        self.mark_policies_depending_on(&old, dirty);
+        if let Some(n) = self.pods_per_namespace.get_mut(&old.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                self.pods_per_namespace.remove(&old.namespace);
+            }
+        }
+        self.refresh_namespace(&old.namespace, dirty);
+        dirty.pods.remove(key);
+        dirty.gone_pods.insert(key.to_string());
+    }
+
+    fn upsert_policy(&mut self, valid: ValidPolicy, dirty: &mut Dirty) {
+        let key = valid.key();
+        self.mark_selected_pods(&key, dirty);
+        // Resolved for real at the end of the batch; until then the placeholder only holds the
+        // validated policy.
+        self.policies.insert(
+            key.clone(),
+            Arc::new(ResolvedPolicy {
+                key: Arc::from(key.as_str()),
+                policy: valid,
+                ingress: Vec::new(),
+                egress: Vec::new(),
+            }),
+        );
+        dirty.policies.insert(key);
+    }
+
+    fn remove_policy(&mut self, key: &str, dirty: &mut Dirty) {
+        self.mark_selected_pods(key, dirty);
+        self.policies.remove(key);
+        dirty.policies.remove(key);
+    }
+
+    /// Marks the pods the current version of a policy selects.
+    fn mark_selected_pods(&self, policy_key: &str, dirty: &mut Dirty) {
+        if let Some(rp) = self.policies.get(policy_key) {
+            for pod in self.pods.iter().filter(|p| {
+                p.namespace == rp.policy.namespace && rp.policy.pod_selector.matches(&p.labels)
+            }) {
+                dirty.pods.insert(pod.key());
+            }
+        }
+    }
+
+    /// Brings a namespace's effective labels up to date; policies whose namespaceSelectors see
+    /// the difference are re-resolved.
+    fn refresh_namespace(&mut self, name: &str, dirty: &mut Dirty) {
+        let effective = match self.declared_namespaces.get(name) {
+            Some(ns) => Some(ns.clone()),
+            None if self.pods_per_namespace.contains_key(name) => {
+                Some(NamespaceInfo::new(name, Default::default()))
+            }
+            None => None,
+        };
+        let old = self.namespaces.get(name).cloned();
+        if old == effective {
+            return;
+        }
+        for (key, rp) in &self.policies {
+            let sees = |ns: &Option<NamespaceInfo>| {
+                ns.as_ref().is_some_and(|ns| {
+                    namespace_selectors(&rp.policy).any(|s| s.matches(&ns.labels))
+                })
+            };
+            if sees(&old) || sees(&effective) {
+                dirty.policies.insert(key.clone());
+            }
+        }
+        match effective {
+            Some(ns) => self.namespaces.insert(name.to_string(), ns),
+            None => self.namespaces.remove(name),
+        };
+    }
+
+    fn mark_policies_depending_on(&self, pod: &PodInfo, dirty: &mut Dirty) {
+        for (key, rp) in &self.policies {
+            if self.policy_depends_on(&rp.policy, pod) {
+                dirty.policies.insert(key.clone());
+            }
+        }
+    }
+
+    /// Whether a pod can appear in a policy's resolved peers (as an address, or as the owner of
+    /// a named port an egress rule refers to). Errs on the side of yes.
+    fn policy_depends_on(&self, policy: &ValidPolicy, pod: &PodInfo) -> bool {
+        let rules = policy.ingress.iter().chain(&policy.egress);
+        for (i, rule) in rules.enumerate() {
+            let egress = i >= policy.ingress.len();
+            let named_egress = egress && has_named_ports(rule);
+            match &rule.peers {
+                None => {
+                    if named_egress {
+                        return true;
+                    }
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        match peer {
+                            Peer::Pods { namespaces, pods } => {
+                                let ns_ok = match namespaces {
+                                    None => pod.namespace == policy.namespace,
+                                    Some(sel) => self
+                                        .namespaces
+                                        .get(&pod.namespace)
+                                        .is_some_and(|ns| sel.matches(&ns.labels)),
+                                };
+                                if ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
+                                    return true;
+                                }
+                            }
+                            Peer::Block { cidr, .. } => {
+                                if named_egress && pod.ips.iter().any(|ip| cidr.contains(ip)) {
+                                    return true;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn recompile(&mut self, dirty: Dirty, applied: &mut Applied) {
+        let mut reassemble = dirty.pods;
+        if !dirty.policies.is_empty() {
+            let index = ClusterIndex::new(&self.namespaces, &self.pods);
+            for key in &dirty.policies {
+                let Some(current) = self.policies.get(key) else {
+                    continue;
+                };
+                let resolved = resolve_policy(&index, current.policy.clone());
+                for (_, pod) in index.selected_pods(&resolved.policy) {
+                    reassemble.insert(pod.key());
+                }
+                applied.policies_resolved += 1;
+                self.policies.insert(key.clone(), Arc::new(resolved));
+            }
+        }
+
+        for key in dirty.gone_pods {
+            if self.tables.remove(&key).is_some() {
+                applied.changed.push((key, None));
+            }
+        }
+        for key in reassemble {
+            let Some(&slot) = self.pod_slots.get(&key) else {
+                continue;
+            };
+            let pod = &self.pods[slot];
+            let selecting: Vec<&ResolvedPolicy> = self
+                .policies
+                .range(format!("{}/", pod.namespace)..)
+                .take_while(|(k, _)| k.starts_with(&format!("{}/", pod.namespace)))
+                .map(|(_, rp)| rp.as_ref())
+                .filter(|rp| rp.policy.pod_selector.matches(&pod.labels))
+                .collect();
+            let table = assemble_table(pod, &selecting, self.no_peer_names.clone());
+            applied.tables_assembled += 1;
+            if self.tables.get(&key).map(|t| t.as_ref()) != Some(&table) {
+                let table = Arc::new(table);
+                self.tables.insert(key.clone(), table.clone());
+                applied.changed.push((key, Some(table)));
+            }
+        }
+    }
+}
+
+fn has_named_ports(rule: &Rule) -> bool {
+    rule.ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, PortSpec::Named { .. }))
+}
+
+fn namespace_selectors(
+    policy: &ValidPolicy,
+) -> impl Iterator<Item = &portcullis_policy::selector::Selector> {
+    policy
+        .ingress
+        .iter()
+        .chain(&policy.egress)
+        .flat_map(|r| r.peers.iter().flatten())
+        .filter_map(|p| match p {
+            Peer::Pods {
+                namespaces: Some(sel),
+                ..
+            } => Some(sel),
+            _ => None,
+        })
+}
+
+fn duplicate_policy(valid: &ValidPolicy, sp: &SourcedPolicy) -> ObjectError {
+    ObjectError {
+        object: Box::new(portcullis_policy::ObjectRef {
+            kind: "NetworkPolicy".into(),
+            namespace: Some(valid.namespace.clone()),
+            name: valid.name.clone(),
+            source: sp.source.clone(),
+        }),
+        field: "metadata.name".into(),
+        message: "defined more than once; the first definition is used".into(),
+    }
+}
