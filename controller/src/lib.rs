@@ -6,6 +6,138 @@
 //! `file_source.rs` (`--policy-dir`) or `kube_watch.rs` (the API server); who may read which
 //! table is `token_review.rs`.
 
+pub mod admin;
+pub mod config;
+pub mod file_source;
 pub mod hub;
+pub mod kube_watch;
+pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod token_review;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::serve::{ServeOptions, TableServer};
+use crate::token_review::{Authenticator, TokenReviewer};
+
+/// Runs until SIGTERM or SIGINT: then /ready turns 503, and after --shutdown-delay the streams
+/// end (proxies reconnect to another replica) and the process exits.
+pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hub = Arc::new(Hub::new());
+
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let reloading = Arc::new(
+                portcullis_tls::ReloadingCert::load(cert.clone(), key.clone(), provider)
+                    .context("loading the serving certificate")?,
+            );
+            reloading.spawn_watcher(Duration::from_secs(10), telemetry::CERT_RELOADS);
+            Some(tokio_rustls::TlsAcceptor::from(reloading.server_config()?))
+        }
+        _ => None,
+    };
+
+    let (auth, source) = match &config.policy_dir {
+        Some(dir) => {
+            tracing::warn!(
+                event = "authentication_disabled",
+                policy_dir = %dir.display(),
+                "file mode: tables are served to anyone who asks, without token review; for local testbeds only"
+            );
+            let source = tokio::spawn(file_source::run(
+                dir.clone(),
+                config.poll_interval,
+                hub.clone(),
+                stop_rx.clone(),
+            ));
+            (Authenticator::Disabled, source)
+        }
+        None => {
+            let client = kube_watch::client().await?;
+            let reviewer = TokenReviewer::new(
+                client.clone(),
+                config.token_audience.clone(),
+                config.token_cache,
+            );
+            let source = tokio::spawn(kube_watch::run(client, hub.clone(), stop_rx.clone()));
+            (Authenticator::TokenReview(Box::new(reviewer)), source)
+        }
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the table API to {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoints to {}", config.admin_listen))?;
+    tracing::info!(
+        event = "started",
+        listen = %config.listen,
+        tls = tls.is_some(),
+        admin = %config.admin_listen,
+        mode = if config.policy_dir.is_some() { "file" } else { "kube" },
+    );
+    if tls.is_none() {
+        tracing::warn!("no --tls-cert/--tls-key: the table API is plain HTTP");
+    }
+
+    let server = Arc::new(TableServer {
+        hub: hub.clone(),
+        auth,
+        options: ServeOptions {
+            heartbeat: config.heartbeat,
+        },
+    });
+    let serving = tokio::spawn(server.serve(listener, tls, stop_rx.clone()));
+    let admin = Arc::new(admin::Admin {
+        hub: hub.clone(),
+        prometheus: prometheus.clone(),
+        draining: Default::default(),
+    });
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), admin_stop_rx));
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if let Some(p) = &prometheus {
+                p.run_upkeep();
+            }
+            hub.prune();
+        }
+    });
+
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    tracing::info!(
+        event = "shutting_down",
+        delay_ms = config.shutdown_delay.as_millis() as u64
+    );
+    admin.draining.store(true, Ordering::Relaxed);
+    tokio::time::sleep(config.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    let _ = source.await;
+    upkeep.abort();
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
+    tracing::info!(event = "stopped");
+    Ok(())
+}

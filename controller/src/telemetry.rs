@@ -25,3 +25,4 @@ pub fn init_logging(filter: &str) {
         .with_env_filter(filter)
         .init();
 }
+pub const CERT_RELOADS: &str = "portcullis_controller_cert_reloads_total";

@@ -386,7 +386,10 @@ async fn main() -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key, provider)
         .context("loading the serving certificate")?;
-    let _watcher = cert.spawn_watcher(Duration::from_secs(args.cert_reload_seconds));
+    let _watcher = cert.spawn_watcher(
+        Duration::from_secs(args.cert_reload_seconds),
+        portcullis_injector::server::metrics::CERT_RELOADS,
+    );
     let tls = cert.server_config()?;
 
     let state = Arc::new(AppState {

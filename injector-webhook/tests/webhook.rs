@@ -146,7 +146,10 @@ impl Harness {
             provider(),
         )
         .expect("load cert");
-        let watcher = reloading.spawn_watcher(Duration::from_millis(50));
+        let watcher = reloading.spawn_watcher(
+            Duration::from_millis(50),
+            portcullis_injector::server::metrics::CERT_RELOADS,
+        );
         let tls = reloading.server_config().expect("server config");
         let state = Arc::new(AppState {
             config: test_config(),

@@ -2,7 +2,7 @@
 
 pub mod metrics;
 pub mod namespaces;
-pub mod tls;
+pub use portcullis_tls as tls;
 
 use std::convert::Infallible;
 use std::future::Future;

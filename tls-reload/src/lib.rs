@@ -130,8 +130,13 @@ impl ReloadingCert {
         self.current.load_full()
     }
 
-    /// Poll the files every `interval` until the task is dropped or aborted.
-    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Poll the files every `interval` until the task is dropped or aborted; each reload is
+    /// counted in the counter `reloads_metric`, labelled `result="ok"|"error"`.
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        interval: Duration,
+        reloads_metric: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -144,14 +149,12 @@ impl ReloadingCert {
                 match result {
                     Ok(Ok(true)) => {
                         tracing::info!("serving certificate reloaded");
-                        metrics::counter!(super::metrics::CERT_RELOADS, "result" => "ok")
-                            .increment(1);
+                        metrics::counter!(reloads_metric, "result" => "ok").increment(1);
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "serving certificate not reloaded; keeping the previous one");
-                        metrics::counter!(super::metrics::CERT_RELOADS, "result" => "error")
-                            .increment(1);
+                        metrics::counter!(reloads_metric, "result" => "error").increment(1);
                     }
                     Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
                 }

@@ -1,0 +1,216 @@
+//! The controller at cluster scale, in one process: a synthetic cluster (default 10,000 pods,
+//! 1,000 policies, 50 namespaces) and 1,000 subscribed proxies (in-memory streams: the hub's
+//! per-pod channels, each line serialised as the HTTP stream would send it).
+//!
+//! Reports: memory held by the controller state, the initial compile, and for a series of
+//! single-pod label changes: time from the change to the new table at every affected proxy
+//! (p50/p99), bytes sent per change, and how many unaffected proxies received anything (must be 0).
+//!
+//! `cargo bench -p portcullis-controller --bench scale` (env SCALE_PODS, SCALE_POLICIES,
+//! SCALE_NAMESPACES, SCALE_PROXIES, SCALE_CHANGES to resize).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_controller::hub::Hub;
+use portcullis_controller::state::Change;
+use portcullis_policy::synthetic;
+use tokio::sync::mpsc;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// What each simulated proxy reports: (proxy index, when the update arrived, bytes).
+type Arrival = (usize, Instant, usize);
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing. Both just run.
+    let pods = env("SCALE_PODS", 10_000);
+    let policies = env("SCALE_POLICIES", 1_000);
+    let namespaces = env("SCALE_NAMESPACES", 50);
+    let proxies = env("SCALE_PROXIES", 1_000).min(pods);
+    let changes = env("SCALE_CHANGES", 200);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rss_start = rss_kib();
+    let cluster = synthetic::cluster(namespaces, pods, policies, 7);
+    let pod_keys: Vec<(String, String)> = cluster
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    let mut pod_infos = cluster.pods.clone();
+    let hub = Arc::new(Hub::new());
+    let started = Instant::now();
+    hub.apply(vec![
+        Change::ResetNamespaces(cluster.namespaces.values().cloned().collect()),
+        Change::ResetPods(cluster.pods.clone()),
+        Change::ResetPolicies(cluster.policies.clone()),
+    ]);
+    let initial = started.elapsed();
+    drop(cluster);
+    hub.mark_ready();
+
+    // 1,000 proxies, spread over the cluster: every tenth pod.
+    let stride = (pods / proxies).max(1);
+    let subscribed: Vec<usize> = (0..proxies).map(|i| i * stride).collect();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
+    let received_total = Arc::new(AtomicU64::new(0));
+    runtime.block_on(async {
+        for (proxy, &pod) in subscribed.iter().enumerate() {
+            let (ns, name) = &pod_keys[pod];
+            let mut updates = hub.subscribe(ns, name);
+            updates.borrow_and_update();
+            let tx = tx.clone();
+            let received_total = received_total.clone();
+            tokio::spawn(async move {
+                while updates.changed().await.is_ok() {
+                    let v = updates.borrow_and_update().clone();
+                    // What the stream would write for this update.
+                    let bytes = serde_json::to_vec(&serde_json::json!({
+                        "generation": v.generation,
+                        "table": v.table.as_deref(),
+                    }))
+                    .map(|b| b.len() + 1)
+                    .unwrap_or(0);
+                    received_total.fetch_add(1, Ordering::Relaxed);
+                    if tx.send((proxy, Instant::now(), bytes)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let rss_loaded = rss_kib();
+    let by_pod: std::collections::HashMap<String, usize> = subscribed
+        .iter()
+        .enumerate()
+        .map(|(proxy, &pod)| (format!("{}/{}", pod_keys[pod].0, pod_keys[pod].1), proxy))
+        .collect();
+
+    let mut latencies = Vec::new();
+    let mut bytes_per_change = Vec::new();
+    let mut affected_per_change = Vec::new();
+    let mut unaffected_wakeups = 0u64;
+    let mut apply_times = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..changes {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = (seed % pod_infos.len() as u64) as usize;
+        // A label change that moves the pod between apps: selectors on both sides notice.
+        let pod = &mut pod_infos[victim];
+        let app = format!("app-{}", seed % synthetic::APPS_PER_NAMESPACE as u64);
+        pod.labels.insert("app".into(), app);
+        let change = Change::Pod(pod.clone());
+
+        let t0 = Instant::now();
+        let applied = hub.apply(vec![change]);
+        apply_times.push(t0.elapsed());
+        let affected: HashSet<usize> = applied
+            .changed
+            .iter()
+            .filter_map(|(k, _)| by_pod.get(k).copied())
+            .collect();
+        affected_per_change.push(affected.len());
+        let mut waiting = affected.clone();
+        let mut bytes = 0usize;
+        runtime.block_on(async {
+            while !waiting.is_empty() {
+                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                    Ok(Some((proxy, at, n))) => {
+                        if waiting.remove(&proxy) {
+                            latencies.push(at.duration_since(t0));
+                            bytes += n;
+                        } else {
+                            unaffected_wakeups += 1;
+                        }
+                    }
+                    _ => panic!("an affected proxy never received its table"),
+                }
+            }
+            // Anything else that arrives shortly after went to a proxy that should not have
+            // heard about this change.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(2), rx.recv()).await
+            {
+                unaffected_wakeups += 1;
+            }
+        });
+        bytes_per_change.push(bytes);
+    }
+    latencies.sort();
+    apply_times.sort();
+    let mut sorted_bytes = bytes_per_change.clone();
+    sorted_bytes.sort();
+    let mean_affected =
+        affected_per_change.iter().sum::<usize>() as f64 / affected_per_change.len().max(1) as f64;
+
+    println!("controller scale: {pods} pods, {policies} policies, {namespaces} namespaces, {proxies} proxies subscribed, {changes} label changes");
+    println!(
+        "  initial compile (relist of everything): {:.0} ms",
+        initial.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  memory: {:.1} MiB resident after load + subscriptions ({:.1} MiB at start)",
+        rss_loaded as f64 / 1024.0,
+        rss_start as f64 / 1024.0
+    );
+    println!(
+        "  apply per change: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&apply_times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&apply_times, 0.99).as_secs_f64() * 1000.0
+    );
+    println!(
+        "  change -> new table at every affected proxy: p50 {:.2} ms, p99 {:.2} ms ({} deliveries)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.len()
+    );
+    println!(
+        "  affected proxies per change: mean {mean_affected:.1} of {proxies}; bytes sent per change: p50 {} B, max {} B",
+        percentile_usize(&sorted_bytes, 0.5),
+        sorted_bytes.last().copied().unwrap_or(0)
+    );
+    println!("  unaffected proxies that received anything: {unaffected_wakeups}");
+    println!(
+        "  total updates received: {}",
+        received_total.load(Ordering::Relaxed)
+    );
+}
+
+fn percentile_usize(sorted: &[usize], p: f64) -> usize {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}

@@ -1,0 +1,140 @@
+//! `--policy-dir`: the cluster read from manifests on disk instead of the API server, for the
+//! local testbed. The directory is polled; each change becomes a relist of every kind, which
+//! [`crate::state::ClusterState`] turns into the few table updates it really implies.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy::{NamespaceInfo, PodInfo};
+use tokio::sync::watch;
+
+use crate::hub::Hub;
+use crate::state::Change;
+
+/// Reads the directory once into relist changes, or says why it could not.
+pub fn read(dir: &Path) -> Result<(Vec<Change>, Vec<String>), String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    let loaded = portcullis_policy_loader::load_paths(&[dir.to_path_buf()]);
+    let namespaces: Vec<NamespaceInfo> = loaded.cluster.namespaces.into_values().collect();
+    let mut pods: Vec<PodInfo> = Vec::new();
+    let mut problems = loaded.errors;
+    for pod in loaded.cluster.pods {
+        if pods.iter().any(|p| p.key() == pod.key()) {
+            problems.push(format!(
+                "Pod {}: defined more than once; the first definition is used",
+                pod.key()
+            ));
+        } else {
+            pods.push(pod);
+        }
+    }
+    Ok((
+        vec![
+            Change::ResetNamespaces(namespaces),
+            Change::ResetPods(pods),
+            Change::ResetPolicies(loaded.cluster.policies),
+        ],
+        problems,
+    ))
+}
+
+/// Polls `dir` every `interval`, applying each change, until shutdown.
+pub async fn run(
+    dir: PathBuf,
+    interval: Duration,
+    hub: Arc<Hub>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_seen = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let d = dir.clone();
+        let Ok(print) = tokio::task::spawn_blocking(move || fingerprint(&d)).await else {
+            continue;
+        };
+        if last_seen == Some(print) {
+            continue;
+        }
+        last_seen = Some(print);
+        let d = dir.clone();
+        let hub2 = hub.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (changes, problems) = read(&d)?;
+            // A file that does not parse would look like its objects were deleted: once tables
+            // are served, such a change is refused whole, as the proxy's own --policy-dir does.
+            if !problems.is_empty() && hub2.is_ready() {
+                return Err(problems.join("; "));
+            }
+            for p in &problems {
+                tracing::error!(event = "object_rejected", error = %p);
+            }
+            let started = std::time::Instant::now();
+            let applied = hub2.apply(changes);
+            Ok::<_, String>((applied, started.elapsed()))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((applied, took))) => {
+                let (namespaces, pods, policies, _) = hub.sizes();
+                tracing::info!(
+                    event = "cluster_loaded",
+                    source = %dir.display(),
+                    generation = hub.generation(),
+                    namespaces,
+                    pods,
+                    policies,
+                    tables_changed = applied.changed.len(),
+                    took_ms = took.as_millis() as u64,
+                );
+                if !hub.is_ready() {
+                    hub.mark_ready();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(event = "policy_reload_failed", source = %dir.display(), error = %e, "the change did not load; the tables already served stay in force")
+            }
+            Err(e) => tracing::error!(error = %e, "reading the policy directory failed"),
+        }
+    }
+}
+
+/// Names, sizes and modification times of every visible file: cheap to take, and different
+/// whenever an editor or `kubectl cp` changes something.
+fn fingerprint(dir: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = e.path();
+            if let Ok(meta) = std::fs::metadata(&path) {
+                path.hash(&mut hasher);
+                meta.len().hash(&mut hasher);
+                meta.mtime().hash(&mut hasher);
+                meta.mtime_nsec().hash(&mut hasher);
+                if meta.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    hasher.finish()
+}

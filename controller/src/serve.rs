@@ -1,0 +1,304 @@
+//! The table API: `GET /v1/tables/{namespace}/{pod}` streams that pod's table as
+//! newline-delimited JSON, the current version at once and every change after it:
+//!
+//! ```text
+//! {"generation":12,"table":{...}}
+//! {"heartbeat":true}
+//! {"generation":15,"table":{...}}
+//! ```
+//!
+//! `"table":null` means the controller knows no such pod (yet). A heartbeat goes out after
+//! [`ServeOptions::heartbeat`] of silence, so that proxies can tell a quiet controller from a dead
+//! connection. On shutdown every stream ends, and proxies reconnect to another replica.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::hub::{Hub, Versioned};
+use crate::telemetry;
+use crate::token_review::{AuthError, Authenticator};
+
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub heartbeat: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+pub struct TableServer {
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub options: ServeOptions,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+impl TableServer {
+    /// Accepts connections until `shutdown` turns true; then stops accepting and ends every
+    /// stream (each connection finishes the line it is writing).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut stop = shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = self.clone();
+            let tls = tls.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => this.serve_connection(stream, peer, shutdown).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    },
+                    None => this.serve_connection(tcp, peer, shutdown).await,
+                }
+            });
+        }
+    }
+
+    async fn serve_connection<S>(
+        self: Arc<Self>,
+        io: S,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            async move { Ok::<_, Infallible>(this.route(req, peer, shutdown).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    pub async fn route<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Response<Body> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        let path = req.uri().path().to_string();
+        let Some((namespace, pod)) = table_path(&path) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; tables are at /v1/tables/{namespace}/{pod}\n",
+            );
+        };
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if let Err(e) = self.auth.authorize(token, namespace, pod).await {
+            metrics::counter!(telemetry::AUTH_FAILURES, "reason" => e.reason()).increment(1);
+            tracing::warn!(event = "stream_refused", %peer, pod = %format!("{namespace}/{pod}"), error = %e);
+            let status = match e {
+                AuthError::MissingToken | AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                AuthError::WrongPod { .. } | AuthError::NotAPod(_) => StatusCode::FORBIDDEN,
+                AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return text(status, &format!("{e}\n"));
+        }
+        let key = format!("{namespace}/{pod}");
+        tracing::info!(event = "stream_opened", %peer, pod = %key);
+        let rx = self.hub.subscribe(namespace, pod);
+        let body = table_stream(
+            key,
+            rx,
+            self.hub.ready_changes(),
+            self.options.heartbeat,
+            shutdown,
+        );
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        response
+    }
+}
+
+/// `/v1/tables/{namespace}/{pod}` → (namespace, pod), both non-empty and without further `/`.
+fn table_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/v1/tables/")?;
+    let (namespace, pod) = rest.split_once('/')?;
+    let valid = |s: &str| !s.is_empty() && !s.contains('/');
+    (valid(namespace) && valid(pod)).then_some((namespace, pod))
+}
+
+/// One line per table version; a heartbeat after each quiet period; the end on shutdown.
+fn table_stream(
+    key: String,
+    rx: watch::Receiver<Versioned>,
+    ready: watch::Receiver<bool>,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> Body {
+    struct StreamState {
+        key: String,
+        rx: watch::Receiver<Versioned>,
+        ready: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
+        heartbeat: Duration,
+        first: bool,
+        _active: ActiveStream,
+    }
+    let state = StreamState {
+        key,
+        rx,
+        ready,
+        shutdown,
+        heartbeat,
+        first: true,
+        _active: ActiveStream::new(),
+    };
+    let lines = stream::unfold(state, |mut s| async move {
+        if s.first {
+            // Until every kind is listed, a table could be missing rules: wait for the complete
+            // view rather than hand out a table that allows too much.
+            tokio::select! {
+                _ = s.ready.wait_for(|r| *r) => {}
+                _ = s.shutdown.wait_for(|stop| *stop) => return None,
+            }
+            s.first = false;
+            let current = s.rx.borrow_and_update().clone();
+            return Some((table_line(&s.key, &current), s));
+        }
+        enum Next {
+            Changed,
+            Quiet,
+            End,
+        }
+        let next = tokio::select! {
+            changed = s.rx.changed() => if changed.is_ok() { Next::Changed } else { Next::End },
+            _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
+            _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
+        };
+        match next {
+            Next::Changed => {
+                let current = s.rx.borrow_and_update().clone();
+                Some((table_line(&s.key, &current), s))
+            }
+            Next::Quiet => Some((Bytes::from_static(b"{\"heartbeat\":true}\n"), s)),
+            Next::End => None,
+        }
+    });
+    let frames = futures_util::StreamExt::map(lines, |line| {
+        metrics::counter!(telemetry::STREAM_BYTES).increment(line.len() as u64);
+        Ok::<_, Infallible>(Frame::data(line))
+    });
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+fn table_line(key: &str, v: &Versioned) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        generation: u64,
+        table: Option<&'a portcullis_policy::PodTable>,
+    }
+    let line = Line {
+        generation: v.generation,
+        table: v.table.as_deref(),
+    };
+    metrics::counter!(telemetry::STREAM_UPDATES).increment(1);
+    tracing::debug!(event = "table_sent", pod = %key, generation = v.generation);
+    match serde_json::to_vec(&line) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            Bytes::from(bytes)
+        }
+        // A table is plain data; serialising cannot fail short of a bug. Say so, and let the
+        // proxy keep its previous table.
+        Err(e) => {
+            tracing::error!(pod = %key, error = %e, "could not serialise a table");
+            Bytes::from_static(b"{\"heartbeat\":true}\n")
+        }
+    }
+}
+
+/// Keeps the active-streams gauge honest however a stream ends.
+struct ActiveStream;
+
+impl ActiveStream {
+    fn new() -> Self {
+        metrics::gauge!(telemetry::STREAMS_ACTIVE).increment(1.0);
+        ActiveStream
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::STREAMS_ACTIVE).decrement(1.0);
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_path;
+
+    #[test]
+    fn table_paths_are_parsed_strictly() {
+        assert_eq!(table_path("/v1/tables/shop/web-1"), Some(("shop", "web-1")));
+        assert_eq!(table_path("/v1/tables/shop/"), None);
+        assert_eq!(table_path("/v1/tables//web"), None);
+        assert_eq!(table_path("/v1/tables/shop/web/extra"), None);
+        assert_eq!(table_path("/v1/table/shop/web"), None);
+    }
+}
