@@ -23,6 +23,8 @@ pub struct DemoArgs {
     pub proxy_bin: Option<PathBuf>,
     #[arg(long)]
     pub init_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub controller_bin: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
     /// Leave the testbed up at the end (remove it with `portcullis testbed down --name demo`).
@@ -49,13 +51,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             );
         }
     }
-    let binaries = Binaries::locate(args.proxy_bin.clone(), args.init_bin.clone())?;
+    let binaries = Binaries::locate(
+        args.proxy_bin.clone(),
+        args.init_bin.clone(),
+        args.controller_bin.clone(),
+    )?;
     // A leftover of an interrupted demo would block `up`.
     testbed::down(NAME);
     step(
         1,
         &format!(
-            "testbed up: {} in network namespaces",
+            "testbed up: {} in network namespaces, tables from portcullis-controller",
             args.example.display()
         ),
         color,
@@ -65,6 +71,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         files: vec![args.example.clone()],
         binaries,
         proxy_args: Vec::new(),
+        policy_source: testbed::PolicySource::Controller,
     })?;
     let result = (|| -> Result<bool> {
         for p in &state.pods {
@@ -129,12 +136,31 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
             color,
         )?;
-        Ok(ok1 && ok2)
+
+        step(
+            7,
+            "stop portcullis-controller: every proxy keeps enforcing its last table",
+            color,
+        );
+        testbed::stop_controller(&state)?;
+        let ok3 = probe_step(
+            &state,
+            8,
+            "probe with the controller gone: nothing changes",
+            color,
+        )?;
+        for line in testbed::metrics(&state, "kangaroo/backend")?
+            .lines()
+            .filter(|l| l.starts_with("portcullis_policy_stale"))
+        {
+            println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
+        }
+        Ok(ok1 && ok2 && ok3)
     })();
     if args.keep {
         println!("\nthe testbed stays up: portcullis testbed down --name {NAME}");
     } else {
-        step(7, "testbed down", color);
+        step(9, "testbed down", color);
         let removed = testbed::down(NAME);
         println!("  removed {} network namespaces", removed.len());
     }

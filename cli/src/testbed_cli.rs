@@ -52,6 +52,13 @@ pub enum TestbedCommand {
         /// portcullis-init binary (default: next to this one, then PATH).
         #[arg(long)]
         init_bin: Option<PathBuf>,
+        /// portcullis-controller binary (default: next to this one, then PATH).
+        #[arg(long)]
+        controller_bin: Option<PathBuf>,
+        /// Where proxies get their tables: from portcullis-controller (file mode, in the node
+        /// namespace), as in a cluster; or each proxy from the policy directory itself.
+        #[arg(long, value_enum, default_value_t = testbed::PolicySource::Controller)]
+        policy_source: testbed::PolicySource,
         /// Extra arguments for every proxy, e.g. `--proxy-arg=--mode=audit`.
         #[arg(long = "proxy-arg", allow_hyphen_values = true)]
         proxy_args: Vec<String>,
@@ -99,6 +106,12 @@ pub enum TestbedCommand {
         name: Name,
         /// NAMESPACE/POD
         pod: String,
+    },
+    /// Stop the testbed's portcullis-controller (SIGTERM) and wait until every proxy marks its
+    /// table stale; the proxies keep enforcing their last tables.
+    StopController {
+        #[command(flatten)]
+        name: Name,
     },
     /// Remove everything the testbed created (also leftovers of a crashed run).
     Down {
@@ -198,14 +211,17 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             files,
             proxy_bin,
             init_bin,
+            controller_bin,
+            policy_source,
             proxy_args,
         } => {
-            let binaries = Binaries::locate(proxy_bin, init_bin)?;
+            let binaries = Binaries::locate(proxy_bin, init_bin, controller_bin)?;
             let state = testbed::up(&UpOptions {
                 name: name.name,
                 files,
                 binaries,
                 proxy_args,
+                policy_source,
             })?;
             println!(
                 "testbed {:?} is up: {} pods, node namespace {}",
@@ -213,6 +229,14 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 state.pods.len(),
                 state.node_netns
             );
+            match &state.controller {
+                Some(c) => println!(
+                    "  tables from portcullis-controller (pid {}, log {}) in the node namespace",
+                    c.pid,
+                    c.log.display()
+                ),
+                None => println!("  every proxy reads {} itself", state.policy_dir.display()),
+            }
             for p in &state.pods {
                 println!("  {:<40} {:<16} netns {}", p.key, p.ip, p.netns);
             }
@@ -300,6 +324,16 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
         TestbedCommand::Metrics { name, pod } => {
             let state = State::load(&name.name)?;
             print!("{}", testbed::metrics(&state, &pod)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        TestbedCommand::StopController { name } => {
+            let state = State::load(&name.name)?;
+            testbed::stop_controller(&state)?;
+            println!(
+                "portcullis-controller of testbed {:?} stopped; {} proxies keep their last tables (stale)",
+                name.name,
+                state.pods.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         TestbedCommand::Down { name } => {

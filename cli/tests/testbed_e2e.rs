@@ -50,13 +50,15 @@ fn build_components() {
             "portcullis-proxy",
             "-p",
             "portcullis-init",
+            "-p",
+            "portcullis-controller",
         ])
         .current_dir(repo())
         .status()
         .expect("run cargo");
     assert!(
         status.success(),
-        "building portcullis-proxy and portcullis-init failed"
+        "building portcullis-proxy, portcullis-init and portcullis-controller failed"
     );
 }
 
@@ -178,10 +180,48 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         }
     }
     assert!(ran >= 30, "only {ran} TCP cases ran");
+
     assert!(
         failures.is_empty(),
         "{} cells differ on real sockets:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+
+    // The tables come from portcullis-controller; without it, every proxy keeps enforcing the
+    // last case's tables.
+    let last = cases
+        .iter()
+        .rev()
+        .find(|c| {
+            let p = fs::read_to_string(c.join("policy.yaml")).unwrap();
+            !(p.contains("UDP") || p.contains("SCTP") || p.contains("-udp") || p.contains("-sctp"))
+        })
+        .expect("a TCP case");
+    let stop = portcullis(&["testbed", "stop-controller", "--name", "e2e"]);
+    assert!(
+        stop.status.success(),
+        "stop-controller failed: {}{}",
+        text(&stop.stdout),
+        text(&stop.stderr)
+    );
+    let probe = portcullis(&[
+        "testbed",
+        "probe",
+        "--name",
+        "e2e",
+        "--probe",
+        "80/TCP,81/TCP",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        cells(&text(&probe.stdout), true),
+        cells(
+            &fs::read_to_string(last.join("expected.json")).unwrap(),
+            true
+        ),
+        "with the controller gone, enforcement changed: {}",
+        text(&probe.stderr)
     );
 }

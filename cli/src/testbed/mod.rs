@@ -47,8 +47,11 @@ pub struct State {
     pub name: String,
     pub node_netns: String,
     pub pods: Vec<PodState>,
-    /// The proxies' `--policy-dir`: `cluster/` (files given to `up`) and `applied/` (later).
+    /// The policy directory (read by the controller, or by every proxy with `--policy-source
+    /// dir`): `cluster/` (files given to `up`) and `applied/` (later).
     pub policy_dir: PathBuf,
+    #[serde(default)]
+    pub controller: Option<ControllerState>,
 }
 
 impl State {
@@ -84,11 +87,17 @@ impl State {
 pub struct Binaries {
     pub proxy: PathBuf,
     pub init: PathBuf,
+    /// Needed only when the proxies get their tables from the controller.
+    pub controller: Option<PathBuf>,
 }
 
 impl Binaries {
     /// Next to this executable (cargo puts all workspace binaries together), else on PATH.
-    pub fn locate(proxy: Option<PathBuf>, init: Option<PathBuf>) -> Result<Binaries> {
+    pub fn locate(
+        proxy: Option<PathBuf>,
+        init: Option<PathBuf>,
+        controller: Option<PathBuf>,
+    ) -> Result<Binaries> {
         let find = |explicit: Option<PathBuf>, name: &str| -> Result<PathBuf> {
             if let Some(p) = explicit {
                 return Ok(p);
@@ -110,6 +119,7 @@ impl Binaries {
         Ok(Binaries {
             proxy: find(proxy, "portcullis-proxy")?,
             init: find(init, "portcullis-init")?,
+            controller: find(controller, "portcullis-controller").ok(),
         })
     }
 }
@@ -119,7 +129,30 @@ pub struct UpOptions {
     pub files: Vec<PathBuf>,
     pub binaries: Binaries,
     pub proxy_args: Vec<String>,
+    pub policy_source: PolicySource,
 }
+
+/// Where the testbed's proxies get their tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    /// As in a cluster: portcullis-controller (file mode) in the node namespace streams each
+    /// proxy its table (`--controller`).
+    Controller,
+    /// Each proxy reads and compiles the policy directory itself (`--policy-dir`).
+    Dir,
+}
+
+/// The controller of a testbed, running in the node namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControllerState {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// The controller's table API and admin ports inside the node namespace.
+pub const CONTROLLER_PORT: u16 = 8443;
+pub const CONTROLLER_ADMIN_PORT: u16 = 9990;
 
 fn require_root() -> Result<()> {
     if !netns::is_root() {
@@ -186,6 +219,7 @@ fn build(opts: &UpOptions) -> Result<State> {
         node_netns: node.clone(),
         pods: Vec::new(),
         policy_dir: policy_dir.clone(),
+        controller: None,
     };
     // Every pod listens on every TCP port any pod declares, like the e2e suite's agnhost pods:
     // then "nothing listens there" never masquerades as "the policy denies it", and a probe
@@ -252,6 +286,10 @@ fn build(opts: &UpOptions) -> Result<State> {
         });
     }
     state.save()?;
+    if opts.policy_source == PolicySource::Controller {
+        state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
+        state.save()?;
+    }
 
     let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
     for (pod, info) in state
@@ -291,10 +329,23 @@ fn build(opts: &UpOptions) -> Result<State> {
         if let Some(h) = info.host_ip {
             env.push(("HOST_IP".into(), h.to_string()));
         }
-        let mut args = vec![
-            "--policy-dir".to_string(),
-            policy_dir.to_string_lossy().into_owned(),
-        ];
+        let mut args = match opts.policy_source {
+            PolicySource::Dir => vec![
+                "--policy-dir".to_string(),
+                policy_dir.to_string_lossy().into_owned(),
+            ],
+            // The node's address on the pod's side of the bridge, as a Service would route it.
+            PolicySource::Controller => vec![
+                "--controller".to_string(),
+                format!(
+                    "http://{}:{CONTROLLER_PORT}",
+                    match info.host_ip {
+                        Some(IpAddr::V4(h)) => h.to_string(),
+                        _ => FALLBACK_GATEWAY.to_string(),
+                    }
+                ),
+            ],
+        };
         args.extend(opts.proxy_args.iter().cloned());
         let pid = spawn_in(
             &pod.netns,
@@ -309,6 +360,90 @@ fn build(opts: &UpOptions) -> Result<State> {
     state.save()?;
     wait_ready(&state, Duration::from_secs(30))?;
     Ok(state)
+}
+
+/// Starts portcullis-controller in file mode in the node namespace and waits until it serves.
+fn start_controller(
+    opts: &UpOptions,
+    node: &str,
+    policy_dir: &Path,
+    dir: &Path,
+) -> Result<ControllerState> {
+    let Some(binary) = &opts.binaries.controller else {
+        bail!("cannot find portcullis-controller: build it (cargo build -p portcullis-controller), pass --controller-bin, or use --policy-source dir");
+    };
+    let log = dir.join("controller.log");
+    let args: Vec<String> = [
+        "--policy-dir",
+        &policy_dir.to_string_lossy(),
+        "--listen",
+        &format!("0.0.0.0:{CONTROLLER_PORT}"),
+        "--admin-listen",
+        &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+        "--poll-interval",
+        "100ms",
+        "--shutdown-delay",
+        "0s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pid = spawn_in(node, binary, &args, &[], &log, None)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        http_get_in(node, CONTROLLER_ADMIN_PORT, "/ready"),
+        Ok((200, _))
+    ) {
+        if Instant::now() > deadline {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            bail!(
+                "portcullis-controller is not ready after 20s; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(ControllerState { pid, log })
+}
+
+/// Stops the testbed's controller (SIGTERM, then SIGKILL after 5 s) and waits until every proxy
+/// has noticed (its table is marked stale); the proxies keep enforcing their last tables.
+pub fn stop_controller(state: &State) -> Result<()> {
+    let Some(c) = &state.controller else {
+        bail!(
+            "testbed {:?} has no controller (its proxies read the policy directory)",
+            state.name
+        );
+    };
+    let group = nix::unistd::Pid::from_raw(-(c.pid as i32));
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(group, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pod in &state.pods {
+        loop {
+            let stale = admin_get(&pod.netns, "/policy")
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v.get("stale").and_then(|s| s.as_bool()))
+                .unwrap_or(false);
+            if stale {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the proxy of {} did not notice the controller stopping",
+                    pod.key
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 /// Starts a long-running process inside `ns`, detached from our session, output to `log`.
@@ -509,9 +644,14 @@ fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
 
 /// `GET path` on the proxy's admin port, from inside the pod. Returns (status, body).
 pub fn admin_get(ns: &str, path: &str) -> Result<(u16, String)> {
+    http_get_in(ns, ADMIN_PORT, path)
+}
+
+/// `GET path` on `127.0.0.1:port` inside `ns`. Returns (status, body).
+pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
     let path = path.to_string();
     netns::within(ns, move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         write!(
@@ -589,8 +729,9 @@ pub fn probe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Matri
 pub fn down(name: &str) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(state) = State::load(name) {
+        let controller = state.controller.iter().map(|c| &c.pid);
         for pod in &state.pods {
-            for pid in &pod.pids {
+            for pid in pod.pids.iter().chain(controller.clone()) {
                 // Negative pid: the whole process group (ip netns exec, setpriv and the child).
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(-(*pid as i32)),
