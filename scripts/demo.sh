@@ -12,6 +12,6 @@ need_rust
 need_root "the demo"
 need_packages ip:iproute2 iptables:iptables setpriv:util-linux
 
-say "building portcullis, portcullis-proxy, portcullis-init (release)"
-cargo build --release --locked -q -p portcullis -p portcullis-proxy -p portcullis-init
+say "building portcullis, portcullis-proxy, portcullis-init, portcullis-controller (release)"
+cargo build --release --locked -q -p portcullis -p portcullis-proxy -p portcullis-init -p portcullis-controller
 exec ./target/release/portcullis demo "$@"
