@@ -42,10 +42,9 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let reloading = Arc::new(
+            let reloading =
                 portcullis_tls::ReloadingCert::load(cert.clone(), key.clone(), provider)
-                    .context("loading the serving certificate")?,
-            );
+                    .context("loading the serving certificate")?;
             reloading.spawn_watcher(Duration::from_secs(10), telemetry::CERT_RELOADS);
             Some(tokio_rustls::TlsAcceptor::from(reloading.server_config()?))
         }

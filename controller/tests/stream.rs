@@ -1,0 +1,239 @@
+//! The table stream over real HTTPS (test CA from rcgen), consumed by the real proxy client:
+//! a proxy gets its pod's table on connect, a new version when a change affects its pod, nothing
+//! but heartbeats when a change affects other pods, and keeps its last table (marked stale) when
+//! the controller shuts down.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_controller::hub::Hub;
+use portcullis_controller::serve::{ServeOptions, TableServer};
+use portcullis_controller::state::Change;
+use portcullis_controller::token_review::Authenticator;
+use portcullis_policy::cluster::SourcedPolicy;
+use portcullis_policy::manifest::load_into;
+use portcullis_policy::{Cluster, Direction, Protocol};
+use portcullis_proxy::source::controller::{ControllerSource, TrustAnchor};
+use portcullis_proxy::source::PodIdentity;
+use portcullis_proxy::store::PolicyStore;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.1.0.10, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{containerPort: 5432}]}]}
+status: {podIP: 10.1.0.20, hostIP: 192.168.0.1}
+"#;
+
+fn policy(name: &str, app: &str, port: u16) -> SourcedPolicy {
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  ingress:\n  - ports: [{{port: {port}}}]\n"
+    );
+    let mut c = Cluster::new();
+    let report = load_into(&mut c, &yaml, "test");
+    assert!(report.errors.is_empty());
+    c.policies.remove(0)
+}
+
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        let mut leaf =
+            CertificateParams::new(vec!["portcullis-controller.portcullis-system.svc".into()])
+                .expect("params");
+        leaf.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let key = KeyPair::generate().expect("key");
+        let cert = leaf.signed_by(&key, &ca).expect("leaf");
+        let dir = std::env::temp_dir().join(format!("pc-ctl-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("cert");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("key");
+        Pki {
+            dir,
+            ca_pem: ca.pem(),
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn allows(table: &portcullis_policy::PodTable, port: u16) -> bool {
+    let db = "10.1.0.20".parse().expect("ip");
+    table
+        .check(Direction::Ingress, db, port, Protocol::Tcp)
+        .allowed()
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bare client: the raw ndjson lines of one pod's stream.
+async fn raw_lines(
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    path: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tls).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Chunk-size lines and blank separators are framing; keep the JSON.
+            if line.starts_with('{') && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_changes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Pki::new();
+    let hub = Arc::new(Hub::new());
+    let mut cluster = Cluster::new();
+    load_into(&mut cluster, CLUSTER, "test");
+    hub.apply(vec![
+        Change::ResetNamespaces(cluster.namespaces.values().cloned().collect()),
+        Change::ResetPods(cluster.pods.clone()),
+        Change::Policy(Box::new(policy("web-in", "web", 8080))),
+    ]);
+    hub.mark_ready();
+
+    let cert = portcullis_tls::ReloadingCert::load(
+        pki.dir.join("tls.crt"),
+        pki.dir.join("tls.key"),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().expect("config"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = Arc::new(TableServer {
+        hub: hub.clone(),
+        auth: Authenticator::Disabled,
+        options: ServeOptions {
+            heartbeat: Duration::from_millis(200),
+        },
+    });
+    let serving = tokio::spawn(server.serve(listener, Some(acceptor), stop_rx));
+
+    // The real proxy client, trusting the test CA.
+    let store = Arc::new(PolicyStore::new());
+    let source = ControllerSource::new(
+        &format!("https://127.0.0.1:{}", addr.port()),
+        pki.dir.join("no-token"),
+        TrustAnchor::Pem(pki.ca_pem.clone()),
+    )
+    .expect("source");
+    let web = PodIdentity {
+        namespace: "shop".into(),
+        name: "web".into(),
+        ips: Vec::new(),
+    };
+    let proxy = tokio::spawn(source.run(web, store.clone()));
+    wait_for("the first table", || store.current().is_some()).await;
+    let first = store.current().expect("table");
+    assert_eq!(first.table.name, "web");
+    assert_eq!(
+        &*first.table.ingress.isolated_by,
+        [Arc::from("shop/web-in")]
+    );
+    assert!(allows(&first.table, 8080));
+    assert!(!allows(&first.table, 9090));
+
+    // A raw stream for web too, to see every line the controller sends it.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ));
+    let mut web_lines = raw_lines(addr, connector, "/v1/tables/shop/web").await;
+    let line = web_lines.recv().await.expect("first line");
+    assert!(line.contains("\"name\":\"web\""), "{line}");
+
+    // A change for db only: web's stream carries heartbeats, nothing else.
+    hub.apply(vec![Change::Policy(Box::new(policy("db-in", "db", 5432)))]);
+    let until = Instant::now() + Duration::from_millis(700);
+    let mut heartbeats = 0;
+    while let Ok(Some(line)) = tokio::time::timeout(
+        until.saturating_duration_since(Instant::now()),
+        web_lines.recv(),
+    )
+    .await
+    {
+        assert_eq!(line, r#"{"heartbeat":true}"#, "web heard of a change to db");
+        heartbeats += 1;
+    }
+    assert!(heartbeats >= 2, "no heartbeats while quiet");
+    assert_eq!(store.generation(), first.generation);
+
+    // A change for web: the proxy has it at once, with the controller's generation.
+    hub.apply(vec![Change::Policy(Box::new(policy(
+        "web-in", "web", 9090,
+    )))]);
+    wait_for("the new table", || store.generation() > first.generation).await;
+    let second = store.current().expect("table");
+    assert_eq!(second.generation, hub.generation());
+    assert!(allows(&second.table, 9090));
+    assert!(!store.is_stale());
+
+    // The controller goes away: the proxy keeps its table, marked stale.
+    stop_tx.send(true).expect("stop");
+    serving.await.expect("server task");
+    wait_for("the stale mark", || store.is_stale()).await;
+    assert_eq!(
+        store.current().expect("table").generation,
+        second.generation
+    );
+    proxy.abort();
+    let _ = std::io::stdout().flush();
+}
