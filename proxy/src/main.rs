@@ -35,7 +35,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))
 }
 
-/// Each proxied connection holds two sockets and, while data flows, two pipes: lift the soft
+/// Each proxied connection holds two sockets and, while data flows, pipes: lift the soft
 /// file limit to the hard one, as proxies do.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

@@ -3,20 +3,130 @@
 //! Where both ends are TCP sockets (always, here) each direction goes through a pipe with
 //! `splice(2)`, so payload never enters user space. A direction ends at end-of-stream, which is
 //! passed on as a half-close (`shutdown(SHUT_WR)`), so protocols that half-close keep working.
-//! Pipes are created when a direction first has data: idle connections cost no pipe.
+//!
+//! Pipes are not owned by connections. Each runtime thread keeps a small pool of empty pipes
+//! ([`POOL_PER_THREAD`] at most, extras are closed): a direction takes one when its socket turns
+//! readable, splices through it for as long as data keeps coming, and gives it back as soon as
+//! the socket has nothing more to read and the pipe has been drained into the destination. An
+//! idle connection therefore holds its two sockets and nothing else (no pipe descriptors, no
+//! pipe buffers), and the steady state costs no extra system call: taking and returning a pipe
+//! is a push and a pop on a thread-local vector. A pipe that may still hold data (the relay
+//! failed or was dropped mid-transfer) is closed, never returned.
+//!
+//! When no pipe can be had (descriptor limit) a direction copies that burst through a buffer in
+//! user space instead, and when the kernel refuses to splice a socket (`EINVAL`) the direction
+//! copies from then on; the buffer, too, is released whenever the source runs dry.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics::Counter;
+use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Largest amount moved by one `splice` call: the default pipe capacity.
+/// Largest amount moved by one `splice` call (or one copy): the default pipe capacity.
 const CHUNK: usize = 64 * 1024;
+
+/// Empty pipes kept per runtime thread for the next readable socket; more are closed.
+pub const POOL_PER_THREAD: usize = 32;
+
+/// Pipes open in this process: pooled plus in use.
+static PIPES_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Pipes taken by a direction that is moving data right now.
+static PIPES_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pipes currently lent to a direction that is moving data (0 when every connection is idle).
+pub fn pipes_in_use() -> usize {
+    PIPES_IN_USE.load(Ordering::Relaxed)
+}
+
+/// Pipes open in the process: in use plus pooled (at most [`POOL_PER_THREAD`] per thread).
+pub fn pipes_open() -> usize {
+    PIPES_OPEN.load(Ordering::Relaxed)
+}
+
+/// Both ends of one pipe; closed on drop.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        PIPES_OPEN.fetch_add(1, Ordering::Relaxed);
+        Ok(Pipe { read, write })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES_OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pipe lent to one direction, with the number of bytes it holds. Dropping it returns the
+/// pipe to this thread's pool when it is empty and closes it otherwise (its bytes are lost with
+/// the connection that owned them; they must never reach another one).
+struct Lease {
+    pipe: Option<Pipe>,
+    pending: usize,
+}
+
+impl Lease {
+    fn take() -> io::Result<Lease> {
+        let pooled = POOL.try_with(|pool| pool.borrow_mut().pop()).ok().flatten();
+        let pipe = match pooled {
+            Some(p) => p,
+            None => Pipe::new()?,
+        };
+        PIPES_IN_USE.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            pipe: Some(pipe),
+            pending: 0,
+        })
+    }
+
+    fn pipe(&self) -> &Pipe {
+        self.pipe
+            .as_ref()
+            .expect("a lease holds its pipe until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(pipe) = self.pipe.take() else {
+            return;
+        };
+        PIPES_IN_USE.fetch_sub(1, Ordering::Relaxed);
+        if self.pending != 0 {
+            return; // `pipe` is closed here, with whatever it still holds.
+        }
+        // Full pool, or the thread is going away: close it instead (outside the borrow).
+        let _closed = POOL
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOL_PER_THREAD {
+                    pool.push(pipe);
+                    None
+                } else {
+                    Some(pipe)
+                }
+            })
+            .unwrap_or(None);
+    }
+}
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,120 +149,160 @@ pub async fn relay(
     server: &mut TcpStream,
     counters: &ByteCounters,
 ) -> io::Result<Transferred> {
-    let (c, s) = (&*client, &*server);
-    let upstream = splice_one_way(c, s, &counters.client_to_server);
-    let downstream = splice_one_way(s, c, &counters.server_to_client);
-    match tokio::try_join!(upstream, downstream) {
-        Ok((up, down)) => Ok(Transferred {
-            client_to_server: up,
-            server_to_client: down,
-        }),
-        Err(SpliceError::Unsupported) => {
-            // No pipes to be had (fd limit) or splice refused: copy through user space.
-            let (up, down) =
-                tokio::io::copy_bidirectional_with_sizes(client, server, CHUNK, CHUNK).await?;
-            counters.client_to_server.increment(up);
-            counters.server_to_client.increment(down);
-            Ok(Transferred {
-                client_to_server: up,
-                server_to_client: down,
-            })
-        }
-        Err(SpliceError::Io(e)) => Err(e),
-    }
+    relay_with(client, server, counters, true).await
 }
 
-enum SpliceError {
-    /// Nothing moved yet and splice cannot be used: fall back to copying.
-    Unsupported,
-    Io(io::Error),
+/// [`relay`], optionally copying through user space from the start (the fallback, for tests).
+async fn relay_with(
+    client: &TcpStream,
+    server: &TcpStream,
+    counters: &ByteCounters,
+    use_splice: bool,
+) -> io::Result<Transferred> {
+    let (up, down) = tokio::try_join!(
+        one_way(client, server, &counters.client_to_server, use_splice),
+        one_way(server, client, &counters.server_to_client, use_splice),
+    )?;
+    Ok(Transferred {
+        client_to_server: up,
+        server_to_client: down,
+    })
 }
 
-impl From<io::Error> for SpliceError {
-    fn from(e: io::Error) -> Self {
-        SpliceError::Io(e)
-    }
+/// What one step of a direction did.
+enum Step {
+    /// This many bytes reached the destination.
+    Moved(usize),
+    /// The source has nothing to read right now.
+    Idle,
+    /// The source reached end-of-stream.
+    Eof,
+    /// The kernel will not splice this socket; nothing was moved.
+    NoSplice,
 }
 
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-async fn splice_one_way(
+/// One direction, `src` to `dst`, until end-of-stream (passed on as a half-close).
+async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     counter: &Counter,
-) -> Result<u64, SpliceError> {
+    mut use_splice: bool,
+) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut pipe: Option<Pipe> = None;
+    // Held only while data flows: both are released as soon as `src` runs dry.
+    let mut lease: Option<Lease> = None;
+    let mut buffer: Option<Box<[u8]>> = None;
     loop {
         src.readable().await?;
-        let pipe_ref = match &pipe {
-            Some(p) => p,
-            None => {
-                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
-                    .map_err(|_| SpliceError::Unsupported)?;
-                pipe.insert(Pipe { read, write })
+        if use_splice && lease.is_none() && buffer.is_none() {
+            match Lease::take() {
+                Ok(l) => lease = Some(l),
+                Err(e) => {
+                    // Out of descriptors, most likely: copy this burst instead.
+                    tracing::debug!(error = %e, "no pipe for splice; copying through user space");
+                }
+            }
+        }
+        let step = match lease.as_mut() {
+            Some(l) if use_splice => splice_step(src, dst, l).await?,
+            _ => {
+                let buf = buffer.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                copy_step(src, dst, buf).await?
             }
         };
-        let moved = src.try_io(Interest::READABLE, || {
+        match step {
+            Step::Moved(n) => {
+                total += n as u64;
+                counter.increment(n as u64);
+            }
+            Step::Idle => {
+                lease = None;
+                buffer = None;
+            }
+            Step::Eof => {
+                // Pass the half-close on. The peer may be gone already.
+                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                return Ok(total);
+            }
+            Step::NoSplice => {
+                use_splice = false;
+                lease = None;
+            }
+        }
+    }
+}
+
+/// Splices what `src` has (up to a pipe's worth) into the pipe, then all of it into `dst`.
+async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io::Result<Step> {
+    debug_assert_eq!(lease.pending, 0, "a pipe is drained before it is filled");
+    let moved = src.try_io(Interest::READABLE, || {
+        splice(
+            src.as_fd(),
+            None,
+            lease.pipe().write.as_fd(),
+            None,
+            CHUNK,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )
+        .map_err(io::Error::from)
+    });
+    let n = match moved {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
+        // The pipe is empty, so "would block" can only mean the socket is.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
+        Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => return Ok(Step::NoSplice),
+        Err(e) => return Err(e),
+    };
+    lease.pending = n;
+    while lease.pending > 0 {
+        dst.writable().await?;
+        let written = dst.try_io(Interest::WRITABLE, || {
             splice(
-                src.as_fd(),
+                lease.pipe().read.as_fd(),
                 None,
-                pipe_ref.write.as_fd(),
+                dst.as_fd(),
                 None,
-                CHUNK,
+                lease.pending,
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
             )
             .map_err(io::Error::from)
         });
-        let n = match moved {
-            Ok(0) => {
-                // End of stream: pass the half-close on. The peer may be gone already.
-                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
-                return Ok(total);
-            }
-            Ok(n) => n,
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => lease.pending = lease.pending.saturating_sub(m),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if total == 0 && e.raw_os_error() == Some(libc_einval()) => {
-                return Err(SpliceError::Unsupported)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut pending = n;
-        while pending > 0 {
-            dst.writable().await?;
-            let written = dst.try_io(Interest::WRITABLE, || {
-                splice(
-                    pipe_ref.read.as_fd(),
-                    None,
-                    dst.as_fd(),
-                    None,
-                    pending,
-                    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
-                )
-                .map_err(io::Error::from)
-            });
-            match written {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(m) => pending -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
-            }
+            Err(e) => return Err(e),
         }
-        total += n as u64;
-        counter.increment(n as u64);
     }
+    Ok(Step::Moved(n))
 }
 
-fn libc_einval() -> i32 {
-    nix::errno::Errno::EINVAL as i32
+/// Reads what `src` has (up to `buf.len()`) and writes all of it to `dst`.
+async fn copy_step(src: &TcpStream, dst: &TcpStream, buf: &mut [u8]) -> io::Result<Step> {
+    let n = match src.try_read(buf) {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
+        Err(e) => return Err(e),
+    };
+    let mut done = 0;
+    while done < n {
+        dst.writable().await?;
+        match dst.try_write(&buf[done..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => done += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Step::Moved(n))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -169,6 +319,16 @@ mod tests {
         TcpStream,
         tokio::task::JoinHandle<io::Result<Transferred>>,
     ) {
+        relayed_pair_with(true).await
+    }
+
+    async fn relayed_pair_with(
+        use_splice: bool,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<Transferred>>,
+    ) {
         let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let back = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let front_addr = front.local_addr().expect("addr");
@@ -177,14 +337,63 @@ mod tests {
         let (mut accepted, _) = front.accept().await.expect("accept");
         let mut upstream = TcpStream::connect(back_addr).await.expect("connect");
         let (server, _) = back.accept().await.expect("accept");
-        let task =
-            tokio::spawn(async move { relay(&mut accepted, &mut upstream, &counters()).await });
+        let task = tokio::spawn(async move {
+            if use_splice {
+                relay(&mut accepted, &mut upstream, &counters()).await
+            } else {
+                relay_with(&accepted, &upstream, &counters(), false).await
+            }
+        });
         (client, server, task)
+    }
+
+    fn pooled() -> Vec<i32> {
+        POOL.with(|p| p.borrow().iter().map(|p| p.read.as_raw_fd()).collect())
+    }
+
+    #[test]
+    fn an_empty_pipe_goes_back_to_the_pool_and_a_full_one_is_closed() {
+        // A plain test thread: its pool is its own.
+        assert!(pooled().is_empty());
+        let lease = Lease::take().expect("pipe");
+        let fd = lease.pipe().read.as_raw_fd();
+        drop(lease);
+        assert_eq!(pooled(), vec![fd], "empty: pooled");
+
+        let mut lease = Lease::take().expect("pipe");
+        assert_eq!(lease.pipe().read.as_raw_fd(), fd, "reused, no new pipe");
+        assert!(pooled().is_empty());
+        nix::unistd::write(&lease.pipe().write, b"stale").expect("fill");
+        lease.pending = 5;
+        drop(lease);
+        assert!(pooled().is_empty(), "a pipe holding data is never pooled");
+        let fresh = Lease::take().expect("pipe");
+        let mut buf = [0u8; 8];
+        assert!(
+            nix::unistd::read(&fresh.pipe().read, &mut buf).is_err(),
+            "a new pipe is empty (EAGAIN), nothing of the old bytes"
+        );
+        drop(fresh);
+
+        let many: Vec<Lease> = (0..POOL_PER_THREAD + 8)
+            .map(|_| Lease::take().expect("pipe"))
+            .collect();
+        drop(many);
+        assert_eq!(pooled().len(), POOL_PER_THREAD, "the pool is bounded");
     }
 
     #[tokio::test]
     async fn bytes_flow_both_ways_and_half_close_propagates() {
-        let (mut client, mut server, task) = relayed_pair().await;
+        half_close_round_trip(true).await;
+    }
+
+    #[tokio::test]
+    async fn the_user_space_fallback_keeps_bytes_and_half_close() {
+        half_close_round_trip(false).await;
+    }
+
+    async fn half_close_round_trip(use_splice: bool) {
+        let (mut client, mut server, task) = relayed_pair_with(use_splice).await;
         let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -210,6 +419,71 @@ mod tests {
         let moved = task.await.expect("join").expect("relay ok");
         assert_eq!(moved.client_to_server, 1_000_000);
         assert_eq!(moved.server_to_client, 19);
+    }
+
+    /// Several connections at once, each carrying megabytes both ways at the same time, with
+    /// small and odd-sized writes mixed in: every byte arrives, in order, and is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn large_concurrent_transfers_arrive_intact() {
+        large_concurrent_transfers(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn large_concurrent_transfers_arrive_intact_when_copying() {
+        large_concurrent_transfers(false).await;
+    }
+
+    async fn large_concurrent_transfers(use_splice: bool) {
+        const CONNECTIONS: usize = 6;
+        const SIZE: usize = 6 * 1024 * 1024 + 4321;
+        fn pattern(seed: usize, len: usize) -> Vec<u8> {
+            (0..len)
+                .map(|i| ((i * 31 + seed * 7 + i / 997) % 256) as u8)
+                .collect()
+        }
+        async fn send(mut w: tokio::net::tcp::OwnedWriteHalf, data: Vec<u8>) {
+            let mut off = 0;
+            let mut step = 1;
+            while off < data.len() {
+                let end = (off + step).min(data.len());
+                w.write_all(&data[off..end]).await.expect("write");
+                off = end;
+                // 1 B, 3 B, ... up to 200 KB: more than a pipe's worth at the high end.
+                step = (step * 3 + 1) % 200_000 + 1;
+            }
+            w.shutdown().await.expect("half-close");
+        }
+        async fn receive(mut r: tokio::net::tcp::OwnedReadHalf) -> Vec<u8> {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("read");
+            got
+        }
+        let mut handles = Vec::new();
+        for c in 0..CONNECTIONS {
+            handles.push(tokio::spawn(async move {
+                let (client, server, task) = relayed_pair_with(use_splice).await;
+                let (up, down) = (pattern(c, SIZE), pattern(c + 100, SIZE + c));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let (_, _, at_server, at_client) = tokio::join!(
+                    tokio::spawn(send(cw, up.clone())),
+                    tokio::spawn(send(sw, down.clone())),
+                    tokio::spawn(receive(sr)),
+                    tokio::spawn(receive(cr)),
+                );
+                assert!(at_server.expect("join") == up, "upstream bytes intact");
+                assert!(at_client.expect("join") == down, "downstream bytes intact");
+                let moved = task.await.expect("join").expect("relay ok");
+                assert_eq!(moved.client_to_server, SIZE as u64);
+                assert_eq!(moved.server_to_client, (SIZE + c) as u64);
+            }));
+        }
+        for h in handles {
+            tokio::time::timeout(std::time::Duration::from_secs(120), h)
+                .await
+                .expect("transfers finish")
+                .expect("transfer ok");
+        }
     }
 
     #[tokio::test]

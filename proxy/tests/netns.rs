@@ -626,3 +626,62 @@ fn sigterm_stops_accepting_and_drains_established_connections() {
     assert_eq!(stopped.len(), 1);
     assert_eq!(stopped[0]["drained"], true);
 }
+
+/// The proxy's open descriptors, and how many of them are pipes.
+fn proxy_fds(pid: u32) -> (usize, usize) {
+    let entries: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let pipes = entries.iter().filter(|l| l.starts_with("pipe:")).count();
+    (entries.len(), pipes)
+}
+
+#[test]
+fn idle_connections_hold_two_sockets_and_no_pipes() {
+    const IDLE: usize = 400;
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &[]);
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let pid = t.proxy.as_ref().expect("proxy").id();
+    let (fds_before, _) = proxy_fds(pid);
+    let mut idle = Vec::new();
+    for i in 0..IDLE {
+        let mut s = t.connect_from_peer(APP_PORT).expect("connect");
+        // Both directions carry bytes (more than a pipe's worth back on some), then go idle.
+        let request = vec![b'q'; if i % 10 == 0 { 200_000 } else { 10 }];
+        s.write_all(&request).expect("write");
+        let mut back = vec![0u8; request.len()];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(back, request);
+        idle.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds, pipes) = proxy_fds(pid);
+    eprintln!("{IDLE} idle connections: {fds} descriptors ({fds_before} before), {pipes} pipes");
+    // Default 2 worker threads (plus the main thread), 32 pooled pipes each at most.
+    let pool_fds = 2 * 32 * 3;
+    assert!(
+        pipes <= pool_fds,
+        "{pipes} pipe descriptors for {IDLE} idle connections: only the per-thread pools may \
+         hold pipes"
+    );
+    assert!(
+        fds - fds_before <= 2 * IDLE + pool_fds,
+        "{} descriptors for {IDLE} idle connections ({pipes} pipes)",
+        fds - fds_before
+    );
+    // Still alive after idling.
+    for s in idle.iter_mut().step_by(37) {
+        s.write_all(b"still here").expect("write");
+        let mut back = [0u8; 10];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, b"still here");
+    }
+    drop(idle);
+    t.wait_for("the descriptors to be released", || {
+        proxy_fds(pid).0 <= fds_before + pool_fds
+    });
+}
