@@ -6,13 +6,14 @@
 //! - what happens to one connection: [`connection`]; who the peer is: [`route`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
-//! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`].
+//! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
 
 pub mod admin;
 pub mod audit;
 pub mod authorize;
 pub mod config;
 pub mod connection;
+pub mod limits;
 pub mod listener;
 pub mod relay;
 pub mod route;
@@ -59,10 +60,11 @@ impl Context {
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains.
-pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    fit_max_connections(&mut config);
     let store = Arc::new(PolicyStore::new());
     let pod = PodIdentity {
         namespace: config.pod_namespace.clone(),
@@ -107,6 +109,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
         inbound = ?config.inbound_listen,
         outbound = ?config.outbound_listen,
         admin = %config.admin_listen,
+        max_connections = config.max_connections,
         version = env!("CARGO_PKG_VERSION"),
     );
 
@@ -172,6 +175,30 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
         connections_cut = if drained { 0 } else { left }
     );
     Ok(())
+}
+
+/// Lowers `--max-connections` to what the descriptor limit can hold, saying so: beyond it the
+/// proxy resets new connections cleanly instead of failing with `EMFILE` mid-flight.
+fn fit_max_connections(config: &mut Config) {
+    let Some(nofile) = limits::nofile_limit() else {
+        return;
+    };
+    let requested = config.max_connections;
+    let (effective, lowered) =
+        limits::effective_max_connections(requested, nofile, config.worker_threads);
+    if lowered {
+        tracing::warn!(
+            event = "max_connections_lowered",
+            max_connections = requested,
+            rlimit_nofile = nofile,
+            effective_max_connections = effective,
+            "the file descriptor limit (RLIMIT_NOFILE {nofile}) cannot hold --max-connections \
+             {requested} (2 descriptors per connection, plus pipes while data moves and the \
+             proxy's own): accepting at most {effective} connections at once and resetting the \
+             rest; raise the limit or lower --max-connections",
+        );
+        config.max_connections = effective;
+    }
 }
 
 struct ShutdownSignal {

@@ -35,8 +35,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))
 }
 
-/// Each proxied connection holds two sockets and, while data flows, pipes: lift the soft
-/// file limit to the hard one, as proxies do.
+/// Each proxied connection holds two sockets (and, while data flows, pipes): lift the soft file
+/// limit to the hard one, as proxies do. `--max-connections` is then fitted to it
+/// (`limits::effective_max_connections`).
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

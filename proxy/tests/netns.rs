@@ -120,6 +120,11 @@ impl Drop for Setup {
 
 impl Setup {
     fn new(manifests: &[&str], proxy_args: &[&str]) -> Setup {
+        Setup::with_nofile(manifests, proxy_args, None)
+    }
+
+    /// Like `new`, with the proxy's `RLIMIT_NOFILE` (soft and hard) set to `nofile`.
+    fn with_nofile(manifests: &[&str], proxy_args: &[&str], nofile: Option<u64>) -> Setup {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -189,10 +194,11 @@ impl Setup {
         }
         let log = fs::File::create(&setup.log).expect("log");
         let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pod]);
+        if let Some(n) = nofile {
+            cmd.args(["prlimit", &format!("--nofile={n}:{n}"), "--"]);
+        }
         cmd.args([
-            "netns",
-            "exec",
-            &pod,
             "setpriv",
             "--reuid=2171",
             "--regid=2171",
@@ -684,4 +690,59 @@ fn idle_connections_hold_two_sockets_and_no_pipes() {
     t.wait_for("the descriptors to be released", || {
         proxy_fds(pid).0 <= fds_before + pool_fds
     });
+}
+
+#[test]
+fn a_descriptor_limit_below_max_connections_lowers_it_and_refuses_cleanly() {
+    // 1,000 descriptors: 64 for the proxy itself, 192 for the pipe pools (2 workers + main),
+    // an eighth of the rest for pipes in flight, two per connection: 325 connections.
+    const CAPACITY: usize = 325;
+    let t = Setup::with_nofile(&[ALLOW_CLIENT_ON_8080], &[], Some(1000));
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let lowered = t.audit_lines("max_connections_lowered");
+    assert_eq!(lowered.len(), 1, "one warning at start-up");
+    assert_eq!(lowered[0]["max_connections"], 20_000);
+    assert_eq!(lowered[0]["rlimit_nofile"], 1000);
+    assert_eq!(lowered[0]["effective_max_connections"], CAPACITY);
+    assert_eq!(lowered[0]["level"], "WARN");
+
+    let mut held = Vec::new();
+    for i in 0..CAPACITY {
+        let mut s = t
+            .connect_from_peer(APP_PORT)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(b"hi").expect("write");
+        let mut back = [0u8; 2];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("connection {i} within the limit: {e}"));
+        held.push(s);
+    }
+    for _ in 0..5 {
+        assert!(
+            is_reset(t.connect_from_peer(APP_PORT)),
+            "beyond the lowered limit: reset"
+        );
+    }
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_refused_total{",
+            "direction=\"ingress\"",
+            "reason=\"max_connections\""
+        ]),
+        5.0
+    );
+    // A slot freed is a slot usable again, and nothing ran out of descriptors on the way.
+    drop(held.pop());
+    t.wait_for("a free slot", || {
+        t.connect_from_peer(APP_PORT)
+            .ok()
+            .and_then(|s| exchange(s, b"after").ok())
+            .is_some_and(|back| back == b"after<eof>")
+    });
+    let log = fs::read_to_string(&t.log).unwrap_or_default();
+    assert!(
+        !log.contains("Too many open files"),
+        "the proxy hit EMFILE:\n{log}"
+    );
 }

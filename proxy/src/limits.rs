@@ -1,0 +1,94 @@
+//! How many connections the descriptor limit can hold.
+//!
+//! A proxied connection holds two sockets for its whole life, plus, only while bytes are moving,
+//! a pipe (two descriptors) per direction. If `--max-connections` promises more than
+//! `RLIMIT_NOFILE` can hold, the proxy would run into `EMFILE` at accept or connect time, in the
+//! middle of established traffic; instead it accepts fewer connections at once and refuses
+//! (resets) the rest, the same way it refuses beyond `--max-connections`.
+
+use crate::relay::POOL_PER_THREAD;
+
+/// Descriptors every connection holds: the accepted socket and the upstream one.
+pub const FDS_PER_CONNECTION: u64 = 2;
+
+/// The proxy's own descriptors: standard streams, listeners, the admin port, epoll, eventfds,
+/// signal pipes, policy files and the controller stream, with room to spare.
+pub const RESERVED_FDS: u64 = 64;
+
+/// Connections that `nofile` descriptors can hold with `worker_threads` runtime threads.
+///
+/// Set aside first: [`RESERVED_FDS`] and the pipe pools (one per runtime thread, and one for
+/// the thread that runs the runtime). Of the rest, an eighth is kept for pipes that are carrying
+/// data right now (when those run out a direction copies through user space instead, so this is
+/// headroom, not a hard requirement); the remainder is two descriptors per connection. Never
+/// less than one.
+pub fn connection_capacity(nofile: u64, worker_threads: usize) -> usize {
+    let pools = 2 * POOL_PER_THREAD as u64 * (worker_threads.max(1) as u64 + 1);
+    let budget = nofile.saturating_sub(RESERVED_FDS + pools);
+    let for_sockets = budget - budget / 8;
+    usize::try_from(for_sockets / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The limit on connections at once: `requested` (`--max-connections`), or less when `nofile`
+/// cannot hold that many. The second value is true when it had to be lowered.
+pub fn effective_max_connections(
+    requested: usize,
+    nofile: u64,
+    worker_threads: usize,
+) -> (usize, bool) {
+    let capacity = connection_capacity(nofile, worker_threads);
+    if requested > capacity {
+        (capacity, true)
+    } else {
+        (requested, false)
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (`None` when it cannot be read or is unlimited).
+pub fn nofile_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generous_limit_keeps_max_connections() {
+        // The usual container limit.
+        assert_eq!(
+            effective_max_connections(20_000, 1_048_576, 2),
+            (20_000, false)
+        );
+        assert!(connection_capacity(1_048_576, 2) > 400_000);
+    }
+
+    #[test]
+    fn a_tight_limit_lowers_it_below_half_the_descriptors() {
+        let (effective, lowered) = effective_max_connections(20_000, 20_000, 2);
+        assert!(lowered);
+        // 20,000 - 64 - 192 = 19,744; 7/8 of that = 17,276; two per connection.
+        assert_eq!(effective, 8_638);
+        assert!(effective as u64 * FDS_PER_CONNECTION < 20_000);
+        // More threads, more pooled pipes set aside.
+        assert!(connection_capacity(20_000, 8) < effective);
+    }
+
+    #[test]
+    fn a_tiny_limit_still_allows_one_connection() {
+        assert_eq!(connection_capacity(100, 2), 1);
+        assert_eq!(connection_capacity(0, 0), 1);
+        assert_eq!(effective_max_connections(5, 100, 2), (1, true));
+    }
+
+    #[test]
+    fn the_limit_is_readable() {
+        assert!(nofile_limit().is_some_and(|n| n > 0));
+    }
+}
