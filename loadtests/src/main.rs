@@ -34,8 +34,8 @@ struct Args {
     /// Ping-pong exchanges per latency run.
     #[arg(long, default_value_t = 20_000)]
     latency_rounds: usize,
-    /// Idle-connection counts for the memory measurement.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    /// Idle-connection counts for the memory measurement (each path, each count).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     idle: Vec<usize>,
     /// Policy swaps in the soak.
     #[arg(long, default_value_t = 1000)]
@@ -118,7 +118,7 @@ fn main() -> Result<()> {
         &proxy,
         &args.proxy_args,
     )?;
-    topo.start_portcullis(
+    let mesh_proxy = topo.start_portcullis(
         &mesh_ns,
         "mesh-client",
         CLIENT_IP_MESH,
@@ -214,31 +214,78 @@ fn main() -> Result<()> {
         })
         .collect();
 
-    // Memory with idle connections held open through each proxy.
+    // Memory with idle connections held open through each path: the processes on the path
+    // (the harness itself for the direct path: its echo server is the application).
     let mut memory = Vec::new();
-    let mut subjects = vec![(
-        "portcullis-proxy (inbound)",
-        server_proxy,
-        addr(SERVER_IP_PLAIN, ECHO_PORT),
-    )];
-    if let Some(pid) = haproxy_pid {
-        subjects.push(("haproxy", pid, addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT)));
-    }
-    for (name, pid, target) in subjects {
+    let harness = std::process::id();
+    for p in &paths {
+        // (what, pid, namespace of its admin port for Portcullis proxies)
+        let processes: Vec<(&str, u32, Option<&str>)> = match p.name {
+            "direct" => vec![("echo server (application, in the harness)", harness, None)],
+            "inbound" => vec![("portcullis-proxy (inbound)", server_proxy, Some(&server_ns))],
+            "mesh" => vec![
+                (
+                    "portcullis-proxy (outbound, client side)",
+                    mesh_proxy,
+                    Some(&mesh_ns),
+                ),
+                (
+                    "portcullis-proxy (inbound, server side)",
+                    server_proxy,
+                    Some(&server_ns),
+                ),
+            ],
+            "haproxy" => match haproxy_pid {
+                Some(pid) => vec![("haproxy", pid, None)],
+                None => continue,
+            },
+            _ => continue,
+        };
         for &count in &args.idle {
-            let baseline = rss_bytes(pid)? as f64 / 1048576.0;
-            let conns = workload::open_idle(&topo.client, target, count)
-                .with_context(|| format!("{count} idle connections through {name}"))?;
+            eprintln!("idle: {count} connections through {}", p.name);
+            let before: Vec<f64> = processes
+                .iter()
+                .map(|&(_, pid, _)| rss_mib(pid))
+                .collect::<Result<_>>()?;
+            let refused_before: Vec<_> = processes
+                .iter()
+                .map(|&(_, _, admin)| admin.map(refused_counts).unwrap_or_default())
+                .collect();
+            let budget = Duration::from_secs(60) + Duration::from_millis(10) * count as u32;
+            let mut idle = workload::open_idle(&p.ns, p.echo, count, budget)
+                .with_context(|| format!("{count} idle connections through {}", p.name))?;
+            if let Some(why) = &mut idle.shortfall {
+                // Say which proxy refused, and why, when one did.
+                for (&(process, _, admin), earlier) in processes.iter().zip(&refused_before) {
+                    let Some(ns) = admin else { continue };
+                    for (reason, n) in refused_counts(ns) {
+                        let new = n - earlier.iter().find(|e| e.0 == reason).map_or(0.0, |e| e.1);
+                        if new > 0.0 {
+                            why.push_str(&format!("; {process} refused {new} ({reason})"));
+                        }
+                    }
+                }
+            }
+            if let Some(why) = &idle.shortfall {
+                eprintln!("  {}: held {} of {count}: {why}", p.name, idle.conns.len());
+            }
             std::thread::sleep(Duration::from_millis(300));
-            let rss = rss_bytes(pid)? as f64 / 1048576.0;
-            drop(conns);
-            std::thread::sleep(Duration::from_millis(500));
-            memory.push(MemoryResult {
-                process: name.into(),
-                idle_connections: count,
-                rss_mib: rss,
-                rss_baseline_mib: baseline,
-            });
+            for (&(process, pid, _), baseline) in processes.iter().zip(before) {
+                memory.push(MemoryResult {
+                    path: p.name.into(),
+                    process: process.into(),
+                    idle_requested: count,
+                    idle_held: idle.conns.len(),
+                    rss_mib: rss_mib(pid)?,
+                    rss_baseline_mib: baseline,
+                    shortfall: idle.shortfall.clone(),
+                });
+            }
+            drop(idle);
+            // Let both proxies and the echo threads see the closes before the next sample.
+            std::thread::sleep(
+                Duration::from_millis(200) + Duration::from_micros(200) * count as u32,
+            );
         }
     }
 
@@ -273,8 +320,18 @@ fn main() -> Result<()> {
         connections_failed: failed,
     };
 
+    let mut notes = vec![format!(
+        "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
+        fd_limit_text()
+    )];
+    for pod in ["server", "mesh-client"] {
+        if let Some(line) = lowered_max_connections(&topo.dir.join(format!("{pod}.proxy.log"))) {
+            notes.push(format!("Proxy {pod}: {line}"));
+        }
+    }
     let report = Report {
         machine: machine(),
+        notes,
         rounds: args.rounds,
         seconds_per_run: args.seconds,
         paths: results,
@@ -297,6 +354,61 @@ fn main() -> Result<()> {
     println!("{}", report.markdown());
     println!("results: {}", dir.display());
     Ok(())
+}
+
+/// `portcullis_connections_refused_total` of the proxy whose admin port is in `ns`, by reason.
+fn refused_counts(ns: &str) -> Vec<(String, f64)> {
+    let Ok((_, body)) = workload::http_get(ns, 4191, "/metrics") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("portcullis_connections_refused_total{"))
+    {
+        let reason = line
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match out.iter_mut().find(|e| e.0 == reason) {
+            Some(e) => e.1 += n,
+            None => out.push((reason, n)),
+        }
+    }
+    out
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> Result<f64> {
+    Ok(rss_bytes(pid)? as f64 / 1048576.0)
+}
+
+fn fd_limit_text() -> String {
+    use nix::sys::resource::{getrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => format!("soft {soft}, hard {hard}"),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// The proxy's start-up warning when the descriptor limit made it lower --max-connections.
+fn lowered_max_connections(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let v: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "max_connections_lowered")?;
+    Some(format!(
+        "--max-connections {} lowered to {} for RLIMIT_NOFILE {} (connections beyond it are reset).",
+        v["max_connections"], v["effective_max_connections"], v["rlimit_nofile"]
+    ))
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {

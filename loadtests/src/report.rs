@@ -17,12 +17,27 @@ pub struct PathResult {
     pub connection_failures: u64,
 }
 
+/// One process on one path, holding idle connections.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryResult {
+    pub path: String,
     pub process: String,
-    pub idle_connections: usize,
+    pub idle_requested: usize,
+    /// How many the path actually held (fewer when it refused or stopped answering).
+    pub idle_held: usize,
     pub rss_mib: f64,
+    /// RSS just before these connections were opened.
     pub rss_baseline_mib: f64,
+    /// Why the path held fewer than requested.
+    pub shortfall: Option<String>,
+}
+
+impl MemoryResult {
+    /// Growth per held connection, in KiB.
+    pub fn kib_per_connection(&self) -> Option<f64> {
+        (self.idle_held > 0)
+            .then(|| (self.rss_mib - self.rss_baseline_mib) * 1024.0 / self.idle_held as f64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +51,8 @@ pub struct SoakResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// Conditions of the run worth knowing when reading it (descriptor limits, lowered limits).
+    pub notes: Vec<String>,
     pub rounds: usize,
     pub seconds_per_run: f64,
     pub paths: Vec<PathResult>,
@@ -107,15 +124,47 @@ impl Report {
         if !self.memory.is_empty() {
             let _ = writeln!(
                 s,
-                "\n| process | idle connections | RSS MiB | RSS at start MiB |"
+                "\nIdle connections (each has exchanged one byte both ways, then sits):\n"
             );
-            let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+            let _ = writeln!(
+                s,
+                "| path | process | idle connections | held | RSS MiB | RSS before MiB | KiB per connection |"
+            );
+            let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
             for m in &self.memory {
+                let held = if m.idle_held < m.idle_requested {
+                    format!("**{}**", m.idle_held)
+                } else {
+                    m.idle_held.to_string()
+                };
+                let per = m
+                    .kib_per_connection()
+                    .map(|k| format!("{k:.1}"))
+                    .unwrap_or_else(|| "-".into());
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.1} | {:.1} |",
-                    m.process, m.idle_connections, m.rss_mib, m.rss_baseline_mib
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                    m.path, m.process, m.idle_requested, held, m.rss_mib, m.rss_baseline_mib, per
                 );
+            }
+            let mut shortfalls: Vec<String> = self
+                .memory
+                .iter()
+                .filter_map(|m| {
+                    m.shortfall.as_ref().map(|why| {
+                        format!(
+                            "- {}: held {} of {} idle connections: {why}",
+                            m.path, m.idle_held, m.idle_requested
+                        )
+                    })
+                })
+                .collect();
+            shortfalls.dedup();
+            if !shortfalls.is_empty() {
+                let _ = writeln!(s);
+            }
+            for line in shortfalls {
+                let _ = writeln!(s, "{line}");
             }
         }
         if let Some(soak) = &self.soak {
@@ -124,6 +173,12 @@ impl Report {
                 "\nPolicy-swap soak: {} swaps requested, {} table generations observed, {} connections ok, **{} failed** (target 0).",
                 soak.swaps_requested, soak.generations_observed, soak.connections_ok, soak.connections_failed
             );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s);
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
         }
         s
     }

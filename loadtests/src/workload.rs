@@ -37,6 +37,7 @@ pub fn http_get(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
             Duration::from_secs(1),
         )?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.set_write_timeout(Some(Duration::from_secs(3)))?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut raw = String::new();
         s.read_to_string(&mut raw)?;
@@ -110,7 +111,10 @@ pub fn throughput(ns: &str, addr: SocketAddr, streams: usize, duration: Duration
         let ns = ns.to_string();
         handles.push(std::thread::spawn(move || -> Result<u64> {
             enter(&ns)?;
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+            // A stalled path fails the run instead of hanging it.
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
             let buf = vec![0x5au8; 128 * 1024];
             let deadline = Instant::now() + duration;
             while Instant::now() < deadline {
@@ -140,9 +144,10 @@ pub struct Latency {
 /// 1-byte request/response on one persistent connection, `rounds` times.
 pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
     within(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
         let mut samples = Vec::with_capacity(rounds);
         let mut b = [0u8; 1];
         for i in 0..rounds + rounds / 10 {
@@ -202,26 +207,67 @@ pub fn connection_rate(
 fn one_exchange(addr: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"x")?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b)
 }
 
-/// Opens `n` connections through `addr` and keeps them open (each has exchanged one byte, so
-/// the proxy really holds both legs). Returns them; dropping closes them.
-pub fn open_idle(ns: &str, addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+/// Longest any single connect, read or write of the harness may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections held open through a path, and why there are fewer than asked for.
+pub struct Idle {
+    pub conns: Vec<TcpStream>,
+    /// Set when the path did not take all of them: which connection failed, and how.
+    pub shortfall: Option<String>,
+}
+
+/// Opens up to `n` connections through `addr` and keeps them open (each has exchanged one byte,
+/// so the proxy really holds both legs). Stops at the first connection that fails or times out
+/// (a path that resets or stops answering is full) or after `budget` overall, and says so
+/// instead of waiting; dropping the result closes them.
+pub fn open_idle(ns: &str, addr: SocketAddr, n: usize, budget: Duration) -> Result<Idle> {
     within(ns, move || {
-        let mut out = Vec::with_capacity(n);
+        let started = Instant::now();
+        let mut conns = Vec::with_capacity(n);
+        let mut shortfall = None;
         for i in 0..n {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .with_context(|| format!("idle connection {i} of {n}"))?;
-            s.write_all(b"x")?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
-            out.push(s);
+            if started.elapsed() > budget {
+                shortfall = Some(format!(
+                    "stopped after {:.0?}: opening {n} connections took too long",
+                    budget
+                ));
+                break;
+            }
+            match idle_connection(addr) {
+                Ok(s) => conns.push(s),
+                Err(e) => {
+                    shortfall = Some(format!("connection {} of {n}: {e:#}", i + 1));
+                    break;
+                }
+            }
         }
-        Ok(out)
+        Ok(Idle { conns, shortfall })
     })
+}
+
+fn idle_connection(addr: SocketAddr) -> Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).context("connect")?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"x").context("write")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            anyhow::anyhow!("no echo within {IO_TIMEOUT:?} (the path stopped answering)")
+        }
+        std::io::ErrorKind::UnexpectedEof => {
+            anyhow::anyhow!("closed before echoing (refused by the proxy?)")
+        }
+        _ => anyhow::Error::new(e).context("read the echo"),
+    })?;
+    Ok(s)
 }
 
 /// Short connections flowing while `swap` is called `swaps` times; returns failed connections.
