@@ -4,7 +4,8 @@
 //! runtime), and one `watch` channel per pod that someone has asked for or that has a table.
 //! A change wakes only the channels of pods whose table changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use portcullis_policy::PodTable;
@@ -24,12 +25,49 @@ pub struct Versioned {
 pub struct Hub {
     inner: Mutex<Inner>,
     ready: watch::Sender<bool>,
+    /// The peer-name version; every stream follows it.
+    peers: watch::Sender<u64>,
 }
 
 struct Inner {
     state: ClusterState,
     generation: u64,
     channels: HashMap<String, watch::Sender<Versioned>>,
+    peer_feed: PeerFeed,
+}
+
+/// Names of peers by address, as streams have been told them: the current map and the recent
+/// changes, so that a stream can send what changed since its last update instead of the whole
+/// map. Every proxy needs every name (any pod may connect to it), but a name changes only when a
+/// pod comes, goes or changes address: label changes, the frequent kind, never reach this.
+#[derive(Default)]
+struct PeerFeed {
+    names: BTreeMap<IpAddr, String>,
+    version: u64,
+    /// (version, address, new owner); bounded: a stream further behind gets the whole map.
+    log: VecDeque<(u64, IpAddr, Option<String>)>,
+}
+
+const PEER_LOG_LIMIT: usize = 65_536;
+
+/// What a stream sends to bring a proxy's peer names up to date.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum PeerUpdate {
+    Full {
+        peers: BTreeMap<IpAddr, String>,
+        peers_version: u64,
+    },
+    Delta {
+        peers_delta: PeerDelta,
+        peers_version: u64,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PeerDelta {
+    pub set: BTreeMap<IpAddr, String>,
+    pub remove: Vec<IpAddr>,
 }
 
 impl Default for Hub {
@@ -45,8 +83,10 @@ impl Hub {
                 state: ClusterState::new(),
                 generation: 0,
                 channels: HashMap::new(),
+                peer_feed: PeerFeed::default(),
             }),
             ready: watch::Sender::new(false),
+            peers: watch::Sender::new(0),
         }
     }
 
@@ -91,6 +131,12 @@ impl Hub {
                 }
             }
         }
+        let Inner {
+            peer_feed, state, ..
+        } = &mut *inner;
+        if peer_feed.record(state, &applied.peers_touched) {
+            self.peers.send_replace(inner.peer_feed.version);
+        }
         metrics::gauge!(telemetry::GENERATION).set(inner.generation as f64);
         metrics::gauge!(telemetry::PODS).set(inner.state.pod_count() as f64);
         metrics::gauge!(telemetry::POLICIES).set(inner.state.policy_count() as f64);
@@ -114,6 +160,16 @@ impl Hub {
                 })
             })
             .subscribe()
+    }
+
+    /// The peer-name version, to follow.
+    pub fn peer_changes(&self) -> watch::Receiver<u64> {
+        self.peers.subscribe()
+    }
+
+    /// What a stream that has sent version `since` (0: nothing yet) must send now, if anything.
+    pub fn peers_since(&self, since: u64) -> Option<PeerUpdate> {
+        self.lock().peer_feed.since(since)
     }
 
     /// Drops channels of pods that are gone and that nobody listens to any more.
@@ -155,5 +211,123 @@ impl Hub {
 
     pub fn ready_changes(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
+    }
+}
+
+impl PeerFeed {
+    /// Brings the map up to date for the touched addresses; true when something changed.
+    fn record(&mut self, state: &ClusterState, touched: &[IpAddr]) -> bool {
+        let mut changed = false;
+        for ip in touched {
+            let now = state.peer_name(ip).cloned();
+            if self.names.get(ip) == now.as_ref() {
+                continue;
+            }
+            match &now {
+                Some(name) => self.names.insert(*ip, name.clone()),
+                None => self.names.remove(ip),
+            };
+            self.version += 1;
+            self.log.push_back((self.version, *ip, now));
+            if self.log.len() > PEER_LOG_LIMIT {
+                self.log.pop_front();
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    fn since(&self, since: u64) -> Option<PeerUpdate> {
+        if since == self.version && since != 0 {
+            return None;
+        }
+        let oldest_kept = self.log.front().map_or(self.version + 1, |(v, _, _)| *v);
+        if since == 0 || since + 1 < oldest_kept || since > self.version {
+            return Some(PeerUpdate::Full {
+                peers: self.names.clone(),
+                peers_version: self.version,
+            });
+        }
+        let mut latest: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
+        for (_, ip, owner) in self.log.iter().filter(|(v, _, _)| *v > since) {
+            latest.insert(*ip, owner.clone());
+        }
+        let mut delta = PeerDelta::default();
+        for (ip, owner) in latest {
+            match owner {
+                Some(name) => {
+                    delta.set.insert(ip, name);
+                }
+                None => delta.remove.push(ip),
+            }
+        }
+        Some(PeerUpdate::Delta {
+            peers_delta: delta,
+            peers_version: self.version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::PodInfo;
+
+    fn pod(name: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: Default::default(),
+            ips: vec![ip.parse().expect("ip")],
+            host_ip: None,
+            host_network: false,
+            ports: Vec::new(),
+            terminated: false,
+        }
+    }
+
+    #[test]
+    fn peer_names_travel_as_a_full_map_then_as_deltas() {
+        let hub = Hub::new();
+        hub.apply(vec![
+            Change::Pod(pod("web", "10.0.0.1")),
+            Change::Pod(pod("db", "10.0.0.2")),
+        ]);
+        let Some(PeerUpdate::Full {
+            peers,
+            peers_version,
+        }) = hub.peers_since(0)
+        else {
+            panic!("a new stream gets the whole map");
+        };
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[&"10.0.0.2".parse::<IpAddr>().unwrap()], "shop/db");
+        assert_eq!(hub.peers_since(peers_version), None);
+
+        // A label change names nobody new: no peer update at all.
+        let mut relabelled = pod("web", "10.0.0.1");
+        relabelled.labels.insert("app".into(), "web".into());
+        hub.apply(vec![Change::Pod(relabelled)]);
+        assert_eq!(hub.peers_since(peers_version), None);
+
+        // A pod leaves and another takes a new address: a delta with just that.
+        hub.apply(vec![
+            Change::PodGone {
+                namespace: "shop".into(),
+                name: "db".into(),
+            },
+            Change::Pod(pod("cache", "10.0.0.3")),
+        ]);
+        let Some(PeerUpdate::Delta { peers_delta, .. }) = hub.peers_since(peers_version) else {
+            panic!("a stream that is up to date gets a delta");
+        };
+        assert_eq!(
+            peers_delta.remove,
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            peers_delta.set.into_iter().collect::<Vec<_>>(),
+            vec![("10.0.0.3".parse().unwrap(), "shop/cache".to_string())]
+        );
     }
 }

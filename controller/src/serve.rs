@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream;
 use http_body_util::combinators::BoxBody;
@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::hub::{Hub, Versioned};
+use crate::hub::{Hub, PeerUpdate, Versioned};
 use crate::telemetry;
 use crate::token_review::{AuthError, Authenticator};
 
@@ -149,13 +149,7 @@ impl TableServer {
         let key = format!("{namespace}/{pod}");
         tracing::info!(event = "stream_opened", %peer, pod = %key);
         let rx = self.hub.subscribe(namespace, pod);
-        let body = table_stream(
-            key,
-            rx,
-            self.hub.ready_changes(),
-            self.options.heartbeat,
-            shutdown,
-        );
+        let body = table_stream(key, self.hub.clone(), rx, self.options.heartbeat, shutdown);
         let mut response = Response::new(body);
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -173,30 +167,45 @@ fn table_path(path: &str) -> Option<(&str, &str)> {
     (valid(namespace) && valid(pod)).then_some((namespace, pod))
 }
 
-/// One line per table version; a heartbeat after each quiet period; the end on shutdown.
+/// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one
+/// delta.
+const PEER_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One line per table version; the peer names (whole map first, then what changed); a heartbeat
+/// after each quiet period; the end on shutdown.
 fn table_stream(
     key: String,
+    hub: Arc<Hub>,
     rx: watch::Receiver<Versioned>,
-    ready: watch::Receiver<bool>,
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> Body {
     struct StreamState {
         key: String,
+        hub: Arc<Hub>,
         rx: watch::Receiver<Versioned>,
         ready: watch::Receiver<bool>,
+        peers: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
         heartbeat: Duration,
         first: bool,
+        peers_sent: u64,
+        peers_due: Option<Instant>,
+        last_peers: Instant,
         _active: ActiveStream,
     }
     let state = StreamState {
         key,
+        ready: hub.ready_changes(),
+        peers: hub.peer_changes(),
+        hub,
         rx,
-        ready,
         shutdown,
         heartbeat,
         first: true,
+        peers_sent: 0,
+        peers_due: None,
+        last_peers: Instant::now(),
         _active: ActiveStream::new(),
     };
     let lines = stream::unfold(state, |mut s| async move {
@@ -208,26 +217,54 @@ fn table_stream(
                 _ = s.shutdown.wait_for(|stop| *stop) => return None,
             }
             s.first = false;
+            s.peers_due = Some(Instant::now());
             let current = s.rx.borrow_and_update().clone();
             return Some((table_line(&s.key, &current), s));
         }
         enum Next {
-            Changed,
+            Table,
+            PeersChanged,
+            PeersDue,
             Quiet,
             End,
         }
-        let next = tokio::select! {
-            changed = s.rx.changed() => if changed.is_ok() { Next::Changed } else { Next::End },
-            _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
-            _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
-        };
-        match next {
-            Next::Changed => {
-                let current = s.rx.borrow_and_update().clone();
-                Some((table_line(&s.key, &current), s))
+        loop {
+            let due = s.peers_due;
+            let next = tokio::select! {
+                changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
+                changed = s.peers.changed(), if due.is_none() => {
+                    if changed.is_ok() { Next::PeersChanged } else { Next::End }
+                }
+                _ = sleep_until_due(due) => Next::PeersDue,
+                _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
+                _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
+            };
+            match next {
+                Next::Table => {
+                    let current = s.rx.borrow_and_update().clone();
+                    return Some((table_line(&s.key, &current), s));
+                }
+                Next::PeersChanged => {
+                    s.peers.borrow_and_update();
+                    s.peers_due = Some((s.last_peers + PEER_UPDATE_INTERVAL).max(Instant::now()));
+                }
+                Next::PeersDue => {
+                    s.peers_due = None;
+                    s.peers.borrow_and_update();
+                    if let Some(update) = s.hub.peers_since(s.peers_sent) {
+                        s.peers_sent = match &update {
+                            PeerUpdate::Full { peers_version, .. }
+                            | PeerUpdate::Delta { peers_version, .. } => *peers_version,
+                        };
+                        s.last_peers = Instant::now();
+                        if let Some(line) = json_line(&update) {
+                            return Some((line, s));
+                        }
+                    }
+                }
+                Next::Quiet => return Some((Bytes::from_static(b"{\"heartbeat\":true}\n"), s)),
+                Next::End => return None,
             }
-            Next::Quiet => Some((Bytes::from_static(b"{\"heartbeat\":true}\n"), s)),
-            Next::End => None,
         }
     });
     let frames = futures_util::StreamExt::map(lines, |line| {
@@ -235,6 +272,26 @@ fn table_stream(
         Ok::<_, Infallible>(Frame::data(line))
     });
     BodyExt::boxed(StreamBody::new(frames))
+}
+
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn json_line<T: serde::Serialize>(value: &T) -> Option<Bytes> {
+    match serde_json::to_vec(value) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            Some(Bytes::from(bytes))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not serialise a stream line");
+            None
+        }
+    }
 }
 
 fn table_line(key: &str, v: &Versioned) -> Bytes {

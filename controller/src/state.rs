@@ -54,6 +54,8 @@ pub struct Applied {
     /// Objects that were rejected; for a policy that had a valid version before, that version
     /// stays in force.
     pub rejected: Vec<ObjectError>,
+    /// Addresses whose owning pod may have changed (see [`ClusterState::peer_name`]).
+    pub peers_touched: Vec<IpAddr>,
     /// Policies re-resolved and tables reassembled: the incremental work actually done.
     pub policies_resolved: usize,
     pub tables_assembled: usize,
@@ -73,6 +75,8 @@ pub struct ClusterState {
     policies: BTreeMap<String, Arc<ResolvedPolicy>>,
     tables: HashMap<String, Arc<PodTable>>,
     no_peer_names: Arc<BTreeMap<IpAddr, String>>,
+    /// Which pod owns an address, to name peers (selectable pods only, as in `known_pods`).
+    peer_names: HashMap<IpAddr, String>,
 }
 
 /// Work collected while changes are applied, done once at the end of the batch.
@@ -81,6 +85,7 @@ struct Dirty {
     policies: BTreeSet<String>,
     pods: BTreeSet<String>,
     gone_pods: BTreeSet<String>,
+    peers: BTreeSet<IpAddr>,
 }
 
 impl ClusterState {
@@ -94,6 +99,15 @@ impl ClusterState {
 
     pub fn tables(&self) -> impl Iterator<Item = (&String, &Arc<PodTable>)> {
         self.tables.iter()
+    }
+
+    /// The pod (`namespace/name`) that owns an address, for naming peers in audit lines.
+    pub fn peer_name(&self, ip: &IpAddr) -> Option<&String> {
+        self.peer_names.get(ip)
+    }
+
+    pub fn peer_names(&self) -> &HashMap<IpAddr, String> {
+        &self.peer_names
     }
 
     pub fn pod_count(&self) -> usize {
@@ -215,6 +229,8 @@ impl ClusterState {
                     return;
                 }
                 let old = std::mem::replace(&mut self.pods[slot], pod);
+                self.forget_peer(&old, dirty);
+                self.learn_peer(slot, dirty);
                 self.mark_policies_depending_on(&old, dirty);
                 self.mark_policies_depending_on(&self.pods[slot].clone(), dirty);
             }
@@ -223,6 +239,7 @@ impl ClusterState {
                 self.pod_slots.insert(key.clone(), self.pods.len());
                 self.pods.push(pod);
                 let last = self.pods.len() - 1;
+                self.learn_peer(last, dirty);
                 self.mark_policies_depending_on(&self.pods[last].clone(), dirty);
                 *self
                     .pods_per_namespace
@@ -243,6 +260,7 @@ impl ClusterState {
         if let Some(moved) = self.pods.get(slot) {
             self.pod_slots.insert(moved.key(), slot);
         }
+        self.forget_peer(&old, dirty);
         self.mark_policies_depending_on(&old, dirty);
         if let Some(n) = self.pods_per_namespace.get_mut(&old.namespace) {
             *n -= 1;
@@ -253,6 +271,31 @@ impl ClusterState {
         self.refresh_namespace(&old.namespace, dirty);
         dirty.pods.remove(key);
         dirty.gone_pods.insert(key.to_string());
+    }
+
+    fn learn_peer(&mut self, slot: usize, dirty: &mut Dirty) {
+        let pod = &self.pods[slot];
+        if !pod.selectable() {
+            return;
+        }
+        let key = pod.key();
+        for ip in &pod.ips {
+            if self.peer_names.get(ip) != Some(&key) {
+                self.peer_names.insert(*ip, key.clone());
+                dirty.peers.insert(*ip);
+            }
+        }
+    }
+
+    /// Forgets the addresses a pod's old version owned (unless another pod took them since).
+    fn forget_peer(&mut self, old: &PodInfo, dirty: &mut Dirty) {
+        let key = old.key();
+        for ip in &old.ips {
+            if self.peer_names.get(ip) == Some(&key) {
+                self.peer_names.remove(ip);
+                dirty.peers.insert(*ip);
+            }
+        }
     }
 
     fn upsert_policy(&mut self, valid: ValidPolicy, dirty: &mut Dirty) {
@@ -369,6 +412,7 @@ impl ClusterState {
     }
 
     fn recompile(&mut self, dirty: Dirty, applied: &mut Applied) {
+        applied.peers_touched = dirty.peers.into_iter().collect();
         let mut reassemble = dirty.pods;
         if !dirty.policies.is_empty() {
             let index = ClusterIndex::new(&self.namespaces, &self.pods);

@@ -199,6 +199,19 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     let mut web_lines = raw_lines(addr, connector, "/v1/tables/shop/web").await;
     let line = web_lines.recv().await.expect("first line");
     assert!(line.contains("\"name\":\"web\""), "{line}");
+    // Then every peer's name, once, for audit lines.
+    let line = web_lines.recv().await.expect("peers line");
+    let peers: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(peers["peers"]["10.1.0.20"], "shop/db", "{line}");
+    assert_eq!(peers["peers"]["10.1.0.10"], "shop/web", "{line}");
+    wait_for("peer names at the proxy", || {
+        let table = store.current().expect("table").table.clone();
+        store
+            .peer_name(&table, "10.1.0.20".parse().unwrap())
+            .as_deref()
+            == Some("shop/db")
+    })
+    .await;
 
     // A change for db only: web's stream carries heartbeats, nothing else.
     hub.apply(vec![Change::Policy(Box::new(policy("db-in", "db", 5432)))]);
@@ -225,6 +238,41 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     assert_eq!(second.generation, hub.generation());
     assert!(allows(&second.table, 9090));
     assert!(!store.is_stale());
+
+    // A new pod: its name reaches every stream as a delta, the tables stay as they are.
+    let mut cache = cluster.pods[1].clone();
+    cache.name = "cache".into();
+    cache.ips = vec!["10.1.0.30".parse().unwrap()];
+    cache.labels.insert("app".into(), "cache".into());
+    hub.apply(vec![Change::Pod(cache)]);
+    let line = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let line = web_lines.recv().await.expect("stream open");
+            // Heartbeats, and web's own table change from above, come first.
+            if line != r#"{"heartbeat":true}"# && !line.starts_with(r#"{"generation""#) {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("a peers delta within the update interval");
+    assert!(
+        line.starts_with(r#"{"peers_delta":{"set":{"10.1.0.30":"shop/cache"}"#),
+        "{line}"
+    );
+    wait_for("the new peer's name at the proxy", || {
+        let table = store.current().expect("table").table.clone();
+        store
+            .peer_name(&table, "10.1.0.30".parse().unwrap())
+            .as_deref()
+            == Some("shop/cache")
+    })
+    .await;
+    assert_eq!(
+        store.generation(),
+        second.generation,
+        "a new peer changed web's table"
+    );
 
     // The controller goes away: the proxy keeps its table, marked stale.
     stop_tx.send(true).expect("stop");

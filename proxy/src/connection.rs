@@ -52,7 +52,7 @@ pub async fn serve(
         route.peer(),
         route.port(),
     );
-    let peer_pod = snapshot.table.pod_name(route.peer()).map(str::to_string);
+    let peer_pod = ctx.store.peer_name(&snapshot.table, route.peer());
     let peer_namespace = peer_pod
         .as_deref()
         .and_then(|p| p.split_once('/'))
@@ -218,7 +218,7 @@ fn audit_record(
         direction: route.direction,
         source: route.source,
         destination: route.destination,
-        peer_pod: snapshot.table.pod_name(route.peer()).map(str::to_string),
+        peer_pod: ctx.store.peer_name(&snapshot.table, route.peer()),
         pod: ctx.pod.clone(),
         verdict: decision.verdict().clone(),
         generation: snapshot.generation,

@@ -4,10 +4,12 @@
 //! [`PolicyStore::publish`], which also wakes every established connection so that it can check
 //! itself against the new table.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_policy::PodTable;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -26,6 +28,8 @@ pub struct Snapshot {
 
 pub struct PolicyStore {
     current: ArcSwapOption<Snapshot>,
+    /// Peer names streamed by the controller (its tables carry none, see `peer_name`).
+    peer_names: ArcSwap<BTreeMap<IpAddr, String>>,
     changed: watch::Sender<u64>,
     stale: std::sync::atomic::AtomicBool,
 }
@@ -40,6 +44,7 @@ impl PolicyStore {
     pub fn new() -> Self {
         PolicyStore {
             current: ArcSwapOption::empty(),
+            peer_names: ArcSwap::default(),
             changed: watch::channel(0).0,
             stale: Default::default(),
         }
@@ -49,6 +54,20 @@ impl PolicyStore {
     #[inline]
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
+    }
+
+    /// The pod (`namespace/name`) that owns a peer address, for audit lines and metrics: from
+    /// the table when it names peers (`--policy-dir` compiles them in), else from the names the
+    /// controller streams beside the tables.
+    pub fn peer_name(&self, table: &PodTable, ip: IpAddr) -> Option<String> {
+        match table.pod_name(ip) {
+            Some(name) => Some(name.to_string()),
+            None => self.peer_names.load().get(&ip.to_canonical()).cloned(),
+        }
+    }
+
+    pub fn set_peer_names(&self, names: Arc<BTreeMap<IpAddr, String>>) {
+        self.peer_names.store(names);
     }
 
     pub fn generation(&self) -> u64 {

@@ -5,6 +5,8 @@
 //! keeps serving its last good table while the controller is away, marks it stale (`/policy`,
 //! `portcullis_policy_stale`), and reconnects with exponential back-off and jitter.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,20 @@ pub struct StreamLine {
     pub table: Option<PodTable>,
     #[serde(default)]
     pub heartbeat: bool,
+    /// Every peer name (`{"peers":{"10.0.0.7":"shop/web"},"peers_version":N}`), sent first.
+    #[serde(default)]
+    pub peers: Option<BTreeMap<IpAddr, String>>,
+    /// What changed since the previous peers line.
+    #[serde(default)]
+    pub peers_delta: Option<PeersDelta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PeersDelta {
+    #[serde(default)]
+    pub set: BTreeMap<IpAddr, String>,
+    #[serde(default)]
+    pub remove: Vec<IpAddr>,
 }
 
 impl ControllerSource {
@@ -178,6 +194,8 @@ impl ControllerSource {
         let source = self.url.to_string();
         let mut body = response.into_body();
         let mut pending: Vec<u8> = Vec::new();
+        // A new stream starts with the whole map; deltas apply to it.
+        let mut peer_names: BTreeMap<IpAddr, String> = BTreeMap::new();
         loop {
             let frame = match tokio::time::timeout(SILENCE_LIMIT, body.frame()).await {
                 Err(_) => bail!("no data or heartbeat for {SILENCE_LIMIT:?}"),
@@ -202,6 +220,19 @@ impl ControllerSource {
                 *backoff = BACKOFF_MIN;
                 store.set_stale(false);
                 if parsed.heartbeat {
+                    continue;
+                }
+                if let Some(all) = parsed.peers {
+                    peer_names = all;
+                    store.set_peer_names(Arc::new(peer_names.clone()));
+                    continue;
+                }
+                if let Some(delta) = parsed.peers_delta {
+                    for ip in &delta.remove {
+                        peer_names.remove(ip);
+                    }
+                    peer_names.extend(delta.set);
+                    store.set_peer_names(Arc::new(peer_names.clone()));
                     continue;
                 }
                 match parsed.table {
