@@ -235,7 +235,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     )))]);
     wait_for("the new table", || store.generation() > first.generation).await;
     let second = store.current().expect("table");
-    assert_eq!(second.generation, hub.generation());
+    assert_eq!(second.source_generation, Some(hub.generation()));
     assert!(allows(&second.table, 9090));
     assert!(!store.is_stale());
 

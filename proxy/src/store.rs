@@ -17,8 +17,13 @@ use tokio::sync::watch;
 /// One loaded table and where it came from.
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
-    /// Increases by one with every table that differs from the one before.
+    /// Increases by one with every table that differs from the one before (this proxy's own
+    /// count: it never goes back, whichever controller replica the proxy talks to).
     pub generation: u64,
+    /// The controller's generation of this table, when it came from a controller; each replica
+    /// counts its own, so it says which version of the cluster a replica had compiled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_generation: Option<u64>,
     /// `dir:/path` or the controller URL.
     pub source: String,
     /// Seconds since the Unix epoch.
@@ -80,7 +85,7 @@ impl PolicyStore {
         &self,
         table: Arc<PodTable>,
         source: &str,
-        generation: Option<u64>,
+        source_generation: Option<u64>,
     ) -> Option<u64> {
         let previous = self.current.load_full();
         if let Some(prev) = &previous {
@@ -88,13 +93,13 @@ impl PolicyStore {
                 return None;
             }
         }
-        let generation =
-            generation.unwrap_or_else(|| previous.as_ref().map_or(0, |p| p.generation) + 1);
+        let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
         let loaded_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.current.store(Some(Arc::new(Snapshot {
             generation,
+            source_generation,
             source: source.to_string(),
             loaded_at,
             table,

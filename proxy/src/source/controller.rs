@@ -240,7 +240,12 @@ impl ControllerSource {
                         if let Some(generation) =
                             store.publish(Arc::new(table), &source, parsed.generation)
                         {
-                            tracing::info!(event = "policy_loaded", generation, source = %source);
+                            tracing::info!(
+                                event = "policy_loaded",
+                                generation,
+                                controller_generation = parsed.generation,
+                                source = %source
+                            );
                         }
                     }
                     None => tracing::warn!(
@@ -400,14 +405,14 @@ mod stream_tests {
             let store = store.clone();
             async move {
                 for _ in 0..200 {
-                    if store.generation() == want {
+                    if store.current().and_then(|s| s.source_generation) == Some(want) {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 panic!(
-                    "generation {want} never arrived (have {})",
-                    store.generation()
+                    "controller generation {want} never arrived (have {:?})",
+                    store.current().and_then(|s| s.source_generation)
                 );
             }
         };
@@ -430,7 +435,12 @@ mod stream_tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(store.is_stale(), "a lost controller marks the table stale");
-        assert_eq!(store.generation(), 8, "and the last good table stays");
+        let last = store.current().unwrap();
+        assert_eq!(
+            (last.generation, last.source_generation),
+            (2, Some(8)),
+            "and the last good table stays"
+        );
         task.abort();
         let _ = std::fs::remove_file(token);
     }
