@@ -247,6 +247,8 @@ fn main() -> Result<()> {
                 .iter()
                 .map(|&(_, pid, _)| rss_mib(pid))
                 .collect::<Result<_>>()?;
+            let fds_before: Vec<Option<usize>> =
+                processes.iter().map(|&(_, pid, _)| fd_count(pid)).collect();
             let refused_before: Vec<_> = processes
                 .iter()
                 .map(|&(_, _, admin)| admin.map(refused_counts).unwrap_or_default())
@@ -270,8 +272,12 @@ fn main() -> Result<()> {
                 eprintln!("  {}: held {} of {count}: {why}", p.name, idle.conns.len());
             }
             std::thread::sleep(Duration::from_millis(300));
-            for (&(process, pid, _), baseline) in processes.iter().zip(before) {
+            for ((&(process, pid, _), baseline), fds_baseline) in
+                processes.iter().zip(before).zip(fds_before)
+            {
                 memory.push(MemoryResult {
+                    fds: fd_count(pid),
+                    fds_baseline,
                     path: p.name.into(),
                     process: process.into(),
                     idle_requested: count,
@@ -324,6 +330,16 @@ fn main() -> Result<()> {
         "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
         fd_limit_text()
     )];
+    if paths.iter().any(|p| p.name == "mesh") && paths.iter().any(|p| p.name == "inbound") {
+        notes.push(
+            "The server-side proxy serves both the inbound and the mesh path, inbound first: on \
+             the mesh path it reuses memory its allocator kept from the inbound phase, so its \
+             growth there understates; the inbound rows show its cost per connection. Pipe \
+             buffers and socket buffers are kernel memory, not RSS: descriptors show what a \
+             connection holds."
+                .to_string(),
+        );
+    }
     for pod in ["server", "mesh-client"] {
         if let Some(line) = lowered_max_connections(&topo.dir.join(format!("{pod}.proxy.log"))) {
             notes.push(format!("Proxy {pod}: {line}"));
@@ -383,6 +399,13 @@ fn refused_counts(ns: &str) -> Vec<(String, f64)> {
         }
     }
     out
+}
+
+/// Open descriptors of a process (pipes, sockets, files).
+fn fd_count(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// Resident memory of a process, in MiB.

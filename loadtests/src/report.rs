@@ -28,6 +28,9 @@ pub struct MemoryResult {
     pub rss_mib: f64,
     /// RSS just before these connections were opened.
     pub rss_baseline_mib: f64,
+    /// Open descriptors while holding them, and just before.
+    pub fds: Option<usize>,
+    pub fds_baseline: Option<usize>,
     /// Why the path held fewer than requested.
     pub shortfall: Option<String>,
 }
@@ -37,6 +40,16 @@ impl MemoryResult {
     pub fn kib_per_connection(&self) -> Option<f64> {
         (self.idle_held > 0)
             .then(|| (self.rss_mib - self.rss_baseline_mib) * 1024.0 / self.idle_held as f64)
+    }
+
+    /// Descriptors added per held connection.
+    pub fn fds_per_connection(&self) -> Option<f64> {
+        match (self.fds, self.fds_baseline) {
+            (Some(now), Some(before)) if self.idle_held > 0 => {
+                Some((now as f64 - before as f64) / self.idle_held as f64)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -128,9 +141,12 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| path | process | idle connections | held | RSS MiB | RSS before MiB | KiB per connection |"
+                "| path | process | idle connections | held | RSS MiB | RSS before MiB | KiB per connection | descriptors | per connection |"
             );
-            let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+            let _ = writeln!(
+                s,
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
             for m in &self.memory {
                 let held = if m.idle_held < m.idle_requested {
                     format!("**{}**", m.idle_held)
@@ -141,10 +157,23 @@ impl Report {
                     .kib_per_connection()
                     .map(|k| format!("{k:.1}"))
                     .unwrap_or_else(|| "-".into());
+                let fds = m.fds.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+                let fds_per = m
+                    .fds_per_connection()
+                    .map(|k| format!("{k:.2}"))
+                    .unwrap_or_else(|| "-".into());
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.1} | {:.1} | {} |",
-                    m.path, m.process, m.idle_requested, held, m.rss_mib, m.rss_baseline_mib, per
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+                    m.path,
+                    m.process,
+                    m.idle_requested,
+                    held,
+                    m.rss_mib,
+                    m.rss_baseline_mib,
+                    per,
+                    fds,
+                    fds_per
                 );
             }
             let mut shortfalls: Vec<String> = self
