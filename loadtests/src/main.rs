@@ -167,12 +167,9 @@ fn main() -> Result<()> {
 
     let duration = Duration::from_secs_f64(args.seconds);
     let n = paths.len();
-    let (mut t1, mut t16, mut cps, mut fails) = (
-        vec![vec![]; n],
-        vec![vec![]; n],
-        vec![vec![]; n],
-        vec![0u64; n],
-    );
+    let (mut t1, mut t16, mut cps) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let fails: Vec<std::sync::Arc<workload::Failures>> =
+        (0..n).map(|_| Default::default()).collect();
     let mut lat: Vec<Vec<workload::Latency>> = vec![vec![]; n];
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
@@ -191,9 +188,9 @@ fn main() -> Result<()> {
                 workload::latency(&p.ns, p.echo, args.latency_rounds)
                     .with_context(|| format!("{}: latency", p.name))?,
             );
-            let (rate, failed) = workload::connection_rate(&p.ns, p.echo, 4, duration)?;
-            cps[i].push(rate);
-            fails[i] += failed;
+            cps[i].push(workload::connection_rate(
+                &p.ns, p.echo, 4, duration, &fails[i],
+            )?);
         }
     }
     let results: Vec<PathResult> = paths
@@ -210,7 +207,8 @@ fn main() -> Result<()> {
                 p999_us: median(lat[i].iter().map(|l| l.p999_us).collect()),
             },
             connections_per_s: median(cps[i].clone()),
-            connection_failures: fails[i],
+            connection_failures: fails[i].total(),
+            failure_reasons: fails[i].reasons(),
         })
         .collect();
 
@@ -305,10 +303,12 @@ fn main() -> Result<()> {
     };
     let gen_start = generation(&server_ns);
     let topo_ref = &topo;
-    let (ok, failed) = workload::soak(
+    let soak_failures: std::sync::Arc<workload::Failures> = Default::default();
+    let ok = workload::soak(
         &topo.client,
         addr(SERVER_IP_PLAIN, ECHO_PORT),
         args.swaps,
+        &soak_failures,
         |i| {
             let before = generation(&server_ns);
             topo_ref.write_policy(i + 1)?;
@@ -323,7 +323,8 @@ fn main() -> Result<()> {
         swaps_requested: args.swaps,
         generations_observed: generation(&server_ns).saturating_sub(gen_start),
         connections_ok: ok,
-        connections_failed: failed,
+        connections_failed: soak_failures.total(),
+        failure_reasons: soak_failures.reasons(),
     };
 
     let mut notes = vec![format!(

@@ -15,6 +15,8 @@ pub struct PathResult {
     pub latency: Latency,
     pub connections_per_s: f64,
     pub connection_failures: u64,
+    /// What went wrong with the failed connections, most frequent first.
+    pub failure_reasons: Vec<(String, u64)>,
 }
 
 /// One process on one path, holding idle connections.
@@ -59,6 +61,7 @@ pub struct SoakResult {
     pub generations_observed: u64,
     pub connections_ok: u64,
     pub connections_failed: u64,
+    pub failure_reasons: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +74,13 @@ pub struct Report {
     pub paths: Vec<PathResult>,
     pub memory: Vec<MemoryResult>,
     pub soak: Option<SoakResult>,
+}
+
+fn reasons(r: &[(String, u64)]) -> String {
+    r.iter()
+        .map(|(why, n)| format!("{n} × {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Report {
@@ -102,6 +112,14 @@ impl Report {
                 p.latency.p999_us,
                 p.connections_per_s,
                 p.connection_failures
+            );
+        }
+        for p in self.paths.iter().filter(|p| !p.failure_reasons.is_empty()) {
+            let _ = writeln!(
+                s,
+                "\nFailed connections on {} (connections/s runs): {}.",
+                p.path,
+                reasons(&p.failure_reasons)
             );
         }
         let _ = writeln!(s, "\nRatios (target in brackets):\n");
@@ -202,6 +220,9 @@ impl Report {
                 "\nPolicy-swap soak: {} swaps requested, {} table generations observed, {} connections ok, **{} failed** (target 0).",
                 soak.swaps_requested, soak.generations_observed, soak.connections_ok, soak.connections_failed
             );
+            if !soak.failure_reasons.is_empty() {
+                let _ = writeln!(s, "Soak failures: {}.", reasons(&soak.failure_reasons));
+            }
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s);

@@ -80,8 +80,13 @@ impl Topology {
         }
         t.link(&t.client.clone(), CLIENT_IP_PLAIN, SERVER_IP_PLAIN, "vc")?;
         t.link(&t.mesh_client.clone(), CLIENT_IP_MESH, SERVER_IP_MESH, "vm")?;
-        for ns in [&t.client, &t.mesh_client] {
-            // Many short connections: reuse TIME_WAIT ports and use the whole range.
+        // Many short connections: reuse TIME_WAIT ports and use the whole range. The server
+        // namespace too: the inbound proxy's connections to the application start there, and
+        // the proxy closes them first (it passes the client's FIN on), so their TIME_WAITs pile
+        // up there. With the default range (28,232 ports) and reuse for loopback addresses only,
+        // a few thousand connections per second run out of ports within a minute and the proxy's
+        // connects fail with EADDRNOTAVAIL (the client sees a reset).
+        for ns in [&t.client, &t.mesh_client, &t.server] {
             sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
             sysctl(ns, "net.ipv4.ip_local_port_range=1024 65000")?;
         }

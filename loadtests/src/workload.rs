@@ -1,11 +1,12 @@
 //! The application (sink and echo servers) and the load generators. Both sides are threads of
 //! this process placed in the right network namespace with setns(2).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -169,27 +170,56 @@ pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
     })
 }
 
-/// New connections per second, each with one 1-byte exchange; returns (rate, failures).
+/// Failed short connections, counted by what went wrong (`connect: Connection refused ...`).
+#[derive(Default)]
+pub struct Failures(Mutex<BTreeMap<String, u64>>);
+
+impl Failures {
+    fn record(&self, reason: String) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
+    /// Reasons, most frequent first.
+    pub fn reasons(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v
+    }
+}
+
+/// New connections per second, each with one 1-byte exchange; failures are counted by reason
+/// in `failures`.
 pub fn connection_rate(
     ns: &str,
     addr: SocketAddr,
     workers: usize,
     duration: Duration,
-) -> Result<(f64, u64)> {
+    failures: &Arc<Failures>,
+) -> Result<f64> {
     let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let (ns, ok, failed) = (ns.to_string(), ok.clone(), failed.clone());
+        let (ns, ok, failures) = (ns.to_string(), ok.clone(), failures.clone());
         handles.push(std::thread::spawn(move || -> Result<()> {
             enter(&ns)?;
             let deadline = Instant::now() + duration;
             while Instant::now() < deadline {
-                if one_exchange(addr).is_ok() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                match one_exchange(addr) {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(why) => failures.record(why),
                 }
             }
             Ok(())
@@ -198,19 +228,27 @@ pub fn connection_rate(
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
     }
-    Ok((
-        ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
-        failed.load(Ordering::Relaxed),
-    ))
+    Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-fn one_exchange(addr: SocketAddr) -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"x")?;
+/// One short connection with a 1-byte exchange; on failure, which step failed and how.
+fn one_exchange(addr: SocketAddr) -> std::result::Result<(), String> {
+    let timeout = Duration::from_secs(2);
+    let step = |what: &'static str| {
+        move |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("{what}: no progress within {timeout:?}")
+            }
+            std::io::ErrorKind::UnexpectedEof => format!("{what}: closed without an answer"),
+            _ => format!("{what}: {e}"),
+        }
+    };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(step("connect"))?;
+    s.set_read_timeout(Some(timeout)).map_err(step("setup"))?;
+    s.set_write_timeout(Some(timeout)).map_err(step("setup"))?;
+    s.write_all(b"x").map_err(step("write"))?;
     let mut b = [0u8; 1];
-    s.read_exact(&mut b)
+    s.read_exact(&mut b).map_err(step("read"))
 }
 
 /// Longest any single connect, read or write of the harness may block.
@@ -270,26 +308,28 @@ fn idle_connection(addr: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// Short connections flowing while `swap` is called `swaps` times; returns failed connections.
+/// Short connections flowing while `swap` is called `swaps` times; returns the connections
+/// that worked, failures counted by reason in `failures`.
 pub fn soak(
     ns: &str,
     addr: SocketAddr,
     swaps: usize,
+    failures: &Arc<Failures>,
     mut swap: impl FnMut(usize) -> Result<()>,
-) -> Result<(u64, u64)> {
+) -> Result<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for _ in 0..4 {
-        let (ns, stop, ok, failed) = (ns.to_string(), stop.clone(), ok.clone(), failed.clone());
+        let (ns, stop, ok, failures) = (ns.to_string(), stop.clone(), ok.clone(), failures.clone());
         handles.push(std::thread::spawn(move || -> Result<()> {
             enter(&ns)?;
             while !stop.load(Ordering::Relaxed) {
-                if one_exchange(addr).is_ok() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                match one_exchange(addr) {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(why) => failures.record(why),
                 }
             }
             Ok(())
@@ -301,5 +341,5 @@ pub fn soak(
         h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
     }
     result?;
-    Ok((ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed)))
+    Ok(ok.load(Ordering::Relaxed))
 }
