@@ -91,7 +91,8 @@ pub async fn serve(
     }
 
     let metrics = ctx.metrics(route.direction);
-    let mut upstream = match connect(route.destination, ctx.connect_timeout).await {
+    let mut upstream = match connect(route.direction, route.destination, ctx.connect_timeout).await
+    {
         Ok(s) => s,
         Err(e) => {
             metrics.connect_errors.increment(1);
@@ -192,11 +193,33 @@ enum Outcome {
     Revoked(Arc<Snapshot>, Decision),
 }
 
-async fn connect(destination: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+/// Source address of the inbound proxy's connections to the application (IPv4), as Istio's
+/// sidecar uses: a loopback source lets the kernel reuse TIME_WAIT ports (`tcp_tw_reuse`'s
+/// default covers loopback only). The proxy usually closes first toward the application, so with
+/// the pod IP as source every short inbound connection left a TIME_WAIT on the one
+/// (pod IP → app port) pair, and a few hundred new connections a second ran out of ports.
+pub const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+async fn connect(
+    direction: Direction,
+    destination: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let socket = match destination {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if direction == Direction::Ingress && destination.is_ipv4() {
+        // The port is chosen at connect time, per destination, not at bind time per source.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
+        if let Err(e) = socket.bind(SocketAddr::from((INBOUND_SOURCE_V4, 0))) {
+            tracing::debug!(error = %e, "cannot bind the upstream to {INBOUND_SOURCE_V4}; using the default source");
+        }
+    }
     match tokio::time::timeout(timeout, socket.connect(destination)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(

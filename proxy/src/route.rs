@@ -7,7 +7,8 @@
 //!   pod's own IP and port. Connecting to the pod IP rather than 127.0.0.1 keeps Kubernetes'
 //!   meaning without a mesh: an application bound only to localhost stays unreachable from other
 //!   pods, and one bound only to the pod IP still works. The proxy's own connections are exempt
-//!   from redirection by its UID, so this does not loop.
+//!   from redirection by its UID, so this does not loop. Their source is 127.0.0.6 (IPv4), as
+//!   with Istio's sidecar, so that TIME_WAIT ports can be reused (see `connection::connect`).
 //! - Outbound: the peer is the original destination, and the connection goes there.
 
 use std::io;

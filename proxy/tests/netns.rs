@@ -746,3 +746,43 @@ fn a_descriptor_limit_below_max_connections_lowers_it_and_refuses_cleanly() {
         "the proxy hit EMFILE:\n{log}"
     );
 }
+
+#[test]
+fn short_inbound_connections_do_not_run_out_of_ports_on_time_wait() {
+    // The proxy usually closes toward the application first, so each short connection leaves a
+    // TIME_WAIT (60 s) on its upstream port. With 40 ephemeral ports, the 41st connection within
+    // a minute would find none free unless TIME_WAIT ports are reused, which the kernel does by
+    // default only for loopback sources: the proxy connects from 127.0.0.6.
+    const CONNECTIONS: usize = 160;
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &[]);
+    t.echo_server(true, APP_PORT);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.pod_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=40000 40039",
+    ]);
+    t.wait_ready();
+    let mut failures = Vec::new();
+    for i in 0..CONNECTIONS {
+        let outcome = t
+            .connect_from_peer(APP_PORT)
+            .and_then(|s| exchange(s, b"ping"));
+        match outcome {
+            Ok(back) if back == b"ping<eof>" => {}
+            other => failures.push(format!("connection {i}: {other:?}")),
+        }
+        // A reused TIME_WAIT port must be at least a second old.
+        std::thread::sleep(Duration::from_millis(35));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNECTIONS} short connections failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(t.metric(&["portcullis_connect_errors_total"]), 0.0);
+}
