@@ -102,6 +102,12 @@ pub struct Config {
     )]
     pub on_policy_change: OnPolicyChange,
 
+    /// How bytes cross the proxy: `splice` (every burst through a kernel pipe), `copy` (through a
+    /// user-space buffer), or `auto` (each burst starts with a copy; bulk bursts go on through a
+    /// pipe).
+    #[arg(long, env = "PORTCULLIS_RELAY", value_enum, default_value = "auto")]
+    pub relay: crate::relay::RelayMode,
+
     /// Inbound listener addresses, comma separated. IPv6 addresses that cannot be bound (no IPv6
     /// in the pod) are skipped with a warning.
     #[arg(

@@ -126,7 +126,7 @@ pub async fn serve(
     let revocable = ctx.on_policy_change == OnPolicyChange::Close && ctx.mode == Mode::Enforce;
     let mut policy_changes = ctx.store.subscribe();
     let outcome = {
-        let transfer = relay(&mut client, &mut upstream, &counters);
+        let transfer = relay(&mut client, &mut upstream, &counters, ctx.relay);
         tokio::pin!(transfer);
         loop {
             tokio::select! {

@@ -1,7 +1,8 @@
 //! Moves bytes between the two sockets of a proxied connection.
 //!
 //! Where both ends are TCP sockets (always, here) each direction goes through a pipe with
-//! `splice(2)`, so payload never enters user space. A direction ends at end-of-stream, which is
+//! `splice(2)`, so payload never enters user space; in [`RelayMode::Auto`] (the default) only
+//! bursts that fill a first 16 KiB read do, and small exchanges are a plain read and write. A direction ends at end-of-stream, which is
 //! passed on as a half-close (`shutdown(SHUT_WR)`), so protocols that half-close keep working.
 //!
 //! Pipes are not owned by connections. Each runtime thread keeps a small pool of empty pipes
@@ -143,25 +144,41 @@ pub struct ByteCounters {
     pub server_to_client: Counter,
 }
 
+/// How bytes cross the proxy (`--relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayMode {
+    /// Every burst through a pipe with `splice(2)`: payload never enters user space.
+    Splice,
+    /// Every burst through a user-space buffer (`read`/`write`).
+    Copy,
+    /// Each burst starts with a copy through a small buffer; one that fills it (bulk data) goes on
+    /// through a pipe. Small request/response exchanges then cost two system calls, not the
+    /// pipe's four, and bulk transfers still avoid user space.
+    Auto,
+}
+
+/// A burst whose first read fills this much goes on through a pipe, in `auto` mode.
+const AUTO_PROBE: usize = 16 * 1024;
+
 /// Relays until both directions reach end-of-stream, or until either side fails.
 pub async fn relay(
     client: &mut TcpStream,
     server: &mut TcpStream,
     counters: &ByteCounters,
+    mode: RelayMode,
 ) -> io::Result<Transferred> {
-    relay_with(client, server, counters, true).await
+    relay_with(client, server, counters, mode).await
 }
 
-/// [`relay`], optionally copying through user space from the start (the fallback, for tests).
 async fn relay_with(
     client: &TcpStream,
     server: &TcpStream,
     counters: &ByteCounters,
-    use_splice: bool,
+    mode: RelayMode,
 ) -> io::Result<Transferred> {
     let (up, down) = tokio::try_join!(
-        one_way(client, server, &counters.client_to_server, use_splice),
-        one_way(server, client, &counters.server_to_client, use_splice),
+        one_way(client, server, &counters.client_to_server, mode),
+        one_way(server, client, &counters.server_to_client, mode),
     )?;
     Ok(Transferred {
         client_to_server: up,
@@ -186,15 +203,19 @@ async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     counter: &Counter,
-    mut use_splice: bool,
+    mode: RelayMode,
 ) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut can_splice = mode != RelayMode::Copy;
     // Held only while data flows: both are released as soon as `src` runs dry.
     let mut lease: Option<Lease> = None;
     let mut buffer: Option<Box<[u8]>> = None;
     loop {
         src.readable().await?;
-        if use_splice && lease.is_none() && buffer.is_none() {
+        // Whether this step should splice: always in `splice` mode; in `auto` mode once the burst
+        // has shown itself to be bulk (a pipe is already lent to it).
+        let want_pipe = can_splice && (mode == RelayMode::Splice || lease.is_some());
+        if want_pipe && lease.is_none() && buffer.is_none() {
             match Lease::take() {
                 Ok(l) => lease = Some(l),
                 Err(e) => {
@@ -204,9 +225,14 @@ async fn one_way(
             }
         }
         let step = match lease.as_mut() {
-            Some(l) if use_splice => splice_step(src, dst, l).await?,
+            Some(l) if can_splice => splice_step(src, dst, l).await?,
             _ => {
-                let buf = buffer.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                let size = if mode == RelayMode::Auto && can_splice {
+                    AUTO_PROBE
+                } else {
+                    CHUNK
+                };
+                let buf = buffer.get_or_insert_with(|| vec![0u8; size].into_boxed_slice());
                 copy_step(src, dst, buf).await?
             }
         };
@@ -214,6 +240,13 @@ async fn one_way(
             Step::Moved(n) => {
                 total += n as u64;
                 counter.increment(n as u64);
+                if mode == RelayMode::Auto && can_splice && lease.is_none() && n == AUTO_PROBE {
+                    // Bulk: the rest of this burst goes through a pipe.
+                    buffer = None;
+                    if let Ok(l) = Lease::take() {
+                        lease = Some(l);
+                    }
+                }
             }
             Step::Idle => {
                 lease = None;
@@ -225,7 +258,7 @@ async fn one_way(
                 return Ok(total);
             }
             Step::NoSplice => {
-                use_splice = false;
+                can_splice = false;
                 lease = None;
             }
         }
@@ -319,11 +352,11 @@ mod tests {
         TcpStream,
         tokio::task::JoinHandle<io::Result<Transferred>>,
     ) {
-        relayed_pair_with(true).await
+        relayed_pair_with(RelayMode::Splice).await
     }
 
     async fn relayed_pair_with(
-        use_splice: bool,
+        mode: RelayMode,
     ) -> (
         TcpStream,
         TcpStream,
@@ -337,13 +370,10 @@ mod tests {
         let (mut accepted, _) = front.accept().await.expect("accept");
         let mut upstream = TcpStream::connect(back_addr).await.expect("connect");
         let (server, _) = back.accept().await.expect("accept");
-        let task = tokio::spawn(async move {
-            if use_splice {
-                relay(&mut accepted, &mut upstream, &counters()).await
-            } else {
-                relay_with(&accepted, &upstream, &counters(), false).await
-            }
-        });
+        let task =
+            tokio::spawn(
+                async move { relay(&mut accepted, &mut upstream, &counters(), mode).await },
+            );
         (client, server, task)
     }
 
@@ -384,16 +414,21 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_flow_both_ways_and_half_close_propagates() {
-        half_close_round_trip(true).await;
+        half_close_round_trip(RelayMode::Splice).await;
     }
 
     #[tokio::test]
     async fn the_user_space_fallback_keeps_bytes_and_half_close() {
-        half_close_round_trip(false).await;
+        half_close_round_trip(RelayMode::Copy).await;
     }
 
-    async fn half_close_round_trip(use_splice: bool) {
-        let (mut client, mut server, task) = relayed_pair_with(use_splice).await;
+    #[tokio::test]
+    async fn auto_mode_keeps_bytes_and_half_close() {
+        half_close_round_trip(RelayMode::Auto).await;
+    }
+
+    async fn half_close_round_trip(mode: RelayMode) {
+        let (mut client, mut server, task) = relayed_pair_with(mode).await;
         let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -425,15 +460,20 @@ mod tests {
     /// small and odd-sized writes mixed in: every byte arrives, in order, and is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
     async fn large_concurrent_transfers_arrive_intact() {
-        large_concurrent_transfers(true).await;
+        large_concurrent_transfers(RelayMode::Splice).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
     async fn large_concurrent_transfers_arrive_intact_when_copying() {
-        large_concurrent_transfers(false).await;
+        large_concurrent_transfers(RelayMode::Copy).await;
     }
 
-    async fn large_concurrent_transfers(use_splice: bool) {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn large_concurrent_transfers_arrive_intact_in_auto_mode() {
+        large_concurrent_transfers(RelayMode::Auto).await;
+    }
+
+    async fn large_concurrent_transfers(mode: RelayMode) {
         const CONNECTIONS: usize = 6;
         const SIZE: usize = 6 * 1024 * 1024 + 4321;
         fn pattern(seed: usize, len: usize) -> Vec<u8> {
@@ -461,7 +501,7 @@ mod tests {
         let mut handles = Vec::new();
         for c in 0..CONNECTIONS {
             handles.push(tokio::spawn(async move {
-                let (client, server, task) = relayed_pair_with(use_splice).await;
+                let (client, server, task) = relayed_pair_with(mode).await;
                 let (up, down) = (pattern(c, SIZE), pattern(c + 100, SIZE + c));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();

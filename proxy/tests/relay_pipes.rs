@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
-use portcullis_proxy::relay::{pipes_in_use, pipes_open, relay, ByteCounters, POOL_PER_THREAD};
+use portcullis_proxy::relay::{
+    pipes_in_use, pipes_open, relay, ByteCounters, RelayMode, POOL_PER_THREAD,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,7 +55,7 @@ async fn idle_relayed_connections_hold_no_pipes() {
                 client_to_server: Counter::noop(),
                 server_to_client: Counter::noop(),
             };
-            relay(&mut accepted, &mut upstream, &counters).await
+            relay(&mut accepted, &mut upstream, &counters, RelayMode::Splice).await
         }));
         pairs.push((client, server));
     }
