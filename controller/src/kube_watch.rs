@@ -73,14 +73,24 @@ impl Kind for Pod {
         }
     }
     fn reset(objs: &[Self]) -> Change {
-        Change::ResetPods(
-            objs.iter()
-                .filter_map(|p| match Self::upsert(p) {
-                    Some(Change::Pod(pod)) => Some(pod),
-                    _ => None,
-                })
-                .collect(),
-        )
+        let mut pods = Vec::with_capacity(objs.len());
+        let mut unreadable = Vec::new();
+        for obj in objs {
+            match Self::upsert(obj) {
+                Some(Change::Pod(pod)) => pods.push(pod),
+                _ => unreadable.push(format!(
+                    "{}/{}",
+                    obj.metadata.namespace.as_deref().unwrap_or("default"),
+                    obj.metadata.name.as_deref().unwrap_or_default()
+                )),
+            }
+        }
+        if unreadable.is_empty() {
+            Change::ResetPods(pods)
+        } else {
+            // Rejected, not deleted: what was known of them stays.
+            Change::ResetPodsKeeping { pods, unreadable }
+        }
     }
 }
 
@@ -372,6 +382,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_relist_keeps_a_pod_it_cannot_read() {
+        let mut hub_state = crate::state::ClusterState::new();
+        let all = pods();
+        hub_state.apply([Pod::reset(&all)]);
+        let key = "kube-system/coredns-7db6d8ff4d-4xzpl";
+        let before = hub_state.table(key).cloned().expect("a table");
+        let mut relisted = all.clone();
+        relisted[0].status.as_mut().unwrap().pod_ip = Some("10.244.1.999".into());
+        let reset = Pod::reset(&relisted);
+        assert!(
+            matches!(&reset, Change::ResetPodsKeeping { unreadable, .. } if unreadable == &[key.to_string()]),
+            "{reset:?}"
+        );
+        let applied = hub_state.apply([reset]);
+        assert!(applied.changed.is_empty(), "{:?}", applied.changed);
+        assert_eq!(hub_state.table(key), Some(&before));
+        // A pod really missing from the relist is gone.
+        let applied = hub_state.apply([Pod::reset(&all[1..])]);
+        assert!(applied.changed.iter().any(|(k, t)| k == key && t.is_none()));
     }
 
     #[test]

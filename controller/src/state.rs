@@ -43,6 +43,12 @@ pub enum Change {
     /// A relist: these are all the namespaces there are.
     ResetNamespaces(Vec<NamespaceInfo>),
     ResetPods(Vec<PodInfo>),
+    /// A relist in which some pods could not be read: those (`namespace/name`) keep their last
+    /// known state instead of disappearing.
+    ResetPodsKeeping {
+        pods: Vec<PodInfo>,
+        unreadable: Vec<String>,
+    },
     ResetPolicies(Vec<SourcedPolicy>),
 }
 
@@ -170,8 +176,20 @@ impl ClusterState {
                     }
                 }
             }
-            Change::ResetPods(all) => {
-                let keep: BTreeSet<String> = all.iter().map(PodInfo::key).collect();
+            Change::ResetPods(pods) => self.record(
+                Change::ResetPodsKeeping {
+                    pods,
+                    unreadable: Vec::new(),
+                },
+                dirty,
+                applied,
+            ),
+            Change::ResetPodsKeeping {
+                pods: all,
+                unreadable,
+            } => {
+                let mut keep: BTreeSet<String> = all.iter().map(PodInfo::key).collect();
+                keep.extend(unreadable);
                 let gone: Vec<String> = self
                     .pod_slots
                     .keys()
