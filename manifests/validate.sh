@@ -54,6 +54,10 @@ else
         find "$here/base" "$here/cert-manager" -name '*.yaml' ! -name kustomization.yaml | sort)
     mode=static
 fi
+# The optional Prometheus Operator resources: checked against a subset of their CRDs below.
+for f in "$here"/monitoring/*.yaml; do
+    [ "$(basename "$f")" = kustomization.yaml ] || inputs+=("$f")
+done
 for f in "$repo"/injector-webhook/tests/golden/*.json; do
     [ -e "$f" ] && inputs+=("$f")
 done
@@ -115,6 +119,35 @@ CERT_MANAGER = {
     }, ["apiVersion", "kind", "metadata", "spec"]),
 }
 
+# The fields of monitoring.coreos.com/v1 that manifests/monitoring uses (subset of the CRDs).
+MON_META = {"type": "object", "required": ["name"]}
+ENDPOINT = obj({"port": S, "path": S, "interval": {"type": "string", "pattern": r"^[0-9]+(s|m)$"}},
+               ["port"])
+LABEL_SELECTOR = obj({"matchLabels": {"type": "object", "additionalProperties": S}})
+RULE = {"type": "object", "additionalProperties": False, "required": ["expr"],
+        "properties": {"alert": S, "record": S, "expr": S,
+                       "for": {"type": "string", "pattern": r"^[0-9]+(s|m|h)$"},
+                       "labels": {"type": "object", "additionalProperties": S},
+                       "annotations": {"type": "object", "additionalProperties": S}},
+        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}
+MONITORING = {
+    "PodMonitor": obj({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": S, "metadata": MON_META,
+        "spec": obj({
+            "namespaceSelector": obj({"any": {"type": "boolean"},
+                                      "matchNames": {"type": "array", "items": S}}),
+            "selector": LABEL_SELECTOR,
+            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": ENDPOINT},
+        }, ["selector", "podMetricsEndpoints"]),
+    }, ["apiVersion", "kind", "metadata", "spec"]),
+    "PrometheusRule": obj({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": S, "metadata": MON_META,
+        "spec": obj({"groups": {"type": "array", "minItems": 1, "items": obj({
+            "name": S, "rules": {"type": "array", "minItems": 1, "items": RULE}},
+            ["name", "rules"])}}, ["groups"]),
+    }, ["apiVersion", "kind", "metadata", "spec"]),
+}
+
 
 def documents(path):
     with open(path) as f:
@@ -144,8 +177,8 @@ for path in files:
         kind = doc.get("kind", "?")
         what = f"{name}: {kind}/{doc.get('metadata', {}).get('name', '?')}"
         api = doc.get("apiVersion", "")
-        if api.startswith("cert-manager.io/"):
-            schema = CERT_MANAGER.get(kind)
+        if api.startswith("cert-manager.io/") or api.startswith("monitoring.coreos.com/"):
+            schema = (CERT_MANAGER if api.startswith("cert-manager.io/") else MONITORING).get(kind)
             if schema is None:
                 fail(f"{what}: no schema for {api} {kind}")
                 continue
@@ -153,7 +186,7 @@ for path in files:
             for e in errors:
                 fail(f"{what}: {'/'.join(map(str, e.path))}: {e.message}")
             if not errors:
-                print(f"ok   {what} (cert-manager subset)")
+                print(f"ok   {what} ({api.split('/')[0]} subset)")
             continue
         try:
             kv.validate(doc, version, strict=True)
