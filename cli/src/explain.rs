@@ -18,7 +18,7 @@ use portcullis_policy_loader::load_paths;
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "to_ip"])))]
 pub struct ExplainArgs {
-    /// Manifest files or directories.
+    /// Manifest files or directories; `-` reads standard input.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// Source pod, as NAMESPACE/POD.

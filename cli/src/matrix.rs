@@ -22,7 +22,8 @@ pub enum Output {
 
 #[derive(Args)]
 pub struct MatrixArgs {
-    /// Manifest files or directories (YAML, multi-document YAML, JSON, List objects).
+    /// Manifest files or directories (YAML, multi-document YAML, JSON, List objects); `-` reads
+    /// standard input, e.g. `kubectl get ns,pods,netpol -A -o yaml | portcullis matrix -f -`.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// Probes to evaluate, e.g. `80/TCP,81/UDP` (default: every containerPort any pod declares).

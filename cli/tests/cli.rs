@@ -235,3 +235,62 @@ fn tempdir(name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `kubectl get namespaces,pods,networkpolicies -A -o yaml | portcullis matrix -f -`: standard
+/// input reads like a file, alone or beside files.
+#[test]
+fn manifests_can_come_from_standard_input() {
+    use std::io::Write;
+    let dir = repo().join("policy/tests/conformance");
+    let model = dir.join("model.yaml");
+    let case = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .min()
+        .expect("a case");
+    let policy = case.join("policy.yaml");
+    let from_files = portcullis(&[
+        "matrix",
+        "-f",
+        model.to_str().unwrap(),
+        "-f",
+        policy.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(from_files.status.success(), "{}", text(&from_files.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "matrix",
+            "-f",
+            model.to_str().unwrap(),
+            "-f",
+            "-",
+            "-o",
+            "json",
+        ])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run portcullis");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&fs::read(&policy).unwrap())
+        .expect("write stdin");
+    let from_stdin = child.wait_with_output().expect("wait");
+    assert!(from_stdin.status.success(), "{}", text(&from_stdin.stderr));
+    assert_eq!(
+        cells(&text(&from_stdin.stdout)),
+        cells(&text(&from_files.stdout))
+    );
+    assert_eq!(
+        cells(&text(&from_stdin.stdout)),
+        cells(&fs::read_to_string(case.join("expected.json")).unwrap())
+    );
+}

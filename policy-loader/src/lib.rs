@@ -15,7 +15,7 @@ pub struct Loaded {
 }
 
 /// Reads YAML/JSON files; directories are walked recursively (`.yaml`, `.yml`, `.json`), in
-/// name order so that results never depend on the file system's order.
+/// name order so that results never depend on the file system's order. `-` is standard input.
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded {
         cluster: Cluster::new(),
@@ -23,6 +23,21 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
         ignored: Vec::new(),
     };
     for path in paths {
+        if path.as_os_str() == "-" {
+            // `kubectl get ns,pods,networkpolicies -A -o yaml | portcullis matrix -f -`
+            let mut text = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                Ok(_) => {
+                    let report = load_into(&mut loaded.cluster, &text, "<stdin>");
+                    loaded
+                        .errors
+                        .extend(report.errors.iter().map(LoadError::to_string));
+                    loaded.ignored.extend(report.ignored);
+                }
+                Err(e) => loaded.errors.push(format!("<stdin>: cannot read: {e}")),
+            }
+            continue;
+        }
         let mut files = Vec::new();
         if let Err(e) = collect_files(path, &mut files, true) {
             loaded.errors.push(e);
