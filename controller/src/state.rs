@@ -249,8 +249,8 @@ impl ClusterState {
                 let old = std::mem::replace(&mut self.pods[slot], pod);
                 self.forget_peer(&old, dirty);
                 self.learn_peer(slot, dirty);
-                self.mark_policies_depending_on(&old, dirty);
-                self.mark_policies_depending_on(&self.pods[slot].clone(), dirty);
+                let new = self.pods[slot].clone();
+                self.mark_policies_seeing_a_change(&old, &new, dirty);
             }
             None => {
                 let namespace = pod.namespace.clone();
@@ -391,42 +391,87 @@ impl ClusterState {
     /// Whether a pod can appear in a policy's resolved peers (as an address, or as the owner of
     /// a named port an egress rule refers to). Errs on the side of yes.
     fn policy_depends_on(&self, policy: &ValidPolicy, pod: &PodInfo) -> bool {
-        let rules = policy.ingress.iter().chain(&policy.egress);
-        for (i, rule) in rules.enumerate() {
-            let egress = i >= policy.ingress.len();
-            let named_egress = egress && has_named_ports(rule);
+        let mut any = false;
+        self.for_each_peer(policy, |named_egress, peer| {
+            any |= self.peer_includes(policy, named_egress, peer, pod);
+            !any
+        });
+        any
+    }
+
+    /// A changed pod: the policies whose resolved peers can differ. A label change that leaves
+    /// the pod inside (or outside) exactly the same peers changes no IP set, so it re-resolves
+    /// nothing; a change of address, ports or liveness matters wherever the pod is a peer.
+    fn mark_policies_seeing_a_change(&self, old: &PodInfo, new: &PodInfo, dirty: &mut Dirty) {
+        let facts_changed =
+            old.ips != new.ips || old.ports != new.ports || old.selectable() != new.selectable();
+        for (key, rp) in &self.policies {
+            let mut seen = false;
+            let mut moved = false;
+            self.for_each_peer(&rp.policy, |named_egress, peer| {
+                let before = self.peer_includes(&rp.policy, named_egress, peer, old);
+                let after = self.peer_includes(&rp.policy, named_egress, peer, new);
+                moved |= before != after;
+                seen |= before || after;
+                !moved
+            });
+            if moved || (seen && facts_changed) {
+                dirty.policies.insert(key.clone());
+            }
+        }
+    }
+
+    /// Calls `f(named_egress, peer)` for every peer of every rule (`None`: a rule without
+    /// peers) until it returns false.
+    fn for_each_peer<'p>(
+        &self,
+        policy: &'p ValidPolicy,
+        mut f: impl FnMut(bool, Option<&'p Peer>) -> bool,
+    ) {
+        for (i, rule) in policy.ingress.iter().chain(&policy.egress).enumerate() {
+            let named_egress = i >= policy.ingress.len() && has_named_ports(rule);
             match &rule.peers {
                 None => {
-                    if named_egress {
-                        return true;
+                    if !f(named_egress, None) {
+                        return;
                     }
                 }
                 Some(peers) => {
                     for peer in peers {
-                        match peer {
-                            Peer::Pods { namespaces, pods } => {
-                                let ns_ok = match namespaces {
-                                    None => pod.namespace == policy.namespace,
-                                    Some(sel) => self
-                                        .namespaces
-                                        .get(&pod.namespace)
-                                        .is_some_and(|ns| sel.matches(&ns.labels)),
-                                };
-                                if ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
-                                    return true;
-                                }
-                            }
-                            Peer::Block { cidr, .. } => {
-                                if named_egress && pod.ips.iter().any(|ip| cidr.contains(ip)) {
-                                    return true;
-                                }
-                            }
+                        if !f(named_egress, Some(peer)) {
+                            return;
                         }
                     }
                 }
             }
         }
-        false
+    }
+
+    /// Whether one peer of a policy takes `pod` into its resolution.
+    fn peer_includes(
+        &self,
+        policy: &ValidPolicy,
+        named_egress: bool,
+        peer: Option<&Peer>,
+        pod: &PodInfo,
+    ) -> bool {
+        match peer {
+            // Every pod, but only as the owner of the named ports egress rules refer to.
+            None => named_egress,
+            Some(Peer::Pods { namespaces, pods }) => {
+                let ns_ok = match namespaces {
+                    None => pod.namespace == policy.namespace,
+                    Some(sel) => self
+                        .namespaces
+                        .get(&pod.namespace)
+                        .is_some_and(|ns| sel.matches(&ns.labels)),
+                };
+                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+            Some(Peer::Block { cidr, .. }) => {
+                named_egress && pod.ips.iter().any(|ip| cidr.contains(ip))
+            }
+        }
     }
 
     fn recompile(&mut self, dirty: Dirty, applied: &mut Applied) {
