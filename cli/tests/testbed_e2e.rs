@@ -89,6 +89,29 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Whether a conformance case is about TCP only (the proxy's protocol).
+fn tcp_only(case: &Path) -> bool {
+    let policy = fs::read_to_string(case.join("policy.yaml")).unwrap();
+    !(policy.contains("UDP")
+        || policy.contains("SCTP")
+        || policy.contains("-udp")
+        || policy.contains("-sctp"))
+}
+
+/// The observed matrix of the e2e testbed on 80/TCP and 81/TCP, as JSON.
+fn probe_e2e() -> Output {
+    portcullis(&[
+        "testbed",
+        "probe",
+        "--name",
+        "e2e",
+        "--probe",
+        "80/TCP,81/TCP",
+        "-o",
+        "json",
+    ])
+}
+
 #[test]
 fn e2e_conformance_cases_hold_on_real_sockets() {
     require_root();
@@ -120,13 +143,8 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let mut ran = 0;
     let mut failures = Vec::new();
     for case in &cases {
-        let policy = fs::read_to_string(case.join("policy.yaml")).unwrap();
         // Portcullis proxies TCP; cases about other protocols are checked by the engine only.
-        if policy.contains("UDP")
-            || policy.contains("SCTP")
-            || policy.contains("-udp")
-            || policy.contains("-sctp")
-        {
+        if !tcp_only(case) {
             continue;
         }
         ran += 1;
@@ -145,16 +163,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "{name}: apply failed: {}",
             text(&apply.stderr)
         );
-        let probe = portcullis(&[
-            "testbed",
-            "probe",
-            "--name",
-            "e2e",
-            "--probe",
-            "80/TCP,81/TCP",
-            "-o",
-            "json",
-        ]);
+        let probe = probe_e2e();
         let observed = cells(&text(&probe.stdout), true);
         let expected = cells(
             &fs::read_to_string(case.join("expected.json")).unwrap(),
@@ -193,10 +202,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let last = cases
         .iter()
         .rev()
-        .find(|c| {
-            let p = fs::read_to_string(c.join("policy.yaml")).unwrap();
-            !(p.contains("UDP") || p.contains("SCTP") || p.contains("-udp") || p.contains("-sctp"))
-        })
+        .find(|c| tcp_only(c))
         .expect("a TCP case");
     let stop = portcullis(&["testbed", "stop-controller", "--name", "e2e"]);
     assert!(
@@ -205,16 +211,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         text(&stop.stdout),
         text(&stop.stderr)
     );
-    let probe = portcullis(&[
-        "testbed",
-        "probe",
-        "--name",
-        "e2e",
-        "--probe",
-        "80/TCP,81/TCP",
-        "-o",
-        "json",
-    ]);
+    let probe = probe_e2e();
     assert_eq!(
         cells(&text(&probe.stdout), true),
         cells(

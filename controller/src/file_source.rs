@@ -2,14 +2,12 @@
 //! local testbed. The directory is polled; each change becomes a relist of every kind, which
 //! [`crate::state::ClusterState`] turns into the few table updates it really implies.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_policy::{NamespaceInfo, PodInfo};
+use portcullis_policy_loader::fingerprint;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
@@ -107,34 +105,4 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "reading the policy directory failed"),
         }
     }
-}
-
-/// Names, sizes and modification times of every visible file: cheap to take, and different
-/// whenever an editor or `kubectl cp` changes something.
-fn fingerprint(dir: &Path) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            if e.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = e.path();
-            if let Ok(meta) = std::fs::metadata(&path) {
-                path.hash(&mut hasher);
-                meta.len().hash(&mut hasher);
-                meta.mtime().hash(&mut hasher);
-                meta.mtime_nsec().hash(&mut hasher);
-                if meta.is_dir() {
-                    stack.push(path);
-                }
-            }
-        }
-    }
-    hasher.finish()
 }

@@ -167,6 +167,8 @@ fn table_path(path: &str) -> Option<(&str, &str)> {
     (valid(namespace) && valid(pod)).then_some((namespace, pod))
 }
 
+const HEARTBEAT: &[u8] = b"{\"heartbeat\":true}\n";
+
 /// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one
 /// delta.
 const PEER_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -262,7 +264,7 @@ fn table_stream(
                         }
                     }
                 }
-                Next::Quiet => return Some((Bytes::from_static(b"{\"heartbeat\":true}\n"), s)),
+                Next::Quiet => return Some((Bytes::from_static(HEARTBEAT), s)),
                 Next::End => return None,
             }
         }
@@ -306,18 +308,9 @@ fn table_line(key: &str, v: &Versioned) -> Bytes {
     };
     metrics::counter!(telemetry::STREAM_UPDATES).increment(1);
     tracing::debug!(event = "table_sent", pod = %key, generation = v.generation);
-    match serde_json::to_vec(&line) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            Bytes::from(bytes)
-        }
-        // A table is plain data; serialising cannot fail short of a bug. Say so, and let the
-        // proxy keep its previous table.
-        Err(e) => {
-            tracing::error!(pod = %key, error = %e, "could not serialise a table");
-            Bytes::from_static(b"{\"heartbeat\":true}\n")
-        }
-    }
+    // A table is plain data; serialising cannot fail short of a bug (`json_line` says so), and
+    // then the proxy keeps its previous table.
+    json_line(&line).unwrap_or_else(|| Bytes::from_static(HEARTBEAT))
 }
 
 /// Keeps the active-streams gauge honest however a stream ends.

@@ -1,7 +1,10 @@
 //! Reads manifests from files and directories into a [`Cluster`]: the file-system half of
 //! `portcullis-policy`, shared by the CLI, the proxy (`--policy-dir`) and the controller (file mode).
 
+use std::collections::hash_map::DefaultHasher;
 use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use portcullis_policy::manifest::{load_into, LoadError};
@@ -110,4 +113,43 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("`{s}` is not a valid duration"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// A cheap summary of a directory's state, for polling it: names, sizes, times and inodes of
+/// every visible entry (hidden ones, such as staging areas, are ignored). Renaming a new directory
+/// into place changes it, as does editing a file in place.
+pub fn fingerprint(dir: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    walk(dir, &mut hasher);
+    hasher.finish()
+}
+
+fn walk(path: &Path, hasher: &mut DefaultHasher) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        path.hash(hasher);
+        "missing".hash(hasher);
+        return;
+    };
+    path.hash(hasher);
+    if meta.is_dir() {
+        // A directory's own times change with hidden entries (staging areas); its inode still
+        // tells a directory renamed into place from the old one.
+        meta.ino().hash(hasher);
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        let mut children: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        children.sort();
+        for child in children {
+            walk(&child, hasher);
+        }
+    } else {
+        (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()).hash(hasher);
+    }
 }

@@ -1,13 +1,11 @@
 //! `--policy-dir`: manifests on disk, polled for changes, compiled in this process.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_policy::{compile, PodTable};
+pub use portcullis_policy_loader::fingerprint;
 
 use super::PodIdentity;
 use crate::store::PolicyStore;
@@ -132,44 +130,6 @@ pub fn load(dir: &Path, pod: &PodIdentity) -> DirLoad {
             ));
             DirLoad::Failed(problems)
         }
-    }
-}
-
-/// A cheap summary of the directory's state: names, sizes, times and inodes of every entry.
-/// Renaming a new directory into place changes it, as does editing a file in place.
-pub fn fingerprint(dir: &Path) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    walk(dir, &mut hasher);
-    hasher.finish()
-}
-
-fn walk(path: &Path, hasher: &mut DefaultHasher) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        path.hash(hasher);
-        "missing".hash(hasher);
-        return;
-    };
-    path.hash(hasher);
-    if meta.is_dir() {
-        // A directory's own times change with hidden entries (staging areas); its inode still
-        // tells a directory renamed into place from the old one.
-        meta.ino().hash(hasher);
-        let Ok(entries) = std::fs::read_dir(path) else {
-            return;
-        };
-        let mut children: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        children.sort();
-        for child in children {
-            walk(&child, hasher);
-        }
-    } else {
-        (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()).hash(hasher);
     }
 }
 
