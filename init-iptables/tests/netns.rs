@@ -294,49 +294,121 @@ fn skipped_ports_and_cidrs_are_not_redirected() {
     assert!(accepted(&admin).is_some());
 }
 
-#[test]
-fn running_twice_is_idempotent_and_cleanup_restores_the_original_ruleset() {
-    let p = Pair::new();
-    // Something that was there before us, and must survive untouched.
-    let mut pre = Command::new("ip")
-        .args(["netns", "exec", &p.pod, "iptables-restore", "--noflush"])
+/// Runs `input` through `<prefix>-<backend>-restore --noflush` in `ns`.
+fn restore(ns: &str, program: &str, input: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, program, "--noflush"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("iptables-restore");
-    pre.stdin
+    child
+        .stdin
         .take()
         .expect("stdin")
-        .write_all(b"*nat\n:CNI-HOSTPORT - [0:0]\n-A PREROUTING -p tcp --dport 30000 -j CNI-HOSTPORT\nCOMMIT\n*filter\n-A INPUT -p tcp --dport 23 -j DROP\nCOMMIT\n")
+        .write_all(input.as_bytes())
         .expect("write");
-    assert!(pre.wait().expect("wait").success());
-    let before4 = p.save("iptables-save");
-    let before6 = p.save("ip6tables-save");
+    assert!(child.wait().expect("wait").success(), "{program}: {input}");
+}
 
-    p.init_ok(&[]);
-    let once4 = p.save("iptables-save");
-    let once6 = p.save("ip6tables-save");
-    assert_ne!(once4, before4);
-    p.init_ok(&["--skip-inbound-ports=22"]);
-    p.init_ok(&[]);
-    assert_eq!(
-        p.save("iptables-save"),
-        once4,
-        "a second run leaves one copy of each rule"
-    );
-    assert_eq!(p.save("ip6tables-save"), once6);
-    assert_eq!(once4.matches("-j PORTCULLIS_INBOUND").count(), 1);
+/// The lines of one table in `iptables-save` output.
+fn table_of(save: &str, table: &str) -> Vec<String> {
+    save.split(&format!("*{table}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("COMMIT").next())
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
 
-    p.init_ok(&["--cleanup"]);
-    assert_eq!(
-        p.save("iptables-save"),
-        before4,
-        "cleanup restores the IPv4 ruleset"
-    );
-    let after6 = p.save("ip6tables-save");
-    assert!(!after6.contains("PORTCULLIS"), "{after6}");
-    assert!(before6.is_empty() || after6 == before6);
-    // Cleanup twice is fine.
-    p.init_ok(&["--cleanup"]);
+const BACKENDS: [&str; 2] = ["nft", "legacy"];
+
+#[test]
+fn running_twice_is_idempotent_and_cleanup_restores_the_original_ruleset() {
+    for backend in BACKENDS {
+        let p = Pair::new();
+        let (save4, save6) = (
+            format!("iptables-{backend}-save"),
+            format!("ip6tables-{backend}-save"),
+        );
+        // Something that was there before us, in every table we write to, and must survive
+        // untouched.
+        let pre = "*raw\n-A PREROUTING -p udp -m udp --dport 53 -j CT --notrack\nCOMMIT\n\
+            *nat\n:CNI-HOSTPORT - [0:0]\n-A PREROUTING -p tcp -m tcp --dport 30000 -j CNI-HOSTPORT\nCOMMIT\n\
+            *filter\n-A INPUT -p tcp -m tcp --dport 23 -j DROP\n-A FORWARD -j ACCEPT\nCOMMIT\n";
+        restore(&p.pod, &format!("iptables-{backend}-restore"), pre);
+        restore(&p.pod, &format!("ip6tables-{backend}-restore"), pre);
+        let before4 = p.save(&save4);
+        let before6 = p.save(&save6);
+        let backend_flag = format!("--backend={backend}");
+
+        p.init_ok(&[&backend_flag]);
+        let once4 = p.save(&save4);
+        let once6 = p.save(&save6);
+        assert_ne!(once4, before4);
+        assert_ne!(once6, before6);
+        p.init_ok(&[&backend_flag, "--skip-inbound-ports=22"]);
+        p.init_ok(&[&backend_flag]);
+        assert_eq!(
+            p.save(&save4),
+            once4,
+            "{backend}: a second run leaves one copy of each rule"
+        );
+        assert_eq!(p.save(&save6), once6, "{backend}");
+        assert_eq!(once4.matches("-j PORTCULLIS_INBOUND").count(), 1);
+        // Our drops come before what was there: first in raw PREROUTING and filter FORWARD.
+        for (table, chain, ours) in [
+            ("raw", "PREROUTING", "PORTCULLIS_ANTISPOOF"),
+            ("filter", "FORWARD", "PORTCULLIS_FORWARD"),
+        ] {
+            let first = table_of(&once4, table)
+                .into_iter()
+                .find(|l| l.starts_with(&format!("-A {chain} ")));
+            assert_eq!(
+                first,
+                Some(format!("-A {chain} -j {ours}")),
+                "{backend}:\n{once4}"
+            );
+        }
+
+        p.init_ok(&[&backend_flag, "--cleanup"]);
+        assert_eq!(
+            p.save(&save4),
+            before4,
+            "{backend}: cleanup restores the IPv4 ruleset"
+        );
+        assert_eq!(
+            p.save(&save6),
+            before6,
+            "{backend}: cleanup restores the IPv6 ruleset"
+        );
+        // Cleanup twice is fine.
+        p.init_ok(&[&backend_flag, "--cleanup"]);
+    }
+}
+
+#[test]
+fn cleanup_in_an_empty_namespace_leaves_no_rule_behind() {
+    for backend in BACKENDS {
+        let p = Pair::new();
+        let backend_flag = format!("--backend={backend}");
+        p.init_ok(&[&backend_flag]);
+        p.init_ok(&[&backend_flag, "--cleanup"]);
+        for program in [
+            format!("iptables-{backend}-save"),
+            format!("ip6tables-{backend}-save"),
+        ] {
+            let after = p.save(&program);
+            // iptables cannot delete a table: the ones we created stay, empty, every built-in
+            // chain with policy ACCEPT, which filters nothing.
+            for line in after.lines() {
+                assert!(
+                    line.starts_with('*')
+                        || line == "COMMIT"
+                        || (line.starts_with(':') && line.ends_with(" ACCEPT")),
+                    "{backend}: `{line}` left after cleanup:\n{after}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
