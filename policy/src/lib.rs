@@ -16,6 +16,7 @@ pub mod ipset;
 pub mod manifest;
 pub mod matrix;
 pub mod ports;
+pub mod protection;
 pub mod selector;
 pub mod service;
 pub mod synthetic;
