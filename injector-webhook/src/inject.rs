@@ -160,19 +160,19 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
     if spec.containers.is_empty() {
         return Decision::untouched(SkipReason::InvalidPod, warnings);
     }
-    let all_containers = || {
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-    };
-    if all_containers().any(|c| c.name == PROXY_CONTAINER_NAME) {
-        return Decision::untouched(SkipReason::AlreadyInjected, warnings);
-    }
-
     let ns_annotations = match namespace {
         NamespaceDefaults::Annotations(map) => Some(map),
         NamespaceDefaults::Unavailable(_) | NamespaceDefaults::Disabled => None,
     };
+    let already_injected = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER_NAME);
+    if already_injected {
+        return check_already_injected(pod, spec, ns_annotations, cfg);
+    }
+
     // Without the namespace's word, pods may not weaken their own enforcement (fail closed).
     let allowed = overrides::allowed(ns_annotations, &mut warnings);
     let (pod_annotations, ignored) =
@@ -193,11 +193,36 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
         return Decision::not_injected(pod, SkipReason::HostNetwork, warnings, ignored);
     }
     if let Some(conflict) = name_conflict(spec) {
+        // Taking a name the injector needs is a way of not being injected: only where the
+        // namespace lets its pods opt out.
+        if !allowed {
+            return Decision {
+                outcome: Outcome::Deny(format!(
+                    "portcullis: refused: the pod has a {conflict}, a name Portcullis needs to police it, and its namespace does not allow pods to opt out. Rename it."
+                )),
+                warnings,
+                ignored_overrides: ignored,
+                exemptions: None,
+            };
+        }
         warnings.push(format!(
             "portcullis: pod already has a {conflict}; not injected, traffic is not policed"
         ));
         return Decision::not_injected(pod, SkipReason::NameConflict(conflict), warnings, ignored);
     }
+    inject_or_refuse(pod, spec, namespace, &layers, cfg, warnings, ignored)
+}
+
+/// The pod is to be policed: refuse it if it runs as the proxy's UID, else inject it.
+fn inject_or_refuse(
+    pod: &Pod,
+    spec: &PodSpec,
+    namespace: &NamespaceDefaults,
+    layers: &Layers<'_>,
+    cfg: &InjectorConfig,
+    mut warnings: Vec<String>,
+    ignored: Vec<IgnoredOverride>,
+) -> Decision {
     let uid_users = proxy_uid_users(spec, cfg.proxy_uid);
     if !uid_users.is_empty() {
         return Decision {
@@ -214,7 +239,7 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
         ));
     }
 
-    let settings = resolve_settings(&layers, cfg, &mut warnings);
+    let settings = resolve_settings(layers, cfg, &mut warnings);
     warn_about_pod(spec, &settings, &mut warnings);
     let plan = capability_plan(spec, settings.drop_net_raw);
     if !plan.holders.is_empty() {
@@ -242,6 +267,92 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
         ignored_overrides: ignored,
         exemptions,
     }
+}
+
+/// A pod that already carries `portcullis-proxy`: a reinvocation or a re-submitted injected pod,
+/// left alone, or a pod whose author wrote look-alike containers (a proxy that checks nothing,
+/// an init container that installs nothing, or ours with other settings), refused. The
+/// containers must be exactly what this injector would add now, in every field that decides
+/// enforcement.
+fn check_already_injected(
+    pod: &Pod,
+    spec: &PodSpec,
+    ns_annotations: Option<&BTreeMap<String, String>>,
+    cfg: &InjectorConfig,
+) -> Decision {
+    // The same settings as on the first pass; its warnings were given then.
+    let mut scratch = Vec::new();
+    let allowed = overrides::allowed(ns_annotations, &mut scratch);
+    let (pod_annotations, _) =
+        overrides::effective(pod.metadata.annotations.as_ref(), allowed, &mut scratch);
+    let layers = Layers {
+        pod: pod_annotations.as_ref(),
+        namespace: ns_annotations,
+    };
+    let settings = resolve_settings(&layers, cfg, &mut scratch);
+    match injected_mismatch(spec, &settings, cfg) {
+        None => Decision::untouched(SkipReason::AlreadyInjected, Vec::new()),
+        Some(why) => Decision {
+            outcome: Outcome::Deny(format!(
+                "portcullis: refused: the pod carries containers named {INIT_CONTAINER_NAME}/{PROXY_CONTAINER_NAME} that are not the ones this injector adds ({why}). Remove them: the injector adds its own."
+            )),
+            warnings: Vec::new(),
+            ignored_overrides: Vec::new(),
+            exemptions: None,
+        },
+    }
+}
+
+/// What differs between the pod's `portcullis-*` containers and ours, if anything.
+fn injected_mismatch(spec: &PodSpec, settings: &Settings, cfg: &InjectorConfig) -> Option<String> {
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let Some(init) = inits.first().filter(|c| c.name == INIT_CONTAINER_NAME) else {
+        return Some(format!(
+            "{INIT_CONTAINER_NAME} is not the first init container"
+        ));
+    };
+    let proxy = inits
+        .iter()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == PROXY_CONTAINER_NAME)?;
+    for (got, want) in [
+        (init, init_container(settings, cfg)),
+        (proxy, proxy_container(settings, cfg)),
+    ] {
+        let name = &want.name;
+        // Other webhooks may add unrelated variables; ours must be exactly ours.
+        let ours = |c: &Container| -> Vec<EnvVar> {
+            c.env
+                .iter()
+                .flatten()
+                .filter(|e| {
+                    e.name.starts_with("PORTCULLIS_")
+                        || want.env.iter().flatten().any(|w| w.name == e.name)
+                })
+                .cloned()
+                .collect()
+        };
+        if got.image != want.image {
+            return Some(format!(
+                "{name} image {:?}",
+                got.image.as_deref().unwrap_or("")
+            ));
+        }
+        if got.command.is_some() || got.args.is_some() {
+            return Some(format!("{name} has a command or args"));
+        }
+        if got.env_from.is_some() {
+            return Some(format!("{name} has envFrom"));
+        }
+        if ours(got) != ours(&want) {
+            return Some(format!("{name} environment"));
+        }
+        let uid = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_user);
+        if uid(got) != uid(&want) {
+            return Some(format!("{name} runAsUser"));
+        }
+    }
+    None
 }
 
 /// Every way in which the injected pod is less than fully enforced.
@@ -398,6 +509,16 @@ fn name_conflict(spec: &PodSpec) -> Option<String> {
     for c in containers {
         if c.name == INIT_CONTAINER_NAME {
             return Some(format!("container named {INIT_CONTAINER_NAME}"));
+        }
+        // The proxy's identity (its token) and the init container's /run are not the app's.
+        for m in c.volume_mounts.iter().flatten() {
+            if m.name == TOKEN_VOLUME_NAME || m.name == INIT_RUN_VOLUME_NAME {
+                return Some(format!(
+                    "container {:?} that mounts volume {}",
+                    shorten(&c.name, 63),
+                    m.name
+                ));
+            }
         }
     }
     for v in spec.volumes.iter().flatten() {

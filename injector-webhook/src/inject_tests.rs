@@ -668,17 +668,120 @@ fn reinvocation_is_idempotent_in_both_modes() {
 }
 
 #[test]
-fn conflicting_names_skip_with_a_warning() {
-    let p = pod(json!({"spec": {"containers": [{"name": "app"}, {"name": "portcullis-init"}]}}));
-    let (reason, warnings) = skip_reason(&p, &no_ns(), &InjectorConfig::default());
-    assert!(matches!(reason, SkipReason::NameConflict(_)));
-    assert_eq!(warnings.len(), 1);
-    let p = pod(json!({"spec": {"containers": [{"name": "app"}],
-        "volumes": [{"name": "portcullis-token", "emptyDir": {}}]}}));
-    assert!(matches!(
-        skip_reason(&p, &no_ns(), &InjectorConfig::default()).0,
-        SkipReason::NameConflict(_)
-    ));
+fn conflicting_names_are_refused_unless_the_namespace_allows_opting_out() {
+    let cfg = InjectorConfig::default();
+    let conflicts = [
+        json!({"spec": {"containers": [{"name": "app"}, {"name": "portcullis-init"}]}}),
+        json!({"spec": {"containers": [{"name": "app"}],
+            "volumes": [{"name": "portcullis-token", "emptyDir": {}}]}}),
+        // Mounting the proxy's identity, which the injector is about to add.
+        json!({"spec": {"containers": [{"name": "app",
+            "volumeMounts": [{"name": "portcullis-token", "mountPath": "/t"}]}]}}),
+    ];
+    for p in conflicts {
+        let p = pod(p);
+        let d = decide(&p, &no_ns(), &cfg);
+        let Outcome::Deny(msg) = &d.outcome else {
+            panic!("expected a refusal, got {:?}", d.outcome);
+        };
+        assert!(msg.contains("Rename it"), "{msg}");
+        let (reason, warnings) = skip_reason(&p, &permissive_ns(&[]), &cfg);
+        assert!(matches!(reason, SkipReason::NameConflict(_)));
+        assert_eq!(warnings.len(), 1);
+    }
+}
+
+#[test]
+fn look_alike_portcullis_containers_are_refused() {
+    let cfg = InjectorConfig::default();
+    // A "proxy" that checks nothing, and no init container: the pod would run unpoliced.
+    let fake = pod(json!({"spec": {"containers": [
+        {"name": "app"}, {"name": "portcullis-proxy", "image": "busybox", "command": ["sleep", "inf"]}
+    ]}}));
+    let d = decide(&fake, &permissive_ns(&[]), &cfg);
+    let Outcome::Deny(msg) = &d.outcome else {
+        panic!("expected a refusal, got {:?}", d.outcome);
+    };
+    assert!(
+        msg.contains("portcullis-init is not the first init container"),
+        "{msg}"
+    );
+
+    // Our containers, with one field changed each time.
+    let (injected, _) = inject(&app_pod(), &no_ns(), &cfg);
+    let tamper = |f: &dyn Fn(&mut Value)| {
+        let mut v = serde_json::to_value(&injected).expect("json");
+        f(&mut v);
+        pod(v)
+    };
+    let cases: Vec<(&str, Pod)> = vec![
+        (
+            "environment",
+            tamper(&|v| {
+                v["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .expect("env")
+                    .push(json!({"name": "PORTCULLIS_SKIP_OUTBOUND_CIDRS", "value": "0.0.0.0/0"}))
+            }),
+        ),
+        (
+            "environment",
+            tamper(&|v| {
+                v["spec"]["initContainers"][1]["env"]
+                    .as_array_mut()
+                    .expect("env")
+                    .retain(|e| e["name"] != "POD_IPS")
+            }),
+        ),
+        (
+            "envFrom",
+            tamper(&|v| {
+                v["spec"]["initContainers"][0]["envFrom"] = json!([{"configMapRef": {"name": "x"}}])
+            }),
+        ),
+        (
+            "image",
+            tamper(&|v| {
+                v["spec"]["initContainers"][1]["image"] =
+                    json!("evil.example/portcullis-proxy:0.1.0")
+            }),
+        ),
+        (
+            "command",
+            tamper(&|v| v["spec"]["initContainers"][0]["command"] = json!(["true"])),
+        ),
+        (
+            "runAsUser",
+            tamper(&|v| v["spec"]["initContainers"][1]["securityContext"]["runAsUser"] = json!(0)),
+        ),
+        (
+            "first init container",
+            tamper(&|v| {
+                v["spec"]["initContainers"]
+                    .as_array_mut()
+                    .expect("inits")
+                    .swap(0, 1)
+            }),
+        ),
+    ];
+    for (what, p) in cases {
+        let d = decide(&p, &no_ns(), &cfg);
+        let Outcome::Deny(msg) = &d.outcome else {
+            panic!("{what}: expected a refusal, got {:?}", d.outcome);
+        };
+        assert!(msg.contains(what), "{what}: {msg}");
+    }
+    // A variable another webhook adds to every container is not ours to judge.
+    let p = tamper(&|v| {
+        v["spec"]["initContainers"][1]["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!({"name": "HTTP_PROXY", "value": "http://squid:3128"}))
+    });
+    assert_eq!(
+        skip_reason(&p, &no_ns(), &cfg).0,
+        SkipReason::AlreadyInjected
+    );
 }
 
 #[test]
