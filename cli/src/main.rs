@@ -2,6 +2,7 @@
 
 mod demo;
 mod explain;
+mod lint;
 
 mod matrix;
 mod render;
@@ -33,6 +34,9 @@ enum Command {
     Matrix(matrix::MatrixArgs),
     /// Explain the verdict for one connection, in words.
     Explain(explain::ExplainArgs),
+    /// Find unknown fields (errors, as the API server's strict validation) and policies that
+    /// probably do not do what was meant (warnings). Exit status 1 on errors.
+    Lint(lint::LintArgs),
     /// A local cluster in network namespaces with the real init container and proxies (root).
     Testbed(testbed_cli::TestbedArgs),
     /// Run the kangaroo example end to end in a testbed, apply a policy change live (root).
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Lint(args) => lint::run(args),
         Command::Testbed(args) => testbed_cli::run(args),
         Command::Demo(args) => demo::run(args),
     };
