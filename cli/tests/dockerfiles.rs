@@ -205,7 +205,8 @@ fn dockerfiles_build_the_same_way_and_match_conventions_and_manifests() {
         assert_eq!(froms.len(), 2, "{path}: a build stage and a runtime stage");
         builders.insert(froms[0].to_string());
         assert!(froms[0].ends_with(" AS build"), "{path}: {}", froms[0]);
-        let run = one(&ins, "RUN", &path)[0];
+        let runs = one(&ins, "RUN", &path);
+        let run = runs[0];
         assert_eq!(
             run,
             format!("cargo build --release --locked -p {package} --bin {bin}"),
@@ -220,6 +221,15 @@ fn dockerfiles_build_the_same_way_and_match_conventions_and_manifests() {
             one(&ins, "ENTRYPOINT", &path),
             vec![format!("[\"/usr/local/bin/{bin}\"]")],
             "{path}"
+        );
+        // The proxy's file capability (CONVENTIONS: `setcap cap_net_admin+p`, never +ep).
+        let setcap = runs
+            .iter()
+            .any(|r| r.contains(&format!("setcap cap_net_admin+p /src/target/release/{bin}")));
+        assert_eq!(setcap, img.dir == "proxy", "{path}: setcap cap_net_admin+p");
+        assert!(
+            !runs.iter().any(|r| r.contains("+ep") || r.contains("=ep")),
+            "{path}: an effective file capability breaks exec"
         );
         let users: Vec<&str> = ins
             .iter()
