@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod compile;
 pub mod error;
 pub mod ipset;
+pub mod lint;
 pub mod manifest;
 pub mod matrix;
 pub mod ports;
