@@ -40,8 +40,9 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: String,
 
-    /// This pod's IPs, comma separated (downward API `status.podIPs`). Used to recognise
-    /// connections to the pod itself and checked against the policy table.
+    /// This pod's IPs, comma separated (downward API `status.podIPs`). Required: the inbound
+    /// proxy forwards only to these addresses (any port) and refuses connections addressed
+    /// anywhere else; the proxy does not start without them.
     #[arg(long, env = "POD_IPS", value_delimiter = ',')]
     pub pod_ips: Vec<IpAddr>,
 
@@ -199,6 +200,28 @@ mod tests {
         assert!(c.outbound_listen.iter().all(|a| a.port() == 4140));
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.on_policy_change, OnPolicyChange::Close);
+    }
+
+    #[test]
+    fn pod_ips_parse_as_a_list_and_garbage_is_an_error() {
+        let c = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--pod-ips=10.0.0.1,fd00::1",
+        ])
+        .expect("parses");
+        assert_eq!(c.pod_ips.len(), 2);
+        let err = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--pod-ips=10.0.0.1,not-an-ip",
+        ])
+        .expect_err("garbage");
+        assert!(err.to_string().contains("not-an-ip"), "{err}");
     }
 
     #[test]

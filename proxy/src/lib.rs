@@ -3,7 +3,8 @@
 //!
 //! Where to look:
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
-//! - what happens to one connection: [`connection`]; who the peer is: [`route`];
+//! - what happens to one connection: [`connection`]; who the peer is: [`route`]; where inbound
+//!   connections may go (only this pod's addresses): [`inbound`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
 //! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
@@ -13,6 +14,7 @@ pub mod audit;
 pub mod authorize;
 pub mod config;
 pub mod connection;
+pub mod inbound;
 pub mod limits;
 pub mod listener;
 pub mod relay;
@@ -47,6 +49,8 @@ pub struct Context {
     pub store: Arc<PolicyStore>,
     pub audit: AuditLog,
     pub connection_slots: Arc<Semaphore>,
+    /// `POD_IPS`: the only destinations inbound connections are forwarded to.
+    pub pod_addresses: inbound::PodAddresses,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -65,6 +69,9 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    // Fail closed: without the pod's own addresses the inbound proxy cannot tell this pod from a
+    // neighbour it is asked to relay to.
+    let pod_addresses = inbound::PodAddresses::new(&config.pod_ips)?;
     fit_max_connections(&mut config);
     let store = Arc::new(PolicyStore::new());
     let pod = PodIdentity {
@@ -83,6 +90,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         store: store.clone(),
         audit: AuditLog::new(config.audit_window),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        pod_addresses,
         ingress: DirectionMetrics::new(Direction::Ingress),
         egress: DirectionMetrics::new(Direction::Egress),
     });

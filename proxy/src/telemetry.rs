@@ -30,7 +30,8 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections refused before any policy decision, by direction and reason \
-         (no_policy, max_connections, not_redirected)."
+         (no_policy, max_connections, not_redirected, destination_not_pod, destination_loopback, \
+         original_destination_unreadable)."
     );
     describe_counter!(
         CONNECTIONS_TERMINATED,
