@@ -132,6 +132,30 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
     pub admin_listen: SocketAddr,
 
+    /// Connections the admin listener holds at once; more are reset and counted
+    /// (`portcullis_admin_connections_refused_total`). Their descriptors are set aside from the
+    /// data path's budget, so the admin port can never starve proxied traffic.
+    #[arg(long, env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+
+    /// Admin connections held at once from one peer address (0: no per-peer limit), so that one
+    /// pod cannot take every slot from kubelet and the scrapers.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 16
+    )]
+    pub admin_max_connections_per_peer: usize,
+
+    /// An admin client must send a complete request head within this time (also the longest an
+    /// idle keep-alive connection waits for its next request).
+    #[arg(long, env = "PORTCULLIS_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_timeout: Duration,
+
+    /// An admin connection that moves no byte for this long is closed.
+    #[arg(long, env = "PORTCULLIS_ADMIN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub admin_idle_timeout: Duration,
+
     /// Connections proxied at once (inbound and outbound together); more are reset and counted.
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,

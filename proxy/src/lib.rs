@@ -120,6 +120,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         outbound = ?config.outbound_listen,
         admin = %config.admin_listen,
         max_connections = config.max_connections,
+        admin_max_connections = config.admin_max_connections,
         version = env!("CARGO_PKG_VERSION"),
     );
 
@@ -129,6 +130,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
+        admin_guard(&config),
         admin_stop_rx,
     ));
     let mut accept_loops = Vec::new();
@@ -187,24 +189,56 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     Ok(())
 }
 
+/// The admin listener's connection cap and timeouts.
+fn admin_guard(config: &Config) -> Arc<portcullis_serve_guard::Guard> {
+    use portcullis_serve_guard::{Guard, GuardMetrics, Limits};
+    use telemetry::{ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_REFUSED, ADMIN_CONNECTIONS_TIMED_OUT};
+    Guard::new(
+        Limits {
+            max_connections: config.admin_max_connections,
+            max_connections_per_peer: config.admin_max_connections_per_peer,
+            header_read_timeout: config.admin_header_timeout,
+            idle_timeout: config.admin_idle_timeout,
+        },
+        GuardMetrics {
+            active: Some(metrics::gauge!(ADMIN_CONNECTIONS)),
+            refused_full: Some(
+                metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "reason" => "max_connections"),
+            ),
+            refused_peer_full: Some(
+                metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "reason" => "max_connections_per_peer"),
+            ),
+            timed_out: Some(metrics::counter!(ADMIN_CONNECTIONS_TIMED_OUT)),
+        },
+    )
+}
+
 /// Lowers `--max-connections` to what the descriptor limit can hold, saying so: beyond it the
-/// proxy resets new connections cleanly instead of failing with `EMFILE` mid-flight.
+/// proxy resets new connections cleanly instead of failing with `EMFILE` mid-flight. The admin
+/// listener's share (`--admin-max-connections`) is set aside first: it can never take the data
+/// path's descriptors.
 fn fit_max_connections(config: &mut Config) {
+    config.admin_max_connections = config.admin_max_connections.max(1);
     let Some(nofile) = limits::nofile_limit() else {
         return;
     };
     let requested = config.max_connections;
-    let (effective, lowered) =
-        limits::effective_max_connections(requested, nofile, config.worker_threads);
+    let (effective, lowered) = limits::effective_max_connections(
+        requested,
+        nofile,
+        config.worker_threads,
+        config.admin_max_connections,
+    );
     if lowered {
+        let admin = config.admin_max_connections;
         tracing::warn!(
             event = "max_connections_lowered",
             max_connections = requested,
             rlimit_nofile = nofile,
             effective_max_connections = effective,
             "the file descriptor limit (RLIMIT_NOFILE {nofile}) cannot hold --max-connections \
-             {requested} (2 descriptors per connection, plus pipes while data moves and the \
-             proxy's own): accepting at most {effective} connections at once and resetting the \
+             {requested} (2 descriptors per connection, plus pipes while data moves, the \
+             proxy's own and the admin port's {admin}): accepting at most {effective} connections at once and resetting the \
              rest; raise the limit or lower --max-connections",
         );
         config.max_connections = effective;
