@@ -1,5 +1,6 @@
 //! Plain-HTTP admin endpoints: `/metrics`, `/ready` (200 once every kind is listed and until
-//! shutdown starts), `/live`.
+//! shutdown starts), `/live`. Guarded like the table API: `--admin-max-connections`
+//! (`--admin-max-connections-per-peer` from one address), `--header-timeout`, `--idle-timeout`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +9,12 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use portcullis_serve_guard::{reset, Guard};
 
 pub struct Admin {
     pub hub: Arc<Hub>,
@@ -21,25 +22,34 @@ pub struct Admin {
     pub draining: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    guard: Arc<Guard>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(admission) = guard.admit(peer.ip()) else {
+            reset(stream);
+            continue;
+        };
         let admin = admin.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(respond(&admin, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = guard.serve(stream, service).await;
+            drop(admission);
         });
     }
 }
