@@ -103,3 +103,71 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use portcullis_serve_guard::{GuardMetrics, Limits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn half_sent_requests_hold_at_most_the_cap_and_the_probes_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let admin = Arc::new(Admin {
+            hub: Arc::new(Hub::new()),
+            prometheus: None,
+            draining: Default::default(),
+        });
+        let guard = Guard::new(
+            Limits {
+                max_connections: 4,
+                max_connections_per_peer: 0,
+                header_read_timeout: Duration::from_millis(300),
+                idle_timeout: Duration::from_secs(60),
+            },
+            GuardMetrics::default(),
+        );
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, admin, guard.clone(), stop_rx));
+        assert!(get(addr, "/live").await.expect("live").contains("200 OK"));
+
+        let mut slow = Vec::new();
+        for _ in 0..20 {
+            // Beyond the cap the reset may come before connect() returns.
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                continue;
+            };
+            let _ = s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n").await;
+            slow.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(guard.active(), 4, "held beyond the cap");
+        // The slow ones are dropped at the header timeout; the probe answers again.
+        let mut answered = false;
+        for _ in 0..100 {
+            if let Ok(out) = get(addr, "/live").await {
+                if out.contains("200 OK") {
+                    answered = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "/live never answered again");
+        drop(slow);
+    }
+}
