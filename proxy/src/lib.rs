@@ -238,8 +238,9 @@ fn fit_max_connections(config: &mut Config) {
             effective_max_connections = effective,
             "the file descriptor limit (RLIMIT_NOFILE {nofile}) cannot hold --max-connections \
              {requested} (2 descriptors per connection, plus pipes while data moves, the \
-             proxy's own and the admin port's {admin}): accepting at most {effective} connections at once and resetting the \
-             rest; raise the limit or lower --max-connections",
+             proxy's own and the admin port's {admin}): accepting at most {effective} \
+             connections at once and resetting the rest; raise the limit or lower \
+             --max-connections",
         );
         config.max_connections = effective;
     }
