@@ -1346,10 +1346,10 @@ fn a_slowloris_on_the_admin_port_starves_neither_traffic_nor_memory() {
         attempts >= HALF_SENT,
         "the attack never got going: {attempts}"
     );
-    // The cap counts admitted connections; at the moment a batch of them times out and new ones
-    // are admitted, the proxy also holds the one connection it is resetting and, briefly, a few
-    // being torn down (observed: at most 67 with other tests running, 65 alone). Without the
-    // cap it held every one of the 3,000 (until its descriptors ran out).
+    // The cap counts admitted connections; the proxy also holds the one it is resetting. Under
+    // heavy CPU load a few more accepted sockets than admitted ones were seen at once (at most
+    // 67 with other tests running, 65 alone; the cause is not understood yet), hence the slack.
+    // Without the cap it held every one of the 3,000 (until its descriptors ran out).
     assert!(
         max_admin_held <= ADMIN_CAP + 4,
         "the admin port held {max_admin_held} connections (cap {ADMIN_CAP})"
