@@ -143,6 +143,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let admin = Arc::new(Admin {
             hub: Arc::new(Hub::new()),
+            protection: Arc::default(),
             prometheus: None,
             draining: Default::default(),
         });
