@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod datagram;
 pub mod rules;
 
 use anyhow::{bail, Context, Result};
@@ -33,8 +34,10 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 .push("IPv6: not available in this network namespace; skipped".into());
             continue;
         }
-        match run_family(cfg, backend, family) {
-            Ok(line) => report.lines.push(line),
+        match run_family(cfg, backend, family)
+            .and_then(|line| Ok([line, run_datagram(cfg, backend, family)?]))
+        {
+            Ok(lines) => report.lines.extend(lines),
             Err(e) if family == Family::V6 && !has_ipv6_address() => {
                 // No IPv6 address but for ::1: there is no IPv6 traffic to redirect.
                 report.lines.push(format!(
@@ -92,6 +95,54 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
         cfg.inbound_port,
         cfg.outbound_port,
         cfg.proxy_uid
+    ))
+}
+
+/// The UDP/SCTP queue rules of one family (filter table): installed and verified, or, with
+/// `--cleanup` or `--enforce-udp=false`, removed.
+fn run_datagram(cfg: &Config, backend: Backend, family: Family) -> Result<String> {
+    let name = family.name();
+    let current = if cfg.dry_run {
+        backend::save_table(backend, family, "filter").unwrap_or_default()
+    } else {
+        backend::save_table(backend, family, "filter")?
+    };
+    if cfg.cleanup || !cfg.enforce_udp {
+        let absent = if cfg.cleanup {
+            format!("{name}: no UDP/SCTP queue rules of ours to remove")
+        } else {
+            format!("{name}: UDP and SCTP are NOT enforced (--enforce-udp=false): no queue rules")
+        };
+        let Some(input) = datagram::cleanup(&current) else {
+            return Ok(absent);
+        };
+        if cfg.dry_run {
+            print!("{input}");
+            return Ok(format!(
+                "{name}: dry run, UDP/SCTP queue rules left as they are"
+            ));
+        }
+        backend::restore(backend, family, &input)
+            .with_context(|| format!("removing the {name} UDP/SCTP queue rules"))?;
+        let after = backend::save_table(backend, family, "filter")?;
+        if datagram::cleanup(&after).is_some() {
+            bail!("{name}: PORTCULLIS_UDP_* rules are still there after removing them");
+        }
+        return Ok(format!("{absent} (removed the ones there were)"));
+    }
+    let input = datagram::install(cfg, family, &current);
+    if cfg.dry_run {
+        print!("{input}");
+        return Ok(format!("{name}: dry run, UDP/SCTP queue rules not written"));
+    }
+    backend::restore(backend, family, &input)
+        .with_context(|| format!("installing the {name} UDP/SCTP queue rules"))?;
+    let after = backend::save_table(backend, family, "filter")?;
+    datagram::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "{name}: the first packet of each new UDP and SCTP flow -> NFQUEUE {} (no bypass: \
+         dropped while no proxy reads it), verified",
+        cfg.nfqueue
     ))
 }
 

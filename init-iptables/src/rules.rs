@@ -198,11 +198,11 @@ pub fn verify(cfg: &Config, family: Family, nat_after: &str) -> Result<(), Strin
     }
 }
 
-fn has_rule(save: &str, rule: &str) -> bool {
+pub(crate) fn has_rule(save: &str, rule: &str) -> bool {
     save.lines().any(|l| l.trim() == rule)
 }
 
-fn has_chain(save: &str, chain: &str) -> bool {
+pub(crate) fn has_chain(save: &str, chain: &str) -> bool {
     save.lines().any(|l| {
         l.strip_prefix(':')
             .and_then(|r| r.split_whitespace().next())
