@@ -60,7 +60,7 @@ pub struct Config {
     /// Send the first packet of every new UDP and SCTP flow (inbound and outbound) to the
     /// proxy's NFQUEUE for a verdict. `false` installs no queue rules (and removes ours if a
     /// previous run left them): UDP and SCTP then pass unchecked, and the proxy says so.
-    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
     /// NFQUEUE number the proxy reads (the same `--nfqueue` as the proxy's).

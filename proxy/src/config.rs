@@ -159,7 +159,7 @@ pub struct Config {
     /// Enforce policy on UDP and SCTP: read the first packet of each new flow from NFQUEUE
     /// `--nfqueue` (needs CAP_NET_ADMIN). `false`: no queue is read, and the proxy says at start,
     /// in `/policy` and in `portcullis_enforced_protocols` that UDP and SCTP are not enforced.
-    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
     /// NFQUEUE number that portcullis-init's UDP/SCTP rules send new flows to.
@@ -220,6 +220,15 @@ mod tests {
         ])
         .expect("parses");
         assert!(!off.enforce_udp);
+        let bare = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--enforce-udp",
+        ])
+        .expect("parses");
+        assert!(bare.enforce_udp);
     }
 
     #[test]
