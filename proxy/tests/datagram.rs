@@ -855,3 +855,45 @@ fn without_net_admin_enforcing_is_a_clear_start_error() {
     let mut buf = [0u8; 8];
     assert!(pod_app.recv_from(&mut buf).is_err(), "fail closed");
 }
+
+#[test]
+fn an_egress_flow_is_revoked_too_and_an_ipv6_one() {
+    let t = Setup::new(&[EGRESS_UDP_5353], ENFORCING);
+    udp_echo(&t.peer_ns, &format!("0.0.0.0:{ALLOWED}"));
+    udp_echo(&t.peer_ns, &format!("[{PEER_IP6}]:{ALLOWED}"));
+    t.wait_ready();
+    let app = udp(&t.pod_ns, "0.0.0.0:0");
+    let app6 = udp(&t.pod_ns, "[::]:0");
+    assert!(echoed(&app, &format!("{PEER_IP}:{ALLOWED}"), "out"));
+    assert!(echoed(&app6, &format!("[{PEER_IP6}]:{ALLOWED}"), "out6"));
+    let flow = format!(
+        "sport={} dport={ALLOWED}",
+        app.local_addr().expect("addr").port()
+    );
+    assert!(t.conntrack_udp().contains(&flow));
+
+    // Egress to the client on 5353/UDP is gone: default deny for egress.
+    t.write_policy(
+        "001-policy.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: no-egress, namespace: x}\n\
+         spec: {podSelector: {}, policyTypes: [Egress]}\n",
+    );
+    t.wait_for("generation 2", || t.generation() == 2);
+    t.wait_for("both flows revoked", || {
+        t.log_lines("connection_terminated").len() == 2
+    });
+    assert!(!t.conntrack_udp().contains(&flow));
+    assert!(ask(&app, &format!("{PEER_IP}:{ALLOWED}"), b"after").is_none());
+    assert!(ask(&app6, &format!("[{PEER_IP6}]:{ALLOWED}"), b"after6").is_none());
+    let lines = t.log_lines("connection_terminated");
+    assert!(lines
+        .iter()
+        .all(|l| l["direction"] == "egress" && l["protocol"] == "UDP"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["dst"] == format!("[{PEER_IP6}]:{ALLOWED}")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| l["peer_pod"] == "client"), "{lines:?}");
+}
