@@ -897,3 +897,99 @@ fn an_egress_flow_is_revoked_too_and_an_ipv6_one() {
     );
     assert!(lines.iter().all(|l| l["peer_pod"] == "client"), "{lines:?}");
 }
+
+/// The Internet checksum of `parts`, concatenated.
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// An IPv6 UDP packet to `dst_port` behind `options` destination-options headers.
+fn udp6_behind_options(src: &str, dst: &str, dst_port: u16, options: usize) -> Vec<u8> {
+    let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        (src.parse().unwrap(), dst.parse().unwrap());
+    let payload = b"hidden";
+    let mut udp_header = Vec::new();
+    udp_header.extend_from_slice(&40000u16.to_be_bytes());
+    udp_header.extend_from_slice(&dst_port.to_be_bytes());
+    udp_header.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp_header.extend_from_slice(&[0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&((8 + payload.len()) as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    let sum = inet_checksum(&[&pseudo, &udp_header, payload]);
+    udp_header[6..8].copy_from_slice(&sum.to_be_bytes());
+    let mut ext = Vec::new();
+    for i in 0..options {
+        let next = if i + 1 == options { 17 } else { 60 };
+        // Next header, length 0 (8 bytes), one PadN option of 4 bytes.
+        ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    let payload_len = ext.len() + udp_header.len() + payload.len();
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload_len as u16).to_be_bytes());
+    p.extend_from_slice(&[if options == 0 { 17 } else { 60 }, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(&udp_header);
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn a_packet_the_reader_cannot_read_is_dropped_and_counted_even_to_an_allowed_port() {
+    let t = Setup::new(&[INGRESS_UDP_5353], ENFORCING);
+    udp_echo(&t.pod_ns, &format!("[{POD_IP6}]:{ALLOWED}"));
+    t.wait_ready();
+    // The crafted packets come from [PEER_IP6]:40000; the echo answers there.
+    let replies = udp(&t.peer_ns, &format!("[{PEER_IP6}]:40000"));
+    let raw = in_ns(&t.peer_ns, || {
+        Socket::new(Domain::IPV6, Type::RAW, Some(socket2::Protocol::from(255)))
+    })
+    .expect("raw IPv6 socket");
+    let to: SocketAddr = format!("[{POD_IP6}]:0").parse().unwrap();
+    let mut buf = [0u8; 64];
+    // Nine destination-options headers: conntrack and ip6tables see UDP to an allowed port,
+    // the proxy's reader gives up after eight and drops it.
+    raw.send_to(
+        &udp6_behind_options(PEER_IP6, POD_IP6, ALLOWED, 9),
+        &to.into(),
+    )
+    .expect("send");
+    assert!(
+        replies.recv_from(&mut buf).is_err(),
+        "an unreadable packet got through"
+    );
+    t.wait_for("the malformed count", || {
+        t.metric(&[
+            "portcullis_datagrams_malformed_total{",
+            "reason=\"too_many_extensions\"",
+        ]) == 1.0
+    });
+    // Two of them: read, allowed, answered; the reader is still there.
+    raw.send_to(
+        &udp6_behind_options(PEER_IP6, POD_IP6, ALLOWED, 2),
+        &to.into(),
+    )
+    .expect("send");
+    replies
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let (n, _) = replies
+        .recv_from(&mut buf)
+        .expect("the readable packet is answered");
+    assert_eq!(&buf[..n], b"echo:hidden");
+}
