@@ -993,3 +993,40 @@ fn a_packet_the_reader_cannot_read_is_dropped_and_counted_even_to_an_allowed_por
         .expect("the readable packet is answered");
     assert_eq!(&buf[..n], b"echo:hidden");
 }
+
+#[test]
+fn a_restarted_proxy_revokes_what_its_first_table_denies() {
+    let mut t = Setup::new(&[INGRESS_UDP_5353], ENFORCING);
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{ALLOWED}"));
+    t.wait_ready();
+    let client = udp(&t.peer_ns, "0.0.0.0:0");
+    assert!(echoed(&client, &format!("{POD_IP}:{ALLOWED}"), "before"));
+    let flow = format!(
+        "sport={} dport={ALLOWED}",
+        client.local_addr().expect("addr").port()
+    );
+
+    // The proxy goes away (established flows live on in conntrack) and the policy changes.
+    if let Some(mut p) = t.proxy.take() {
+        p.kill().expect("kill");
+        p.wait().expect("wait");
+    }
+    assert!(echoed(
+        &client,
+        &format!("{POD_IP}:{ALLOWED}"),
+        "established, no proxy"
+    ));
+    t.remove_policy("001-policy.yaml");
+    t.write_policy(
+        "002-deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    t.start_proxy(&ENFORCING);
+    t.wait_ready();
+    t.wait_for("the old flow to be revoked", || {
+        !t.conntrack_udp().contains(&flow)
+    });
+    assert!(ask(&client, &format!("{POD_IP}:{ALLOWED}"), b"after").is_none());
+    assert_eq!(t.log_lines("connection_terminated").len(), 1);
+}

@@ -44,7 +44,13 @@ pub fn start(ctx: Arc<Context>, config: &Config) -> anyhow::Result<()> {
             std::process::exit(1);
         })?;
     if config.on_policy_change == OnPolicyChange::Close && config.mode == Mode::Enforce {
-        tokio::spawn(revoke::on_policy_change(ctx, config.pod_ips.clone()));
+        // Subscribed here, before the policy source starts, so that the first table is swept too.
+        let changes = ctx.store.subscribe();
+        tokio::spawn(revoke::on_policy_change(
+            ctx,
+            config.pod_ips.clone(),
+            changes,
+        ));
     }
     Ok(())
 }

@@ -53,10 +53,15 @@ pub fn place(entry: &Entry, local: &HashSet<IpAddr>, own_ports: &HashSet<u16>) -
     }
 }
 
-/// Waits for table changes and revokes what each new table denies. Runs the blocking netlink
-/// work on the blocking pool, never on a runtime worker.
-pub async fn on_policy_change(ctx: Arc<Context>, pod_ips: Vec<IpAddr>) {
-    let mut changes = ctx.store.subscribe();
+/// Waits for table changes and revokes what each new table denies, the first table included
+/// (flows a previous proxy accepted under an older policy survive its restart in conntrack).
+/// `changes` is subscribed before any table can be published. Runs the blocking netlink work on
+/// the blocking pool, never on a runtime worker.
+pub async fn on_policy_change(
+    ctx: Arc<Context>,
+    pod_ips: Vec<IpAddr>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
     while changes.changed().await.is_ok() {
         let (c, ips) = (ctx.clone(), pod_ips.clone());
         let _ = tokio::task::spawn_blocking(move || {
