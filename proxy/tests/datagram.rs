@@ -1030,3 +1030,43 @@ fn a_restarted_proxy_revokes_what_its_first_table_denies() {
     assert!(ask(&client, &format!("{POD_IP}:{ALLOWED}"), b"after").is_none());
     assert_eq!(t.log_lines("connection_terminated").len(), 1);
 }
+
+#[test]
+fn an_sctp_association_is_revoked_through_its_conntrack_entry() {
+    let t = Setup::new(&[INGRESS_UDP_5353], ENFORCING);
+    t.wait_ready();
+    let seen = raw_sctp(&t.pod_ns);
+    let sender = raw_sctp(&t.peer_ns);
+    let to: SocketAddr = format!("{POD_IP}:0").parse().unwrap();
+    sender
+        .send_to(&sctp_init(40000, SCTP_ALLOWED), &to.into())
+        .expect("send");
+    assert_eq!(next_sctp_dport(&seen), Some(SCTP_ALLOWED));
+    let sctp_entries = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &t.pod_ns, "conntrack", "-L", "-p", "sctp"])
+            .output()
+            .expect("conntrack");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let flow = format!("sport=40000 dport={SCTP_ALLOWED}");
+    assert!(sctp_entries().contains(&flow), "{}", sctp_entries());
+    t.write_policy(
+        "001-policy.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    t.wait_for("generation 2", || t.generation() == 2);
+    t.wait_for("the SCTP entry to go", || !sctp_entries().contains(&flow));
+    t.wait_for("the termination line", || {
+        !t.log_lines("connection_terminated").is_empty()
+    });
+    assert_eq!(t.log_lines("connection_terminated")[0]["protocol"], "SCTP");
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_terminated_total{",
+            "protocol=\"SCTP\""
+        ]),
+        1.0
+    );
+}
