@@ -127,12 +127,16 @@ struct Start<'a> {
     queue_rules: bool,
     /// Give the proxy CAP_NET_ADMIN (ambient), as the injector does.
     net_admin: bool,
+    /// Instead: NET_ADMIN in the bounding set only and `cap_net_admin+p` on (a copy of) the
+    /// binary, as a Kubernetes pod gets it (the CRI sets no ambient capabilities).
+    file_capability: bool,
 }
 
 const ENFORCING: Start = Start {
     proxy_args: &[],
     queue_rules: true,
     net_admin: true,
+    file_capability: false,
 };
 
 impl Setup {
@@ -219,14 +223,27 @@ impl Setup {
         } else {
             "-all"
         };
+        let mut binary = PathBuf::from(env!("CARGO_BIN_EXE_portcullis-proxy"));
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.pod_ns, "setpriv"])
-            .args(["--reuid=2171", "--regid=2171", "--clear-groups"])
-            .arg(format!("--inh-caps={caps}"))
-            .arg(format!("--ambient-caps={caps}"))
-            .arg(format!("--bounding-set={caps}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_portcullis-proxy"))
+        cmd.args(["netns", "exec", &self.pod_ns, "setpriv"]).args([
+            "--reuid=2171",
+            "--regid=2171",
+            "--clear-groups",
+        ]);
+        if start.file_capability {
+            let copy = self.dir.join("portcullis-proxy");
+            fs::copy(&binary, &copy).expect("copy the proxy");
+            sh(&["setcap", "cap_net_admin+p", &copy.to_string_lossy()]);
+            sh(&["chmod", "-R", "a+rX", &self.dir.to_string_lossy()]);
+            binary = copy;
+            cmd.args(["--inh-caps=-all", "--bounding-set=-all,+net_admin"]);
+        } else {
+            cmd.arg(format!("--inh-caps={caps}"))
+                .arg(format!("--ambient-caps={caps}"))
+                .arg(format!("--bounding-set={caps}"));
+        }
+        cmd.arg("--")
+            .arg(binary)
             .arg("--policy-dir")
             .arg(self.dir.join("policy"))
             .args(["--policy-poll-interval", "100ms"])
@@ -787,6 +804,7 @@ fn with_enforce_udp_false_udp_passes_and_the_proxy_says_so() {
             proxy_args: &["--enforce-udp=false"],
             queue_rules: false,
             net_admin: false,
+            file_capability: false,
         },
     );
     udp_echo(&t.pod_ns, &format!("0.0.0.0:{DENIED}"));
@@ -1069,4 +1087,45 @@ fn an_sctp_association_is_revoked_through_its_conntrack_entry() {
         ]),
         1.0
     );
+}
+
+#[test]
+fn a_file_capability_and_the_bounding_set_are_enough_as_in_a_kubernetes_pod() {
+    let t = Setup::new(
+        &[INGRESS_UDP_5353],
+        Start {
+            net_admin: false,
+            file_capability: true,
+            ..ENFORCING
+        },
+    );
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{ALLOWED}"));
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{DENIED}"));
+    t.wait_ready();
+    let client = udp(&t.peer_ns, "0.0.0.0:0");
+    assert!(echoed(
+        &client,
+        &format!("{POD_IP}:{ALLOWED}"),
+        "via file cap"
+    ));
+    assert!(ask(&client, &format!("{POD_IP}:{DENIED}"), b"no").is_none());
+    let pid = t.proxy.as_ref().expect("proxy").id();
+    // `ip netns exec` execs setpriv, which execs the proxy: same pid.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let cap = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(
+        cap("CapEff:"),
+        1 << 12,
+        "only CAP_NET_ADMIN, effective:\n{status}"
+    );
+    assert_eq!(cap("CapAmb:"), 0);
+    assert!(status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.contains("2171")));
 }

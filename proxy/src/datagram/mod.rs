@@ -11,6 +11,7 @@
 //! Fail closed everywhere: no reader → the kernel drops (no `--queue-bypass`); no table yet,
 //! a packet that cannot be read, an unknown hook → drop.
 
+pub mod caps;
 pub mod conntrack;
 pub mod packet;
 pub mod queue;

@@ -41,8 +41,10 @@ impl std::fmt::Display for BindError {
         let hint = match self.source.raw_os_error() {
             Some(nix::libc::EPERM) => {
                 " (the proxy needs CAP_NET_ADMIN in the pod's network namespace to read the queue: \
-                 the injector adds it; or set PORTCULLIS_ENFORCE_UDP=false to leave UDP and SCTP \
-                 unenforced)"
+                 NET_ADMIN in the container's capabilities, and, as a non-root user, ambient or \
+                 from the binary's file capability `cap_net_admin+p` (which needs \
+                 allowPrivilegeEscalation: true); or set PORTCULLIS_ENFORCE_UDP=false to leave \
+                 UDP and SCTP unenforced)"
             }
             Some(nix::libc::EBUSY) => " (another process already reads this queue)",
             _ => "",
