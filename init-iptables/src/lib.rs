@@ -35,9 +35,9 @@ pub fn run(cfg: &Config) -> Result<Report> {
             continue;
         }
         match run_family(cfg, backend, family)
-            .and_then(|line| Ok([line, run_datagram(cfg, backend, family)?]))
+            .and_then(|line| Ok([Some(line), run_datagram(cfg, backend, family)?]))
         {
-            Ok(lines) => report.lines.extend(lines),
+            Ok(lines) => report.lines.extend(lines.into_iter().flatten()),
             Err(e) if family == Family::V6 && !has_ipv6_address() => {
                 // No IPv6 address but for ::1: there is no IPv6 traffic to redirect.
                 report.lines.push(format!(
@@ -52,10 +52,10 @@ pub fn run(cfg: &Config) -> Result<Report> {
 
 fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> {
     let current = if cfg.dry_run {
-        // A dry run must work without privileges: assume an empty table when it cannot look.
-        backend::save_nat(backend, family).unwrap_or_default()
+        // A dry run must work without privileges: assume empty tables when it cannot look.
+        backend::save_all(backend, family).unwrap_or_default()
     } else {
-        backend::save_nat(backend, family)?
+        backend::save_all(backend, family)?
     };
     if cfg.cleanup {
         let Some(input) = rules::cleanup(&current) else {
@@ -67,14 +67,13 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
         }
         backend::restore(backend, family, &input)
             .with_context(|| format!("removing the {} rules", family.name()))?;
-        let after = backend::save_nat(backend, family)?;
-        if rules::CHAINS
-            .iter()
-            .any(|c| after.contains(&format!(":{c} ")))
-        {
+        let after = backend::save_all(backend, family)?;
+        let left = rules::owned_chains_left(&after);
+        if !left.is_empty() {
             bail!(
-                "{}: PORTCULLIS_* chains are still there after cleanup",
-                family.name()
+                "{}: {} still there after cleanup",
+                family.name(),
+                left.join(", ")
             );
         }
         return Ok(format!("{}: removed", family.name()));
@@ -87,63 +86,62 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
     backend::restore(backend, family, &input)
         .with_context(|| format!("installing the {} redirect", family.name()))?;
     // Validation: read back what the kernel holds, not what we meant to write.
-    let after = backend::save_nat(backend, family)?;
+    let after = backend::save_all(backend, family)?;
     rules::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
     Ok(format!(
-        "{}: inbound TCP -> :{}, outbound TCP -> :{} (UID {} exempt), verified",
+        "{}: inbound TCP to the pod's own addresses -> :{}, outbound TCP -> :{} (UID {} exempt), \
+         loopback from outside dropped, {}, verified",
         family.name(),
         cfg.inbound_port,
         cfg.outbound_port,
-        cfg.proxy_uid
+        cfg.proxy_uid,
+        if cfg.allow_forwarding {
+            "forwarding left alone"
+        } else {
+            "forwarding dropped"
+        }
     ))
 }
 
-/// The UDP/SCTP queue rules of one family (filter table): installed and verified, or, with
-/// `--cleanup` or `--enforce-udp=false`, removed.
-fn run_datagram(cfg: &Config, backend: Backend, family: Family) -> Result<String> {
+/// The report line for UDP/SCTP (the queue rules are one part of the rule set, installed,
+/// verified and cleaned up with the rest). With `--enforce-udp=false` the install writes no
+/// queue rules; this removes any that an earlier run left, so that UDP is not dropped by a queue
+/// that no proxy reads.
+fn run_datagram(cfg: &Config, backend: Backend, family: Family) -> Result<Option<String>> {
     let name = family.name();
-    let current = if cfg.dry_run {
-        backend::save_table(backend, family, "filter").unwrap_or_default()
-    } else {
-        backend::save_table(backend, family, "filter")?
-    };
-    if cfg.cleanup || !cfg.enforce_udp {
-        let absent = if cfg.cleanup {
-            format!("{name}: no UDP/SCTP queue rules of ours to remove")
-        } else {
-            format!("{name}: UDP and SCTP are NOT enforced (--enforce-udp=false): no queue rules")
-        };
-        let Some(input) = datagram::cleanup(&current) else {
-            return Ok(absent);
-        };
-        if cfg.dry_run {
-            print!("{input}");
-            return Ok(format!(
-                "{name}: dry run, UDP/SCTP queue rules left as they are"
-            ));
-        }
-        backend::restore(backend, family, &input)
-            .with_context(|| format!("removing the {name} UDP/SCTP queue rules"))?;
-        let after = backend::save_table(backend, family, "filter")?;
-        if datagram::cleanup(&after).is_some() {
-            bail!("{name}: PORTCULLIS_UDP_* rules are still there after removing them");
-        }
-        return Ok(format!("{absent} (removed the ones there were)"));
+    if cfg.cleanup {
+        return Ok(None);
     }
-    let input = datagram::install(cfg, family, &current);
+    if cfg.enforce_udp {
+        return Ok(Some(format!(
+            "{name}: the first packet of each new UDP and SCTP flow -> NFQUEUE {} (no bypass: \
+             dropped while no proxy reads it)",
+            cfg.nfqueue
+        )));
+    }
+    let not =
+        format!("{name}: UDP and SCTP are NOT enforced (--enforce-udp=false): no queue rules");
+    let current = if cfg.dry_run {
+        backend::save_all(backend, family).unwrap_or_default()
+    } else {
+        backend::save_all(backend, family)?
+    };
+    let Some(input) = rules::cleanup_chains(&current, &datagram::OWNED) else {
+        return Ok(Some(not));
+    };
     if cfg.dry_run {
         print!("{input}");
-        return Ok(format!("{name}: dry run, UDP/SCTP queue rules not written"));
+        return Ok(Some(format!(
+            "{not}; dry run, an earlier run's left as they are"
+        )));
     }
     backend::restore(backend, family, &input)
-        .with_context(|| format!("installing the {name} UDP/SCTP queue rules"))?;
-    let after = backend::save_table(backend, family, "filter")?;
-    datagram::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
-    Ok(format!(
-        "{name}: the first packet of each new UDP and SCTP flow -> NFQUEUE {} (no bypass: \
-         dropped while no proxy reads it), verified",
-        cfg.nfqueue
-    ))
+        .with_context(|| format!("removing the {name} UDP/SCTP queue rules"))?;
+    let after = backend::save_all(backend, family)?;
+    if rules::cleanup_chains(&after, &datagram::OWNED).is_some() {
+        bail!("{name}: PORTCULLIS_UDP_* rules are still there after removing them");
+    }
+    Ok(Some(format!("{not} (removed an earlier run's)")))
 }
 
 fn check_ports(cfg: &Config) -> Result<()> {

@@ -193,19 +193,20 @@ impl Setup {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         if start.queue_rules {
-            // Exactly what portcullis-init installs, from its own rule generator.
+            // Exactly what portcullis-init installs (TCP redirect and UDP/SCTP queue), from its
+            // own rule generator.
             let cfg = portcullis_init::config::Config::try_parse_from(["portcullis-init"])
                 .expect("init defaults");
             use portcullis_init::rules::Family;
             restore(
                 &pod,
                 "iptables-restore",
-                &portcullis_init::datagram::install(&cfg, Family::V4, ""),
+                &portcullis_init::rules::install(&cfg, Family::V4, ""),
             );
             restore(
                 &pod,
                 "ip6tables-restore",
-                &portcullis_init::datagram::install(&cfg, Family::V6, ""),
+                &portcullis_init::rules::install(&cfg, Family::V6, ""),
             );
         }
         setup.write_policy("000-base.yaml", BASE);
