@@ -184,6 +184,11 @@ impl Topology {
                 &format!("--reuid={PROXY_UID}"),
                 &format!("--regid={PROXY_UID}"),
                 "--clear-groups",
+                // Only CAP_NET_ADMIN (ambient), as the injector gives it: the proxy reads the
+                // UDP/SCTP queue and deletes conntrack entries with it.
+                "--inh-caps=-all,+net_admin",
+                "--ambient-caps=-all,+net_admin",
+                "--bounding-set=-all,+net_admin",
                 "--",
             ])
             .arg(proxy)

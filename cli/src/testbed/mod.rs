@@ -467,6 +467,11 @@ fn spawn_in(
             &format!("--reuid={uid}"),
             &format!("--regid={uid}"),
             "--clear-groups",
+            // Only CAP_NET_ADMIN (ambient), as the injector gives it: the proxy reads the
+            // UDP/SCTP queue and deletes conntrack entries with it.
+            "--inh-caps=-all,+net_admin",
+            "--ambient-caps=-all,+net_admin",
+            "--bounding-set=-all,+net_admin",
             "--",
         ]);
     }
