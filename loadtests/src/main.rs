@@ -71,6 +71,11 @@ struct Args {
     /// has --enforce-udp and dnsmasq is installed (tiny with --smoke).
     #[arg(long, value_enum, default_value = "auto")]
     dns: extra::Toggle,
+    /// Turn connection tracking on in the direct-server namespace (one iptables rule that
+    /// matches nothing here), so the UDP direct path pays conntrack as the enforcing pod does:
+    /// the ratio then shows the queue's cost alone.
+    #[arg(long)]
+    direct_conntrack: bool,
 }
 
 fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -141,6 +146,20 @@ fn main() -> Result<()> {
         &[(SINK_PORT, ECHO_PORT), (DIRECT_SINK_PORT, DIRECT_ECHO_PORT)],
     )?;
     start_optional_servers(&mut topo, &plan)?;
+    if args.direct_conntrack {
+        topo.track_direct_connections()?;
+        plan.notes.push(
+            "--direct-conntrack: the direct-server namespace tracks connections (conntrack on, \
+             no queue), so UDP ratios show the queue's cost without conntrack's."
+                .into(),
+        );
+    } else if plan.any_udp() {
+        plan.notes.push(
+            "The direct-server namespace has no netfilter rules, so no conntrack; the enforcing \
+             pods track every flow (--direct-conntrack turns it on there to separate the two)."
+                .into(),
+        );
+    }
     topo.write_policy(0)?;
     let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
     let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());

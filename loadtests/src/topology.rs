@@ -345,6 +345,29 @@ impl Topology {
 }
 
 impl Topology {
+    /// Connection tracking in the direct-server namespace: a rule that needs conntrack (and
+    /// drops only what conntrack cannot place, which this load never sends).
+    pub fn track_direct_connections(&self) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.direct_server,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ],
+        )
+        .context("conntrack in the direct-server namespace")
+    }
+
     /// Starts `program args` in `ns` as a child that lives as long as the topology, its output
     /// in `<dir>/<log>.log`; returns the log's path.
     pub fn spawn_in(
