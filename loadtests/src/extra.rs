@@ -36,6 +36,8 @@ pub struct Plan {
     pub tool_seconds: u64,
     /// Requests per UDP request/response run.
     pub udp_rounds: usize,
+    /// `--udp=on` or `--dns=on`: a proxy that does not enforce UDP fails the run.
+    udp_required: bool,
     pub notes: Vec<String>,
 }
 
@@ -109,6 +111,7 @@ pub fn plan(
         dns,
         tool_seconds: (seconds.ceil() as u64).max(1),
         udp_rounds: latency_rounds,
+        udp_required: w.udp == Toggle::On || w.dns == Toggle::On,
         notes,
     })
 }
@@ -119,22 +122,28 @@ impl Plan {
     }
 
     /// After the proxies started: UDP paths run only where the proxy says it enforces UDP
-    /// (`portcullis_enforced_protocols{protocol="UDP"} 1`); otherwise they are skipped.
-    pub fn confirm_udp(&mut self, proxies: &[(&str, &str)]) {
+    /// (`portcullis_enforced_protocols{protocol="UDP"} 1`); otherwise they are skipped, or
+    /// the run fails when they were asked for with `on`.
+    pub fn confirm_udp(&mut self, proxies: &[(&str, &str)]) -> Result<()> {
         if !self.any_udp() {
-            return;
+            return Ok(());
         }
         for &(what, ns) in proxies {
             if enforced_udp(ns) != Some(true) {
-                self.notes.push(format!(
-                    "udp and dns skipped: the {what} proxy does not report UDP enforced \
-                     (portcullis_enforced_protocols{{protocol=\"UDP\"}} is not 1)."
-                ));
+                let why = format!(
+                    "the {what} proxy does not report UDP enforced \
+                     (portcullis_enforced_protocols{{protocol=\"UDP\"}} is not 1)"
+                );
+                if self.udp_required {
+                    bail!("--udp/--dns=on, but {why}");
+                }
+                self.notes.push(format!("udp and dns skipped: {why}."));
                 self.udp = false;
                 self.dns = false;
-                return;
+                return Ok(());
             }
         }
+        Ok(())
     }
 }
 

@@ -179,7 +179,7 @@ fn main() -> Result<()> {
         &proxy,
         &args.proxy_args,
     )?;
-    plan.confirm_udp(&[("server", &server_ns), ("mesh-client", &mesh_ns)]);
+    plan.confirm_udp(&[("server", &server_ns), ("mesh-client", &mesh_ns)])?;
     let haproxy_pid = if haproxy {
         Some(topo.start_haproxy()?)
     } else {
