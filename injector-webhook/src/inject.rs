@@ -940,7 +940,10 @@ pub fn proxy_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
             run_as_group: Some(cfg.proxy_uid),
             run_as_non_root: Some(true),
             privileged: Some(false),
-            allow_privilege_escalation: Some(false),
+            // File capabilities count only without no_new_privs, which
+            // `allowPrivilegeEscalation: false` sets; so it is allowed exactly when the proxy
+            // needs NET_ADMIN. What it can escalate to is bounded by the bounding set: NET_ADMIN.
+            allow_privilege_escalation: Some(settings.enforce_udp),
             read_only_root_filesystem: Some(true),
             // NET_ADMIN, only to read the NFQUEUE and delete conntrack entries (UDP/SCTP
             // enforcement). As UID 2171 the kernel grants it only through the binary's file

@@ -147,7 +147,8 @@ fn native_mode_on_a_bare_pod() {
     assert_eq!(sc.run_as_user, Some(2171));
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // File capabilities need privilege escalation allowed (no no_new_privs); bounded by NET_ADMIN.
+    assert_eq!(sc.allow_privilege_escalation, Some(true));
     let caps = sc.capabilities.as_ref().expect("caps");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     // NET_ADMIN only, for the UDP/SCTP queue.
@@ -511,12 +512,11 @@ fn udp_enforcement_off_by_namespace_or_flag() {
         );
         let proxy = find(&p, "portcullis-proxy");
         assert_eq!(env_of(proxy)["PORTCULLIS_ENFORCE_UDP"], "false");
-        let caps = proxy
-            .security_context
-            .as_ref()
-            .and_then(|s| s.capabilities.as_ref())
-            .expect("caps");
+        let sc = proxy.security_context.as_ref().expect("securityContext");
+        let caps = sc.capabilities.as_ref().expect("caps");
         assert_eq!(caps.add, None);
+        // No capability to gain: no privilege escalation either.
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
     }
     // A pod may turn it back on where the namespace turned it off: that is stricter.
     let p = with_annotations(app_pod(), &[("portcullis.dev/enforce-udp", "true")]);
