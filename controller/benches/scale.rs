@@ -96,11 +96,12 @@ fn main() {
                 while updates.changed().await.is_ok() {
                     let v = updates.borrow_and_update().clone();
                     // What the stream would write for this update.
-                    let bytes = serde_json::to_vec(&serde_json::json!({
-                        "generation": v.generation,
-                        "table": v.table.as_deref(),
-                    }))
-                    .map(|b| b.len() + 1)
+                    let bytes = portcullis_wire::Line::Table(portcullis_wire::TableUpdate {
+                        generation: v.generation,
+                        table: v.table.clone(),
+                    })
+                    .encode()
+                    .map(|b| b.len())
                     .unwrap_or(0);
                     received_total.fetch_add(1, Ordering::Relaxed);
                     if tx.send((proxy, Instant::now(), bytes)).is_err() {

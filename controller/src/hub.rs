@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use portcullis_policy::PodTable;
+use portcullis_wire::{Line, Peers, PeersDelta};
 use tokio::sync::watch;
 
 use crate::state::{Applied, Change, ClusterState};
@@ -50,24 +51,28 @@ struct PeerFeed {
 
 const PEER_LOG_LIMIT: usize = 65_536;
 
-/// What a stream sends to bring a proxy's peer names up to date.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(untagged)]
+/// What a stream sends to bring a proxy's peer names up to date: a `peers` or a `peers_delta`
+/// line.
+#[derive(Debug, Clone, PartialEq)]
 pub enum PeerUpdate {
-    Full {
-        peers: BTreeMap<IpAddr, String>,
-        peers_version: u64,
-    },
-    Delta {
-        peers_delta: PeerDelta,
-        peers_version: u64,
-    },
+    Full(Peers),
+    Delta(PeersDelta),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct PeerDelta {
-    pub set: BTreeMap<IpAddr, String>,
-    pub remove: Vec<IpAddr>,
+impl PeerUpdate {
+    pub fn version(&self) -> u64 {
+        match self {
+            PeerUpdate::Full(p) => p.version,
+            PeerUpdate::Delta(d) => d.version,
+        }
+    }
+
+    pub fn into_line(self) -> Line {
+        match self {
+            PeerUpdate::Full(p) => Line::Peers(p),
+            PeerUpdate::Delta(d) => Line::PeersDelta(d),
+        }
+    }
 }
 
 impl Default for Hub {
@@ -243,16 +248,19 @@ impl PeerFeed {
         }
         let oldest_kept = self.log.front().map_or(self.version + 1, |(v, _, _)| *v);
         if since == 0 || since + 1 < oldest_kept || since > self.version {
-            return Some(PeerUpdate::Full {
-                peers: self.names.clone(),
-                peers_version: self.version,
-            });
+            return Some(PeerUpdate::Full(Peers {
+                version: self.version,
+                names: self.names.clone(),
+            }));
         }
         let mut latest: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
         for (_, ip, owner) in self.log.iter().filter(|(v, _, _)| *v > since) {
             latest.insert(*ip, owner.clone());
         }
-        let mut delta = PeerDelta::default();
+        let mut delta = PeersDelta {
+            version: self.version,
+            ..PeersDelta::default()
+        };
         for (ip, owner) in latest {
             match owner {
                 Some(name) => {
@@ -261,10 +269,7 @@ impl PeerFeed {
                 None => delta.remove.push(ip),
             }
         }
-        Some(PeerUpdate::Delta {
-            peers_delta: delta,
-            peers_version: self.version,
-        })
+        Some(PeerUpdate::Delta(delta))
     }
 }
 
@@ -293,10 +298,10 @@ mod tests {
             Change::Pod(pod("web", "10.0.0.1")),
             Change::Pod(pod("db", "10.0.0.2")),
         ]);
-        let Some(PeerUpdate::Full {
-            peers,
-            peers_version,
-        }) = hub.peers_since(0)
+        let Some(PeerUpdate::Full(Peers {
+            names: peers,
+            version: peers_version,
+        })) = hub.peers_since(0)
         else {
             panic!("a new stream gets the whole map");
         };
@@ -318,7 +323,7 @@ mod tests {
             },
             Change::Pod(pod("cache", "10.0.0.3")),
         ]);
-        let Some(PeerUpdate::Delta { peers_delta, .. }) = hub.peers_since(peers_version) else {
+        let Some(PeerUpdate::Delta(peers_delta)) = hub.peers_since(peers_version) else {
             panic!("a stream that is up to date gets a delta");
         };
         assert_eq!(

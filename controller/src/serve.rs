@@ -1,10 +1,13 @@
 //! The table API: `GET /v1/tables/{namespace}/{pod}` streams that pod's table as
-//! newline-delimited JSON, the current version at once and every change after it:
+//! newline-delimited JSON (the line types are `portcullis_wire::Line`): a hello with the wire
+//! version, the current table at once and every change after it, and the peer names:
 //!
 //! ```text
-//! {"generation":12,"table":{...}}
-//! {"heartbeat":true}
-//! {"generation":15,"table":{...}}
+//! {"hello":{"v":1}}
+//! {"table":{"generation":12,"table":{...}}}
+//! {"peers":{"version":40,"names":{...}}}
+//! {"heartbeat":{}}
+//! {"table":{"generation":15,"table":{...}}}
 //! ```
 //!
 //! `"table":null` means the controller knows no such pod (yet). A heartbeat goes out after
@@ -28,7 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::hub::{Hub, PeerUpdate, Versioned};
+use portcullis_wire::{Heartbeat, Hello, Line, TableUpdate};
+
+use crate::hub::{Hub, Versioned};
 use crate::telemetry;
 use crate::token_review::{AuthError, Authenticator};
 
@@ -153,7 +158,7 @@ impl TableServer {
         let mut response = Response::new(body);
         response.headers_mut().insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
+            HeaderValue::from_static(portcullis_wire::CONTENT_TYPE),
         );
         response
     }
@@ -166,8 +171,6 @@ fn table_path(path: &str) -> Option<(&str, &str)> {
     let valid = |s: &str| !s.is_empty() && !s.contains('/');
     (valid(namespace) && valid(pod)).then_some((namespace, pod))
 }
-
-const HEARTBEAT: &[u8] = b"{\"heartbeat\":true}\n";
 
 /// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one
 /// delta.
@@ -190,6 +193,7 @@ fn table_stream(
         peers: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
         heartbeat: Duration,
+        hello_sent: bool,
         first: bool,
         peers_sent: u64,
         peers_due: Option<Instant>,
@@ -204,6 +208,7 @@ fn table_stream(
         rx,
         shutdown,
         heartbeat,
+        hello_sent: false,
         first: true,
         peers_sent: 0,
         peers_due: None,
@@ -211,6 +216,12 @@ fn table_stream(
         _active: ActiveStream::new(),
     };
     let lines = stream::unfold(state, |mut s| async move {
+        if !s.hello_sent {
+            // At once, before the wait below: the proxy learns the version even while the
+            // controller is still listing.
+            s.hello_sent = true;
+            return Some((encode(&Line::Hello(Hello::current()))?, s));
+        }
         if s.first {
             // Until every kind is listed, a table could be missing rules: wait for the complete
             // view rather than hand out a table that allows too much.
@@ -221,7 +232,7 @@ fn table_stream(
             s.first = false;
             s.peers_due = Some(Instant::now());
             let current = s.rx.borrow_and_update().clone();
-            return Some((table_line(&s.key, &current), s));
+            return Some((table_line(&s.key, &current)?, s));
         }
         enum Next {
             Table,
@@ -244,7 +255,7 @@ fn table_stream(
             match next {
                 Next::Table => {
                     let current = s.rx.borrow_and_update().clone();
-                    return Some((table_line(&s.key, &current), s));
+                    return Some((table_line(&s.key, &current)?, s));
                 }
                 Next::PeersChanged => {
                     s.peers.borrow_and_update();
@@ -254,17 +265,12 @@ fn table_stream(
                     s.peers_due = None;
                     s.peers.borrow_and_update();
                     if let Some(update) = s.hub.peers_since(s.peers_sent) {
-                        s.peers_sent = match &update {
-                            PeerUpdate::Full { peers_version, .. }
-                            | PeerUpdate::Delta { peers_version, .. } => *peers_version,
-                        };
+                        s.peers_sent = update.version();
                         s.last_peers = Instant::now();
-                        if let Some(line) = json_line(&update) {
-                            return Some((line, s));
-                        }
+                        return Some((encode(&update.into_line())?, s));
                     }
                 }
-                Next::Quiet => return Some((Bytes::from_static(HEARTBEAT), s)),
+                Next::Quiet => return Some((encode(&Line::Heartbeat(Heartbeat {}))?, s)),
                 Next::End => return None,
             }
         }
@@ -283,34 +289,26 @@ async fn sleep_until_due(due: Option<Instant>) {
     }
 }
 
-fn json_line<T: serde::Serialize>(value: &T) -> Option<Bytes> {
-    match serde_json::to_vec(value) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            Some(Bytes::from(bytes))
-        }
+/// One line as sent. A line is plain data and serialising it cannot fail short of a bug; if it
+/// ever does, the stream ends there (the proxy keeps its last table and reconnects) rather than
+/// leave a gap in what it was told.
+fn encode(line: &Line) -> Option<Bytes> {
+    match line.encode() {
+        Ok(bytes) => Some(Bytes::from(bytes)),
         Err(e) => {
-            tracing::error!(error = %e, "could not serialise a stream line");
+            tracing::error!(error = %e, kind = line.kind(), "could not serialise a stream line; ending the stream");
             None
         }
     }
 }
 
-fn table_line(key: &str, v: &Versioned) -> Bytes {
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        generation: u64,
-        table: Option<&'a portcullis_policy::PodTable>,
-    }
-    let line = Line {
-        generation: v.generation,
-        table: v.table.as_deref(),
-    };
+fn table_line(key: &str, v: &Versioned) -> Option<Bytes> {
     metrics::counter!(telemetry::STREAM_UPDATES).increment(1);
     tracing::debug!(event = "table_sent", pod = %key, generation = v.generation);
-    // A table is plain data; serialising cannot fail short of a bug (`json_line` says so), and
-    // then the proxy keeps its previous table.
-    json_line(&line).unwrap_or_else(|| Bytes::from_static(HEARTBEAT))
+    encode(&Line::Table(TableUpdate {
+        generation: v.generation,
+        table: v.table.clone(),
+    }))
 }
 
 /// Keeps the active-streams gauge honest however a stream ends.

@@ -198,12 +198,15 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     ));
     let mut web_lines = raw_lines(addr, connector, "/v1/tables/shop/web").await;
     let line = web_lines.recv().await.expect("first line");
+    assert_eq!(line, r#"{"hello":{"v":1}}"#, "the wire version first");
+    let line = web_lines.recv().await.expect("table line");
+    assert!(line.starts_with(r#"{"table":{"generation":"#), "{line}");
     assert!(line.contains("\"name\":\"web\""), "{line}");
     // Then every peer's name, once, for audit lines.
     let line = web_lines.recv().await.expect("peers line");
     let peers: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(peers["peers"]["10.1.0.20"], "shop/db", "{line}");
-    assert_eq!(peers["peers"]["10.1.0.10"], "shop/web", "{line}");
+    assert_eq!(peers["peers"]["names"]["10.1.0.20"], "shop/db", "{line}");
+    assert_eq!(peers["peers"]["names"]["10.1.0.10"], "shop/web", "{line}");
     wait_for("peer names at the proxy", || {
         let table = store.current().expect("table").table.clone();
         store
@@ -223,7 +226,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     )
     .await
     {
-        assert_eq!(line, r#"{"heartbeat":true}"#, "web heard of a change to db");
+        assert_eq!(line, r#"{"heartbeat":{}}"#, "web heard of a change to db");
         heartbeats += 1;
     }
     assert!(heartbeats >= 2, "no heartbeats while quiet");
@@ -249,7 +252,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
         loop {
             let line = web_lines.recv().await.expect("stream open");
             // Heartbeats, and web's own table change from above, come first.
-            if line != r#"{"heartbeat":true}"# && !line.starts_with(r#"{"generation""#) {
+            if line != r#"{"heartbeat":{}}"# && !line.starts_with(r#"{"table""#) {
                 return line;
             }
         }
@@ -257,7 +260,8 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     .await
     .expect("a peers delta within the update interval");
     assert!(
-        line.starts_with(r#"{"peers_delta":{"set":{"10.1.0.30":"shop/cache"}"#),
+        line.starts_with(r#"{"peers_delta":{"version":"#)
+            && line.contains(r#""set":{"10.1.0.30":"shop/cache"}"#),
         "{line}"
     );
     wait_for("the new peer's name at the proxy", || {

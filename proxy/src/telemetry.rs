@@ -17,6 +17,7 @@ pub const POLICY_GENERATION: &str = "portcullis_policy_generation";
 pub const POLICY_LAST_RELOAD: &str = "portcullis_policy_last_reload_timestamp_seconds";
 pub const POLICY_RELOAD_FAILURES: &str = "portcullis_policy_reload_failures_total";
 pub const POLICY_STALE: &str = "portcullis_policy_stale";
+pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
 
 pub fn describe() {
     describe_counter!(
@@ -63,6 +64,12 @@ pub fn describe() {
     describe_gauge!(
         POLICY_STALE,
         "1 while the policy source is unreachable and the last good table is served."
+    );
+    describe_counter!(
+        STREAM_REJECTED,
+        "Controller streams ended because of a line this proxy cannot read, by reason \
+         (version, unknown_kind, unknown_field, invalid, not_json, no_hello, repeated_hello, \
+         too_long); the last good table stayed in use."
     );
 }
 

@@ -118,6 +118,14 @@ impl Drop for Setup {
     }
 }
 
+/// Where the proxy under test gets its table.
+enum Source {
+    /// `--policy-dir` with the manifests written by the test.
+    Dir,
+    /// `--controller`: started by the caller in the pod namespace once it exists.
+    Controller(Box<dyn FnOnce(&str) -> String>),
+}
+
 impl Setup {
     fn new(manifests: &[&str], proxy_args: &[&str]) -> Setup {
         Setup::with_nofile(manifests, proxy_args, None)
@@ -125,6 +133,21 @@ impl Setup {
 
     /// Like `new`, with the proxy's `RLIMIT_NOFILE` (soft and hard) set to `nofile`.
     fn with_nofile(manifests: &[&str], proxy_args: &[&str], nofile: Option<u64>) -> Setup {
+        Setup::start(manifests, proxy_args, nofile, Source::Dir)
+    }
+
+    /// A proxy that streams its table from a controller: `start(pod_ns)` starts one inside the
+    /// pod namespace and returns its URL.
+    fn with_controller(start: impl FnOnce(&str) -> String + 'static) -> Setup {
+        Setup::start(&[], &[], None, Source::Controller(Box::new(start)))
+    }
+
+    fn start(
+        manifests: &[&str],
+        proxy_args: &[&str],
+        nofile: Option<u64>,
+        source: Source,
+    ) -> Setup {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -205,18 +228,27 @@ impl Setup {
             "--clear-groups",
             "--",
         ])
-        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"))
-        .arg("--policy-dir")
-        .arg(setup.dir.join("policy"))
-        .args(["--policy-poll-interval", "100ms"])
-        .args(proxy_args)
-        .env("POD_NAME", "server")
-        .env("POD_NAMESPACE", "x")
-        .env("POD_IPS", POD_IP)
-        .env("HOST_IP", "10.214.0.254")
-        .env("PORTCULLIS_LOG", "info")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"));
+        match source {
+            Source::Dir => {
+                cmd.arg("--policy-dir")
+                    .arg(setup.dir.join("policy"))
+                    .args(["--policy-poll-interval", "100ms"]);
+            }
+            Source::Controller(start) => {
+                cmd.args(["--controller", &start(&setup.pod_ns)])
+                    .arg("--token-file")
+                    .arg(setup.dir.join("no-token"));
+            }
+        }
+        cmd.args(proxy_args)
+            .env("POD_NAME", "server")
+            .env("POD_NAMESPACE", "x")
+            .env("POD_IPS", POD_IP)
+            .env("HOST_IP", "10.214.0.254")
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
         setup.proxy = Some(cmd.spawn().expect("start portcullis-proxy"));
         setup
     }
@@ -785,4 +817,155 @@ fn short_inbound_connections_do_not_run_out_of_ports_on_time_wait() {
         failures.join("\n")
     );
     assert_eq!(t.metric(&["portcullis_connect_errors_total"]), 0.0);
+}
+
+/// A stand-in controller inside the pod namespace: serves one scripted stream per connection
+/// (each a list of lines, then the end of the response), and keeps the last one open until the
+/// returned sender is dropped.
+fn stand_in_controller(
+    pod_ns: &str,
+    scripts: Vec<Vec<String>>,
+) -> (String, std::sync::mpsc::Sender<()>) {
+    let listener = in_ns(pod_ns, || TcpListener::bind("127.0.0.1:0")).expect("bind controller");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let last = scripts.len().saturating_sub(1);
+        for (i, script) in scripts.into_iter().enumerate() {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            );
+            for line in script {
+                let _ = write!(s, "{:x}\r\n{line}\n\r\n", line.len() + 1);
+            }
+            if i == last {
+                // Until the test ends; heartbeats keep the proxy's silence timer quiet.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    hold_rx.recv_timeout(Duration::from_secs(5))
+                {
+                    let hb = r#"{"heartbeat":{}}"#;
+                    let _ = write!(s, "{:x}\r\n{hb}\n\r\n", hb.len() + 1);
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+    });
+    (url, hold_tx)
+}
+
+fn table_line(generation: u64, ingress_isolated_by: &[&str]) -> String {
+    let mut table: serde_json::Value =
+        serde_json::to_value(portcullis_policy::PodTable::unrestricted(
+            "x",
+            "server",
+            vec![POD_IP.parse().unwrap()],
+            None,
+        ))
+        .expect("table");
+    table["ingress"]["isolated_by"] = serde_json::json!(ingress_isolated_by);
+    serde_json::json!({"table": {"generation": generation, "table": table}}).to_string()
+}
+
+#[test]
+fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_says_why() {
+    const HELLO: &str = r#"{"hello":{"v":1}}"#;
+    const PEERS: &str = r#"{"peers":{"version":1,"names":{"10.214.0.2":"x/client"}}}"#;
+    let hold = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = hold.clone();
+    let t = Setup::with_controller(move |pod_ns| {
+        let (url, tx) = stand_in_controller(
+            pod_ns,
+            vec![
+                // A good start (deny every inbound connection), then a line kind this proxy
+                // does not know.
+                vec![
+                    HELLO.into(),
+                    table_line(5, &["x/deny-all"]),
+                    PEERS.into(),
+                    r#"{"services":{"version":1,"map":{}}}"#.into(),
+                ],
+                // A replica that speaks a newer version, with a table that would allow all.
+                vec![
+                    r#"{"hello":{"v":2}}"#.into(),
+                    table_line(6, &[]),
+                    PEERS.into(),
+                ],
+                // A field this proxy does not know, inside an otherwise valid table.
+                vec![HELLO.into(), {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&table_line(7, &[])).unwrap();
+                    v["table"]["table"]["ingress"]["default"] = "allow".into();
+                    v.to_string()
+                }],
+                // Then a good stream again.
+                vec![HELLO.into(), table_line(8, &["x/other"]), PEERS.into()],
+            ],
+        );
+        *keep.lock().unwrap() = Some(tx);
+        url
+    });
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let policy = |t: &Setup| -> serde_json::Value {
+        serde_json::from_str(&t.admin("/policy").1).unwrap_or_default()
+    };
+    t.wait_for("the unknown line kind to be refused", || {
+        t.metric(&[
+            "portcullis_stream_rejected_total{",
+            "reason=\"unknown_kind\"",
+        ]) == 1.0
+    });
+    t.wait_for("the newer version to be refused", || {
+        t.metric(&["portcullis_stream_rejected_total{", "reason=\"version\""]) == 1.0
+    });
+    let p = policy(&t);
+    assert_eq!(p["stale"], true, "{p}");
+    assert_eq!(p["generation"], 1);
+    assert_eq!(p["table"]["ingress"]["isolated_by"][0], "x/deny-all");
+    assert_eq!(t.metric(&["portcullis_policy_stale"]), 1.0);
+    // Still enforcing the last good table: denied, not let through by generation 6's.
+    assert!(is_reset(t.connect_from_peer(APP_PORT)));
+
+    t.wait_for("the unknown field to be refused", || {
+        t.metric(&[
+            "portcullis_stream_rejected_total{",
+            "reason=\"unknown_field\"",
+        ]) == 1.0
+    });
+    assert!(is_reset(t.connect_from_peer(APP_PORT)));
+    let rejected = t.audit_lines("stream_rejected");
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons, ["unknown_kind", "version", "unknown_field"]);
+    assert!(
+        rejected[1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("version 2"),
+        "{}",
+        rejected[1]
+    );
+    assert_eq!(rejected[0]["level"], "ERROR");
+
+    // A controller that speaks this proxy's version again: in sync, no longer stale.
+    t.wait_for("the next good table", || {
+        policy(&t)["table"]["ingress"]["isolated_by"][0] == "x/other"
+    });
+    t.wait_for("not stale", || policy(&t)["stale"] == false);
+    assert_eq!(policy(&t)["generation"], 2);
+    drop(hold.lock().unwrap().take());
 }
