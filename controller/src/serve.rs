@@ -6,6 +6,7 @@
 //! {"hello":{"v":1}}
 //! {"table":{"generation":12,"table":{...}}}
 //! {"peers":{"version":40,"names":{...}}}
+//! {"services":{"version":7,"services":{...}}}
 //! {"heartbeat":{}}
 //! {"table":{"generation":15,"table":{...}}}
 //! ```
@@ -33,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use portcullis_wire::{Heartbeat, Hello, Line, TableUpdate};
 
-use crate::hub::{Hub, Versioned};
+use crate::hub::{peers_line, services_line, Hub, Versioned};
 use crate::telemetry;
 use crate::token_review::{AuthError, Authenticator};
 
@@ -176,8 +177,48 @@ fn table_path(path: &str) -> Option<(&str, &str)> {
 /// delta.
 const PEER_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One line per table version; the peer names (whole map first, then what changed); a heartbeat
-/// after each quiet period; the end on shutdown.
+/// Service updates go out at most this often per stream. Shorter than for peer names: an
+/// endpoint that stops being ready should stop taking new connections quickly, and a rollout's
+/// burst of endpoint changes still becomes a few deltas.
+const SERVICE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One map a stream follows (peer names or Services): what it has sent, and when it may send
+/// again.
+struct Cursor {
+    changes: watch::Receiver<u64>,
+    sent: u64,
+    due: Option<Instant>,
+    last: Instant,
+    interval: Duration,
+}
+
+impl Cursor {
+    fn new(changes: watch::Receiver<u64>, interval: Duration) -> Self {
+        Cursor {
+            changes,
+            sent: 0,
+            // Right after the first table: the whole map.
+            due: None,
+            last: Instant::now(),
+            interval,
+        }
+    }
+
+    /// Something changed: send once the interval since the last update has passed.
+    fn changed(&mut self) {
+        self.changes.borrow_and_update();
+        self.due = Some((self.last + self.interval).max(Instant::now()));
+    }
+
+    fn sent(&mut self, version: u64) {
+        self.due = None;
+        self.sent = version;
+        self.last = Instant::now();
+    }
+}
+
+/// One line per table version; the peer names and the Services (each: whole map first, then
+/// what changed); a heartbeat after each quiet period; the end on shutdown.
 fn table_stream(
     key: String,
     hub: Arc<Hub>,
@@ -190,29 +231,25 @@ fn table_stream(
         hub: Arc<Hub>,
         rx: watch::Receiver<Versioned>,
         ready: watch::Receiver<bool>,
-        peers: watch::Receiver<u64>,
+        peers: Cursor,
+        services: Cursor,
         shutdown: watch::Receiver<bool>,
         heartbeat: Duration,
         hello_sent: bool,
         first: bool,
-        peers_sent: u64,
-        peers_due: Option<Instant>,
-        last_peers: Instant,
         _active: ActiveStream,
     }
     let state = StreamState {
         key,
         ready: hub.ready_changes(),
-        peers: hub.peer_changes(),
+        peers: Cursor::new(hub.peer_changes(), PEER_UPDATE_INTERVAL),
+        services: Cursor::new(hub.service_changes(), SERVICE_UPDATE_INTERVAL),
         hub,
         rx,
         shutdown,
         heartbeat,
         hello_sent: false,
         first: true,
-        peers_sent: 0,
-        peers_due: None,
-        last_peers: Instant::now(),
         _active: ActiveStream::new(),
     };
     let lines = stream::unfold(state, |mut s| async move {
@@ -230,7 +267,8 @@ fn table_stream(
                 _ = s.shutdown.wait_for(|stop| *stop) => return None,
             }
             s.first = false;
-            s.peers_due = Some(Instant::now());
+            s.peers.due = Some(Instant::now());
+            s.services.due = Some(Instant::now());
             let current = s.rx.borrow_and_update().clone();
             return Some((table_line(&s.key, &current)?, s));
         }
@@ -238,17 +276,25 @@ fn table_stream(
             Table,
             PeersChanged,
             PeersDue,
+            ServicesChanged,
+            ServicesDue,
             Quiet,
             End,
         }
         loop {
-            let due = s.peers_due;
+            let (peers_due, services_due) = (s.peers.due, s.services.due);
             let next = tokio::select! {
+                // Services before peer names: they decide where connections go.
+                biased;
                 changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
-                changed = s.peers.changed(), if due.is_none() => {
+                _ = sleep_until_due(services_due) => Next::ServicesDue,
+                _ = sleep_until_due(peers_due) => Next::PeersDue,
+                changed = s.services.changes.changed(), if services_due.is_none() => {
+                    if changed.is_ok() { Next::ServicesChanged } else { Next::End }
+                }
+                changed = s.peers.changes.changed(), if peers_due.is_none() => {
                     if changed.is_ok() { Next::PeersChanged } else { Next::End }
                 }
-                _ = sleep_until_due(due) => Next::PeersDue,
                 _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
                 _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
             };
@@ -257,17 +303,23 @@ fn table_stream(
                     let current = s.rx.borrow_and_update().clone();
                     return Some((table_line(&s.key, &current)?, s));
                 }
-                Next::PeersChanged => {
-                    s.peers.borrow_and_update();
-                    s.peers_due = Some((s.last_peers + PEER_UPDATE_INTERVAL).max(Instant::now()));
-                }
+                Next::PeersChanged => s.peers.changed(),
+                Next::ServicesChanged => s.services.changed(),
                 Next::PeersDue => {
-                    s.peers_due = None;
-                    s.peers.borrow_and_update();
-                    if let Some(update) = s.hub.peers_since(s.peers_sent) {
-                        s.peers_sent = update.version();
-                        s.last_peers = Instant::now();
-                        return Some((encode(&update.into_line())?, s));
+                    s.peers.changes.borrow_and_update();
+                    s.peers.due = None;
+                    if let Some(update) = s.hub.peers_since(s.peers.sent) {
+                        s.peers.sent(update.version());
+                        return Some((encode(&peers_line(update))?, s));
+                    }
+                }
+                Next::ServicesDue => {
+                    s.services.changes.borrow_and_update();
+                    s.services.due = None;
+                    if let Some(update) = s.hub.services_since(s.services.sent) {
+                        s.services.sent(update.version());
+                        metrics::counter!(telemetry::STREAM_SERVICE_UPDATES).increment(1);
+                        return Some((encode(&services_line(update))?, s));
                     }
                 }
                 Next::Quiet => return Some((encode(&Line::Heartbeat(Heartbeat {}))?, s)),

@@ -12,6 +12,8 @@ pub const AUTH_FAILURES: &str = "portcullis_controller_auth_failures_total";
 pub const WATCH_EVENTS: &str = "portcullis_controller_watch_events_total";
 pub const WATCH_ERRORS: &str = "portcullis_controller_watch_errors_total";
 pub const APPLY_SECONDS: &str = "portcullis_controller_apply_seconds";
+pub const SERVICES: &str = "portcullis_controller_services";
+pub const STREAM_SERVICE_UPDATES: &str = "portcullis_controller_stream_service_updates_total";
 
 /// JSON log lines on stdout, like the proxy's.
 pub fn init_logging(filter: &str) {

@@ -18,6 +18,7 @@ pub const POLICY_LAST_RELOAD: &str = "portcullis_policy_last_reload_timestamp_se
 pub const POLICY_RELOAD_FAILURES: &str = "portcullis_policy_reload_failures_total";
 pub const POLICY_STALE: &str = "portcullis_policy_stale";
 pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
+pub const SERVICES: &str = "portcullis_services";
 
 pub fn describe() {
     describe_counter!(
@@ -64,6 +65,10 @@ pub fn describe() {
     describe_gauge!(
         POLICY_STALE,
         "1 while the policy source is unreachable and the last good table is served."
+    );
+    describe_gauge!(
+        SERVICES,
+        "Services with a virtual IP this proxy resolves connections to."
     );
     describe_counter!(
         STREAM_REJECTED,

@@ -894,7 +894,7 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
                     HELLO.into(),
                     table_line(5, &["x/deny-all"]),
                     PEERS.into(),
-                    r#"{"services":{"version":1,"map":{}}}"#.into(),
+                    r#"{"endpoints":{"version":1,"map":{}}}"#.into(),
                 ],
                 // A replica that speaks a newer version, with a table that would allow all.
                 vec![
@@ -910,7 +910,12 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
                     v.to_string()
                 }],
                 // Then a good stream again.
-                vec![HELLO.into(), table_line(8, &["x/other"]), PEERS.into()],
+                vec![
+                    HELLO.into(),
+                    table_line(8, &["x/other"]),
+                    PEERS.into(),
+                    r#"{"services":{"version":1,"services":{}}}"#.into(),
+                ],
             ],
         );
         *keep.lock().unwrap() = Some(tx);

@@ -8,6 +8,8 @@
 //! {"table":{"generation":12,"table":{...}}}                   the pod's table (null: unknown pod)
 //! {"peers":{"version":40,"names":{"10.1.0.20":"shop/db"}}}    every peer name, once
 //! {"peers_delta":{"version":41,"set":{...},"remove":[...]}}   what changed since
+//! {"services":{"version":7,"services":{"shop/api":{...}}}}    every Service with a virtual IP
+//! {"services_delta":{"version":8,"set":{...},"remove":[...]}} what changed since
 //! {"heartbeat":{}}                                            after a quiet period
 //! ```
 //!
@@ -29,6 +31,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use portcullis_policy::service::ResolvedService;
 use portcullis_policy::PodTable;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,8 @@ pub enum Line {
     Table(TableUpdate),
     Peers(Peers),
     PeersDelta(PeersDelta),
+    Services(Services),
+    ServicesDelta(ServicesDelta),
     Heartbeat(Heartbeat),
 }
 
@@ -101,6 +106,34 @@ impl PeersDelta {
     }
 }
 
+/// Every Service that has a virtual IP, resolved to its backends (`namespace/name` → Service),
+/// replacing whatever the proxy had.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    pub version: u64,
+    pub services: BTreeMap<String, Arc<ResolvedService>>,
+}
+
+/// What changed in the Services since the previous services line of this stream: each Service
+/// in `set` replaces the proxy's whole entry for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesDelta {
+    pub version: u64,
+    pub set: BTreeMap<String, Arc<ResolvedService>>,
+    pub remove: Vec<String>,
+}
+
+impl ServicesDelta {
+    pub fn apply_to(&self, services: &mut BTreeMap<String, Arc<ResolvedService>>) {
+        for key in &self.remove {
+            services.remove(key);
+        }
+        services.extend(self.set.iter().map(|(k, s)| (k.clone(), s.clone())));
+    }
+}
+
 /// Nothing changed lately; the stream is alive.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +154,8 @@ impl Line {
             Line::Table(_) => "table",
             Line::Peers(_) => "peers",
             Line::PeersDelta(_) => "peers_delta",
+            Line::Services(_) => "services",
+            Line::ServicesDelta(_) => "services_delta",
             Line::Heartbeat(_) => "heartbeat",
         }
     }
@@ -233,6 +268,8 @@ fn excerpt(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::service::{Backend, ResolvedPort};
+    use portcullis_policy::Protocol;
 
     fn table() -> Arc<PodTable> {
         Arc::new(PodTable::unrestricted(
@@ -241,6 +278,25 @@ mod tests {
             vec!["10.1.0.10".parse().unwrap()],
             Some("192.168.0.1".parse().unwrap()),
         ))
+    }
+
+    fn api() -> Arc<ResolvedService> {
+        Arc::new(ResolvedService {
+            cluster_ips: vec!["10.96.0.20".parse().unwrap()],
+            ports: vec![ResolvedPort {
+                name: Some("web".into()),
+                protocol: Protocol::Tcp,
+                port: 80,
+                backends: vec![Backend {
+                    ip: "10.1.0.11".parse().unwrap(),
+                    port: 8080,
+                    pod: Some("shop/api-1".into()),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                }],
+            }],
+        })
     }
 
     fn every_line() -> Vec<Line> {
@@ -263,6 +319,15 @@ mod tests {
                 version: 41,
                 set: [(ip("fd00::7"), "shop/cache".to_string())].into(),
                 remove: vec![ip("10.1.0.20")],
+            }),
+            Line::Services(Services {
+                version: 7,
+                services: [("shop/api".to_string(), api())].into(),
+            }),
+            Line::ServicesDelta(ServicesDelta {
+                version: 8,
+                set: [("shop/api".to_string(), api())].into(),
+                remove: vec!["shop/old".into()],
             }),
             Line::Heartbeat(Heartbeat {}),
         ]
@@ -303,7 +368,15 @@ mod tests {
             text[4],
             "{\"peers_delta\":{\"version\":41,\"set\":{\"fd00::7\":\"shop/cache\"},\"remove\":[\"10.1.0.20\"]}}\n"
         );
-        assert_eq!(text[5], "{\"heartbeat\":{}}\n");
+        assert_eq!(
+            text[5],
+            "{\"services\":{\"version\":7,\"services\":{\"shop/api\":{\"cluster_ips\":[\"10.96.0.20\"],\
+             \"ports\":[{\"name\":\"web\",\"protocol\":\"TCP\",\"port\":80,\"backends\":[{\"ip\":\"10.1.0.11\",\
+             \"port\":8080,\"pod\":\"shop/api-1\",\"ready\":true,\"serving\":true,\"terminating\":false}]}]}}}}\n"
+        );
+        assert!(text[6].starts_with(r#"{"services_delta":{"version":8,"set":{"shop/api":"#));
+        assert!(text[6].ends_with("\"remove\":[\"shop/old\"]}}\n"));
+        assert_eq!(text[7], "{\"heartbeat\":{}}\n");
     }
 
     #[test]
@@ -339,7 +412,7 @@ mod tests {
     fn unknown_kinds_and_fields_are_refused_at_any_depth() {
         let mut d = started();
         let err = d
-            .decode(br#"{"services":{"version":1}}"#)
+            .decode(br#"{"endpoints":{"version":1}}"#)
             .expect_err("kind");
         assert_eq!(err.reason(), "unknown_kind", "{err}");
         let err = d
@@ -374,6 +447,17 @@ mod tests {
         let err = d
             .decode(value.to_string().as_bytes())
             .expect_err("field of a port range");
+        assert_eq!(err.reason(), "unknown_field", "{err}");
+        // Inside a Service's backend.
+        let mut value = serde_json::to_value(Line::Services(Services {
+            version: 1,
+            services: [("shop/api".to_string(), api())].into(),
+        }))
+        .unwrap();
+        value["services"]["services"]["shop/api"]["ports"][0]["backends"][0]["weight"] = 0.into();
+        let err = d
+            .decode(value.to_string().as_bytes())
+            .expect_err("field of a backend");
         assert_eq!(err.reason(), "unknown_field", "{err}");
         // Missing fields and wrong types.
         let err = d

@@ -27,8 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::PodIdentity;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, Services};
 use crate::telemetry::STREAM_REJECTED;
+use portcullis_policy::service::ResolvedService;
 
 /// With heartbeats every 15 s, a stream this quiet is dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
@@ -64,12 +65,13 @@ enum StreamEnd {
 struct Session {
     got_table: bool,
     got_peers: bool,
+    got_services: bool,
 }
 
 impl Session {
     /// Everything a stream starts with has arrived: the proxy is up to date.
     fn synced(&self) -> bool {
-        self.got_table && self.got_peers
+        self.got_table && self.got_peers && self.got_services
     }
 }
 
@@ -229,8 +231,8 @@ impl ControllerSource {
         let mut body = response.into_body();
         let mut pending: Vec<u8> = Vec::new();
         let mut decoder = Decoder::new();
-        // A new stream starts with the whole map; deltas apply to it.
-        let mut peer_names: BTreeMap<IpAddr, String> = BTreeMap::new();
+        // A new stream starts with the whole maps; deltas apply to them.
+        let mut maps = Maps::default();
         loop {
             let frame = match tokio::time::timeout(SILENCE_LIMIT, body.frame()).await {
                 Err(_) => bail!("no data or heartbeat for {SILENCE_LIMIT:?}"),
@@ -253,7 +255,7 @@ impl ControllerSource {
                     Ok(line) => line,
                     Err(e) => return Ok(StreamEnd::Rejected(e)),
                 };
-                apply_line(line, session, &mut peer_names, store, &source, pod);
+                apply_line(line, session, &mut maps, store, &source, pod);
                 if session.synced() {
                     store.set_stale(false);
                 }
@@ -262,11 +264,18 @@ impl ControllerSource {
     }
 }
 
+/// This stream's copies of the maps the controller sends whole, then as deltas.
+#[derive(Default)]
+struct Maps {
+    peer_names: BTreeMap<IpAddr, String>,
+    services: BTreeMap<String, Arc<ResolvedService>>,
+}
+
 /// Applies one line that decoded cleanly.
 fn apply_line(
     line: Line,
     session: &mut Session,
-    peer_names: &mut BTreeMap<IpAddr, String>,
+    maps: &mut Maps,
     store: &PolicyStore,
     source: &str,
     pod: &PodIdentity,
@@ -274,13 +283,33 @@ fn apply_line(
     match line {
         Line::Hello(_) | Line::Heartbeat(_) => {}
         Line::Peers(all) => {
-            *peer_names = all.names;
-            store.set_peer_names(Arc::new(peer_names.clone()));
+            maps.peer_names = all.names;
+            store.set_peer_names(Arc::new(maps.peer_names.clone()));
             session.got_peers = true;
         }
         Line::PeersDelta(delta) => {
-            delta.apply_to(peer_names);
-            store.set_peer_names(Arc::new(peer_names.clone()));
+            delta.apply_to(&mut maps.peer_names);
+            store.set_peer_names(Arc::new(maps.peer_names.clone()));
+        }
+        Line::Services(all) => {
+            maps.services = all.services;
+            store.set_services(Services::from_resolved(&maps.services));
+            session.got_services = true;
+            tracing::info!(
+                event = "services_loaded",
+                services = maps.services.len(),
+                version = all.version
+            );
+        }
+        Line::ServicesDelta(delta) => {
+            delta.apply_to(&mut maps.services);
+            store.set_services(Services::from_resolved(&maps.services));
+            tracing::debug!(
+                event = "services_changed",
+                set = delta.set.len(),
+                removed = delta.remove.len(),
+                version = delta.version
+            );
         }
         Line::Table(update) => {
             session.got_table = true;
@@ -398,6 +427,7 @@ mod stream_tests {
 
     const HELLO: &str = r#"{"hello":{"v":1}}"#;
     const PEERS: &str = r#"{"peers":{"version":3,"names":{"10.0.0.9":"x/db"}}}"#;
+    const SERVICES: &str = r#"{"services":{"version":1,"services":{}}}"#;
 
     fn table_line(generation: u64, name: &str) -> String {
         let t = PodTable::unrestricted("x", name, vec!["10.0.0.1".parse().unwrap()], None);
@@ -516,6 +546,7 @@ mod stream_tests {
             send(HELLO),
             send(&table_line(7, "a")),
             send(PEERS),
+            send(SERVICES),
             send(r#"{"heartbeat":{}}"#),
             Step::Wait(go_on_rx),
             send(&table_line(8, "b")),
@@ -580,6 +611,7 @@ mod stream_tests {
                 send(HELLO),
                 send(&table_line(7, "a")),
                 send(PEERS),
+                send(SERVICES),
                 Step::Wait(go_rx),
                 send(&bad),
                 send(&table_line(9, "c")),
