@@ -3,7 +3,9 @@
 //!
 //! Where to look:
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
-//! - what happens to one connection: [`connection`]; who the peer is: [`route`];
+//! - what happens to one connection: [`connection`] (plan → open → relay → report; a
+//!   connection to a Service's ClusterIP is judged on its backends there); who the peer is:
+//!   [`route`]; which backend of a Service: [`balance`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
 //! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
@@ -11,6 +13,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authorize;
+pub mod balance;
 pub mod config;
 pub mod connection;
 pub mod limits;
@@ -47,6 +50,8 @@ pub struct Context {
     pub store: Arc<PolicyStore>,
     pub audit: AuditLog,
     pub connection_slots: Arc<Semaphore>,
+    /// Active connections per Service backend, to spread new ones.
+    pub balancer: balance::Balancer,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -83,6 +88,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         store: store.clone(),
         audit: AuditLog::new(config.audit_window),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        balancer: balance::Balancer::new(),
         ingress: DirectionMetrics::new(Direction::Ingress),
         egress: DirectionMetrics::new(Direction::Egress),
     });

@@ -94,6 +94,8 @@ fn require_root() {
 struct Setup {
     pod_ns: String,
     peer_ns: String,
+    veth_pod: String,
+    veth_peer: String,
     dir: PathBuf,
     log: PathBuf,
     proxy: Option<Child>,
@@ -154,9 +156,15 @@ impl Setup {
         let dir = std::env::temp_dir().join(format!("pc-proxy-test-{id}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("policy")).expect("mkdir");
+        let (veth_pod, veth_peer) = (
+            format!("pcp{n}x{}", std::process::id() % 100000),
+            format!("pcq{n}x{}", std::process::id() % 100000),
+        );
         let mut setup = Setup {
             pod_ns: format!("pc-proxy-{id}-pod"),
             peer_ns: format!("pc-proxy-{id}-peer"),
+            veth_pod: veth_pod.clone(),
+            veth_peer: veth_peer.clone(),
             log: dir.join("proxy.log"),
             dir,
             proxy: None,
@@ -164,10 +172,6 @@ impl Setup {
         let (pod, peer) = (setup.pod_ns.clone(), setup.peer_ns.clone());
         sh(&["ip", "netns", "add", &pod]);
         sh(&["ip", "netns", "add", &peer]);
-        let (veth_pod, veth_peer) = (
-            format!("pcp{n}x{}", std::process::id() % 100000),
-            format!("pcq{n}x{}", std::process::id() % 100000),
-        );
         sh(&[
             "ip", "link", "add", &veth_pod, "netns", &pod, "type", "veth", "peer", "name",
             &veth_peer, "netns", &peer,
@@ -973,4 +977,231 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
     t.wait_for("not stale", || policy(&t)["stale"] == false);
     assert_eq!(policy(&t)["generation"], 2);
     drop(hold.lock().unwrap().take());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services: connections to a ClusterIP, judged and balanced by the proxy itself (no kube-proxy:
+// the pod namespace has only a route for the Service range, and the proxy connects to pod IPs).
+
+const API_1: &str = "10.214.0.3";
+const API_2_CANARY: &str = "10.214.0.4";
+const API_3: &str = "10.214.0.5";
+const API_VIP: &str = "10.96.0.50";
+const EMPTY_VIP: &str = "10.96.0.51";
+const CLIENT_VIP: &str = "10.96.0.52";
+const API_TARGET: u16 = 8080;
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: x, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.3, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-2, namespace: x, labels: {app: api, track: canary}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.4, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-3, namespace: x, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.5, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: x}
+spec: {clusterIP: 10.96.0.50, selector: {app: api}, ports: [{name: web, port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: x}
+spec: {clusterIP: 10.96.0.51, selector: {app: nobody}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: client, namespace: x}
+spec: {clusterIP: 10.96.0.52, selector: {app: client}, ports: [{port: 80, targetPort: 7070}]}
+"#;
+
+/// The server pod may reach stable api pods on 8080, and nothing else.
+const EGRESS_STABLE_API: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-stable-api, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchExpressions: [{key: app, operator: In, values: [api]}, {key: track, operator: DoesNotExist}]}}]
+    ports: [{port: 8080}]
+"#;
+
+impl Setup {
+    /// The api pods' addresses on the peer side, and a route for the Service range in the pod.
+    fn add_service_network(&self) {
+        for ip in [API_1, API_2_CANARY, API_3] {
+            sh(&[
+                "ip",
+                "-n",
+                &self.peer_ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                &self.veth_peer,
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &self.pod_ns,
+            "route",
+            "add",
+            "10.96.0.0/12",
+            "dev",
+            &self.veth_pod,
+        ]);
+    }
+
+    /// A server on `ip:port` in the peer namespace that answers every connection with its
+    /// address and closes.
+    fn identity_server(&self, ip: &'static str, port: u16) {
+        let listener =
+            in_ns(&self.peer_ns, move || TcpListener::bind((ip, port))).expect("bind identity");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.write_all(ip.as_bytes());
+            }
+        });
+    }
+
+    /// Connects from the pod to `vip:port` and returns who answered.
+    fn who_answers(&self, vip: &str, port: u16) -> std::io::Result<String> {
+        let mut s = connect_in(&self.pod_ns, format!("{vip}:{port}").parse().unwrap())?;
+        let mut back = String::new();
+        s.read_to_string(&mut back)?;
+        Ok(back)
+    }
+}
+
+#[test]
+fn a_cluster_ip_is_judged_on_its_backends_and_only_allowed_ones_are_reached() {
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &[]);
+    t.add_service_network();
+    for ip in [API_1, API_2_CANARY, API_3] {
+        t.identity_server(ip, API_TARGET);
+    }
+    t.echo_server(false, PEER_PORT);
+    t.wait_ready();
+
+    // Partly allowed: 50 connections, every one answered, none by the canary.
+    let mut answered = std::collections::BTreeMap::new();
+    for i in 0..50 {
+        let who = t
+            .who_answers(API_VIP, 80)
+            .unwrap_or_else(|e| panic!("connection {i} to {API_VIP}:80: {e}"));
+        *answered.entry(who).or_insert(0) += 1;
+    }
+    assert_eq!(
+        answered.keys().map(String::as_str).collect::<Vec<_>>(),
+        [API_1, API_3],
+        "{answered:?}"
+    );
+    assert!(answered.values().all(|n| *n >= 10), "spread: {answered:?}");
+    assert!(t.audit_lines("connection_denied").is_empty());
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/api\"",
+            "outcome=\"allow\""
+        ]),
+        50.0
+    );
+
+    // Denied: the only backend of x/client is refused by the egress table.
+    assert!(is_reset(connect_in(
+        &t.pod_ns,
+        format!("{CLIENT_VIP}:80").parse().unwrap()
+    )));
+    t.wait_for("the denial line", || {
+        !t.audit_lines("connection_denied").is_empty()
+    });
+    let lines = t.audit_lines("connection_denied");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["service"], "x/client");
+    assert_eq!(line["service_port"], 80);
+    assert_eq!(line["dst"], format!("{CLIENT_VIP}:80"));
+    assert_eq!(line["direction"], "egress");
+    let refused = line["endpoints_refused"].as_str().unwrap_or("");
+    assert!(
+        refused.starts_with("10.214.0.2:7070 (x/client): denied"),
+        "{line}"
+    );
+    assert!(refused.contains("x/to-stable-api"), "{line}");
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/client\"",
+            "outcome=\"deny\""
+        ]),
+        1.0
+    );
+
+    // No endpoint at all: reset, with its own event, and no policy denial.
+    assert!(is_reset(connect_in(
+        &t.pod_ns,
+        format!("{EMPTY_VIP}:80").parse().unwrap()
+    )));
+    t.wait_for("the no_endpoints line", || {
+        !t.audit_lines("no_endpoints").is_empty()
+    });
+    let line = &t.audit_lines("no_endpoints")[0];
+    assert_eq!(line["service"], "x/empty");
+    assert_eq!(t.audit_lines("connection_denied").len(), 1);
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/empty\"",
+            "outcome=\"no_endpoints\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn a_removed_backend_takes_no_new_connections() {
+    let t = Setup::new(&[SERVICES], &[]);
+    t.add_service_network();
+    for ip in [API_1, API_2_CANARY, API_3] {
+        t.identity_server(ip, API_TARGET);
+    }
+    t.wait_ready();
+    t.wait_for("the Services", || {
+        t.audit_lines("services_loaded").len() == 1
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(t.who_answers(API_VIP, 80).expect("answer"));
+    }
+    assert!(seen.contains(API_3), "{seen:?}");
+    // api-3 goes away (its pod is deleted, so the derived slice loses it).
+    t.write_policy(
+        "001-policy.yaml",
+        &SERVICES.replace(
+            "metadata: {name: api-3, namespace: x, labels: {app: api}}",
+            "metadata: {name: api-3, namespace: x, labels: {app: retired}}",
+        ),
+    );
+    t.wait_for("the new Services", || {
+        t.audit_lines("services_loaded").len() == 2
+    });
+    for i in 0..30 {
+        let who = t.who_answers(API_VIP, 80).expect("answer");
+        assert_ne!(who, API_3, "connection {i} went to the removed backend");
+    }
 }
