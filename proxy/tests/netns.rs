@@ -1205,3 +1205,114 @@ fn a_removed_backend_takes_no_new_connections() {
         assert_ne!(who, API_3, "connection {i} went to the removed backend");
     }
 }
+
+#[test]
+fn a_backend_that_refuses_is_skipped_and_revocation_judges_the_backend_used() {
+    // api-1 has no server: connects to it fail and the proxy tries another allowed backend.
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &[]);
+    t.add_service_network();
+    t.identity_server(API_3, API_TARGET);
+    t.identity_server(API_2_CANARY, API_TARGET);
+    t.wait_ready();
+    for i in 0..20 {
+        let who = t
+            .who_answers(API_VIP, 80)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(who, API_3, "connection {i}");
+    }
+    assert!(
+        t.metric(&["portcullis_connect_errors_total{", "direction=\"egress\""]) >= 1.0,
+        "some connections were first sent to the backend without a server"
+    );
+
+    // An established connection through the ClusterIP, to api-3 (an echo server this time).
+    let listener = in_ns(&t.peer_ns, || TcpListener::bind((API_3, 9443))).expect("bind");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    t.write_policy(
+        "003-secure.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: x}
+spec: {clusterIP: 10.96.0.53, selector: {app: api}, ports: [{port: 443, targetPort: 9443}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-api-3-secure, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.214.0.5/32}}]
+    ports: [{port: 9443}]
+"#,
+    );
+    t.wait_for("the secure Service", || t.generation() == 2);
+    let mut established =
+        connect_in(&t.pod_ns, "10.96.0.53:443".parse().unwrap()).expect("connect");
+    established.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    established.read_exact(&mut buf).expect("echo from api-3");
+
+    // A policy change that still allows api-3:9443 leaves it open: it is judged on the backend,
+    // not on the ClusterIP (which no policy allows).
+    t.write_policy("004-unrelated.yaml", ALLOW_CLIENT_ON_9090);
+    t.wait_for("generation 3", || t.generation() == 3);
+    std::thread::sleep(Duration::from_millis(200));
+    established.write_all(b"pong").expect("still open");
+    established.read_exact(&mut buf).expect("still echoed");
+    assert_eq!(&buf, b"pong");
+    assert!(t.audit_lines("connection_terminated").is_empty());
+
+    // Take that backend's port away: the connection is judged again on api-3:9443 and closed.
+    t.remove_policy("003-secure.yaml");
+    t.write_policy(
+        "003-secure.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: x}
+spec: {clusterIP: 10.96.0.53, selector: {app: api}, ports: [{port: 443, targetPort: 9443}]}
+"#,
+    );
+    t.wait_for("the termination line", || {
+        !t.audit_lines("connection_terminated").is_empty()
+    });
+    let line = &t.audit_lines("connection_terminated")[0];
+    assert_eq!(line["service"], "x/secure");
+    assert_eq!(line["backend"], format!("{API_3}:9443"));
+    assert_eq!(line["dst"], "10.96.0.53:443");
+    let mut one = [0u8; 1];
+    assert!(
+        matches!(established.read(&mut one), Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the established connection is reset"
+    );
+}
+
+#[test]
+fn audit_mode_lets_a_denied_service_connection_through_and_names_the_service() {
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &["--mode", "audit"]);
+    t.add_service_network();
+    t.echo_server(false, PEER_PORT);
+    t.wait_ready();
+    let s = connect_in(&t.pod_ns, format!("{CLIENT_VIP}:80").parse().unwrap()).expect("connect");
+    assert_eq!(exchange(s, b"hi").expect("exchange"), b"hi<eof>");
+    t.wait_for("the would-deny line", || {
+        !t.audit_lines("connection_would_deny").is_empty()
+    });
+    let line = &t.audit_lines("connection_would_deny")[0];
+    assert_eq!(line["service"], "x/client");
+    assert!(t.audit_lines("connection_denied").is_empty());
+}
