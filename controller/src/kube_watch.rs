@@ -418,6 +418,62 @@ mod tests {
             check::<NetworkPolicy>(&rec("networkpolicies-watch-1.ndjson")),
             ["MODIFIED", "BOOKMARK 184620"]
         );
+        assert_eq!(
+            check::<Service>(&rec("services-watch-1.ndjson")),
+            ["MODIFIED", "DELETED", "BOOKMARK 184620"]
+        );
+        assert_eq!(
+            check::<EndpointSlice>(&rec("endpointslices-watch-1.ndjson")),
+            ["MODIFIED", "MODIFIED", "DELETED", "BOOKMARK 184620"]
+        );
+    }
+
+    #[test]
+    fn services_and_slices_keep_what_enforcement_needs() {
+        let Change::ResetServices(services) =
+            Service::reset(&list(include_str!("../tests/recorded/services-list.json")))
+        else {
+            panic!("not a Service reset")
+        };
+        assert_eq!(services.len(), 5);
+        let frontend = services
+            .iter()
+            .find(|s| s.key() == "shop/frontend")
+            .unwrap();
+        assert_eq!(frontend.cluster_ips.len(), 2, "both families");
+        assert_eq!(
+            frontend.ports[0].target_port,
+            portcullis_policy::service::TargetPort::Name("http".into())
+        );
+        let redis = services.iter().find(|s| s.key() == "shop/redis").unwrap();
+        assert!(redis.headless && redis.cluster_ips.is_empty());
+        let Change::ResetEndpointSlices(slices) = EndpointSlice::reset(&list(include_str!(
+            "../tests/recorded/endpointslices-list.json"
+        ))) else {
+            panic!("not a slice reset")
+        };
+        assert_eq!(slices.len(), 6);
+        let api_server = slices.iter().find(|s| s.service == "kubernetes").unwrap();
+        assert_eq!(
+            api_server.endpoints[0].pod, None,
+            "not a pod: judged as an IP"
+        );
+        let v6 = slices.iter().find(|s| s.name == "frontend-q9x4w").unwrap();
+        assert_eq!(
+            v6.endpoints[0].pod.as_deref(),
+            Some("shop/frontend-6d8f7b9c5-x2kqp")
+        );
+        assert!(v6.endpoints[0].ip.is_ipv6());
+
+        // A slice without its Service label is unreadable: removed, never kept half-known.
+        let mut bad: EndpointSlice =
+            list::<EndpointSlice>(include_str!("../tests/recorded/endpointslices-list.json"))
+                .remove(2);
+        bad.metadata.labels = None;
+        assert!(matches!(
+            EndpointSlice::upsert(&bad),
+            Some(Change::EndpointSliceGone { .. })
+        ));
     }
 
     #[test]

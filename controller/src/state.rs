@@ -703,3 +703,124 @@ fn duplicate_policy(valid: &ValidPolicy, sp: &SourcedPolicy) -> ObjectError {
         message: "defined more than once; the first definition is used".into(),
     }
 }
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use portcullis_policy::service::{
+        Endpoint, EndpointPort, ServicePort, ServiceType, TargetPort,
+    };
+    use portcullis_policy::Protocol;
+
+    fn service(name: &str, ip: &str) -> ServiceInfo {
+        ServiceInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip.parse().unwrap()],
+            headless: false,
+            selector: None,
+            ports: vec![ServicePort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+            }],
+        }
+    }
+
+    fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSliceInfo {
+        EndpointSliceInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            service: service.into(),
+            ports: vec![EndpointPort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    pod: None,
+                    node: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn backends(state: &ClusterState, key: &str) -> Vec<String> {
+        state.resolved_services()[key].ports[0]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
+    }
+
+    fn changed(applied: &Applied) -> Vec<(&str, bool)> {
+        let mut v: Vec<(&str, bool)> = applied
+            .services_changed
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.is_some()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn services_resolve_with_their_slices_and_report_only_what_changed() {
+        let mut state = ClusterState::new();
+        let applied = state.apply([
+            Change::ResetServices(vec![
+                service("api", "10.96.0.1"),
+                service("db", "10.96.0.2"),
+            ]),
+            Change::ResetEndpointSlices(vec![
+                slice("api-a", "api", &["10.0.0.1"]),
+                slice("api-b", "api", &["10.0.0.2"]),
+            ]),
+        ]);
+        assert_eq!(changed(&applied), [("shop/api", true), ("shop/db", true)]);
+        assert!(applied.changed.is_empty(), "Services touch no table");
+        assert_eq!(backends(&state, "shop/api"), ["10.0.0.1", "10.0.0.2"]);
+        assert!(backends(&state, "shop/db").is_empty());
+
+        // The same relist again: nothing to send.
+        let applied = state.apply([Change::ResetEndpointSlices(vec![
+            slice("api-a", "api", &["10.0.0.1"]),
+            slice("api-b", "api", &["10.0.0.2"]),
+        ])]);
+        assert!(applied.services_changed.is_empty());
+
+        // A slice moves to another Service: both change.
+        let applied = state.apply([Change::EndpointSlice(slice("api-b", "db", &["10.0.0.2"]))]);
+        assert_eq!(changed(&applied), [("shop/api", true), ("shop/db", true)]);
+        assert_eq!(backends(&state, "shop/api"), ["10.0.0.1"]);
+        assert_eq!(backends(&state, "shop/db"), ["10.0.0.2"]);
+
+        // A Service goes: removed from the map; its slices stay until they go too.
+        let applied = state.apply([Change::ServiceGone {
+            namespace: "shop".into(),
+            name: "db".into(),
+        }]);
+        assert_eq!(changed(&applied), [("shop/db", false)]);
+        let applied = state.apply([Change::EndpointSliceGone {
+            namespace: "shop".into(),
+            name: "api-a".into(),
+        }]);
+        assert_eq!(changed(&applied), [("shop/api", true)]);
+        assert!(backends(&state, "shop/api").is_empty());
+
+        // Headless: not in the map.
+        let mut headless = service("api", "10.96.0.1");
+        headless.cluster_ips.clear();
+        headless.headless = true;
+        let applied = state.apply([Change::Service(headless)]);
+        assert_eq!(changed(&applied), [("shop/api", false)]);
+        assert!(state.resolved_services().is_empty());
+    }
+}
