@@ -176,19 +176,18 @@ fn plan_service(
     }
     let refused = refused_list(&judgement.denied);
     let addr = |b: &BackendVerdict<'_>| SocketAddr::new(b.backend.ip, b.backend.port);
-    let (decision, candidates) = match (judgement.allowed.first(), ctx.mode) {
+    let (decision, candidates) = match (judgement.allowed.first(), judgement.denied.first()) {
         (Some(first), _) => (
             Decision::Allow(first.verdict.clone()),
             judgement.allowed.iter().map(addr).collect(),
         ),
-        (None, Mode::Enforce) => (
-            Decision::Deny(judgement.denied[0].verdict.clone()),
-            Vec::new(),
-        ),
-        (None, Mode::Audit) => (
-            Decision::AuditAllow(judgement.denied[0].verdict.clone()),
+        (None, Some(first)) if ctx.mode == Mode::Audit => (
+            Decision::AuditAllow(first.verdict.clone()),
             judgement.denied.iter().map(addr).collect(),
         ),
+        (None, Some(first)) => (Decision::Deny(first.verdict.clone()), Vec::new()),
+        // Excluded by `no_endpoints` above.
+        (None, None) => return None,
     };
     count_decision(route.direction, decision.label(), namespace);
     count_service(&service, decision.label());
@@ -252,7 +251,9 @@ async fn open<'c>(
         };
     };
     for _ in 0..SERVICE_CONNECT_ATTEMPTS {
-        let backend = ctx.balancer.pick(&service.candidates)?;
+        let Some(backend) = ctx.balancer.pick(&service.candidates) else {
+            break;
+        };
         let active = ctx.balancer.track(backend);
         match connect(route.direction, backend, ctx.connect_timeout).await {
             Ok(s) => {
