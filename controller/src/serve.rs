@@ -217,6 +217,21 @@ impl Cursor {
     }
 }
 
+/// One stream's state between lines.
+struct StreamState {
+    key: String,
+    hub: Arc<Hub>,
+    rx: watch::Receiver<Versioned>,
+    ready: watch::Receiver<bool>,
+    peers: Cursor,
+    services: Cursor,
+    shutdown: watch::Receiver<bool>,
+    heartbeat: Duration,
+    hello_sent: bool,
+    first: bool,
+    _active: ActiveStream,
+}
+
 /// One line per table version; the peer names and the Services (each: whole map first, then
 /// what changed); a heartbeat after each quiet period; the end on shutdown.
 fn table_stream(
@@ -226,19 +241,6 @@ fn table_stream(
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> Body {
-    struct StreamState {
-        key: String,
-        hub: Arc<Hub>,
-        rx: watch::Receiver<Versioned>,
-        ready: watch::Receiver<bool>,
-        peers: Cursor,
-        services: Cursor,
-        shutdown: watch::Receiver<bool>,
-        heartbeat: Duration,
-        hello_sent: bool,
-        first: bool,
-        _active: ActiveStream,
-    }
     let state = StreamState {
         key,
         ready: hub.ready_changes(),
@@ -252,86 +254,89 @@ fn table_stream(
         first: true,
         _active: ActiveStream::new(),
     };
-    let lines = stream::unfold(state, |mut s| async move {
-        if !s.hello_sent {
-            // At once, before the wait below: the proxy learns the version even while the
-            // controller is still listing.
-            s.hello_sent = true;
-            return Some((encode(&Line::Hello(Hello::current()))?, s));
-        }
-        if s.first {
-            // Until every kind is listed, a table could be missing rules: wait for the complete
-            // view rather than hand out a table that allows too much.
-            tokio::select! {
-                _ = s.ready.wait_for(|r| *r) => {}
-                _ = s.shutdown.wait_for(|stop| *stop) => return None,
-            }
-            s.first = false;
-            s.peers.due = Some(Instant::now());
-            s.services.due = Some(Instant::now());
-            let current = s.rx.borrow_and_update().clone();
-            return Some((table_line(&s.key, &current)?, s));
-        }
-        enum Next {
-            Table,
-            PeersChanged,
-            PeersDue,
-            ServicesChanged,
-            ServicesDue,
-            Quiet,
-            End,
-        }
-        loop {
-            let (peers_due, services_due) = (s.peers.due, s.services.due);
-            let next = tokio::select! {
-                // Services before peer names: they decide where connections go.
-                biased;
-                changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
-                _ = sleep_until_due(services_due) => Next::ServicesDue,
-                _ = sleep_until_due(peers_due) => Next::PeersDue,
-                changed = s.services.changes.changed(), if services_due.is_none() => {
-                    if changed.is_ok() { Next::ServicesChanged } else { Next::End }
-                }
-                changed = s.peers.changes.changed(), if peers_due.is_none() => {
-                    if changed.is_ok() { Next::PeersChanged } else { Next::End }
-                }
-                _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
-                _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
-            };
-            match next {
-                Next::Table => {
-                    let current = s.rx.borrow_and_update().clone();
-                    return Some((table_line(&s.key, &current)?, s));
-                }
-                Next::PeersChanged => s.peers.changed(),
-                Next::ServicesChanged => s.services.changed(),
-                Next::PeersDue => {
-                    s.peers.changes.borrow_and_update();
-                    s.peers.due = None;
-                    if let Some(update) = s.hub.peers_since(s.peers.sent) {
-                        s.peers.sent(update.version());
-                        return Some((encode(&peers_line(update))?, s));
-                    }
-                }
-                Next::ServicesDue => {
-                    s.services.changes.borrow_and_update();
-                    s.services.due = None;
-                    if let Some(update) = s.hub.services_since(s.services.sent) {
-                        s.services.sent(update.version());
-                        metrics::counter!(telemetry::STREAM_SERVICE_UPDATES).increment(1);
-                        return Some((encode(&services_line(update))?, s));
-                    }
-                }
-                Next::Quiet => return Some((encode(&Line::Heartbeat(Heartbeat {}))?, s)),
-                Next::End => return None,
-            }
-        }
-    });
+    let lines = stream::unfold(state, next_line);
     let frames = futures_util::StreamExt::map(lines, |line| {
         metrics::counter!(telemetry::STREAM_BYTES).increment(line.len() as u64);
         Ok::<_, Infallible>(Frame::data(line))
     });
     BodyExt::boxed(StreamBody::new(frames))
+}
+
+/// The next line of a stream, or `None` at its end.
+async fn next_line(mut s: StreamState) -> Option<(Bytes, StreamState)> {
+    if !s.hello_sent {
+        // At once, before the wait below: the proxy learns the version even while the
+        // controller is still listing.
+        s.hello_sent = true;
+        return Some((encode(&Line::Hello(Hello::current()))?, s));
+    }
+    if s.first {
+        // Until every kind is listed, a table could be missing rules: wait for the complete
+        // view rather than hand out a table that allows too much.
+        tokio::select! {
+            _ = s.ready.wait_for(|r| *r) => {}
+            _ = s.shutdown.wait_for(|stop| *stop) => return None,
+        }
+        s.first = false;
+        s.peers.due = Some(Instant::now());
+        s.services.due = Some(Instant::now());
+        let current = s.rx.borrow_and_update().clone();
+        return Some((table_line(&s.key, &current)?, s));
+    }
+    enum Next {
+        Table,
+        PeersChanged,
+        PeersDue,
+        ServicesChanged,
+        ServicesDue,
+        Quiet,
+        End,
+    }
+    loop {
+        let (peers_due, services_due) = (s.peers.due, s.services.due);
+        let next = tokio::select! {
+            // Services before peer names: they decide where connections go.
+            biased;
+            changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
+            _ = sleep_until_due(services_due) => Next::ServicesDue,
+            _ = sleep_until_due(peers_due) => Next::PeersDue,
+            changed = s.services.changes.changed(), if services_due.is_none() => {
+                if changed.is_ok() { Next::ServicesChanged } else { Next::End }
+            }
+            changed = s.peers.changes.changed(), if peers_due.is_none() => {
+                if changed.is_ok() { Next::PeersChanged } else { Next::End }
+            }
+            _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
+            _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
+        };
+        match next {
+            Next::Table => {
+                let current = s.rx.borrow_and_update().clone();
+                return Some((table_line(&s.key, &current)?, s));
+            }
+            Next::PeersChanged => s.peers.changed(),
+            Next::ServicesChanged => s.services.changed(),
+            Next::PeersDue => {
+                s.peers.changes.borrow_and_update();
+                s.peers.due = None;
+                if let Some(update) = s.hub.peers_since(s.peers.sent) {
+                    s.peers.sent(update.version());
+                    return Some((encode(&peers_line(update))?, s));
+                }
+            }
+            Next::ServicesDue => {
+                s.services.changes.borrow_and_update();
+                s.services.due = None;
+                if let Some(update) = s.hub.services_since(s.services.sent) {
+                    s.services.sent(update.version());
+                    metrics::counter!(telemetry::STREAM_SERVICE_UPDATES).increment(1);
+                    return Some((encode(&services_line(update))?, s));
+                }
+            }
+            Next::Quiet => return Some((encode(&Line::Heartbeat(Heartbeat {}))?, s)),
+            Next::End => return None,
+        }
+    }
 }
 
 async fn sleep_until_due(due: Option<Instant>) {

@@ -238,39 +238,48 @@ impl ClusterState {
             | Change::EndpointSliceGone { .. }
             | Change::ResetServices(_)
             | Change::ResetEndpointSlices(_) => self.record_service_change(change, dirty),
-            Change::ResetPolicies(all) => {
-                let mut keep = BTreeSet::new();
-                for sp in all {
-                    match validate_policy(&sp.policy, sp.source.as_deref()) {
-                        Ok(valid) => {
-                            if keep.insert(valid.key()) {
-                                self.upsert_policy(valid, dirty);
-                            } else {
-                                applied.rejected.push(duplicate_policy(&valid, &sp));
-                            }
-                        }
-                        Err(e) => {
-                            // The object exists, invalid: keep its last valid version.
-                            let o = &e.object;
-                            keep.insert(format!(
-                                "{}/{}",
-                                o.namespace.as_deref().unwrap_or("default"),
-                                o.name
-                            ));
-                            applied.rejected.push(e);
-                        }
+            Change::ResetPolicies(all) => self.reset_policies(all, dirty, applied),
+        }
+    }
+
+    /// A relist of NetworkPolicies: those missing are gone; an invalid one keeps its last valid
+    /// version.
+    fn reset_policies(
+        &mut self,
+        all: Vec<SourcedPolicy>,
+        dirty: &mut Dirty,
+        applied: &mut Applied,
+    ) {
+        let mut keep = BTreeSet::new();
+        for sp in all {
+            match validate_policy(&sp.policy, sp.source.as_deref()) {
+                Ok(valid) => {
+                    if keep.insert(valid.key()) {
+                        self.upsert_policy(valid, dirty);
+                    } else {
+                        applied.rejected.push(duplicate_policy(&valid, &sp));
                     }
                 }
-                let gone: Vec<String> = self
-                    .policies
-                    .keys()
-                    .filter(|k| !keep.contains(*k))
-                    .cloned()
-                    .collect();
-                for key in gone {
-                    self.remove_policy(&key, dirty);
+                Err(e) => {
+                    // The object exists, invalid: keep its last valid version.
+                    let o = &e.object;
+                    keep.insert(format!(
+                        "{}/{}",
+                        o.namespace.as_deref().unwrap_or("default"),
+                        o.name
+                    ));
+                    applied.rejected.push(e);
                 }
             }
+        }
+        let gone: Vec<String> = self
+            .policies
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_policy(&key, dirty);
         }
     }
 
