@@ -1,5 +1,6 @@
 //! Plain-HTTP admin endpoints: `/metrics`, `/ready` (200 once every kind is listed and until
-//! shutdown starts), `/live`.
+//! shutdown starts), `/live`, and `/v1/unprotected` (JSON: pods of opted-in namespaces running
+//! without the proxy or with an exemption, and why).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::protection::Protection;
 
 pub struct Admin {
     pub hub: Arc<Hub>,
+    /// Unprotected pods (kube mode; empty in file mode, where pods carry no containers).
+    pub protection: Arc<Protection>,
     pub prometheus: Option<PrometheusHandle>,
     pub draining: AtomicBool,
 }
@@ -50,6 +54,15 @@ pub fn respond<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
+        "/v1/unprotected" => {
+            let body = serde_json::json!({ "unprotected": admin.protection.unprotected() });
+            let mut r = text(StatusCode::OK, format!("{body}\n"));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/ready" => {
             if admin.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())

@@ -12,6 +12,7 @@ pub mod feed;
 pub mod file_source;
 pub mod hub;
 pub mod kube_watch;
+pub mod protection;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
@@ -39,6 +40,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Arc::new(Hub::new());
+    let protection = Arc::new(protection::Protection::default());
 
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
@@ -74,7 +76,12 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
                 config.token_audience.clone(),
                 config.token_cache,
             );
-            let source = tokio::spawn(kube_watch::run(client, hub.clone(), stop_rx.clone()));
+            let source = tokio::spawn(kube_watch::run(
+                client,
+                hub.clone(),
+                protection.clone(),
+                stop_rx.clone(),
+            ));
             (Authenticator::TokenReview(Box::new(reviewer)), source)
         }
     };
@@ -106,6 +113,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let serving = tokio::spawn(server.serve(listener, tls, stop_rx.clone()));
     let admin = Arc::new(admin::Admin {
         hub: hub.clone(),
+        protection,
         prometheus: prometheus.clone(),
         draining: Default::default(),
     });

@@ -478,6 +478,12 @@ fn without_privileges_it_says_what_is_missing() {
 
 // ---- The attacks of issue 12 §1, replayed against the rules ----
 
+/// Writes `/proc/sys/<key>` in `ns` (the `net` entries are those of the writer's namespace).
+fn set_sysctl(ns: &str, key: &str, value: &str) {
+    let (path, value) = (format!("/proc/sys/{key}"), value.to_string());
+    in_ns(ns, move || fs::write(&path, value)).expect("sysctl");
+}
+
 /// The MAC address of `dev` in `ns`.
 fn mac(ns: &str, dev: &str) -> [u8; 6] {
     let out = Command::new("ip")
@@ -654,15 +660,7 @@ fn a_forged_packet_to_loopback_arriving_from_outside_is_dropped_before_the_redir
         p.init_ok(&[&format!("--backend={backend}")]);
         // As on a node where kube-proxy set route_localnet=1 and the pod inherited it: the
         // kernel itself would then deliver 127.0.0.1 from eth0 to a localhost-only app.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &p.pod,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.route_localnet=1",
-        ]);
+        set_sysctl(&p.pod, "net/ipv4/conf/all/route_localnet", "1");
         // The inbound proxy (dual-stack), and a localhost-only application behind it.
         let _proxy = listen(&p.pod, "[::]:4143");
         let _app = listen(&p.pod, "127.0.0.1:7777");
@@ -763,10 +761,10 @@ fn a_packet_routed_through_the_pod_toward_another_address_never_reaches_the_prox
             // A pod whose network namespace forwards (IPv4 forwarding is inherited from the
             // node on many kernels), with its default route, as pods have.
             for (family, sysctl, gw) in [
-                ("-4", "net.ipv4.ip_forward=1", PEER4),
-                ("-6", "net.ipv6.conf.all.forwarding=1", PEER6),
+                ("-4", "net/ipv4/ip_forward", PEER4),
+                ("-6", "net/ipv6/conf/all/forwarding", PEER6),
             ] {
-                sh(&["ip", "netns", "exec", &p.pod, "sysctl", "-qw", sysctl]);
+                set_sysctl(&p.pod, sysctl, "1");
                 sh(&[
                     "ip", "-n", &p.pod, family, "route", "add", "default", "via", gw,
                 ]);
