@@ -6,17 +6,27 @@
 //! single-pod label changes: time from the change to the new table at every affected proxy
 //! (p50/p99), bytes sent per change, and how many unaffected proxies received anything (must be 0).
 //!
+//! Services: 2,000 Services (each selecting one app of a namespace, ~10 endpoints) with their
+//! EndpointSlices. Every subscribed proxy also follows the service map as its stream does (the
+//! whole map, then deltas at most every 100 ms, each serialised as the line it would send), and
+//! for a series of endpoint changes (one endpoint of one slice turning not ready, or ready
+//! again) the bench reports the time from the change to the delta at every proxy.
+//!
 //! `cargo bench -p portcullis-controller --bench scale` (env SCALE_PODS, SCALE_POLICIES,
-//! SCALE_NAMESPACES, SCALE_PROXIES, SCALE_CHANGES to resize).
+//! SCALE_NAMESPACES, SCALE_PROXIES, SCALE_CHANGES, SCALE_SERVICES, SCALE_ENDPOINT_CHANGES to
+//! resize).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_controller::hub::Hub;
+use portcullis_controller::hub::{services_line, Hub};
 use portcullis_controller::state::Change;
-use portcullis_policy::synthetic;
+use portcullis_policy::service::{
+    derive_slices, EndpointSliceInfo, ServiceInfo, ServicePort, ServiceType, TargetPort,
+};
+use portcullis_policy::{synthetic, PodInfo, Protocol};
 use tokio::sync::mpsc;
 
 fn env(name: &str, default: usize) -> usize {
@@ -55,6 +65,8 @@ fn main() {
     let namespaces = env("SCALE_NAMESPACES", 50);
     let proxies = env("SCALE_PROXIES", 1_000).min(pods);
     let changes = env("SCALE_CHANGES", 200);
+    let service_count = env("SCALE_SERVICES", 2_000);
+    let endpoint_changes = env("SCALE_ENDPOINT_CHANGES", 100);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,6 +89,14 @@ fn main() {
         Change::ResetPolicies(cluster.policies.clone()),
     ]);
     let initial = started.elapsed();
+    let (services, mut slices) = synthetic_services(service_count, namespaces, &cluster.pods);
+    let endpoints: usize = slices.iter().map(|s| s.endpoints.len()).sum();
+    let started = Instant::now();
+    hub.apply(vec![
+        Change::ResetServices(services),
+        Change::ResetEndpointSlices(slices.clone()),
+    ]);
+    let services_initial = started.elapsed();
     drop(cluster);
     hub.mark_ready();
 
@@ -96,11 +116,12 @@ fn main() {
                 while updates.changed().await.is_ok() {
                     let v = updates.borrow_and_update().clone();
                     // What the stream would write for this update.
-                    let bytes = serde_json::to_vec(&serde_json::json!({
-                        "generation": v.generation,
-                        "table": v.table.as_deref(),
-                    }))
-                    .map(|b| b.len() + 1)
+                    let bytes = portcullis_wire::Line::Table(portcullis_wire::TableUpdate {
+                        generation: v.generation,
+                        table: v.table.clone(),
+                    })
+                    .encode()
+                    .map(|b| b.len())
                     .unwrap_or(0);
                     received_total.fetch_add(1, Ordering::Relaxed);
                     if tx.send((proxy, Instant::now(), bytes)).is_err() {
@@ -108,6 +129,43 @@ fn main() {
                     }
                 }
             });
+        }
+    });
+    // Every proxy follows the service map as its stream would.
+    let (svc_tx, mut svc_rx) = mpsc::unbounded_channel::<(usize, u64, Instant, usize)>();
+    runtime.block_on(async {
+        for proxy in 0..subscribed.len() {
+            let hub = hub.clone();
+            let tx = svc_tx.clone();
+            let mut changes = hub.service_changes();
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                let mut last = Instant::now() - Duration::from_secs(1);
+                loop {
+                    // Like serve.rs: at most one update per interval.
+                    tokio::time::sleep_until((last + Duration::from_millis(100)).into()).await;
+                    changes.borrow_and_update();
+                    if let Some(update) = hub.services_since(sent) {
+                        sent = update.version();
+                        last = Instant::now();
+                        let bytes = services_line(update).encode().map_or(0, |b| b.len());
+                        if tx.send((proxy, sent, Instant::now(), bytes)).is_err() {
+                            return;
+                        }
+                    }
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // The whole map, once per proxy.
+    let mut full_map_bytes = 0;
+    runtime.block_on(async {
+        for _ in 0..subscribed.len() {
+            let (_, _, _, n) = svc_rx.recv().await.expect("initial service map");
+            full_map_bytes = n;
         }
     });
     let rss_loaded = rss_kib();
@@ -168,6 +226,53 @@ fn main() {
         });
         bytes_per_change.push(bytes);
     }
+    // Endpoint changes: one endpoint of one slice flips readiness; every proxy must get it.
+    let mut endpoint_latencies = Vec::new();
+    let mut endpoint_apply = Vec::new();
+    let mut delta_bytes = Vec::new();
+    for _ in 0..endpoint_changes {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let i = (seed % slices.len() as u64) as usize;
+        let slice = &mut slices[i];
+        if slice.endpoints.is_empty() {
+            continue;
+        }
+        let e = (seed >> 20) as usize % slice.endpoints.len();
+        let ep = &mut slice.endpoints[e];
+        ep.ready = !ep.ready;
+        ep.serving = ep.ready;
+        let change = Change::EndpointSlice(slice.clone());
+        let t0 = Instant::now();
+        let applied = hub.apply(vec![change]);
+        endpoint_apply.push(t0.elapsed());
+        assert_eq!(applied.services_changed.len(), 1, "one Service changed");
+        assert!(
+            applied.changed.is_empty(),
+            "an endpoint change recompiles no table"
+        );
+        let want = hub.services_since(0).map(|u| u.version()).expect("version");
+        let mut waiting: HashSet<usize> = (0..subscribed.len()).collect();
+        runtime.block_on(async {
+            while !waiting.is_empty() {
+                match tokio::time::timeout(Duration::from_secs(10), svc_rx.recv()).await {
+                    Ok(Some((proxy, version, at, n))) => {
+                        if version >= want && waiting.remove(&proxy) {
+                            endpoint_latencies.push(at.duration_since(t0));
+                            delta_bytes.push(n);
+                        }
+                    }
+                    _ => panic!("a proxy never received the endpoint change"),
+                }
+            }
+        });
+    }
+    endpoint_latencies.sort();
+    endpoint_apply.sort();
+    delta_bytes.sort();
+    let rss_end = rss_kib();
+
     latencies.sort();
     apply_times.sort();
     let mut sorted_bytes = bytes_per_change.clone();
@@ -206,6 +311,74 @@ fn main() {
         "  total updates received: {}",
         received_total.load(Ordering::Relaxed)
     );
+    println!(
+        "services: {service_count} Services, {} EndpointSlices, {endpoints} endpoints; {endpoint_changes} endpoint changes",
+        slices.len()
+    );
+    println!(
+        "  initial resolve: {:.0} ms; whole map per proxy: {} B",
+        services_initial.as_secs_f64() * 1000.0,
+        full_map_bytes
+    );
+    println!(
+        "  apply per endpoint change: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&endpoint_apply, 0.5).as_secs_f64() * 1000.0,
+        percentile(&endpoint_apply, 0.99).as_secs_f64() * 1000.0
+    );
+    println!(
+        "  endpoint change -> delta at every proxy: p50 {:.2} ms, p99 {:.2} ms ({} deliveries); delta p50 {} B",
+        percentile(&endpoint_latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&endpoint_latencies, 0.99).as_secs_f64() * 1000.0,
+        endpoint_latencies.len(),
+        percentile_usize(&delta_bytes, 0.5)
+    );
+    println!(
+        "  memory at the end: {:.1} MiB resident",
+        rss_end as f64 / 1024.0
+    );
+}
+
+/// `count` Services spread over the namespaces, each selecting one app (port 80 → 8080), with
+/// the slices the EndpointSlice controller would write.
+fn synthetic_services(
+    count: usize,
+    namespaces: usize,
+    pods: &[PodInfo],
+) -> (Vec<ServiceInfo>, Vec<EndpointSliceInfo>) {
+    let mut services = Vec::with_capacity(count);
+    let mut slices = Vec::new();
+    let mut by_namespace: std::collections::HashMap<&str, Vec<PodInfo>> = Default::default();
+    for p in pods {
+        by_namespace
+            .entry(p.namespace.as_str())
+            .or_default()
+            .push(p.clone());
+    }
+    for i in 0..count {
+        let ns = synthetic::namespace_name(i % namespaces);
+        let app = format!("app-{}", (i / namespaces) % synthetic::APPS_PER_NAMESPACE);
+        let ip = std::net::Ipv4Addr::from(0x0a60_0000u32 + 10 + i as u32);
+        let svc = ServiceInfo {
+            namespace: ns.clone(),
+            name: format!("svc-{i}"),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip.into()],
+            headless: false,
+            selector: Some([("app".to_string(), app)].into()),
+            ports: vec![ServicePort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+            }],
+        };
+        slices.extend(derive_slices(
+            &svc,
+            by_namespace.get(ns.as_str()).map_or(&[][..], |v| &v[..]),
+        ));
+        services.push(svc);
+    }
+    (services, slices)
 }
 
 fn percentile_usize(sorted: &[usize], p: f64) -> usize {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_policy::service::{derive_slices, EndpointSliceInfo, ServiceInfo};
 use portcullis_policy::{NamespaceInfo, PodInfo};
 use portcullis_policy_loader::fingerprint;
 use tokio::sync::watch;
@@ -32,14 +33,38 @@ pub fn read(dir: &Path) -> Result<(Vec<Change>, Vec<String>), String> {
             pods.push(pod);
         }
     }
+    let slices = slices_with_derived(
+        &loaded.cluster.services,
+        loaded.cluster.endpoint_slices,
+        &pods,
+    );
     Ok((
         vec![
             Change::ResetNamespaces(namespaces),
             Change::ResetPods(pods),
             Change::ResetPolicies(loaded.cluster.policies),
+            Change::ResetServices(loaded.cluster.services),
+            Change::ResetEndpointSlices(slices),
         ],
         problems,
     ))
+}
+
+/// The EndpointSlices the manifests give, plus, for each Service with a selector and no slice
+/// at all, the ones the EndpointSlice controller would write from the manifests' pods.
+fn slices_with_derived(
+    services: &[ServiceInfo],
+    given: Vec<EndpointSliceInfo>,
+    pods: &[PodInfo],
+) -> Vec<EndpointSliceInfo> {
+    let mut slices = given;
+    for svc in services {
+        let key = svc.key();
+        if !slices.iter().any(|s| s.service_key() == key) {
+            slices.extend(derive_slices(svc, pods));
+        }
+    }
+    slices
 }
 
 /// Polls `dir` every `interval`, applying each change, until shutdown.

@@ -4,13 +4,16 @@
 //! runtime), and one `watch` channel per pod that someone has asked for or that has a table.
 //! A change wakes only the channels of pods whose table changed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use portcullis_policy::service::ResolvedService;
 use portcullis_policy::PodTable;
+use portcullis_wire::{Line, Peers, PeersDelta, Services, ServicesDelta};
 use tokio::sync::watch;
 
+use crate::feed::{Feed, FeedUpdate};
 use crate::state::{Applied, Change, ClusterState};
 use crate::telemetry;
 
@@ -27,6 +30,8 @@ pub struct Hub {
     ready: watch::Sender<bool>,
     /// The peer-name version; every stream follows it.
     peers: watch::Sender<u64>,
+    /// The Services version; every stream follows it.
+    services: watch::Sender<u64>,
 }
 
 struct Inner {
@@ -34,40 +39,62 @@ struct Inner {
     generation: u64,
     channels: HashMap<String, watch::Sender<Versioned>>,
     peer_feed: PeerFeed,
+    service_feed: ServiceFeed,
 }
 
-/// Names of peers by address, as streams have been told them: the current map and the recent
-/// changes, so that a stream can send what changed since its last update instead of the whole
-/// map. Every proxy needs every name (any pod may connect to it), but a name changes only when a
-/// pod comes, goes or changes address: label changes, the frequent kind, never reach this.
-#[derive(Default)]
-struct PeerFeed {
-    names: BTreeMap<IpAddr, String>,
-    version: u64,
-    /// (version, address, new owner); bounded: a stream further behind gets the whole map.
-    log: VecDeque<(u64, IpAddr, Option<String>)>,
-}
+/// Peer names by address. Every proxy needs every name (any pod may connect to it), but a name
+/// changes only when a pod comes, goes or changes address: label changes, the frequent kind,
+/// never reach this.
+type PeerFeed = Feed<IpAddr, String>;
 
-const PEER_LOG_LIMIT: usize = 65_536;
+/// Every Service with a virtual IP, resolved to its backends, by `namespace/name`. Every proxy
+/// receives the whole map: any pod may call any Service, and which backends its egress allows is
+/// decided in the proxy against its own table (so a table change never resends Services).
+type ServiceFeed = Feed<String, Arc<ResolvedService>>;
+
+const FEED_LOG_LIMIT: usize = 65_536;
 
 /// What a stream sends to bring a proxy's peer names up to date.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(untagged)]
-pub enum PeerUpdate {
-    Full {
-        peers: BTreeMap<IpAddr, String>,
-        peers_version: u64,
-    },
-    Delta {
-        peers_delta: PeerDelta,
-        peers_version: u64,
-    },
+pub type PeerUpdate = FeedUpdate<IpAddr, String>;
+/// What a stream sends to bring a proxy's Services up to date.
+pub type ServiceUpdate = FeedUpdate<String, Arc<ResolvedService>>;
+
+/// The `peers` / `peers_delta` line of an update.
+pub fn peers_line(update: PeerUpdate) -> Line {
+    match update {
+        FeedUpdate::Full { version, entries } => Line::Peers(Peers {
+            version,
+            names: entries,
+        }),
+        FeedUpdate::Delta {
+            version,
+            set,
+            remove,
+        } => Line::PeersDelta(PeersDelta {
+            version,
+            set,
+            remove,
+        }),
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct PeerDelta {
-    pub set: BTreeMap<IpAddr, String>,
-    pub remove: Vec<IpAddr>,
+/// The `services` / `services_delta` line of an update.
+pub fn services_line(update: ServiceUpdate) -> Line {
+    match update {
+        FeedUpdate::Full { version, entries } => Line::Services(Services {
+            version,
+            services: entries,
+        }),
+        FeedUpdate::Delta {
+            version,
+            set,
+            remove,
+        } => Line::ServicesDelta(ServicesDelta {
+            version,
+            set,
+            remove,
+        }),
+    }
 }
 
 impl Default for Hub {
@@ -83,10 +110,12 @@ impl Hub {
                 state: ClusterState::new(),
                 generation: 0,
                 channels: HashMap::new(),
-                peer_feed: PeerFeed::default(),
+                peer_feed: Feed::new(FEED_LOG_LIMIT),
+                service_feed: Feed::new(FEED_LOG_LIMIT),
             }),
             ready: watch::Sender::new(false),
             peers: watch::Sender::new(0),
+            services: watch::Sender::new(0),
         }
     }
 
@@ -134,12 +163,24 @@ impl Hub {
         let Inner {
             peer_feed, state, ..
         } = &mut *inner;
-        if peer_feed.record(state, &applied.peers_touched) {
-            self.peers.send_replace(inner.peer_feed.version);
+        let mut peers_changed = false;
+        for ip in &applied.peers_touched {
+            peers_changed |= peer_feed.record(*ip, state.peer_name(ip).cloned());
+        }
+        if peers_changed {
+            self.peers.send_replace(inner.peer_feed.version());
+        }
+        let mut services_changed = false;
+        for (key, resolved) in &applied.services_changed {
+            services_changed |= inner.service_feed.record(key.clone(), resolved.clone());
+        }
+        if services_changed {
+            self.services.send_replace(inner.service_feed.version());
         }
         metrics::gauge!(telemetry::GENERATION).set(inner.generation as f64);
         metrics::gauge!(telemetry::PODS).set(inner.state.pod_count() as f64);
         metrics::gauge!(telemetry::POLICIES).set(inner.state.policy_count() as f64);
+        metrics::gauge!(telemetry::SERVICES).set(inner.service_feed.len() as f64);
         metrics::counter!(telemetry::TABLES_CHANGED).increment(applied.changed.len() as u64);
         applied
     }
@@ -170,6 +211,25 @@ impl Hub {
     /// What a stream that has sent version `since` (0: nothing yet) must send now, if anything.
     pub fn peers_since(&self, since: u64) -> Option<PeerUpdate> {
         self.lock().peer_feed.since(since)
+    }
+
+    /// The Services version, to follow.
+    pub fn service_changes(&self) -> watch::Receiver<u64> {
+        self.services.subscribe()
+    }
+
+    /// What a stream that has sent Services version `since` (0: nothing yet) must send now.
+    pub fn services_since(&self, since: u64) -> Option<ServiceUpdate> {
+        self.lock().service_feed.since(since)
+    }
+
+    /// The resolved Service `namespace/name`, as streamed.
+    pub fn service(&self, key: &str) -> Option<Arc<ResolvedService>> {
+        self.lock().service_feed.get(&key.to_string()).cloned()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.lock().service_feed.len()
     }
 
     /// Drops channels of pods that are gone and that nobody listens to any more.
@@ -214,60 +274,6 @@ impl Hub {
     }
 }
 
-impl PeerFeed {
-    /// Brings the map up to date for the touched addresses; true when something changed.
-    fn record(&mut self, state: &ClusterState, touched: &[IpAddr]) -> bool {
-        let mut changed = false;
-        for ip in touched {
-            let now = state.peer_name(ip).cloned();
-            if self.names.get(ip) == now.as_ref() {
-                continue;
-            }
-            match &now {
-                Some(name) => self.names.insert(*ip, name.clone()),
-                None => self.names.remove(ip),
-            };
-            self.version += 1;
-            self.log.push_back((self.version, *ip, now));
-            if self.log.len() > PEER_LOG_LIMIT {
-                self.log.pop_front();
-            }
-            changed = true;
-        }
-        changed
-    }
-
-    fn since(&self, since: u64) -> Option<PeerUpdate> {
-        if since == self.version && since != 0 {
-            return None;
-        }
-        let oldest_kept = self.log.front().map_or(self.version + 1, |(v, _, _)| *v);
-        if since == 0 || since + 1 < oldest_kept || since > self.version {
-            return Some(PeerUpdate::Full {
-                peers: self.names.clone(),
-                peers_version: self.version,
-            });
-        }
-        let mut latest: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
-        for (_, ip, owner) in self.log.iter().filter(|(v, _, _)| *v > since) {
-            latest.insert(*ip, owner.clone());
-        }
-        let mut delta = PeerDelta::default();
-        for (ip, owner) in latest {
-            match owner {
-                Some(name) => {
-                    delta.set.insert(ip, name);
-                }
-                None => delta.remove.push(ip),
-            }
-        }
-        Some(PeerUpdate::Delta {
-            peers_delta: delta,
-            peers_version: self.version,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,8 +300,8 @@ mod tests {
             Change::Pod(pod("db", "10.0.0.2")),
         ]);
         let Some(PeerUpdate::Full {
-            peers,
-            peers_version,
+            entries: peers,
+            version: peers_version,
         }) = hub.peers_since(0)
         else {
             panic!("a new stream gets the whole map");
@@ -318,15 +324,12 @@ mod tests {
             },
             Change::Pod(pod("cache", "10.0.0.3")),
         ]);
-        let Some(PeerUpdate::Delta { peers_delta, .. }) = hub.peers_since(peers_version) else {
+        let Some(PeerUpdate::Delta { set, remove, .. }) = hub.peers_since(peers_version) else {
             panic!("a stream that is up to date gets a delta");
         };
+        assert_eq!(remove, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(
-            peers_delta.remove,
-            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            peers_delta.set.into_iter().collect::<Vec<_>>(),
+            set.into_iter().collect::<Vec<_>>(),
             vec![("10.0.0.3".parse().unwrap(), "shop/cache".to_string())]
         );
     }

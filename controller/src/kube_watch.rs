@@ -1,24 +1,27 @@
-//! Kube mode: one watch per kind (Namespaces, Pods, NetworkPolicies, cluster-wide), turned into
-//! [`Change`]s for the hub.
+//! Kube mode: one watch per kind (Namespaces, Pods, NetworkPolicies, Services, EndpointSlices,
+//! cluster-wide), turned into [`Change`]s for the hub.
 //!
 //! kube-runtime's watcher does the protocol work: the initial list, resuming from the last
 //! resourceVersion (bookmarks keep it fresh), and a full relist when the API server answers
 //! 410 Gone. A relist arrives as `Init`, `InitApply`..., `InitDone`; it is buffered and applied as
 //! one `Reset*` change, so objects deleted while the watch was down disappear too. Only what
-//! policy needs is kept from each object ([`PodInfo`], [`NamespaceInfo`], validated policies).
+//! policy needs is kept from each object ([`PodInfo`], [`NamespaceInfo`], validated policies,
+//! [`ServiceInfo`], [`EndpointSliceInfo`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use portcullis_policy::cluster::SourcedPolicy;
 use portcullis_policy::protection::Tracker;
-use portcullis_policy::{NamespaceInfo, PodInfo};
+use portcullis_policy::service::{EndpointSliceInfo, ServiceInfo};
+use portcullis_policy::{NamespaceInfo, ObjectError, PodInfo};
 use tokio::sync::{mpsc, watch};
 
 use crate::hub::Hub;
@@ -32,6 +35,25 @@ struct Listed {
     namespaces: bool,
     pods: bool,
     policies: bool,
+    services: bool,
+    slices: bool,
+}
+
+impl Listed {
+    fn set(&mut self, kind: &str) {
+        match kind {
+            Namespace::NAME => self.namespaces = true,
+            Pod::NAME => self.pods = true,
+            NetworkPolicy::NAME => self.policies = true,
+            Service::NAME => self.services = true,
+            EndpointSlice::NAME => self.slices = true,
+            _ => {}
+        }
+    }
+
+    fn all(&self) -> bool {
+        self.namespaces && self.pods && self.policies && self.services && self.slices
+    }
 }
 
 /// What one watch event means for the cluster state, per kind.
@@ -139,6 +161,66 @@ impl Kind for NetworkPolicy {
     }
 }
 
+/// An object that cannot be read: logged and counted; what was known of it stays.
+fn rejected(e: &ObjectError) {
+    tracing::error!(event = "object_rejected", error = %e);
+    metrics::counter!(telemetry::OBJECTS_REJECTED).increment(1);
+}
+
+/// A relist of a kind read with `read`: objects that cannot be read are left out of the reset,
+/// and so disappear (unlike pods, whose last state is kept: a Service or slice that cannot be
+/// read has no safe last state to route by, and no backend is better than a wrong one).
+fn read_all<K, T>(objs: &[K], read: impl Fn(&K) -> Result<T, ObjectError>) -> Vec<T> {
+    objs.iter()
+        .filter_map(|o| read(o).map_err(|e| rejected(&e)).ok())
+        .collect()
+}
+
+impl Kind for Service {
+    const NAME: &'static str = "services";
+    fn upsert(obj: &Self) -> Option<Change> {
+        match ServiceInfo::from_k8s(obj, None) {
+            Ok(svc) => Some(Change::Service(svc)),
+            Err(e) => {
+                rejected(&e);
+                // Not routable any more: remove it rather than keep routing by an old version.
+                Some(Self::gone(obj))
+            }
+        }
+    }
+    fn gone(obj: &Self) -> Change {
+        Change::ServiceGone {
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+    fn reset(objs: &[Self]) -> Change {
+        Change::ResetServices(read_all(objs, |o| ServiceInfo::from_k8s(o, None)))
+    }
+}
+
+impl Kind for EndpointSlice {
+    const NAME: &'static str = "endpointslices";
+    fn upsert(obj: &Self) -> Option<Change> {
+        match EndpointSliceInfo::from_k8s(obj, None) {
+            Ok(slice) => Some(Change::EndpointSlice(slice)),
+            Err(e) => {
+                rejected(&e);
+                Some(Self::gone(obj))
+            }
+        }
+    }
+    fn gone(obj: &Self) -> Change {
+        Change::EndpointSliceGone {
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+    fn reset(objs: &[Self]) -> Change {
+        Change::ResetEndpointSlices(read_all(objs, |o| EndpointSliceInfo::from_k8s(o, None)))
+    }
+}
+
 fn sourced(policy: &NetworkPolicy) -> SourcedPolicy {
     let mut policy = policy.clone();
     // Policy needs spec, name and namespace only; managedFields alone can outweigh the spec.
@@ -150,7 +232,7 @@ fn sourced(policy: &NetworkPolicy) -> SourcedPolicy {
     }
 }
 
-/// Watches the three kinds until shutdown, applying changes to the hub in batches.
+/// Watches the five kinds until shutdown, applying changes to the hub in batches.
 pub async fn run(
     client: Client,
     hub: Arc<Hub>,
@@ -171,9 +253,19 @@ pub async fn run(
             protection.clone(),
         )),
         tokio::spawn(forward(
-            watcher::watcher(Api::<NetworkPolicy>::all(client), config),
-            tx,
+            watcher::watcher(Api::<NetworkPolicy>::all(client.clone()), config.clone()),
+            tx.clone(),
             protection.clone(),
+        )),
+        tokio::spawn(forward(
+            watcher::watcher(Api::<Service>::all(client.clone()), config.clone()),
+            tx.clone(),
+            protection.clone(),
+        )),
+        tokio::spawn(forward(
+            watcher::watcher(Api::<EndpointSlice>::all(client), config),
+            tx,
+            protection,
         )),
     ];
     let mut listed = Listed::default();
@@ -197,11 +289,7 @@ pub async fn run(
                 Batch::Change(c) => changes.push(c),
                 Batch::Listed(c) => {
                     changes.push(c);
-                    match kind {
-                        "namespaces" => listed.namespaces = true,
-                        "pods" => listed.pods = true,
-                        _ => listed.policies = true,
-                    }
+                    listed.set(kind);
                 }
             }
         }
@@ -212,13 +300,14 @@ pub async fn run(
         if let Err(e) = applied {
             tracing::error!(error = %e, "applying changes failed");
         }
-        if !hub.is_ready() && listed.namespaces && listed.pods && listed.policies {
+        if !hub.is_ready() && listed.all() {
             let (namespaces, pods, policies, tables) = hub.sizes();
             tracing::info!(
                 event = "cluster_listed",
                 namespaces,
                 pods,
                 policies,
+                services = hub.service_count(),
                 tables,
                 "every kind is listed; serving tables"
             );
@@ -378,6 +467,62 @@ mod tests {
             check::<NetworkPolicy>(&rec("networkpolicies-watch-1.ndjson")),
             ["MODIFIED", "BOOKMARK 184620"]
         );
+        assert_eq!(
+            check::<Service>(&rec("services-watch-1.ndjson")),
+            ["MODIFIED", "DELETED", "BOOKMARK 184620"]
+        );
+        assert_eq!(
+            check::<EndpointSlice>(&rec("endpointslices-watch-1.ndjson")),
+            ["MODIFIED", "MODIFIED", "DELETED", "BOOKMARK 184620"]
+        );
+    }
+
+    #[test]
+    fn services_and_slices_keep_what_enforcement_needs() {
+        let Change::ResetServices(services) =
+            Service::reset(&list(include_str!("../tests/recorded/services-list.json")))
+        else {
+            panic!("not a Service reset")
+        };
+        assert_eq!(services.len(), 5);
+        let frontend = services
+            .iter()
+            .find(|s| s.key() == "shop/frontend")
+            .unwrap();
+        assert_eq!(frontend.cluster_ips.len(), 2, "both families");
+        assert_eq!(
+            frontend.ports[0].target_port,
+            portcullis_policy::service::TargetPort::Name("http".into())
+        );
+        let redis = services.iter().find(|s| s.key() == "shop/redis").unwrap();
+        assert!(redis.headless && redis.cluster_ips.is_empty());
+        let Change::ResetEndpointSlices(slices) = EndpointSlice::reset(&list(include_str!(
+            "../tests/recorded/endpointslices-list.json"
+        ))) else {
+            panic!("not a slice reset")
+        };
+        assert_eq!(slices.len(), 6);
+        let api_server = slices.iter().find(|s| s.service == "kubernetes").unwrap();
+        assert_eq!(
+            api_server.endpoints[0].pod, None,
+            "not a pod: judged as an IP"
+        );
+        let v6 = slices.iter().find(|s| s.name == "frontend-q9x4w").unwrap();
+        assert_eq!(
+            v6.endpoints[0].pod.as_deref(),
+            Some("shop/frontend-6d8f7b9c5-x2kqp")
+        );
+        assert!(v6.endpoints[0].ip.is_ipv6());
+
+        // A slice without its Service label is unreadable: removed, never kept half-known.
+        let mut bad: EndpointSlice =
+            list::<EndpointSlice>(include_str!("../tests/recorded/endpointslices-list.json"))
+                .remove(2);
+        bad.metadata.labels = None;
+        assert!(matches!(
+            EndpointSlice::upsert(&bad),
+            Some(Change::EndpointSliceGone { .. })
+        ));
     }
 
     #[test]

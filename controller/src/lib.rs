@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod feed;
 pub mod file_source;
 pub mod hub;
 pub mod kube_watch;

@@ -1,10 +1,14 @@
 //! The table API: `GET /v1/tables/{namespace}/{pod}` streams that pod's table as
-//! newline-delimited JSON, the current version at once and every change after it:
+//! newline-delimited JSON (the line types are `portcullis_wire::Line`): a hello with the wire
+//! version, the current table at once and every change after it, and the peer names:
 //!
 //! ```text
-//! {"generation":12,"table":{...}}
-//! {"heartbeat":true}
-//! {"generation":15,"table":{...}}
+//! {"hello":{"v":1}}
+//! {"table":{"generation":12,"table":{...}}}
+//! {"peers":{"version":40,"names":{...}}}
+//! {"services":{"version":7,"services":{...}}}
+//! {"heartbeat":{}}
+//! {"table":{"generation":15,"table":{...}}}
 //! ```
 //!
 //! `"table":null` means the controller knows no such pod (yet). A heartbeat goes out after
@@ -33,8 +37,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use portcullis_serve_guard::{reset, ConnectionEnd, Guard, Limits};
+use portcullis_wire::{Heartbeat, Hello, Line, TableUpdate};
 
-use crate::hub::{Hub, PeerUpdate, Versioned};
+use crate::hub::{peers_line, services_line, Hub, Versioned};
 use crate::telemetry;
 use crate::token_review::{AuthError, Authenticator};
 
@@ -189,7 +194,7 @@ impl TableServer {
         let mut response = Response::new(body);
         response.headers_mut().insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
+            HeaderValue::from_static(portcullis_wire::CONTENT_TYPE),
         );
         response
     }
@@ -203,14 +208,67 @@ fn table_path(path: &str) -> Option<(&str, &str)> {
     (valid(namespace) && valid(pod)).then_some((namespace, pod))
 }
 
-const HEARTBEAT: &[u8] = b"{\"heartbeat\":true}\n";
-
 /// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one
 /// delta.
 const PEER_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One line per table version; the peer names (whole map first, then what changed); a heartbeat
-/// after each quiet period; the end on shutdown.
+/// Service updates go out at most this often per stream. Shorter than for peer names: an
+/// endpoint that stops being ready should stop taking new connections quickly, and a rollout's
+/// burst of endpoint changes still becomes a few deltas.
+const SERVICE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One map a stream follows (peer names or Services): what it has sent, and when it may send
+/// again.
+struct Cursor {
+    changes: watch::Receiver<u64>,
+    sent: u64,
+    due: Option<Instant>,
+    last: Instant,
+    interval: Duration,
+}
+
+impl Cursor {
+    fn new(changes: watch::Receiver<u64>, interval: Duration) -> Self {
+        Cursor {
+            changes,
+            sent: 0,
+            // Right after the first table: the whole map.
+            due: None,
+            last: Instant::now(),
+            interval,
+        }
+    }
+
+    /// Something changed: send once the interval since the last update has passed.
+    fn changed(&mut self) {
+        self.changes.borrow_and_update();
+        self.due = Some((self.last + self.interval).max(Instant::now()));
+    }
+
+    fn sent(&mut self, version: u64) {
+        self.due = None;
+        self.sent = version;
+        self.last = Instant::now();
+    }
+}
+
+/// One stream's state between lines.
+struct StreamState {
+    key: String,
+    hub: Arc<Hub>,
+    rx: watch::Receiver<Versioned>,
+    ready: watch::Receiver<bool>,
+    peers: Cursor,
+    services: Cursor,
+    shutdown: watch::Receiver<bool>,
+    heartbeat: Duration,
+    hello_sent: bool,
+    first: bool,
+    _active: ActiveStream,
+}
+
+/// One line per table version; the peer names and the Services (each: whole map first, then
+/// what changed); a heartbeat after each quiet period; the end on shutdown.
 fn table_stream(
     key: String,
     hub: Arc<Hub>,
@@ -218,98 +276,102 @@ fn table_stream(
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> Body {
-    struct StreamState {
-        key: String,
-        hub: Arc<Hub>,
-        rx: watch::Receiver<Versioned>,
-        ready: watch::Receiver<bool>,
-        peers: watch::Receiver<u64>,
-        shutdown: watch::Receiver<bool>,
-        heartbeat: Duration,
-        first: bool,
-        peers_sent: u64,
-        peers_due: Option<Instant>,
-        last_peers: Instant,
-        _active: ActiveStream,
-    }
     let state = StreamState {
         key,
         ready: hub.ready_changes(),
-        peers: hub.peer_changes(),
+        peers: Cursor::new(hub.peer_changes(), PEER_UPDATE_INTERVAL),
+        services: Cursor::new(hub.service_changes(), SERVICE_UPDATE_INTERVAL),
         hub,
         rx,
         shutdown,
         heartbeat,
+        hello_sent: false,
         first: true,
-        peers_sent: 0,
-        peers_due: None,
-        last_peers: Instant::now(),
         _active: ActiveStream::new(),
     };
-    let lines = stream::unfold(state, |mut s| async move {
-        if s.first {
-            // Until every kind is listed, a table could be missing rules: wait for the complete
-            // view rather than hand out a table that allows too much.
-            tokio::select! {
-                _ = s.ready.wait_for(|r| *r) => {}
-                _ = s.shutdown.wait_for(|stop| *stop) => return None,
-            }
-            s.first = false;
-            s.peers_due = Some(Instant::now());
-            let current = s.rx.borrow_and_update().clone();
-            return Some((table_line(&s.key, &current), s));
-        }
-        enum Next {
-            Table,
-            PeersChanged,
-            PeersDue,
-            Quiet,
-            End,
-        }
-        loop {
-            let due = s.peers_due;
-            let next = tokio::select! {
-                changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
-                changed = s.peers.changed(), if due.is_none() => {
-                    if changed.is_ok() { Next::PeersChanged } else { Next::End }
-                }
-                _ = sleep_until_due(due) => Next::PeersDue,
-                _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
-                _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
-            };
-            match next {
-                Next::Table => {
-                    let current = s.rx.borrow_and_update().clone();
-                    return Some((table_line(&s.key, &current), s));
-                }
-                Next::PeersChanged => {
-                    s.peers.borrow_and_update();
-                    s.peers_due = Some((s.last_peers + PEER_UPDATE_INTERVAL).max(Instant::now()));
-                }
-                Next::PeersDue => {
-                    s.peers_due = None;
-                    s.peers.borrow_and_update();
-                    if let Some(update) = s.hub.peers_since(s.peers_sent) {
-                        s.peers_sent = match &update {
-                            PeerUpdate::Full { peers_version, .. }
-                            | PeerUpdate::Delta { peers_version, .. } => *peers_version,
-                        };
-                        s.last_peers = Instant::now();
-                        if let Some(line) = json_line(&update) {
-                            return Some((line, s));
-                        }
-                    }
-                }
-                Next::Quiet => return Some((Bytes::from_static(HEARTBEAT), s)),
-                Next::End => return None,
-            }
-        }
-    });
+    let lines = stream::unfold(state, next_line);
     let frames = futures_util::StreamExt::map(lines, |line| {
         metrics::counter!(telemetry::STREAM_BYTES).increment(line.len() as u64);
         Ok::<_, Infallible>(Frame::data(line))
     });
     BodyExt::boxed(StreamBody::new(frames))
+}
+
+/// The next line of a stream, or `None` at its end.
+async fn next_line(mut s: StreamState) -> Option<(Bytes, StreamState)> {
+    if !s.hello_sent {
+        // At once, before the wait below: the proxy learns the version even while the
+        // controller is still listing.
+        s.hello_sent = true;
+        return Some((encode(&Line::Hello(Hello::current()))?, s));
+    }
+    if s.first {
+        // Until every kind is listed, a table could be missing rules: wait for the complete
+        // view rather than hand out a table that allows too much.
+        tokio::select! {
+            _ = s.ready.wait_for(|r| *r) => {}
+            _ = s.shutdown.wait_for(|stop| *stop) => return None,
+        }
+        s.first = false;
+        s.peers.due = Some(Instant::now());
+        s.services.due = Some(Instant::now());
+        let current = s.rx.borrow_and_update().clone();
+        return Some((table_line(&s.key, &current)?, s));
+    }
+    enum Next {
+        Table,
+        PeersChanged,
+        PeersDue,
+        ServicesChanged,
+        ServicesDue,
+        Quiet,
+        End,
+    }
+    loop {
+        let (peers_due, services_due) = (s.peers.due, s.services.due);
+        let next = tokio::select! {
+            // Services before peer names: they decide where connections go.
+            biased;
+            changed = s.rx.changed() => if changed.is_ok() { Next::Table } else { Next::End },
+            _ = sleep_until_due(services_due) => Next::ServicesDue,
+            _ = sleep_until_due(peers_due) => Next::PeersDue,
+            changed = s.services.changes.changed(), if services_due.is_none() => {
+                if changed.is_ok() { Next::ServicesChanged } else { Next::End }
+            }
+            changed = s.peers.changes.changed(), if peers_due.is_none() => {
+                if changed.is_ok() { Next::PeersChanged } else { Next::End }
+            }
+            _ = tokio::time::sleep(s.heartbeat) => Next::Quiet,
+            _ = s.shutdown.wait_for(|stop| *stop) => Next::End,
+        };
+        match next {
+            Next::Table => {
+                let current = s.rx.borrow_and_update().clone();
+                return Some((table_line(&s.key, &current)?, s));
+            }
+            Next::PeersChanged => s.peers.changed(),
+            Next::ServicesChanged => s.services.changed(),
+            Next::PeersDue => {
+                s.peers.changes.borrow_and_update();
+                s.peers.due = None;
+                if let Some(update) = s.hub.peers_since(s.peers.sent) {
+                    s.peers.sent(update.version());
+                    return Some((encode(&peers_line(update))?, s));
+                }
+            }
+            Next::ServicesDue => {
+                s.services.changes.borrow_and_update();
+                s.services.due = None;
+                if let Some(update) = s.hub.services_since(s.services.sent) {
+                    s.services.sent(update.version());
+                    metrics::counter!(telemetry::STREAM_SERVICE_UPDATES).increment(1);
+                    return Some((encode(&services_line(update))?, s));
+                }
+            }
+            Next::Quiet => return Some((encode(&Line::Heartbeat(Heartbeat {}))?, s)),
+            Next::End => return None,
+        }
+    }
 }
 
 async fn sleep_until_due(due: Option<Instant>) {
@@ -319,34 +381,26 @@ async fn sleep_until_due(due: Option<Instant>) {
     }
 }
 
-fn json_line<T: serde::Serialize>(value: &T) -> Option<Bytes> {
-    match serde_json::to_vec(value) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            Some(Bytes::from(bytes))
-        }
+/// One line as sent. A line is plain data and serialising it cannot fail short of a bug; if it
+/// ever does, the stream ends there (the proxy keeps its last table and reconnects) rather than
+/// leave a gap in what it was told.
+fn encode(line: &Line) -> Option<Bytes> {
+    match line.encode() {
+        Ok(bytes) => Some(Bytes::from(bytes)),
         Err(e) => {
-            tracing::error!(error = %e, "could not serialise a stream line");
+            tracing::error!(error = %e, kind = line.kind(), "could not serialise a stream line; ending the stream");
             None
         }
     }
 }
 
-fn table_line(key: &str, v: &Versioned) -> Bytes {
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        generation: u64,
-        table: Option<&'a portcullis_policy::PodTable>,
-    }
-    let line = Line {
-        generation: v.generation,
-        table: v.table.as_deref(),
-    };
+fn table_line(key: &str, v: &Versioned) -> Option<Bytes> {
     metrics::counter!(telemetry::STREAM_UPDATES).increment(1);
     tracing::debug!(event = "table_sent", pod = %key, generation = v.generation);
-    // A table is plain data; serialising cannot fail short of a bug (`json_line` says so), and
-    // then the proxy keeps its previous table.
-    json_line(&line).unwrap_or_else(|| Bytes::from_static(HEARTBEAT))
+    encode(&Line::Table(TableUpdate {
+        generation: v.generation,
+        table: v.table.clone(),
+    }))
 }
 
 /// Keeps the active-streams gauge honest however a stream ends.

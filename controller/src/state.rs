@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use portcullis_policy::cluster::SourcedPolicy;
 use portcullis_policy::compile::{assemble_table, resolve_policy, ClusterIndex, ResolvedPolicy};
+use portcullis_policy::service::{resolve, EndpointSliceInfo, ResolvedService, ServiceInfo};
 use portcullis_policy::validate::{validate_policy, Peer, PortSpec, Rule, ValidPolicy};
 use portcullis_policy::{NamespaceInfo, ObjectError, PodInfo, PodTable};
 
@@ -50,6 +51,18 @@ pub enum Change {
         unreadable: Vec<String>,
     },
     ResetPolicies(Vec<SourcedPolicy>),
+    Service(ServiceInfo),
+    ServiceGone {
+        namespace: String,
+        name: String,
+    },
+    EndpointSlice(EndpointSliceInfo),
+    EndpointSliceGone {
+        namespace: String,
+        name: String,
+    },
+    ResetServices(Vec<ServiceInfo>),
+    ResetEndpointSlices(Vec<EndpointSliceInfo>),
 }
 
 /// What one [`ClusterState::apply`] did.
@@ -62,6 +75,9 @@ pub struct Applied {
     pub rejected: Vec<ObjectError>,
     /// Addresses whose owning pod may have changed (see [`ClusterState::peer_name`]).
     pub peers_touched: Vec<IpAddr>,
+    /// Services (`namespace/name`) whose resolved form changed, with the new one (`None`: gone,
+    /// or no longer has a virtual IP).
+    pub services_changed: Vec<(String, Option<Arc<ResolvedService>>)>,
     /// Policies re-resolved and tables reassembled: the incremental work actually done.
     pub policies_resolved: usize,
     pub tables_assembled: usize,
@@ -83,6 +99,13 @@ pub struct ClusterState {
     no_peer_names: Arc<BTreeMap<IpAddr, String>>,
     /// Which pod owns an address, to name peers (selectable pods only, as in `known_pods`).
     peer_names: HashMap<IpAddr, String>,
+    /// Services and EndpointSlices as declared, by `namespace/name`, and each Service resolved
+    /// with its slices. Endpoints come from slices only: in a cluster the EndpointSlice
+    /// controller writes them (file mode derives them before they get here).
+    services: BTreeMap<String, ServiceInfo>,
+    slices: BTreeMap<String, EndpointSliceInfo>,
+    slices_of_service: HashMap<String, BTreeSet<String>>,
+    resolved_services: HashMap<String, Arc<ResolvedService>>,
 }
 
 /// Work collected while changes are applied, done once at the end of the batch.
@@ -92,6 +115,7 @@ struct Dirty {
     pods: BTreeSet<String>,
     gone_pods: BTreeSet<String>,
     peers: BTreeSet<IpAddr>,
+    services: BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -126,6 +150,11 @@ impl ClusterState {
 
     pub fn namespace_count(&self) -> usize {
         self.namespaces.len()
+    }
+
+    /// Services that have a virtual IP, resolved, as proxies receive them.
+    pub fn resolved_services(&self) -> &HashMap<String, Arc<ResolvedService>> {
+        &self.resolved_services
     }
 
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Applied {
@@ -203,39 +232,165 @@ impl ClusterState {
                     self.upsert_pod(pod, dirty);
                 }
             }
-            Change::ResetPolicies(all) => {
-                let mut keep = BTreeSet::new();
-                for sp in all {
-                    match validate_policy(&sp.policy, sp.source.as_deref()) {
-                        Ok(valid) => {
-                            if keep.insert(valid.key()) {
-                                self.upsert_policy(valid, dirty);
-                            } else {
-                                applied.rejected.push(duplicate_policy(&valid, &sp));
-                            }
-                        }
-                        Err(e) => {
-                            // The object exists, invalid: keep its last valid version.
-                            let o = &e.object;
-                            keep.insert(format!(
-                                "{}/{}",
-                                o.namespace.as_deref().unwrap_or("default"),
-                                o.name
-                            ));
-                            applied.rejected.push(e);
-                        }
+            Change::Service(_)
+            | Change::ServiceGone { .. }
+            | Change::EndpointSlice(_)
+            | Change::EndpointSliceGone { .. }
+            | Change::ResetServices(_)
+            | Change::ResetEndpointSlices(_) => self.record_service_change(change, dirty),
+            Change::ResetPolicies(all) => self.reset_policies(all, dirty, applied),
+        }
+    }
+
+    /// A relist of NetworkPolicies: those missing are gone; an invalid one keeps its last valid
+    /// version.
+    fn reset_policies(
+        &mut self,
+        all: Vec<SourcedPolicy>,
+        dirty: &mut Dirty,
+        applied: &mut Applied,
+    ) {
+        let mut keep = BTreeSet::new();
+        for sp in all {
+            match validate_policy(&sp.policy, sp.source.as_deref()) {
+                Ok(valid) => {
+                    if keep.insert(valid.key()) {
+                        self.upsert_policy(valid, dirty);
+                    } else {
+                        applied.rejected.push(duplicate_policy(&valid, &sp));
                     }
                 }
+                Err(e) => {
+                    // The object exists, invalid: keep its last valid version.
+                    let o = &e.object;
+                    keep.insert(format!(
+                        "{}/{}",
+                        o.namespace.as_deref().unwrap_or("default"),
+                        o.name
+                    ));
+                    applied.rejected.push(e);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .policies
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_policy(&key, dirty);
+        }
+    }
+
+    /// Services and slices touch no table: they only mark the Services to resolve again.
+    fn record_service_change(&mut self, change: Change, dirty: &mut Dirty) {
+        match change {
+            Change::Service(svc) => {
+                let key = svc.key();
+                if self.services.get(&key) != Some(&svc) {
+                    self.services.insert(key.clone(), svc);
+                    dirty.services.insert(key);
+                }
+            }
+            Change::ServiceGone { namespace, name } => {
+                let key = format!("{namespace}/{name}");
+                if self.services.remove(&key).is_some() {
+                    dirty.services.insert(key);
+                }
+            }
+            Change::EndpointSlice(slice) => {
+                let key = format!("{}/{}", slice.namespace, slice.name);
+                if self.slices.get(&key) == Some(&slice) {
+                    return;
+                }
+                self.remove_slice(&key, dirty);
+                let service = slice.service_key();
+                self.slices_of_service
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.slices.insert(key, slice);
+                dirty.services.insert(service);
+            }
+            Change::EndpointSliceGone { namespace, name } => {
+                self.remove_slice(&format!("{namespace}/{name}"), dirty);
+            }
+            Change::ResetServices(all) => {
+                let keep: BTreeSet<String> = all.iter().map(ServiceInfo::key).collect();
                 let gone: Vec<String> = self
-                    .policies
+                    .services
                     .keys()
                     .filter(|k| !keep.contains(*k))
                     .cloned()
                     .collect();
                 for key in gone {
-                    self.remove_policy(&key, dirty);
+                    self.services.remove(&key);
+                    dirty.services.insert(key);
+                }
+                for svc in all {
+                    self.record_service_change(Change::Service(svc), dirty);
                 }
             }
+            Change::ResetEndpointSlices(all) => {
+                let keep: BTreeSet<String> = all
+                    .iter()
+                    .map(|s| format!("{}/{}", s.namespace, s.name))
+                    .collect();
+                let gone: Vec<String> = self
+                    .slices
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.remove_slice(&key, dirty);
+                }
+                for slice in all {
+                    self.record_service_change(Change::EndpointSlice(slice), dirty);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_slice(&mut self, key: &str, dirty: &mut Dirty) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        let service = old.service_key();
+        if let Some(keys) = self.slices_of_service.get_mut(&service) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.slices_of_service.remove(&service);
+            }
+        }
+        dirty.services.insert(service);
+    }
+
+    /// Resolves the Services marked dirty; reports those whose resolved form changed.
+    fn resolve_services(&mut self, dirty: &BTreeSet<String>, applied: &mut Applied) {
+        for key in dirty {
+            let now = self.services.get(key).and_then(|svc| {
+                let slices: Vec<&EndpointSliceInfo> = self
+                    .slices_of_service
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.slices.get(k))
+                    .collect();
+                resolve(svc, &slices)
+            });
+            let before = self.resolved_services.get(key);
+            if before.map(|b| b.as_ref()) == now.as_ref() {
+                continue;
+            }
+            let now = now.map(Arc::new);
+            match &now {
+                Some(r) => self.resolved_services.insert(key.clone(), r.clone()),
+                None => self.resolved_services.remove(key),
+            };
+            applied.services_changed.push((key.clone(), now));
         }
     }
 
@@ -476,6 +631,7 @@ impl ClusterState {
 
     fn recompile(&mut self, dirty: Dirty, applied: &mut Applied) {
         applied.peers_touched = dirty.peers.into_iter().collect();
+        self.resolve_services(&dirty.services, applied);
         let mut reassemble = dirty.pods;
         if !dirty.policies.is_empty() {
             let index = ClusterIndex::new(&self.namespaces, &self.pods);
@@ -554,5 +710,126 @@ fn duplicate_policy(valid: &ValidPolicy, sp: &SourcedPolicy) -> ObjectError {
         }),
         field: "metadata.name".into(),
         message: "defined more than once; the first definition is used".into(),
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use portcullis_policy::service::{
+        Endpoint, EndpointPort, ServicePort, ServiceType, TargetPort,
+    };
+    use portcullis_policy::Protocol;
+
+    fn service(name: &str, ip: &str) -> ServiceInfo {
+        ServiceInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip.parse().unwrap()],
+            headless: false,
+            selector: None,
+            ports: vec![ServicePort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+            }],
+        }
+    }
+
+    fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSliceInfo {
+        EndpointSliceInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            service: service.into(),
+            ports: vec![EndpointPort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    pod: None,
+                    node: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn backends(state: &ClusterState, key: &str) -> Vec<String> {
+        state.resolved_services()[key].ports[0]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
+    }
+
+    fn changed(applied: &Applied) -> Vec<(&str, bool)> {
+        let mut v: Vec<(&str, bool)> = applied
+            .services_changed
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.is_some()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn services_resolve_with_their_slices_and_report_only_what_changed() {
+        let mut state = ClusterState::new();
+        let applied = state.apply([
+            Change::ResetServices(vec![
+                service("api", "10.96.0.1"),
+                service("db", "10.96.0.2"),
+            ]),
+            Change::ResetEndpointSlices(vec![
+                slice("api-a", "api", &["10.0.0.1"]),
+                slice("api-b", "api", &["10.0.0.2"]),
+            ]),
+        ]);
+        assert_eq!(changed(&applied), [("shop/api", true), ("shop/db", true)]);
+        assert!(applied.changed.is_empty(), "Services touch no table");
+        assert_eq!(backends(&state, "shop/api"), ["10.0.0.1", "10.0.0.2"]);
+        assert!(backends(&state, "shop/db").is_empty());
+
+        // The same relist again: nothing to send.
+        let applied = state.apply([Change::ResetEndpointSlices(vec![
+            slice("api-a", "api", &["10.0.0.1"]),
+            slice("api-b", "api", &["10.0.0.2"]),
+        ])]);
+        assert!(applied.services_changed.is_empty());
+
+        // A slice moves to another Service: both change.
+        let applied = state.apply([Change::EndpointSlice(slice("api-b", "db", &["10.0.0.2"]))]);
+        assert_eq!(changed(&applied), [("shop/api", true), ("shop/db", true)]);
+        assert_eq!(backends(&state, "shop/api"), ["10.0.0.1"]);
+        assert_eq!(backends(&state, "shop/db"), ["10.0.0.2"]);
+
+        // A Service goes: removed from the map; its slices stay until they go too.
+        let applied = state.apply([Change::ServiceGone {
+            namespace: "shop".into(),
+            name: "db".into(),
+        }]);
+        assert_eq!(changed(&applied), [("shop/db", false)]);
+        let applied = state.apply([Change::EndpointSliceGone {
+            namespace: "shop".into(),
+            name: "api-a".into(),
+        }]);
+        assert_eq!(changed(&applied), [("shop/api", true)]);
+        assert!(backends(&state, "shop/api").is_empty());
+
+        // Headless: not in the map.
+        let mut headless = service("api", "10.96.0.1");
+        headless.cluster_ips.clear();
+        headless.headless = true;
+        let applied = state.apply([Change::Service(headless)]);
+        assert_eq!(changed(&applied), [("shop/api", false)]);
+        assert!(state.resolved_services().is_empty());
     }
 }

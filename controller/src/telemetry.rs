@@ -12,6 +12,8 @@ pub const AUTH_FAILURES: &str = "portcullis_controller_auth_failures_total";
 pub const WATCH_EVENTS: &str = "portcullis_controller_watch_events_total";
 pub const WATCH_ERRORS: &str = "portcullis_controller_watch_errors_total";
 pub const APPLY_SECONDS: &str = "portcullis_controller_apply_seconds";
+pub const SERVICES: &str = "portcullis_controller_services";
+pub const STREAM_SERVICE_UPDATES: &str = "portcullis_controller_stream_service_updates_total";
 /// Pods of opted-in namespaces that run without the proxy or with an exemption, per reason.
 pub const UNPROTECTED_PODS: &str = "portcullis_unprotected_pods";
 

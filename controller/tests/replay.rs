@@ -15,6 +15,12 @@
 //! 4. the pod watch sends a DELETED and a BOOKMARK, then the connection is cut in the middle of
 //!    an event; the watcher resumes from the bookmark and receives that event again.
 //!
+//! Services and EndpointSlices are listed in phase 0 (ClusterIPs of both families, a named
+//! targetPort, a headless Service, the `kubernetes` Service whose endpoint is no pod) and change
+//! in phase 2 (a port added to a Service and its slice, a new ready endpoint, one turning
+//! terminating, a headless Service and its slice deleted); the test checks the service map every
+//! proxy is streamed.
+//!
 //! Every request is recorded, so the test also checks how the watcher talked to the server.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -66,6 +72,8 @@ enum Kind {
     Namespaces,
     Pods,
     Policies,
+    Services,
+    Slices,
 }
 
 /// One request the server received.
@@ -129,6 +137,23 @@ fn script() -> Script {
         Kind::Policies,
         VecDeque::from([list(1, "networkpolicies-list.json")]),
     );
+    s.lists.insert(
+        Kind::Services,
+        VecDeque::from([list(0, "services-list.json")]),
+    );
+    s.lists.insert(
+        Kind::Slices,
+        VecDeque::from([list(0, "endpointslices-list.json")]),
+    );
+    for (kind, file) in [
+        (Kind::Services, "services-watch-1.ndjson"),
+        (Kind::Slices, "endpointslices-watch-1.ndjson"),
+    ] {
+        s.watches.insert(
+            kind,
+            VecDeque::from([vec![Step::Phase(2), Step::Events(file)]]),
+        );
+    }
     s.watches.insert(
         Kind::Namespaces,
         VecDeque::from([vec![
@@ -226,6 +251,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         "/api/v1/namespaces" => Kind::Namespaces,
         "/api/v1/pods" => Kind::Pods,
         "/apis/networking.k8s.io/v1/networkpolicies" => Kind::Policies,
+        "/api/v1/services" => Kind::Services,
+        "/apis/discovery.k8s.io/v1/endpointslices" => Kind::Slices,
         _ => {
             let body = status_json(
                 404,
@@ -427,6 +454,28 @@ fn ips(hub: &Hub, pod: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A Service port's backends as proxies are streamed them: `ip:port` and its state (`ready`,
+/// `terminating`, `not-ready`), sorted; `None` when the Service is not in the map.
+fn backends(hub: &Hub, service: &str, port: u16) -> Option<Vec<String>> {
+    let svc = hub.service(service)?;
+    let port = svc.ports.iter().find(|p| p.port == port)?;
+    Some(
+        port.backends
+            .iter()
+            .map(|b| {
+                let state = if b.ready {
+                    "ready"
+                } else if b.terminating {
+                    "terminating"
+                } else {
+                    "not-ready"
+                };
+                format!("{} {state}", SocketAddr::new(b.ip, b.port))
+            })
+            .collect(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_layer_follows_a_replayed_api_server() {
     let _ = tracing_subscriber::fmt()
@@ -521,6 +570,53 @@ async fn watch_layer_follows_a_replayed_api_server() {
         isolated_by(&hub, PROMETHEUS).is_empty(),
         "no policy in monitoring"
     );
+    // Services: both ClusterIPs, the named targetPort resolved by the slices, both families.
+    let frontend = hub.service("shop/frontend").expect("frontend Service");
+    assert_eq!(
+        frontend.cluster_ips,
+        [
+            "10.96.12.40".parse::<IpAddr>().unwrap(),
+            "fd00:10:96::c28".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        backends(&hub, "shop/frontend", 80).unwrap(),
+        [
+            "10.244.1.17:8080 ready",
+            "10.244.2.31:8080 ready",
+            "[fd00:10:244:1::11]:8080 ready",
+            "[fd00:10:244:2::1f]:8080 ready"
+        ]
+    );
+    let pods: Vec<Option<String>> = frontend.ports[0]
+        .backends
+        .iter()
+        .map(|b| b.pod.clone())
+        .collect();
+    assert_eq!(
+        pods[..2],
+        [Some(FRONTEND_1.to_string()), Some(FRONTEND_2.to_string())]
+    );
+    // The API server's endpoint is no pod: proxies judge it as an IP.
+    assert_eq!(
+        backends(&hub, "default/kubernetes", 443).unwrap(),
+        ["10.0.0.2:6443 ready"]
+    );
+    assert_eq!(
+        hub.service("default/kubernetes").unwrap().ports[0].backends[0].pod,
+        None
+    );
+    assert_eq!(
+        hub.service("kube-system/kube-dns").unwrap().ports.len(),
+        3,
+        "dns (UDP), dns-tcp, metrics"
+    );
+    assert!(
+        hub.service("shop/redis").is_none(),
+        "headless: no virtual IP to intercept"
+    );
+    assert_eq!(backends(&hub, "shop/cart", 7443), None);
+    assert_eq!(hub.service_count(), 4);
 
     // Phase 2: watch events on every kind.
     server.advance(2);
@@ -553,6 +649,23 @@ async fn watch_layer_follows_a_replayed_api_server() {
         ingress_allowed(&hub, FRONTEND_1, PROMETHEUS_IP, HTTP),
         Some(false)
     );
+    // Services and EndpointSlices changed: a new port, a new endpoint, one terminating.
+    eventually("the cart Service's new port has its backend", || {
+        backends(&hub, "shop/cart", 7443) == Some(vec!["10.244.1.22:7443 ready".to_string()])
+    })
+    .await;
+    eventually("the frontend endpoints moved", || {
+        backends(&hub, "shop/frontend", 80).is_some_and(|b| {
+            b[..3]
+                == [
+                    "10.244.1.17:8080 ready",
+                    "10.244.1.35:8080 ready",
+                    "10.244.2.31:8080 terminating",
+                ]
+        })
+    })
+    .await;
+    assert!(hub.service("shop/redis").is_none());
 
     // Phase 3: the pod watch ends, resumes from the bookmark, gets 410 Gone, relists.
     let mut frontend_2 = hub.subscribe("shop", "frontend-6d8f7b9c5-7hlzm");
@@ -633,7 +746,12 @@ async fn watch_layer_follows_a_replayed_api_server() {
     for w in pods.iter().filter(|s| s.watch) {
         assert_eq!(w.param("allowWatchBookmarks"), Some("true"), "{}", w.target);
     }
-    for kind in [Kind::Namespaces, Kind::Policies] {
+    for kind in [
+        Kind::Namespaces,
+        Kind::Policies,
+        Kind::Services,
+        Kind::Slices,
+    ] {
         let seen = server.seen(kind);
         let shape: Vec<(bool, Option<&str>)> = seen
             .iter()

@@ -41,6 +41,11 @@ kind: Pod
 metadata: {name: db, namespace: shop, labels: {app: db}}
 spec: {containers: [{name: c, ports: [{containerPort: 5432}]}]}
 status: {podIP: 10.1.0.20, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: db}, ports: [{port: 5432}]}
 "#;
 
 fn policy(name: &str, app: &str, port: u16) -> SourcedPolicy {
@@ -143,6 +148,11 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
         Change::ResetNamespaces(cluster.namespaces.values().cloned().collect()),
         Change::ResetPods(cluster.pods.clone()),
         Change::Policy(Box::new(policy("web-in", "web", 8080))),
+        Change::ResetServices(cluster.services.clone()),
+        Change::ResetEndpointSlices(portcullis_policy::service::derive_slices(
+            &cluster.services[0],
+            &cluster.pods,
+        )),
     ]);
     hub.mark_ready();
 
@@ -202,12 +212,34 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     ));
     let mut web_lines = raw_lines(addr, connector, "/v1/tables/shop/web").await;
     let line = web_lines.recv().await.expect("first line");
+    assert_eq!(line, r#"{"hello":{"v":1}}"#, "the wire version first");
+    let line = web_lines.recv().await.expect("table line");
+    assert!(line.starts_with(r#"{"table":{"generation":"#), "{line}");
     assert!(line.contains("\"name\":\"web\""), "{line}");
-    // Then every peer's name, once, for audit lines.
-    let line = web_lines.recv().await.expect("peers line");
+    // Then every Service and every peer's name (for audit lines), once each.
+    let one = web_lines.recv().await.expect("services line");
+    let two = web_lines.recv().await.expect("peers line");
+    let (services_line, line) = if one.starts_with(r#"{"services""#) {
+        (one, two)
+    } else {
+        (two, one)
+    };
     let peers: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(peers["peers"]["10.1.0.20"], "shop/db", "{line}");
-    assert_eq!(peers["peers"]["10.1.0.10"], "shop/web", "{line}");
+    assert_eq!(peers["peers"]["names"]["10.1.0.20"], "shop/db", "{line}");
+    assert_eq!(peers["peers"]["names"]["10.1.0.10"], "shop/web", "{line}");
+    let line = services_line;
+    let services: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(
+        services["services"]["services"]["shop/db"]["ports"][0]["backends"][0]["ip"], "10.1.0.20",
+        "{line}"
+    );
+    wait_for("the Service at the proxy", || {
+        let services = store.services();
+        services
+            .frontend("10.96.0.20".parse().unwrap(), 5432)
+            .is_some_and(|f| f.port.backends.len() == 1)
+    })
+    .await;
     wait_for("peer names at the proxy", || {
         let table = store.current().expect("table").table.clone();
         store
@@ -227,7 +259,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     )
     .await
     {
-        assert_eq!(line, r#"{"heartbeat":true}"#, "web heard of a change to db");
+        assert_eq!(line, r#"{"heartbeat":{}}"#, "web heard of a change to db");
         heartbeats += 1;
     }
     assert!(heartbeats >= 2, "no heartbeats while quiet");
@@ -253,7 +285,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
         loop {
             let line = web_lines.recv().await.expect("stream open");
             // Heartbeats, and web's own table change from above, come first.
-            if line != r#"{"heartbeat":true}"# && !line.starts_with(r#"{"generation""#) {
+            if line != r#"{"heartbeat":{}}"# && !line.starts_with(r#"{"table""#) {
                 return line;
             }
         }
@@ -261,7 +293,8 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     .await
     .expect("a peers delta within the update interval");
     assert!(
-        line.starts_with(r#"{"peers_delta":{"set":{"10.1.0.30":"shop/cache"}"#),
+        line.starts_with(r#"{"peers_delta":{"version":"#)
+            && line.contains(r#""set":{"10.1.0.30":"shop/cache"}"#),
         "{line}"
     );
     wait_for("the new peer's name at the proxy", || {
@@ -277,6 +310,33 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
         second.generation,
         "a new peer changed web's table"
     );
+
+    // A second endpoint for the Service: a delta reaches the proxy, the tables stay.
+    let mut slices = portcullis_policy::service::derive_slices(&cluster.services[0], &cluster.pods);
+    let mut extra = slices[0].endpoints[0].clone();
+    extra.ip = "10.1.0.21".parse().unwrap();
+    extra.pod = None;
+    slices[0].endpoints.push(extra);
+    hub.apply(vec![Change::ResetEndpointSlices(slices)]);
+    let line = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let line = web_lines.recv().await.expect("stream open");
+            if line.starts_with(r#"{"services_delta""#) {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("a services delta");
+    assert!(line.contains("10.1.0.21"), "{line}");
+    wait_for("the new endpoint at the proxy", || {
+        store
+            .services()
+            .frontend("10.96.0.20".parse().unwrap(), 5432)
+            .is_some_and(|f| f.port.backends.len() == 2)
+    })
+    .await;
+    assert_eq!(store.generation(), second.generation);
 
     // The controller goes away: the proxy keeps its table, marked stale.
     stop_tx.send(true).expect("stop");

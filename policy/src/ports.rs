@@ -48,6 +48,7 @@ impl FromStr for Protocol {
 
 /// An inclusive range of ports of one protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortRange {
     pub protocol: Protocol,
     pub first: u16,

@@ -375,6 +375,7 @@ pub fn derive_slices(service: &ServiceInfo, pods: &[PodInfo]) -> Vec<EndpointSli
 
 /// One backend of a Service port: where kube-proxy would DNAT a connection to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Backend {
     pub ip: IpAddr,
     /// The resolved target port on this backend.
@@ -388,6 +389,7 @@ pub struct Backend {
 
 /// One port of a Service with every backend it has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResolvedPort {
     pub name: Option<String>,
     pub protocol: Protocol,
@@ -413,6 +415,7 @@ impl ResolvedPort {
 
 /// A Service as proxies need it: its virtual IPs and, per port, its backends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResolvedService {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ResolvedPort>,

@@ -15,6 +15,7 @@ use crate::verdict::{Direction, Reason, Verdict};
 
 /// Everything one pod's proxy needs to decide on its connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PodTable {
     pub namespace: String,
     pub name: String,
@@ -29,6 +30,7 @@ pub struct PodTable {
 
 /// The rules of every policy that selects the pod for one direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DirectionTable {
     /// Policies that isolate the pod in this direction; empty means not isolated.
     pub isolated_by: Arc<[Arc<str>]>,
@@ -50,6 +52,7 @@ impl DirectionTable {
 
 /// One ingress or egress rule of one policy, with selectors resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompiledRule {
     /// `namespace/name` of the policy.
     pub policy: Arc<str>,
@@ -65,6 +68,7 @@ pub struct CompiledRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NamedPortTarget {
     pub name: String,
     pub port: PortRange,

@@ -20,6 +20,9 @@ pub enum AuditEvent {
     WouldDeny,
     /// An established connection closed because a new table denies it.
     Terminated,
+    /// A connection to a Service port with no ready (or serving) endpoint: reset, and not a
+    /// policy denial.
+    NoEndpoints,
 }
 
 impl AuditEvent {
@@ -28,6 +31,7 @@ impl AuditEvent {
             AuditEvent::Denied => "connection_denied",
             AuditEvent::WouldDeny => "connection_would_deny",
             AuditEvent::Terminated => "connection_terminated",
+            AuditEvent::NoEndpoints => "no_endpoints",
         }
     }
 }
@@ -43,11 +47,29 @@ pub struct AuditRecord {
     pub peer_pod: Option<String>,
     /// `namespace/name` of this pod.
     pub pod: String,
-    pub verdict: Verdict,
+    /// What the table said (`None` for `no_endpoints`: no policy decision was made).
+    pub verdict: Option<Verdict>,
     pub generation: u64,
     /// TCP for proxied connections; UDP or SCTP for flows judged in the queue.
     pub protocol: Protocol,
+    /// Set when the connection was for a Service's virtual IP.
+    pub service: Option<ServiceNote>,
 }
+
+/// What an audit line says about a connection to a Service's virtual IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceNote {
+    /// `namespace/name`.
+    pub service: String,
+    /// The backend the connection went to (terminated connections).
+    pub backend: Option<SocketAddr>,
+    /// Why endpoints were refused: `ip:port (ns/pod): reason`, at most
+    /// [`REFUSED_LISTED`] of them, then how many more.
+    pub refused: Vec<String>,
+}
+
+/// How many refused endpoints one audit line names.
+pub const REFUSED_LISTED: usize = 5;
 
 impl AuditRecord {
     pub fn peer(&self) -> IpAddr {
@@ -225,11 +247,29 @@ pub fn write_line(line: &AuditLine) {
     };
     let isolated_by = r
         .verdict
-        .isolated_by()
+        .as_ref()
+        .map(|v| v.isolated_by())
+        .unwrap_or_default()
         .iter()
         .map(|s| &**s)
         .collect::<Vec<_>>()
         .join(",");
+    let reason = match (&r.verdict, r.event) {
+        (Some(v), _) => v.to_string(),
+        (None, AuditEvent::NoEndpoints) => "no ready endpoint behind the Service port".into(),
+        (None, _) => String::new(),
+    };
+    let service = r.service.as_ref().map(|s| s.service.as_str());
+    let backend = r
+        .service
+        .as_ref()
+        .and_then(|s| s.backend)
+        .map(|b| b.to_string());
+    let endpoints_refused = r
+        .service
+        .as_ref()
+        .filter(|s| !s.refused.is_empty())
+        .map(|s| s.refused.join("; "));
     tracing::warn!(
         target: "portcullis::audit",
         event = r.event.as_str(),
@@ -241,7 +281,11 @@ pub fn write_line(line: &AuditLine) {
         peer_pod,
         pod = %r.pod,
         isolated_by = %isolated_by,
-        reason = %r.verdict,
+        reason = %reason,
+        service,
+        service_port = service.map(|_| r.destination.port()),
+        backend = backend.as_deref(),
+        endpoints_refused = endpoints_refused.as_deref(),
         policy_generation = r.generation,
         count = line.count,
         aggregated = line.aggregated,
@@ -262,14 +306,15 @@ mod tests {
             destination: format!("10.0.0.1:{port}").parse().expect("addr"),
             peer_pod: None,
             pod: "x/a".into(),
-            verdict: Verdict {
+            verdict: Some(Verdict {
                 direction: Direction::Ingress,
                 reason: Reason::NoRuleMatched {
                     isolated_by: Arc::from(vec![Arc::from("x/deny-all")]),
                 },
-            },
+            }),
             generation: 1,
             protocol: Protocol::Tcp,
+            service: None,
         }
     }
 

@@ -3,8 +3,10 @@
 //!
 //! Where to look:
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
-//! - what happens to one connection: [`connection`]; who the peer is: [`route`]; where inbound
-//!   connections may go (only this pod's addresses): [`inbound`];
+//! - what happens to one connection: [`connection`] (plan → open → relay → report; a
+//!   connection to a Service's ClusterIP is judged on its backends there); who the peer is:
+//!   [`route`]; which backend of a Service: [`balance`];
+//! - where inbound connections may go (only this pod's addresses): [`inbound`];
 //! - UDP and SCTP (verdicts on the first packet of each flow, from NFQUEUE): [`datagram`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
@@ -13,6 +15,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authorize;
+pub mod balance;
 pub mod config;
 pub mod connection;
 pub mod datagram;
@@ -53,6 +56,8 @@ pub struct Context {
     pub connection_slots: Arc<Semaphore>,
     /// `POD_IPS`: the only destinations inbound connections are forwarded to.
     pub pod_addresses: inbound::PodAddresses,
+    /// Active connections per Service backend, to spread new ones.
+    pub balancer: balance::Balancer,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -93,6 +98,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         audit: AuditLog::new(config.audit_window),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         pod_addresses,
+        balancer: balance::Balancer::new(),
         ingress: DirectionMetrics::new(Direction::Ingress),
         egress: DirectionMetrics::new(Direction::Egress),
     });

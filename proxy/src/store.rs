@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use portcullis_policy::PodTable;
+use portcullis_policy::service::{Frontend, FrontendIndex, ResolvedService, ServiceMap};
+use portcullis_policy::{PodTable, Protocol};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -31,10 +32,48 @@ pub struct Snapshot {
     pub table: Arc<PodTable>,
 }
 
+/// Every Service with a virtual IP and the index from `ClusterIP:port/protocol` to its port.
+#[derive(Debug, Default)]
+pub struct Services {
+    pub map: ServiceMap,
+    index: FrontendIndex,
+}
+
+impl Services {
+    pub fn new(map: ServiceMap) -> Self {
+        let index = FrontendIndex::new(&map);
+        Services { map, index }
+    }
+
+    pub fn from_resolved(services: &BTreeMap<String, Arc<ResolvedService>>) -> Self {
+        Services::new(ServiceMap {
+            services: services
+                .iter()
+                .map(|(k, v)| (k.clone(), ResolvedService::clone(v)))
+                .collect(),
+        })
+    }
+
+    /// The Service port behind `ip:port` (TCP), when `ip` is a virtual IP serving that port.
+    pub fn frontend(&self, ip: IpAddr, port: u16) -> Option<Frontend<'_>> {
+        self.index.get(&self.map, ip, port, Protocol::Tcp)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.services.is_empty()
+    }
+}
+
 pub struct PolicyStore {
     current: ArcSwapOption<Snapshot>,
     /// Peer names streamed by the controller (its tables carry none, see `peer_name`).
     peer_names: ArcSwap<BTreeMap<IpAddr, String>>,
+    /// Services, from the controller or the policy directory.
+    services: ArcSwap<Services>,
     changed: watch::Sender<u64>,
     stale: std::sync::atomic::AtomicBool,
 }
@@ -50,6 +89,7 @@ impl PolicyStore {
         PolicyStore {
             current: ArcSwapOption::empty(),
             peer_names: ArcSwap::default(),
+            services: ArcSwap::default(),
             changed: watch::channel(0).0,
             stale: Default::default(),
         }
@@ -73,6 +113,18 @@ impl PolicyStore {
 
     pub fn set_peer_names(&self, names: Arc<BTreeMap<IpAddr, String>>) {
         self.peer_names.store(names);
+    }
+
+    /// The Services new connections are resolved with (one lock-free load).
+    #[inline]
+    pub fn services(&self) -> Arc<Services> {
+        self.services.load_full()
+    }
+
+    /// Installs a new set of Services for new connections; established ones keep their backend.
+    pub fn set_services(&self, services: Services) {
+        metrics::gauge!(crate::telemetry::SERVICES).set(services.len() as f64);
+        self.services.store(Arc::new(services));
     }
 
     pub fn generation(&self) -> u64 {

@@ -24,6 +24,11 @@ pub const ADMIN_CONNECTIONS_TIMED_OUT: &str = "portcullis_admin_connections_time
 pub const ENFORCED_PROTOCOLS: &str = "portcullis_enforced_protocols";
 pub const DATAGRAMS_MALFORMED: &str = "portcullis_datagrams_malformed_total";
 pub const QUEUE_ERRORS: &str = "portcullis_queue_errors_total";
+pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
+pub const SERVICES: &str = "portcullis_services";
+pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
+/// Distinct `service` label values one proxy reports; the rest are counted as `_other`.
+pub const SERVICE_LABELS_MAX: usize = 64;
 
 pub fn describe() {
     describe_counter!(
@@ -99,6 +104,21 @@ pub fn describe() {
         "Errors reading the UDP/SCTP queue, answering it, or deleting conntrack entries, by \
          operation."
     );
+    describe_gauge!(
+        SERVICES,
+        "Services with a virtual IP this proxy resolves connections to."
+    );
+    describe_counter!(
+        SERVICE_CONNECTIONS,
+        "Connections to a Service's virtual IP, by service (namespace/name; at most 64 distinct, \
+         then _other) and outcome (allow, deny, audit, no_endpoints, connect_failed)."
+    );
+    describe_counter!(
+        STREAM_REJECTED,
+        "Controller streams ended because of a line this proxy cannot read, by reason \
+         (version, unknown_kind, unknown_field, invalid, not_json, no_hello, repeated_hello, \
+         too_long); the last good table stayed in use."
+    );
 }
 
 /// Handles for the hot per-connection metrics of one direction, registered once.
@@ -144,6 +164,23 @@ pub fn count_flow_decision(
         "peer_namespace" => peer_namespace.unwrap_or("").to_string()
     )
     .increment(1);
+}
+
+/// Counts a connection to a Service, with a bounded `service` label.
+pub fn count_service(service: &str, outcome: &'static str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let label = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.iter().any(|s| s == service) {
+            service.to_string()
+        } else if seen.len() < SERVICE_LABELS_MAX {
+            seen.push(service.to_string());
+            service.to_string()
+        } else {
+            "_other".to_string()
+        }
+    };
+    metrics::counter!(SERVICE_CONNECTIONS, "service" => label, "outcome" => outcome).increment(1);
 }
 
 pub fn count_refused(direction: Direction, reason: &'static str) {

@@ -141,6 +141,14 @@ impl Drop for Setup {
     }
 }
 
+/// Where the proxy under test gets its table.
+enum Source {
+    /// `--policy-dir` with the manifests written by the test.
+    Dir,
+    /// `--controller`: started by the caller in the pod namespace once it exists.
+    Controller(Box<dyn FnOnce(&str) -> String>),
+}
+
 impl Setup {
     fn new(manifests: &[&str], proxy_args: &[&str]) -> Setup {
         Setup::with_nofile(manifests, proxy_args, None)
@@ -148,6 +156,21 @@ impl Setup {
 
     /// Like `new`, with the proxy's `RLIMIT_NOFILE` (soft and hard) set to `nofile`.
     fn with_nofile(manifests: &[&str], proxy_args: &[&str], nofile: Option<u64>) -> Setup {
+        Setup::start(manifests, proxy_args, nofile, Source::Dir)
+    }
+
+    /// A proxy that streams its table from a controller: `start(pod_ns)` starts one inside the
+    /// pod namespace and returns its URL.
+    fn with_controller(start: impl FnOnce(&str) -> String + 'static) -> Setup {
+        Setup::start(&[], &[], None, Source::Controller(Box::new(start)))
+    }
+
+    fn start(
+        manifests: &[&str],
+        proxy_args: &[&str],
+        nofile: Option<u64>,
+        source: Source,
+    ) -> Setup {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -253,18 +276,27 @@ impl Setup {
             "--bounding-set=-all,+net_admin",
             "--",
         ])
-        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"))
-        .arg("--policy-dir")
-        .arg(setup.dir.join("policy"))
-        .args(["--policy-poll-interval", "100ms"])
-        .args(proxy_args)
-        .env("POD_NAME", "server")
-        .env("POD_NAMESPACE", "x")
-        .env("POD_IPS", format!("{POD_IP},{POD_IP6}"))
-        .env("HOST_IP", "10.214.0.254")
-        .env("PORTCULLIS_LOG", "info")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"));
+        match source {
+            Source::Dir => {
+                cmd.arg("--policy-dir")
+                    .arg(setup.dir.join("policy"))
+                    .args(["--policy-poll-interval", "100ms"]);
+            }
+            Source::Controller(start) => {
+                cmd.args(["--controller", &start(&setup.pod_ns)])
+                    .arg("--token-file")
+                    .arg(setup.dir.join("no-token"));
+            }
+        }
+        cmd.args(proxy_args)
+            .env("POD_NAME", "server")
+            .env("POD_NAMESPACE", "x")
+            .env("POD_IPS", format!("{POD_IP},{POD_IP6}"))
+            .env("HOST_IP", "10.214.0.254")
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
         setup.proxy = Some(cmd.spawn().expect("start portcullis-proxy"));
         setup
     }
@@ -1392,4 +1424,497 @@ fn a_slowloris_on_the_admin_port_starves_neither_traffic_nor_memory() {
         !log.contains("Too many open files"),
         "the proxy hit EMFILE:\n{log}"
     );
+}
+/// A stand-in controller inside the pod namespace: serves one scripted stream per connection
+/// (each a list of lines, then the end of the response), and keeps the last one open until the
+/// returned sender is dropped.
+fn stand_in_controller(
+    pod_ns: &str,
+    scripts: Vec<Vec<String>>,
+) -> (String, std::sync::mpsc::Sender<()>) {
+    let listener = in_ns(pod_ns, || TcpListener::bind("127.0.0.1:0")).expect("bind controller");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let last = scripts.len().saturating_sub(1);
+        for (i, script) in scripts.into_iter().enumerate() {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            );
+            for line in script {
+                let _ = write!(s, "{:x}\r\n{line}\n\r\n", line.len() + 1);
+            }
+            if i == last {
+                // Until the test ends; heartbeats keep the proxy's silence timer quiet.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    hold_rx.recv_timeout(Duration::from_secs(5))
+                {
+                    let hb = r#"{"heartbeat":{}}"#;
+                    let _ = write!(s, "{:x}\r\n{hb}\n\r\n", hb.len() + 1);
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+    });
+    (url, hold_tx)
+}
+
+fn table_line(generation: u64, ingress_isolated_by: &[&str]) -> String {
+    let mut table: serde_json::Value =
+        serde_json::to_value(portcullis_policy::PodTable::unrestricted(
+            "x",
+            "server",
+            vec![POD_IP.parse().unwrap()],
+            None,
+        ))
+        .expect("table");
+    table["ingress"]["isolated_by"] = serde_json::json!(ingress_isolated_by);
+    serde_json::json!({"table": {"generation": generation, "table": table}}).to_string()
+}
+
+#[test]
+fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_says_why() {
+    const HELLO: &str = r#"{"hello":{"v":1}}"#;
+    const PEERS: &str = r#"{"peers":{"version":1,"names":{"10.214.0.2":"x/client"}}}"#;
+    let hold = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = hold.clone();
+    let t = Setup::with_controller(move |pod_ns| {
+        let (url, tx) = stand_in_controller(
+            pod_ns,
+            vec![
+                // A good start (deny every inbound connection), then a line kind this proxy
+                // does not know.
+                vec![
+                    HELLO.into(),
+                    table_line(5, &["x/deny-all"]),
+                    PEERS.into(),
+                    r#"{"endpoints":{"version":1,"map":{}}}"#.into(),
+                ],
+                // A replica that speaks a newer version, with a table that would allow all.
+                vec![
+                    r#"{"hello":{"v":2}}"#.into(),
+                    table_line(6, &[]),
+                    PEERS.into(),
+                ],
+                // A field this proxy does not know, inside an otherwise valid table.
+                vec![HELLO.into(), {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&table_line(7, &[])).unwrap();
+                    v["table"]["table"]["ingress"]["default"] = "allow".into();
+                    v.to_string()
+                }],
+                // Then a good stream again.
+                vec![
+                    HELLO.into(),
+                    table_line(8, &["x/other"]),
+                    PEERS.into(),
+                    r#"{"services":{"version":1,"services":{}}}"#.into(),
+                ],
+            ],
+        );
+        *keep.lock().unwrap() = Some(tx);
+        url
+    });
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let policy = |t: &Setup| -> serde_json::Value {
+        serde_json::from_str(&t.admin("/policy").1).unwrap_or_default()
+    };
+    t.wait_for("the unknown line kind to be refused", || {
+        t.metric(&[
+            "portcullis_stream_rejected_total{",
+            "reason=\"unknown_kind\"",
+        ]) == 1.0
+    });
+    t.wait_for("the newer version to be refused", || {
+        t.metric(&["portcullis_stream_rejected_total{", "reason=\"version\""]) == 1.0
+    });
+    let p = policy(&t);
+    assert_eq!(p["stale"], true, "{p}");
+    assert_eq!(p["generation"], 1);
+    assert_eq!(p["table"]["ingress"]["isolated_by"][0], "x/deny-all");
+    assert_eq!(t.metric(&["portcullis_policy_stale"]), 1.0);
+    // Still enforcing the last good table: denied, not let through by generation 6's.
+    assert!(is_reset(t.connect_from_peer(APP_PORT)));
+
+    t.wait_for("the unknown field to be refused", || {
+        t.metric(&[
+            "portcullis_stream_rejected_total{",
+            "reason=\"unknown_field\"",
+        ]) == 1.0
+    });
+    assert!(is_reset(t.connect_from_peer(APP_PORT)));
+    let rejected = t.audit_lines("stream_rejected");
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons, ["unknown_kind", "version", "unknown_field"]);
+    assert!(
+        rejected[1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("version 2"),
+        "{}",
+        rejected[1]
+    );
+    assert_eq!(rejected[0]["level"], "ERROR");
+
+    // A controller that speaks this proxy's version again: in sync, no longer stale.
+    t.wait_for("the next good table", || {
+        policy(&t)["table"]["ingress"]["isolated_by"][0] == "x/other"
+    });
+    t.wait_for("not stale", || policy(&t)["stale"] == false);
+    assert_eq!(policy(&t)["generation"], 2);
+    drop(hold.lock().unwrap().take());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services: connections to a ClusterIP, judged and balanced by the proxy itself (no kube-proxy:
+// the pod namespace has only a route for the Service range, and the proxy connects to pod IPs).
+
+const API_1: &str = "10.214.0.3";
+const API_2_CANARY: &str = "10.214.0.4";
+const API_3: &str = "10.214.0.5";
+const API_VIP: &str = "10.96.0.50";
+const EMPTY_VIP: &str = "10.96.0.51";
+const CLIENT_VIP: &str = "10.96.0.52";
+const API_TARGET: u16 = 8080;
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: x, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.3, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-2, namespace: x, labels: {app: api, track: canary}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.4, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-3, namespace: x, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.214.0.5, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: x}
+spec: {clusterIP: 10.96.0.50, selector: {app: api}, ports: [{name: web, port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: x}
+spec: {clusterIP: 10.96.0.51, selector: {app: nobody}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: client, namespace: x}
+spec: {clusterIP: 10.96.0.52, selector: {app: client}, ports: [{port: 80, targetPort: 7070}]}
+"#;
+
+/// The server pod may reach stable api pods on 8080, and nothing else.
+const EGRESS_STABLE_API: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-stable-api, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchExpressions: [{key: app, operator: In, values: [api]}, {key: track, operator: DoesNotExist}]}}]
+    ports: [{port: 8080}]
+"#;
+
+impl Setup {
+    /// The api pods' addresses on the peer side, and a route for the Service range in the pod.
+    fn add_service_network(&self) {
+        for ip in [API_1, API_2_CANARY, API_3] {
+            sh(&[
+                "ip",
+                "-n",
+                &self.peer_ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                &self.veth_peer,
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &self.pod_ns,
+            "route",
+            "add",
+            "10.96.0.0/12",
+            "dev",
+            &self.veth_pod,
+        ]);
+    }
+
+    /// A server on `ip:port` in the peer namespace that answers every connection with its
+    /// address and closes.
+    fn identity_server(&self, ip: &'static str, port: u16) {
+        let listener =
+            in_ns(&self.peer_ns, move || TcpListener::bind((ip, port))).expect("bind identity");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.write_all(ip.as_bytes());
+            }
+        });
+    }
+
+    /// Connects from the pod to `vip:port` and returns who answered.
+    fn who_answers(&self, vip: &str, port: u16) -> std::io::Result<String> {
+        let mut s = connect_in(&self.pod_ns, format!("{vip}:{port}").parse().unwrap())?;
+        let mut back = String::new();
+        s.read_to_string(&mut back)?;
+        Ok(back)
+    }
+}
+
+#[test]
+fn a_cluster_ip_is_judged_on_its_backends_and_only_allowed_ones_are_reached() {
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &[]);
+    t.add_service_network();
+    for ip in [API_1, API_2_CANARY, API_3] {
+        t.identity_server(ip, API_TARGET);
+    }
+    t.echo_server(false, PEER_PORT);
+    t.wait_ready();
+
+    // Partly allowed: 50 connections, every one answered, none by the canary.
+    let mut answered = std::collections::BTreeMap::new();
+    for i in 0..50 {
+        let who = t
+            .who_answers(API_VIP, 80)
+            .unwrap_or_else(|e| panic!("connection {i} to {API_VIP}:80: {e}"));
+        *answered.entry(who).or_insert(0) += 1;
+    }
+    assert_eq!(
+        answered.keys().map(String::as_str).collect::<Vec<_>>(),
+        [API_1, API_3],
+        "{answered:?}"
+    );
+    assert!(answered.values().all(|n| *n >= 10), "spread: {answered:?}");
+    assert!(t.audit_lines("connection_denied").is_empty());
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/api\"",
+            "outcome=\"allow\""
+        ]),
+        50.0
+    );
+
+    // Denied: the only backend of x/client is refused by the egress table.
+    assert!(is_reset(connect_in(
+        &t.pod_ns,
+        format!("{CLIENT_VIP}:80").parse().unwrap()
+    )));
+    t.wait_for("the denial line", || {
+        !t.audit_lines("connection_denied").is_empty()
+    });
+    let lines = t.audit_lines("connection_denied");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["service"], "x/client");
+    assert_eq!(line["service_port"], 80);
+    assert_eq!(line["dst"], format!("{CLIENT_VIP}:80"));
+    assert_eq!(line["direction"], "egress");
+    let refused = line["endpoints_refused"].as_str().unwrap_or("");
+    assert!(
+        refused.starts_with("10.214.0.2:7070 (x/client): denied"),
+        "{line}"
+    );
+    assert!(refused.contains("x/to-stable-api"), "{line}");
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/client\"",
+            "outcome=\"deny\""
+        ]),
+        1.0
+    );
+
+    // No endpoint at all: reset, with its own event, and no policy denial.
+    assert!(is_reset(connect_in(
+        &t.pod_ns,
+        format!("{EMPTY_VIP}:80").parse().unwrap()
+    )));
+    t.wait_for("the no_endpoints line", || {
+        !t.audit_lines("no_endpoints").is_empty()
+    });
+    let line = &t.audit_lines("no_endpoints")[0];
+    assert_eq!(line["service"], "x/empty");
+    assert_eq!(t.audit_lines("connection_denied").len(), 1);
+    assert_eq!(
+        t.metric(&[
+            "portcullis_service_connections_total{",
+            "service=\"x/empty\"",
+            "outcome=\"no_endpoints\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn a_removed_backend_takes_no_new_connections() {
+    let t = Setup::new(&[SERVICES], &[]);
+    t.add_service_network();
+    for ip in [API_1, API_2_CANARY, API_3] {
+        t.identity_server(ip, API_TARGET);
+    }
+    t.wait_ready();
+    t.wait_for("the Services", || {
+        t.audit_lines("services_loaded").len() == 1
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(t.who_answers(API_VIP, 80).expect("answer"));
+    }
+    assert!(seen.contains(API_3), "{seen:?}");
+    // api-3 goes away (its pod is deleted, so the derived slice loses it).
+    t.write_policy(
+        "001-policy.yaml",
+        &SERVICES.replace(
+            "metadata: {name: api-3, namespace: x, labels: {app: api}}",
+            "metadata: {name: api-3, namespace: x, labels: {app: retired}}",
+        ),
+    );
+    t.wait_for("the new Services", || {
+        t.audit_lines("services_loaded").len() == 2
+    });
+    for i in 0..30 {
+        let who = t.who_answers(API_VIP, 80).expect("answer");
+        assert_ne!(who, API_3, "connection {i} went to the removed backend");
+    }
+}
+
+#[test]
+fn a_backend_that_refuses_is_skipped_and_revocation_judges_the_backend_used() {
+    // api-1 has no server: connects to it fail and the proxy tries another allowed backend.
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &[]);
+    t.add_service_network();
+    t.identity_server(API_3, API_TARGET);
+    t.identity_server(API_2_CANARY, API_TARGET);
+    t.wait_ready();
+    for i in 0..20 {
+        let who = t
+            .who_answers(API_VIP, 80)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(who, API_3, "connection {i}");
+    }
+    assert!(
+        t.metric(&["portcullis_connect_errors_total{", "direction=\"egress\""]) >= 1.0,
+        "some connections were first sent to the backend without a server"
+    );
+
+    // An established connection through the ClusterIP, to api-3 (an echo server this time).
+    let listener = in_ns(&t.peer_ns, || TcpListener::bind((API_3, 9443))).expect("bind");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    t.write_policy(
+        "003-secure.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: x}
+spec: {clusterIP: 10.96.0.53, selector: {app: api}, ports: [{port: 443, targetPort: 9443}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-api-3-secure, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.214.0.5/32}}]
+    ports: [{port: 9443}]
+"#,
+    );
+    t.wait_for("the secure Service", || t.generation() == 2);
+    let mut established =
+        connect_in(&t.pod_ns, "10.96.0.53:443".parse().unwrap()).expect("connect");
+    established.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    established.read_exact(&mut buf).expect("echo from api-3");
+
+    // A policy change that still allows api-3:9443 leaves it open: it is judged on the backend,
+    // not on the ClusterIP (which no policy allows).
+    t.write_policy("004-unrelated.yaml", ALLOW_CLIENT_ON_9090);
+    t.wait_for("generation 3", || t.generation() == 3);
+    std::thread::sleep(Duration::from_millis(200));
+    established.write_all(b"pong").expect("still open");
+    established.read_exact(&mut buf).expect("still echoed");
+    assert_eq!(&buf, b"pong");
+    assert!(t.audit_lines("connection_terminated").is_empty());
+
+    // Take that backend's port away: the connection is judged again on api-3:9443 and closed.
+    t.remove_policy("003-secure.yaml");
+    t.write_policy(
+        "003-secure.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: x}
+spec: {clusterIP: 10.96.0.53, selector: {app: api}, ports: [{port: 443, targetPort: 9443}]}
+"#,
+    );
+    t.wait_for("the termination line", || {
+        !t.audit_lines("connection_terminated").is_empty()
+    });
+    let line = &t.audit_lines("connection_terminated")[0];
+    assert_eq!(line["service"], "x/secure");
+    assert_eq!(line["backend"], format!("{API_3}:9443"));
+    assert_eq!(line["dst"], "10.96.0.53:443");
+    let mut one = [0u8; 1];
+    assert!(
+        matches!(established.read(&mut one), Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the established connection is reset"
+    );
+}
+
+#[test]
+fn audit_mode_lets_a_denied_service_connection_through_and_names_the_service() {
+    let t = Setup::new(&[SERVICES, EGRESS_STABLE_API], &["--mode", "audit"]);
+    t.add_service_network();
+    t.echo_server(false, PEER_PORT);
+    t.wait_ready();
+    let s = connect_in(&t.pod_ns, format!("{CLIENT_VIP}:80").parse().unwrap()).expect("connect");
+    assert_eq!(exchange(s, b"hi").expect("exchange"), b"hi<eof>");
+    t.wait_for("the would-deny line", || {
+        !t.audit_lines("connection_would_deny").is_empty()
+    });
+    let line = &t.audit_lines("connection_would_deny")[0];
+    assert_eq!(line["service"], "x/client");
+    assert!(t.audit_lines("connection_denied").is_empty());
 }

@@ -178,7 +178,8 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         destination: flow.destination,
         peer_pod,
         pod: ctx.pod.clone(),
-        verdict: decision.verdict().clone(),
+        verdict: Some(decision.verdict().clone()),
+        service: None,
         generation: snapshot.generation,
         protocol: flow.protocol,
     });

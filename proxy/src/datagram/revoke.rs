@@ -128,7 +128,8 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
             destination: entry.reply.source,
             peer_pod: ctx.store.peer_name(&snapshot.table, j.peer),
             pod: ctx.pod.clone(),
-            verdict: decision.verdict().clone(),
+            verdict: Some(decision.verdict().clone()),
+            service: None,
             generation: snapshot.generation,
             protocol: entry.protocol,
         });

@@ -1,9 +1,15 @@
 //! `--controller URL`: the pod's table streamed by portcullis-controller.
 //!
-//! `GET /v1/tables/{namespace}/{pod}` answers with newline-delimited JSON, one
-//! `{"generation":N,"table":{...}}` per change (and `{"heartbeat":true}` while idle). The proxy
+//! `GET /v1/tables/{namespace}/{pod}` answers with newline-delimited JSON, the line types of
+//! `portcullis_wire` (a hello with the version, then tables, peer names, heartbeats). The proxy
 //! keeps serving its last good table while the controller is away, marks it stale (`/policy`,
 //! `portcullis_policy_stale`), and reconnects with exponential back-off and jitter.
+//!
+//! A line it cannot read (another wire version, an unknown kind or field, a malformed line) ends
+//! the stream the same way: nothing of that line is applied, the last good table stays (stale),
+//! `stream_rejected` is logged with the reason and counted in
+//! `portcullis_stream_rejected_total{reason}`, and the proxy tries again later with a longer
+//! back-off (the controller is likely to send the same line again).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,18 +22,21 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use portcullis_policy::PodTable;
-use serde::Deserialize;
+use portcullis_wire::{Decoder, Line, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::PodIdentity;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, Services};
+use crate::telemetry::STREAM_REJECTED;
+use portcullis_policy::service::ResolvedService;
 
 /// With heartbeats every 15 s, a stream this quiet is dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After a refused line: the first retry waits this long, doubling up to [`BACKOFF_MAX`].
+const REJECTED_BACKOFF_MIN: Duration = Duration::from_secs(1);
 
 pub struct ControllerSource {
     url: Uri,
@@ -42,29 +51,28 @@ pub enum TrustAnchor {
     Pem(String),
 }
 
-/// One line of the stream.
-#[derive(Debug, Deserialize)]
-pub struct StreamLine {
-    #[serde(default)]
-    pub generation: Option<u64>,
-    #[serde(default)]
-    pub table: Option<PodTable>,
-    #[serde(default)]
-    pub heartbeat: bool,
-    /// Every peer name (`{"peers":{"10.0.0.7":"shop/web"},"peers_version":N}`), sent first.
-    #[serde(default)]
-    pub peers: Option<BTreeMap<IpAddr, String>>,
-    /// What changed since the previous peers line.
-    #[serde(default)]
-    pub peers_delta: Option<PeersDelta>,
+/// How one stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The controller closed it.
+    Closed,
+    /// It sent a line this proxy cannot read.
+    Rejected(WireError),
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct PeersDelta {
-    #[serde(default)]
-    pub set: BTreeMap<IpAddr, String>,
-    #[serde(default)]
-    pub remove: Vec<IpAddr>,
+/// What one stream has delivered so far.
+#[derive(Debug, Default)]
+struct Session {
+    got_table: bool,
+    got_peers: bool,
+    got_services: bool,
+}
+
+impl Session {
+    /// Everything a stream starts with has arrived: the proxy is up to date.
+    fn synced(&self) -> bool {
+        self.got_table && self.got_peers && self.got_services
+    }
 }
 
 impl ControllerSource {
@@ -88,28 +96,56 @@ impl ControllerSource {
 
     pub async fn run(self, pod: PodIdentity, store: Arc<PolicyStore>) {
         let mut backoff = BACKOFF_MIN;
+        let mut rejections = 0u32;
         loop {
-            let result = self.stream_once(&pod, &store, &mut backoff).await;
+            let mut session = Session::default();
+            let result = self.stream_once(&pod, &store, &mut session).await;
             if store.current().is_some() {
                 store.set_stale(true);
             }
-            match result {
-                Ok(()) => tracing::warn!(
-                    event = "controller_disconnected",
-                    controller = %self.url,
-                    generation = store.generation(),
-                    "the controller closed the stream; the last good table stays in use"
-                ),
-                Err(e) => tracing::warn!(
-                    event = "controller_unreachable",
-                    controller = %self.url,
-                    generation = store.generation(),
-                    error = %format!("{e:#}"),
-                    "the last good table stays in use (stale) until the controller answers"
-                ),
+            if session.synced() {
+                backoff = BACKOFF_MIN;
             }
-            tokio::time::sleep(with_jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let wait = match result {
+                Ok(StreamEnd::Rejected(e)) => {
+                    rejections += 1;
+                    metrics::counter!(STREAM_REJECTED, "reason" => e.reason()).increment(1);
+                    tracing::error!(
+                        event = "stream_rejected",
+                        controller = %self.url,
+                        generation = store.generation(),
+                        reason = e.reason(),
+                        error = %e,
+                        "the controller sent a line this proxy cannot read; nothing of it is \
+                         applied, the last good table stays in use (stale)"
+                    );
+                    REJECTED_BACKOFF_MIN
+                        .saturating_mul(1 << rejections.min(6).saturating_sub(1))
+                        .min(BACKOFF_MAX)
+                }
+                Ok(StreamEnd::Closed) => {
+                    rejections = 0;
+                    tracing::warn!(
+                        event = "controller_disconnected",
+                        controller = %self.url,
+                        generation = store.generation(),
+                        "the controller closed the stream; the last good table stays in use"
+                    );
+                    next_backoff(&mut backoff)
+                }
+                Err(e) => {
+                    rejections = 0;
+                    tracing::warn!(
+                        event = "controller_unreachable",
+                        controller = %self.url,
+                        generation = store.generation(),
+                        error = %format!("{e:#}"),
+                        "the last good table stays in use (stale) until the controller answers"
+                    );
+                    next_backoff(&mut backoff)
+                }
+            };
+            tokio::time::sleep(with_jitter(wait)).await;
         }
     }
 
@@ -117,8 +153,8 @@ impl ControllerSource {
         &self,
         pod: &PodIdentity,
         store: &PolicyStore,
-        backoff: &mut Duration,
-    ) -> anyhow::Result<()> {
+        session: &mut Session,
+    ) -> anyhow::Result<StreamEnd> {
         let host = self.url.host().unwrap_or_default().to_string();
         let https = self.url.scheme_str() == Some("https");
         let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -139,9 +175,9 @@ impl ControllerSource {
                 .connect(name, tcp)
                 .await
                 .context("TLS handshake failed")?;
-            self.request(stream, pod, store, backoff).await
+            self.request(stream, pod, store, session).await
         } else {
-            self.request(tcp, pod, store, backoff).await
+            self.request(tcp, pod, store, session).await
         }
     }
 
@@ -150,8 +186,8 @@ impl ControllerSource {
         io: S,
         pod: &PodIdentity,
         store: &PolicyStore,
-        backoff: &mut Duration,
-    ) -> anyhow::Result<()>
+        session: &mut Session,
+    ) -> anyhow::Result<StreamEnd>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -194,69 +230,116 @@ impl ControllerSource {
         let source = self.url.to_string();
         let mut body = response.into_body();
         let mut pending: Vec<u8> = Vec::new();
-        // A new stream starts with the whole map; deltas apply to it.
-        let mut peer_names: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut decoder = Decoder::new();
+        // A new stream starts with the whole maps; deltas apply to them.
+        let mut maps = Maps::default();
         loop {
             let frame = match tokio::time::timeout(SILENCE_LIMIT, body.frame()).await {
                 Err(_) => bail!("no data or heartbeat for {SILENCE_LIMIT:?}"),
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(StreamEnd::Closed),
                 Ok(Some(frame)) => frame?,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             pending.extend_from_slice(&data);
-            if pending.len() > 64 * 1024 * 1024 {
-                bail!("a stream line is larger than 64 MiB");
+            if pending.len() > portcullis_wire::MAX_LINE_BYTES && !pending.contains(&b'\n') {
+                return Ok(StreamEnd::Rejected(WireError::TooLong));
             }
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let parsed: StreamLine = serde_json::from_slice(&line)
-                    .context("the controller sent a line that is not a table update")?;
-                // A healthy stream: back to quick reconnects next time, and no longer stale.
-                *backoff = BACKOFF_MIN;
-                store.set_stale(false);
-                if parsed.heartbeat {
-                    continue;
-                }
-                if let Some(all) = parsed.peers {
-                    peer_names = all;
-                    store.set_peer_names(Arc::new(peer_names.clone()));
-                    continue;
-                }
-                if let Some(delta) = parsed.peers_delta {
-                    for ip in &delta.remove {
-                        peer_names.remove(ip);
-                    }
-                    peer_names.extend(delta.set);
-                    store.set_peer_names(Arc::new(peer_names.clone()));
-                    continue;
-                }
-                match parsed.table {
-                    Some(table) => {
-                        if let Some(generation) =
-                            store.publish(Arc::new(table), &source, parsed.generation)
-                        {
-                            tracing::info!(
-                                event = "policy_loaded",
-                                generation,
-                                controller_generation = parsed.generation,
-                                source = %source
-                            );
-                        }
-                    }
-                    None => tracing::warn!(
-                        event = "policy_unknown_pod",
-                        pod = %pod.key(),
-                        "the controller does not know this pod yet"
-                    ),
+                let line = match decoder.decode(&line) {
+                    Ok(line) => line,
+                    Err(e) => return Ok(StreamEnd::Rejected(e)),
+                };
+                apply_line(line, session, &mut maps, store, &source, pod);
+                if session.synced() {
+                    store.set_stale(false);
                 }
             }
         }
     }
+}
+
+/// This stream's copies of the maps the controller sends whole, then as deltas.
+#[derive(Default)]
+struct Maps {
+    peer_names: BTreeMap<IpAddr, String>,
+    services: BTreeMap<String, Arc<ResolvedService>>,
+}
+
+/// Applies one line that decoded cleanly.
+fn apply_line(
+    line: Line,
+    session: &mut Session,
+    maps: &mut Maps,
+    store: &PolicyStore,
+    source: &str,
+    pod: &PodIdentity,
+) {
+    match line {
+        Line::Hello(_) | Line::Heartbeat(_) => {}
+        Line::Peers(all) => {
+            maps.peer_names = all.names;
+            store.set_peer_names(Arc::new(maps.peer_names.clone()));
+            session.got_peers = true;
+        }
+        Line::PeersDelta(delta) => {
+            delta.apply_to(&mut maps.peer_names);
+            store.set_peer_names(Arc::new(maps.peer_names.clone()));
+        }
+        Line::Services(all) => {
+            maps.services = all.services;
+            store.set_services(Services::from_resolved(&maps.services));
+            session.got_services = true;
+            tracing::info!(
+                event = "services_loaded",
+                services = maps.services.len(),
+                version = all.version
+            );
+        }
+        Line::ServicesDelta(delta) => {
+            delta.apply_to(&mut maps.services);
+            store.set_services(Services::from_resolved(&maps.services));
+            tracing::debug!(
+                event = "services_changed",
+                set = delta.set.len(),
+                removed = delta.remove.len(),
+                version = delta.version
+            );
+        }
+        Line::Table(update) => {
+            session.got_table = true;
+            match update.table {
+                Some(table) => {
+                    if let Some(generation) = store.publish(table, source, Some(update.generation))
+                    {
+                        tracing::info!(
+                            event = "policy_loaded",
+                            generation,
+                            controller_generation = update.generation,
+                            source = %source
+                        );
+                    }
+                }
+                None => tracing::warn!(
+                    event = "policy_unknown_pod",
+                    pod = %pod.key(),
+                    "the controller does not know this pod yet"
+                ),
+            }
+        }
+    }
+}
+
+/// The wait before the next attempt, doubling the one after it.
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    wait
 }
 
 fn tls_connector(trust: &TrustAnchor) -> anyhow::Result<tokio_rustls::TlsConnector> {
@@ -327,66 +410,105 @@ mod tests {
             );
         }
     }
-
-    #[test]
-    fn stream_lines_parse() {
-        let hb: StreamLine = serde_json::from_str(r#"{"heartbeat":true}"#).expect("parse");
-        assert!(hb.heartbeat && hb.table.is_none());
-        let unknown: StreamLine =
-            serde_json::from_str(r#"{"generation":3,"table":null}"#).expect("parse");
-        assert_eq!(unknown.generation, Some(3));
-        assert!(unknown.table.is_none());
-    }
 }
 
 #[cfg(test)]
 mod stream_tests {
+    //! The real client against a stand-in controller on loopback that writes scripted lines.
+
     use super::*;
+    use portcullis_policy::PodTable;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
 
     fn chunk(line: &str) -> String {
         format!("{:x}\r\n{line}\n\r\n", line.len() + 1)
     }
 
+    const HELLO: &str = r#"{"hello":{"v":1}}"#;
+    const PEERS: &str = r#"{"peers":{"version":3,"names":{"10.0.0.9":"x/db"}}}"#;
+    const SERVICES: &str = r#"{"services":{"version":1,"services":{}}}"#;
+
     fn table_line(generation: u64, name: &str) -> String {
         let t = PodTable::unrestricted("x", name, vec!["10.0.0.1".parse().unwrap()], None);
-        format!(
-            r#"{{"generation":{generation},"table":{}}}"#,
-            serde_json::to_string(&t).unwrap()
-        )
+        Line::Table(portcullis_wire::TableUpdate {
+            generation,
+            table: Some(Arc::new(t)),
+        })
+        .encode()
+        .map(|b| String::from_utf8(b).unwrap().trim_end().to_string())
+        .unwrap()
     }
 
-    /// A stand-in controller on loopback: checks the request, streams two tables, hangs up.
-    #[tokio::test]
-    async fn tables_stream_in_and_a_lost_controller_leaves_the_last_one_stale() {
+    enum Step {
+        Send(String),
+        /// Waits for the test's go-ahead.
+        Wait(oneshot::Receiver<()>),
+    }
+
+    fn send(line: &str) -> Step {
+        Step::Send(line.to_string())
+    }
+
+    /// Serves one script per connection, in order, then ends each stream cleanly; connections
+    /// beyond the scripts are closed at once. Returns the request heads.
+    async fn stand_in(
+        scripts: Vec<Vec<Step>>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let token = std::env::temp_dir().join(format!("pc-proxy-token-{}", std::process::id()));
-        std::fs::write(&token, "secret-token\n").unwrap();
-        let (go_on_tx, go_on_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut buf).await.unwrap();
-                head.extend_from_slice(&buf[..n]);
+            let mut heads = Vec::new();
+            for script in scripts {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    head.extend_from_slice(&buf[..n]);
+                }
+                heads.push(String::from_utf8_lossy(&head).to_string());
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+                for step in script {
+                    match step {
+                        Step::Send(line) => {
+                            // The proxy may already have hung up on a refused line.
+                            let _ = s.write_all(chunk(&line).as_bytes()).await;
+                        }
+                        Step::Wait(go) => {
+                            let _ = go.await;
+                        }
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
             }
-            let head = String::from_utf8_lossy(&head).to_string();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
-            s.write_all(chunk(&table_line(7, "a")).as_bytes())
-                .await
-                .unwrap();
-            s.write_all(chunk(r#"{"heartbeat":true}"#).as_bytes())
-                .await
-                .unwrap();
-            let _ = go_on_rx.await;
-            s.write_all(chunk(&table_line(8, "b")).as_bytes())
-                .await
-                .unwrap();
-            s.write_all(b"0\r\n\r\n").await.unwrap();
-            head
+            tokio::spawn(async move {
+                while let Ok((s, _)) = listener.accept().await {
+                    drop(s);
+                }
+            });
+            heads
         });
+        (addr, server)
+    }
+
+    struct Proxy {
+        store: Arc<PolicyStore>,
+        task: tokio::task::JoinHandle<()>,
+        token: PathBuf,
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+            let _ = std::fs::remove_file(&self.token);
+        }
+    }
+
+    fn proxy(addr: std::net::SocketAddr, tag: &str) -> Proxy {
+        let token =
+            std::env::temp_dir().join(format!("pc-proxy-token-{tag}-{}", std::process::id()));
+        std::fs::write(&token, "secret-token\n").unwrap();
         let store = Arc::new(PolicyStore::new());
         let source = ControllerSource::new(
             &format!("http://{addr}"),
@@ -400,48 +522,157 @@ mod stream_tests {
             ips: vec![],
         };
         let task = tokio::spawn(source.run(pod, store.clone()));
+        Proxy { store, task, token }
+    }
 
-        let wait = |want: u64| {
-            let store = store.clone();
-            async move {
-                for _ in 0..200 {
-                    if store.current().and_then(|s| s.source_generation) == Some(want) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                panic!(
-                    "controller generation {want} never arrived (have {:?})",
-                    store.current().and_then(|s| s.source_generation)
-                );
+    async fn wait_until(what: &str, ok: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if ok() {
+                return;
             }
-        };
-        wait(7).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn controller_generation(store: &PolicyStore) -> Option<u64> {
+        store.current().and_then(|s| s.source_generation)
+    }
+
+    #[tokio::test]
+    async fn tables_stream_in_and_a_lost_controller_leaves_the_last_one_stale() {
+        let (go_on_tx, go_on_rx) = oneshot::channel::<()>();
+        let (addr, server) = stand_in(vec![vec![
+            send(HELLO),
+            send(&table_line(7, "a")),
+            send(PEERS),
+            send(SERVICES),
+            send(r#"{"heartbeat":{}}"#),
+            Step::Wait(go_on_rx),
+            send(&table_line(8, "b")),
+        ]])
+        .await;
+        let p = proxy(addr, "lost");
+        let store = &p.store;
+        wait_until("generation 7", || controller_generation(store) == Some(7)).await;
+        wait_until("peer names", || {
+            store.peer_name(&store.current().unwrap().table, "10.0.0.9".parse().unwrap())
+                == Some("x/db".into())
+        })
+        .await;
         assert!(!store.is_stale());
         go_on_tx.send(()).unwrap();
-        wait(8).await;
+        wait_until("generation 8", || controller_generation(store) == Some(8)).await;
         assert_eq!(store.current().unwrap().table.name, "b");
-        let head = server.await.unwrap();
+        let heads = server.await.unwrap();
+        let head = &heads[0];
         assert!(head.starts_with("GET /v1/tables/x/a HTTP/1.1"), "{head}");
         assert!(
             head.contains("authorization: Bearer secret-token")
                 || head.contains("Authorization: Bearer secret-token"),
             "{head}"
         );
-        for _ in 0..200 {
-            if store.is_stale() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(store.is_stale(), "a lost controller marks the table stale");
+        wait_until("the stale mark", || store.is_stale()).await;
         let last = store.current().unwrap();
         assert_eq!(
             (last.generation, last.source_generation),
             (2, Some(8)),
             "and the last good table stays"
         );
-        task.abort();
-        let _ = std::fs::remove_file(token);
+    }
+
+    /// Each bad line, after a good start: the proxy applies nothing of it, keeps its table and
+    /// peer names, and marks them stale.
+    #[tokio::test]
+    async fn a_line_the_proxy_cannot_read_leaves_the_last_table_in_force_and_stale() {
+        let mut table_with_unknown_field: serde_json::Value =
+            serde_json::from_str(&table_line(8, "b")).unwrap();
+        table_with_unknown_field["table"]["table"]["egress"]["default_action"] = "deny".into();
+        let bad_lines = [
+            (
+                "unknown kind",
+                r#"{"services":{"version":1,"map":{}}}"#.to_string(),
+            ),
+            ("unknown field", table_with_unknown_field.to_string()),
+            (
+                "unknown field in a delta",
+                r#"{"peers_delta":{"version":4,"set":{"10.0.0.9":"x/other"},"remove":[],"ttl":5}}"#
+                    .to_string(),
+            ),
+            ("a second hello", r#"{"hello":{"v":1}}"#.to_string()),
+            (
+                "the unversioned format",
+                r#"{"generation":9,"table":null}"#.to_string(),
+            ),
+        ];
+        for (what, bad) in bad_lines {
+            let (go_tx, go_rx) = oneshot::channel::<()>();
+            let (addr, _server) = stand_in(vec![vec![
+                send(HELLO),
+                send(&table_line(7, "a")),
+                send(PEERS),
+                send(SERVICES),
+                Step::Wait(go_rx),
+                send(&bad),
+                send(&table_line(9, "c")),
+            ]])
+            .await;
+            let p = proxy(addr, "bad");
+            let store = &p.store;
+            wait_until("generation 7", || controller_generation(store) == Some(7)).await;
+            wait_until("in sync", || !store.is_stale()).await;
+            go_tx.send(()).unwrap();
+            wait_until(&format!("{what}: the stale mark"), || store.is_stale()).await;
+            // The good line after the bad one is never read either.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let current = store.current().unwrap();
+            assert_eq!(
+                (current.table.name.as_str(), current.source_generation),
+                ("a", Some(7)),
+                "{what}: the last good table stays"
+            );
+            assert_eq!(
+                store.peer_name(&current.table, "10.0.0.9".parse().unwrap()),
+                Some("x/db".into()),
+                "{what}: nothing of the line applied"
+            );
+        }
+    }
+
+    /// A controller replica that speaks a newer version: its table is not taken, even though
+    /// it would parse.
+    #[tokio::test]
+    async fn a_newer_wire_version_is_refused_whole() {
+        let (addr, server) = stand_in(vec![
+            vec![send(HELLO), send(&table_line(7, "a")), send(PEERS)],
+            vec![
+                send(r#"{"hello":{"v":2,"features":["services"]}}"#),
+                send(&table_line(8, "b")),
+                send(PEERS),
+            ],
+        ])
+        .await;
+        let p = proxy(addr, "newer");
+        let store = &p.store;
+        wait_until("generation 7", || controller_generation(store) == Some(7)).await;
+        let heads = server.await.unwrap();
+        assert_eq!(heads.len(), 2, "the proxy reconnected");
+        wait_until("the stale mark", || store.is_stale()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(store.is_stale());
+        assert_eq!(controller_generation(store), Some(7));
+        assert_eq!(store.current().unwrap().table.name, "a");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_does_not_start_with_a_hello_is_refused() {
+        let (addr, server) = stand_in(vec![vec![send(&table_line(7, "a")), send(PEERS)]]).await;
+        let p = proxy(addr, "nohello");
+        server.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            p.store.current().is_none(),
+            "no table from an unversioned stream"
+        );
     }
 }

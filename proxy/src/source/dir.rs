@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{compile, PodTable};
 pub use portcullis_policy_loader::fingerprint;
 
 use super::PodIdentity;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, Services};
 use crate::telemetry::POLICY_RELOAD_FAILURES;
 
 pub struct DirSource {
@@ -22,6 +23,9 @@ pub enum DirLoad {
     /// This pod's table, and problems that did not stop it (reported, not fatal on first load).
     Table {
         table: Arc<PodTable>,
+        /// Services with a virtual IP, resolved (slices derived from selectors where the
+        /// manifests give none).
+        services: ServiceMap,
         problems: Vec<String>,
     },
     /// Nothing usable for this pod.
@@ -64,7 +68,11 @@ impl DirSource {
 pub fn apply(outcome: DirLoad, pod: &PodIdentity, store: &PolicyStore, source: &str) {
     let have_table = store.current().is_some();
     match outcome {
-        DirLoad::Table { table, problems } if problems.is_empty() || !have_table => {
+        DirLoad::Table {
+            table,
+            services,
+            problems,
+        } if problems.is_empty() || !have_table => {
             for p in &problems {
                 tracing::error!(event = "policy_rejected", source, error = %p, "left out of the table");
             }
@@ -74,6 +82,14 @@ pub fn apply(outcome: DirLoad, pod: &PodIdentity, store: &PolicyStore, source: &
                     manifest_ips = ?table.ips,
                     "POD_IPS differ from the pod's IPs in the manifests; the manifests are used"
                 );
+            }
+            if store.services().map != services {
+                tracing::info!(
+                    event = "services_loaded",
+                    source,
+                    services = services.services.len()
+                );
+                store.set_services(Services::new(services));
             }
             let isolated_ingress = table.ingress.isolated_by.join(",");
             let isolated_egress = table.egress.isolated_by.join(",");
@@ -120,6 +136,7 @@ pub fn load(dir: &Path, pod: &PodIdentity) -> DirLoad {
     match compiled.table(&pod.key()) {
         Some(table) => DirLoad::Table {
             table: table.clone(),
+            services: ServiceMap::from_cluster(&loaded.cluster),
             problems,
         },
         None => {
