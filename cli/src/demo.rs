@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::render::{grids, paint, ColorChoice};
+use crate::render::{paint, ColorChoice};
 use crate::testbed::{self, Binaries, State, UpOptions};
-use crate::testbed_cli::{differences, observe};
+use crate::testbed_cli::{observe, report};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -72,10 +72,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         binaries,
         proxy_args: Vec::new(),
         policy_source: testbed::PolicySource::Controller,
+        extra_probes: Vec::new(),
     })?;
     let result = (|| -> Result<bool> {
         for p in &state.pods {
-            println!("  {:<32} {}", p.key, p.ip);
+            match &p.not_injected {
+                None => println!("  {:<32} {:<14} portcullis-proxy", p.key, p.ip),
+                Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
+            }
         }
         let ok1 = probe_step(
             &state,
@@ -173,18 +177,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     step(n, title, color);
-    let (observed, predicted, _) = observe(state, &[], Duration::from_secs(2))?;
-    print!("{}", grids(&observed, Some(&predicted), color));
-    let diffs = differences(&observed, &predicted);
-    if diffs.is_empty() {
-        println!(
-            "observed = predicted by the policy engine ({} connections)",
-            observed.probes.len()
-        );
-    } else {
-        for d in &diffs {
-            println!("  DIFFERENCE {d}");
-        }
-    }
-    Ok(diffs.is_empty())
+    let cells = observe(state, &[], Duration::from_secs(2))?;
+    report(&cells, color, true, &mut std::io::stdout())
 }

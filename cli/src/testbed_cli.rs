@@ -1,6 +1,7 @@
 //! `portcullis testbed ...` and `portcullis demo`: argument parsing and printing around
 //! [`crate::testbed`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,11 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{Matrix, Protocol};
-use serde::Serialize;
 
 use crate::matrix::parse_probe;
 use crate::render::{grids, ColorChoice};
+use crate::testbed::probe::{Cell, Outcome};
 use crate::testbed::{self, Binaries, State, UpOptions};
 
 #[derive(Args)]
@@ -38,8 +38,10 @@ fn parse_name(s: &str) -> Result<String, String> {
 
 #[derive(Subcommand)]
 pub enum TestbedCommand {
-    /// Build the cluster in network namespaces: a node with a bridge, one namespace per pod
-    /// running portcullis-init, portcullis-proxy and a server on every TCP port any pod declares.
+    /// Build the cluster in network namespaces: a node routing between the pods, one namespace
+    /// per pod running portcullis-init, portcullis-proxy (unless the pod is not injected) and a
+    /// server that answers with the pod's name on every port it could be probed on (TCP and UDP):
+    /// every --probe port, every declared containerPort, every numeric port of any policy.
     Up {
         #[command(flatten)]
         name: Name,
@@ -62,13 +64,19 @@ pub enum TestbedCommand {
         /// Extra arguments for every proxy, e.g. `--proxy-arg=--mode=audit`.
         #[arg(long = "proxy-arg", allow_hyphen_values = true)]
         proxy_args: Vec<String>,
+        /// Ports every pod serves on top of those the manifests name (and that `probe` probes by
+        /// default), e.g. `80/TCP,53/UDP`.
+        #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+        probe: Vec<Probe>,
     },
     /// Connect from every pod to every pod on every probe and compare with the engine's
     /// prediction; exits 1 on any difference.
     Probe {
         #[command(flatten)]
         name: Name,
-        /// TCP probes, e.g. `80/TCP,81/TCP` (default: every TCP containerPort).
+        /// Probes, e.g. `80/TCP,53/UDP` (default: every TCP port the pods serve: `up --probe`,
+        /// declared containerPorts, numeric ports of policies). UDP probes send a datagram and
+        /// expect the pod's name back.
         #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
         probe: Vec<Probe>,
         #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
@@ -123,8 +131,12 @@ pub enum TestbedCommand {
     Serve {
         #[arg(long)]
         identity: String,
-        #[arg(long, value_delimiter = ',')]
-        ports: Vec<u16>,
+        /// JSON list of the ports to serve, re-read every 100 ms.
+        #[arg(long)]
+        wanted: PathBuf,
+        /// Where to report the ports it listens on.
+        #[arg(long)]
+        bound: PathBuf,
     },
 }
 
@@ -145,63 +157,78 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-#[derive(Serialize)]
-struct ObservedEntry<'a> {
-    from: &'a str,
-    to: &'a str,
-    port: u16,
-    protocol: Protocol,
-    allowed: bool,
-    predicted: Option<bool>,
-}
-
-/// Observed and predicted matrices for the testbed's current manifests.
-pub fn observe(
-    state: &State,
-    probes: &[Probe],
-    timeout: Duration,
-) -> Result<(Matrix, Matrix, bool)> {
-    let (predicted, failed) = crate::matrix::predicted(&state.manifest_paths(), probes, false);
+/// Probes the testbed (`probes`, or by default every TCP port its pods serve) and predicts
+/// every probe from the manifests the proxies see.
+pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec<Cell>> {
     let probes: Vec<Probe> = if probes.is_empty() {
-        predicted
-            .probe_list()
-            .into_iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .collect()
+        let set = state.port_set(&state.compile()?);
+        for note in &set.notes {
+            eprintln!("note: {note}");
+        }
+        testbed::ports::default_probes(&set)
     } else {
         probes.to_vec()
     };
-    let observed = testbed::probe(state, &probes, timeout)?;
-    Ok((observed, predicted, failed))
+    if probes.is_empty() {
+        bail!("nothing to probe: no port in the manifests; pass --probe, e.g. --probe 80/TCP");
+    }
+    testbed::probe::observe(state, &probes, timeout)
 }
 
-pub fn differences(observed: &Matrix, predicted: &Matrix) -> Vec<String> {
-    observed
-        .probes
+/// Prints the grids (observed against predicted), then every difference and every probe that
+/// found nothing listening. Returns whether observed equals predicted.
+/// (`with_grids: false`: the summary only.)
+pub fn report(
+    cells: &[Cell],
+    color: bool,
+    with_grids: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<bool> {
+    if with_grids {
+        let (observed, predicted) = testbed::probe::matrices(cells);
+        write!(out, "{}", grids(&observed, Some(&predicted), color))?;
+    }
+    let no_listener: Vec<&Cell> = cells
         .iter()
-        .filter_map(|o| {
-            let p = predicted.get(
-                &o.from,
-                &o.to,
-                Probe {
-                    port: o.port,
-                    protocol: o.protocol,
-                },
-            )?;
-            (p.allowed != o.allowed).then(|| {
-                format!(
-                    "{} -> {} on {}/{}: observed {}, predicted {} ({})",
-                    o.from,
-                    o.to,
-                    o.port,
-                    o.protocol,
-                    if o.allowed { "allowed" } else { "denied" },
-                    if p.allowed { "allowed" } else { "denied" },
-                    p.reason.as_deref().unwrap_or("")
-                )
-            })
-        })
-        .collect()
+        .filter(|c| c.outcome == Outcome::NoListener)
+        .collect();
+    // Grouped by port and cause: "nothing listens on 4143/TCP in x/a, x/b (address in use)".
+    let mut groups: BTreeMap<(u16, String, String), BTreeSet<&str>> = BTreeMap::new();
+    for c in &no_listener {
+        groups
+            .entry((
+                c.port,
+                c.protocol.to_string(),
+                c.no_listener.clone().unwrap_or_default(),
+            ))
+            .or_default()
+            .insert(&c.to);
+    }
+    for ((port, protocol, why), pods) in &groups {
+        writeln!(
+            out,
+            "not probed: nothing listens on {port}/{protocol} in {} ({why}); not counted as allowed or denied",
+            pods.iter().copied().collect::<Vec<_>>().join(", ")
+        )?;
+    }
+    let diffs: Vec<&Cell> = cells.iter().filter(|c| c.differs()).collect();
+    if diffs.is_empty() {
+        writeln!(
+            out,
+            "observed matrix equals the predicted one ({} probes)",
+            cells.len() - no_listener.len()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{} differences between observed and predicted:",
+            diffs.len()
+        )?;
+        for d in &diffs {
+            writeln!(out, "  DIFFERENCE {}", d.describe())?;
+        }
+    }
+    Ok(diffs.is_empty())
 }
 
 pub fn run(args: TestbedArgs) -> Result<ExitCode> {
@@ -214,6 +241,7 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             controller_bin,
             policy_source,
             proxy_args,
+            probe,
         } => {
             let binaries = Binaries::locate(proxy_bin, init_bin, controller_bin)?;
             let state = testbed::up(&UpOptions {
@@ -222,6 +250,7 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 binaries,
                 proxy_args,
                 policy_source,
+                extra_probes: probe,
             })?;
             println!(
                 "testbed {:?} is up: {} pods, node namespace {}",
@@ -238,7 +267,11 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 None => println!("  every proxy reads {} itself", state.policy_dir.display()),
             }
             for p in &state.pods {
-                println!("  {:<40} {:<16} netns {}", p.key, p.ip, p.netns);
+                let proxy = match &p.not_injected {
+                    None => "proxy".to_string(),
+                    Some(why) => format!("no proxy: {why}"),
+                };
+                println!("  {:<40} {:<16} netns {:<20} {proxy}", p.key, p.ip, p.netns);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -250,56 +283,25 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             color,
         } => {
             let state = State::load(&name.name)?;
-            let (observed, predicted, _) = observe(&state, &probe, timeout)?;
-            let diffs = differences(&observed, &predicted);
-            match output {
+            let cells = observe(&state, &probe, timeout)?;
+            let same = match output {
                 crate::matrix::Output::Json => {
-                    let probes: Vec<ObservedEntry> = observed
-                        .probes
-                        .iter()
-                        .map(|o| ObservedEntry {
-                            from: &o.from,
-                            to: &o.to,
-                            port: o.port,
-                            protocol: o.protocol,
-                            allowed: o.allowed,
-                            predicted: predicted
-                                .get(
-                                    &o.from,
-                                    &o.to,
-                                    Probe {
-                                        port: o.port,
-                                        protocol: o.protocol,
-                                    },
-                                )
-                                .map(|p| p.allowed),
-                        })
-                        .collect();
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "probes": probes }))?
+                        serde_json::to_string_pretty(&serde_json::json!({ "probes": cells }))?
                     );
+                    // The summary goes to stderr, beside the JSON.
+                    report(&cells, false, false, &mut std::io::stderr())?
                 }
                 crate::matrix::Output::Table => {
-                    print!("{}", grids(&observed, Some(&predicted), color.enabled()));
+                    report(&cells, color.enabled(), true, &mut std::io::stdout())?
                 }
-            }
-            if diffs.is_empty() {
-                eprintln!(
-                    "observed matrix equals the predicted one ({} probes)",
-                    observed.probes.len()
-                );
-                Ok(ExitCode::SUCCESS)
+            };
+            Ok(if same {
+                ExitCode::SUCCESS
             } else {
-                eprintln!(
-                    "{} differences between observed and predicted:",
-                    diffs.len()
-                );
-                for d in &diffs {
-                    eprintln!("  {d}");
-                }
-                Ok(ExitCode::FAILURE)
-            }
+                ExitCode::FAILURE
+            })
         }
         TestbedCommand::Apply {
             name,
@@ -345,8 +347,12 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        TestbedCommand::Serve { identity, ports } => {
-            testbed::serve::serve(&identity, &ports)?;
+        TestbedCommand::Serve {
+            identity,
+            wanted,
+            bound,
+        } => {
+            testbed::serve::serve(&identity, &wanted, &bound)?;
             Ok(ExitCode::SUCCESS)
         }
     }

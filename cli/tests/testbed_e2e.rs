@@ -64,6 +64,8 @@ fn build_components() {
 
 type Cells = BTreeMap<(String, String, u64, String), bool>;
 
+/// The probes of a JSON matrix (observed, or expected.json), by (from, to, port, protocol);
+/// `allowed` is `null` in observed ones where nothing listens, which counts as neither.
 fn cells(json: &str, tcp_only: bool) -> Cells {
     let v: serde_json::Value = serde_json::from_str(json).expect("JSON matrix");
     v["probes"]
@@ -71,6 +73,7 @@ fn cells(json: &str, tcp_only: bool) -> Cells {
         .expect("probes")
         .iter()
         .filter(|p| !tcp_only || p["protocol"] == "TCP")
+        .filter(|p| !p["allowed"].is_null())
         .map(|p| {
             (
                 (
@@ -221,4 +224,98 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         "with the controller gone, enforcement changed: {}",
         text(&probe.stderr)
     );
+}
+
+/// Three pods that declare no ports at all, as most real pods: the servers listen on every port
+/// they could be probed on all the same (issue 15), so an allowed connection is observed allowed
+/// and a denial is a denial, never "nothing listens".
+#[test]
+fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
+    require_root();
+    build_components();
+    let name = "noports";
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let pod = |ns: &str, pod: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\n\
+             spec: {{containers: [{{name: c, image: i}}]}}\n\
+             status: {{podIP: {ip}, hostIP: 192.168.0.10}}\n"
+        )
+    };
+    let pods = [
+        pod("x", "a", "10.1.0.1"),
+        pod("x", "b", "10.1.0.2"),
+        pod("y", "c", "10.2.0.3"),
+    ]
+    .join("---\n");
+    fs::write(dir.join("pods.yaml"), pods).unwrap();
+    // x/b: ingress only from x/a, only on 8080, a port nobody declares.
+    fs::write(
+        dir.join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: only-a-on-8080, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress:\n    - from: [{podSelector: {matchLabels: {pod: a}}}]\n      ports: [{port: 8080}]\n",
+    )
+    .unwrap();
+
+    let _ = portcullis(&["testbed", "down", "--name", name]);
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "--probe",
+        "80/TCP",
+        "-f",
+        dir.join("pods.yaml").to_str().unwrap(),
+    ]);
+    let _guard = Testbed(name);
+    assert!(
+        up.status.success(),
+        "up failed: {}{}",
+        text(&up.stdout),
+        text(&up.stderr)
+    );
+
+    // No policy: every pod reaches every pod on 80, and `probe` defaults to `up --probe`.
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    let observed = cells(&text(&probe.stdout), false);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    assert_eq!(observed.len(), 9, "{}", text(&probe.stdout));
+    assert!(observed.values().all(|a| *a), "{observed:?}");
+
+    let apply = portcullis(&[
+        "testbed",
+        "apply",
+        "--name",
+        name,
+        "-f",
+        dir.join("policy.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        apply.status.success(),
+        "apply failed: {}",
+        text(&apply.stderr)
+    );
+    // The policy's port is now served and probed by default too.
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let observed = cells(&text(&probe.stdout), false);
+    assert_eq!(observed.len(), 18, "{}", text(&probe.stdout));
+    for ((from, to, port, _), allowed) in &observed {
+        let want = to != "x/b" || from == "x/b" || (from == "x/a" && *port == 8080);
+        assert_eq!(*allowed, want, "{from} -> {to} on {port}");
+    }
+    let _ = fs::remove_dir_all(&dir);
 }

@@ -1,9 +1,14 @@
 //! `portcullis testbed`: a cluster built from manifests out of network namespaces on this
-//! machine — a "node" namespace with a bridge, one namespace per pod with its `status.podIP`,
-//! and in each pod the real `portcullis-init` and `portcullis-proxy` in front of a small server
-//! on every declared TCP port. Nothing outside the testbed's namespaces is touched.
+//! machine — a "node" namespace that routes between the pods, one namespace per pod with its
+//! `status.podIP`, and in each pod a small server (`serve.rs`) on every port the pod could be
+//! probed on (`ports.rs`), behind the real `portcullis-init` and `portcullis-proxy` unless the pod
+//! is not injected (`inject.rs`). `probe.rs` probes it and predicts what it should see. Nothing
+//! outside the testbed's namespaces is touched.
 
+pub mod inject;
 pub mod netns;
+pub mod ports;
+pub mod probe;
 pub mod serve;
 
 use std::collections::BTreeSet;
@@ -18,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{compile, Matrix, ProbeResult, Protocol};
+use portcullis_policy::{compile, Cluster, CompiledCluster, PodInfo};
 use serde::{Deserialize, Serialize};
 
 /// Every name the testbed creates starts with this.
 pub const PREFIX: &str = "pc-tb-";
 pub const PROXY_UID: u32 = 2171;
 pub const ADMIN_PORT: u16 = 4191;
+/// The node's address on the bridge for pods without a `status.hostIP`.
+const FALLBACK_GATEWAY: &str = "169.254.1.1";
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
 pub fn state_dir(name: &str) -> PathBuf {
@@ -37,9 +44,30 @@ pub struct PodState {
     pub key: String,
     pub netns: String,
     pub ip: IpAddr,
-    pub ports: Vec<u16>,
     pub pids: Vec<u32>,
     pub proxy_log: PathBuf,
+    /// Whether the pod runs portcullis-init and portcullis-proxy (see `inject.rs`).
+    #[serde(default = "yes")]
+    pub injected: bool,
+    /// Why it does not, when it does not.
+    #[serde(default)]
+    pub not_injected: Option<String>,
+    /// Where its server reports the ports it listens on ([`serve::Bound`]).
+    pub bound: PathBuf,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PodState {
+    /// The ports its server listens on, as it last reported them.
+    pub fn bound(&self) -> serve::Bound {
+        fs::read(&self.bound)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +80,11 @@ pub struct State {
     pub policy_dir: PathBuf,
     #[serde(default)]
     pub controller: Option<ControllerState>,
+    /// The ports every pod's server is asked to serve (JSON list, read by `serve`).
+    pub wanted_ports: PathBuf,
+    /// `--probe` given to `up`: served, and probed by default, whatever the manifests say.
+    #[serde(default)]
+    pub extra_probes: Vec<Probe>,
 }
 
 impl State {
@@ -81,6 +114,63 @@ impl State {
     pub fn manifest_paths(&self) -> Vec<PathBuf> {
         vec![self.policy_dir.clone()]
     }
+
+    /// The cluster the proxies currently see, compiled; fails on any error in the manifests.
+    pub fn compile(&self) -> Result<CompiledCluster> {
+        let compiled = compile(&load_cluster(&self.manifest_paths())?);
+        if !compiled.errors.is_empty() {
+            let errors: Vec<String> = compiled.errors.iter().map(|e| e.to_string()).collect();
+            bail!("the manifests have errors:\n  {}", errors.join("\n  "));
+        }
+        Ok(compiled)
+    }
+
+    /// Every port a pod could be probed on now (manifests as applied, plus `up --probe`).
+    pub fn port_set(&self, compiled: &CompiledCluster) -> ports::PortSet {
+        ports::probe_ports(compiled, &self.extra_probes)
+    }
+
+    /// Asks every pod's server to also serve `probes`, and waits until each has tried them.
+    pub fn ensure_served(&self, probes: &[Probe]) -> Result<()> {
+        let mut wanted: BTreeSet<Probe> = fs::read(&self.wanted_ports)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<Probe>>(&b).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let before = wanted.len();
+        wanted.extend(probes.iter().copied());
+        if wanted.len() != before || !self.wanted_ports.exists() {
+            let list: Vec<Probe> = wanted.iter().copied().collect();
+            serve::write_atomically(&self.wanted_ports, &serde_json::to_vec(&list)?)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pod in &self.pods {
+            while !wanted.iter().all(|p| pod.bound().knows(*p)) {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the server of {} did not start listening within 10s (see {})",
+                        pod.key,
+                        pod.bound.with_extension("log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads manifests into a cluster, failing on any error (the testbed runs only what is valid).
+fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
+    let loaded = portcullis_policy_loader::load_paths(paths);
+    if !loaded.errors.is_empty() {
+        bail!(
+            "the manifests have errors:\n  {}",
+            loaded.errors.join("\n  ")
+        );
+    }
+    Ok(loaded.cluster)
 }
 
 /// Where to find the binaries the testbed runs.
@@ -130,6 +220,9 @@ pub struct UpOptions {
     pub binaries: Binaries,
     pub proxy_args: Vec<String>,
     pub policy_source: PolicySource,
+    /// `--probe`: ports every pod serves (and `probe` probes by default) on top of those the
+    /// manifests name.
+    pub extra_probes: Vec<Probe>,
 }
 
 /// Where the testbed's proxies get their tables.
@@ -185,181 +278,219 @@ fn prefix(name: &str) -> String {
     format!("{PREFIX}{name}-")
 }
 
+/// The steps of `up`: policy directory, node, pods' plumbing, controller, pods' processes.
 fn build(opts: &UpOptions) -> Result<State> {
     let dir = state_dir(&opts.name);
-    let policy_dir = dir.join("policy");
-    fs::create_dir_all(policy_dir.join("cluster"))?;
-    fs::create_dir_all(policy_dir.join("applied"))?;
-    copy_manifests(&opts.files, &policy_dir.join("cluster"))?;
-    // The proxies run as UID 2171 and must read the policy directory.
-    for d in ["/run/portcullis", "/run/portcullis/testbed"] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
-    }
-    make_world_readable(&dir)?;
-
-    let loaded = portcullis_policy_loader::load_paths(std::slice::from_ref(&policy_dir));
-    if !loaded.errors.is_empty() {
-        bail!(
-            "the manifests have errors:\n  {}",
-            loaded.errors.join("\n  ")
-        );
-    }
-    let cluster = loaded.cluster;
+    let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
+    let cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
+    let annotations = inject::Annotations::read(std::slice::from_ref(&policy_dir));
     let node = format!("{}node", prefix(&opts.name));
-    netns::add(&node)?;
-    netns::ip_in(&node, &["link", "add", "br0", "type", "bridge"])?;
-    netns::ip_in(&node, &["link", "set", "br0", "up"])?;
-    netns::exec_in(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-
-    // Every distinct hostIP is an address of the node; pods without one use a link-local gateway.
-    const FALLBACK_GATEWAY: &str = "169.254.1.1";
-    let mut gateways: BTreeSet<String> = BTreeSet::new();
+    create_node(&node)?;
     let mut state = State {
         name: opts.name.clone(),
         node_netns: node.clone(),
         pods: Vec::new(),
         policy_dir: policy_dir.clone(),
         controller: None,
+        wanted_ports: dir.join("ports.json"),
+        extra_probes: opts.extra_probes.clone(),
     };
-    // Every pod listens on every TCP port any pod declares, like the e2e suite's agnhost pods:
-    // then "nothing listens there" never masquerades as "the policy denies it", and a probe
-    // observes exactly the policy.
-    let served_ports: Vec<u16> = cluster
-        .pods
-        .iter()
-        .flat_map(|p| p.ports.iter())
-        .filter(|p| p.protocol == Protocol::Tcp)
-        .map(|p| p.port)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for (i, pod) in cluster.pods.iter().enumerate() {
-        if pod.host_network {
-            eprintln!(
-                "note: {} is a hostNetwork pod; the testbed leaves it out",
-                pod.key()
-            );
-            continue;
+    let pods: Vec<&PodInfo> = testbed_pods(&cluster);
+    let mut gateways: BTreeSet<String> = BTreeSet::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let mut ps = plumb_pod(&node, &prefix(&opts.name), i, pod, &mut gateways, &dir)?;
+        if let Err(why) = inject::decide(&cluster, &annotations, &pod.namespace, &ps.key) {
+            ps.injected = false;
+            ps.not_injected = Some(why);
         }
-        let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
-            bail!(
-                "pod {} needs an IPv4 status.podIP for the testbed",
-                pod.key()
-            );
-        };
-        let gateway = match pod.host_ip {
-            Some(IpAddr::V4(h)) => h.to_string(),
-            _ => FALLBACK_GATEWAY.to_string(),
-        };
-        if gateways.insert(gateway.clone()) {
-            netns::ip_in(
-                &node,
-                &["addr", "add", &format!("{gateway}/32"), "dev", "br0"],
-            )?;
-        }
-        let ns = format!("{}p{i}", prefix(&opts.name));
-        netns::add(&ns)?;
-        let host_end = format!("vp{i}");
-        netns::ip_in(
-            &node,
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        netns::ip_in(&node, &["link", "set", &host_end, "master", "br0", "up"])?;
-        netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
-        netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
-        netns::ip_in(
-            &ns,
-            &["route", "add", "default", "via", &gateway, "dev", "eth0"],
-        )?;
-        netns::ip_in(&node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
-        let ports = served_ports.clone();
-        state.pods.push(PodState {
-            key: pod.key(),
-            netns: ns,
-            ip: IpAddr::V4(ip),
-            ports,
-            pids: Vec::new(),
-            proxy_log: dir.join(format!("{}.{}.proxy.log", pod.namespace, pod.name)),
-        });
+        state.pods.push(ps);
     }
+    let compiled = state.compile()?;
+    let set = state.port_set(&compiled);
+    for note in &set.notes {
+        eprintln!("note: {note}");
+    }
+    let wanted: Vec<Probe> = set.ports.iter().copied().collect();
+    serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
     if opts.policy_source == PolicySource::Controller {
         state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
         state.save()?;
     }
-
-    let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
-    for (pod, info) in state
-        .pods
-        .iter_mut()
-        .zip(cluster.pods.iter().filter(|p| !p.host_network))
-    {
-        netns::exec_in(&pod.netns, &opts.binaries.init.to_string_lossy(), &[])
-            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
-        if !pod.ports.is_empty() {
-            let ports: Vec<String> = pod.ports.iter().map(u16::to_string).collect();
-            let log = dir.join(format!("{}.{}.server.log", info.namespace, info.name));
-            let pid = spawn_in(
-                &pod.netns,
-                &self_exe,
-                &[
-                    "testbed".into(),
-                    "serve".into(),
-                    "--identity".into(),
-                    pod.key.clone(),
-                    "--ports".into(),
-                    ports.join(","),
-                ],
-                &[],
-                &log,
-                None,
-            )?;
+    for (pod, info) in state.pods.iter_mut().zip(&pods) {
+        if pod.injected {
+            netns::exec_in(&pod.netns, &opts.binaries.init.to_string_lossy(), &[])
+                .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+        }
+        let pid = start_server(pod, &state.wanted_ports)?;
+        pod.pids.push(pid);
+        if pod.injected {
+            let pid = start_proxy(opts, pod, info, &policy_dir)?;
             pod.pids.push(pid);
         }
-        let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
-        let mut env = vec![
-            ("POD_NAME".to_string(), info.name.clone()),
-            ("POD_NAMESPACE".to_string(), info.namespace.clone()),
-            ("POD_IPS".to_string(), ips.join(",")),
-            ("PORTCULLIS_LOG".to_string(), "info".to_string()),
-        ];
-        if let Some(h) = info.host_ip {
-            env.push(("HOST_IP".into(), h.to_string()));
-        }
-        let mut args = match opts.policy_source {
-            PolicySource::Dir => vec![
-                "--policy-dir".to_string(),
-                policy_dir.to_string_lossy().into_owned(),
-            ],
-            // The node's address on the pod's side of the bridge, as a Service would route it.
-            PolicySource::Controller => vec![
-                "--controller".to_string(),
-                format!(
-                    "http://{}:{CONTROLLER_PORT}",
-                    match info.host_ip {
-                        Some(IpAddr::V4(h)) => h.to_string(),
-                        _ => FALLBACK_GATEWAY.to_string(),
-                    }
-                ),
-            ],
-        };
-        args.extend(opts.proxy_args.iter().cloned());
-        let pid = spawn_in(
-            &pod.netns,
-            &opts.binaries.proxy,
-            &args,
-            &env,
-            &pod.proxy_log,
-            Some(PROXY_UID),
-        )?;
-        pod.pids.push(pid);
     }
     state.save()?;
     wait_ready(&state, Duration::from_secs(30))?;
+    state.ensure_served(&wanted)?;
     Ok(state)
+}
+
+/// Copies the manifests given to `up` into the policy directory the proxies will read.
+fn prepare_policy_dir(dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
+    let policy_dir = dir.join("policy");
+    fs::create_dir_all(policy_dir.join("cluster"))?;
+    fs::create_dir_all(policy_dir.join("applied"))?;
+    copy_manifests(files, &policy_dir.join("cluster"))?;
+    // The proxies run as UID 2171 and must read the policy directory.
+    for d in ["/run/portcullis", "/run/portcullis/testbed"] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    make_world_readable(dir)?;
+    Ok(policy_dir)
+}
+
+/// The node: a namespace with a bridge that the pods' veths join, routing between them.
+fn create_node(node: &str) -> Result<()> {
+    netns::add(node)?;
+    netns::ip_in(node, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(node, &["link", "set", "br0", "up"])?;
+    netns::exec_in(node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
+}
+
+/// The pods the testbed runs: every pod of the manifests but hostNetwork ones.
+fn testbed_pods(cluster: &Cluster) -> Vec<&PodInfo> {
+    cluster
+        .pods
+        .iter()
+        .filter(|pod| {
+            if pod.host_network {
+                eprintln!(
+                    "note: {} is a hostNetwork pod; the testbed leaves it out",
+                    pod.key()
+                );
+            }
+            !pod.host_network
+        })
+        .collect()
+}
+
+/// A pod's namespace, its veth into the node's bridge, its address and routes.
+fn plumb_pod(
+    node: &str,
+    prefix: &str,
+    i: usize,
+    pod: &PodInfo,
+    gateways: &mut BTreeSet<String>,
+    dir: &Path,
+) -> Result<PodState> {
+    let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
+        bail!(
+            "pod {} needs an IPv4 status.podIP for the testbed",
+            pod.key()
+        );
+    };
+    // Every distinct hostIP is an address of the node; pods without one use a link-local one.
+    let gateway = gateway_of(pod);
+    if gateways.insert(gateway.clone()) {
+        netns::ip_in(
+            node,
+            &["addr", "add", &format!("{gateway}/32"), "dev", "br0"],
+        )?;
+    }
+    let ns = format!("{prefix}p{i}");
+    netns::add(&ns)?;
+    let host_end = format!("vp{i}");
+    netns::ip_in(
+        node,
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ],
+    )?;
+    netns::ip_in(node, &["link", "set", &host_end, "master", "br0", "up"])?;
+    netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
+    netns::ip_in(
+        &ns,
+        &["route", "add", "default", "via", &gateway, "dev", "eth0"],
+    )?;
+    netns::ip_in(node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
+    let file = |what: &str| dir.join(format!("{}.{}.{what}", pod.namespace, pod.name));
+    Ok(PodState {
+        key: pod.key(),
+        netns: ns,
+        ip: IpAddr::V4(ip),
+        pids: Vec::new(),
+        proxy_log: file("proxy.log"),
+        injected: true,
+        not_injected: None,
+        bound: file("server.json"),
+    })
+}
+
+/// The node's address on the pod's side: its hostIP, else a link-local address.
+fn gateway_of(pod: &PodInfo) -> String {
+    match pod.host_ip {
+        Some(IpAddr::V4(h)) => h.to_string(),
+        _ => FALLBACK_GATEWAY.to_string(),
+    }
+}
+
+/// The pod's application: `portcullis testbed serve` on the ports of `wanted`.
+fn start_server(pod: &PodState, wanted: &Path) -> Result<u32> {
+    let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
+    spawn_in(
+        &pod.netns,
+        &self_exe,
+        &[
+            "testbed".into(),
+            "serve".into(),
+            "--identity".into(),
+            pod.key.clone(),
+            "--wanted".into(),
+            wanted.to_string_lossy().into_owned(),
+            "--bound".into(),
+            pod.bound.to_string_lossy().into_owned(),
+        ],
+        &[],
+        &pod.bound.with_extension("log"),
+        None,
+    )
+}
+
+/// The pod's portcullis-proxy, as its own user, with the Downward API environment.
+fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Path) -> Result<u32> {
+    let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
+    let mut env = vec![
+        ("POD_NAME".to_string(), info.name.clone()),
+        ("POD_NAMESPACE".to_string(), info.namespace.clone()),
+        ("POD_IPS".to_string(), ips.join(",")),
+        ("PORTCULLIS_LOG".to_string(), "info".to_string()),
+    ];
+    if let Some(h) = info.host_ip {
+        env.push(("HOST_IP".into(), h.to_string()));
+    }
+    let mut args = match opts.policy_source {
+        PolicySource::Dir => vec![
+            "--policy-dir".to_string(),
+            policy_dir.to_string_lossy().into_owned(),
+        ],
+        // The node's address on the pod's side of the bridge, as a Service would route it.
+        PolicySource::Controller => vec![
+            "--controller".to_string(),
+            format!("http://{}:{CONTROLLER_PORT}", gateway_of(info)),
+        ],
+    };
+    args.extend(opts.proxy_args.iter().cloned());
+    spawn_in(
+        &pod.netns,
+        &opts.binaries.proxy,
+        &args,
+        &env,
+        &pod.proxy_log,
+        Some(PROXY_UID),
+    )
 }
 
 /// Starts portcullis-controller in file mode in the node namespace and waits until it serves.
@@ -424,7 +555,7 @@ pub fn stop_controller(state: &State) -> Result<()> {
     }
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         loop {
             let stale = admin_get(&pod.netns, "/policy")
                 .ok()
@@ -570,6 +701,12 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     fs::rename(&applied, &old)?;
     fs::rename(&staging, &applied)?;
     let _ = fs::remove_dir_all(&old);
+    // New policies may name new ports: every pod serves them too.
+    let set = state.port_set(&state.compile()?);
+    for note in &set.notes {
+        eprintln!("note: {note}");
+    }
+    state.ensure_served(&set.ports.iter().copied().collect::<Vec<_>>())?;
     wait_converged(state, timeout)
 }
 
@@ -585,7 +722,7 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
     }
     let compiled = compile(&loaded.cluster);
     let deadline = Instant::now() + timeout;
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         let Some(expected) = compiled.table(&pod.key) else {
             continue;
         };
@@ -622,7 +759,7 @@ fn strip_known_pods(v: &mut serde_json::Value) {
 
 fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         loop {
             if matches!(admin_get(&pod.netns, "/ready"), Ok((200, _))) {
                 break;
@@ -671,59 +808,6 @@ pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
     })
 }
 
-/// Connects from every pod to every pod on every probe; TCP only (what Portcullis proxies).
-pub fn probe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Matrix> {
-    let tcp: Vec<Probe> = probes
-        .iter()
-        .copied()
-        .filter(|p| p.protocol == Protocol::Tcp)
-        .collect();
-    let targets: Vec<(String, IpAddr)> = state.pods.iter().map(|p| (p.key.clone(), p.ip)).collect();
-    let mut handles = Vec::new();
-    for from in &state.pods {
-        let ns = from.netns.clone();
-        let from_key = from.key.clone();
-        let targets = targets.clone();
-        let tcp = tcp.clone();
-        handles.push(std::thread::spawn(move || -> Result<Vec<ProbeResult>> {
-            netns::enter(&ns)?;
-            let mut out = Vec::new();
-            for probe in &tcp {
-                for (to, ip) in &targets {
-                    let allowed = serve::probe(SocketAddr::new(*ip, probe.port), to, timeout);
-                    out.push(ProbeResult {
-                        from: from_key.clone(),
-                        to: to.clone(),
-                        port: probe.port,
-                        protocol: probe.protocol,
-                        allowed,
-                        reason: None,
-                    });
-                }
-            }
-            Ok(out)
-        }));
-    }
-    let mut results = Vec::new();
-    for h in handles {
-        results.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
-        );
-    }
-    // Same order as the engine's matrix: probe, then from, then to.
-    let order = |p: &ProbeResult| {
-        (
-            tcp.iter()
-                .position(|q| q.port == p.port && q.protocol == p.protocol),
-            p.from.clone(),
-            p.to.clone(),
-        )
-    };
-    results.sort_by_key(order);
-    Ok(Matrix { probes: results })
-}
-
 /// Stops every process and deletes every namespace of the testbed, also after a crash (it
 /// finds leftovers by name prefix). Never fails: it removes what it can.
 pub fn down(name: &str) -> Vec<String> {
@@ -762,7 +846,7 @@ pub fn down(name: &str) -> Vec<String> {
 
 /// The proxy's audit lines (`"event":"connection_*"`) of one pod.
 pub fn audit_lines(state: &State, pod: &str, all: bool) -> Result<Vec<String>> {
-    let pod = state.pod(pod)?;
+    let pod = injected_pod(state, pod)?;
     let log = fs::read_to_string(&pod.proxy_log)
         .with_context(|| format!("cannot read {}", pod.proxy_log.display()))?;
     Ok(log
@@ -773,7 +857,7 @@ pub fn audit_lines(state: &State, pod: &str, all: bool) -> Result<Vec<String>> {
 }
 
 pub fn metrics(state: &State, pod: &str) -> Result<String> {
-    let pod = state.pod(pod)?;
+    let pod = injected_pod(state, pod)?;
     let (status, body) = admin_get(&pod.netns, "/metrics")?;
     if status != 200 {
         bail!(
@@ -782,4 +866,12 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
         );
     }
     Ok(body)
+}
+
+fn injected_pod<'a>(state: &'a State, key: &str) -> Result<&'a PodState> {
+    let pod = state.pod(key)?;
+    if let Some(why) = &pod.not_injected {
+        bail!("{key} has no portcullis-proxy ({why})");
+    }
+    Ok(pod)
 }
