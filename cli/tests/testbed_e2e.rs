@@ -23,12 +23,20 @@ fn portcullis(args: &[&str]) -> Output {
         .expect("run portcullis")
 }
 
+/// A testbed name unique to this test process (`base` + pid, at most 12 characters), so two
+/// runs of the suite at once never touch each other's namespaces.
+fn unique(base: &str) -> String {
+    let name = format!("{base}{}", std::process::id());
+    assert!(name.len() <= 12, "testbed name {name} is too long");
+    name
+}
+
 /// Takes the testbed down when the test ends, however it ends.
-struct Testbed(&'static str);
+struct Testbed(String);
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        let _ = portcullis(&["testbed", "down", "--name", self.0]);
+        let _ = portcullis(&["testbed", "down", "--name", &self.0]);
     }
 }
 
@@ -102,12 +110,12 @@ fn tcp_only(case: &Path) -> bool {
 }
 
 /// The observed matrix of the e2e testbed on 80/TCP and 81/TCP, as JSON.
-fn probe_e2e() -> Output {
+fn probe_e2e(name: &str) -> Output {
     portcullis(&[
         "testbed",
         "probe",
         "--name",
-        "e2e",
+        name,
         "--probe",
         "80/TCP,81/TCP",
         "-o",
@@ -120,16 +128,18 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     require_root();
     build_components();
     let dir = repo().join("policy/tests/conformance");
-    let _ = portcullis(&["testbed", "down", "--name", "e2e"]);
+    let tb = unique("e2e");
+    let tb = tb.as_str();
+    // Taken down however the test ends (also after a failed `up`).
+    let _guard = Testbed(tb.to_string());
     let up = portcullis(&[
         "testbed",
         "up",
         "--name",
-        "e2e",
+        tb,
         "-f",
         dir.join("model.yaml").to_str().unwrap(),
     ]);
-    let _guard = Testbed("e2e");
     assert!(
         up.status.success(),
         "testbed up failed:\n{}\n{}",
@@ -156,7 +166,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "testbed",
             "apply",
             "--name",
-            "e2e",
+            tb,
             "--replace",
             "-f",
             case.join("policy.yaml").to_str().unwrap(),
@@ -166,7 +176,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "{name}: apply failed: {}",
             text(&apply.stderr)
         );
-        let probe = probe_e2e();
+        let probe = probe_e2e(tb);
         let observed = cells(&text(&probe.stdout), true);
         let expected = cells(
             &fs::read_to_string(case.join("expected.json")).unwrap(),
@@ -207,14 +217,14 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         .rev()
         .find(|c| tcp_only(c))
         .expect("a TCP case");
-    let stop = portcullis(&["testbed", "stop-controller", "--name", "e2e"]);
+    let stop = portcullis(&["testbed", "stop-controller", "--name", tb]);
     assert!(
         stop.status.success(),
         "stop-controller failed: {}{}",
         text(&stop.stdout),
         text(&stop.stderr)
     );
-    let probe = probe_e2e();
+    let probe = probe_e2e(tb);
     assert_eq!(
         cells(&text(&probe.stdout), true),
         cells(
@@ -233,8 +243,9 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
 fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
     require_root();
     build_components();
-    let name = "noports";
-    let dir = std::env::temp_dir().join(format!("pc-tb-{name}-{}", std::process::id()));
+    let name = unique("np");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let pod = |ns: &str, pod: &str, ip: &str| {
@@ -261,7 +272,8 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
     )
     .unwrap();
 
-    let _ = portcullis(&["testbed", "down", "--name", name]);
+    // Taken down however the test ends (also after a failed `up`).
+    let _guard = Testbed(name.to_string());
     let up = portcullis(&[
         "testbed",
         "up",
@@ -272,7 +284,6 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
         "-f",
         dir.join("pods.yaml").to_str().unwrap(),
     ]);
-    let _guard = Testbed(name);
     assert!(
         up.status.success(),
         "up failed: {}{}",
