@@ -330,3 +330,139 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Pods without Portcullis: x is opted in by its label, y is not (so y/c has no proxy), and x/b
+/// opts out by annotation. A pod without a proxy enforces neither its egress nor its ingress;
+/// its peers' proxies still enforce theirs. The prediction says so, and the sockets agree.
+#[test]
+fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
+    require_root();
+    build_components();
+    let name = unique("ni");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let manifests = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {portcullis.dev/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.1.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, annotations: {portcullis.dev/inject: disabled}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.1.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.2.0.3, hostIP: 192.168.0.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-in, namespace: y}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+    fs::write(dir.join("cluster.yaml"), manifests).unwrap();
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "--probe",
+        "80/TCP",
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+    ]);
+    let out = text(&up.stdout);
+    assert!(up.status.success(), "up failed: {out}{}", text(&up.stderr));
+    let line = |pod: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(pod))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("x/a").ends_with(" proxy"), "{out}");
+    assert!(line("x/b").contains("no proxy: pod annotation"), "{out}");
+    assert!(
+        line("y/c").contains("no proxy: namespace y lacks the label"),
+        "{out}"
+    );
+
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let observed = cells(&text(&probe.stdout), false);
+    let allowed: Vec<(&str, &str)> = observed
+        .iter()
+        .filter(|(_, a)| **a)
+        .map(|((f, t, _, _), _)| (f.as_str(), t.as_str()))
+        .collect();
+    // x/a enforces both directions; x/b and y/c enforce nothing, whatever their policies say.
+    assert_eq!(
+        allowed,
+        vec![
+            ("x/a", "x/a"),
+            ("x/b", "x/b"),
+            ("x/b", "y/c"),
+            ("y/c", "x/b"),
+            ("y/c", "y/c"),
+        ],
+        "{observed:?}"
+    );
+    // The prediction names the half that is not enforced.
+    let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+    let b_to_c = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == "x/b" && p["to"] == "y/c")
+        .unwrap();
+    let reason = b_to_c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("egress not enforced: x/b has no proxy")
+            && reason.contains("ingress not enforced: y/c has no proxy"),
+        "{reason}"
+    );
+    // The engine alone (every pod enforcing) would have denied it.
+    let matrix = portcullis(&[
+        "matrix",
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+        "--probe",
+        "80/TCP",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        cells(&text(&matrix.stdout), false).get(&(
+            "x/b".to_string(),
+            "y/c".to_string(),
+            80,
+            "TCP".to_string()
+        )),
+        Some(&false)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
