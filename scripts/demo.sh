@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_rust
-need_root "the demo"
+need_root "the demo" "$@"
 need_packages ip:iproute2 iptables:iptables setpriv:util-linux
 
 say "building portcullis, portcullis-proxy, portcullis-init, portcullis-controller (release)"

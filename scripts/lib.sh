@@ -31,6 +31,14 @@ need_rust() {
         || die "cargo not found: install Rust from https://rustup.rs (rustup, stable toolchain)"
 }
 
+# need_root WHAT "$@"  continues as root: as is when already root (a fresh machine may have no
+# sudo then), otherwise re-runs the calling script under sudo, keeping PATH (rustup's cargo).
 need_root() {
-    [ "$(id -u)" -eq 0 ] || die "$1 needs root (network namespaces, veth pairs, iptables): run it with sudo"
+    local what=$1
+    shift
+    [ "$(id -u)" -eq 0 ] && return 0
+    command -v sudo >/dev/null 2>&1 \
+        || die "$what needs root (network namespaces, veth pairs, iptables): run it as root"
+    say "$what needs root (network namespaces, veth pairs, iptables): re-running under sudo"
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR env "PATH=$PATH" "$0" "$@"
 }

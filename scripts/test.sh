@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_rust
-need_root "the test suite"
+need_root "the test suite" "$@"
 need_packages ip:iproute2 iptables:iptables setpriv:util-linux python3:python3 haproxy:haproxy
 
 say "checking conformance fixtures are expanded from their hand-written truth tables"

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{compile, Direction, PodTable, Verdict};
+use portcullis_policy::service::Frontend;
+use portcullis_policy::{compile, Direction, PodTable, ServiceMap, Verdict};
 use serde::Serialize;
 
 use crate::matrix::parse_probe;
@@ -16,7 +17,7 @@ use portcullis_policy_loader::load_paths;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]
-#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "to_ip"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "to_ip", "to_service"])))]
 pub struct ExplainArgs {
     /// Manifest files or directories; `-` reads standard input.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
@@ -30,9 +31,15 @@ pub struct ExplainArgs {
     /// Destination pod, as NAMESPACE/POD.
     #[arg(long, value_name = "NS/POD")]
     pub to: Option<String>,
-    /// Destination address, for servers outside the cluster.
+    /// Destination address, for servers outside the cluster. A Service's ClusterIP is explained
+    /// as the Service (see --to-service).
     #[arg(long, value_name = "IP")]
     pub to_ip: Option<IpAddr>,
+    /// Destination Service, as NAMESPACE/NAME: the connection is judged on each backend pod
+    /// behind it (its IP and target port), as a CNI judges it after kube-proxy's DNAT. --port is
+    /// then the Service port.
+    #[arg(long, value_name = "NS/NAME")]
+    pub to_service: Option<String>,
     /// Destination port and protocol, e.g. 80/TCP.
     #[arg(long, value_parser = parse_probe)]
     pub port: Probe,
@@ -56,19 +63,19 @@ struct Explanation {
     ingress: Option<Verdict>,
 }
 
-enum Endpoint<'a> {
+pub(crate) enum Endpoint<'a> {
     Pod(&'a PodTable),
     External(IpAddr),
 }
 
 impl Endpoint<'_> {
-    fn ip(&self) -> Option<IpAddr> {
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self {
             Endpoint::Pod(t) => t.ips.first().copied(),
             Endpoint::External(ip) => Some(*ip),
         }
     }
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match self {
             Endpoint::Pod(t) => t.key(),
             Endpoint::External(ip) => ip.to_string(),
@@ -107,6 +114,11 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         )
     };
     let from = resolve(&args.from, &args.from_ip)?;
+    let services = ServiceMap::from_cluster(&loaded.cluster);
+    if let Some(target) = service_target(&args, &services)? {
+        let failed = failed || !compiled.errors.is_empty();
+        return crate::explain_service::run(&compiled, &from, target, &args, failed);
+    }
     let to = resolve(&args.to, &args.to_ip)?;
     let (Some(from_ip), Some(to_ip)) = (from.ip(), to.ip()) else {
         bail!("both pods need an address (status.podIP)");
@@ -167,4 +179,46 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
 
 fn is_host_network(compiled: &portcullis_policy::CompiledCluster, t: &PodTable) -> bool {
     compiled.pod(&t.key()).is_some_and(|p| p.host_network)
+}
+
+/// The Service port the destination names, if it names one: `--to-service`, or `--to-ip` of a
+/// ClusterIP.
+fn service_target<'a>(
+    args: &ExplainArgs,
+    services: &'a ServiceMap,
+) -> Result<Option<Frontend<'a>>> {
+    let Probe { port, protocol } = args.port;
+    if let Some(key) = &args.to_service {
+        if !key.contains('/') {
+            bail!("{key:?}: write Services as NAMESPACE/NAME");
+        }
+        let Some((name, svc)) = services.services.get_key_value(key) else {
+            bail!(
+                "Service {key} has no ClusterIP in the manifests (missing, headless or \
+                 ExternalName: connections to it go to pod IPs or outside the cluster; use --to or --to-ip)"
+            );
+        };
+        let Some(p) = svc
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+        else {
+            let have: Vec<String> = svc
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.port, p.protocol))
+                .collect();
+            bail!(
+                "Service {key} has no port {port}/{protocol} (it has {})",
+                have.join(", ")
+            );
+        };
+        return Ok(Some(Frontend {
+            service: name,
+            port: p,
+        }));
+    }
+    Ok(args
+        .to_ip
+        .and_then(|ip| services.frontend(ip, port, protocol)))
 }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod explain;
+mod explain_service;
 
 mod matrix;
 mod render;
@@ -63,7 +64,9 @@ fn report_load(loaded: &portcullis_policy_loader::Loaded, verbose: bool) -> bool
     }
     if verbose {
         for i in &loaded.ignored {
-            eprintln!("note: ignored {i}: not a Namespace, Pod or NetworkPolicy");
+            eprintln!(
+                "note: ignored {i}: not a Namespace, Pod, NetworkPolicy, Service or EndpointSlice"
+            );
         }
     }
     !loaded.errors.is_empty()

@@ -294,3 +294,108 @@ fn manifests_can_come_from_standard_input() {
         cells(&fs::read_to_string(case.join("expected.json")).unwrap())
     );
 }
+
+fn explain_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["explain", "-f", "manifests/examples/kangaroo", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = portcullis(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("explain JSON")
+}
+
+#[test]
+fn a_service_is_judged_on_the_pods_behind_it() {
+    // The reproduction: the ClusterIP of membership/api was "outside the cluster".
+    let by_ip = explain_json(&[
+        "--from",
+        "kangaroo/backend",
+        "--to-ip",
+        "10.96.20.7",
+        "--port",
+        "443/TCP",
+    ]);
+    assert_eq!(by_ip["service"], "membership/api", "{by_ip}");
+    assert_eq!(by_ip["allowed"], true, "{by_ip}");
+    assert_eq!(by_ip["backends"][0]["pod"], "membership/api");
+
+    // Partly allowed: the backend's egress reaches role=api, not role=db.
+    let both = explain_json(&[
+        "--from",
+        "kangaroo/backend",
+        "--to-service",
+        "membership/membership",
+        "--port",
+        "443/TCP",
+    ]);
+    let verdicts: Vec<(String, bool)> = both["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["pod"].as_str().unwrap().to_string(),
+                b["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            ("membership/api".to_string(), true),
+            ("membership/db".to_string(), false)
+        ]
+    );
+
+    // Under default deny: every backend refused, each with the isolating policies.
+    let worker = explain_json(&[
+        "--from",
+        "kangaroo/worker",
+        "--to-service",
+        "membership/api",
+        "--port",
+        "443/TCP",
+    ]);
+    assert_eq!(worker["allowed"], false, "{worker}");
+    assert_eq!(
+        worker["backends"][0]["egress"]["reason"]["kind"],
+        "no_rule_matched"
+    );
+}
+
+#[test]
+fn a_service_without_a_cluster_ip_or_port_is_a_clear_error() {
+    let headless = portcullis(&[
+        "explain",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--from",
+        "storefront/web",
+        "--to-service",
+        "membership/db",
+        "--port",
+        "443/TCP",
+    ]);
+    assert!(!headless.status.success());
+    assert!(
+        text(&headless.stderr).contains("headless"),
+        "{}",
+        text(&headless.stderr)
+    );
+    let wrong_port = portcullis(&[
+        "explain",
+        "-f",
+        "manifests/examples/kangaroo",
+        "--from",
+        "storefront/web",
+        "--to-service",
+        "kangaroo/backend",
+        "--port",
+        "8080/TCP",
+    ]);
+    assert!(!wrong_port.status.success());
+    assert!(
+        text(&wrong_port.stderr).contains("has no port 8080/TCP (it has 80/TCP, 81/TCP)"),
+        "{}",
+        text(&wrong_port.stderr)
+    );
+}

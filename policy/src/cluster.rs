@@ -187,6 +187,9 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     pub pods: Vec<PodInfo>,
     pub policies: Vec<SourcedPolicy>,
+    /// Services and EndpointSlices: what a connection to a ClusterIP reaches (`service.rs`).
+    pub services: Vec<crate::service::ServiceInfo>,
+    pub endpoint_slices: Vec<crate::service::EndpointSliceInfo>,
 }
 
 /// A NetworkPolicy and the file it came from, if any.
@@ -207,6 +210,14 @@ impl Cluster {
 
     pub fn add_pod(&mut self, pod: PodInfo) {
         self.pods.push(pod);
+    }
+
+    pub fn add_service(&mut self, service: crate::service::ServiceInfo) {
+        self.services.push(service);
+    }
+
+    pub fn add_endpoint_slice(&mut self, slice: crate::service::EndpointSliceInfo) {
+        self.endpoint_slices.push(slice);
     }
 
     pub fn add_policy(&mut self, policy: NetworkPolicy, source: Option<String>) {

@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, NamespaceInfo, PodInfo};
 use crate::error::{ObjectError, ObjectRef};
+use crate::service::{EndpointSliceInfo, ServiceInfo};
 
 /// What went wrong reading a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,12 +40,12 @@ impl std::error::Error for LoadError {}
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     pub errors: Vec<LoadError>,
-    /// Objects of kinds policy does not use (Deployments, Services...), as `Kind name (source)`.
+    /// Objects of kinds policy does not use (Deployments, ConfigMaps...), as `Kind name (source)`.
     pub ignored: Vec<String>,
 }
 
-/// Parses `text` (named `source` in messages) and adds its Namespaces, Pods and NetworkPolicies
-/// to `cluster`.
+/// Parses `text` (named `source` in messages) and adds its Namespaces, Pods, NetworkPolicies,
+/// Services and EndpointSlices to `cluster`.
 pub fn load_into(cluster: &mut Cluster, text: &str, source: &str) -> LoadReport {
     let mut report = LoadReport::default();
     let documents = match split_documents(text) {
@@ -251,6 +253,34 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
             }
             match doc.parse::<NetworkPolicy>() {
                 Ok(np) => cluster.add_policy(np, Some(source.to_string())),
+                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+            }
+        }
+        "Service" => {
+            if let Err(m) = expect_api("v1") {
+                return report
+                    .errors
+                    .push(error(&kind, ns_or_default(), "apiVersion", m));
+            }
+            match doc.parse::<Service>() {
+                Ok(svc) => match ServiceInfo::from_k8s(&svc, Some(source)) {
+                    Ok(info) => cluster.add_service(info),
+                    Err(e) => report.errors.push(LoadError::Object(e)),
+                },
+                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+            }
+        }
+        "EndpointSlice" => {
+            if let Err(m) = expect_api("discovery.k8s.io/v1") {
+                return report
+                    .errors
+                    .push(error(&kind, ns_or_default(), "apiVersion", m));
+            }
+            match doc.parse::<EndpointSlice>() {
+                Ok(slice) => match EndpointSliceInfo::from_k8s(&slice, Some(source)) {
+                    Ok(info) => cluster.add_endpoint_slice(info),
+                    Err(e) => report.errors.push(LoadError::Object(e)),
+                },
                 Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
             }
         }
