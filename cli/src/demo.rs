@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::render::{paint, ColorChoice};
+use crate::testbed::probe::ServiceClients;
 use crate::testbed::{self, Binaries, State, UpOptions};
 use crate::testbed_cli::{observe, report};
 
@@ -177,6 +178,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     step(n, title, color);
-    let cells = observe(state, &[], Duration::from_secs(2))?;
+    let cells = observe(
+        state,
+        &[],
+        ServiceClients::Unenforced,
+        Duration::from_secs(2),
+    )?;
     report(&cells, color, true, &mut std::io::stdout())
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use portcullis_policy::matrix::Probe;
+use portcullis_policy::Protocol;
 
 use crate::matrix::parse_probe;
-use crate::render::{grids, ColorChoice};
-use crate::testbed::probe::{Cell, Outcome};
+use crate::render::{grids, paint, ColorChoice};
+use crate::testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
 use crate::testbed::{self, Binaries, State, UpOptions};
 
 #[derive(Args)]
@@ -86,6 +87,11 @@ pub enum TestbedCommand {
         timeout: Duration,
         #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
         color: ColorChoice,
+        /// Which pods probe every Service port (ClusterIP:port, for the probes' protocols).
+        /// Until portcullis-proxy balances Services itself, a proxy refuses ClusterIPs, so the
+        /// default is the pods without a proxy.
+        #[arg(long, value_enum, default_value_t = ServiceClients::Unenforced)]
+        service_clients: ServiceClients,
     },
     /// Add manifests (new or changed policies) to the running testbed; the proxies pick them
     /// up without a restart. Waits until every proxy serves the new tables.
@@ -157,11 +163,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Probes the testbed (`probes`, or by default every TCP port its pods serve) and predicts
-/// every probe from the manifests the proxies see.
-pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec<Cell>> {
+/// What `probe` saw: pod to pod, and through Services.
+#[derive(serde::Serialize)]
+pub struct Observation {
+    pub probes: Vec<Cell>,
+    pub services: Vec<ServiceCell>,
+}
+
+/// Probes the testbed (`probes`, or by default every TCP port its pods serve) pod to pod, and
+/// every Service port of the probes' protocols from the `clients` pods; predicts every probe from
+/// the manifests the proxies see.
+pub fn observe(
+    state: &State,
+    probes: &[Probe],
+    clients: ServiceClients,
+    timeout: Duration,
+) -> Result<Observation> {
     let probes: Vec<Probe> = if probes.is_empty() {
-        let set = state.port_set(&state.compile()?);
+        let set = state.port_set(&state.snapshot()?);
         for note in &set.notes {
             eprintln!("note: {note}");
         }
@@ -172,21 +191,35 @@ pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec
     if probes.is_empty() {
         bail!("nothing to probe: no port in the manifests; pass --probe, e.g. --probe 80/TCP");
     }
-    testbed::probe::observe(state, &probes, timeout)
+    let protocols: BTreeSet<Protocol> = probes.iter().map(|p| p.protocol).collect();
+    Ok(Observation {
+        probes: testbed::probe::observe(state, &probes, timeout)?,
+        services: testbed::probe::observe_services(
+            state,
+            &protocols,
+            clients,
+            &testbed::SYSTEM_SERVICES,
+            timeout,
+        )?,
+    })
 }
 
 /// Prints the grids (observed against predicted), then every difference and every probe that
 /// found nothing listening. Returns whether observed equals predicted.
 /// (`with_grids: false`: the summary only.)
 pub fn report(
-    cells: &[Cell],
+    obs: &Observation,
     color: bool,
     with_grids: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<bool> {
+    let cells = &obs.probes;
     if with_grids {
         let (observed, predicted) = testbed::probe::matrices(cells);
         write!(out, "{}", grids(&observed, Some(&predicted), color))?;
+        if !obs.services.is_empty() {
+            write!(out, "{}", service_grid(&obs.services, color))?;
+        }
     }
     let no_listener: Vec<&Cell> = cells
         .iter()
@@ -211,12 +244,23 @@ pub fn report(
             pods.iter().copied().collect::<Vec<_>>().join(", ")
         )?;
     }
-    let diffs: Vec<&Cell> = cells.iter().filter(|c| c.differs()).collect();
+    let mut diffs: Vec<String> = cells
+        .iter()
+        .filter(|c| c.differs())
+        .map(Cell::describe)
+        .collect();
+    diffs.extend(
+        obs.services
+            .iter()
+            .filter(|c| c.differs())
+            .map(ServiceCell::describe),
+    );
+    let total = cells.len() - no_listener.len() + obs.services.len();
     if diffs.is_empty() {
         writeln!(
             out,
-            "observed matrix equals the predicted one ({} probes)",
-            cells.len() - no_listener.len()
+            "observed matrix equals the predicted one ({total} probes, {} through Services)",
+            obs.services.len()
         )?;
     } else {
         writeln!(
@@ -225,10 +269,53 @@ pub fn report(
             diffs.len()
         )?;
         for d in &diffs {
-            writeln!(out, "  DIFFERENCE {}", d.describe())?;
+            writeln!(out, "  DIFFERENCE {d}")?;
         }
     }
     Ok(diffs.is_empty())
+}
+
+/// One grid for every Service port: rows are client pods, one column per Service port; the cell
+/// is the observed outcome (an answer from an allowed backend, no answer, or a difference).
+fn service_grid(cells: &[ServiceCell], color: bool) -> String {
+    use std::fmt::Write as _;
+    let columns: Vec<String> = cells
+        .iter()
+        .map(ServiceCell::column)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: BTreeSet<&str> = cells.iter().map(|c| c.from.as_str()).collect();
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(8).max(9);
+    let mut out = String::from(
+        "== through Services (observed; clients without a proxy unless --service-clients all) ==\n",
+    );
+    let _ = write!(out, "{:width$}", "from \\ to");
+    for c in &columns {
+        let _ = write!(out, " {c}");
+    }
+    out.push('\n');
+    for row in &rows {
+        let _ = write!(out, "{row:width$}");
+        for col in &columns {
+            let cell = cells.iter().find(|c| c.from == *row && c.column() == *col);
+            let (text, colour) = match cell {
+                None => ("-", ""),
+                Some(c) if c.differs() => ("!", "\x1b[33;1m"),
+                Some(c) if c.answered_by.is_some() => (".", "\x1b[32m"),
+                Some(_) => ("X", "\x1b[31;1m"),
+            };
+            let padded = format!("{text:>w$}", w = col.len());
+            let _ = write!(
+                out,
+                " {}",
+                paint(&padded, colour, color && !colour.is_empty())
+            );
+        }
+        out.push('\n');
+    }
+    out.push_str("legend: . answered by a backend the policy allows   X no answer (denied)   ! differs from predicted (e.g. a denied backend answered)\n\n");
+    out
 }
 
 pub fn run(args: TestbedArgs) -> Result<ExitCode> {
@@ -281,15 +368,13 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             output,
             timeout,
             color,
+            service_clients,
         } => {
             let state = State::load(&name.name)?;
-            let cells = observe(&state, &probe, timeout)?;
+            let cells = observe(&state, &probe, service_clients, timeout)?;
             let same = match output {
                 crate::matrix::Output::Json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "probes": cells }))?
-                    );
+                    println!("{}", serde_json::to_string_pretty(&cells)?);
                     // The summary goes to stderr, beside the JSON.
                     report(&cells, false, false, &mut std::io::stderr())?
                 }

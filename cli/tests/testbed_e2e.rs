@@ -466,3 +466,216 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Services on real sockets, from pods without a proxy (their connections reach the node's
+/// kube-proxy rules; a proxy refuses ClusterIPs until it balances Services itself). Which pod
+/// answered is checked against the policy, not only that something answered.
+#[test]
+fn services_reach_their_allowed_backends_through_the_nodes_dnat() {
+    require_root();
+    build_components();
+    let name = unique("sv");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    // secure is opted in (proxies), shop is not. secure/api-1 takes 8080 from shop, api-2 nothing.
+    let manifests = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: secure, labels: {portcullis.dev/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: secure, labels: {app: api, open: 'yes'}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-2, namespace: secure, labels: {app: api}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: secure}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {team: shop}}, podSelector: {matchLabels: {app: client}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-open, namespace: secure}
+spec:
+  podSelector: {matchExpressions: [{key: open, operator: DoesNotExist}]}
+  policyTypes: [Ingress]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: secure}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.7.7
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: shop}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+";
+    // api-2 would be reachable by the first policy alone; the second denies it all ingress.
+    // (A pod selected by two policies gets the union: api-2 is selected by both, so it is
+    // allowed the client on 8080 too; make it explicit below instead.)
+    let manifests = manifests.replace(
+        "podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]",
+        "podSelector: {matchLabels: {app: api, open: 'yes'}}\n  policyTypes: [Ingress]",
+    );
+    fs::write(dir.join("cluster.yaml"), manifests).unwrap();
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+    ]);
+    let stderr = text(&up.stderr);
+    assert!(
+        up.status.success(),
+        "up failed: {}{stderr}",
+        text(&up.stdout)
+    );
+    assert!(
+        stderr.contains("Service secure/api has no clusterIP; the testbed gives it 10."),
+        "{stderr}"
+    );
+
+    // kube-proxy's rules in the node: a random pick among the two ready endpoints.
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("pc-tb-{name}-node"),
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .output()
+        .unwrap();
+    let rules = text(&rules.stdout);
+    assert!(rules.contains("-d 10.96.7.7/32 -p tcp"), "{rules}");
+    assert!(rules.contains("--mode random --probability 0.5"), "{rules}");
+    assert!(rules.contains("--to-destination 10.4.0.1:8080"), "{rules}");
+    assert!(rules.contains("--to-destination 10.4.0.2:8080"), "{rules}");
+
+    // Several rounds: kube-proxy picks at random, so both backends get picked.
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let probe = portcullis(&[
+            "testbed", "probe", "--name", name, "--probe", "80/TCP", "-o", "json",
+        ]);
+        assert!(
+            probe.status.success(),
+            "differences: {}",
+            text(&probe.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+        let services = v["services"].as_array().unwrap();
+        let get = |from: &str, svc: &str| {
+            services
+                .iter()
+                .find(|c| c["from"] == from && c["service"] == svc)
+                .unwrap_or_else(|| panic!("no probe {from} -> {svc}: {services:?}"))
+        };
+        // Only pods without a proxy probe Services; headless has no ClusterIP.
+        assert!(services
+            .iter()
+            .all(|c| c["from"].as_str().unwrap().starts_with("shop/")));
+        assert!(services.iter().all(|c| c["service"] != "shop/headless"));
+        let api = get("shop/client", "secure/api");
+        assert_eq!(api["predicted"], "partly", "{api}");
+        assert_eq!(api["allowed_backends"], serde_json::json!(["secure/api-1"]));
+        if let Some(b) = api["answered_by"].as_str() {
+            answered_by.insert(b.to_string());
+        }
+        // shop/web may not reach secure/api at all: api-1 takes only shop/client.
+        let denied = get("shop/web", "secure/api");
+        assert_eq!(denied["predicted"], "denied", "{denied}");
+        assert!(denied["answered_by"].is_null(), "{denied}");
+        let web = get("shop/client", "shop/web");
+        assert_eq!(web["answered_by"], "shop/web", "{web}");
+        assert_eq!(web["cluster_ip"], "10.96.7.7");
+    }
+    // Answers came only from the allowed backend (else `probe` would have failed above).
+    assert_eq!(
+        answered_by,
+        ["secure/api-1".to_string()].into(),
+        "in 8 rounds the allowed backend never answered"
+    );
+
+    // A new Service applied later: the node's rules are rebuilt and it is probed.
+    fs::write(
+        dir.join("more.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web2, namespace: shop}\n\
+         spec: {clusterIP: 10.96.7.8, selector: {app: web}, ports: [{port: 81, targetPort: 80}]}\n",
+    )
+    .unwrap();
+    let apply = portcullis(&[
+        "testbed",
+        "apply",
+        "--name",
+        name,
+        "-f",
+        dir.join("more.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        apply.status.success(),
+        "apply failed: {}",
+        text(&apply.stderr)
+    );
+    let probe = portcullis(&[
+        "testbed", "probe", "--name", name, "--probe", "80/TCP", "-o", "json",
+    ]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+    let web2 = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["from"] == "shop/client" && c["service"] == "shop/web2")
+        .expect("the applied Service is probed");
+    assert_eq!(web2["answered_by"], "shop/web", "{web2}");
+    let _ = fs::remove_dir_all(&dir);
+}

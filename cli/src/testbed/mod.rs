@@ -10,6 +10,7 @@ pub mod netns;
 pub mod ports;
 pub mod probe;
 pub mod serve;
+pub mod services;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use portcullis_policy::matrix::Probe;
+use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{compile, Cluster, CompiledCluster, PodInfo};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,10 @@ pub const PROXY_UID: u32 = 2171;
 pub const ADMIN_PORT: u16 = 4191;
 /// The node's address on the bridge for pods without a `status.hostIP`.
 const FALLBACK_GATEWAY: &str = "169.254.1.1";
+
+/// Services the testbed runs itself and `probe` does not probe for a name (the cluster DNS
+/// answers DNS, not the testbed's hello).
+pub const SYSTEM_SERVICES: [&str; 1] = ["kube-system/kube-dns"];
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
 pub fn state_dir(name: &str) -> PathBuf {
@@ -54,6 +60,10 @@ pub struct PodState {
     pub not_injected: Option<String>,
     /// Where its server reports the ports it listens on ([`serve::Bound`]).
     pub bound: PathBuf,
+    /// Added by the testbed itself (the cluster DNS), not by the manifests: left out of the
+    /// pod-to-pod probes.
+    #[serde(default)]
+    pub system: bool,
 }
 
 fn yes() -> bool {
@@ -115,19 +125,15 @@ impl State {
         vec![self.policy_dir.clone()]
     }
 
-    /// The cluster the proxies currently see, compiled; fails on any error in the manifests.
-    pub fn compile(&self) -> Result<CompiledCluster> {
-        let compiled = compile(&load_cluster(&self.manifest_paths())?);
-        if !compiled.errors.is_empty() {
-            let errors: Vec<String> = compiled.errors.iter().map(|e| e.to_string()).collect();
-            bail!("the manifests have errors:\n  {}", errors.join("\n  "));
-        }
-        Ok(compiled)
+    /// The cluster the proxies currently see, compiled, with its Services resolved; fails on
+    /// any error in the manifests.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::of(load_cluster(&self.manifest_paths())?)
     }
 
     /// Every port a pod could be probed on now (manifests as applied, plus `up --probe`).
-    pub fn port_set(&self, compiled: &CompiledCluster) -> ports::PortSet {
-        ports::probe_ports(compiled, &self.extra_probes)
+    pub fn port_set(&self, snapshot: &Snapshot) -> ports::PortSet {
+        ports::probe_ports(&snapshot.compiled, &snapshot.services, &self.extra_probes)
     }
 
     /// Asks every pod's server to also serve `probes`, and waits until each has tried them.
@@ -158,6 +164,25 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// The manifests the proxies see, compiled, and their Services resolved.
+pub struct Snapshot {
+    pub compiled: CompiledCluster,
+    pub services: ServiceMap,
+}
+
+impl Snapshot {
+    fn of(cluster: Cluster) -> Result<Snapshot> {
+        let compiled = compile(&cluster);
+        if !compiled.errors.is_empty() {
+            let errors: Vec<String> = compiled.errors.iter().map(|e| e.to_string()).collect();
+            bail!("the manifests have errors:\n  {}", errors.join("\n  "));
+        }
+        services::check_cluster_ips(&cluster)?;
+        let services = ServiceMap::from_cluster(&cluster);
+        Ok(Snapshot { compiled, services })
     }
 }
 
@@ -305,8 +330,9 @@ fn build(opts: &UpOptions) -> Result<State> {
         }
         state.pods.push(ps);
     }
-    let compiled = state.compile()?;
-    let set = state.port_set(&compiled);
+    let snapshot = state.snapshot()?;
+    services::install(&node, &snapshot.services, &dir)?;
+    let set = state.port_set(&snapshot);
     for note in &set.notes {
         eprintln!("note: {note}");
     }
@@ -415,7 +441,20 @@ fn plumb_pod(
         &ns,
         &["route", "add", "default", "via", &gateway, "dev", "eth0"],
     )?;
-    netns::ip_in(node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
+    // With the node's address on the pod's side as the source: a hairpin connection (a pod
+    // reaching itself through its Service) is masqueraded to it, the pod's hostIP.
+    netns::ip_in(
+        node,
+        &[
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "br0",
+            "src",
+            &gateway,
+        ],
+    )?;
     let file = |what: &str| dir.join(format!("{}.{}.{what}", pod.namespace, pod.name));
     Ok(PodState {
         key: pod.key(),
@@ -426,6 +465,7 @@ fn plumb_pod(
         injected: true,
         not_injected: None,
         bound: file("server.json"),
+        system: false,
     })
 }
 
@@ -615,21 +655,47 @@ fn spawn_in(
 }
 
 fn copy_manifests(files: &[PathBuf], into: &Path) -> Result<()> {
-    let mut n = 0;
+    let mut found = Vec::new();
     for path in files {
-        let mut found = Vec::new();
         collect(path, &mut found)?;
-        for file in found {
-            n += 1;
-            let name = file
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let target = into.join(format!("{n:03}-{name}"));
-            fs::copy(&file, &target)
-                .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
+    }
+    let mut taken = cluster_ips_in(&found);
+    copy_with_cluster_ips(&found, into, 0, &mut taken)
+}
+
+/// Every ClusterIP the manifests under `paths` give (errors are reported by the real load).
+fn cluster_ips_in(paths: &[PathBuf]) -> BTreeSet<IpAddr> {
+    portcullis_policy_loader::load_paths(paths)
+        .cluster
+        .services
+        .iter()
+        .flat_map(|s| s.cluster_ips.iter().copied())
+        .collect()
+}
+
+/// Copies `files` into `into` as `NNN-name` (numbered from `start + 1`), giving every Service
+/// that has no ClusterIP one (see `services.rs`), as the API server would.
+fn copy_with_cluster_ips(
+    files: &[PathBuf],
+    into: &Path,
+    start: usize,
+    taken: &mut BTreeSet<IpAddr>,
+) -> Result<()> {
+    for (i, file) in files.iter().enumerate() {
+        let name = file
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = into.join(format!("{:03}-{name}", start + i + 1));
+        let text =
+            fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let (text, allocated) = services::allocate_cluster_ips(&text, taken);
+        for (svc, ip) in allocated {
+            eprintln!("note: Service {svc} has no clusterIP; the testbed gives it {ip}");
         }
+        fs::write(&target, text)
+            .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
 }
@@ -687,22 +753,25 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     for f in files {
         collect(f, &mut found)?;
     }
-    for (i, file) in found.iter().enumerate() {
-        let name = file
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        fs::copy(file, staging.join(format!("{:03}-{name}", offset + i + 1)))
-            .with_context(|| format!("cannot copy {}", file.display()))?;
-    }
+    let mut known = vec![state.policy_dir.join("cluster"), staging.clone()];
+    known.extend(found.iter().cloned());
+    let mut taken = cluster_ips_in(&known);
+    copy_with_cluster_ips(&found, &staging, offset, &mut taken)?;
     make_world_readable(&staging)?;
     let old = state.policy_dir.join(".old");
     let _ = fs::remove_dir_all(&old);
     fs::rename(&applied, &old)?;
     fs::rename(&staging, &applied)?;
     let _ = fs::remove_dir_all(&old);
-    // New policies may name new ports: every pod serves them too.
-    let set = state.port_set(&state.compile()?);
+    // New policies and Services may name new ports: every pod serves them too; the node's
+    // Service rules follow the new Services and endpoints.
+    let snapshot = state.snapshot()?;
+    services::install(
+        &state.node_netns,
+        &snapshot.services,
+        &state_dir(&state.name),
+    )?;
+    let set = state.port_set(&snapshot);
     for note in &set.notes {
         eprintln!("note: {note}");
     }

@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 
 use portcullis_policy::matrix::Probe;
+use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{CompiledCluster, PortRange, Protocol};
 
 /// A range longer than `2 * RANGE_EDGE` ports is served on its first and last `RANGE_EDGE`.
@@ -24,10 +25,17 @@ pub struct PortSet {
     pub notes: Vec<String>,
 }
 
-/// Every port a pod of `compiled` could be probed on, plus `extra` (`--probe`).
-pub fn probe_ports(compiled: &CompiledCluster, extra: &[Probe]) -> PortSet {
+/// Every port a pod of `compiled` could be probed on, plus `extra` (`--probe`), plus every
+/// backend port of a Service (its targetPort, resolved per backend).
+pub fn probe_ports(compiled: &CompiledCluster, services: &ServiceMap, extra: &[Probe]) -> PortSet {
     let mut set = PortSet::default();
     set.ports.extend(extra.iter().copied());
+    for port in services.services.values().flat_map(|s| s.ports.iter()) {
+        set.ports.extend(port.backends.iter().map(|b| Probe {
+            port: b.port,
+            protocol: port.protocol,
+        }));
+    }
     for pod in compiled.pods.iter().filter(|p| !p.host_network) {
         set.ports.extend(pod.ports.iter().map(|p| Probe {
             port: p.port,
@@ -132,7 +140,7 @@ spec:
     - ports: [{port: 7000, endPort: 7003}]
 ";
         let c = compiled(&format!("{PODS_WITHOUT_PORTS}{policy}"));
-        let set = probe_ports(&c, &[probe(80, Protocol::Tcp)]);
+        let set = probe_ports(&c, &ServiceMap::default(), &[probe(80, Protocol::Tcp)]);
         let want: BTreeSet<Probe> = [
             probe(53, Protocol::Udp),
             probe(80, Protocol::Tcp),
@@ -169,7 +177,7 @@ spec:
     - ports: [{port: 1000, endPort: 2000}]
 ";
         let c = compiled(&format!("{PODS_WITHOUT_PORTS}{policy}"));
-        let set = probe_ports(&c, &[]);
+        let set = probe_ports(&c, &ServiceMap::default(), &[]);
         let tcp: Vec<u16> = set
             .ports
             .iter()

@@ -6,18 +6,20 @@
 //! proxies still enforce theirs. A probe to a port where the target's server does not listen
 //! (it could not bind it) is not sent: it is reported as `no_listener`, apart from denials.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Result;
 use portcullis_policy::matrix::Probe;
+use portcullis_policy::service::ResolvedPort;
 use portcullis_policy::{
     CompiledCluster, Direction, Matrix, PodTable, ProbeResult, Protocol, Verdict,
 };
 use serde::Serialize;
 
 use super::serve::{self, NoAnswer};
-use super::{netns, PodState, State};
+use super::{netns, PodState, Snapshot, State};
 
 /// What a probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,12 +156,14 @@ pub fn predict(
 /// Probes from every pod to every pod on every probe, in parallel per source pod.
 pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec<Cell>> {
     state.ensure_served(probes)?;
-    let compiled = state.compile()?;
+    let compiled = state.snapshot()?.compiled;
     let mut planned = Vec::new();
+    let pods: Vec<&PodState> = state.pods.iter().filter(|p| !p.system).collect();
     for (pi, &probe) in probes.iter().enumerate() {
-        for from in &state.pods {
-            for to in &state.pods {
+        for from in &pods {
+            for to in &pods {
                 let (predicted, reason) = predict(&compiled, from, to, probe);
+                let (from, to) = (*from, *to);
                 let bound = to.bound();
                 let listening = if bound.listening.contains(&probe) {
                     None
@@ -245,4 +249,269 @@ pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec
     // Same order as the engine's matrix: probe, then from, then to.
     cells.sort_by(|(a, x), (b, y)| (a, &x.from, &x.to).cmp(&(b, &y.from, &y.to)));
     Ok(cells.into_iter().map(|(_, c)| c).collect())
+}
+
+/// Which pods probe Services. Until the proxy balances Services itself (issue 10), a pod's proxy
+/// refuses connections to a ClusterIP, so by default only pods without a proxy probe them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceClients {
+    /// Every pod.
+    All,
+    /// Pods without portcullis-proxy only (their connections reach the node's kube-proxy rules).
+    Unenforced,
+    /// No Service probes.
+    None,
+}
+
+/// Why a pod does not reach itself through its own Service in the testbed.
+pub const HAIRPIN: &str =
+    "testbed limitation: a pod reaching itself through its Service (hairpin) is dropped by the node";
+
+/// What the policy says about a connection through a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServicePrediction {
+    /// Every backend it may land on lets it through.
+    Allowed,
+    /// Some backends do, some do not: an answer must come from one that does.
+    Partly,
+    /// None does (or no endpoint is ready).
+    Denied,
+}
+
+/// One probe of a Service port from one pod: which backend answered, and which were allowed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCell {
+    pub from: String,
+    /// `namespace/name` of the Service.
+    pub service: String,
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_answer: Option<NoAnswer>,
+    pub predicted: ServicePrediction,
+    /// Backends (pods, or IPs) the connection may reach, and those it may not, with why.
+    pub allowed_backends: Vec<String>,
+    pub denied_backends: Vec<(String, String)>,
+}
+
+impl ServiceCell {
+    /// An answer must come from an allowed backend (reaching a denied one is a failure even
+    /// though the client got an answer); no answer is wrong only if every backend is allowed.
+    pub fn differs(&self) -> bool {
+        match self.outcome {
+            Outcome::Answered | Outcome::WrongPod => !self
+                .answered_by
+                .as_ref()
+                .is_some_and(|b| self.allowed_backends.contains(b)),
+            Outcome::NoAnswer => self.predicted == ServicePrediction::Allowed,
+            Outcome::NoListener => false,
+        }
+    }
+
+    pub fn column(&self) -> String {
+        format!("{}:{}/{}", self.service, self.port, self.protocol)
+    }
+
+    pub fn describe(&self) -> String {
+        let observed = match (&self.answered_by, self.no_answer) {
+            (Some(b), _) => format!("answered by {b}"),
+            (None, Some(n)) => format!("no answer ({n})"),
+            (None, None) => "not probed".into(),
+        };
+        let denied: Vec<String> = self
+            .denied_backends
+            .iter()
+            .map(|(b, why)| format!("{b}: {why}"))
+            .collect();
+        format!(
+            "{} -> Service {} ({}:{}/{}): observed {observed}; allowed backends [{}]; denied [{}]",
+            self.from,
+            self.service,
+            self.cluster_ip,
+            self.port,
+            self.protocol,
+            self.allowed_backends.join(", "),
+            denied.join("; ")
+        )
+    }
+}
+
+/// Predicts a connection from `from` to a Service port: each candidate backend (ready
+/// endpoints, as kube-proxy picks them) is judged on its own IP and target port, by the client's
+/// egress (if it has a proxy) and the backend's ingress (if it has one). A pod reaching itself
+/// through its Service is not predicted to get through: see [`HAIRPIN`].
+fn predict_service(
+    snapshot: &Snapshot,
+    state: &State,
+    from: &PodState,
+    port: &ResolvedPort,
+) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
+    let mut allowed = Vec::new();
+    let mut denied = Vec::new();
+    for b in port.candidates() {
+        let name = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
+        let probe = Probe {
+            port: b.port,
+            protocol: port.protocol,
+        };
+        let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
+        let (e_ok, e_why) = half(from, table(from), Direction::Egress, b.ip, probe);
+        if b.pod.as_deref() == Some(from.key.as_str()) {
+            // kube-proxy masquerades this hairpin; in the testbed's routed node the DNAT'd
+            // packet (source = destination) is dropped before it can be (see services.rs).
+            denied.push((name, HAIRPIN.to_string()));
+            continue;
+        }
+        let (i_ok, i_why) = match state.pods.iter().find(|p| Some(&p.key) == b.pod.as_ref()) {
+            Some(backend) => half(backend, table(backend), Direction::Ingress, from.ip, probe),
+            None => (true, "not a testbed pod".to_string()),
+        };
+        if e_ok && i_ok {
+            allowed.push(name);
+        } else {
+            let why = if e_ok { i_why } else { e_why };
+            denied.push((name, why));
+        }
+    }
+    let prediction = match (allowed.is_empty(), denied.is_empty()) {
+        (false, true) => ServicePrediction::Allowed,
+        (false, false) => ServicePrediction::Partly,
+        (true, _) => ServicePrediction::Denied,
+    };
+    (prediction, allowed, denied)
+}
+
+/// Probes every Service port of `protocols` (IPv4 ClusterIPs) from every chosen client pod.
+/// `skip`: Services not to probe (e.g. the cluster DNS, which does not answer with a name).
+pub fn observe_services(
+    state: &State,
+    protocols: &BTreeSet<Protocol>,
+    clients: ServiceClients,
+    skip: &[&str],
+    timeout: Duration,
+) -> Result<Vec<ServiceCell>> {
+    let snapshot = state.snapshot()?;
+    let mut planned: Vec<(PodState, ServiceCell)> = Vec::new();
+    for from in &state.pods {
+        let client = match clients {
+            ServiceClients::All => true,
+            ServiceClients::Unenforced => !from.injected,
+            ServiceClients::None => false,
+        };
+        if !client || from.system {
+            continue;
+        }
+        for (key, svc) in &snapshot.services.services {
+            if skip.contains(&key.as_str()) {
+                continue;
+            }
+            let Some(ip) = svc.cluster_ips.iter().copied().find(IpAddr::is_ipv4) else {
+                continue;
+            };
+            for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
+                let (predicted, allowed_backends, denied_backends) =
+                    predict_service(&snapshot, state, from, port);
+                planned.push((
+                    from.clone(),
+                    ServiceCell {
+                        from: from.key.clone(),
+                        service: key.clone(),
+                        cluster_ip: ip,
+                        port: port.port,
+                        protocol: port.protocol,
+                        outcome: Outcome::NoAnswer,
+                        answered_by: None,
+                        no_answer: None,
+                        predicted,
+                        allowed_backends,
+                        denied_backends,
+                    },
+                ));
+            }
+        }
+    }
+    let mut handles = Vec::new();
+    for from in &state.pods {
+        let mine: Vec<ServiceCell> = planned
+            .iter()
+            .filter(|(p, _)| p.key == from.key)
+            .map(|(_, c)| c.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let ns = from.netns.clone();
+        handles.push(std::thread::spawn(move || -> Result<Vec<ServiceCell>> {
+            netns::enter(&ns)?;
+            Ok(mine
+                .into_iter()
+                .map(|mut cell| {
+                    let addr = SocketAddr::new(cell.cluster_ip, cell.port);
+                    match serve::probe(addr, cell.protocol, timeout) {
+                        Ok(id) => {
+                            cell.outcome = if cell.allowed_backends.contains(&id) {
+                                Outcome::Answered
+                            } else {
+                                Outcome::WrongPod
+                            };
+                            cell.answered_by = Some(id);
+                        }
+                        Err(why) => cell.no_answer = Some(why),
+                    }
+                    cell
+                })
+                .collect())
+        }));
+    }
+    let mut cells = Vec::new();
+    for h in handles {
+        cells.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
+        );
+    }
+    cells.sort_by(|a, b| (&a.service, a.port, &a.from).cmp(&(&b.service, b.port, &b.from)));
+    Ok(cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(answered_by: Option<&str>, predicted: ServicePrediction) -> ServiceCell {
+        ServiceCell {
+            from: "shop/client".into(),
+            service: "secure/api".into(),
+            cluster_ip: "10.96.0.20".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            outcome: if answered_by.is_some() {
+                Outcome::Answered
+            } else {
+                Outcome::NoAnswer
+            },
+            answered_by: answered_by.map(str::to_string),
+            no_answer: answered_by.is_none().then_some(NoAnswer::Reset),
+            predicted,
+            allowed_backends: vec!["secure/api-1".into()],
+            denied_backends: vec![("secure/api-2".into(), "ingress denied".into())],
+        }
+    }
+
+    #[test]
+    fn an_answer_from_a_denied_backend_is_a_difference_even_though_the_client_got_one() {
+        assert!(!cell(Some("secure/api-1"), ServicePrediction::Partly).differs());
+        assert!(cell(Some("secure/api-2"), ServicePrediction::Partly).differs());
+        assert!(cell(Some("other/pod"), ServicePrediction::Partly).differs());
+        // Partly allowed: landing on the denied backend and getting nothing is expected.
+        assert!(!cell(None, ServicePrediction::Partly).differs());
+        // Every backend allowed: nothing coming back is a difference.
+        assert!(cell(None, ServicePrediction::Allowed).differs());
+        assert!(!cell(None, ServicePrediction::Denied).differs());
+    }
 }
