@@ -596,6 +596,18 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
     assert!(rules.contains("--to-destination 10.4.0.1:8080"), "{rules}");
     assert!(rules.contains("--to-destination 10.4.0.2:8080"), "{rules}");
 
+    // The cluster DNS answers every Service's name from a pod without a proxy, through the
+    // kube-dns Service (10.96.0.10, DNAT to the dnsmasq pod), with the kubelet's search path.
+    let client_ns = netns_of(&up, "shop/client");
+    let api_ip = getent(&client_ns, "api.secure.svc.cluster.local").expect("api resolves");
+    assert!(api_ip.starts_with("10."), "{api_ip}");
+    assert_eq!(getent(&client_ns, "web").as_deref(), Some("10.96.7.7"));
+    assert_eq!(
+        getent(&client_ns, "headless.shop.svc.cluster.local").as_deref(),
+        Some("10.3.0.2")
+    );
+    assert_eq!(getent(&client_ns, "nothing.shop.svc.cluster.local"), None);
+
     // Several rounds: kube-proxy picks at random, so both backends get picked.
     let mut answered_by = std::collections::BTreeSet::new();
     for _ in 0..8 {
@@ -677,5 +689,46 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         .find(|c| c["from"] == "shop/client" && c["service"] == "shop/web2")
         .expect("the applied Service is probed");
     assert_eq!(web2["answered_by"], "shop/web", "{web2}");
+    // ... and has a name (dnsmasq re-reads its hosts on apply).
+    let mut resolved = None;
+    for _ in 0..20 {
+        resolved = getent(&client_ns, "web2.shop.svc.cluster.local");
+        if resolved.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(resolved.as_deref(), Some("10.96.7.8"));
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The network namespace of `pod`, from `testbed up`'s listing.
+fn netns_of(up: &Output, pod: &str) -> String {
+    let out = text(&up.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{pod} ")))
+        .unwrap_or_else(|| panic!("{pod} not in {out}"));
+    let mut words = line.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == "netns")
+        .expect("a netns column");
+    words.next().unwrap().to_string()
+}
+
+/// `getent hosts NAME` inside a pod's network namespace (its /etc/resolv.conf is the one the
+/// testbed wrote): the first address, or `None` when the name does not resolve.
+fn getent(netns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "getent", "hosts", name])
+        .output()
+        .expect("run getent");
+    out.status.success().then(|| {
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
 }

@@ -5,6 +5,7 @@
 //! is not injected (`inject.rs`). `probe.rs` probes it and predicts what it should see. Nothing
 //! outside the testbed's namespaces is touched.
 
+pub mod dns;
 pub mod inject;
 pub mod netns;
 pub mod ports;
@@ -37,7 +38,7 @@ const FALLBACK_GATEWAY: &str = "169.254.1.1";
 
 /// Services the testbed runs itself and `probe` does not probe for a name (the cluster DNS
 /// answers DNS, not the testbed's hello).
-pub const SYSTEM_SERVICES: [&str; 1] = ["kube-system/kube-dns"];
+pub const SYSTEM_SERVICES: [&str; 1] = [dns::SERVICE_KEY];
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
 pub fn state_dir(name: &str) -> PathBuf {
@@ -95,6 +96,17 @@ pub struct State {
     /// `--probe` given to `up`: served, and probed by default, whatever the manifests say.
     #[serde(default)]
     pub extra_probes: Vec<Probe>,
+    /// The cluster DNS the testbed runs (`dns.rs`), unless the manifests bring their own.
+    #[serde(default)]
+    pub dns: Option<DnsState>,
+}
+
+/// dnsmasq in the DNS pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsState {
+    pub pid: u32,
+    /// The hosts file it serves (every Service's name).
+    pub hosts: PathBuf,
 }
 
 impl State {
@@ -133,7 +145,11 @@ impl State {
 
     /// Every port a pod could be probed on now (manifests as applied, plus `up --probe`).
     pub fn port_set(&self, snapshot: &Snapshot) -> ports::PortSet {
-        ports::probe_ports(&snapshot.compiled, &snapshot.services, &self.extra_probes)
+        let mut services = snapshot.services.clone();
+        services
+            .services
+            .retain(|k, _| !SYSTEM_SERVICES.contains(&k.as_str()));
+        ports::probe_ports(&snapshot.compiled, &services, &self.extra_probes)
     }
 
     /// Asks every pod's server to also serve `probes`, and waits until each has tried them.
@@ -169,6 +185,7 @@ impl State {
 
 /// The manifests the proxies see, compiled, and their Services resolved.
 pub struct Snapshot {
+    pub cluster: Cluster,
     pub compiled: CompiledCluster,
     pub services: ServiceMap,
 }
@@ -182,7 +199,11 @@ impl Snapshot {
         }
         services::check_cluster_ips(&cluster)?;
         let services = ServiceMap::from_cluster(&cluster);
-        Ok(Snapshot { compiled, services })
+        Ok(Snapshot {
+            cluster,
+            compiled,
+            services,
+        })
     }
 }
 
@@ -307,6 +328,7 @@ fn prefix(name: &str) -> String {
 fn build(opts: &UpOptions) -> Result<State> {
     let dir = state_dir(&opts.name);
     let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
+    let dns_added = add_cluster_dns(&policy_dir)?;
     let cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
     let annotations = inject::Annotations::read(std::slice::from_ref(&policy_dir));
     let node = format!("{}node", prefix(&opts.name));
@@ -319,6 +341,7 @@ fn build(opts: &UpOptions) -> Result<State> {
         controller: None,
         wanted_ports: dir.join("ports.json"),
         extra_probes: opts.extra_probes.clone(),
+        dns: None,
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
     let mut gateways: BTreeSet<String> = BTreeSet::new();
@@ -328,10 +351,21 @@ fn build(opts: &UpOptions) -> Result<State> {
             ps.injected = false;
             ps.not_injected = Some(why);
         }
+        ps.system = dns_added && ps.key == dns::POD_KEY;
+        if dns_added {
+            dns::write_resolv_conf(&ps.netns, &pod.namespace)?;
+        }
         state.pods.push(ps);
     }
     let snapshot = state.snapshot()?;
     services::install(&node, &snapshot.services, &dir)?;
+    if dns_added {
+        let d = start_dns(&state, &snapshot, &dir)?;
+        if let Some(p) = state.pods.iter_mut().find(|p| p.key == dns::POD_KEY) {
+            p.pids.push(d.pid);
+        }
+        state.dns = Some(d);
+    }
     let set = state.port_set(&snapshot);
     for note in &set.notes {
         eprintln!("note: {note}");
@@ -359,6 +393,86 @@ fn build(opts: &UpOptions) -> Result<State> {
     wait_ready(&state, Duration::from_secs(30))?;
     state.ensure_served(&wanted)?;
     Ok(state)
+}
+
+/// Writes the cluster DNS's pod, Service and namespace into the policy directory (see
+/// `dns.rs`), unless the manifests bring their own `kube-system/kube-dns`. Returns whether it did.
+fn add_cluster_dns(policy_dir: &Path) -> Result<bool> {
+    let user = load_cluster(&[policy_dir.to_path_buf()])?;
+    let Some(text) = dns::manifest(&user)? else {
+        eprintln!(
+            "note: the manifests define {}; the testbed runs no DNS of its own",
+            dns::SERVICE_KEY
+        );
+        return Ok(false);
+    };
+    let path = policy_dir.join("cluster").join("000-testbed-dns.yaml");
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(true)
+}
+
+/// Starts dnsmasq in the DNS pod on a hosts file of every Service, and waits until it answers
+/// on TCP 53 (its UDP socket is bound before).
+fn start_dns(state: &State, snapshot: &Snapshot, dir: &Path) -> Result<DnsState> {
+    let pod = state.pod(dns::POD_KEY)?;
+    let hosts = dir.join("dns.hosts");
+    fs::write(&hosts, dns::hosts(&snapshot.cluster, &snapshot.services))?;
+    fs::set_permissions(&hosts, fs::Permissions::from_mode(0o644))?;
+    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
+    if !dnsmasq.is_file() {
+        bail!("the testbed's cluster DNS needs dnsmasq (Debian package dnsmasq-base: apt-get install dnsmasq-base)");
+    }
+    let log = dir.join("dns.log");
+    let pid = spawn_in(
+        &pod.netns,
+        dnsmasq,
+        &dns::dnsmasq_args(&hosts),
+        &[],
+        &log,
+        None,
+    )?;
+    let ns = pod.netns.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ns = ns.clone();
+        let up = netns::within(&ns, || {
+            Ok(TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], 53)),
+                Duration::from_millis(200),
+            )
+            .is_ok())
+        })?;
+        if up {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "dnsmasq did not start in {}: {}",
+                dns::POD_KEY,
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(DnsState { pid, hosts })
+}
+
+/// Rewrites the DNS's hosts file and has dnsmasq re-read it (SIGHUP).
+fn refresh_dns(state: &State, snapshot: &Snapshot) -> Result<()> {
+    let Some(d) = &state.dns else {
+        return Ok(());
+    };
+    serve::write_atomically(
+        &d.hosts,
+        dns::hosts(&snapshot.cluster, &snapshot.services).as_bytes(),
+    )?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .context("cannot signal dnsmasq")?;
+    Ok(())
 }
 
 /// Copies the manifests given to `up` into the policy directory the proxies will read.
@@ -764,13 +878,14 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     fs::rename(&staging, &applied)?;
     let _ = fs::remove_dir_all(&old);
     // New policies and Services may name new ports: every pod serves them too; the node's
-    // Service rules follow the new Services and endpoints.
+    // Service rules and the DNS's names follow the new Services and endpoints.
     let snapshot = state.snapshot()?;
     services::install(
         &state.node_netns,
         &snapshot.services,
         &state_dir(&state.name),
     )?;
+    refresh_dns(state, &snapshot)?;
     let set = state.port_set(&snapshot);
     for note in &set.notes {
         eprintln!("note: {note}");
@@ -907,6 +1022,7 @@ pub fn down(name: &str) -> Vec<String> {
             }
         }
         netns::delete(&ns);
+        let _ = fs::remove_dir_all(dns::etc_dir(&ns));
         removed.push(ns);
     }
     let _ = fs::remove_dir_all(state_dir(name));
