@@ -75,93 +75,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         policy_source: testbed::PolicySource::Controller,
         extra_probes: Vec::new(),
     })?;
-    let result = (|| -> Result<bool> {
-        for p in &state.pods {
-            match &p.not_injected {
-                None => println!("  {:<32} {:<14} portcullis-proxy", p.key, p.ip),
-                Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
-            }
-        }
-        let ok1 = probe_step(
-            &state,
-            2,
-            "probe every pod from every pod, through the proxies",
-            color,
-        )?;
-
-        step(
-            3,
-            "denials, as the proxy of kangaroo/backend logs them (kubectl logs)",
-            color,
-        );
-        for line in testbed::audit_lines(&state, "kangaroo/backend", false)?
-            .iter()
-            .take(3)
-        {
-            println!("  {line}");
-        }
-        step(
-            4,
-            "metrics of kangaroo/backend (Prometheus, :4191/metrics)",
-            color,
-        );
-        let metrics = testbed::metrics(&state, "kangaroo/backend")?;
-        for line in metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("portcullis_connections_total")
-                    || l.starts_with("portcullis_policy_generation")
-            })
-            .take(12)
-        {
-            println!("  {line}");
-        }
-
-        step(
-            5,
-            &format!(
-                "apply {} without restarting anything",
-                args.change.display()
-            ),
-            color,
-        );
-        for f in std::fs::read_dir(&args.change).context("reading the change")? {
-            let path = f?.path();
-            println!("  + {}", path.display());
-        }
-        testbed::apply(
-            &state,
-            std::slice::from_ref(&args.change),
-            false,
-            Duration::from_secs(20),
-        )?;
-        let ok2 = probe_step(
-            &state,
-            6,
-            "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
-            color,
-        )?;
-
-        step(
-            7,
-            "stop portcullis-controller: every proxy keeps enforcing its last table",
-            color,
-        );
-        testbed::stop_controller(&state)?;
-        let ok3 = probe_step(
-            &state,
-            8,
-            "probe with the controller gone: nothing changes",
-            color,
-        )?;
-        for line in testbed::metrics(&state, "kangaroo/backend")?
-            .lines()
-            .filter(|l| l.starts_with("portcullis_policy_stale"))
-        {
-            println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
-        }
-        Ok(ok1 && ok2 && ok3)
-    })();
+    let result = tour(&state, &args, color);
     if args.keep {
         println!("\nthe testbed stays up: portcullis testbed down --name {NAME}");
     } else {
@@ -185,4 +99,94 @@ fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
         Duration::from_secs(2),
     )?;
     report(&cells, color, true, &mut std::io::stdout())
+}
+
+/// Steps 2 to 8: probe, denials, metrics, a live change, probe, controller gone, probe.
+/// Whether every probe matched the prediction.
+fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
+    for p in &state.pods {
+        match &p.not_injected {
+            None => println!("  {:<32} {:<14} portcullis-proxy", p.key, p.ip),
+            Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
+        }
+    }
+    let ok1 = probe_step(
+        state,
+        2,
+        "probe every pod from every pod, through the proxies",
+        color,
+    )?;
+
+    step(
+        3,
+        "denials, as the proxy of kangaroo/backend logs them (kubectl logs)",
+        color,
+    );
+    for line in testbed::audit_lines(state, "kangaroo/backend", false)?
+        .iter()
+        .take(3)
+    {
+        println!("  {line}");
+    }
+    step(
+        4,
+        "metrics of kangaroo/backend (Prometheus, :4191/metrics)",
+        color,
+    );
+    let metrics = testbed::metrics(state, "kangaroo/backend")?;
+    for line in metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("portcullis_connections_total")
+                || l.starts_with("portcullis_policy_generation")
+        })
+        .take(12)
+    {
+        println!("  {line}");
+    }
+
+    step(
+        5,
+        &format!(
+            "apply {} without restarting anything",
+            args.change.display()
+        ),
+        color,
+    );
+    for f in std::fs::read_dir(&args.change).context("reading the change")? {
+        let path = f?.path();
+        println!("  + {}", path.display());
+    }
+    testbed::apply(
+        state,
+        std::slice::from_ref(&args.change),
+        false,
+        Duration::from_secs(20),
+    )?;
+    let ok2 = probe_step(
+        state,
+        6,
+        "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
+        color,
+    )?;
+
+    step(
+        7,
+        "stop portcullis-controller: every proxy keeps enforcing its last table",
+        color,
+    );
+    testbed::stop_controller(state)?;
+    let ok3 = probe_step(
+        state,
+        8,
+        "probe with the controller gone: nothing changes",
+        color,
+    )?;
+    for line in testbed::metrics(state, "kangaroo/backend")?
+        .lines()
+        .filter(|l| l.starts_with("portcullis_policy_stale"))
+    {
+        println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
+    }
+    Ok(ok1 && ok2 && ok3)
 }

@@ -318,6 +318,58 @@ fn service_grid(cells: &[ServiceCell], color: bool) -> String {
     out
 }
 
+/// What `up` prints: the testbed, where tables come from, and every pod with its proxy or why
+/// it has none.
+fn print_up(state: &State) {
+    println!(
+        "testbed {:?} is up: {} pods, node namespace {}",
+        state.name,
+        state.pods.len(),
+        state.node_netns
+    );
+    match &state.controller {
+        Some(c) => println!(
+            "  tables from portcullis-controller (pid {}, log {}) in the node namespace",
+            c.pid,
+            c.log.display()
+        ),
+        None => println!("  every proxy reads {} itself", state.policy_dir.display()),
+    }
+    for p in &state.pods {
+        let proxy = match &p.not_injected {
+            None => "proxy".to_string(),
+            Some(why) => format!("no proxy: {why}"),
+        };
+        println!("  {:<40} {:<16} netns {:<20} {proxy}", p.key, p.ip, p.netns);
+    }
+    if state.dns.is_some() {
+        println!(
+            "  cluster DNS: kube-system/kube-dns {} (dnsmasq); each pod's resolv.conf points at it",
+            testbed::dns::DNS_IP
+        );
+    }
+}
+
+/// `testbed probe`: observe, print (grids, or JSON with the summary on stderr); whether observed
+/// equals predicted.
+fn probe_command(
+    state: &State,
+    probe: &[Probe],
+    output: crate::matrix::Output,
+    timeout: Duration,
+    color: bool,
+    service_clients: ServiceClients,
+) -> Result<bool> {
+    let obs = observe(state, probe, service_clients, timeout)?;
+    match output {
+        crate::matrix::Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&obs)?);
+            report(&obs, false, false, &mut std::io::stderr())
+        }
+        crate::matrix::Output::Table => report(&obs, color, true, &mut std::io::stdout()),
+    }
+}
+
 pub fn run(args: TestbedArgs) -> Result<ExitCode> {
     match args.command {
         TestbedCommand::Up {
@@ -339,27 +391,7 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 policy_source,
                 extra_probes: probe,
             })?;
-            println!(
-                "testbed {:?} is up: {} pods, node namespace {}",
-                state.name,
-                state.pods.len(),
-                state.node_netns
-            );
-            match &state.controller {
-                Some(c) => println!(
-                    "  tables from portcullis-controller (pid {}, log {}) in the node namespace",
-                    c.pid,
-                    c.log.display()
-                ),
-                None => println!("  every proxy reads {} itself", state.policy_dir.display()),
-            }
-            for p in &state.pods {
-                let proxy = match &p.not_injected {
-                    None => "proxy".to_string(),
-                    Some(why) => format!("no proxy: {why}"),
-                };
-                println!("  {:<40} {:<16} netns {:<20} {proxy}", p.key, p.ip, p.netns);
-            }
+            print_up(&state);
             Ok(ExitCode::SUCCESS)
         }
         TestbedCommand::Probe {
@@ -371,17 +403,8 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             service_clients,
         } => {
             let state = State::load(&name.name)?;
-            let cells = observe(&state, &probe, service_clients, timeout)?;
-            let same = match output {
-                crate::matrix::Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&cells)?);
-                    // The summary goes to stderr, beside the JSON.
-                    report(&cells, false, false, &mut std::io::stderr())?
-                }
-                crate::matrix::Output::Table => {
-                    report(&cells, color.enabled(), true, &mut std::io::stdout())?
-                }
-            };
+            let color = color.enabled();
+            let same = probe_command(&state, &probe, output, timeout, color, service_clients)?;
             Ok(if same {
                 ExitCode::SUCCESS
             } else {

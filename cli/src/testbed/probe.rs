@@ -157,98 +157,109 @@ pub fn predict(
 pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec<Cell>> {
     state.ensure_served(probes)?;
     let compiled = state.snapshot()?.compiled;
-    let mut planned = Vec::new();
     let pods: Vec<&PodState> = state.pods.iter().filter(|p| !p.system).collect();
-    for (pi, &probe) in probes.iter().enumerate() {
-        for from in &pods {
+    let mut groups = Vec::new();
+    for from in &pods {
+        let mut mine = Vec::new();
+        for (pi, &probe) in probes.iter().enumerate() {
             for to in &pods {
-                let (predicted, reason) = predict(&compiled, from, to, probe);
-                let (from, to) = (*from, *to);
-                let bound = to.bound();
-                let listening = if bound.listening.contains(&probe) {
-                    None
-                } else {
-                    Some(
-                        bound
-                            .failed
-                            .iter()
-                            .find(|(p, _)| *p == probe)
-                            .map(|(_, e)| e.clone())
-                            .unwrap_or_else(|| "not served".into()),
-                    )
-                };
-                planned.push((
-                    pi,
-                    from.clone(),
-                    to.clone(),
-                    probe,
-                    predicted,
-                    reason,
-                    listening,
-                ));
+                mine.push((pi, plan(&compiled, from, to, probe)));
             }
         }
+        groups.push((from.netns.clone(), mine));
     }
-    let mut handles = Vec::new();
-    for from in &state.pods {
-        let mine: Vec<_> = planned
+    let mut cells = in_pods(groups, move |(pi, (cell, target))| {
+        (pi, send(cell, target, timeout))
+    })?;
+    // Same order as the engine's matrix: probe, then from, then to.
+    cells.sort_by(|(a, x), (b, y)| (a, &x.from, &x.to).cmp(&(b, &y.from, &y.to)));
+    Ok(cells.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The cell of one probe, predicted, and where to send it (`None`: nothing listens there).
+fn plan(
+    compiled: &CompiledCluster,
+    from: &PodState,
+    to: &PodState,
+    probe: Probe,
+) -> (Cell, Option<SocketAddr>) {
+    let (predicted, reason) = predict(compiled, from, to, probe);
+    let bound = to.bound();
+    let no_listener = (!bound.listening.contains(&probe)).then(|| {
+        bound
+            .failed
             .iter()
-            .filter(|p| p.1.key == from.key)
-            .cloned()
-            .collect();
-        let ns = from.netns.clone();
-        handles.push(std::thread::spawn(move || -> Result<Vec<(usize, Cell)>> {
-            netns::enter(&ns)?;
-            Ok(mine
-                .into_iter()
-                .map(|(pi, from, to, probe, predicted, reason, listening)| {
-                    let mut cell = Cell {
-                        from: from.key.clone(),
-                        to: to.key.clone(),
-                        port: probe.port,
-                        protocol: probe.protocol,
-                        allowed: None,
-                        outcome: Outcome::NoListener,
-                        answered_by: None,
-                        no_answer: None,
-                        predicted,
-                        reason,
-                        no_listener: listening.clone(),
-                    };
-                    if listening.is_none() {
-                        let addr = SocketAddr::new(to.ip, probe.port);
-                        match serve::probe(addr, probe.protocol, timeout) {
-                            Ok(id) if id == to.key => {
-                                cell.outcome = Outcome::Answered;
-                                cell.allowed = Some(true);
-                            }
-                            Ok(id) => {
-                                cell.outcome = Outcome::WrongPod;
-                                cell.allowed = Some(true);
-                                cell.answered_by = Some(id);
-                            }
-                            Err(why) => {
-                                cell.outcome = Outcome::NoAnswer;
-                                cell.allowed = Some(false);
-                                cell.no_answer = Some(why);
-                            }
-                        }
-                    }
-                    (pi, cell)
-                })
-                .collect())
-        }));
+            .find(|(p, _)| *p == probe)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| "not served".into())
+    });
+    let target = no_listener
+        .is_none()
+        .then(|| SocketAddr::new(to.ip, probe.port));
+    let cell = Cell {
+        from: from.key.clone(),
+        to: to.key.clone(),
+        port: probe.port,
+        protocol: probe.protocol,
+        allowed: None,
+        outcome: Outcome::NoListener,
+        answered_by: None,
+        no_answer: None,
+        predicted,
+        reason,
+        no_listener,
+    };
+    (cell, target)
+}
+
+/// Sends one planned probe (from inside the source pod) and records what came back.
+fn send(mut cell: Cell, target: Option<SocketAddr>, timeout: Duration) -> Cell {
+    let Some(addr) = target else {
+        return cell;
+    };
+    match serve::probe(addr, cell.protocol, timeout) {
+        Ok(id) if id == cell.to => {
+            cell.outcome = Outcome::Answered;
+            cell.allowed = Some(true);
+        }
+        Ok(id) => {
+            cell.outcome = Outcome::WrongPod;
+            cell.allowed = Some(true);
+            cell.answered_by = Some(id);
+        }
+        Err(why) => {
+            cell.outcome = Outcome::NoAnswer;
+            cell.allowed = Some(false);
+            cell.no_answer = Some(why);
+        }
     }
-    let mut cells = Vec::new();
+    cell
+}
+
+/// Runs `f` on every item of each group inside the group's network namespace: one thread per
+/// group (a source pod), items in order.
+fn in_pods<T: Send + 'static, U: Send + 'static>(
+    groups: Vec<(String, Vec<T>)>,
+    f: impl Fn(T) -> U + Send + Copy + 'static,
+) -> Result<Vec<U>> {
+    let handles: Vec<_> = groups
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(ns, items)| {
+            std::thread::spawn(move || -> Result<Vec<U>> {
+                netns::enter(&ns)?;
+                Ok(items.into_iter().map(f).collect())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
     for h in handles {
-        cells.extend(
+        out.extend(
             h.join()
                 .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
         );
     }
-    // Same order as the engine's matrix: probe, then from, then to.
-    cells.sort_by(|(a, x), (b, y)| (a, &x.from, &x.to).cmp(&(b, &y.from, &y.to)));
-    Ok(cells.into_iter().map(|(_, c)| c).collect())
+    Ok(out)
 }
 
 /// Which pods probe Services. Until the proxy balances Services itself (issue 10), a pod's proxy
@@ -396,7 +407,7 @@ pub fn observe_services(
     timeout: Duration,
 ) -> Result<Vec<ServiceCell>> {
     let snapshot = state.snapshot()?;
-    let mut planned: Vec<(PodState, ServiceCell)> = Vec::new();
+    let mut groups = Vec::new();
     for from in &state.pods {
         let client = match clients {
             ServiceClients::All => true,
@@ -406,6 +417,7 @@ pub fn observe_services(
         if !client || from.system {
             continue;
         }
+        let mut mine = Vec::new();
         for (key, svc) in &snapshot.services.services {
             if skip.contains(&key.as_str()) {
                 continue;
@@ -416,69 +428,44 @@ pub fn observe_services(
             for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
                 let (predicted, allowed_backends, denied_backends) =
                     predict_service(&snapshot, state, from, port);
-                planned.push((
-                    from.clone(),
-                    ServiceCell {
-                        from: from.key.clone(),
-                        service: key.clone(),
-                        cluster_ip: ip,
-                        port: port.port,
-                        protocol: port.protocol,
-                        outcome: Outcome::NoAnswer,
-                        answered_by: None,
-                        no_answer: None,
-                        predicted,
-                        allowed_backends,
-                        denied_backends,
-                    },
-                ));
+                mine.push(ServiceCell {
+                    from: from.key.clone(),
+                    service: key.clone(),
+                    cluster_ip: ip,
+                    port: port.port,
+                    protocol: port.protocol,
+                    outcome: Outcome::NoAnswer,
+                    answered_by: None,
+                    no_answer: None,
+                    predicted,
+                    allowed_backends,
+                    denied_backends,
+                });
             }
         }
+        groups.push((from.netns.clone(), mine));
     }
-    let mut handles = Vec::new();
-    for from in &state.pods {
-        let mine: Vec<ServiceCell> = planned
-            .iter()
-            .filter(|(p, _)| p.key == from.key)
-            .map(|(_, c)| c.clone())
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let ns = from.netns.clone();
-        handles.push(std::thread::spawn(move || -> Result<Vec<ServiceCell>> {
-            netns::enter(&ns)?;
-            Ok(mine
-                .into_iter()
-                .map(|mut cell| {
-                    let addr = SocketAddr::new(cell.cluster_ip, cell.port);
-                    match serve::probe(addr, cell.protocol, timeout) {
-                        Ok(id) => {
-                            cell.outcome = if cell.allowed_backends.contains(&id) {
-                                Outcome::Answered
-                            } else {
-                                Outcome::WrongPod
-                            };
-                            cell.answered_by = Some(id);
-                        }
-                        Err(why) => cell.no_answer = Some(why),
-                    }
-                    cell
-                })
-                .collect())
-        }));
-    }
-    let mut cells = Vec::new();
-    for h in handles {
-        cells.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
-        );
-    }
+    let mut cells = in_pods(groups, move |cell| send_service(cell, timeout))?;
     cells.sort_by(|a, b| (&a.service, a.port, &a.from).cmp(&(&b.service, b.port, &b.from)));
     Ok(cells)
 }
 
+/// Sends one probe to a ClusterIP (from inside the client pod) and records who answered.
+fn send_service(mut cell: ServiceCell, timeout: Duration) -> ServiceCell {
+    let addr = SocketAddr::new(cell.cluster_ip, cell.port);
+    match serve::probe(addr, cell.protocol, timeout) {
+        Ok(id) => {
+            cell.outcome = if cell.allowed_backends.contains(&id) {
+                Outcome::Answered
+            } else {
+                Outcome::WrongPod
+            };
+            cell.answered_by = Some(id);
+        }
+        Err(why) => cell.no_answer = Some(why),
+    }
+    cell
+}
 #[cfg(test)]
 mod tests {
     use super::*;
