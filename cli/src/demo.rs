@@ -74,6 +74,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         proxy_args: Vec::new(),
         policy_source: testbed::PolicySource::Controller,
         extra_probes: Vec::new(),
+        enforce_udp: true,
     })?;
     let result = tour(&state, &args, color);
     if args.keep {

@@ -69,6 +69,11 @@ pub enum TestbedCommand {
         /// default), e.g. `80/TCP,53/UDP`.
         #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
         probe: Vec<Probe>,
+        /// PORTCULLIS_ENFORCE_UDP for every init container and proxy (UDP/SCTP through the
+        /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient), as the injector does. The
+        /// prediction treats UDP/SCTP as unenforced when false.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        enforce_udp: bool,
     },
     /// Connect from every pod to every pod on every probe and compare with the engine's
     /// prediction; exits 1 on any difference.
@@ -381,6 +386,7 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             policy_source,
             proxy_args,
             probe,
+            enforce_udp,
         } => {
             let binaries = Binaries::locate(proxy_bin, init_bin, controller_bin)?;
             let state = testbed::up(&UpOptions {
@@ -390,6 +396,7 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 proxy_args,
                 policy_source,
                 extra_probes: probe,
+                enforce_udp,
             })?;
             print_up(&state);
             Ok(ExitCode::SUCCESS)

@@ -59,6 +59,9 @@ pub struct PodState {
     /// Why it does not, when it does not.
     #[serde(default)]
     pub not_injected: Option<String>,
+    /// Whether its init rules and proxy enforce UDP and SCTP (NFQUEUE; `up --enforce-udp`).
+    #[serde(default)]
+    pub enforces_udp: bool,
     /// Where its server reports the ports it listens on ([`serve::Bound`]).
     pub bound: PathBuf,
     /// Added by the testbed itself (the cluster DNS), not by the manifests: left out of the
@@ -99,6 +102,9 @@ pub struct State {
     /// The cluster DNS the testbed runs (`dns.rs`), unless the manifests bring their own.
     #[serde(default)]
     pub dns: Option<DnsState>,
+    /// `up --enforce-udp`.
+    #[serde(default)]
+    pub enforce_udp: bool,
 }
 
 /// dnsmasq in the DNS pod.
@@ -269,6 +275,9 @@ pub struct UpOptions {
     /// `--probe`: ports every pod serves (and `probe` probes by default) on top of those the
     /// manifests name.
     pub extra_probes: Vec<Probe>,
+    /// `PORTCULLIS_ENFORCE_UDP` for every init container and proxy; when true the proxy gets
+    /// CAP_NET_ADMIN (ambient, as the injector gives it) to read the UDP/SCTP queue.
+    pub enforce_udp: bool,
 }
 
 /// Where the testbed's proxies get their tables.
@@ -341,6 +350,7 @@ fn build(opts: &UpOptions) -> Result<State> {
         controller: None,
         wanted_ports: dir.join("ports.json"),
         extra_probes: opts.extra_probes.clone(),
+        enforce_udp: opts.enforce_udp,
         dns: None,
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
@@ -351,6 +361,7 @@ fn build(opts: &UpOptions) -> Result<State> {
             ps.injected = false;
             ps.not_injected = Some(why);
         }
+        ps.enforces_udp = ps.injected && opts.enforce_udp;
         ps.system = dns_added && ps.key == dns::POD_KEY;
         if dns_added {
             dns::write_resolv_conf(&ps.netns, &pod.namespace)?;
@@ -379,8 +390,16 @@ fn build(opts: &UpOptions) -> Result<State> {
     }
     for (pod, info) in state.pods.iter_mut().zip(&pods) {
         if pod.injected {
-            netns::exec_in(&pod.netns, &opts.binaries.init.to_string_lossy(), &[])
-                .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+            // Through env(1): the init container reads its settings from the environment.
+            netns::exec_in(
+                &pod.netns,
+                "env",
+                &[
+                    &format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp),
+                    &opts.binaries.init.to_string_lossy(),
+                ],
+            )
+            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
         }
         let pid = start_server(pod, &state.wanted_ports)?;
         pod.pids.push(pid);
@@ -578,6 +597,7 @@ fn plumb_pod(
         proxy_log: file("proxy.log"),
         injected: true,
         not_injected: None,
+        enforces_udp: false,
         bound: file("server.json"),
         system: false,
     })
@@ -621,6 +641,10 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
         ("POD_NAMESPACE".to_string(), info.namespace.clone()),
         ("POD_IPS".to_string(), ips.join(",")),
         ("PORTCULLIS_LOG".to_string(), "info".to_string()),
+        (
+            "PORTCULLIS_ENFORCE_UDP".to_string(),
+            opts.enforce_udp.to_string(),
+        ),
     ];
     if let Some(h) = info.host_ip {
         env.push(("HOST_IP".into(), h.to_string()));
@@ -637,14 +661,25 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
         ],
     };
     args.extend(opts.proxy_args.iter().cloned());
+    let user = User {
+        uid: PROXY_UID,
+        net_admin: opts.enforce_udp,
+    };
     spawn_in(
         &pod.netns,
         &opts.binaries.proxy,
         &args,
         &env,
         &pod.proxy_log,
-        Some(PROXY_UID),
+        Some(user),
     )
+}
+
+/// Whom a process runs as: an unprivileged UID, with CAP_NET_ADMIN (ambient) or no capability.
+#[derive(Debug, Clone, Copy)]
+struct User {
+    uid: u32,
+    net_admin: bool,
 }
 
 /// Starts portcullis-controller in file mode in the node namespace and waits until it serves.
@@ -738,20 +773,24 @@ fn spawn_in(
     args: &[String],
     env: &[(String, String)],
     log: &Path,
-    uid: Option<u32>,
+    user: Option<User>,
 ) -> Result<u32> {
     let out = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     fs::set_permissions(log, fs::Permissions::from_mode(0o644))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]);
-    if let Some(uid) = uid {
-        // The proxy runs as its own unprivileged user, as in a pod.
+    if let Some(User { uid, net_admin }) = user {
+        // The proxy runs as its own unprivileged user, as in a pod: no capability, or only
+        // CAP_NET_ADMIN (ambient) when it reads the UDP/SCTP queue.
+        let caps = if net_admin { "-all,+net_admin" } else { "-all" };
         cmd.args([
             "setpriv",
             &format!("--reuid={uid}"),
             &format!("--regid={uid}"),
             "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
             "--",
         ]);
     }

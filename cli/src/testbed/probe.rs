@@ -126,6 +126,15 @@ fn half(
             format!("{direction} not enforced: {} has no proxy", pod.key),
         );
     }
+    if probe.protocol != Protocol::Tcp && !pod.enforces_udp {
+        return (
+            true,
+            format!(
+                "{direction} not enforced: the proxy of {} does not enforce {} (up --enforce-udp false)",
+                pod.key, probe.protocol
+            ),
+        );
+    }
     match table {
         Some(t) => {
             let v: Verdict = t.check(direction, peer, probe.port, probe.protocol);
@@ -488,6 +497,85 @@ mod tests {
             allowed_backends: vec!["secure/api-1".into()],
             denied_backends: vec![("secure/api-2".into(), "ingress denied".into())],
         }
+    }
+
+    fn pod(key: &str, ip: &str, injected: bool, enforces_udp: bool) -> PodState {
+        PodState {
+            key: key.into(),
+            netns: String::new(),
+            ip: ip.parse().unwrap(),
+            pids: Vec::new(),
+            proxy_log: Default::default(),
+            injected,
+            not_injected: None,
+            enforces_udp,
+            bound: Default::default(),
+            system: false,
+        }
+    }
+
+    /// x/a may send nothing, x/b may receive nothing (deny-all both ways on both pods).
+    fn compiled() -> CompiledCluster {
+        let mut cluster = portcullis_policy::Cluster::new();
+        let text = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+";
+        let report = portcullis_policy::manifest::load_into(&mut cluster, text, "t");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        portcullis_policy::compile(&cluster)
+    }
+
+    #[test]
+    fn only_the_halves_a_proxy_enforces_count() {
+        let c = compiled();
+        let tcp = Probe {
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let udp = Probe {
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        let (a, b) = (
+            pod("x/a", "10.1.0.1", true, true),
+            pod("x/b", "10.1.0.2", true, true),
+        );
+        assert!(!predict(&c, &a, &b, tcp).0);
+        assert!(!predict(&c, &a, &b, udp).0);
+        // Without a proxy on a, its egress is not enforced; b's ingress still is.
+        let bare_a = pod("x/a", "10.1.0.1", false, false);
+        let (ok, why) = predict(&c, &bare_a, &b, tcp);
+        assert!(!ok, "{why}");
+        assert!(why.contains("ingress denied"), "{why}");
+        // Neither has a proxy: nothing is enforced, whatever the policy says.
+        let bare_b = pod("x/b", "10.1.0.2", false, false);
+        let (ok, why) = predict(&c, &bare_a, &bare_b, tcp);
+        assert!(ok, "{why}");
+        assert!(
+            why.contains("egress not enforced: x/a has no proxy")
+                && why.contains("ingress not enforced: x/b has no proxy"),
+            "{why}"
+        );
+        // Proxies that do not enforce UDP: UDP passes, TCP does not.
+        let (a, b) = (
+            pod("x/a", "10.1.0.1", true, false),
+            pod("x/b", "10.1.0.2", true, false),
+        );
+        assert!(predict(&c, &a, &b, udp).0);
+        assert!(!predict(&c, &a, &b, tcp).0);
     }
 
     #[test]
