@@ -126,6 +126,13 @@ pub enum TestbedCommand {
         /// NAMESPACE/POD
         pod: String,
     },
+    /// A pod's proxy's /policy (JSON: table generation, staleness, the table, what it enforces).
+    Policy {
+        #[command(flatten)]
+        name: Name,
+        /// NAMESPACE/POD
+        pod: String,
+    },
     /// Stop the testbed's portcullis-controller (SIGTERM) and wait until every proxy marks its
     /// table stale; the proxies keep enforcing their last tables.
     StopController {
@@ -441,6 +448,11 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
         TestbedCommand::Metrics { name, pod } => {
             let state = State::load(&name.name)?;
             print!("{}", testbed::metrics(&state, &pod)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        TestbedCommand::Policy { name, pod } => {
+            let state = State::load(&name.name)?;
+            println!("{}", testbed::policy(&state, &pod)?);
             Ok(ExitCode::SUCCESS)
         }
         TestbedCommand::StopController { name } => {

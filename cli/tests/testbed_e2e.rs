@@ -74,13 +74,18 @@ type Cells = BTreeMap<(String, String, u64, String), bool>;
 
 /// The probes of a JSON matrix (observed, or expected.json), by (from, to, port, protocol);
 /// `allowed` is `null` in observed ones where nothing listens, which counts as neither.
-fn cells(json: &str, tcp_only: bool) -> Cells {
+fn cells(json: &str) -> Cells {
+    cells_of(json, &["TCP", "UDP", "SCTP"])
+}
+
+/// The cells of `protocols` only.
+fn cells_of(json: &str, protocols: &[&str]) -> Cells {
     let v: serde_json::Value = serde_json::from_str(json).expect("JSON matrix");
     v["probes"]
         .as_array()
         .expect("probes")
         .iter()
-        .filter(|p| !tcp_only || p["protocol"] == "TCP")
+        .filter(|p| protocols.iter().any(|proto| p["protocol"] == *proto))
         .filter(|p| !p["allowed"].is_null())
         .map(|p| {
             (
@@ -109,18 +114,35 @@ fn tcp_only(case: &Path) -> bool {
         || policy.contains("-sctp"))
 }
 
-/// The observed matrix of the e2e testbed on 80/TCP and 81/TCP, as JSON.
-fn probe_e2e(name: &str) -> Output {
+/// The observed matrix of the e2e testbed on ports 80 and 81 of `protocols`, as JSON.
+fn probe_e2e(name: &str, protocols: &[&str]) -> Output {
+    let probes: Vec<String> = protocols
+        .iter()
+        .flat_map(|p| [format!("80/{p}"), format!("81/{p}")])
+        .collect();
     portcullis(&[
         "testbed",
         "probe",
         "--name",
         name,
         "--probe",
-        "80/TCP,81/TCP",
+        &probes.join(","),
         "-o",
         "json",
     ])
+}
+
+/// Whether the testbed's proxies enforce UDP (their `/policy` says so once the NFQUEUE
+/// enforcement is in): then the conformance cases are checked on UDP sockets too.
+fn udp_enforced(name: &str, pod: &str) -> bool {
+    let out = portcullis(&["testbed", "policy", "--name", name, pod]);
+    assert!(
+        out.status.success(),
+        "testbed policy failed: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("/policy is JSON");
+    v["enforced_protocols"]["UDP"] == true
 }
 
 #[test]
@@ -153,11 +175,20 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         .filter(|p| p.join("expected.json").is_file())
         .collect();
     cases.sort();
+    // TCP always; UDP as soon as the proxies enforce it. SCTP cells are the engine's alone (this
+    // kernel has no SCTP sockets).
+    let protocols: &[&str] = if udp_enforced(tb, "x/a") {
+        &["TCP", "UDP"]
+    } else {
+        &["TCP"]
+    };
+    eprintln!("conformance cases on real sockets for {protocols:?}");
+    let runs = |case: &Path| protocols.contains(&"UDP") || tcp_only(case);
     let mut ran = 0;
     let mut failures = Vec::new();
     for case in &cases {
-        // Portcullis proxies TCP; cases about other protocols are checked by the engine only.
-        if !tcp_only(case) {
+        // Cases about a protocol the proxies do not enforce are checked by the engine only.
+        if !runs(case) {
             continue;
         }
         ran += 1;
@@ -176,11 +207,11 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "{name}: apply failed: {}",
             text(&apply.stderr)
         );
-        let probe = probe_e2e(tb);
-        let observed = cells(&text(&probe.stdout), true);
-        let expected = cells(
+        let probe = probe_e2e(tb, protocols);
+        let observed = cells_of(&text(&probe.stdout), protocols);
+        let expected = cells_of(
             &fs::read_to_string(case.join("expected.json")).unwrap(),
-            true,
+            protocols,
         );
         assert_eq!(
             observed.len(),
@@ -215,8 +246,8 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let last = cases
         .iter()
         .rev()
-        .find(|c| tcp_only(c))
-        .expect("a TCP case");
+        .find(|c| runs(c))
+        .expect("a case that ran");
     let stop = portcullis(&["testbed", "stop-controller", "--name", tb]);
     assert!(
         stop.status.success(),
@@ -224,12 +255,12 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         text(&stop.stdout),
         text(&stop.stderr)
     );
-    let probe = probe_e2e(tb);
+    let probe = probe_e2e(tb, protocols);
     assert_eq!(
-        cells(&text(&probe.stdout), true),
-        cells(
+        cells_of(&text(&probe.stdout), protocols),
+        cells_of(
             &fs::read_to_string(last.join("expected.json")).unwrap(),
-            true
+            protocols
         ),
         "with the controller gone, enforcement changed: {}",
         text(&probe.stderr)
@@ -293,7 +324,7 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
 
     // No policy: every pod reaches every pod on 80, and `probe` defaults to `up --probe`.
     let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
-    let observed = cells(&text(&probe.stdout), false);
+    let observed = cells(&text(&probe.stdout));
     assert!(
         probe.status.success(),
         "differences: {}",
@@ -322,7 +353,7 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
         "differences: {}",
         text(&probe.stderr)
     );
-    let observed = cells(&text(&probe.stdout), false);
+    let observed = cells(&text(&probe.stdout));
     assert_eq!(observed.len(), 18, "{}", text(&probe.stdout));
     for ((from, to, port, _), allowed) in &observed {
         let want = to != "x/b" || from == "x/b" || (from == "x/a" && *port == 8080);
@@ -413,7 +444,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         "differences: {}",
         text(&probe.stderr)
     );
-    let observed = cells(&text(&probe.stdout), false);
+    let observed = cells(&text(&probe.stdout));
     let allowed: Vec<(&str, &str)> = observed
         .iter()
         .filter(|(_, a)| **a)
@@ -456,7 +487,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         "json",
     ]);
     assert_eq!(
-        cells(&text(&matrix.stdout), false).get(&(
+        cells(&text(&matrix.stdout)).get(&(
             "x/b".to_string(),
             "y/c".to_string(),
             80,

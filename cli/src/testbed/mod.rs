@@ -791,6 +791,7 @@ fn spawn_in(
             "--clear-groups",
             &format!("--inh-caps={caps}"),
             &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
             "--",
         ]);
     }
@@ -1086,6 +1087,20 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
     if status != 200 {
         bail!(
             "the proxy of {} answered /metrics with HTTP {status}",
+            pod.key
+        );
+    }
+    Ok(body)
+}
+
+/// A pod's proxy's view of its table (`/policy` on the admin port: generation, staleness,
+/// the table, and what the proxy enforces).
+pub fn policy(state: &State, pod: &str) -> Result<String> {
+    let pod = injected_pod(state, pod)?;
+    let (status, body) = admin_get(&pod.netns, "/policy")?;
+    if status != 200 {
+        bail!(
+            "the proxy of {} answered /policy with HTTP {status}",
             pod.key
         );
     }
