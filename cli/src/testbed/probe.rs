@@ -245,22 +245,32 @@ fn send(mut cell: Cell, target: Option<SocketAddr>, timeout: Duration) -> Cell {
     cell
 }
 
-/// Runs `f` on every item of each group inside the group's network namespace: one thread per
-/// group (a source pod), items in order.
+/// At most this many probes at once from one pod: a denied UDP probe waits for the whole
+/// timeout, so one at a time would make a matrix take (denied cells × timeout).
+const PARALLEL_PER_POD: usize = 16;
+
+/// Runs `f` on every item of each group inside the group's network namespace (a source pod):
+/// up to [`PARALLEL_PER_POD`] threads per group, each entering the namespace. The results come
+/// back in no particular order (callers sort them).
 fn in_pods<T: Send + 'static, U: Send + 'static>(
     groups: Vec<(String, Vec<T>)>,
     f: impl Fn(T) -> U + Send + Copy + 'static,
 ) -> Result<Vec<U>> {
-    let handles: Vec<_> = groups
-        .into_iter()
-        .filter(|(_, items)| !items.is_empty())
-        .map(|(ns, items)| {
-            std::thread::spawn(move || -> Result<Vec<U>> {
+    let mut handles = Vec::new();
+    for (ns, items) in groups {
+        let workers = items.len().min(PARALLEL_PER_POD);
+        let mut shares: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            shares[i % workers].push(item);
+        }
+        for share in shares {
+            let ns = ns.clone();
+            handles.push(std::thread::spawn(move || -> Result<Vec<U>> {
                 netns::enter(&ns)?;
-                Ok(items.into_iter().map(f).collect())
-            })
-        })
-        .collect();
+                Ok(share.into_iter().map(f).collect())
+            }));
+        }
+    }
     let mut out = Vec::new();
     for h in handles {
         out.extend(
