@@ -183,7 +183,8 @@ pub fn allocate_cluster_ips(
         if i > 0 {
             out.push_str("---\n");
         }
-        let mentions_service = doc.lines().any(|l| l.trim() == "kind: Service");
+        // Only documents that could be a Service are decoded (the others stay byte for byte).
+        let mentions_service = doc.contains("Service");
         let parsed = mentions_service
             .then(|| serde_saphyr::from_str::<Value>(&doc).ok())
             .flatten();
@@ -394,6 +395,21 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
         assert!(by("headless").cluster_ips.is_empty());
         assert_eq!(cluster.pods.len(), 2);
         check_cluster_ips(&cluster).unwrap();
+    }
+
+    #[test]
+    fn a_quoted_kind_and_a_json_list_are_found_too() {
+        let mut taken = BTreeSet::new();
+        let yaml = "# comment\napiVersion: v1\nkind: \"Service\"\nmetadata: {name: q}\nspec: {ports: [{port: 1}]}\n";
+        let (_, a) = allocate_cluster_ips(yaml, &mut taken);
+        assert_eq!(a.len(), 1, "{a:?}");
+        let json = r#"{"kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"j","namespace":"n"},"spec":{"ports":[{"port":1}]}}]}"#;
+        let (text, a) = allocate_cluster_ips(json, &mut taken);
+        assert_eq!(a[0].0, "n/j");
+        let mut cluster = Cluster::new();
+        let report = load_into(&mut cluster, &text, "t");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(cluster.services[0].cluster_ips, vec![IpAddr::V4(a[0].1)]);
     }
 
     #[test]
