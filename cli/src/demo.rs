@@ -111,6 +111,7 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
             Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
         }
     }
+    let dns_ok = dns_lookup(state);
     let ok1 = probe_step(
         state,
         2,
@@ -189,5 +190,28 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     {
         println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
     }
-    Ok(ok1 && ok2 && ok3)
+    Ok(dns_ok && ok1 && ok2 && ok3)
+}
+
+/// The cluster DNS, as an application uses it: a Service name from a pod.
+fn dns_lookup(state: &State) -> bool {
+    let (pod, name) = ("storefront/web", "backend.kangaroo.svc.cluster.local");
+    if state.dns.is_none() || state.pod(pod).is_err() {
+        return true;
+    }
+    match testbed::resolve(state, pod, name) {
+        Ok(ips) if !ips.is_empty() => {
+            let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+            println!(
+                "  cluster DNS (dnsmasq behind kube-system/kube-dns {}): {pod} resolves {name} -> {}",
+                testbed::dns::DNS_IP,
+                ips.join(", ")
+            );
+            true
+        }
+        other => {
+            println!("  DIFFERENCE cluster DNS: {pod} cannot resolve {name} ({other:?})");
+            false
+        }
+    }
 }

@@ -1093,6 +1093,21 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
     Ok(body)
 }
 
+/// `getent hosts NAME` inside a pod's network namespace (through its resolv.conf, i.e. the
+/// cluster DNS): the addresses, empty when the name does not resolve.
+pub fn resolve(state: &State, pod: &str, name: &str) -> Result<Vec<IpAddr>> {
+    let pod = state.pod(pod)?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "getent", "hosts", name])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run getent")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect())
+}
+
 /// A pod's proxy's view of its table (`/policy` on the admin port: generation, staleness,
 /// the table, and what the proxy enforces).
 pub fn policy(state: &State, pod: &str) -> Result<String> {
