@@ -12,7 +12,9 @@
 #   files that exist;
 # - the injector's golden patched pods (injector-webhook/tests/golden/*.json): what the webhook
 #   produces must be a valid Pod;
-# - cert-manager resources (no Kubernetes schema) against a small schema of the fields used.
+# - cert-manager resources (no Kubernetes schema) against a small schema of the fields used;
+# - manifests/monitoring (Prometheus Operator CRD subsets, the dashboard's ConfigMap) and that
+#   the Grafana dashboard JSON parses (controller/tests/monitoring.rs checks its queries).
 # manifests/examples/ is not checked here.
 #
 # Needs python3 with pip (kubernetes-validate and its PyYAML/jsonschema are installed if missing).
@@ -54,10 +56,17 @@ else
         find "$here/base" "$here/cert-manager" -name '*.yaml' ! -name kustomization.yaml | sort)
     mode=static
 fi
-# The optional Prometheus Operator resources: checked against a subset of their CRDs below.
-for f in "$here"/monitoring/*.yaml; do
-    [ "$(basename "$f")" = kustomization.yaml ] || inputs+=("$f")
-done
+# The optional Prometheus Operator resources: checked against a subset of their CRDs below;
+# with kubectl, as built (that includes the Grafana dashboard's generated ConfigMap).
+if [ "$mode" = kustomize ]; then
+    kubectl kustomize "$here/monitoring" >"$tmp/kustomize/manifests-monitoring.yaml"
+    inputs+=("$tmp/kustomize/manifests-monitoring.yaml")
+else
+    for f in "$here"/monitoring/*.yaml; do
+        [ "$(basename "$f")" = kustomization.yaml ] || inputs+=("$f")
+    done
+fi
+inputs+=("$here/monitoring/grafana-dashboard.json")
 for f in "$repo"/injector-webhook/tests/golden/*.json; do
     [ -e "$f" ] && inputs+=("$f")
 done
@@ -151,6 +160,12 @@ MONITORING = {
 
 def documents(path):
     with open(path) as f:
+        if path.endswith("grafana-dashboard.json"):
+            # Not a Kubernetes object: it must parse, and have panels with queries.
+            dash = json.load(f)
+            if not dash.get("panels") or not dash.get("uid"):
+                raise ValueError("a Grafana dashboard needs uid and panels")
+            return
         if path.endswith(".json"):
             doc = json.load(f)
             # Pods made from a generateName have no name yet; the validator wants one.

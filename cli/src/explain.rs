@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::matrix::parse_probe;
 use crate::render::{allowed_word, ColorChoice};
-use portcullis_policy_loader::load_paths;
+use portcullis_policy_loader::load_paths_linted;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]
@@ -84,8 +84,8 @@ impl Endpoint<'_> {
 }
 
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let mut loaded = load_paths(&args.files);
-    let failed = crate::report_load(&loaded, false);
+    let mut loaded = load_paths_linted(&args.files);
+    let failed = crate::report_load(&loaded, false) | crate::lint::report(&loaded);
     loaded.cluster.assign_placeholder_ips();
     let compiled = compile(&loaded.cluster);
     for e in &compiled.errors {

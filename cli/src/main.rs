@@ -1,8 +1,10 @@
 //! `portcullis`: the user's command line for Portcullis.
 
+mod check;
 mod demo;
 mod explain;
 mod explain_service;
+mod lint;
 
 mod matrix;
 mod render;
@@ -34,6 +36,12 @@ enum Command {
     Matrix(matrix::MatrixArgs),
     /// Explain the verdict for one connection, in words.
     Explain(explain::ExplainArgs),
+    /// Check the cluster of the kubeconfig: before installing (--pre), or that Portcullis runs
+    /// and every pod of every labelled namespace is protected. Exit status 1 on a failed check.
+    Check(check::CheckArgs),
+    /// Find unknown fields (errors, as the API server's strict validation) and policies that
+    /// probably do not do what was meant (warnings). Exit status 1 on errors.
+    Lint(lint::LintArgs),
     /// A local cluster in network namespaces with the real init container and proxies (root).
     Testbed(testbed_cli::TestbedArgs),
     /// Run the kangaroo example end to end in a testbed, apply a policy change live (root).
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Lint(args) => lint::run(args),
+        Command::Check(args) => check::run(args),
         Command::Testbed(args) => testbed_cli::run(args),
         Command::Demo(args) => demo::run(args),
     };

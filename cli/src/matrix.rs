@@ -10,7 +10,7 @@ use portcullis_policy::ports::parse_port_protocol;
 use portcullis_policy::{compile, Matrix};
 
 use crate::render::{grids, ColorChoice};
-use portcullis_policy_loader::load_paths;
+use portcullis_policy_loader::load_paths_linted;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -45,8 +45,9 @@ pub fn parse_probe(s: &str) -> Result<Probe, String> {
 
 /// Loads, compiles and computes the matrix; reports problems on stderr. Shared with the testbed.
 pub fn predicted(files: &[PathBuf], probes: &[Probe], verbose: bool) -> (Matrix, bool) {
-    let mut loaded = load_paths(files);
+    let mut loaded = load_paths_linted(files);
     let mut failed = crate::report_load(&loaded, verbose);
+    failed |= crate::lint::report(&loaded);
     for pod in loaded.cluster.assign_placeholder_ips() {
         eprintln!(
             "warning: pod {pod} has no status.podIP; using a placeholder address from 240.0.0.0/4"

@@ -1,5 +1,7 @@
 //! Plain-HTTP admin endpoints: `/metrics`, `/ready` (200 once every kind is listed and until
-//! shutdown starts), `/live`.
+//! shutdown starts), `/live`, and `/v1/unprotected` (JSON: pods of opted-in namespaces running
+//! without the proxy or with an exemption, and why). Guarded like the table API: `--admin-max-connections`
+//! (`--admin-max-connections-per-peer` from one address), `--header-timeout`, `--idle-timeout`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,38 +10,51 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::protection::Protection;
+
+use portcullis_serve_guard::{reset, Guard};
 
 pub struct Admin {
     pub hub: Arc<Hub>,
+    /// Unprotected pods (kube mode; empty in file mode, where pods carry no containers).
+    pub protection: Arc<Protection>,
     pub prometheus: Option<PrometheusHandle>,
     pub draining: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    guard: Arc<Guard>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(admission) = guard.admit(peer.ip()) else {
+            reset(stream);
+            continue;
+        };
         let admin = admin.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(respond(&admin, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = guard.serve(stream, service).await;
+            drop(admission);
         });
     }
 }
@@ -50,6 +65,15 @@ pub fn respond<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
+        "/v1/unprotected" => {
+            let body = serde_json::json!({ "unprotected": admin.protection.unprotected() });
+            let mut r = text(StatusCode::OK, format!("{body}\n"));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/ready" => {
             if admin.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
@@ -92,4 +116,73 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use portcullis_serve_guard::{GuardMetrics, Limits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn half_sent_requests_hold_at_most_the_cap_and_the_probes_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let admin = Arc::new(Admin {
+            hub: Arc::new(Hub::new()),
+            protection: Arc::default(),
+            prometheus: None,
+            draining: Default::default(),
+        });
+        let guard = Guard::new(
+            Limits {
+                max_connections: 4,
+                max_connections_per_peer: 0,
+                header_read_timeout: Duration::from_millis(300),
+                idle_timeout: Duration::from_secs(60),
+            },
+            GuardMetrics::default(),
+        );
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, admin, guard.clone(), stop_rx));
+        assert!(get(addr, "/live").await.expect("live").contains("200 OK"));
+
+        let mut slow = Vec::new();
+        for _ in 0..20 {
+            // Beyond the cap the reset may come before connect() returns.
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                continue;
+            };
+            let _ = s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n").await;
+            slow.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(guard.active(), 4, "held beyond the cap");
+        // The slow ones are dropped at the header timeout; the probe answers again.
+        let mut answered = false;
+        for _ in 0..100 {
+            if let Ok(out) = get(addr, "/live").await {
+                if out.contains("200 OK") {
+                    answered = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "/live never answered again");
+        drop(slow);
+    }
 }

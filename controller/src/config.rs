@@ -72,6 +72,52 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_CONTROLLER_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
+    /// Table API connections held at once (every proxy holds one); more are reset and counted.
+    /// Lowered at start to what the descriptor limit can hold next to the admin port and the
+    /// controller's own descriptors.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER_MAX_CONNECTIONS",
+        default_value_t = 16_384
+    )]
+    pub max_connections: usize,
+
+    /// Table API connections held at once from one address (0: no limit). Proxies reach the
+    /// controller from their pod IPs; keep this above the pods of one node if something on the
+    /// way masquerades them behind the node's address.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    pub max_connections_per_peer: usize,
+
+    /// Admin connections (/metrics, /ready, /live) held at once.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER_ADMIN_MAX_CONNECTIONS",
+        default_value_t = 64
+    )]
+    pub admin_max_connections: usize,
+
+    /// Admin connections held at once from one address (0: no limit).
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER_ADMIN_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 16
+    )]
+    pub admin_max_connections_per_peer: usize,
+
+    /// Time for a client to finish the TLS handshake and send a complete request head (both
+    /// servers); also the longest an idle keep-alive connection waits for its next request.
+    #[arg(long, env = "PORTCULLIS_CONTROLLER_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// A connection that moves no byte for this long is closed (both servers). Must be longer
+    /// than --heartbeat, which keeps quiet streams moving.
+    #[arg(long, env = "PORTCULLIS_CONTROLLER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,portcullis_controller=debug`.
     #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
     pub log: String,
@@ -85,6 +131,15 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_limits_have_safe_defaults() {
+        let c = Config::try_parse_from(["c", "--policy-dir", "/p"]).expect("parses");
+        assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.admin_max_connections, 64);
+        assert!(c.idle_timeout > c.heartbeat);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -17,10 +17,12 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use portcullis_policy::cluster::SourcedPolicy;
+use portcullis_policy::protection::Tracker;
 use portcullis_policy::{NamespaceInfo, PodInfo};
 use tokio::sync::{mpsc, watch};
 
 use crate::hub::Hub;
+use crate::protection::{self, Protection};
 use crate::state::Change;
 use crate::telemetry;
 
@@ -38,10 +40,26 @@ trait Kind: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + S
     fn upsert(obj: &Self) -> Option<Change>;
     fn gone(obj: &Self) -> Change;
     fn reset(objs: &[Self]) -> Change;
+    /// What the object says about which pods are protected (Pods and Namespaces only).
+    fn protection(_tracker: &mut Tracker, _event: Observed<'_, Self>) {}
+}
+
+/// A watch event as the protection tracker sees it.
+enum Observed<'a, K> {
+    Upsert(&'a K),
+    Gone(&'a K),
+    Relisted(&'a [K]),
 }
 
 impl Kind for Namespace {
     const NAME: &'static str = "namespaces";
+    fn protection(tracker: &mut Tracker, event: Observed<'_, Self>) {
+        match event {
+            Observed::Upsert(ns) => tracker.namespace(ns),
+            Observed::Gone(ns) => tracker.namespace_gone(ns.metadata.name.as_deref().unwrap_or("")),
+            Observed::Relisted(all) => tracker.reset_namespaces(all),
+        }
+    }
     fn upsert(obj: &Self) -> Option<Change> {
         Some(Change::Namespace(NamespaceInfo::from_k8s(obj)))
     }
@@ -55,6 +73,17 @@ impl Kind for Namespace {
 
 impl Kind for Pod {
     const NAME: &'static str = "pods";
+    fn protection(tracker: &mut Tracker, event: Observed<'_, Self>) {
+        let version = Some(protection::VERSION);
+        match event {
+            Observed::Upsert(pod) => tracker.pod(pod, version),
+            Observed::Gone(pod) => tracker.pod_gone(
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or(""),
+            ),
+            Observed::Relisted(all) => tracker.reset_pods(all, version),
+        }
+    }
     fn upsert(obj: &Self) -> Option<Change> {
         match PodInfo::from_k8s(obj, None) {
             Ok(pod) => Some(Change::Pod(pod)),
@@ -122,21 +151,29 @@ fn sourced(policy: &NetworkPolicy) -> SourcedPolicy {
 }
 
 /// Watches the three kinds until shutdown, applying changes to the hub in batches.
-pub async fn run(client: Client, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    client: Client,
+    hub: Arc<Hub>,
+    protection: Arc<Protection>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel::<(&'static str, Batch)>(1024);
     let config = watcher::Config::default();
     let tasks = [
         tokio::spawn(forward(
             watcher::watcher(Api::<Namespace>::all(client.clone()), config.clone()),
             tx.clone(),
+            protection.clone(),
         )),
         tokio::spawn(forward(
             watcher::watcher(Api::<Pod>::all(client.clone()), config.clone()),
             tx.clone(),
+            protection.clone(),
         )),
         tokio::spawn(forward(
             watcher::watcher(Api::<NetworkPolicy>::all(client), config),
             tx,
+            protection.clone(),
         )),
     ];
     let mut listed = Listed::default();
@@ -201,8 +238,11 @@ enum Batch {
 }
 
 /// Drives one watcher, buffering relists, and sends its changes on.
-async fn forward<K, S>(events: S, tx: mpsc::Sender<(&'static str, Batch)>)
-where
+async fn forward<K, S>(
+    events: S,
+    tx: mpsc::Sender<(&'static str, Batch)>,
+    protection: Arc<Protection>,
+) where
     K: Kind,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
@@ -232,10 +272,17 @@ where
             Event::InitDone => {
                 let objs = relist.take().unwrap_or_default();
                 tracing::info!(event = "listed", kind = K::NAME, count = objs.len());
+                protection.update(|t| K::protection(t, Observed::Relisted(&objs)));
                 Some(Batch::Listed(K::reset(&objs)))
             }
-            Event::Apply(obj) => K::upsert(&obj).map(Batch::Change),
-            Event::Delete(obj) => Some(Batch::Change(K::gone(&obj))),
+            Event::Apply(obj) => {
+                protection.update(|t| K::protection(t, Observed::Upsert(&obj)));
+                K::upsert(&obj).map(Batch::Change)
+            }
+            Event::Delete(obj) => {
+                protection.update(|t| K::protection(t, Observed::Gone(&obj)));
+                Some(Batch::Change(K::gone(&obj)))
+            }
         };
         if let Some(out) = out {
             if tx.send((K::NAME, out)).await.is_err() {
@@ -456,7 +503,7 @@ mod tests {
             .map(Ok),
         );
         let (tx, mut rx) = mpsc::channel(16);
-        forward::<Pod, _>(events, tx).await;
+        forward::<Pod, _>(events, tx, Arc::default()).await;
         let mut out = Vec::new();
         while let Some((kind, batch)) = rx.recv().await {
             assert_eq!(kind, "pods");

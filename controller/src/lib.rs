@@ -11,6 +11,8 @@ pub mod config;
 pub mod file_source;
 pub mod hub;
 pub mod kube_watch;
+pub mod limits;
+pub mod protection;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
@@ -30,14 +32,17 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::serve::{ServeOptions, TableServer};
 use crate::token_review::{Authenticator, TokenReviewer};
+use portcullis_serve_guard::{Guard, Limits};
 
 /// Runs until SIGTERM or SIGINT: then /ready turns 503, and after --shutdown-delay the streams
 /// end (proxies reconnect to another replica) and the process exits.
 pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let (api_limits, admin_limits) = connection_limits(&config)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Arc::new(Hub::new());
+    let protection = Arc::new(protection::Protection::default());
 
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
@@ -73,7 +78,12 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
                 config.token_audience.clone(),
                 config.token_cache,
             );
-            let source = tokio::spawn(kube_watch::run(client, hub.clone(), stop_rx.clone()));
+            let source = tokio::spawn(kube_watch::run(
+                client,
+                hub.clone(),
+                protection.clone(),
+                stop_rx.clone(),
+            ));
             (Authenticator::TokenReview(Box::new(reviewer)), source)
         }
     };
@@ -95,21 +105,29 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
         tracing::warn!("no --tls-cert/--tls-key: the table API is plain HTTP");
     }
 
-    let server = Arc::new(TableServer {
-        hub: hub.clone(),
+    let server = TableServer::new(
+        hub.clone(),
         auth,
-        options: ServeOptions {
+        ServeOptions {
             heartbeat: config.heartbeat,
+            limits: api_limits,
         },
-    });
+    );
     let serving = tokio::spawn(server.serve(listener, tls, stop_rx.clone()));
     let admin = Arc::new(admin::Admin {
         hub: hub.clone(),
+        protection,
         prometheus: prometheus.clone(),
         draining: Default::default(),
     });
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), admin_stop_rx));
+    let admin_guard = Guard::new(admin_limits, telemetry::guard_metrics("admin"));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        admin_guard,
+        admin_stop_rx,
+    ));
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -139,4 +157,45 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let _ = admin_task.await;
     tracing::info!(event = "stopped");
     Ok(())
+}
+
+/// The table API's and the admin port's connection caps and timeouts; the table API's cap fitted
+/// to the descriptor limit (with a warning when lowered).
+fn connection_limits(config: &Config) -> anyhow::Result<(Limits, Limits)> {
+    if config.idle_timeout <= config.heartbeat {
+        anyhow::bail!(
+            "--idle-timeout ({:?}) must be longer than --heartbeat ({:?}): quiet streams would be \
+             closed between heartbeats",
+            config.idle_timeout,
+            config.heartbeat
+        );
+    }
+    let admin_max = config.admin_max_connections.max(1);
+    let mut api_max = config.max_connections.max(1);
+    if let Some(nofile) = limits::nofile_limit() {
+        let (fitted, lowered) = limits::fit_api_connections(api_max, nofile, admin_max);
+        if lowered {
+            tracing::warn!(
+                event = "max_connections_lowered",
+                max_connections = api_max,
+                rlimit_nofile = nofile,
+                effective_max_connections = fitted,
+                "the file descriptor limit (RLIMIT_NOFILE {nofile}) cannot hold --max-connections \
+                 {api_max} next to the controller's own descriptors and the admin port's \
+                 {admin_max}: holding at most {fitted} table API connections and resetting the \
+                 rest; raise the limit or lower --max-connections"
+            );
+            api_max = fitted;
+        }
+    }
+    let limits = |max_connections, max_connections_per_peer| Limits {
+        max_connections,
+        max_connections_per_peer,
+        header_read_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    Ok((
+        limits(api_max, config.max_connections_per_peer),
+        limits(admin_max, config.admin_max_connections_per_peer),
+    ))
 }

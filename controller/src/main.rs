@@ -15,6 +15,7 @@ fn main() {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    portcullis_controller::limits::raise_nofile_limit();
     // kube and the TLS server share one explicitly chosen provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let prometheus = PrometheusBuilder::new()

@@ -10,6 +10,11 @@
 //! `"table":null` means the controller knows no such pod (yet). A heartbeat goes out after
 //! [`ServeOptions::heartbeat`] of silence, so that proxies can tell a quiet controller from a dead
 //! connection. On shutdown every stream ends, and proxies reconnect to another replica.
+//!
+//! The port is reachable from every pod, so connections are guarded ([`Guard`]): at most
+//! `--max-connections` (`--max-connections-per-peer` from one address), beyond which new ones are
+//! reset at once; the TLS handshake and the request head must arrive within `--header-timeout`;
+//! a connection that moves no byte for `--idle-timeout` (longer than the heartbeat) is closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,11 +27,12 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+use portcullis_serve_guard::{reset, ConnectionEnd, Guard, Limits};
 
 use crate::hub::{Hub, PeerUpdate, Versioned};
 use crate::telemetry;
@@ -35,12 +41,20 @@ use crate::token_review::{AuthError, Authenticator};
 #[derive(Clone)]
 pub struct ServeOptions {
     pub heartbeat: Duration,
+    /// Connection cap and timeouts of the table API.
+    pub limits: Limits,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             heartbeat: Duration::from_secs(15),
+            limits: Limits {
+                max_connections: 16_384,
+                max_connections_per_peer: 256,
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -49,11 +63,23 @@ pub struct TableServer {
     pub hub: Arc<Hub>,
     pub auth: Authenticator,
     pub options: ServeOptions,
+    /// Holds the connection cap; `guard.active()` is how many connections are held now.
+    pub guard: Arc<Guard>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
 impl TableServer {
+    pub fn new(hub: Arc<Hub>, auth: Authenticator, options: ServeOptions) -> Arc<TableServer> {
+        let guard = Guard::new(options.limits, telemetry::guard_metrics("api"));
+        Arc::new(TableServer {
+            hub,
+            auth,
+            options,
+            guard,
+        })
+    }
+
     /// Accepts connections until `shutdown` turns true; then stops accepting and ends every
     /// stream (each connection finishes the line it is writing).
     pub async fn serve(
@@ -77,18 +103,24 @@ impl TableServer {
                     continue;
                 }
             };
+            // Beyond the cap: reset at once, holding nothing (counted by the guard).
+            let Ok(admission) = self.guard.admit(peer.ip()) else {
+                reset(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 match tls {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
+                    Some(acceptor) => match this.guard.handshake(acceptor.accept(tcp)).await {
                         Ok(stream) => this.serve_connection(stream, peer, shutdown).await,
-                        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(e) => tracing::debug!(%peer, error = ?e, "TLS handshake failed"),
                     },
                     None => this.serve_connection(tcp, peer, shutdown).await,
                 }
+                drop(admission);
             });
         }
     }
@@ -101,16 +133,20 @@ impl TableServer {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let guard = self.guard.clone();
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
             let shutdown = shutdown.clone();
             async move { Ok::<_, Infallible>(this.route(req, peer, shutdown).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(io), service)
-            .await
-        {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match guard.serve(io, service).await {
+            Ok(()) => {}
+            Err(ConnectionEnd::TimedOut) => {
+                tracing::debug!(%peer, "connection closed: no complete request in time, or idle")
+            }
+            Err(ConnectionEnd::Failed(e)) => {
+                tracing::debug!(%peer, error = %e, "connection ended with an error")
+            }
         }
     }
 

@@ -12,6 +12,27 @@ pub const AUTH_FAILURES: &str = "portcullis_controller_auth_failures_total";
 pub const WATCH_EVENTS: &str = "portcullis_controller_watch_events_total";
 pub const WATCH_ERRORS: &str = "portcullis_controller_watch_errors_total";
 pub const APPLY_SECONDS: &str = "portcullis_controller_apply_seconds";
+/// Pods of opted-in namespaces that run without the proxy or with an exemption, per reason.
+pub const UNPROTECTED_PODS: &str = "portcullis_unprotected_pods";
+
+/// Connections held, refused at the cap, closed by a timeout; label `server` (`api`, `admin`).
+pub const CONNECTIONS: &str = "portcullis_controller_connections";
+pub const CONNECTIONS_REFUSED: &str = "portcullis_controller_connections_refused_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "portcullis_controller_connections_timed_out_total";
+
+/// The guard metrics of one server (`api` or `admin`).
+pub fn guard_metrics(server: &'static str) -> portcullis_serve_guard::GuardMetrics {
+    portcullis_serve_guard::GuardMetrics {
+        active: Some(metrics::gauge!(CONNECTIONS, "server" => server)),
+        refused_full: Some(metrics::counter!(
+            CONNECTIONS_REFUSED, "server" => server, "reason" => "max_connections"
+        )),
+        refused_peer_full: Some(metrics::counter!(
+            CONNECTIONS_REFUSED, "server" => server, "reason" => "max_connections_per_peer"
+        )),
+        timed_out: Some(metrics::counter!(CONNECTIONS_TIMED_OUT, "server" => server)),
+    }
+}
 
 /// JSON log lines on stdout, like the proxy's.
 pub fn init_logging(filter: &str) {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_controller::hub::Hub;
 use portcullis_controller::kube_watch;
+use portcullis_controller::protection::Protection;
 use portcullis_policy::{Direction, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -438,13 +439,37 @@ async fn watch_layer_follows_a_replayed_api_server() {
     let client = kube::Client::try_from(config).expect("a client for plain http");
     let hub = Arc::new(Hub::new());
     let (stop, stop_rx) = watch::channel(false);
-    let watching = tokio::spawn(kube_watch::run(client, hub.clone(), stop_rx));
+    let protection = Arc::new(Protection::default());
+    let watching = tokio::spawn(kube_watch::run(
+        client,
+        hub.clone(),
+        protection.clone(),
+        stop_rx,
+    ));
 
     // Phase 0: namespaces and both pages of pods listed, the policy list held back.
     eventually("pods of both list pages have tables", || {
         hub.table(FRONTEND_1).is_some() && hub.table(PROMETHEUS).is_some()
     })
     .await;
+    // `shop` is opted in: its pods without the proxy, or with an exemption, are reported; the
+    // finished job and the pods of other namespaces are not.
+    let unprotected: Vec<String> = protection
+        .unprotected()
+        .iter()
+        .map(|u| {
+            let reasons: Vec<&str> = u.gaps.iter().map(|g| g.label()).collect();
+            format!("{}/{} {}", u.namespace, u.pod, reasons.join(","))
+        })
+        .collect();
+    assert_eq!(
+        unprotected,
+        [
+            format!("{CART} not_injected"),
+            format!("{FRONTEND_1} audit_mode"),
+            "shop/redis-0 not_injected".to_string(),
+        ]
+    );
     eventually("the policy list is requested", || {
         !server.seen(Kind::Policies).is_empty()
     })

@@ -72,7 +72,10 @@ impl Pki {
             .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
         let key = KeyPair::generate().expect("key");
         let cert = leaf.signed_by(&key, &ca).expect("leaf");
-        let dir = std::env::temp_dir().join(format!("pc-ctl-stream-{}", std::process::id()));
+        // One directory per test: the certificate files are watched and reloaded.
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("pc-ctl-stream-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("tls.crt"), cert.pem()).expect("cert");
         std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("key");
@@ -153,13 +156,14 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = Arc::new(TableServer {
-        hub: hub.clone(),
-        auth: Authenticator::Disabled,
-        options: ServeOptions {
+    let server = TableServer::new(
+        hub.clone(),
+        Authenticator::Disabled,
+        ServeOptions {
             heartbeat: Duration::from_millis(200),
+            ..Default::default()
         },
-    });
+    );
     let serving = tokio::spawn(server.serve(listener, Some(acceptor), stop_rx));
 
     // The real proxy client, trusting the test CA.
@@ -284,4 +288,193 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     );
     proxy.abort();
     let _ = std::io::stdout().flush();
+}
+
+fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_on_the_table_api_stops_neither_streams_nor_the_server() {
+    // Issue 12 §4: 20,000 connections that never finish their TLS handshake or request took
+    // every descriptor of the controller (~450 MB); new streams hung. Here: an attacker from 40
+    // loopback addresses keeps 1,000 such connections open (replacing those the server drops)
+    // against a server capped at 128 connections, 16 per address, 2 s to handshake and send a
+    // request head, while a proxy's stream is open.
+    const CAP: usize = 128;
+    const HALF_OPEN: usize = 1_000;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Pki::new();
+    let hub = Arc::new(Hub::new());
+    let mut cluster = Cluster::new();
+    load_into(&mut cluster, CLUSTER, "test");
+    hub.apply(vec![
+        Change::ResetNamespaces(cluster.namespaces.values().cloned().collect()),
+        Change::ResetPods(cluster.pods.clone()),
+        Change::Policy(Box::new(policy("web-in", "web", 8080))),
+    ]);
+    hub.mark_ready();
+    let cert = portcullis_tls::ReloadingCert::load(
+        pki.dir.join("tls.crt"),
+        pki.dir.join("tls.key"),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().expect("config"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let server = TableServer::new(
+        hub.clone(),
+        Authenticator::Disabled,
+        ServeOptions {
+            heartbeat: Duration::from_millis(200),
+            limits: portcullis_serve_guard::Limits {
+                max_connections: CAP,
+                max_connections_per_peer: 16,
+                header_read_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(60),
+            },
+        },
+    );
+    tokio::spawn(server.clone().serve(listener, Some(acceptor), stop_rx));
+
+    let store = Arc::new(PolicyStore::new());
+    let source = ControllerSource::new(
+        &format!("https://127.0.0.1:{}", addr.port()),
+        pki.dir.join("no-token"),
+        TrustAnchor::Pem(pki.ca_pem.clone()),
+    )
+    .expect("source");
+    let web = PodIdentity {
+        namespace: "shop".into(),
+        name: "web".into(),
+        ips: Vec::new(),
+    };
+    let proxy = tokio::spawn(source.run(web, store.clone()));
+    wait_for("the first table", || store.current().is_some()).await;
+    let first = store.generation();
+
+    let rss_before = rss_kib();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attack = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            let mut held = std::collections::VecDeque::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let source: SocketAddr = ([127, 0, 1, 1 + (i % 40) as u8], 0).into();
+                i += 1;
+                let Ok(socket) =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                else {
+                    continue;
+                };
+                if socket.bind(&source.into()).is_err()
+                    || socket
+                        .connect_timeout(&addr.into(), Duration::from_secs(1))
+                        .is_err()
+                {
+                    continue;
+                }
+                let mut s: std::net::TcpStream = socket.into();
+                // The first bytes of a TLS record, and then nothing.
+                let _ = std::io::Write::write_all(&mut s, &[0x16, 0x03, 0x01]);
+                opened.fetch_add(1, Ordering::SeqCst);
+                held.push_back(s);
+                if held.len() > HALF_OPEN {
+                    held.pop_front();
+                }
+                if held.len() == HALF_OPEN {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+
+    // For longer than the header timeout: the open stream keeps carrying changes, and the
+    // server never holds more than its cap.
+    let started = Instant::now();
+    let (mut max_active, mut max_rss, mut changes) = (0usize, 0u64, 0u16);
+    // At least 5 s, and until the attacker has opened its 1,000 (a loaded machine is slower).
+    let attacking = || {
+        started.elapsed() < Duration::from_secs(5)
+            || (opened.load(std::sync::atomic::Ordering::SeqCst) < HALF_OPEN
+                && started.elapsed() < Duration::from_secs(60))
+    };
+    while attacking() {
+        changes += 1;
+        hub.apply(vec![Change::Policy(Box::new(policy(
+            "web-in",
+            "web",
+            9000 + changes,
+        )))]);
+        let want = first + u64::from(changes);
+        for _ in 0..100 {
+            max_active = max_active.max(server.guard.active());
+            if store.generation() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            store.generation() >= want,
+            "change {changes} did not reach the open stream during the attack"
+        );
+        max_rss = max_rss.max(rss_kib());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    attack.join().expect("attacker");
+    let attempts = opened.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "slowloris on the table API: {attempts} half-open connections, {changes} table changes \
+         streamed meanwhile; connections held by the server at most {max_active} (cap {CAP}); \
+         test process RSS {rss_before} KiB before, at most {max_rss} KiB during"
+    );
+    assert!(
+        attempts >= HALF_OPEN,
+        "the attack never got going: {attempts}"
+    );
+    assert!(
+        max_active <= CAP,
+        "{max_active} connections held (cap {CAP})"
+    );
+    assert!(max_active >= CAP / 2, "the attack did not reach the server");
+    assert!(
+        max_rss < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {max_rss} KiB"
+    );
+
+    // The attackers are gone: new streams open again.
+    wait_for("the attackers' slots to be given back", || {
+        server.guard.active() <= 1
+    })
+    .await;
+    let mut db_lines = raw_lines(addr, connector(&pki.ca_pem), "/v1/tables/shop/db").await;
+    let line = tokio::time::timeout(Duration::from_secs(5), db_lines.recv())
+        .await
+        .expect("a new stream answers")
+        .expect("a line");
+    assert!(line.contains("\"name\":\"db\""), "{line}");
+    proxy.abort();
 }

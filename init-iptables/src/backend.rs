@@ -109,19 +109,6 @@ fn detect() -> Backend {
     }
 }
 
-/// `iptables-save -t nat` (or ip6tables-save) output.
-pub fn save_nat(backend: Backend, family: Family) -> Result<String> {
-    let program = backend.save(family);
-    let out = Command::new(&program)
-        .args(["-t", "nat"])
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !out.status.success() {
-        return Err(explain(&program, &String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Everything `iptables-save` prints (all tables), for comparisons.
 pub fn save_all(backend: Backend, family: Family) -> Result<String> {
     let program = backend.save(family);

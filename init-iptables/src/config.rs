@@ -9,10 +9,12 @@ use ipnet::IpNet;
 /// Installs the iptables rules that send the pod's TCP traffic through portcullis-proxy.
 ///
 /// Runs once, as root with NET_ADMIN and NET_RAW, in the pod's network namespace, before any
-/// other container. Inbound TCP (nat PREROUTING) is redirected to the proxy's inbound port,
-/// outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when the pod has it) IPv6. The
-/// proxy's own traffic (by UID), loopback traffic, the proxy's ports and what you exclude are
-/// left alone. Rules live in chains named PORTCULLIS_*, are written with one
+/// other container. Inbound TCP addressed to the pod itself (nat PREROUTING) is redirected to
+/// the proxy's inbound port, outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when
+/// the pod has it) IPv6. The proxy's own traffic (by UID), loopback traffic, the proxy's ports
+/// and what you exclude are left alone. Packets from outside with a loopback address are
+/// dropped before any redirect (raw PREROUTING), and nothing is forwarded through the pod
+/// (filter FORWARD) unless --allow-forwarding. Rules live in chains named PORTCULLIS_*, are written with one
 /// `iptables-restore --noflush` per family, and are verified after writing. Running it twice
 /// changes nothing; `--cleanup` removes exactly what it added.
 #[derive(Debug, Clone, Parser)]
@@ -46,6 +48,12 @@ pub struct Config {
     /// `10.96.0.1/32,fd00::/8`.
     #[arg(long, env = "PORTCULLIS_SKIP_OUTBOUND_CIDRS", default_value = "")]
     pub skip_outbound_cidrs: CidrList,
+
+    /// Leave forwarding alone. By default a `filter FORWARD` drop is installed: a pod is not a
+    /// router, and a packet routed through it toward another address would pass unpoliced. Set
+    /// it only for pods that route on purpose (VM launchers, VPN gateways).
+    #[arg(long, env = "PORTCULLIS_ALLOW_FORWARDING")]
+    pub allow_forwarding: bool,
 
     /// iptables backend: `auto` uses the one that already holds rules in this network namespace
     /// (as Linkerd and Istio do), `nft` when neither does.
@@ -200,6 +208,7 @@ mod tests {
             "PORTCULLIS_SKIP_OUTBOUND_PORTS",
             "PORTCULLIS_SKIP_OUTBOUND_CIDRS",
             "PORTCULLIS_IPTABLES_BACKEND",
+            "PORTCULLIS_ALLOW_FORWARDING",
             "PORTCULLIS_DRY_RUN",
             "PORTCULLIS_CLEANUP",
         ] {

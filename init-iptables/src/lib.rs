@@ -49,10 +49,10 @@ pub fn run(cfg: &Config) -> Result<Report> {
 
 fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> {
     let current = if cfg.dry_run {
-        // A dry run must work without privileges: assume an empty table when it cannot look.
-        backend::save_nat(backend, family).unwrap_or_default()
+        // A dry run must work without privileges: assume empty tables when it cannot look.
+        backend::save_all(backend, family).unwrap_or_default()
     } else {
-        backend::save_nat(backend, family)?
+        backend::save_all(backend, family)?
     };
     if cfg.cleanup {
         let Some(input) = rules::cleanup(&current) else {
@@ -64,14 +64,13 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
         }
         backend::restore(backend, family, &input)
             .with_context(|| format!("removing the {} rules", family.name()))?;
-        let after = backend::save_nat(backend, family)?;
-        if rules::CHAINS
-            .iter()
-            .any(|c| after.contains(&format!(":{c} ")))
-        {
+        let after = backend::save_all(backend, family)?;
+        let left = rules::owned_chains_left(&after);
+        if !left.is_empty() {
             bail!(
-                "{}: PORTCULLIS_* chains are still there after cleanup",
-                family.name()
+                "{}: {} still there after cleanup",
+                family.name(),
+                left.join(", ")
             );
         }
         return Ok(format!("{}: removed", family.name()));
@@ -84,14 +83,20 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
     backend::restore(backend, family, &input)
         .with_context(|| format!("installing the {} redirect", family.name()))?;
     // Validation: read back what the kernel holds, not what we meant to write.
-    let after = backend::save_nat(backend, family)?;
+    let after = backend::save_all(backend, family)?;
     rules::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
     Ok(format!(
-        "{}: inbound TCP -> :{}, outbound TCP -> :{} (UID {} exempt), verified",
+        "{}: inbound TCP to the pod's own addresses -> :{}, outbound TCP -> :{} (UID {} exempt), \
+         loopback from outside dropped, {}, verified",
         family.name(),
         cfg.inbound_port,
         cfg.outbound_port,
-        cfg.proxy_uid
+        cfg.proxy_uid,
+        if cfg.allow_forwarding {
+            "forwarding left alone"
+        } else {
+            "forwarding dropped"
+        }
     ))
 }
 

@@ -1,20 +1,36 @@
-//! The rules, as `iptables-restore` input: pure functions of the configuration and of the
-//! current nat table (`iptables-save -t nat`), so they are golden-tested without a kernel.
+//! The rules, as `iptables-restore` input: pure functions of the configuration and of what the
+//! kernel holds now (`iptables-save`), so they are golden-tested without a kernel.
+//!
+//! The rule set is a list of [`Part`]s: each is one table's share, the `PORTCULLIS_*` chains
+//! it owns there, their rules, and the jumps into them from built-in chains. To add rules (for
+//! example the UDP/SCTP NFQUEUE rules), add a `Part` in [`ruleset`] and its chains to [`OWNED`]:
+//! install, `--cleanup` and the read-back check then cover them with no other change.
 
 use ipnet::IpNet;
 
 use crate::config::{Config, PortList, PortSpan};
 
+/// Inbound TCP, in nat PREROUTING: what is addressed to the pod goes to the inbound proxy.
 pub const INBOUND: &str = "PORTCULLIS_INBOUND";
 pub const IN_REDIRECT: &str = "PORTCULLIS_IN_REDIRECT";
+/// Outbound TCP, in nat OUTPUT: what the pod's applications open goes to the outbound proxy.
 pub const OUTPUT: &str = "PORTCULLIS_OUTPUT";
 pub const OUT_REDIRECT: &str = "PORTCULLIS_OUT_REDIRECT";
-/// Every chain this program owns; nothing else is ever flushed or deleted.
-pub const CHAINS: [&str; 4] = [INBOUND, IN_REDIRECT, OUTPUT, OUT_REDIRECT];
+/// raw PREROUTING, before conntrack and any redirect: loopback addresses arriving from outside.
+pub const ANTISPOOF: &str = "PORTCULLIS_ANTISPOOF";
+/// filter FORWARD: nothing transits the pod.
+pub const FORWARD: &str = "PORTCULLIS_FORWARD";
 
-/// The jumps from the built-in chains, exactly as `iptables-save` prints them.
-pub const PREROUTING_JUMP: &str = "-A PREROUTING -p tcp -j PORTCULLIS_INBOUND";
-pub const OUTPUT_JUMP: &str = "-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT";
+/// Every chain any configuration installs, by table: `--cleanup` removes these (and the jumps
+/// into them) and nothing else.
+pub const OWNED: [(Table, &str); 6] = [
+    (Table::Raw, ANTISPOOF),
+    (Table::Filter, FORWARD),
+    (Table::Nat, INBOUND),
+    (Table::Nat, IN_REDIRECT),
+    (Table::Nat, OUTPUT),
+    (Table::Nat, OUT_REDIRECT),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -45,13 +61,138 @@ impl Family {
     }
 }
 
-/// The rules to install, in the order they must be evaluated (without the jumps).
-pub fn chain_rules(cfg: &Config, family: Family) -> Vec<String> {
+/// The tables used, in the order they are written (drops before redirects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    Raw,
+    Mangle,
+    Filter,
+    Nat,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Raw, Table::Mangle, Table::Filter, Table::Nat];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+/// A rule in a built-in chain that sends packets into one of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    /// The built-in chain (`PREROUTING`, `OUTPUT`, `FORWARD`).
+    pub from: &'static str,
+    /// Matches before `-j`, exactly as `iptables-save` prints them (`-p tcp`), or empty.
+    pub matches: &'static str,
+    pub to: &'static str,
+    /// Inserted as the first rule of `from` (a drop that nothing before it may bypass), rather
+    /// than appended.
+    pub first: bool,
+}
+
+impl Jump {
+    /// As `iptables-save` prints it.
+    pub fn saved(&self) -> String {
+        if self.matches.is_empty() {
+            format!("-A {} -j {}", self.from, self.to)
+        } else {
+            format!("-A {} {} -j {}", self.from, self.matches, self.to)
+        }
+    }
+
+    fn add(&self) -> String {
+        if self.first {
+            self.saved().replacen(
+                &format!("-A {}", self.from),
+                &format!("-I {} 1", self.from),
+                1,
+            )
+        } else {
+            self.saved()
+        }
+    }
+}
+
+/// One table's share of the rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub table: Table,
+    /// Our chains in this part, each declared (and so flushed) on every install.
+    pub chains: Vec<&'static str>,
+    /// `-A CHAIN ...` lines, exactly as `iptables-save` prints them, in evaluation order.
+    pub rules: Vec<String>,
+    pub jumps: Vec<Jump>,
+}
+
+/// Everything to install for `family`.
+pub fn ruleset(cfg: &Config, family: Family) -> Vec<Part> {
+    let mut parts = vec![antispoof(family)];
+    if !cfg.allow_forwarding {
+        parts.push(Part {
+            table: Table::Filter,
+            chains: vec![FORWARD],
+            rules: vec![format!("-A {FORWARD} -j DROP")],
+            jumps: vec![Jump {
+                from: "FORWARD",
+                matches: "",
+                to: FORWARD,
+                first: true,
+            }],
+        });
+    }
+    parts.push(nat_redirect(cfg, family));
+    parts
+}
+
+/// raw PREROUTING runs before conntrack and before the nat redirect. A packet that arrives on
+/// any interface but `lo` with a loopback source or destination is forged: the kernel would
+/// drop it as a martian after routing, but nat PREROUTING comes first and its REDIRECT would
+/// rewrite it into a connection to the inbound proxy, whose original destination then names a
+/// localhost-only service. Drop it here, in both families. IPv6 also drops IPv4-mapped
+/// destinations (`::ffff:127.0.0.1` is IPv4 loopback to a dual-stack socket), which never
+/// appear on a wire.
+fn antispoof(family: Family) -> Part {
+    let lo = family.loopback();
+    let mut rules = vec![
+        format!("-A {ANTISPOOF} -d {lo} ! -i lo -j DROP"),
+        format!("-A {ANTISPOOF} -s {lo} ! -i lo -j DROP"),
+    ];
+    if family == Family::V6 {
+        rules.push(format!(
+            "-A {ANTISPOOF} -d ::ffff:0.0.0.0/96 ! -i lo -j DROP"
+        ));
+    }
+    Part {
+        table: Table::Raw,
+        chains: vec![ANTISPOOF],
+        rules,
+        jumps: vec![Jump {
+            from: "PREROUTING",
+            matches: "",
+            to: ANTISPOOF,
+            first: true,
+        }],
+    }
+}
+
+/// The TCP redirect into the proxy.
+fn nat_redirect(cfg: &Config, family: Family) -> Part {
     let mut rules = Vec::new();
-    // Inbound: everything arriving for the pod, except the proxy's own ports and the skips.
+    // Inbound: only what is addressed to the pod itself (any of its own addresses, including
+    // the ones on `lo`). A packet a neighbour routes through the pod toward another address is
+    // left to routing (the FORWARD drop), never to the proxy, which would relay it.
     rules.push(format!(
         "-A {IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
         cfg.inbound_port
+    ));
+    rules.push(format!(
+        "-A {INBOUND} -m addrtype ! --dst-type LOCAL -j RETURN"
     ));
     let own_ports = PortList(
         [cfg.inbound_port, cfg.outbound_port, cfg.admin_port]
@@ -89,125 +230,202 @@ pub fn chain_rules(cfg: &Config, family: Family) -> Vec<String> {
         rules.push(format!("-A {OUTPUT} -d {net} -j RETURN"));
     }
     rules.push(format!("-A {OUTPUT} -p tcp -j {OUT_REDIRECT}"));
-    rules
+    Part {
+        table: Table::Nat,
+        chains: vec![INBOUND, IN_REDIRECT, OUTPUT, OUT_REDIRECT],
+        rules,
+        jumps: vec![
+            Jump {
+                from: "PREROUTING",
+                matches: "-p tcp",
+                to: INBOUND,
+                first: false,
+            },
+            Jump {
+                from: "OUTPUT",
+                matches: "-p tcp",
+                to: OUTPUT,
+                first: false,
+            },
+        ],
+    }
 }
 
-/// `iptables-restore --noflush` input that installs the rules. Declaring a chain flushes it, so
-/// a second run rewrites the chains instead of appending; the jumps are added only when absent.
-pub fn install(cfg: &Config, family: Family, current_nat: &str) -> String {
-    let mut out = format!(
-        "# portcullis-init {}: {} nat rules\n*nat\n",
-        env!("CARGO_PKG_VERSION"),
-        family.name()
-    );
-    for chain in CHAINS {
-        out.push_str(&format!(":{chain} - [0:0]\n"));
-    }
-    for rule in chain_rules(cfg, family) {
-        out.push_str(&rule);
-        out.push('\n');
-    }
-    for jump in [PREROUTING_JUMP, OUTPUT_JUMP] {
-        if !has_rule(current_nat, jump) {
-            out.push_str(jump);
-            out.push('\n');
+/// The lines of one table in `iptables-save` output (all tables), without `*table`/`COMMIT`.
+pub fn table_lines(save: &str, table: Table) -> Vec<&str> {
+    let header = format!("*{}", table.name());
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in save.lines().map(str::trim) {
+        if line.starts_with('*') {
+            inside = line == header;
+        } else if line == "COMMIT" {
+            inside = false;
+        } else if inside {
+            out.push(line);
         }
     }
-    out.push_str("COMMIT\n");
     out
 }
 
-/// `iptables-restore --noflush` input that removes the jumps and the chains, or `None` when
-/// none of them is there.
-pub fn cleanup(current_nat: &str) -> Option<String> {
-    let mut lines = Vec::new();
-    for jump in [PREROUTING_JUMP, OUTPUT_JUMP] {
-        let count = current_nat.lines().filter(|l| l.trim() == jump).count();
-        for _ in 0..count {
-            lines.push(jump.replacen("-A ", "-D ", 1));
-        }
-    }
-    let present: Vec<&str> = CHAINS
-        .into_iter()
-        .filter(|c| has_chain(current_nat, c))
-        .collect();
-    // Flush all before deleting any: the chains jump to each other.
-    lines.extend(present.iter().map(|c| format!("-F {c}")));
-    lines.extend(present.iter().map(|c| format!("-X {c}")));
-    if lines.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "# portcullis-init {}: cleanup\n*nat\n{}\nCOMMIT\n",
-        env!("CARGO_PKG_VERSION"),
-        lines.join("\n")
-    ))
-}
-
-/// What is wrong with the nat table after an install, if anything.
-pub fn verify(cfg: &Config, family: Family, nat_after: &str) -> Result<(), String> {
-    let mut missing = Vec::new();
-    for chain in CHAINS {
-        if !has_chain(nat_after, chain) {
-            missing.push(format!("chain {chain}"));
-        }
-    }
-    for jump in [PREROUTING_JUMP, OUTPUT_JUMP] {
-        if !has_rule(nat_after, jump) {
-            missing.push(format!("jump `{jump}`"));
-        }
-    }
-    for (chain, port) in [
-        (IN_REDIRECT, cfg.inbound_port),
-        (OUT_REDIRECT, cfg.outbound_port),
-    ] {
-        let found = nat_after.lines().any(|l| {
-            l.starts_with(&format!("-A {chain} "))
-                && l.contains("-j REDIRECT")
-                && l.contains(&format!("--to-ports {port}"))
-        });
-        if !found {
-            missing.push(format!("REDIRECT to port {port} in {chain}"));
-        }
-    }
-    let uid = format!("--uid-owner {}", cfg.proxy_uid);
-    if !nat_after
-        .lines()
-        .any(|l| l.starts_with(&format!("-A {OUTPUT} ")) && l.contains(&uid))
-    {
-        missing.push(format!("the exemption of UID {}", cfg.proxy_uid));
-    }
-    let expected = chain_rules(cfg, family).len();
-    let installed = nat_after
-        .lines()
-        .filter(|l| CHAINS.iter().any(|c| l.starts_with(&format!("-A {c} "))))
-        .count();
-    if installed != expected {
-        missing.push(format!(
-            "{expected} rules in the PORTCULLIS_* chains (found {installed})"
-        ));
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} redirect is incomplete after iptables-restore: missing {}",
-            family.name(),
-            missing.join(", ")
-        ))
-    }
-}
-
-fn has_rule(save: &str, rule: &str) -> bool {
-    save.lines().any(|l| l.trim() == rule)
-}
-
-fn has_chain(save: &str, chain: &str) -> bool {
-    save.lines().any(|l| {
+fn has_chain(lines: &[&str], chain: &str) -> bool {
+    lines.iter().any(|l| {
         l.strip_prefix(':')
             .and_then(|r| r.split_whitespace().next())
             == Some(chain)
     })
+}
+
+fn chain_rules<'a>(lines: &[&'a str], chain: &str) -> Vec<&'a str> {
+    let prefix = format!("-A {chain} ");
+    lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with(&prefix))
+        .collect()
+}
+
+/// `iptables-restore --noflush` input that installs the rule set. Declaring a chain flushes it,
+/// so a second run rewrites our chains instead of appending; a jump is added only when absent
+/// (a "first" jump that something else has pushed down is moved back to the top).
+pub fn install(cfg: &Config, family: Family, current: &str) -> String {
+    let parts = ruleset(cfg, family);
+    let mut out = format!(
+        "# portcullis-init {}: {} rules\n",
+        env!("CARGO_PKG_VERSION"),
+        family.name()
+    );
+    for table in Table::ALL {
+        let parts: Vec<&Part> = parts.iter().filter(|p| p.table == table).collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let now = table_lines(current, table);
+        out.push_str(&format!("*{}\n", table.name()));
+        for chain in parts.iter().flat_map(|p| &p.chains) {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for rule in parts.iter().flat_map(|p| &p.rules) {
+            out.push_str(rule);
+            out.push('\n');
+        }
+        for jump in parts.iter().flat_map(|p| &p.jumps) {
+            let saved = jump.saved();
+            let present = now.iter().any(|l| *l == saved);
+            let on_top = chain_rules(&now, jump.from).first() == Some(&saved.as_str());
+            if present && jump.first && !on_top {
+                out.push_str(&saved.replacen("-A ", "-D ", 1));
+                out.push('\n');
+            }
+            if !present || (jump.first && !on_top) {
+                out.push_str(&jump.add());
+                out.push('\n');
+            }
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// `iptables-restore --noflush` input that removes every jump into an [`OWNED`] chain and those
+/// chains, or `None` when none of them is there. Works on what is installed, whatever version
+/// or flags installed it.
+pub fn cleanup(current: &str) -> Option<String> {
+    let mut out = String::new();
+    for table in Table::ALL {
+        let owned: Vec<&str> = OWNED
+            .iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, c)| *c)
+            .collect();
+        let lines = table_lines(current, table);
+        let present: Vec<&str> = owned
+            .iter()
+            .copied()
+            .filter(|c| has_chain(&lines, c))
+            .collect();
+        let mut ops: Vec<String> = Vec::new();
+        for line in &lines {
+            let mut words = line.split_whitespace();
+            let (Some("-A"), Some(chain)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let target = line.rsplit_once(" -j ").map(|(_, t)| t.trim());
+            if !owned.contains(&chain) && target.is_some_and(|t| owned.contains(&t)) {
+                ops.push(line.replacen("-A ", "-D ", 1));
+            }
+        }
+        // Flush all before deleting any: the chains jump to each other.
+        ops.extend(present.iter().map(|c| format!("-F {c}")));
+        ops.extend(present.iter().map(|c| format!("-X {c}")));
+        if !ops.is_empty() {
+            out.push_str(&format!("*{}\n{}\nCOMMIT\n", table.name(), ops.join("\n")));
+        }
+    }
+    (!out.is_empty()).then(|| {
+        format!(
+            "# portcullis-init {}: cleanup\n{out}",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
+/// Any [`OWNED`] chain still present in `save`.
+pub fn owned_chains_left(save: &str) -> Vec<&'static str> {
+    OWNED
+        .iter()
+        .filter(|(t, c)| has_chain(&table_lines(save, *t), c))
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// What is wrong with the ruleset after an install, if anything: every chain of ours holds
+/// exactly the rules meant for it, in order, and every jump is there (a "first" jump on top).
+pub fn verify(cfg: &Config, family: Family, after: &str) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for part in ruleset(cfg, family) {
+        let table = part.table.name();
+        let lines = table_lines(after, part.table);
+        for chain in &part.chains {
+            if !has_chain(&lines, chain) {
+                problems.push(format!("chain {chain} ({table})"));
+                continue;
+            }
+            let want: Vec<&str> = part
+                .rules
+                .iter()
+                .map(String::as_str)
+                .filter(|r| r.starts_with(&format!("-A {chain} ")))
+                .collect();
+            let got = chain_rules(&lines, chain);
+            if got != want {
+                problems.push(format!(
+                    "{chain} ({table}) holds [{}], expected [{}]",
+                    got.join("; "),
+                    want.join("; ")
+                ));
+            }
+        }
+        for jump in &part.jumps {
+            let saved = jump.saved();
+            if jump.first {
+                if chain_rules(&lines, jump.from).first() != Some(&saved.as_str()) {
+                    problems.push(format!("`{saved}` ({table}) as the first rule"));
+                }
+            } else if !lines.contains(&saved.as_str()) {
+                problems.push(format!("jump `{saved}` ({table})"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} rules are not as written after iptables-restore: missing or wrong: {}",
+            family.name(),
+            problems.join(", ")
+        ))
+    }
 }
 
 /// `-m multiport` takes at most 15 ports per rule, a range counting as two.
@@ -232,120 +450,5 @@ fn multiport_chunks(ports: &PortList) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn config(args: &[&str]) -> Config {
-        let mut all = vec!["portcullis-init"];
-        all.extend_from_slice(args);
-        Config::try_parse_from(all).expect("flags parse")
-    }
-
-    #[test]
-    fn golden_ipv4_install() {
-        let cfg = config(&[
-            "--skip-inbound-ports=22,8000-8100",
-            "--skip-outbound-ports=5432",
-            "--skip-outbound-cidrs=10.96.0.0/12,fd00::/8",
-        ]);
-        let text = install(&cfg, Family::V4, "");
-        let body: Vec<&str> = text.lines().skip(1).collect();
-        assert_eq!(
-            body,
-            [
-                "*nat",
-                ":PORTCULLIS_INBOUND - [0:0]",
-                ":PORTCULLIS_IN_REDIRECT - [0:0]",
-                ":PORTCULLIS_OUTPUT - [0:0]",
-                ":PORTCULLIS_OUT_REDIRECT - [0:0]",
-                "-A PORTCULLIS_IN_REDIRECT -p tcp -j REDIRECT --to-ports 4143",
-                "-A PORTCULLIS_INBOUND -p tcp -m multiport --dports 4143,4140,4191 -j RETURN",
-                "-A PORTCULLIS_INBOUND -p tcp -m multiport --dports 22,8000:8100 -j RETURN",
-                "-A PORTCULLIS_INBOUND -p tcp -j PORTCULLIS_IN_REDIRECT",
-                "-A PORTCULLIS_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 4140",
-                "-A PORTCULLIS_OUTPUT -m owner --uid-owner 2171 -j RETURN",
-                "-A PORTCULLIS_OUTPUT -d 127.0.0.0/8 -j RETURN",
-                "-A PORTCULLIS_OUTPUT -p tcp -m multiport --dports 5432 -j RETURN",
-                "-A PORTCULLIS_OUTPUT -d 10.96.0.0/12 -j RETURN",
-                "-A PORTCULLIS_OUTPUT -p tcp -j PORTCULLIS_OUT_REDIRECT",
-                "-A PREROUTING -p tcp -j PORTCULLIS_INBOUND",
-                "-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT",
-                "COMMIT",
-            ]
-        );
-    }
-
-    #[test]
-    fn ipv6_gets_ipv6_loopback_and_only_ipv6_cidrs() {
-        let cfg = config(&["--skip-outbound-cidrs=10.96.0.0/12,fd00::/8"]);
-        let text = install(&cfg, Family::V6, "");
-        assert!(text.contains("-A PORTCULLIS_OUTPUT -d ::1/128 -j RETURN"));
-        assert!(text.contains("-A PORTCULLIS_OUTPUT -d fd00::/8 -j RETURN"));
-        assert!(!text.contains("10.96.0.0/12"));
-    }
-
-    #[test]
-    fn jumps_are_not_added_twice() {
-        let cfg = config(&[]);
-        let current = "*nat\n:PREROUTING ACCEPT [0:0]\n:PORTCULLIS_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PORTCULLIS_INBOUND\n-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT\nCOMMIT\n";
-        let text = install(&cfg, Family::V4, current);
-        assert!(!text.contains("-A PREROUTING"));
-        assert!(!text.contains("-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT"));
-    }
-
-    #[test]
-    fn cleanup_removes_only_what_is_ours() {
-        let current =
-            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SOMETHING - [0:0]\n\
-            :PORTCULLIS_INBOUND - [0:0]\n:PORTCULLIS_IN_REDIRECT - [0:0]\n\
-            -A PREROUTING -j KUBE-SOMETHING\n-A PREROUTING -p tcp -j PORTCULLIS_INBOUND\nCOMMIT\n";
-        let text = cleanup(current).expect("something to remove");
-        let body: Vec<&str> = text.lines().skip(1).collect();
-        assert_eq!(
-            body,
-            [
-                "*nat",
-                "-D PREROUTING -p tcp -j PORTCULLIS_INBOUND",
-                "-F PORTCULLIS_INBOUND",
-                "-F PORTCULLIS_IN_REDIRECT",
-                "-X PORTCULLIS_INBOUND",
-                "-X PORTCULLIS_IN_REDIRECT",
-                "COMMIT",
-            ]
-        );
-        assert_eq!(cleanup("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"), None);
-    }
-
-    #[test]
-    fn long_port_lists_are_split_for_multiport() {
-        let list: PortList = (1..=20)
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-            .parse()
-            .expect("ports");
-        let chunks = multiport_chunks(&list);
-        assert_eq!(chunks.len(), 2);
-        assert_eq!(chunks[0].split(',').count(), 15);
-        let ranges: PortList = "1-2,3-4,5-6,7-8,9-10,11-12,13-14,15-16"
-            .parse()
-            .expect("ranges");
-        assert_eq!(multiport_chunks(&ranges).len(), 2, "a range counts as two");
-    }
-
-    #[test]
-    fn verify_names_what_is_missing() {
-        let cfg = config(&[]);
-        let err = verify(&cfg, Family::V4, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n").unwrap_err();
-        assert!(err.contains("chain PORTCULLIS_INBOUND"), "{err}");
-        assert!(err.contains("REDIRECT to port 4143"), "{err}");
-        // What install writes, as iptables-save would print it, passes.
-        let saved: String = install(&cfg, Family::V4, "")
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        verify(&cfg, Family::V4, &saved).expect("complete");
-    }
-}
+#[path = "rules_tests.rs"]
+mod tests;

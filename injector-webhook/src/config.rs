@@ -1,10 +1,14 @@
 //! Constants shared with the other components (see `docs/CONVENTIONS.md`) and the injector's
 //! configuration: the defaults that annotations may override.
 
-use crate::values::{CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode};
+use crate::values::{CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode, Switch};
 
-/// The proxy's UID and GID.
+/// The proxy's UID and GID (default of `InjectorConfig::proxy_uid`). Its traffic is exempt from
+/// the outbound redirect, so no other container may run as this UID.
 pub const PROXY_UID: i64 = 2171;
+/// The NFQUEUE number on which the proxy reads the first packet of each UDP/SCTP flow
+/// (`PORTCULLIS_NFQUEUE`).
+pub const NFQUEUE: u16 = 4171;
 /// Proxy inbound listener.
 pub const INBOUND_PORT: i32 = 4143;
 /// Proxy outbound listener (loopback only).
@@ -44,6 +48,18 @@ pub mod annotations {
     pub const PROXY_CPU_LIMIT: &str = "portcullis.dev/proxy-cpu-limit";
     pub const PROXY_MEMORY_REQUEST: &str = "portcullis.dev/proxy-memory-request";
     pub const PROXY_MEMORY_LIMIT: &str = "portcullis.dev/proxy-memory-limit";
+    /// `true` or `false`: whether the proxy enforces UDP and SCTP (NFQUEUE, needs NET_ADMIN).
+    pub const ENFORCE_UDP: &str = "portcullis.dev/enforce-udp";
+    /// `true` (default) or `false`: drop NET_RAW from application containers that do not add
+    /// it themselves.
+    pub const DROP_NET_RAW: &str = "portcullis.dev/drop-net-raw";
+    /// Namespace only: `true` lets the pods of the namespace weaken their own enforcement with
+    /// the annotations above (see `overrides`). Read on the namespace, never on the pod.
+    pub const ALLOW_POD_OVERRIDES: &str = "portcullis.dev/allow-pod-overrides";
+
+    /// Written by the injector: every exemption from enforcement in force for the pod,
+    /// `;`-separated `name` or `name=value` items (see `exemptions`). Absent: none.
+    pub const EXEMPTIONS: &str = "portcullis.dev/exemptions";
 
     /// Written by the injector: the version of Portcullis that was injected.
     pub const INJECTED_VERSION: &str = "portcullis.dev/injected-version";
@@ -101,6 +117,15 @@ pub struct InjectorConfig {
     pub skip_inbound_ports: PortList,
     pub skip_outbound_ports: PortList,
     pub skip_outbound_cidrs: CidrList,
+    /// The proxy's UID: the proxy runs as it, `portcullis-init` exempts it, and pods whose
+    /// containers would run as it are refused.
+    pub proxy_uid: i64,
+    /// Enforce UDP and SCTP (the proxy gets NET_ADMIN for NFQUEUE). Annotation
+    /// `portcullis.dev/enforce-udp`.
+    pub enforce_udp: Switch,
+    /// Drop NET_RAW from application containers that do not add it. Annotation
+    /// `portcullis.dev/drop-net-raw`.
+    pub drop_net_raw: Switch,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,6 +147,9 @@ impl Default for InjectorConfig {
             skip_inbound_ports: PortList::default(),
             skip_outbound_ports: PortList::default(),
             skip_outbound_cidrs: CidrList::default(),
+            proxy_uid: PROXY_UID,
+            enforce_udp: Switch(true),
+            drop_net_raw: Switch(true),
         }
     }
 }

@@ -9,7 +9,8 @@ use crate::review::{encode_review, parse_review, respond, ReviewResult, Target};
 
 /// Feed arbitrary bytes through the parser and the decision. Panics if an invariant breaks:
 /// - parsing and answering never panic;
-/// - a fail-open answer always admits, and always encodes;
+/// - a fail-open answer always admits (but for a policy refusal, which denies), and always
+///   encodes;
 /// - an injected pod's patch applies to the object, and the patched pod is then left alone
 ///   (idempotence under reinvocation).
 pub fn check_admission_review(data: &[u8]) {
@@ -26,9 +27,10 @@ pub fn check_admission_review(data: &[u8]) {
     };
     let reply = respond(&parsed, &namespace, &cfg, false);
     let response = reply.review.response.as_ref();
+    let refused = matches!(reply.result, ReviewResult::Denied(_));
     assert!(
-        response.is_some_and(|r| r.allowed),
-        "fail-open must admit: {:?}",
+        response.is_some_and(|r| r.allowed != refused),
+        "fail-open must admit all but policy refusals: {:?}",
         reply.result
     );
     let encoded = encode_review(&reply.review);
@@ -54,7 +56,10 @@ pub fn check_admission_review(data: &[u8]) {
     let again = decide(&patched, &namespace, &cfg);
     assert_eq!(
         again.outcome,
-        Outcome::Skip(SkipReason::AlreadyInjected),
+        Outcome::Skip {
+            reason: SkipReason::AlreadyInjected,
+            patch: None
+        },
         "second pass must leave the pod alone"
     );
 }

@@ -8,7 +8,7 @@ use std::fmt::Display;
 use std::str::FromStr;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
@@ -19,12 +19,17 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
+use crate::app_security::{capability_plan, proxy_uid_refusal, proxy_uid_users, CapabilityPlan};
 use crate::config::{
     annotations as ann, InjectorConfig, ProxyResources, ADMIN_PORT, ADMIN_PORT_NAME, INBOUND_PORT,
-    INBOUND_PORT_NAME, INIT_CONTAINER_NAME, INIT_RUN_VOLUME_NAME, OUTBOUND_PORT,
-    PROXY_CONTAINER_NAME, PROXY_UID, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME_NAME,
+    INBOUND_PORT_NAME, INIT_CONTAINER_NAME, INIT_RUN_VOLUME_NAME, NFQUEUE, OUTBOUND_PORT,
+    PROXY_CONTAINER_NAME, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME_NAME,
 };
-use crate::values::{CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode, ValueError};
+use crate::exemptions::{self, Exemption};
+use crate::overrides::{self, IgnoredOverride};
+use crate::values::{
+    CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode, Switch, ValueError,
+};
 
 /// What is known of the pod's namespace, whose `portcullis.dev/*` annotations are defaults for
 /// its pods. The admission request does not carry the namespace object, so the server looks it
@@ -49,6 +54,10 @@ pub struct Settings {
     pub skip_inbound_ports: PortList,
     pub skip_outbound_ports: PortList,
     pub skip_outbound_cidrs: CidrList,
+    /// UDP and SCTP enforced (the proxy gets NET_ADMIN for its NFQUEUE).
+    pub enforce_udp: bool,
+    /// NET_RAW dropped from application containers that do not add it.
+    pub drop_net_raw: bool,
 }
 
 /// Why a pod is left as it is.
@@ -85,22 +94,59 @@ pub enum Outcome {
         patch: Patch,
         settings: Box<Settings>,
     },
-    Skip(SkipReason),
+    /// Left without the proxy. `patch`, when set, only records `not-injected` in
+    /// `portcullis.dev/exemptions`.
+    Skip {
+        reason: SkipReason,
+        patch: Option<Patch>,
+    },
+    /// Refused: the message names the container and the fix.
+    Deny(String),
 }
 
 /// The result of [`decide`]: what to do, and what to tell the user (AdmissionResponse
-/// warnings).
+/// warnings) and the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub outcome: Outcome,
     pub warnings: Vec<String>,
+    /// Pod annotations ignored because the namespace does not allow pod overrides.
+    pub ignored_overrides: Vec<IgnoredOverride>,
+    /// The exemptions in force, as written in `portcullis.dev/exemptions`; `None`: none.
+    pub exemptions: Option<String>,
 }
 
 impl Decision {
-    fn skip(reason: SkipReason, warnings: Vec<String>) -> Decision {
+    /// Left alone, nothing written (not a pod to police, or already policed).
+    fn untouched(reason: SkipReason, warnings: Vec<String>) -> Decision {
         Decision {
-            outcome: Outcome::Skip(reason),
+            outcome: Outcome::Skip {
+                reason,
+                patch: None,
+            },
             warnings,
+            ignored_overrides: Vec::new(),
+            exemptions: None,
+        }
+    }
+
+    /// Not injected: the pod's traffic is not policed, which the pod says.
+    fn not_injected(
+        pod: &Pod,
+        reason: SkipReason,
+        warnings: Vec<String>,
+        ignored_overrides: Vec<IgnoredOverride>,
+    ) -> Decision {
+        let value = exemptions::render(&[Exemption::NotInjected]);
+        let patch = Patch(annotation_ops(pod, &[], value.as_deref()));
+        Decision {
+            outcome: Outcome::Skip {
+                reason,
+                patch: Some(patch),
+            },
+            warnings,
+            ignored_overrides,
+            exemptions: value,
         }
     }
 }
@@ -109,44 +155,82 @@ impl Decision {
 pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) -> Decision {
     let mut warnings = Vec::new();
     let Some(spec) = pod.spec.as_ref() else {
-        return Decision::skip(SkipReason::InvalidPod, warnings);
+        return Decision::untouched(SkipReason::InvalidPod, warnings);
     };
     if spec.containers.is_empty() {
-        return Decision::skip(SkipReason::InvalidPod, warnings);
+        return Decision::untouched(SkipReason::InvalidPod, warnings);
     }
-    let all_containers = || {
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-    };
-    if all_containers().any(|c| c.name == PROXY_CONTAINER_NAME) {
-        return Decision::skip(SkipReason::AlreadyInjected, warnings);
-    }
-
     let ns_annotations = match namespace {
         NamespaceDefaults::Annotations(map) => Some(map),
         NamespaceDefaults::Unavailable(_) | NamespaceDefaults::Disabled => None,
     };
+    let already_injected = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER_NAME);
+    if already_injected {
+        return check_already_injected(pod, spec, ns_annotations, cfg);
+    }
+
+    // Without the namespace's word, pods may not weaken their own enforcement (fail closed).
+    let allowed = overrides::allowed(ns_annotations, &mut warnings);
+    let (pod_annotations, ignored) =
+        overrides::effective(pod.metadata.annotations.as_ref(), allowed, &mut warnings);
     let layers = Layers {
-        pod: pod.metadata.annotations.as_ref(),
+        pod: pod_annotations.as_ref(),
         namespace: ns_annotations,
     };
 
     if opted_out(&layers, &mut warnings) {
-        return Decision::skip(SkipReason::OptedOut, warnings);
+        return Decision::not_injected(pod, SkipReason::OptedOut, warnings, ignored);
     }
     if spec.host_network == Some(true) {
         warnings.push(
             "portcullis: pod uses hostNetwork; it is not injected and its traffic is not policed"
                 .to_string(),
         );
-        return Decision::skip(SkipReason::HostNetwork, warnings);
+        return Decision::not_injected(pod, SkipReason::HostNetwork, warnings, ignored);
     }
     if let Some(conflict) = name_conflict(spec) {
+        // Taking a name the injector needs is a way of not being injected: only where the
+        // namespace lets its pods opt out.
+        if !allowed {
+            return Decision {
+                outcome: Outcome::Deny(format!(
+                    "portcullis: refused: the pod has a {conflict}, a name Portcullis needs to police it, and its namespace does not allow pods to opt out. Rename it."
+                )),
+                warnings,
+                ignored_overrides: ignored,
+                exemptions: None,
+            };
+        }
         warnings.push(format!(
             "portcullis: pod already has a {conflict}; not injected, traffic is not policed"
         ));
-        return Decision::skip(SkipReason::NameConflict(conflict), warnings);
+        return Decision::not_injected(pod, SkipReason::NameConflict(conflict), warnings, ignored);
+    }
+    inject_or_refuse(pod, spec, namespace, &layers, cfg, warnings, ignored)
+}
+
+/// The pod is to be policed: refuse it if it runs as the proxy's UID, else inject it.
+fn inject_or_refuse(
+    pod: &Pod,
+    spec: &PodSpec,
+    namespace: &NamespaceDefaults,
+    layers: &Layers<'_>,
+    cfg: &InjectorConfig,
+    mut warnings: Vec<String>,
+    ignored: Vec<IgnoredOverride>,
+) -> Decision {
+    let uid_users = proxy_uid_users(spec, cfg.proxy_uid);
+    if !uid_users.is_empty() {
+        return Decision {
+            outcome: Outcome::Deny(proxy_uid_refusal(&uid_users, cfg.proxy_uid)),
+            warnings,
+            ignored_overrides: ignored,
+            exemptions: None,
+        };
     }
     if let NamespaceDefaults::Unavailable(reason) = namespace {
         warnings.push(format!(
@@ -155,16 +239,152 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
         ));
     }
 
-    let settings = resolve_settings(&layers, cfg, &mut warnings);
+    let settings = resolve_settings(layers, cfg, &mut warnings);
     warn_about_pod(spec, &settings, &mut warnings);
-    let patch = build_patch(pod, spec, &settings, cfg, &mut warnings);
+    let plan = capability_plan(spec, settings.drop_net_raw);
+    if !plan.holders.is_empty() {
+        warnings.push(format!(
+            "portcullis: egress not enforceable: {}: raw frames skip the pod's netfilter and NET_ADMIN can remove the rules; drop these to have egress enforced",
+            plan.holders.join(", ")
+        ));
+    }
+    let exemptions = exemptions::render(&exemptions_in_force(&settings, &plan));
+    let patch = build_patch(
+        pod,
+        spec,
+        &settings,
+        cfg,
+        &plan,
+        exemptions.as_deref(),
+        &mut warnings,
+    );
     Decision {
         outcome: Outcome::Inject {
             patch,
             settings: Box::new(settings),
         },
         warnings,
+        ignored_overrides: ignored,
+        exemptions,
     }
+}
+
+/// A pod that already carries `portcullis-proxy`: a reinvocation or a re-submitted injected pod,
+/// left alone, or a pod whose author wrote look-alike containers (a proxy that checks nothing,
+/// an init container that installs nothing, or ours with other settings), refused. The
+/// containers must be exactly what this injector would add now, in every field that decides
+/// enforcement.
+fn check_already_injected(
+    pod: &Pod,
+    spec: &PodSpec,
+    ns_annotations: Option<&BTreeMap<String, String>>,
+    cfg: &InjectorConfig,
+) -> Decision {
+    // The same settings as on the first pass; its warnings were given then.
+    let mut scratch = Vec::new();
+    let allowed = overrides::allowed(ns_annotations, &mut scratch);
+    let (pod_annotations, _) =
+        overrides::effective(pod.metadata.annotations.as_ref(), allowed, &mut scratch);
+    let layers = Layers {
+        pod: pod_annotations.as_ref(),
+        namespace: ns_annotations,
+    };
+    let settings = resolve_settings(&layers, cfg, &mut scratch);
+    match injected_mismatch(spec, &settings, cfg) {
+        None => Decision::untouched(SkipReason::AlreadyInjected, Vec::new()),
+        Some(why) => Decision {
+            outcome: Outcome::Deny(format!(
+                "portcullis: refused: the pod carries containers named {INIT_CONTAINER_NAME}/{PROXY_CONTAINER_NAME} that are not the ones this injector adds ({why}). Remove them: the injector adds its own."
+            )),
+            warnings: Vec::new(),
+            ignored_overrides: Vec::new(),
+            exemptions: None,
+        },
+    }
+}
+
+/// What differs between the pod's `portcullis-*` containers and ours, if anything.
+fn injected_mismatch(spec: &PodSpec, settings: &Settings, cfg: &InjectorConfig) -> Option<String> {
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let Some(init) = inits.first().filter(|c| c.name == INIT_CONTAINER_NAME) else {
+        return Some(format!(
+            "{INIT_CONTAINER_NAME} is not the first init container"
+        ));
+    };
+    let proxy = inits
+        .iter()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == PROXY_CONTAINER_NAME)?;
+    for (got, want) in [
+        (init, init_container(settings, cfg)),
+        (proxy, proxy_container(settings, cfg)),
+    ] {
+        let name = &want.name;
+        // Other webhooks may add unrelated variables; ours must be exactly ours.
+        let ours = |c: &Container| -> Vec<EnvVar> {
+            c.env
+                .iter()
+                .flatten()
+                .filter(|e| {
+                    e.name.starts_with("PORTCULLIS_")
+                        || want.env.iter().flatten().any(|w| w.name == e.name)
+                })
+                .cloned()
+                .collect()
+        };
+        if got.image != want.image {
+            return Some(format!(
+                "{name} image {:?}",
+                got.image.as_deref().unwrap_or("")
+            ));
+        }
+        if got.command.is_some() || got.args.is_some() {
+            return Some(format!("{name} has a command or args"));
+        }
+        if got.env_from.is_some() {
+            return Some(format!("{name} has envFrom"));
+        }
+        if ours(got) != ours(&want) {
+            return Some(format!("{name} environment"));
+        }
+        let uid = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_user);
+        if uid(got) != uid(&want) {
+            return Some(format!("{name} runAsUser"));
+        }
+    }
+    None
+}
+
+/// Every way in which the injected pod is less than fully enforced.
+fn exemptions_in_force(settings: &Settings, plan: &CapabilityPlan) -> Vec<Exemption> {
+    let mut list = Vec::new();
+    if settings.policy_mode == PolicyMode::Audit {
+        list.push(Exemption::AuditMode);
+    }
+    if !settings.skip_inbound_ports.is_empty() {
+        list.push(Exemption::SkipInboundPorts(
+            settings.skip_inbound_ports.to_string(),
+        ));
+    }
+    if !settings.skip_outbound_ports.is_empty() {
+        list.push(Exemption::SkipOutboundPorts(
+            settings.skip_outbound_ports.to_string(),
+        ));
+    }
+    if !settings.skip_outbound_cidrs.is_empty() {
+        list.push(Exemption::SkipOutboundCidrs(
+            settings.skip_outbound_cidrs.to_string(),
+        ));
+    }
+    if !settings.enforce_udp {
+        list.push(Exemption::UdpNotEnforced);
+    }
+    if !plan.not_enforceable.is_empty() {
+        list.push(Exemption::EgressNotEnforceable(
+            plan.not_enforceable.iter().copied().collect(),
+        ));
+    }
+    list
 }
 
 /// Pod annotations first, namespace annotations second.
@@ -290,6 +510,16 @@ fn name_conflict(spec: &PodSpec) -> Option<String> {
         if c.name == INIT_CONTAINER_NAME {
             return Some(format!("container named {INIT_CONTAINER_NAME}"));
         }
+        // The proxy's identity (its token) and the init container's /run are not the app's.
+        for m in c.volume_mounts.iter().flatten() {
+            if m.name == TOKEN_VOLUME_NAME || m.name == INIT_RUN_VOLUME_NAME {
+                return Some(format!(
+                    "container {:?} that mounts volume {}",
+                    shorten(&c.name, 63),
+                    m.name
+                ));
+            }
+        }
     }
     for v in spec.volumes.iter().flatten() {
         if v.name == TOKEN_VOLUME_NAME || v.name == INIT_RUN_VOLUME_NAME {
@@ -343,7 +573,12 @@ fn resolve_settings(
         warnings,
     );
 
+    let enforce_udp = layers.pick(ann::ENFORCE_UDP, cfg.enforce_udp, warnings).0;
+    let drop_net_raw = layers.pick(ann::DROP_NET_RAW, cfg.drop_net_raw, warnings).0;
+
     Settings {
+        enforce_udp,
+        drop_net_raw,
         sidecar_mode,
         policy_mode,
         log_level,
@@ -433,9 +668,12 @@ fn build_patch(
     spec: &PodSpec,
     settings: &Settings,
     cfg: &InjectorConfig,
+    plan: &CapabilityPlan,
+    exemptions: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Patch {
-    let mut ops = Vec::new();
+    // First, while the pod's container indexes are still the original ones.
+    let mut ops = plan.ops.clone();
     let init = to_value(&init_container(settings, cfg));
     let proxy = to_value(&proxy_container(settings, cfg));
 
@@ -492,21 +730,41 @@ fn build_patch(
             new_annotations.push((ann::DEFAULT_CONTAINER, first.name.clone()));
         }
     }
-    match existing {
-        None => {
-            let map: serde_json::Map<String, Value> = new_annotations
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v)))
-                .collect();
-            ops.push(add(&["metadata", "annotations"], Value::Object(map)));
-        }
-        Some(_) => {
-            for (k, v) in new_annotations {
-                ops.push(add(&["metadata", "annotations", k], Value::String(v)));
-            }
-        }
-    }
+    ops.extend(annotation_ops(pod, &new_annotations, exemptions));
     Patch(ops)
+}
+
+/// Sets `annotations` and `portcullis.dev/exemptions` (to `exemptions`, or removes one the pod
+/// author wrote when there is none).
+fn annotation_ops(
+    pod: &Pod,
+    annotations: &[(&str, String)],
+    exemptions: Option<&str>,
+) -> Vec<PatchOperation> {
+    let mut all: Vec<(&str, String)> = annotations.to_vec();
+    if let Some(value) = exemptions {
+        all.push((ann::EXEMPTIONS, value.to_string()));
+    }
+    let Some(existing) = pod.metadata.annotations.as_ref() else {
+        if all.is_empty() {
+            return Vec::new();
+        }
+        let map: serde_json::Map<String, Value> = all
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        return vec![add(&["metadata", "annotations"], Value::Object(map))];
+    };
+    let mut ops: Vec<PatchOperation> = all
+        .into_iter()
+        .map(|(k, v)| add(&["metadata", "annotations", k], Value::String(v)))
+        .collect();
+    if exemptions.is_none() && existing.contains_key(ann::EXEMPTIONS) {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(&["metadata", "annotations", ann::EXEMPTIONS]),
+        }));
+    }
+    ops
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -545,7 +803,7 @@ fn quantities(pairs: &[(&str, &Option<Quantity>)]) -> Option<BTreeMap<String, K8
 /// The `portcullis-init` container: installs the redirect rules, then exits.
 pub fn init_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
     let mut env_vars = vec![
-        env("PORTCULLIS_PROXY_UID", PROXY_UID.to_string()),
+        env("PORTCULLIS_PROXY_UID", cfg.proxy_uid.to_string()),
         env("PORTCULLIS_INBOUND_PORT", INBOUND_PORT.to_string()),
         env("PORTCULLIS_OUTBOUND_PORT", OUTBOUND_PORT.to_string()),
         env("PORTCULLIS_ADMIN_PORT", ADMIN_PORT.to_string()),
@@ -569,6 +827,7 @@ pub fn init_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
             settings.skip_outbound_cidrs.to_string(),
         ));
     }
+    env_vars.extend(udp_env(settings));
     let small = |cpu: &str, mem: &str| {
         let q = |s: &str| K8sQuantity(s.to_string());
         Some(BTreeMap::from([
@@ -607,6 +866,18 @@ pub fn init_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()
     }
+}
+
+/// `PORTCULLIS_ENFORCE_UDP` (and, when on, the queue number), for both containers.
+fn udp_env(settings: &Settings) -> Vec<EnvVar> {
+    let mut vars = vec![env(
+        "PORTCULLIS_ENFORCE_UDP",
+        Switch(settings.enforce_udp).to_string(),
+    )];
+    if settings.enforce_udp {
+        vars.push(env("PORTCULLIS_NFQUEUE", NFQUEUE.to_string()));
+    }
+    vars
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Option<Probe> {
@@ -653,6 +924,7 @@ pub fn proxy_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
                 env("PORTCULLIS_CONTROLLER", cfg.controller_url.clone()),
                 env("PORTCULLIS_TOKEN_FILE", TOKEN_FILE),
             ];
+            vars.extend(udp_env(settings));
             if let Some(pem) = &cfg.controller_ca_pem {
                 vars.push(env("PORTCULLIS_CONTROLLER_CA_PEM", pem.clone()));
             }
@@ -664,14 +936,17 @@ pub fn proxy_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
             ..ResourceRequirements::default()
         }),
         security_context: Some(SecurityContext {
-            run_as_user: Some(PROXY_UID),
-            run_as_group: Some(PROXY_UID),
+            run_as_user: Some(cfg.proxy_uid),
+            run_as_group: Some(cfg.proxy_uid),
             run_as_non_root: Some(true),
             privileged: Some(false),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
+            // NET_ADMIN, only to read the NFQUEUE and delete conntrack entries (UDP/SCTP
+            // enforcement). As UID 2171 the kernel grants it only through the binary's file
+            // capability (`cap_net_admin+p`); the bounding set keeps it the only one.
             capabilities: Some(Capabilities {
-                add: None,
+                add: settings.enforce_udp.then(|| vec!["NET_ADMIN".to_string()]),
                 drop: Some(vec!["ALL".to_string()]),
             }),
             seccomp_profile: Some(SeccompProfile {

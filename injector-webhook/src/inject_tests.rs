@@ -40,6 +40,13 @@ fn no_ns() -> NamespaceDefaults {
     NamespaceDefaults::Disabled
 }
 
+/// A namespace that lets its pods weaken their own enforcement.
+fn permissive_ns(pairs: &[(&str, &str)]) -> NamespaceDefaults {
+    let mut all = vec![("portcullis.dev/allow-pod-overrides", "true")];
+    all.extend_from_slice(pairs);
+    ns(&all)
+}
+
 fn classic() -> InjectorConfig {
     InjectorConfig {
         sidecar_mode: SidecarMode::Classic,
@@ -64,8 +71,8 @@ fn inject(p: &Pod, n: &NamespaceDefaults, cfg: &InjectorConfig) -> (Pod, Vec<Str
 fn skip_reason(p: &Pod, n: &NamespaceDefaults, cfg: &InjectorConfig) -> (SkipReason, Vec<String>) {
     let d = decide(p, n, cfg);
     match d.outcome {
-        Outcome::Skip(r) => (r, d.warnings),
-        Outcome::Inject { .. } => panic!("expected a skip"),
+        Outcome::Skip { reason, .. } => (reason, d.warnings),
+        other => panic!("expected a skip, got {other:?}"),
     }
 }
 
@@ -143,7 +150,8 @@ fn native_mode_on_a_bare_pod() {
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     let caps = sc.capabilities.as_ref().expect("caps");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert!(caps.add.is_none());
+    // NET_ADMIN only, for the UDP/SCTP queue.
+    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
     let probe_path = |p: &Option<Probe>| {
         let g = p
             .as_ref()
@@ -182,6 +190,15 @@ fn native_mode_on_a_bare_pod() {
         env["PORTCULLIS_TOKEN_FILE"],
         "/var/run/secrets/portcullis.dev/token/token"
     );
+    assert_eq!(env["PORTCULLIS_ENFORCE_UDP"], "true");
+    assert_eq!(env["PORTCULLIS_NFQUEUE"], "4171");
+    // The app's NET_RAW is dropped.
+    let app_caps = find(&p, "app")
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.drop.clone());
+    assert_eq!(app_caps, Some(vec!["NET_RAW".to_string()]));
     let mount = &proxy.volume_mounts.as_ref().expect("mounts")[0];
     assert_eq!(mount.name, "portcullis-token");
     assert_eq!(mount.read_only, Some(true));
@@ -205,6 +222,7 @@ fn native_mode_on_a_bare_pod() {
     assert_eq!(env["PORTCULLIS_INBOUND_PORT"], "4143");
     assert_eq!(env["PORTCULLIS_OUTBOUND_PORT"], "4140");
     assert_eq!(env["PORTCULLIS_ADMIN_PORT"], "4191");
+    assert_eq!(env["PORTCULLIS_ENFORCE_UDP"], "true");
     assert!(!env.contains_key("PORTCULLIS_SKIP_INBOUND_PORTS"));
     assert_eq!(quantity(init, "limits", "memory").as_deref(), Some("64Mi"));
 
@@ -228,6 +246,10 @@ fn native_mode_on_a_bare_pod() {
     assert_eq!(a["prometheus.io/path"], "/metrics");
     assert_eq!(a["portcullis.dev/injected-version"], crate::config::VERSION);
     assert!(!a.contains_key("kubectl.kubernetes.io/default-container"));
+    assert!(
+        !a.contains_key("portcullis.dev/exemptions"),
+        "no exemption: {a:?}"
+    );
 }
 
 #[test]
@@ -346,21 +368,52 @@ fn existing_prometheus_annotations_are_not_overwritten() {
 }
 
 #[test]
-fn opt_out_by_pod_or_namespace() {
+fn opt_out_by_pod_only_where_the_namespace_allows_it() {
     let cfg = InjectorConfig::default();
     let disabled = with_annotations(app_pod(), &[("portcullis.dev/inject", "disabled")]);
+    let d = decide(&disabled, &permissive_ns(&[]), &cfg);
+    let Outcome::Skip {
+        reason: SkipReason::OptedOut,
+        patch: Some(patch),
+    } = d.outcome
+    else {
+        panic!("expected an opt-out, got {:?}", d.outcome);
+    };
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let mut doc = serde_json::to_value(&disabled).expect("json");
+    json_patch::patch(&mut doc, &patch).expect("applies");
     assert_eq!(
-        skip_reason(&disabled, &no_ns(), &cfg),
-        (SkipReason::OptedOut, vec![])
+        doc["metadata"]["annotations"]["portcullis.dev/exemptions"],
+        "not-injected"
     );
 
+    // Elsewhere the pod's own opt-out is ignored, said, and the pod is injected.
+    for namespace in [
+        no_ns(),
+        ns(&[]),
+        ns(&[("portcullis.dev/allow-pod-overrides", "false")]),
+    ] {
+        let d = decide(&disabled, &namespace, &cfg);
+        assert!(matches!(d.outcome, Outcome::Inject { .. }), "{namespace:?}");
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("portcullis.dev/inject=\"disabled\" ignored"));
+        assert_eq!(
+            d.ignored_overrides,
+            [crate::overrides::IgnoredOverride {
+                annotation: "portcullis.dev/inject".into(),
+                value: "disabled".into()
+            }]
+        );
+    }
+
+    // The namespace's own opt-out always counts.
     let ns_off = ns(&[("portcullis.dev/inject", "disabled")]);
     assert_eq!(
         skip_reason(&app_pod(), &ns_off, &cfg).0,
         SkipReason::OptedOut
     );
 
-    // The pod's own "enabled" wins over the namespace default.
+    // The pod's own "enabled" wins over the namespace default: it only makes things stricter.
     let enabled = with_annotations(app_pod(), &[("portcullis.dev/inject", "enabled")]);
     inject(&enabled, &ns_off, &cfg);
 
@@ -372,6 +425,205 @@ fn opt_out_by_pod_or_namespace() {
         warnings[0].contains("portcullis.dev/inject"),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn weakening_pod_annotations_need_the_namespace_and_every_exemption_is_written() {
+    let weak = with_annotations(
+        app_pod(),
+        &[
+            ("portcullis.dev/policy-mode", "audit"),
+            ("portcullis.dev/skip-inbound-ports", "22"),
+            ("portcullis.dev/skip-outbound-ports", "5432"),
+            ("portcullis.dev/skip-outbound-cidrs", "0.0.0.0/0"),
+            ("portcullis.dev/enforce-udp", "false"),
+            ("portcullis.dev/drop-net-raw", "false"),
+            // A pod cannot allow itself.
+            ("portcullis.dev/allow-pod-overrides", "true"),
+            // Nor hide or invent exemptions.
+            ("portcullis.dev/exemptions", ""),
+        ],
+    );
+    let cfg = InjectorConfig::default();
+
+    // Not allowed: everything stays enforced, six warnings, nothing exempt.
+    let (p, warnings) = inject(&weak, &ns(&[]), &cfg);
+    assert_eq!(warnings.len(), 6, "{warnings:#?}");
+    assert!(warnings
+        .iter()
+        .all(|w| w.contains("does not allow pod overrides")));
+    let proxy = env_of(find(&p, "portcullis-proxy"));
+    assert_eq!(proxy["PORTCULLIS_MODE"], "enforce");
+    assert_eq!(proxy["PORTCULLIS_ENFORCE_UDP"], "true");
+    let init = env_of(find(&p, "portcullis-init"));
+    assert!(!init.contains_key("PORTCULLIS_SKIP_OUTBOUND_CIDRS"));
+    assert!(!annotations(&p).contains_key("portcullis.dev/exemptions"));
+    let d = decide(&weak, &ns(&[]), &cfg);
+    assert_eq!(d.ignored_overrides.len(), 6);
+    assert_eq!(d.exemptions, None);
+
+    // Allowed: each one counts and is written down.
+    let (p, warnings) = inject(&weak, &permissive_ns(&[]), &cfg);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("egress not enforceable: container \"app\" (NET_RAW)"));
+    assert_eq!(
+        annotations(&p)["portcullis.dev/exemptions"],
+        "audit-mode;skip-inbound-ports=22;skip-outbound-ports=5432;skip-outbound-cidrs=0.0.0.0/0;udp-not-enforced;egress-not-enforceable=NET_RAW"
+    );
+    let proxy = find(&p, "portcullis-proxy");
+    assert_eq!(env_of(proxy)["PORTCULLIS_MODE"], "audit");
+    assert_eq!(env_of(proxy)["PORTCULLIS_ENFORCE_UDP"], "false");
+    assert!(!env_of(proxy).contains_key("PORTCULLIS_NFQUEUE"));
+    let caps = proxy
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .expect("caps");
+    assert_eq!(caps.add, None, "no NET_ADMIN without UDP enforcement");
+    assert_eq!(
+        env_of(find(&p, "portcullis-init"))["PORTCULLIS_ENFORCE_UDP"],
+        "false"
+    );
+    let app_sc = find(&p, "app").security_context.clone();
+    assert_eq!(app_sc, None, "NET_RAW kept as the pod asked");
+}
+
+#[test]
+fn udp_enforcement_off_by_namespace_or_flag() {
+    for (namespace, cfg) in [
+        (
+            ns(&[("portcullis.dev/enforce-udp", "false")]),
+            InjectorConfig::default(),
+        ),
+        (
+            no_ns(),
+            InjectorConfig {
+                enforce_udp: crate::values::Switch(false),
+                ..InjectorConfig::default()
+            },
+        ),
+    ] {
+        let (p, warnings) = inject(&app_pod(), &namespace, &cfg);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            annotations(&p)["portcullis.dev/exemptions"],
+            "udp-not-enforced"
+        );
+        let proxy = find(&p, "portcullis-proxy");
+        assert_eq!(env_of(proxy)["PORTCULLIS_ENFORCE_UDP"], "false");
+        let caps = proxy
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .expect("caps");
+        assert_eq!(caps.add, None);
+    }
+    // A pod may turn it back on where the namespace turned it off: that is stricter.
+    let p = with_annotations(app_pod(), &[("portcullis.dev/enforce-udp", "true")]);
+    let (p, _) = inject(
+        &p,
+        &ns(&[("portcullis.dev/enforce-udp", "false")]),
+        &InjectorConfig::default(),
+    );
+    assert_eq!(
+        env_of(find(&p, "portcullis-proxy"))["PORTCULLIS_ENFORCE_UDP"],
+        "true"
+    );
+}
+
+#[test]
+fn a_forged_exemptions_annotation_is_removed() {
+    let p = with_annotations(app_pod(), &[("portcullis.dev/exemptions", "audit-mode")]);
+    let (p, _) = inject(&p, &no_ns(), &InjectorConfig::default());
+    assert!(!annotations(&p).contains_key("portcullis.dev/exemptions"));
+    // And one that hides an exemption is overwritten.
+    let p = with_annotations(app_pod(), &[("portcullis.dev/exemptions", "")]);
+    let (p, _) = inject(
+        &p,
+        &ns(&[("portcullis.dev/policy-mode", "audit")]),
+        &InjectorConfig::default(),
+    );
+    assert_eq!(annotations(&p)["portcullis.dev/exemptions"], "audit-mode");
+}
+
+#[test]
+fn pods_that_run_as_the_proxy_uid_are_refused() {
+    let cfg = InjectorConfig::default();
+    for spec in [
+        json!({"securityContext": {"runAsUser": 2171}, "containers": [{"name": "app"}]}),
+        json!({"containers": [{"name": "app", "securityContext": {"runAsUser": 2171}}]}),
+        json!({"initContainers": [{"name": "setup", "securityContext": {"runAsUser": 2171}}],
+               "containers": [{"name": "app"}]}),
+    ] {
+        let p = pod(json!({"metadata": {"name": "x"}, "spec": spec}));
+        let d = decide(&p, &no_ns(), &cfg);
+        let Outcome::Deny(msg) = d.outcome else {
+            panic!("expected a refusal for {spec}, got {:?}", d.outcome);
+        };
+        assert!(
+            msg.contains("UID 2171") && msg.contains("runAsUser"),
+            "{msg}"
+        );
+    }
+    // The UID is the configured one.
+    let p = pod(
+        json!({"spec": {"containers": [{"name": "app", "securityContext": {"runAsUser": 2171}}]}}),
+    );
+    let other = InjectorConfig {
+        proxy_uid: 3000,
+        ..InjectorConfig::default()
+    };
+    let (patched, _) = inject(&p, &no_ns(), &other);
+    let proxy = find(&patched, "portcullis-proxy");
+    assert_eq!(
+        proxy.security_context.as_ref().and_then(|s| s.run_as_user),
+        Some(3000)
+    );
+    assert_eq!(
+        env_of(find(&patched, "portcullis-init"))["PORTCULLIS_PROXY_UID"],
+        "3000"
+    );
+    // The group alone exempts nothing: allowed.
+    let p = pod(
+        json!({"spec": {"containers": [{"name": "app", "securityContext": {"runAsGroup": 2171}}]}}),
+    );
+    inject(&p, &no_ns(), &cfg);
+    // A pod that is not injected runs no proxy, so no exemption to abuse.
+    let p = pod(
+        json!({"spec": {"hostNetwork": true, "containers": [{"name": "app", "securityContext": {"runAsUser": 2171}}]}}),
+    );
+    assert_eq!(skip_reason(&p, &no_ns(), &cfg).0, SkipReason::HostNetwork);
+}
+
+#[test]
+fn containers_that_keep_raw_sockets_make_egress_not_enforceable() {
+    let p = pod(json!({"spec": {"containers": [
+        {"name": "app"},
+        {"name": "vpn", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}},
+        {"name": "debug", "securityContext": {"privileged": true}}
+    ]}}));
+    let (patched, warnings) = inject(&p, &no_ns(), &InjectorConfig::default());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("container \"vpn\" (NET_ADMIN)")
+            && warnings[0].contains("container \"debug\" (privileged)"),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(
+        annotations(&patched)["portcullis.dev/exemptions"],
+        "egress-not-enforceable=NET_ADMIN,privileged"
+    );
+    // NET_RAW is dropped from all three (privileged ignores it, but it costs nothing).
+    for name in ["app", "vpn", "debug"] {
+        let drop = find(&patched, name)
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.drop.clone())
+            .unwrap_or_default();
+        assert!(drop.contains(&"NET_RAW".to_string()), "{name}: {drop:?}");
+    }
 }
 
 #[test]
@@ -416,17 +668,120 @@ fn reinvocation_is_idempotent_in_both_modes() {
 }
 
 #[test]
-fn conflicting_names_skip_with_a_warning() {
-    let p = pod(json!({"spec": {"containers": [{"name": "app"}, {"name": "portcullis-init"}]}}));
-    let (reason, warnings) = skip_reason(&p, &no_ns(), &InjectorConfig::default());
-    assert!(matches!(reason, SkipReason::NameConflict(_)));
-    assert_eq!(warnings.len(), 1);
-    let p = pod(json!({"spec": {"containers": [{"name": "app"}],
-        "volumes": [{"name": "portcullis-token", "emptyDir": {}}]}}));
-    assert!(matches!(
-        skip_reason(&p, &no_ns(), &InjectorConfig::default()).0,
-        SkipReason::NameConflict(_)
-    ));
+fn conflicting_names_are_refused_unless_the_namespace_allows_opting_out() {
+    let cfg = InjectorConfig::default();
+    let conflicts = [
+        json!({"spec": {"containers": [{"name": "app"}, {"name": "portcullis-init"}]}}),
+        json!({"spec": {"containers": [{"name": "app"}],
+            "volumes": [{"name": "portcullis-token", "emptyDir": {}}]}}),
+        // Mounting the proxy's identity, which the injector is about to add.
+        json!({"spec": {"containers": [{"name": "app",
+            "volumeMounts": [{"name": "portcullis-token", "mountPath": "/t"}]}]}}),
+    ];
+    for p in conflicts {
+        let p = pod(p);
+        let d = decide(&p, &no_ns(), &cfg);
+        let Outcome::Deny(msg) = &d.outcome else {
+            panic!("expected a refusal, got {:?}", d.outcome);
+        };
+        assert!(msg.contains("Rename it"), "{msg}");
+        let (reason, warnings) = skip_reason(&p, &permissive_ns(&[]), &cfg);
+        assert!(matches!(reason, SkipReason::NameConflict(_)));
+        assert_eq!(warnings.len(), 1);
+    }
+}
+
+#[test]
+fn look_alike_portcullis_containers_are_refused() {
+    let cfg = InjectorConfig::default();
+    // A "proxy" that checks nothing, and no init container: the pod would run unpoliced.
+    let fake = pod(json!({"spec": {"containers": [
+        {"name": "app"}, {"name": "portcullis-proxy", "image": "busybox", "command": ["sleep", "inf"]}
+    ]}}));
+    let d = decide(&fake, &permissive_ns(&[]), &cfg);
+    let Outcome::Deny(msg) = &d.outcome else {
+        panic!("expected a refusal, got {:?}", d.outcome);
+    };
+    assert!(
+        msg.contains("portcullis-init is not the first init container"),
+        "{msg}"
+    );
+
+    // Our containers, with one field changed each time.
+    let (injected, _) = inject(&app_pod(), &no_ns(), &cfg);
+    let tamper = |f: &dyn Fn(&mut Value)| {
+        let mut v = serde_json::to_value(&injected).expect("json");
+        f(&mut v);
+        pod(v)
+    };
+    let cases: Vec<(&str, Pod)> = vec![
+        (
+            "environment",
+            tamper(&|v| {
+                v["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .expect("env")
+                    .push(json!({"name": "PORTCULLIS_SKIP_OUTBOUND_CIDRS", "value": "0.0.0.0/0"}))
+            }),
+        ),
+        (
+            "environment",
+            tamper(&|v| {
+                v["spec"]["initContainers"][1]["env"]
+                    .as_array_mut()
+                    .expect("env")
+                    .retain(|e| e["name"] != "POD_IPS")
+            }),
+        ),
+        (
+            "envFrom",
+            tamper(&|v| {
+                v["spec"]["initContainers"][0]["envFrom"] = json!([{"configMapRef": {"name": "x"}}])
+            }),
+        ),
+        (
+            "image",
+            tamper(&|v| {
+                v["spec"]["initContainers"][1]["image"] =
+                    json!("evil.example/portcullis-proxy:0.1.0")
+            }),
+        ),
+        (
+            "command",
+            tamper(&|v| v["spec"]["initContainers"][0]["command"] = json!(["true"])),
+        ),
+        (
+            "runAsUser",
+            tamper(&|v| v["spec"]["initContainers"][1]["securityContext"]["runAsUser"] = json!(0)),
+        ),
+        (
+            "first init container",
+            tamper(&|v| {
+                v["spec"]["initContainers"]
+                    .as_array_mut()
+                    .expect("inits")
+                    .swap(0, 1)
+            }),
+        ),
+    ];
+    for (what, p) in cases {
+        let d = decide(&p, &no_ns(), &cfg);
+        let Outcome::Deny(msg) = &d.outcome else {
+            panic!("{what}: expected a refusal, got {:?}", d.outcome);
+        };
+        assert!(msg.contains(what), "{what}: {msg}");
+    }
+    // A variable another webhook adds to every container is not ours to judge.
+    let p = tamper(&|v| {
+        v["spec"]["initContainers"][1]["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!({"name": "HTTP_PROXY", "value": "http://squid:3128"}))
+    });
+    assert_eq!(
+        skip_reason(&p, &no_ns(), &cfg).0,
+        SkipReason::AlreadyInjected
+    );
 }
 
 #[test]
@@ -459,7 +814,7 @@ fn pod_annotations_override_everything() {
             ("portcullis.dev/sidecar-mode", "classic"),
         ],
     );
-    let namespace = ns(&[
+    let namespace = permissive_ns(&[
         ("portcullis.dev/policy-mode", "enforce"),
         ("portcullis.dev/log-level", "warn"),
     ]);
@@ -562,7 +917,7 @@ fn invalid_values_fall_back_with_warnings() {
         skip_inbound_ports: "15000".parse().expect("ports"),
         ..InjectorConfig::default()
     };
-    let (p, warnings) = inject(&p, &no_ns(), &cfg);
+    let (p, warnings) = inject(&p, &permissive_ns(&[]), &cfg);
     assert_eq!(warnings.len(), 6, "{warnings:#?}");
     for w in &warnings {
         assert!(w.starts_with("portcullis: invalid pod annotation"), "{w}");
@@ -626,14 +981,31 @@ fn namespace_unavailable_warns_but_injects() {
     assert!(matches!(d.outcome, Outcome::Inject { .. }));
     assert_eq!(d.warnings.len(), 1);
     assert!(d.warnings[0].contains("namespace defaults unavailable (timed out)"));
-    // No warning when the pod is not injected anyway.
+    // Without the namespace's word, a pod's own opt-out does not count (fail closed).
     let p = with_annotations(app_pod(), &[("portcullis.dev/inject", "disabled")]);
     let d = decide(
         &p,
         &NamespaceDefaults::Unavailable("x".into()),
         &InjectorConfig::default(),
     );
-    assert!(d.warnings.is_empty());
+    assert!(matches!(d.outcome, Outcome::Inject { .. }));
+    assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+    // No warning about the namespace when the pod is not injected anyway.
+    let mut host = app_pod();
+    if let Some(s) = host.spec.as_mut() {
+        s.host_network = Some(true);
+    }
+    let d = decide(
+        &host,
+        &NamespaceDefaults::Unavailable("x".into()),
+        &InjectorConfig::default(),
+    );
+    assert_eq!(
+        d.warnings.len(),
+        1,
+        "only the hostNetwork one: {:?}",
+        d.warnings
+    );
 }
 
 #[test]
@@ -688,7 +1060,7 @@ fn config_is_applied() {
 }
 
 #[test]
-fn patch_only_adds() {
+fn patch_only_adds_on_a_pod_without_a_forged_exemptions_annotation() {
     let d = decide(&pod_with_inits(), &no_ns(), &InjectorConfig::default());
     let Outcome::Inject { patch, .. } = d.outcome else {
         panic!("inject")

@@ -8,8 +8,11 @@
 //! - [`server`] (feature `server`, on by default): HTTPS with certificate reload, metrics,
 //!   namespace look-ups through the Kubernetes API.
 
+pub mod app_security;
 pub mod config;
+pub mod exemptions;
 pub mod inject;
+pub mod overrides;
 pub mod review;
 pub mod values;
 

@@ -12,7 +12,7 @@ use portcullis_injector::server::namespaces::{ApiNamespaces, NamespaceSource};
 use portcullis_injector::server::tls::ReloadingCert;
 use portcullis_injector::server::{self, AppState};
 use portcullis_injector::values::{
-    CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode,
+    CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode, Switch,
 };
 use portcullis_injector::InjectorConfig;
 use tokio::net::TcpListener;
@@ -201,6 +201,25 @@ struct Args {
     )]
     skip_outbound_cidrs: CidrList,
 
+    /// UID (and GID) of the proxy. Its connections are exempt from the outbound redirect, so
+    /// pods that set this runAsUser on any container (or the pod) are refused. Must match what
+    /// the proxy image expects; not 0.
+    #[arg(long, env = "PORTCULLIS_INJECTOR_PROXY_UID", default_value_t = 2171,
+          value_parser = clap::value_parser!(i64).range(1..=2147483647))]
+    proxy_uid: i64,
+
+    /// Enforce UDP and SCTP: the proxy gets NET_ADMIN (for its NFQUEUE) and
+    /// PORTCULLIS_ENFORCE_UDP=true. Annotation: portcullis.dev/enforce-udp.
+    #[arg(long, env = "PORTCULLIS_INJECTOR_ENFORCE_UDP", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    enforce_udp: bool,
+
+    /// Drop NET_RAW from application containers that do not add it (raw frames skip the
+    /// pod's egress rules). Annotation: portcullis.dev/drop-net-raw.
+    #[arg(long, env = "PORTCULLIS_INJECTOR_DROP_NET_RAW", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    drop_net_raw: bool,
+
     /// Lifetime of the proxy's projected service-account token, in seconds.
     #[arg(long, env = "PORTCULLIS_INJECTOR_TOKEN_EXPIRATION_SECONDS", default_value_t = 3600,
           value_parser = clap::value_parser!(i64).range(600..=86400))]
@@ -308,6 +327,9 @@ fn build_config(args: &Args) -> anyhow::Result<InjectorConfig> {
         skip_inbound_ports: args.skip_inbound_ports.clone(),
         skip_outbound_ports: args.skip_outbound_ports.clone(),
         skip_outbound_cidrs: args.skip_outbound_cidrs.clone(),
+        proxy_uid: args.proxy_uid,
+        enforce_udp: Switch(args.enforce_udp),
+        drop_net_raw: Switch(args.drop_net_raw),
     })
 }
 

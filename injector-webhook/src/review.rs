@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::{InjectorConfig, INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME};
 use crate::inject::{decide, NamespaceDefaults, Outcome, SkipReason};
+use crate::overrides::IgnoredOverride;
 use crate::values::SidecarMode;
 
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -140,6 +141,8 @@ pub enum ReviewResult {
     Injected(SidecarMode),
     Skipped(SkipReason),
     Ignored(String),
+    /// Refused by policy (the message says why and what to change).
+    Denied(String),
     /// The webhook failed; the pod was admitted untouched (or denied with `--fail-closed`).
     Error(String),
 }
@@ -150,6 +153,7 @@ impl ReviewResult {
             ReviewResult::Injected(_) => "injected",
             ReviewResult::Skipped(_) => "skipped",
             ReviewResult::Ignored(_) => "ignored",
+            ReviewResult::Denied(_) => "denied",
             ReviewResult::Error(_) => "error",
         }
     }
@@ -161,6 +165,10 @@ pub struct Reply {
     pub review: AdmissionReview<DynamicObject>,
     pub result: ReviewResult,
     pub warnings: Vec<String>,
+    /// Pod annotations ignored because the namespace does not allow pod overrides (logged).
+    pub ignored_overrides: Vec<IgnoredOverride>,
+    /// `portcullis.dev/exemptions` as written on the pod.
+    pub exemptions: Option<String>,
 }
 
 /// Answer a parsed request. Never fails: errors of the webhook itself admit the pod untouched
@@ -178,6 +186,8 @@ pub fn respond(
                 review: base.into_review(),
                 result: ReviewResult::Ignored(why.clone()),
                 warnings: Vec::new(),
+                ignored_overrides: Vec::new(),
+                exemptions: None,
             }
         }
         Target::Invalid(why) => return failure(base, why.clone(), Vec::new(), fail_closed),
@@ -186,15 +196,43 @@ pub fn respond(
 
     let decision = decide(pod, namespace, cfg);
     let mut warnings = decision.warnings;
+    let (ignored_overrides, exemptions) = (decision.ignored_overrides, decision.exemptions);
+    let reply = |resp: AdmissionResponse, result: ReviewResult, warnings: Vec<String>| Reply {
+        review: with_warnings(resp, &warnings).into_review(),
+        result,
+        warnings,
+        ignored_overrides: ignored_overrides.clone(),
+        exemptions: exemptions.clone(),
+    };
     let (patch, mode) = match decision.outcome {
-        Outcome::Skip(reason) => {
-            let mut resp = base;
+        Outcome::Deny(message) => {
+            let mut resp = base.deny(message.clone());
+            resp.audit_annotations = audit("denied", "proxy_uid");
+            return reply(resp, ReviewResult::Denied(message), warnings);
+        }
+        Outcome::Skip { reason, patch } => {
+            let mut resp = base.clone();
+            if let Some(patch) = patch {
+                // Only the exemptions annotation: check that it applies, as for injections.
+                let mut doc = object.clone();
+                if let Err(e) = json_patch::patch(&mut doc, &patch) {
+                    return failure(
+                        base,
+                        format!("patch does not apply: {e}"),
+                        warnings,
+                        fail_closed,
+                    );
+                }
+                resp = match base.clone().with_patch(patch) {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        let why = format!("cannot encode the patch: {e}");
+                        return failure(base, why, warnings, fail_closed);
+                    }
+                };
+            }
             resp.audit_annotations = audit("skipped", reason.label());
-            return Reply {
-                review: with_warnings(resp, &warnings).into_review(),
-                result: ReviewResult::Skipped(reason),
-                warnings,
-            };
+            return reply(resp, ReviewResult::Skipped(reason), warnings);
         }
         Outcome::Inject { patch, settings } => (patch, settings.sidecar_mode),
     };
@@ -215,11 +253,7 @@ pub fn respond(
     };
     resp.audit_annotations = audit("injected", mode.as_str());
     warnings.truncate(MAX_WARNINGS);
-    Reply {
-        review: with_warnings(resp, &warnings).into_review(),
-        result: ReviewResult::Injected(mode),
-        warnings,
-    }
+    reply(resp, ReviewResult::Injected(mode), warnings)
 }
 
 /// The API server may drop warnings past a handful; keep the list short.
@@ -263,6 +297,8 @@ fn failure(
         review: with_warnings(resp, &warnings).into_review(),
         result: ReviewResult::Error(why),
         warnings,
+        ignored_overrides: Vec::new(),
+        exemptions: None,
     }
 }
 

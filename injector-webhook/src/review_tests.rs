@@ -167,17 +167,43 @@ fn webhook_errors_admit_with_a_warning_or_deny_when_fail_closed() {
 }
 
 #[test]
-fn skipped_pods_carry_warnings_but_no_patch() {
+fn skipped_pods_carry_warnings_and_only_the_exemption() {
     let mut p = simple_pod();
     p["spec"]["hostNetwork"] = json!(true);
-    let (reply, json) = answer(&review(pod_request(p)), false);
+    let (reply, json) = answer(&review(pod_request(p.clone())), false);
     assert_eq!(reply.result, ReviewResult::Skipped(SkipReason::HostNetwork));
     assert_eq!(json["response"]["allowed"], true);
-    assert!(json["response"].get("patch").is_none());
     assert_eq!(
         json["response"]["warnings"].as_array().map(Vec::len),
         Some(1)
     );
+    let patch: k8s_openapi::ByteString =
+        serde_json::from_value(json["response"]["patch"].clone()).expect("patch is base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch.0).expect("a JSONPatch");
+    json_patch::patch(&mut p, &patch).expect("applies");
+    assert_eq!(
+        p["metadata"]["annotations"],
+        json!({"portcullis.dev/exemptions": "not-injected"})
+    );
+    assert_eq!(reply.exemptions.as_deref(), Some("not-injected"));
+}
+
+#[test]
+fn a_pod_running_as_the_proxy_uid_is_denied_with_the_reason() {
+    let mut p = simple_pod();
+    p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 2171});
+    let (reply, json) = answer(&review(pod_request(p)), false);
+    assert!(matches!(reply.result, ReviewResult::Denied(_)));
+    let resp = &json["response"];
+    assert_eq!(resp["allowed"], false);
+    assert!(resp.get("patch").is_none());
+    let msg = resp["status"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("container \"app\"") && msg.contains("UID 2171"),
+        "{msg}"
+    );
+    assert_eq!(resp["auditAnnotations"]["outcome"], "denied");
+    // Even with --fail-closed off: this is policy, not a failure of the webhook.
 }
 
 #[test]

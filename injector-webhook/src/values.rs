@@ -194,6 +194,28 @@ impl fmt::Display for PolicyMode {
     }
 }
 
+/// `true` or `false`, exactly (an annotation with anything else is reported and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl FromStr for Switch {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "true" => Ok(Switch(true)),
+            "false" => Ok(Switch(false)),
+            other => Err(err(format!("{other:?} is not true or false"))),
+        }
+    }
+}
+
+impl fmt::Display for Switch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0 { "true" } else { "false" })
+    }
+}
+
 /// How the proxy container is added to the pod.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SidecarMode {
@@ -446,6 +468,10 @@ mod tests {
         assert_eq!("classic".parse(), Ok(SidecarMode::Classic));
         assert_eq!("native".parse(), Ok(SidecarMode::Native));
         assert!("sidecar".parse::<SidecarMode>().is_err());
+        assert_eq!("false".parse(), Ok(Switch(false)));
+        assert_eq!(" true".parse(), Ok(Switch(true)));
+        assert!("False".parse::<Switch>().is_err());
+        assert!("no".parse::<Switch>().is_err());
     }
 
     #[test]

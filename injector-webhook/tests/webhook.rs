@@ -121,10 +121,17 @@ impl Default for Options {
             namespaces: NamespaceSource::Static(HashMap::from([
                 (
                     "shop".to_string(),
-                    BTreeMap::from([(
-                        "portcullis.dev/skip-outbound-ports".to_string(),
-                        "25".to_string(),
-                    )]),
+                    BTreeMap::from([
+                        (
+                            "portcullis.dev/skip-outbound-ports".to_string(),
+                            "25".to_string(),
+                        ),
+                        // The shop team may exempt its own pods (the fixtures do).
+                        (
+                            "portcullis.dev/allow-pod-overrides".to_string(),
+                            "true".to_string(),
+                        ),
+                    ]),
                 ),
                 ("batch".to_string(), BTreeMap::new()),
             ])),
@@ -485,22 +492,40 @@ async fn already_injected_pods_are_left_alone() {
 }
 
 #[tokio::test]
-async fn host_network_opt_out_and_other_kinds_get_no_patch() {
+async fn host_network_and_opt_out_get_only_the_exemption_and_other_kinds_no_patch() {
     let h = Harness::start(Options::default()).await;
 
-    let answer = h.admit(&fixture("host-network")).await;
+    let review = fixture("host-network");
+    let answer = h.admit(&review).await;
     assert_eq!(answer["response"]["allowed"], true);
-    assert!(answer["response"].get("patch").is_none());
+    let pod = apply_response(&review, &answer["response"]);
+    assert_eq!(
+        pod["metadata"]["annotations"]["portcullis.dev/exemptions"],
+        "not-injected"
+    );
+    assert_eq!(
+        container_names(&pod, "containers"),
+        container_names(&review["request"]["object"], "containers")
+    );
     let w = warnings(&answer["response"]);
     assert_eq!(w.len(), 1);
     assert!(w[0].contains("hostNetwork"), "{w:?}");
 
+    // `shop` allows pod overrides: the pod's opt-out counts, and is written down.
     let mut opted_out = fixture("multi-container-no-annotations");
     opted_out["request"]["object"]["metadata"]["annotations"] =
         json!({"portcullis.dev/inject": "disabled"});
     let answer = h.admit(&opted_out).await;
     assert_eq!(answer["response"]["allowed"], true);
-    assert!(answer["response"].get("patch").is_none());
+    let pod = apply_response(&opted_out, &answer["response"]);
+    assert_eq!(
+        container_names(&pod, "initContainers"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["portcullis.dev/exemptions"],
+        "not-injected"
+    );
     assert!(warnings(&answer["response"]).is_empty());
 
     let answer = h.admit(&fixture("deployment")).await;
@@ -510,6 +535,81 @@ async fn host_network_opt_out_and_other_kinds_get_no_patch() {
     );
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
+    h.stop().await;
+}
+
+/// The fixture, moved to namespace `batch`, which does not allow pod overrides.
+fn in_batch(name: &str) -> Value {
+    let mut review = fixture(name);
+    review["request"]["namespace"] = json!("batch");
+    review["request"]["object"]["metadata"]["namespace"] = json!("batch");
+    review
+}
+
+#[tokio::test]
+async fn weakening_pod_annotations_are_ignored_where_the_namespace_does_not_allow_them() {
+    let h = Harness::start(Options::default()).await;
+    let review = in_batch("init-containers-and-annotations");
+    let answer = h.admit(&review).await;
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true);
+    let pod = apply_response(&review, response);
+    let w = warnings(response);
+    for key in [
+        "portcullis.dev/skip-inbound-ports",
+        "portcullis.dev/skip-outbound-cidrs",
+        "portcullis.dev/policy-mode",
+    ] {
+        assert!(
+            w.iter()
+                .any(|w| w.contains(key) && w.contains("does not allow pod overrides")),
+            "{key}: {w:#?}"
+        );
+    }
+    let proxy = find_container(&pod, "portcullis-proxy");
+    assert_eq!(
+        env_value(proxy, "PORTCULLIS_MODE").as_deref(),
+        Some("enforce")
+    );
+    let init = find_container(&pod, "portcullis-init");
+    assert_eq!(env_value(init, "PORTCULLIS_SKIP_INBOUND_PORTS"), None);
+    assert_eq!(env_value(init, "PORTCULLIS_SKIP_OUTBOUND_CIDRS"), None);
+    assert!(pod["metadata"]["annotations"]
+        .get("portcullis.dev/exemptions")
+        .is_none());
+    // Harmless ones still count.
+    assert_eq!(proxy["resources"]["limits"]["memory"], "128Mi");
+
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "portcullis_injector_ignored_overrides_total{annotation=\"portcullis.dev/policy-mode\"}"
+        ),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_running_as_the_proxy_uid_is_refused() {
+    let h = Harness::start(Options::default()).await;
+    let mut review = fixture("multi-container-no-annotations");
+    review["request"]["object"]["spec"]["containers"][1]["securityContext"] =
+        json!({"runAsUser": 2171});
+    let answer = h.admit(&review).await;
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], false);
+    assert!(response.get("patch").is_none());
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("container \"log-shipper\"") && message.contains("UID 2171"),
+        "{message}"
+    );
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_injector_requests_total{result=\"denied\"}"),
+        "{metrics}"
+    );
     h.stop().await;
 }
 

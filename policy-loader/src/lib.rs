@@ -7,6 +7,9 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
+use portcullis_policy::lint::{unknown_fields, Finding};
 use portcullis_policy::manifest::{load_into, LoadError};
 use portcullis_policy::Cluster;
 
@@ -15,15 +18,31 @@ pub struct Loaded {
     pub cluster: Cluster,
     pub errors: Vec<String>,
     pub ignored: Vec<String>,
+    /// Unknown fields found while reading (only from [`load_paths_linted`]).
+    pub findings: Vec<Finding>,
+    /// Namespaces whose Namespace object was read (others exist only by implication).
+    pub declared_namespaces: BTreeSet<String>,
 }
 
 /// Reads YAML/JSON files; directories are walked recursively (`.yaml`, `.yml`, `.json`), in
 /// name order so that results never depend on the file system's order. `-` is standard input.
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
+    load(paths, false)
+}
+
+/// As [`load_paths`], and also looks for fields the API server would reject as unknown
+/// (`portcullis lint`, and the warnings of `matrix` and `explain`).
+pub fn load_paths_linted(paths: &[PathBuf]) -> Loaded {
+    load(paths, true)
+}
+
+fn load(paths: &[PathBuf], lint: bool) -> Loaded {
     let mut loaded = Loaded {
         cluster: Cluster::new(),
         errors: Vec::new(),
         ignored: Vec::new(),
+        findings: Vec::new(),
+        declared_namespaces: BTreeSet::new(),
     };
     for path in paths {
         if path.as_os_str() == "-" {
@@ -31,6 +50,9 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
             let mut text = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
                 Ok(_) => {
+                    if lint {
+                        loaded.findings.extend(unknown_fields(&text, "<stdin>"));
+                    }
                     let report = load_into(&mut loaded.cluster, &text, "<stdin>");
                     loaded
                         .errors
@@ -50,6 +72,9 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
             let source = file.display().to_string();
             match fs::read_to_string(&file) {
                 Ok(text) => {
+                    if lint {
+                        loaded.findings.extend(unknown_fields(&text, &source));
+                    }
                     let report = load_into(&mut loaded.cluster, &text, &source);
                     loaded
                         .errors
@@ -60,6 +85,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
             }
         }
     }
+    loaded.declared_namespaces = loaded.cluster.namespaces.keys().cloned().collect();
     loaded.cluster.ensure_implied_namespaces();
     loaded
 }

@@ -74,13 +74,13 @@ pub fn load_into(cluster: &mut Cluster, text: &str, source: &str) -> LoadReport 
 ///
 /// YAML is decoded straight into the target type, as kubectl does, so that a label value such as
 /// `y` or `on` stays the string it is meant to be instead of becoming a YAML 1.1 boolean.
-enum Document<'a> {
+pub(crate) enum Document<'a> {
     Yaml(&'a str),
     Json(Value),
 }
 
 impl Document<'_> {
-    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
         match self {
             Document::Yaml(text) => serde_saphyr::from_str(text).map_err(|e| e.to_string()),
             Document::Json(v) => T::deserialize(v).map_err(|e| e.to_string()),
@@ -124,7 +124,7 @@ struct ListItems {
 }
 
 /// Splits a stream into documents the way kubectl does: on lines that start with `---`.
-fn split_documents(text: &str) -> Result<Vec<Document<'_>>, String> {
+pub(crate) fn split_documents(text: &str) -> Result<Vec<Document<'_>>, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut out = Vec::new();

@@ -1,14 +1,23 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/policy`.
+//!
+//! Reachable from every pod (the redirect skips it), so it is guarded
+//! ([`portcullis_serve_guard`]): at most `--admin-max-connections` at once
+//! (`--admin-max-connections-per-peer` from one address), a header-read and an idle timeout;
+//! the descriptors it may hold are set aside from the data path's budget ([`crate::limits`]).
+//! `/policy` (the pod's whole table) answers loopback peers only, which is what
+//! `kubectl port-forward` is; `/metrics`, `/ready` and `/live` stay open to scrapers and kubelet.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
+use portcullis_policy::table::canonical;
+use portcullis_serve_guard::{reset, Guard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -25,6 +34,7 @@ pub struct AdminState {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    guard: Arc<Guard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -32,28 +42,41 @@ pub async fn serve(
             r = listener.accept() => r,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        // Beyond the cap: reset at once, holding nothing (counted by the guard).
+        let Ok(admission) = guard.admit(peer.ip()) else {
+            reset(stream);
+            continue;
+        };
         let state = state.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(&state, &req, peer)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = guard.serve(stream, service).await;
+            drop(admission);
         });
     }
 }
 
-pub fn respond<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
+/// `/policy` shows the pod's whole table: only to a peer inside the pod.
+pub const POLICY_LOOPBACK_ONLY: &str = "/policy answers only on loopback: it shows this pod's \
+    whole policy table; from outside the pod use `kubectl port-forward POD 4191` and ask \
+    http://127.0.0.1:4191/policy (/metrics, /ready and /live answer everyone)\n";
+
+pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
+        "/policy" if !canonical(peer.ip()).is_loopback() => {
+            text(StatusCode::FORBIDDEN, POLICY_LOOPBACK_ONLY)
+        }
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
             if state.draining.load(Ordering::Relaxed) {
@@ -118,4 +141,59 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(state: &AdminState, path: &str, peer: &str) -> (StatusCode, String) {
+        let req = Request::get(path).body(()).expect("request");
+        let response = respond(state, &req, peer.parse().expect("peer"));
+        let status = response.status();
+        let body = futures_body(response);
+        (status, body)
+    }
+
+    fn futures_body(response: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(response.into_body().collect())
+            .expect("body");
+        String::from_utf8_lossy(&collected.to_bytes()).into_owned()
+    }
+
+    #[test]
+    fn the_table_answers_loopback_only_and_the_probes_answer_everyone() {
+        let state = AdminState {
+            store: Arc::new(PolicyStore::new()),
+            prometheus: None,
+            draining: Default::default(),
+            pod: "x/web".into(),
+        };
+        let (status, body) = get(&state, "/policy", "10.0.0.2:40000");
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("kubectl port-forward"), "{body}");
+        let (status, _) = get(&state, "/policy", "[fd00::2]:40000");
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // No table yet: 503 for loopback peers, whatever their spelling.
+        for peer in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
+            assert_eq!(
+                get(&state, "/policy", peer).0,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{peer}"
+            );
+        }
+        assert_eq!(get(&state, "/live", "10.0.0.2:1").0, StatusCode::OK);
+        assert_eq!(
+            get(&state, "/ready", "10.0.0.2:1").0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(&state, "/metrics", "10.0.0.2:1").0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }

@@ -40,8 +40,9 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: String,
 
-    /// This pod's IPs, comma separated (downward API `status.podIPs`). Used to recognise
-    /// connections to the pod itself and checked against the policy table.
+    /// This pod's IPs, comma separated (downward API `status.podIPs`). Required: the inbound
+    /// proxy forwards only to these addresses (any port) and refuses connections addressed
+    /// anywhere else; the proxy does not start without them.
     #[arg(long, env = "POD_IPS", value_delimiter = ',')]
     pub pod_ips: Vec<IpAddr>,
 
@@ -131,6 +132,30 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
     pub admin_listen: SocketAddr,
 
+    /// Connections the admin listener holds at once; more are reset and counted
+    /// (`portcullis_admin_connections_refused_total`). Their descriptors are set aside from the
+    /// data path's budget, so the admin port can never starve proxied traffic.
+    #[arg(long, env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+
+    /// Admin connections held at once from one peer address (0: no per-peer limit), so that one
+    /// pod cannot take every slot from kubelet and the scrapers.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 16
+    )]
+    pub admin_max_connections_per_peer: usize,
+
+    /// An admin client must send a complete request head within this time (also the longest an
+    /// idle keep-alive connection waits for its next request).
+    #[arg(long, env = "PORTCULLIS_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_timeout: Duration,
+
+    /// An admin connection that moves no byte for this long is closed.
+    #[arg(long, env = "PORTCULLIS_ADMIN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub admin_idle_timeout: Duration,
+
     /// Connections proxied at once (inbound and outbound together); more are reset and counted.
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
@@ -199,6 +224,28 @@ mod tests {
         assert!(c.outbound_listen.iter().all(|a| a.port() == 4140));
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.on_policy_change, OnPolicyChange::Close);
+    }
+
+    #[test]
+    fn pod_ips_parse_as_a_list_and_garbage_is_an_error() {
+        let c = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--pod-ips=10.0.0.1,fd00::1",
+        ])
+        .expect("parses");
+        assert_eq!(c.pod_ips.len(), 2);
+        let err = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--pod-ips=10.0.0.1,not-an-ip",
+        ])
+        .expect_err("garbage");
+        assert!(err.to_string().contains("not-an-ip"), "{err}");
     }
 
     #[test]

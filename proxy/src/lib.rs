@@ -3,7 +3,8 @@
 //!
 //! Where to look:
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
-//! - what happens to one connection: [`connection`]; who the peer is: [`route`];
+//! - what happens to one connection: [`connection`]; who the peer is: [`route`]; where inbound
+//!   connections may go (only this pod's addresses): [`inbound`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
 //! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
@@ -13,6 +14,7 @@ pub mod audit;
 pub mod authorize;
 pub mod config;
 pub mod connection;
+pub mod inbound;
 pub mod limits;
 pub mod listener;
 pub mod relay;
@@ -47,6 +49,8 @@ pub struct Context {
     pub store: Arc<PolicyStore>,
     pub audit: AuditLog,
     pub connection_slots: Arc<Semaphore>,
+    /// `POD_IPS`: the only destinations inbound connections are forwarded to.
+    pub pod_addresses: inbound::PodAddresses,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -65,6 +69,9 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    // Fail closed: without the pod's own addresses the inbound proxy cannot tell this pod from a
+    // neighbour it is asked to relay to.
+    let pod_addresses = inbound::PodAddresses::new(&config.pod_ips)?;
     fit_max_connections(&mut config);
     let store = Arc::new(PolicyStore::new());
     let pod = PodIdentity {
@@ -83,6 +90,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         store: store.clone(),
         audit: AuditLog::new(config.audit_window),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        pod_addresses,
         ingress: DirectionMetrics::new(Direction::Ingress),
         egress: DirectionMetrics::new(Direction::Egress),
     });
@@ -112,6 +120,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         outbound = ?config.outbound_listen,
         admin = %config.admin_listen,
         max_connections = config.max_connections,
+        admin_max_connections = config.admin_max_connections,
         version = env!("CARGO_PKG_VERSION"),
     );
 
@@ -121,6 +130,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
+        admin_guard(&config),
         admin_stop_rx,
     ));
     let mut accept_loops = Vec::new();
@@ -179,25 +189,58 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     Ok(())
 }
 
+/// The admin listener's connection cap and timeouts.
+fn admin_guard(config: &Config) -> Arc<portcullis_serve_guard::Guard> {
+    use portcullis_serve_guard::{Guard, GuardMetrics, Limits};
+    use telemetry::{ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_REFUSED, ADMIN_CONNECTIONS_TIMED_OUT};
+    Guard::new(
+        Limits {
+            max_connections: config.admin_max_connections,
+            max_connections_per_peer: config.admin_max_connections_per_peer,
+            header_read_timeout: config.admin_header_timeout,
+            idle_timeout: config.admin_idle_timeout,
+        },
+        GuardMetrics {
+            active: Some(metrics::gauge!(ADMIN_CONNECTIONS)),
+            refused_full: Some(
+                metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "reason" => "max_connections"),
+            ),
+            refused_peer_full: Some(
+                metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "reason" => "max_connections_per_peer"),
+            ),
+            timed_out: Some(metrics::counter!(ADMIN_CONNECTIONS_TIMED_OUT)),
+        },
+    )
+}
+
 /// Lowers `--max-connections` to what the descriptor limit can hold, saying so: beyond it the
-/// proxy resets new connections cleanly instead of failing with `EMFILE` mid-flight.
+/// proxy resets new connections cleanly instead of failing with `EMFILE` mid-flight. The admin
+/// listener's share (`--admin-max-connections`) is set aside first: it can never take the data
+/// path's descriptors.
 fn fit_max_connections(config: &mut Config) {
+    config.admin_max_connections = config.admin_max_connections.max(1);
     let Some(nofile) = limits::nofile_limit() else {
         return;
     };
     let requested = config.max_connections;
-    let (effective, lowered) =
-        limits::effective_max_connections(requested, nofile, config.worker_threads);
+    let (effective, lowered) = limits::effective_max_connections(
+        requested,
+        nofile,
+        config.worker_threads,
+        config.admin_max_connections,
+    );
     if lowered {
+        let admin = config.admin_max_connections;
         tracing::warn!(
             event = "max_connections_lowered",
             max_connections = requested,
             rlimit_nofile = nofile,
             effective_max_connections = effective,
             "the file descriptor limit (RLIMIT_NOFILE {nofile}) cannot hold --max-connections \
-             {requested} (2 descriptors per connection, plus pipes while data moves and the \
-             proxy's own): accepting at most {effective} connections at once and resetting the \
-             rest; raise the limit or lower --max-connections",
+             {requested} (2 descriptors per connection, plus pipes while data moves, the \
+             proxy's own and the admin port's {admin}): accepting at most {effective} \
+             connections at once and resetting the rest; raise the limit or lower \
+             --max-connections",
         );
         config.max_connections = effective;
     }

@@ -15,16 +15,19 @@ pub const FDS_PER_CONNECTION: u64 = 2;
 /// signal pipes, policy files and the controller stream, with room to spare.
 pub const RESERVED_FDS: u64 = 64;
 
-/// Connections that `nofile` descriptors can hold with `worker_threads` runtime threads.
+/// Connections that `nofile` descriptors can hold with `worker_threads` runtime threads, next to
+/// an admin listener that holds at most `admin_connections`.
 ///
-/// Set aside first: [`RESERVED_FDS`] and the pipe pools (one per runtime thread, and one for
-/// the thread that runs the runtime). Of the rest, an eighth is kept for pipes that are carrying
+/// Set aside first: [`RESERVED_FDS`], the admin listener's share (its cap, plus the one
+/// connection it accepts and resets at a time beyond the cap), and the pipe pools (one per
+/// runtime thread, and one for the thread that runs the runtime). Of the rest, an eighth is kept for pipes that are carrying
 /// data right now (when those run out a direction copies through user space instead, so this is
 /// headroom, not a hard requirement); the remainder is two descriptors per connection. Never
 /// less than one.
-pub fn connection_capacity(nofile: u64, worker_threads: usize) -> usize {
+pub fn connection_capacity(nofile: u64, worker_threads: usize, admin_connections: usize) -> usize {
     let pools = 2 * POOL_PER_THREAD as u64 * (worker_threads.max(1) as u64 + 1);
-    let budget = nofile.saturating_sub(RESERVED_FDS + pools);
+    let admin = admin_connections as u64 + 1;
+    let budget = nofile.saturating_sub(RESERVED_FDS + admin + pools);
     let for_sockets = budget - budget / 8;
     usize::try_from(for_sockets / FDS_PER_CONNECTION)
         .unwrap_or(usize::MAX)
@@ -37,8 +40,9 @@ pub fn effective_max_connections(
     requested: usize,
     nofile: u64,
     worker_threads: usize,
+    admin_connections: usize,
 ) -> (usize, bool) {
-    let capacity = connection_capacity(nofile, worker_threads);
+    let capacity = connection_capacity(nofile, worker_threads, admin_connections);
     if requested > capacity {
         (capacity, true)
     } else {
@@ -63,28 +67,30 @@ mod tests {
     fn a_generous_limit_keeps_max_connections() {
         // The usual container limit.
         assert_eq!(
-            effective_max_connections(20_000, 1_048_576, 2),
+            effective_max_connections(20_000, 1_048_576, 2, 64),
             (20_000, false)
         );
-        assert!(connection_capacity(1_048_576, 2) > 400_000);
+        assert!(connection_capacity(1_048_576, 2, 64) > 400_000);
     }
 
     #[test]
     fn a_tight_limit_lowers_it_below_half_the_descriptors() {
-        let (effective, lowered) = effective_max_connections(20_000, 20_000, 2);
+        let (effective, lowered) = effective_max_connections(20_000, 20_000, 2, 64);
         assert!(lowered);
-        // 20,000 - 64 - 192 = 19,744; 7/8 of that = 17,276; two per connection.
-        assert_eq!(effective, 8_638);
-        assert!(effective as u64 * FDS_PER_CONNECTION < 20_000);
-        // More threads, more pooled pipes set aside.
-        assert!(connection_capacity(20_000, 8) < effective);
+        // 20,000 - 64 - 65 (admin) - 192 = 19,679; 19,679 - 19,679 / 8 = 17,220; two per
+        // connection.
+        assert_eq!(effective, 8_610);
+        assert!(effective as u64 * FDS_PER_CONNECTION + 65 < 20_000);
+        // More threads, more pooled pipes set aside; a bigger admin cap, more set aside.
+        assert!(connection_capacity(20_000, 8, 64) < effective);
+        assert!(connection_capacity(20_000, 2, 1_000) < effective);
     }
 
     #[test]
     fn a_tiny_limit_still_allows_one_connection() {
-        assert_eq!(connection_capacity(100, 2), 1);
-        assert_eq!(connection_capacity(0, 0), 1);
-        assert_eq!(effective_max_connections(5, 100, 2), (1, true));
+        assert_eq!(connection_capacity(100, 2, 64), 1);
+        assert_eq!(connection_capacity(0, 0, 0), 1);
+        assert_eq!(effective_max_connections(5, 100, 2, 64), (1, true));
     }
 
     #[test]

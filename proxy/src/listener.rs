@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::connection::{reset, serve};
-use crate::route::route;
+use crate::inbound::FOREIGN_DESTINATION_LOG;
+use crate::route::{route, RouteError};
 use crate::telemetry::count_refused;
 use crate::Context;
 
@@ -76,13 +77,13 @@ pub async fn accept_loop(
                     reset(stream);
                     continue;
                 };
-                match route(direction, &stream, source, local) {
+                match route(direction, &stream, source, local, &ctx.pod_addresses) {
                     Ok(r) => {
                         tokio::spawn(serve(ctx.clone(), stream, r, permit));
                     }
                     Err(e) => {
-                        count_refused(direction, "not_redirected");
-                        tracing::debug!(direction = direction.as_str(), src = %source, error = %e, "refused");
+                        count_refused(direction, e.metric_reason());
+                        log_refused_route(direction, source, &e);
                         reset(stream);
                     }
                 }
@@ -95,6 +96,28 @@ pub async fn accept_loop(
             Err(e) => {
                 tracing::debug!(direction = direction.as_str(), error = %e, "accept failed");
             }
+        }
+    }
+}
+
+/// A foreign destination is an attack or a broken `POD_IPS`: a `connection_refused` warning
+/// (throttled); anything else stays at debug level.
+fn log_refused_route(direction: Direction, source: SocketAddr, e: &RouteError) {
+    match e {
+        RouteError::ForeignDestination { why, destination } => {
+            if let Some(suppressed) = FOREIGN_DESTINATION_LOG.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    event = "connection_refused",
+                    direction = direction.as_str(),
+                    src = %source,
+                    dst = %destination,
+                    reason = why.log_reason(),
+                    suppressed,
+                );
+            }
+        }
+        _ => {
+            tracing::debug!(direction = direction.as_str(), src = %source, error = %e, "refused");
         }
     }
 }

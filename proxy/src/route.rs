@@ -9,15 +9,22 @@
 //!   pods, and one bound only to the pod IP still works. The proxy's own connections are exempt
 //!   from redirection by its UID, so this does not loop. Their source is 127.0.0.6 (IPv4), as
 //!   with Istio's sidecar, so that TIME_WAIT ports can be reused (see `connection::connect`).
+//!   Only the pod's own addresses qualify ([`crate::inbound`]): anything else is a relay or a
+//!   crafted packet and is refused here, before any policy decision.
 //! - Outbound: the peer is the original destination, and the connection goes there.
+//!
+//! An IPv6 link-local destination keeps its scope id (the interface), without which it cannot be
+//! connected to.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use portcullis_policy::table::canonical;
 use portcullis_policy::Direction;
 use socket2::SockRef;
 use tokio::net::TcpStream;
+
+use crate::inbound::{ForeignDestination, PodAddresses};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
@@ -47,7 +54,23 @@ impl Route {
 pub enum RouteError {
     /// No NAT happened: someone connected to the proxy port itself.
     NotRedirected,
+    /// Inbound only: the original destination is not one of this pod's addresses.
+    ForeignDestination {
+        why: ForeignDestination,
+        destination: SocketAddr,
+    },
     Io(io::Error),
+}
+
+impl RouteError {
+    /// The `reason` label of `portcullis_connections_refused_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            RouteError::NotRedirected => "not_redirected",
+            RouteError::ForeignDestination { why, .. } => why.metric_reason(),
+            RouteError::Io(_) => "original_destination_unreadable",
+        }
+    }
 }
 
 impl std::fmt::Display for RouteError {
@@ -56,23 +79,33 @@ impl std::fmt::Display for RouteError {
             RouteError::NotRedirected => {
                 f.write_str("connection was not redirected by iptables (no original destination)")
             }
+            RouteError::ForeignDestination { why, destination } => {
+                write!(f, "{} ({destination})", why.log_reason())
+            }
             RouteError::Io(e) => write!(f, "cannot read the original destination: {e}"),
         }
     }
 }
 
 /// Works out the route of a connection accepted on `listener` (which is `direction`'s port).
+/// Inbound, the original destination must be one of `pod`'s addresses.
 pub fn route(
     direction: Direction,
     stream: &TcpStream,
     source: SocketAddr,
     listener: SocketAddr,
+    pod: &PodAddresses,
 ) -> Result<Route, RouteError> {
-    let destination = original_destination(stream)?;
+    let mut destination = original_destination(stream)?;
     if destination.port() == listener.port() && is_local(destination.ip(), stream) {
         // A direct connection to the proxy's port (no NAT entry rewrote it): serving it would
         // connect the proxy to itself.
         return Err(RouteError::NotRedirected);
+    }
+    if direction == Direction::Ingress {
+        destination = pod
+            .check(destination)
+            .map_err(|why| RouteError::ForeignDestination { why, destination })?;
     }
     Ok(Route {
         direction,
@@ -85,8 +118,14 @@ fn is_local(ip: IpAddr, stream: &TcpStream) -> bool {
     ip.is_loopback() || ip.is_unspecified() || stream.local_addr().is_ok_and(|l| l.ip() == ip)
 }
 
+/// IPv4-mapped IPv6 becomes IPv4; an IPv6 address keeps its scope id.
 fn canonical_addr(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(canonical(addr.ip()), addr.port())
+    match (canonical(addr.ip()), addr) {
+        (IpAddr::V6(ip), SocketAddr::V6(v6)) => {
+            SocketAddr::V6(SocketAddrV6::new(ip, v6.port(), 0, v6.scope_id()))
+        }
+        (ip, _) => SocketAddr::new(ip, addr.port()),
+    }
 }
 
 /// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6), per the socket's family.
@@ -134,7 +173,20 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (stream, source) = listener.accept().await.expect("accept");
-        let err = route(Direction::Ingress, &stream, source, addr).expect_err("no NAT");
+        let pod = PodAddresses::new(&["10.0.0.1".parse().unwrap()]).expect("pod");
+        let err = route(Direction::Ingress, &stream, source, addr, &pod).expect_err("no NAT");
         assert!(matches!(err, RouteError::NotRedirected), "{err}");
+        assert_eq!(err.metric_reason(), "not_redirected");
+    }
+
+    #[test]
+    fn canonical_addresses_keep_the_ipv6_scope() {
+        let scoped = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 7, 3));
+        assert_eq!(
+            canonical_addr(scoped),
+            SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, 3))
+        );
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        assert_eq!(canonical_addr(mapped), "10.0.0.1:80".parse().unwrap());
     }
 }

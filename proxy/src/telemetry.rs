@@ -17,6 +17,9 @@ pub const POLICY_GENERATION: &str = "portcullis_policy_generation";
 pub const POLICY_LAST_RELOAD: &str = "portcullis_policy_last_reload_timestamp_seconds";
 pub const POLICY_RELOAD_FAILURES: &str = "portcullis_policy_reload_failures_total";
 pub const POLICY_STALE: &str = "portcullis_policy_stale";
+pub const ADMIN_CONNECTIONS: &str = "portcullis_admin_connections";
+pub const ADMIN_CONNECTIONS_REFUSED: &str = "portcullis_admin_connections_refused_total";
+pub const ADMIN_CONNECTIONS_TIMED_OUT: &str = "portcullis_admin_connections_timed_out_total";
 
 pub fn describe() {
     describe_counter!(
@@ -30,7 +33,8 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections refused before any policy decision, by direction and reason \
-         (no_policy, max_connections, not_redirected)."
+         (no_policy, max_connections, not_redirected, destination_not_pod, destination_loopback, \
+         original_destination_unreadable)."
     );
     describe_counter!(
         CONNECTIONS_TERMINATED,
@@ -59,6 +63,18 @@ pub fn describe() {
     describe_counter!(
         POLICY_RELOAD_FAILURES,
         "Policy changes that did not load (the previous table stayed in use)."
+    );
+    describe_gauge!(
+        ADMIN_CONNECTIONS,
+        "Connections the admin listener holds now (at most --admin-max-connections)."
+    );
+    describe_counter!(
+        ADMIN_CONNECTIONS_REFUSED,
+        "Admin connections reset at once, by reason (max_connections, max_connections_per_peer)."
+    );
+    describe_counter!(
+        ADMIN_CONNECTIONS_TIMED_OUT,
+        "Admin connections closed for not sending a request head in time or moving no byte."
     );
     describe_gauge!(
         POLICY_STALE,

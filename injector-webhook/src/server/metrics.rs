@@ -2,7 +2,8 @@
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
 
-/// Admission requests by `result`: injected, skipped, ignored, error, invalid (HTTP 400).
+/// Admission requests by `result`: injected, skipped, ignored, denied (a pod running as the
+/// proxy's UID), error, invalid (HTTP 400).
 pub const REQUESTS: &str = "portcullis_injector_requests_total";
 /// Pods injected, by `sidecar_mode`.
 pub const INJECTIONS: &str = "portcullis_injector_injections_total";
@@ -11,6 +12,9 @@ pub const SKIPS: &str = "portcullis_injector_skips_total";
 /// Failures of the webhook itself (pod admitted untouched, or denied with --fail-closed), by
 /// `kind`.
 pub const ERRORS: &str = "portcullis_injector_errors_total";
+/// Pod annotations ignored because their namespace does not allow pod overrides, by
+/// `annotation`.
+pub const IGNORED_OVERRIDES: &str = "portcullis_injector_ignored_overrides_total";
 /// Warnings returned to users.
 pub const WARNINGS: &str = "portcullis_injector_warnings_total";
 /// Namespace look-ups, by `result`: cached, fetched, error.
@@ -45,6 +49,10 @@ pub fn describe() {
         "Webhook failures (pod admitted without the proxy, or denied with --fail-closed)"
     );
     metrics::describe_counter!(WARNINGS, "Warnings returned in admission responses");
+    metrics::describe_counter!(
+        IGNORED_OVERRIDES,
+        "Enforcement-weakening pod annotations ignored (namespace does not allow pod overrides), by annotation"
+    );
     metrics::describe_counter!(
         NAMESPACE_LOOKUPS,
         "Namespace annotation look-ups, by result"

@@ -74,14 +74,30 @@ pub async fn admit(state: &AppState, body: &[u8]) -> Result<Reply, ParseError> {
     let uid = parsed.request.uid.as_str();
     let ns = parsed.namespace().unwrap_or("-");
     let pod = parsed.pod_name();
+    for o in &reply.ignored_overrides {
+        tracing::warn!(
+            uid,
+            namespace = ns,
+            pod,
+            annotation = o.annotation.as_str(),
+            value = o.value.as_str(),
+            "pod annotation ignored: it weakens enforcement and the namespace does not allow pod overrides"
+        );
+        ::metrics::counter!(metrics::IGNORED_OVERRIDES, "annotation" => o.annotation.clone())
+            .increment(1);
+    }
+    let exemptions = reply.exemptions.as_deref().unwrap_or("");
     match &reply.result {
         ReviewResult::Injected(mode) => {
-            tracing::info!(uid, namespace = ns, pod, mode = mode.as_str(), warnings = ?reply.warnings, "injected");
+            tracing::info!(uid, namespace = ns, pod, mode = mode.as_str(), exemptions, warnings = ?reply.warnings, "injected");
             ::metrics::counter!(metrics::INJECTIONS, "sidecar_mode" => mode.as_str()).increment(1);
         }
         ReviewResult::Skipped(reason) => {
-            tracing::info!(uid, namespace = ns, pod, reason = reason.label(), warnings = ?reply.warnings, "not injected");
+            tracing::info!(uid, namespace = ns, pod, reason = reason.label(), exemptions, warnings = ?reply.warnings, "not injected");
             ::metrics::counter!(metrics::SKIPS, "reason" => reason.label()).increment(1);
+        }
+        ReviewResult::Denied(why) => {
+            tracing::warn!(uid, namespace = ns, pod, reason = why.as_str(), "refused");
         }
         ReviewResult::Ignored(why) => {
             tracing::debug!(uid, namespace = ns, why = why.as_str(), "ignored");

@@ -1,0 +1,360 @@
+//! The bypass suite: attacks a hostile pod tried on the testbed, scripted, so that each stays
+//! closed. Every attack runs against real network namespaces with the real portcullis-init rules,
+//! real proxies and the real controller, from inside the attacker pod's namespace as root (what a
+//! pod with a root process and a few capabilities can do). Needs root.
+//!
+//! The cluster (`BYPASS`): `att/attacker` is under default deny both ways; `mid/relay` is open and
+//! runs an application bound to 127.0.0.1 only; `tgt/target` admits only the `mid` namespace.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BYPASS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: att}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: mid, labels: {zone: mid}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: tgt}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: attacker, namespace: att, labels: {app: attacker}}
+spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+status: {podIP: 10.250.1.10, hostIP: 10.250.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: relay, namespace: mid, labels: {app: relay}}
+spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+status: {podIP: 10.250.2.10, hostIP: 10.250.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: target, namespace: tgt, labels: {app: target}}
+spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+status: {podIP: 10.250.3.10, hostIP: 10.250.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: att}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-mid, namespace: tgt}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {zone: mid}}}]}]
+"#;
+
+const ATTACKER: &str = "att/attacker";
+const RELAY: &str = "mid/relay";
+const TARGET: &str = "tgt/target";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the bypass suite builds network namespaces and iptables rules: run it as root (./scripts/test.sh)"
+    );
+}
+
+fn build_components() {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "portcullis-proxy",
+            "-p",
+            "portcullis-init",
+            "-p",
+            "portcullis-controller",
+        ])
+        .current_dir(repo())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the testbed's components failed");
+}
+
+/// A running testbed of `BYPASS`, taken down when dropped (also on panic).
+struct Bed {
+    name: String,
+    state: serde_json::Value,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Bed {
+    fn up(tag: &str) -> Bed {
+        require_root();
+        build_components();
+        let name = format!("by{tag}{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        let manifest = dir.join("bypass.yaml");
+        fs::write(&manifest, BYPASS).unwrap();
+        let _ = portcullis(&["testbed", "down", "--name", &name]);
+        let up = portcullis(&[
+            "testbed",
+            "up",
+            "--name",
+            &name,
+            "-f",
+            manifest.to_str().unwrap(),
+        ]);
+        let mut bed = Bed {
+            name,
+            state: serde_json::Value::Null,
+            _dir: TempDir(dir),
+        };
+        assert!(
+            up.status.success(),
+            "testbed up failed:\n{}\n{}",
+            text(&up.stdout),
+            text(&up.stderr)
+        );
+        let state = fs::read_to_string(
+            Path::new("/run/portcullis/testbed")
+                .join(&bed.name)
+                .join("state.json"),
+        )
+        .expect("testbed state");
+        bed.state = serde_json::from_str(&state).expect("state JSON");
+        bed
+    }
+
+    fn pod(&self, key: &str) -> (String, IpAddr) {
+        let pod = self.state["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key)
+            .unwrap_or_else(|| panic!("{key} is not in the testbed"));
+        (
+            pod["netns"].as_str().unwrap().to_string(),
+            pod["ip"].as_str().unwrap().parse().unwrap(),
+        )
+    }
+
+    /// Runs a Python program in `pod`'s network namespace, as `uid` (root when `None`). The
+    /// interpreter starts as root and drops to `uid` itself (it may live under root's home).
+    fn python(&self, pod: &str, uid: Option<u32>, program: &str, args: &[&str]) -> Output {
+        let (netns, _) = self.pod(pod);
+        let program = match uid {
+            Some(uid) => format!(
+                "import os, socket, struct, sys, time\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n{program}"
+            ),
+            None => program.to_string(),
+        };
+        Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", &program])
+            .args(args)
+            .output()
+            .expect("run python3")
+    }
+
+    fn sh(&self, pod: &str, args: &[&str]) -> Output {
+        let (netns, _) = self.pod(pod);
+        Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .args(args)
+            .output()
+            .expect("run a command in the pod")
+    }
+
+    /// Everything the pod's proxy logged.
+    fn proxy_log(&self, key: &str) -> String {
+        let pod = self.state["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key)
+            .unwrap();
+        fs::read_to_string(pod["proxy_log"].as_str().unwrap()).unwrap_or_default()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = portcullis(&["testbed", "down", "--name", &self.name]);
+    }
+}
+
+/// Connects to argv[1]:argv[2], says hello, prints what came back (or the error).
+const CONNECT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"probe\n")
+    print("ANSWER", s.recv(200).decode().strip())
+except Exception as e:
+    print("FAILED", type(e).__name__, e)
+"#;
+
+fn answer(out: &Output) -> Option<String> {
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ANSWER") || stdout.contains("FAILED"),
+        "the probe did not run: {stdout}{}",
+        text(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ANSWER "))
+        .map(str::to_string)
+        .filter(|a| !a.is_empty())
+}
+
+/// Issue 12 §1: a pod under default deny routes a connection for the target through a neighbour
+/// whose ingress the target trusts. Before the fix the neighbour's inbound proxy connected
+/// wherever SO_ORIGINAL_DST pointed and spliced: the attacker read the target's answer.
+#[test]
+fn a_pod_cannot_relay_through_a_neighbours_inbound_proxy() {
+    let bed = Bed::up("r");
+    let (_, relay_ip) = bed.pod(RELAY);
+    let (_, target_ip) = bed.pod(TARGET);
+    let target = target_ip.to_string();
+
+    // Sanity: the neighbour itself reaches the target, and the attacker, even running as the
+    // proxy's UID (exempt from its own redirect, see the injector's refusal of such pods), is
+    // refused by the target's ingress.
+    let relay_direct = bed.python(RELAY, None, CONNECT, &[&target, "443"]);
+    assert_eq!(answer(&relay_direct).as_deref(), Some(TARGET));
+    let direct = bed.python(ATTACKER, Some(2171), CONNECT, &[&target, "443"]);
+    assert_eq!(
+        answer(&direct),
+        None,
+        "the target's ingress must refuse att"
+    );
+
+    // The attack: the target's address routed via the neighbour, over the shared bridge.
+    let route = bed.sh(
+        ATTACKER,
+        &[
+            "ip",
+            "route",
+            "replace",
+            &format!("{target}/32"),
+            "via",
+            &relay_ip.to_string(),
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+    assert!(route.status.success(), "{}", text(&route.stderr));
+    let relayed = bed.python(ATTACKER, Some(2171), CONNECT, &[&target, "443"]);
+    assert_eq!(
+        answer(&relayed),
+        None,
+        "the attacker reached the target through the neighbour's proxy: {}",
+        text(&relayed.stdout)
+    );
+    // Nothing addressed elsewhere may be served by the neighbour's proxy. (Before the fix it
+    // took the connection and tried the target: on IPv4 the connect from 127.0.0.6 failed by
+    // luck, on IPv6 it went through.) The only acceptable trace is a refusal.
+    let log = bed.proxy_log(RELAY);
+    let served: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("{target}:443")) && !l.contains("connection_refused"))
+        .collect();
+    assert!(
+        served.is_empty(),
+        "the neighbour's proxy handled a connection addressed to the target:\n{}",
+        served.join("\n")
+    );
+}
+
+/// Sends one SYN over AF_PACKET (the sender's netfilter never sees it) to the neighbour's MAC,
+/// addressed to 127.0.0.1:7777, then reports whether the neighbour answered anything.
+const LOOPBACK_SYN: &str = r#"
+import socket, struct, sys, time
+src_ip, dst_mac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+src = socket.inet_aton(src_ip); dst = socket.inet_aton("127.0.0.1")
+tcp = struct.pack("!HHIIBBHHH", 40404, 7777, 1000, 0, 5 << 4, 0x02, 64240, 0, 0)
+pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dst)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+my_mac = s.getsockname()[4]
+for _ in range(3):
+    s.send(dst_mac + my_mac + b"\x08\x00" + ip + tcp)
+    time.sleep(0.2)
+print("SENT")
+"#;
+
+/// Issue 12 §1: a SYN to 127.0.0.1 arriving on eth0 was redirected to the inbound proxy (nat
+/// PREROUTING runs before the routing decision that would drop it as a martian), and the proxy
+/// then connected to the pod's localhost-only application.
+#[test]
+fn a_frame_addressed_to_loopback_never_reaches_the_proxy() {
+    let bed = Bed::up("l");
+    let (_, attacker_ip) = bed.pod(ATTACKER);
+    let mac = bed.sh(RELAY, &["cat", "/sys/class/net/eth0/address"]);
+    let mac = text(&mac.stdout).trim().to_string();
+    assert_eq!(mac.len(), 17, "no MAC for the relay");
+
+    let sent = bed.python(
+        ATTACKER,
+        None,
+        LOOPBACK_SYN,
+        &[&attacker_ip.to_string(), &mac],
+    );
+    assert!(
+        text(&sent.stdout).contains("SENT"),
+        "{}",
+        text(&sent.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Had the SYN been redirected, the proxy's listener would hold a half-open connection from
+    // the attacker (its SYN-ACK sent back with source 127.0.0.1) for a few seconds.
+    let ss = bed.sh(RELAY, &["ss", "-tanH", "state", "syn-recv"]);
+    let half_open = text(&ss.stdout);
+    assert!(
+        !half_open.contains(&attacker_ip.to_string()),
+        "a SYN addressed to 127.0.0.1 reached a listener of the neighbour:\n{half_open}"
+    );
+}

@@ -1,0 +1,226 @@
+//! `portcullis lint`, and its warnings from `matrix` and `explain`, on real manifests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const TYPO: &str = "cli/tests/lint/ingres-typo.yaml";
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+/// (severity, check, object, field) of every finding.
+fn summary(v: &serde_json::Value) -> Vec<(String, String, String, String)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let o = &f["object"];
+            (
+                f["severity"].as_str().unwrap().to_string(),
+                f["check"].as_str().unwrap().to_string(),
+                format!(
+                    "{} {}/{}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["namespace"].as_str().unwrap_or(""),
+                    o["name"].as_str().unwrap_or("")
+                ),
+                f["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn row(sev: &str, check: &str, object: &str, field: &str) -> (String, String, String, String) {
+    (sev.into(), check.into(), object.into(), field.into())
+}
+
+#[test]
+fn the_ingres_typo_is_an_error_with_file_object_and_field() {
+    let out = portcullis(&["lint", "-f", "manifests/examples/kangaroo", "-f", TYPO]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stdout}"));
+    for part in [
+        "unknown-field",
+        "NetworkPolicy kangaroo/backend-from-worker (in cli/tests/lint/ingres-typo.yaml)",
+        "spec.ingres",
+        "did you mean \"ingress\"",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert!(
+        stdout.ends_with("1 error(s), 2 warning(s), 0 note(s)\n"),
+        "{stdout}"
+    );
+
+    let out = portcullis(&[
+        "lint",
+        "-f",
+        "manifests/examples/kangaroo",
+        "-f",
+        TYPO,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["errors"], 1);
+    let rows = summary(&v);
+    assert_eq!(
+        rows[0],
+        row(
+            "error",
+            "unknown-field",
+            "NetworkPolicy kangaroo/backend-from-worker",
+            "spec.ingres"
+        )
+    );
+    // With the rule gone, the policy still selects the backend: nothing about it is flagged
+    // but the typo, which is exactly why the typo must be an error.
+    assert!(
+        !rows[1..]
+            .iter()
+            .any(|r| r.2.contains("backend-from-worker")),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn the_bundled_examples_have_no_errors_and_only_legitimate_warnings() {
+    let out = portcullis(&[
+        "lint",
+        "-f",
+        "manifests/examples/kangaroo",
+        "-f",
+        "manifests/examples/kangaroo-change",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // The kangaroo namespace is under default deny for egress and the example has no DNS rule:
+    // its pods cannot resolve names, which a real deployment would need. Nothing else is wrong.
+    assert_eq!(
+        summary(&json(&out)),
+        vec![
+            row(
+                "warning",
+                "no-dns",
+                "NetworkPolicy kangaroo/default-deny",
+                "spec.egress"
+            ),
+            row(
+                "warning",
+                "no-dns",
+                "NetworkPolicy kangaroo/kangaroo-backend",
+                "spec.egress"
+            ),
+            row(
+                "warning",
+                "no-dns",
+                "NetworkPolicy kangaroo/worker-to-backend",
+                "spec.egress"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn conformance_cases_have_no_unknown_fields() {
+    // 50 cases from the upstream suite, each a model cluster plus policies: valid objects, so
+    // lint finds no error in any of them (warnings, such as no DNS, are the cases' point).
+    let dir = repo().join("policy/tests/conformance");
+    let model = dir.join("model.yaml");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path().join("policy.yaml")))
+        .filter(|p| p.is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let out = portcullis(&[
+            "lint",
+            "-f",
+            model.to_str().unwrap(),
+            "-f",
+            case.to_str().unwrap(),
+            "-o",
+            "json",
+        ]);
+        assert_eq!(json(&out)["errors"], 0, "{case:?}: {}", text(&out.stdout));
+        assert_eq!(out.status.code(), Some(0));
+    }
+}
+
+#[test]
+fn matrix_and_explain_print_the_same_findings_on_stderr_only() {
+    let clean = portcullis(&["matrix", "-f", "manifests/examples/kangaroo", "-o", "json"]);
+    let typo = portcullis(&[
+        "matrix",
+        "-f",
+        "manifests/examples/kangaroo",
+        "-f",
+        TYPO,
+        "-o",
+        "json",
+    ]);
+    // stdout stays the matrix (the typo'd policy makes the backend deny-all for ingress, which
+    // is what it would mean if the API server accepted it).
+    let m: serde_json::Value = serde_json::from_slice(&typo.stdout).expect("matrix JSON");
+    assert!(m["probes"].as_array().is_some_and(|p| !p.is_empty()));
+    assert_ne!(clean.stdout, typo.stdout);
+    let err = text(&typo.stderr);
+    assert!(
+        err.contains("error: NetworkPolicy kangaroo/backend-from-worker (in cli/tests/lint/ingres-typo.yaml): spec.ingres: unknown field"),
+        "{err}"
+    );
+    assert!(err.contains("[no-dns]"), "{err}");
+    assert_eq!(
+        typo.status.code(),
+        Some(1),
+        "an unknown field fails the run"
+    );
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean.stderr));
+    assert!(text(&clean.stderr).contains("warning: NetworkPolicy kangaroo/default-deny"));
+
+    let explain = portcullis(&[
+        "explain",
+        "-f",
+        "manifests/examples/kangaroo",
+        "-f",
+        TYPO,
+        "--from",
+        "kangaroo/worker",
+        "--to",
+        "kangaroo/backend",
+        "--port",
+        "80/TCP",
+    ]);
+    assert_eq!(explain.status.code(), Some(1));
+    assert!(text(&explain.stdout).starts_with("kangaroo/worker -> kangaroo/backend on 80/TCP"));
+    assert!(text(&explain.stderr).contains("spec.ingres: unknown field"));
+}
