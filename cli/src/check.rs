@@ -413,13 +413,15 @@ async fn webhook(client: &Client, report: &mut Report) {
     let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let config = match api.get_opt(WEBHOOK_CONFIG).await {
         Ok(Some(c)) => c,
-        Ok(None) => return report.fail(
-            category,
-            format!(
+        Ok(None) => {
+            return report.fail(
+                category,
+                format!(
                 "MutatingWebhookConfiguration {WEBHOOK_CONFIG} does not exist: no pod gets a proxy"
             ),
-            "apply the manifests: kubectl apply -k manifests/".into(),
-        ),
+                "apply the manifests: kubectl apply -k manifests/".into(),
+            )
+        }
         Err(e) => {
             return report.fail(
                 category,

@@ -224,3 +224,29 @@ fn matrix_and_explain_print_the_same_findings_on_stderr_only() {
     assert!(text(&explain.stdout).starts_with("kangaroo/worker -> kangaroo/backend on 80/TCP"));
     assert!(text(&explain.stderr).contains("spec.ingres: unknown field"));
 }
+
+#[test]
+fn lint_reads_standard_input_as_kubectl_pipes_it() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["lint", "-f", "-", "-o", "json"])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let typo = std::fs::read_to_string(repo().join(TYPO)).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typo.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["findings"][0]["object"]["source"], "<stdin>");
+    assert_eq!(v["findings"][0]["field"], "spec.ingres");
+    // Only policies in the input: the checks that need pods say they were skipped.
+    assert!(summary(&v).iter().any(|r| r.1 == "no-pods"), "{v}");
+}

@@ -65,6 +65,16 @@ pub struct Config {
     )]
     pub backend: BackendChoice,
 
+    /// Send the first packet of every new UDP and SCTP flow (inbound and outbound) to the
+    /// proxy's NFQUEUE for a verdict. `false` installs no queue rules (and removes ours if a
+    /// previous run left them): UDP and SCTP then pass unchecked, and the proxy says so.
+    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enforce_udp: bool,
+
+    /// NFQUEUE number the proxy reads (the same `--nfqueue` as the proxy's).
+    #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
+    pub nfqueue: u16,
+
     /// Print the iptables-restore input for each family and change nothing.
     #[arg(long, env = "PORTCULLIS_DRY_RUN")]
     pub dry_run: bool,
@@ -211,6 +221,8 @@ mod tests {
             "PORTCULLIS_ALLOW_FORWARDING",
             "PORTCULLIS_DRY_RUN",
             "PORTCULLIS_CLEANUP",
+            "PORTCULLIS_ENFORCE_UDP",
+            "PORTCULLIS_NFQUEUE",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }

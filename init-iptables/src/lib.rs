@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod datagram;
 pub mod rules;
 
 use anyhow::{bail, Context, Result};
@@ -33,8 +34,10 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 .push("IPv6: not available in this network namespace; skipped".into());
             continue;
         }
-        match run_family(cfg, backend, family) {
-            Ok(line) => report.lines.push(line),
+        match run_family(cfg, backend, family)
+            .and_then(|line| Ok([Some(line), run_datagram(cfg, backend, family)?]))
+        {
+            Ok(lines) => report.lines.extend(lines.into_iter().flatten()),
             Err(e) if family == Family::V6 && !has_ipv6_address() => {
                 // No IPv6 address but for ::1: there is no IPv6 traffic to redirect.
                 report.lines.push(format!(
@@ -98,6 +101,47 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
             "forwarding dropped"
         }
     ))
+}
+
+/// The report line for UDP/SCTP (the queue rules are one part of the rule set, installed,
+/// verified and cleaned up with the rest). With `--enforce-udp=false` the install writes no
+/// queue rules; this removes any that an earlier run left, so that UDP is not dropped by a queue
+/// that no proxy reads.
+fn run_datagram(cfg: &Config, backend: Backend, family: Family) -> Result<Option<String>> {
+    let name = family.name();
+    if cfg.cleanup {
+        return Ok(None);
+    }
+    if cfg.enforce_udp {
+        return Ok(Some(format!(
+            "{name}: the first packet of each new UDP and SCTP flow -> NFQUEUE {} (no bypass: \
+             dropped while no proxy reads it)",
+            cfg.nfqueue
+        )));
+    }
+    let not =
+        format!("{name}: UDP and SCTP are NOT enforced (--enforce-udp=false): no queue rules");
+    let current = if cfg.dry_run {
+        backend::save_all(backend, family).unwrap_or_default()
+    } else {
+        backend::save_all(backend, family)?
+    };
+    let Some(input) = rules::cleanup_chains(&current, &datagram::OWNED) else {
+        return Ok(Some(not));
+    };
+    if cfg.dry_run {
+        print!("{input}");
+        return Ok(Some(format!(
+            "{not}; dry run, an earlier run's left as they are"
+        )));
+    }
+    backend::restore(backend, family, &input)
+        .with_context(|| format!("removing the {name} UDP/SCTP queue rules"))?;
+    let after = backend::save_all(backend, family)?;
+    if rules::cleanup_chains(&after, &datagram::OWNED).is_some() {
+        bail!("{name}: PORTCULLIS_UDP_* rules are still there after removing them");
+    }
+    Ok(Some(format!("{not} (removed an earlier run's)")))
 }
 
 fn check_ports(cfg: &Config) -> Result<()> {

@@ -23,9 +23,11 @@ pub const FORWARD: &str = "PORTCULLIS_FORWARD";
 
 /// Every chain any configuration installs, by table: `--cleanup` removes these (and the jumps
 /// into them) and nothing else.
-pub const OWNED: [(Table, &str); 6] = [
+pub const OWNED: [(Table, &str); 8] = [
     (Table::Raw, ANTISPOOF),
     (Table::Filter, FORWARD),
+    (Table::Filter, crate::datagram::UDP_IN),
+    (Table::Filter, crate::datagram::UDP_OUT),
     (Table::Nat, INBOUND),
     (Table::Nat, IN_REDIRECT),
     (Table::Nat, OUTPUT),
@@ -145,6 +147,9 @@ pub fn ruleset(cfg: &Config, family: Family) -> Vec<Part> {
                 first: true,
             }],
         });
+    }
+    if cfg.enforce_udp {
+        parts.push(crate::datagram::part(cfg));
     }
     parts.push(nat_redirect(cfg, family));
     parts
@@ -331,9 +336,15 @@ pub fn install(cfg: &Config, family: Family, current: &str) -> String {
 /// chains, or `None` when none of them is there. Works on what is installed, whatever version
 /// or flags installed it.
 pub fn cleanup(current: &str) -> Option<String> {
+    cleanup_chains(current, &OWNED)
+}
+
+/// [`cleanup`] for some of the [`OWNED`] chains only (`--enforce-udp=false` removes the queue
+/// chains an earlier run installed).
+pub fn cleanup_chains(current: &str, chains: &[(Table, &str)]) -> Option<String> {
     let mut out = String::new();
     for table in Table::ALL {
-        let owned: Vec<&str> = OWNED
+        let owned: Vec<&str> = chains
             .iter()
             .filter(|(t, _)| *t == table)
             .map(|(_, c)| *c)

@@ -31,10 +31,12 @@ fn saved(cfg: &Config, family: Family) -> String {
 
 #[test]
 fn golden_ipv4_install() {
+    // The UDP/SCTP queue part has its own golden test (datagram.rs).
     let cfg = config(&[
         "--skip-inbound-ports=22,8000-8100",
         "--skip-outbound-ports=5432",
         "--skip-outbound-cidrs=10.96.0.0/12,fd00::/8",
+        "--enforce-udp=false",
     ]);
     let text = install(&cfg, Family::V4, "");
     assert_eq!(
@@ -112,7 +114,11 @@ fn the_loopback_drop_comes_before_the_redirect_and_non_local_is_never_redirected
 
 #[test]
 fn allow_forwarding_leaves_the_filter_table_alone() {
-    let text = install(&config(&["--allow-forwarding"]), Family::V4, "");
+    let text = install(
+        &config(&["--allow-forwarding", "--enforce-udp=false"]),
+        Family::V4,
+        "",
+    );
     assert!(!text.contains("*filter"), "{text}");
     assert!(!text.contains("FORWARD"), "{text}");
     assert!(text.contains("*raw"));

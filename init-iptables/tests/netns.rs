@@ -476,6 +476,201 @@ fn without_privileges_it_says_what_is_missing() {
     );
 }
 
+// UDP and SCTP: the first packet of each new flow goes to NFQUEUE 4171, which nobody reads in
+// these tests, so it is dropped (fail closed); what is not queued gets through.
+
+fn udp_socket(ns: &str, addr: &str) -> std::net::UdpSocket {
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let s = in_ns(ns, move || std::net::UdpSocket::bind(addr)).expect("bind udp");
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    s
+}
+
+/// Whether a datagram sent from `from` (in its namespace) to `to` arrives at `receiver`.
+fn datagram_arrives(from: &std::net::UdpSocket, to: &str, receiver: &std::net::UdpSocket) -> bool {
+    let to: SocketAddr = to.parse().expect("addr");
+    from.send_to(b"ping", to).expect("send");
+    let mut buf = [0u8; 16];
+    matches!(receiver.recv_from(&mut buf), Ok((4, _)))
+}
+
+fn queued_packets(p: &Pair, program: &str, chain: &str) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &p.pod, program, "-t", "filter", "-L", chain, "-v", "-x", "-n",
+        ])
+        .output()
+        .expect("iptables -L");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("NFQUEUE"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn new_udp_flows_go_to_the_queue_and_are_dropped_while_nobody_reads_it() {
+    let p = Pair::new();
+    let pod_app = udp_socket(&p.pod, "0.0.0.0:5353");
+    let peer_app = udp_socket(&p.peer, "0.0.0.0:5354");
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    let pod_client = udp_socket(&p.pod, "0.0.0.0:0");
+    // Before: both directions pass.
+    assert!(datagram_arrives(
+        &peer_client,
+        &format!("{POD4}:5353"),
+        &pod_app
+    ));
+    assert!(datagram_arrives(
+        &pod_client,
+        &format!("{PEER4}:5354"),
+        &peer_app
+    ));
+
+    p.init_ok(&[]);
+    // New flows (fresh source ports, so conntrack sees them as NEW) are queued, and dropped.
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    let pod_client = udp_socket(&p.pod, "0.0.0.0:0");
+    assert!(
+        !datagram_arrives(&peer_client, &format!("{POD4}:5353"), &pod_app),
+        "inbound"
+    );
+    assert!(
+        !datagram_arrives(&pod_client, &format!("{PEER4}:5354"), &peer_app),
+        "outbound"
+    );
+    assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_IN"), 1);
+    assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT"), 1);
+    // IPv6 too.
+    let pod_app6 = udp_socket(&p.pod, &format!("[{POD6}]:5353"));
+    let peer_client6 = udp_socket(&p.peer, "[::]:0");
+    assert!(!datagram_arrives(
+        &peer_client6,
+        &format!("[{POD6}]:5353"),
+        &pod_app6
+    ));
+    assert_eq!(queued_packets(&p, "ip6tables", "PORTCULLIS_UDP_IN"), 1);
+
+    // Loopback inside the pod is not queued.
+    let local = udp_socket(&p.pod, "127.0.0.1:5355");
+    assert!(datagram_arrives(&pod_client, "127.0.0.1:5355", &local));
+    // Nor is what the proxy's UID sends.
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p.pod,
+            "setpriv",
+            "--reuid=2171",
+            "--regid=2171",
+        ])
+        .args(["--clear-groups", "--", "bash", "-c"])
+        .arg(format!("echo ping > /dev/udp/{PEER4}/5354"))
+        .status()
+        .expect("setpriv");
+    assert!(status.success());
+    let mut buf = [0u8; 16];
+    assert!(peer_app.recv_from(&mut buf).is_ok(), "UID 2171 is exempt");
+
+    // --enforce-udp=false takes the queue rules away again: UDP passes unjudged.
+    let out = p.init(&["--enforce-udp=false"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT enforced"));
+    assert!(!p.save("iptables-save").contains("PORTCULLIS_UDP"));
+    assert!(
+        p.save("iptables-save").contains("PORTCULLIS_INBOUND"),
+        "TCP stays"
+    );
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    assert!(datagram_arrives(
+        &peer_client,
+        &format!("{POD4}:5353"),
+        &pod_app
+    ));
+}
+
+#[test]
+fn enforce_udp_false_installs_no_queue_rules() {
+    let p = Pair::new();
+    p.init_ok(&["--enforce-udp=false"]);
+    let saved = p.save("iptables-save");
+    assert!(
+        !saved.contains("NFQUEUE") && !saved.contains("PORTCULLIS_UDP"),
+        "{saved}"
+    );
+    let pod_app = udp_socket(&p.pod, "0.0.0.0:5353");
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    assert!(datagram_arrives(
+        &peer_client,
+        &format!("{POD4}:5353"),
+        &pod_app
+    ));
+}
+
+#[test]
+fn the_legacy_backend_gets_the_same_queue_rules_and_cleanup_removes_them_exactly() {
+    let p = Pair::new();
+    let before = p.save("iptables-legacy-save");
+    let before6 = p.save("ip6tables-legacy-save");
+    p.init_ok(&["--backend=legacy"]);
+    let installed = p.save("iptables-legacy-save");
+    assert!(
+        installed.contains(
+            "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171"
+        ),
+        "{installed}"
+    );
+    assert!(installed.contains("-A INPUT -j PORTCULLIS_UDP_IN"));
+    assert!(
+        !p.save("iptables-nft-save").contains("PORTCULLIS"),
+        "nothing in nft"
+    );
+    let pod_app = udp_socket(&p.pod, "0.0.0.0:5353");
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    assert!(!datagram_arrives(
+        &peer_client,
+        &format!("{POD4}:5353"),
+        &pod_app
+    ));
+    p.init_ok(&["--backend=legacy"]);
+    assert_eq!(p.save("iptables-legacy-save"), installed, "idempotent");
+    p.init_ok(&["--backend=legacy", "--cleanup"]);
+    // Legacy lists a table once it has been used; compare the rules and the chains.
+    let rules = |save: String| -> Vec<String> {
+        save.lines()
+            .filter(|l| l.starts_with("-A") || l.starts_with(":PORTCULLIS"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(rules(p.save("iptables-legacy-save")), rules(before));
+    assert_eq!(rules(p.save("ip6tables-legacy-save")), rules(before6));
+    assert!(!p.save("iptables-legacy-save").contains("PORTCULLIS"));
+}
+
+#[test]
+fn queue_jumps_come_before_an_accept_already_in_input() {
+    let p = Pair::new();
+    let mut pre = Command::new("ip")
+        .args(["netns", "exec", &p.pod, "iptables-restore", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    pre.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"*filter\n-A INPUT -j ACCEPT\n-A OUTPUT -j ACCEPT\nCOMMIT\n")
+        .expect("write");
+    assert!(pre.wait().expect("wait").success());
+    p.init_ok(&[]);
+    let pod_app = udp_socket(&p.pod, "0.0.0.0:5353");
+    let peer_client = udp_socket(&p.peer, "0.0.0.0:0");
+    assert!(
+        !datagram_arrives(&peer_client, &format!("{POD4}:5353"), &pod_app),
+        "an earlier ACCEPT must not bypass the queue"
+    );
+}
+
 // ---- The attacks of issue 12 §1, replayed against the rules ----
 
 /// Writes `/proc/sys/<key>` in `ns` (the `net` entries are those of the writer's namespace).

@@ -1,8 +1,11 @@
 //! `portcullis-loadtests`: Portcullis against the direct path and against HAProxy, side by side
 //! in one run, in network namespaces this program creates (and removes). See loadtests/README.md.
 
+mod extra;
 mod report;
+mod tools;
 mod topology;
+mod udp;
 mod workload;
 
 use std::net::SocketAddr;
@@ -53,6 +56,26 @@ struct Args {
     /// Extra arguments for both proxies, e.g. `--proxy-arg=--copy=userspace`.
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
     proxy_args: Vec<String>,
+    /// `sockperf ping-pong` 16 B (TCP on every path; UDP beside the UDP workloads). auto: when
+    /// installed, off with --smoke.
+    #[arg(long, value_enum, default_value = "auto")]
+    sockperf: extra::Toggle,
+    /// `iperf3`, 1 and 16 streams, on every path. auto: when installed, off with --smoke.
+    #[arg(long, value_enum, default_value = "auto")]
+    iperf3: extra::Toggle,
+    /// UDP request/response and new flows per second, enforcing pod vs direct. auto: when the
+    /// proxy has --enforce-udp (tiny with --smoke).
+    #[arg(long, value_enum, default_value = "auto")]
+    udp: extra::Toggle,
+    /// DNS queries per second against dnsmasq, enforcing pod vs direct. auto: when the proxy
+    /// has --enforce-udp and dnsmasq is installed (tiny with --smoke).
+    #[arg(long, value_enum, default_value = "auto")]
+    dns: extra::Toggle,
+    /// Turn connection tracking on in the direct-server namespace (one iptables rule that
+    /// matches nothing here), so the UDP direct path pays conntrack as the enforcing pod does:
+    /// the ratio then shows the queue's cost alone.
+    #[arg(long)]
+    direct_conntrack: bool,
 }
 
 fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -74,6 +97,8 @@ struct PathSpec {
     ns: String,
     sink: SocketAddr,
     echo: SocketAddr,
+    /// Where the optional workloads (standard tools, UDP) connect.
+    targets: extra::Targets,
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -101,12 +126,40 @@ fn main() -> Result<()> {
     if haproxy && which("haproxy").is_none() {
         bail!("haproxy is not installed (apt-get install haproxy), or pass --no-haproxy");
     }
+    let wanted = extra::Wanted {
+        sockperf: args.sockperf,
+        iperf3: args.iperf3,
+        udp: args.udp,
+        dns: args.dns,
+    };
+    let mut plan = extra::plan(
+        &wanted,
+        &proxy,
+        args.smoke,
+        args.seconds,
+        args.latency_rounds,
+    )?;
 
     let mut topo = Topology::create()?;
     workload::start_servers(
         &topo.server,
         &[(SINK_PORT, ECHO_PORT), (DIRECT_SINK_PORT, DIRECT_ECHO_PORT)],
     )?;
+    start_optional_servers(&mut topo, &plan)?;
+    if args.direct_conntrack {
+        topo.track_direct_connections()?;
+        plan.notes.push(
+            "--direct-conntrack: the direct-server namespace tracks connections (conntrack on, \
+             no queue), so UDP ratios show the queue's cost without conntrack's."
+                .into(),
+        );
+    } else if plan.any_udp() {
+        plan.notes.push(
+            "The direct-server namespace has no netfilter rules, so no conntrack; the enforcing \
+             pods track every flow (--direct-conntrack turns it on there to separate the two)."
+                .into(),
+        );
+    }
     topo.write_policy(0)?;
     let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
     let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());
@@ -126,206 +179,31 @@ fn main() -> Result<()> {
         &proxy,
         &args.proxy_args,
     )?;
+    plan.confirm_udp(&[("server", &server_ns), ("mesh-client", &mesh_ns)])?;
     let haproxy_pid = if haproxy {
         Some(topo.start_haproxy()?)
     } else {
         None
     };
-
-    let mut paths = vec![
-        PathSpec {
-            name: "direct",
-            description: "direct (no proxy)",
-            ns: topo.client.clone(),
-            sink: addr(SERVER_IP_PLAIN, DIRECT_SINK_PORT),
-            echo: addr(SERVER_IP_PLAIN, DIRECT_ECHO_PORT),
-        },
-        PathSpec {
-            name: "inbound",
-            description: "Portcullis inbound (1 proxy)",
-            ns: topo.client.clone(),
-            sink: addr(SERVER_IP_PLAIN, SINK_PORT),
-            echo: addr(SERVER_IP_PLAIN, ECHO_PORT),
-        },
-        PathSpec {
-            name: "mesh",
-            description: "Portcullis outbound+inbound (2 proxies)",
-            ns: topo.mesh_client.clone(),
-            sink: addr(SERVER_IP_MESH, SINK_PORT),
-            echo: addr(SERVER_IP_MESH, ECHO_PORT),
-        },
-    ];
-    if haproxy {
-        paths.push(PathSpec {
-            name: "haproxy",
-            description: "HAProxy TCP, splice-auto (1 proxy)",
-            ns: topo.client.clone(),
-            sink: addr(SERVER_IP_PLAIN, HAPROXY_SINK_PORT),
-            echo: addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT),
-        });
+    if haproxy && plan.any_udp() {
+        plan.notes.push(
+            "HAProxy has no UDP figures: it runs in TCP mode here, and UDP through a pod is not \
+             proxied (the enforcing pod is compared with the direct path)."
+                .into(),
+        );
     }
 
-    let duration = Duration::from_secs_f64(args.seconds);
-    let n = paths.len();
-    let (mut t1, mut t16, mut cps) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
-    let fails: Vec<std::sync::Arc<workload::Failures>> =
-        (0..n).map(|_| Default::default()).collect();
-    let mut lat: Vec<Vec<workload::Latency>> = vec![vec![]; n];
-    for round in 0..args.rounds {
-        eprintln!("round {}/{}", round + 1, args.rounds);
-        for (i, p) in paths.iter().enumerate() {
-            t1[i].push(
-                workload::throughput(&p.ns, p.sink, 1, duration)
-                    .with_context(|| format!("{}: 1 stream", p.name))?
-                    / 1e9,
-            );
-            t16[i].push(
-                workload::throughput(&p.ns, p.sink, 16, duration)
-                    .with_context(|| format!("{}: 16 streams", p.name))?
-                    / 1e9,
-            );
-            lat[i].push(
-                workload::latency(&p.ns, p.echo, args.latency_rounds)
-                    .with_context(|| format!("{}: latency", p.name))?,
-            );
-            cps[i].push(workload::connection_rate(
-                &p.ns, p.echo, 4, duration, &fails[i],
-            )?);
-        }
-    }
-    let results: Vec<PathResult> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| PathResult {
-            path: p.name.into(),
-            description: p.description.into(),
-            throughput_1_gbps: median(t1[i].clone()),
-            throughput_16_gbps: median(t16[i].clone()),
-            latency: workload::Latency {
-                p50_us: median(lat[i].iter().map(|l| l.p50_us).collect()),
-                p99_us: median(lat[i].iter().map(|l| l.p99_us).collect()),
-                p999_us: median(lat[i].iter().map(|l| l.p999_us).collect()),
-            },
-            connections_per_s: median(cps[i].clone()),
-            connection_failures: fails[i].total(),
-            failure_reasons: fails[i].reasons(),
-        })
-        .collect();
-
-    // Memory with idle connections held open through each path: the processes on the path
-    // (the harness itself for the direct path: its echo server is the application).
-    let mut memory = Vec::new();
-    let harness = std::process::id();
-    for p in &paths {
-        // (what, pid, namespace of its admin port for Portcullis proxies)
-        let processes: Vec<(&str, u32, Option<&str>)> = match p.name {
-            "direct" => vec![("echo server (application, in the harness)", harness, None)],
-            "inbound" => vec![("portcullis-proxy (inbound)", server_proxy, Some(&server_ns))],
-            "mesh" => vec![
-                (
-                    "portcullis-proxy (outbound, client side)",
-                    mesh_proxy,
-                    Some(&mesh_ns),
-                ),
-                (
-                    "portcullis-proxy (inbound, server side)",
-                    server_proxy,
-                    Some(&server_ns),
-                ),
-            ],
-            "haproxy" => match haproxy_pid {
-                Some(pid) => vec![("haproxy", pid, None)],
-                None => continue,
-            },
-            _ => continue,
-        };
-        for &count in &args.idle {
-            eprintln!("idle: {count} connections through {}", p.name);
-            let before: Vec<f64> = processes
-                .iter()
-                .map(|&(_, pid, _)| rss_mib(pid))
-                .collect::<Result<_>>()?;
-            let fds_before: Vec<Option<usize>> =
-                processes.iter().map(|&(_, pid, _)| fd_count(pid)).collect();
-            let refused_before: Vec<_> = processes
-                .iter()
-                .map(|&(_, _, admin)| admin.map(refused_counts).unwrap_or_default())
-                .collect();
-            let budget = Duration::from_secs(60) + Duration::from_millis(10) * count as u32;
-            let mut idle = workload::open_idle(&p.ns, p.echo, count, budget)
-                .with_context(|| format!("{count} idle connections through {}", p.name))?;
-            if let Some(why) = &mut idle.shortfall {
-                // Say which proxy refused, and why, when one did.
-                for (&(process, _, admin), earlier) in processes.iter().zip(&refused_before) {
-                    let Some(ns) = admin else { continue };
-                    for (reason, n) in refused_counts(ns) {
-                        let new = n - earlier.iter().find(|e| e.0 == reason).map_or(0.0, |e| e.1);
-                        if new > 0.0 {
-                            why.push_str(&format!("; {process} refused {new} ({reason})"));
-                        }
-                    }
-                }
-            }
-            if let Some(why) = &idle.shortfall {
-                eprintln!("  {}: held {} of {count}: {why}", p.name, idle.conns.len());
-            }
-            std::thread::sleep(Duration::from_millis(300));
-            for ((&(process, pid, _), baseline), fds_baseline) in
-                processes.iter().zip(before).zip(fds_before)
-            {
-                memory.push(MemoryResult {
-                    fds: fd_count(pid),
-                    fds_baseline,
-                    path: p.name.into(),
-                    process: process.into(),
-                    idle_requested: count,
-                    idle_held: idle.conns.len(),
-                    rss_mib: rss_mib(pid)?,
-                    rss_baseline_mib: baseline,
-                    shortfall: idle.shortfall.clone(),
-                });
-            }
-            drop(idle);
-            // Let both proxies and the echo threads see the closes before the next sample.
-            std::thread::sleep(
-                Duration::from_millis(200) + Duration::from_micros(200) * count as u32,
-            );
-        }
-    }
-
-    // Policy swaps while connections flow through the inbound proxy.
-    let generation = |ns: &str| -> u64 {
-        workload::http_get(ns, 4191, "/policy")
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|v| v.get("generation").and_then(|g| g.as_u64()))
-            .unwrap_or(0)
+    let paths = path_specs(&topo, haproxy);
+    let results = run_rounds(&paths, &args, &plan)?;
+    let on = Processes {
+        server_proxy,
+        server_ns,
+        mesh_proxy,
+        mesh_ns,
+        haproxy: haproxy_pid,
     };
-    let gen_start = generation(&server_ns);
-    let topo_ref = &topo;
-    let soak_failures: std::sync::Arc<workload::Failures> = Default::default();
-    let ok = workload::soak(
-        &topo.client,
-        addr(SERVER_IP_PLAIN, ECHO_PORT),
-        args.swaps,
-        &soak_failures,
-        |i| {
-            let before = generation(&server_ns);
-            topo_ref.write_policy(i + 1)?;
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while generation(&server_ns) <= before && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Ok(())
-        },
-    )?;
-    let soak = SoakResult {
-        swaps_requested: args.swaps,
-        generations_observed: generation(&server_ns).saturating_sub(gen_start),
-        connections_ok: ok,
-        connections_failed: soak_failures.total(),
-        failure_reasons: soak_failures.reasons(),
-    };
+    let memory = measure_memory(&paths, &args.idle, &on)?;
+    let soak = run_soak(&topo, args.swaps)?;
 
     let mut notes = vec![format!(
         "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
@@ -346,6 +224,7 @@ fn main() -> Result<()> {
             notes.push(format!("Proxy {pod}: {line}"));
         }
     }
+    notes.append(&mut plan.notes);
     let report = Report {
         machine: machine(),
         notes,
@@ -355,6 +234,291 @@ fn main() -> Result<()> {
         memory,
         soak: Some(soak),
     };
+    write_report(&report, &args)
+}
+
+/// The servers of the optional workloads: in the server namespace (behind Portcullis and
+/// HAProxy) and in the direct one (no Portcullis).
+fn start_optional_servers(topo: &mut Topology, plan: &extra::Plan) -> Result<()> {
+    let server_ip: std::net::IpAddr = SERVER_IP_PLAIN.parse()?;
+    let direct_ip: std::net::IpAddr = DIRECT_SERVER_IP.parse()?;
+    for (ns, ip) in [
+        (topo.server.clone(), server_ip),
+        (topo.direct_server.clone(), direct_ip),
+    ] {
+        tools::start_servers(topo, &ns, plan.sockperf, plan.udp, plan.iperf3)?;
+        if plan.udp {
+            udp::start_echo(&ns)?;
+        }
+        if plan.dns {
+            udp::start_dnsmasq(topo, &ns, ip)?;
+        }
+    }
+    Ok(())
+}
+
+fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
+    let direct_ip = addr(DIRECT_SERVER_IP, 0).ip();
+    let mut paths = vec![
+        PathSpec {
+            name: "direct",
+            description: "direct (no proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, DIRECT_SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, DIRECT_ECHO_PORT),
+            targets: extra::Targets {
+                sockperf: addr(DIRECT_SERVER_IP, SOCKPERF_PORT),
+                iperf: addr(DIRECT_SERVER_IP, IPERF_PORT),
+                udp: Some(direct_ip),
+                verdicts_ns: None,
+            },
+        },
+        PathSpec {
+            name: "inbound",
+            description: "Portcullis inbound (1 proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, ECHO_PORT),
+            targets: extra::Targets {
+                sockperf: addr(SERVER_IP_PLAIN, SOCKPERF_PORT),
+                iperf: addr(SERVER_IP_PLAIN, IPERF_PORT),
+                udp: Some(addr(SERVER_IP_PLAIN, 0).ip()),
+                verdicts_ns: Some(topo.server.clone()),
+            },
+        },
+        PathSpec {
+            name: "mesh",
+            description: "Portcullis outbound+inbound (2 proxies)",
+            ns: topo.mesh_client.clone(),
+            sink: addr(SERVER_IP_MESH, SINK_PORT),
+            echo: addr(SERVER_IP_MESH, ECHO_PORT),
+            targets: extra::Targets {
+                sockperf: addr(SERVER_IP_MESH, SOCKPERF_PORT),
+                iperf: addr(SERVER_IP_MESH, IPERF_PORT),
+                udp: Some(addr(SERVER_IP_MESH, 0).ip()),
+                verdicts_ns: Some(topo.server.clone()),
+            },
+        },
+    ];
+    if haproxy {
+        paths.push(PathSpec {
+            name: "haproxy",
+            description: "HAProxy TCP, splice-auto (1 proxy)",
+            ns: topo.client.clone(),
+            sink: addr(SERVER_IP_PLAIN, HAPROXY_SINK_PORT),
+            echo: addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT),
+            targets: extra::Targets {
+                sockperf: addr(SERVER_IP_PLAIN, HAPROXY_SOCKPERF_PORT),
+                iperf: addr(SERVER_IP_PLAIN, HAPROXY_IPERF_PORT),
+                udp: None,
+                verdicts_ns: None,
+            },
+        });
+    }
+    paths
+}
+
+/// Every workload on every path, once per round, paths interleaved; medians of the rounds.
+fn run_rounds(paths: &[PathSpec], args: &Args, plan: &extra::Plan) -> Result<Vec<PathResult>> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let n = paths.len();
+    let (mut t1, mut t16, mut cps) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let fails: Vec<std::sync::Arc<workload::Failures>> =
+        (0..n).map(|_| Default::default()).collect();
+    let mut lat: Vec<Vec<workload::Latency>> = vec![vec![]; n];
+    let mut optional: Vec<extra::Samples> = (0..n).map(|_| Default::default()).collect();
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}", round + 1, args.rounds);
+        for (i, p) in paths.iter().enumerate() {
+            t1[i].push(
+                workload::throughput(&p.ns, p.sink, 1, duration)
+                    .with_context(|| format!("{}: 1 stream", p.name))?
+                    / 1e9,
+            );
+            t16[i].push(
+                workload::throughput(&p.ns, p.sink, 16, duration)
+                    .with_context(|| format!("{}: 16 streams", p.name))?
+                    / 1e9,
+            );
+            lat[i].push(
+                workload::latency(&p.ns, p.echo, args.latency_rounds)
+                    .with_context(|| format!("{}: latency", p.name))?,
+            );
+            cps[i].push(workload::connection_rate(
+                &p.ns, p.echo, 4, duration, &fails[i],
+            )?);
+            plan.measure(p.name, &p.ns, &p.targets, duration, &mut optional[i])?;
+        }
+    }
+    Ok(paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PathResult {
+            path: p.name.into(),
+            description: p.description.into(),
+            throughput_1_gbps: median(t1[i].clone()),
+            throughput_16_gbps: median(t16[i].clone()),
+            latency: workload::Latency {
+                p50_us: median(lat[i].iter().map(|l| l.p50_us).collect()),
+                p99_us: median(lat[i].iter().map(|l| l.p99_us).collect()),
+                p999_us: median(lat[i].iter().map(|l| l.p999_us).collect()),
+            },
+            connections_per_s: median(cps[i].clone()),
+            connection_failures: fails[i].total(),
+            failure_reasons: fails[i].reasons(),
+            tools: optional[i].finish(),
+        })
+        .collect())
+}
+
+/// Processes whose memory the idle-connection runs sample, and where their admin ports are.
+struct Processes {
+    server_proxy: u32,
+    server_ns: String,
+    mesh_proxy: u32,
+    mesh_ns: String,
+    haproxy: Option<u32>,
+}
+
+/// The processes on path `p`: (what, pid, namespace of its admin port for Portcullis proxies);
+/// the harness itself for the direct path (its echo server is the application).
+fn processes_on<'a>(p: &PathSpec, on: &'a Processes) -> Vec<(&'static str, u32, Option<&'a str>)> {
+    let harness = std::process::id();
+    let (server, mesh) = (Some(on.server_ns.as_str()), Some(on.mesh_ns.as_str()));
+    match p.name {
+        "direct" => vec![("echo server (application, in the harness)", harness, None)],
+        "inbound" => vec![("portcullis-proxy (inbound)", on.server_proxy, server)],
+        "mesh" => vec![
+            (
+                "portcullis-proxy (outbound, client side)",
+                on.mesh_proxy,
+                mesh,
+            ),
+            (
+                "portcullis-proxy (inbound, server side)",
+                on.server_proxy,
+                server,
+            ),
+        ],
+        "haproxy" => on
+            .haproxy
+            .map(|pid| vec![("haproxy", pid, None)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Memory with idle connections held open through each path, for each count.
+fn measure_memory(paths: &[PathSpec], idle: &[usize], on: &Processes) -> Result<Vec<MemoryResult>> {
+    let mut memory = Vec::new();
+    for p in paths {
+        let processes = processes_on(p, on);
+        if processes.is_empty() {
+            continue;
+        }
+        for &count in idle {
+            memory.extend(sample_idle(p, count, &processes)?);
+        }
+    }
+    Ok(memory)
+}
+
+/// Holds `count` idle connections through `p` and samples the processes on it.
+fn sample_idle(
+    p: &PathSpec,
+    count: usize,
+    processes: &[(&str, u32, Option<&str>)],
+) -> Result<Vec<MemoryResult>> {
+    let mut out = Vec::new();
+    eprintln!("idle: {count} connections through {}", p.name);
+    let before: Vec<f64> = processes
+        .iter()
+        .map(|&(_, pid, _)| rss_mib(pid))
+        .collect::<Result<_>>()?;
+    let fds_before: Vec<Option<usize>> =
+        processes.iter().map(|&(_, pid, _)| fd_count(pid)).collect();
+    let refused_before: Vec<_> = processes
+        .iter()
+        .map(|&(_, _, admin)| admin.map(refused_counts).unwrap_or_default())
+        .collect();
+    let budget = Duration::from_secs(60) + Duration::from_millis(10) * count as u32;
+    let mut idle = workload::open_idle(&p.ns, p.echo, count, budget)
+        .with_context(|| format!("{count} idle connections through {}", p.name))?;
+    if let Some(why) = &mut idle.shortfall {
+        // Say which proxy refused, and why, when one did.
+        for (&(process, _, admin), earlier) in processes.iter().zip(&refused_before) {
+            let Some(ns) = admin else { continue };
+            for (reason, n) in refused_counts(ns) {
+                let new = n - earlier.iter().find(|e| e.0 == reason).map_or(0.0, |e| e.1);
+                if new > 0.0 {
+                    why.push_str(&format!("; {process} refused {new} ({reason})"));
+                }
+            }
+        }
+    }
+    if let Some(why) = &idle.shortfall {
+        eprintln!("  {}: held {} of {count}: {why}", p.name, idle.conns.len());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for ((&(process, pid, _), baseline), fds_baseline) in
+        processes.iter().zip(before).zip(fds_before)
+    {
+        out.push(MemoryResult {
+            fds: fd_count(pid),
+            fds_baseline,
+            path: p.name.into(),
+            process: process.into(),
+            idle_requested: count,
+            idle_held: idle.conns.len(),
+            rss_mib: rss_mib(pid)?,
+            rss_baseline_mib: baseline,
+            shortfall: idle.shortfall.clone(),
+        });
+    }
+    drop(idle);
+    // Let both proxies and the echo threads see the closes before the next sample.
+    std::thread::sleep(Duration::from_millis(200) + Duration::from_micros(200) * count as u32);
+    Ok(out)
+}
+
+/// Policy swaps while connections flow through the inbound proxy.
+fn run_soak(topo: &Topology, swaps: usize) -> Result<SoakResult> {
+    let server_ns = topo.server.clone();
+    let generation = |ns: &str| -> u64 {
+        workload::http_get(ns, 4191, "/policy")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.get("generation").and_then(|g| g.as_u64()))
+            .unwrap_or(0)
+    };
+    let gen_start = generation(&server_ns);
+    let topo_ref = &topo;
+    let soak_failures: std::sync::Arc<workload::Failures> = Default::default();
+    let ok = workload::soak(
+        &topo.client,
+        addr(SERVER_IP_PLAIN, ECHO_PORT),
+        swaps,
+        &soak_failures,
+        |i| {
+            let before = generation(&server_ns);
+            topo_ref.write_policy(i + 1)?;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while generation(&server_ns) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        },
+    )?;
+    Ok(SoakResult {
+        swaps_requested: swaps,
+        generations_observed: generation(&server_ns).saturating_sub(gen_start),
+        connections_ok: ok,
+        connections_failed: soak_failures.total(),
+        failure_reasons: soak_failures.reasons(),
+    })
+}
+
+fn write_report(report: &Report, args: &Args) -> Result<()> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -364,7 +528,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(report)?,
     )?;
     std::fs::write(dir.join("results.md"), report.markdown())?;
     std::fs::write(dir.join("plot.svg"), report.svg())?;
@@ -435,7 +599,7 @@ fn lowered_max_connections(log: &std::path::Path) -> Option<String> {
     ))
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(cmd))
         .find(|p| p.is_file())

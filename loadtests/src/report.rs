@@ -17,6 +17,34 @@ pub struct PathResult {
     pub connection_failures: u64,
     /// What went wrong with the failed connections, most frequent first.
     pub failure_reasons: Vec<(String, u64)>,
+    /// The optional workloads (`None`: not run on this path; the report's notes say why).
+    pub tools: ToolResults,
+}
+
+/// Standard tools and UDP on one path, medians of the rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ToolResults {
+    /// `sockperf ping-pong --tcp -m 16 --full-rtt`.
+    pub sockperf_tcp: Option<Latency>,
+    /// `sockperf ping-pong -m 16 --full-rtt` (UDP, one flow).
+    pub sockperf_udp: Option<Latency>,
+    pub iperf3_1_gbps: Option<f64>,
+    pub iperf3_16_gbps: Option<f64>,
+    /// The harness's 1-byte UDP request/response on one established flow.
+    pub udp_rr: Option<Latency>,
+    /// Datagrams of those runs that went unanswered (within 1 s).
+    pub udp_rr_lost: u64,
+    /// New UDP flows per second, one datagram (and its echo) each.
+    pub udp_new_flows_per_s: Option<f64>,
+    pub udp_new_flows_answered: u64,
+    /// UDP flows the judging proxy allowed inbound meanwhile (each new flow is one verdict).
+    pub udp_new_flows_judged: Option<u64>,
+    pub udp_flow_failures: Vec<(String, u64)>,
+    /// DNS queries per second to dnsmasq, one socket per worker for the run.
+    pub dns_qps: Option<f64>,
+    /// The same with a new socket (a new flow) per query, as glibc's stub resolver does.
+    pub dns_new_socket_qps: Option<f64>,
+    pub dns_failures: Vec<(String, u64)>,
 }
 
 /// One process on one path, holding idle connections.
@@ -152,6 +180,7 @@ impl Report {
                 );
             }
         }
+        self.tools_markdown(&mut s);
         if !self.memory.is_empty() {
             let _ = writeln!(
                 s,
@@ -231,6 +260,125 @@ impl Report {
             }
         }
         s
+    }
+
+    /// The standard tools and UDP: a table of figures, then the ratios against direct (and
+    /// HAProxy for the TCP tools), then checks and failures.
+    fn tools_markdown(&self, s: &mut String) {
+        if self.paths.iter().all(|p| {
+            let t = &p.tools;
+            t.sockperf_tcp.is_none()
+                && t.iperf3_1_gbps.is_none()
+                && t.udp_rr.is_none()
+                && t.dns_qps.is_none()
+        }) {
+            return;
+        }
+        self.tools_table(s);
+        self.tools_ratios(s);
+        self.tools_checks(s);
+    }
+
+    fn tools_table(&self, s: &mut String) {
+        let _ = writeln!(s, "\nStandard tools and UDP (same run, interleaved; UDP is not proxied: the enforcing paths judge each new flow in the proxy's NFQUEUE, then the kernel carries it):\n");
+        let _ = writeln!(s, "| path | sockperf TCP 16 B p50 / p99 µs | iperf3 1 / 16 streams Gbit/s | sockperf UDP 16 B p50 / p99 µs | UDP 1 B RR p50 / p99 µs | new UDP flows/s | DNS q/s | DNS q/s, new socket per query |");
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let lat = |l: &Option<Latency>| {
+            l.as_ref().map_or("-".to_string(), |l| {
+                format!("{:.1} / {:.1}", l.p50_us, l.p99_us)
+            })
+        };
+        let num =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        for p in &self.paths {
+            let x = &p.tools;
+            let iperf = match (x.iperf3_1_gbps, x.iperf3_16_gbps) {
+                (Some(a), Some(b)) => format!("{a:.2} / {b:.2}"),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                p.description,
+                lat(&x.sockperf_tcp),
+                iperf,
+                lat(&x.sockperf_udp),
+                lat(&x.udp_rr),
+                num(x.udp_new_flows_per_s, 0),
+                num(x.dns_qps, 0),
+                num(x.dns_new_socket_qps, 0)
+            );
+        }
+    }
+
+    fn tools_ratios(&self, s: &mut String) {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let p50 = |l: &Option<Latency>| l.as_ref().map(|l| l.p50_us);
+        let _ = writeln!(s, "\n| ratio | sockperf TCP p50 | iperf3 1 stream | iperf3 16 streams | sockperf UDP p50 | UDP RR p50 [≤ 1.05] | new UDP flows/s | DNS q/s | DNS q/s, new socket |");
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for (a, b, label) in [
+            ("inbound", "direct", "portcullis inbound / direct"),
+            ("mesh", "direct", "portcullis outbound+inbound / direct"),
+            ("inbound", "haproxy", "portcullis inbound / HAProxy"),
+        ] {
+            let (Some(a), Some(b)) = (self.path(a), self.path(b)) else {
+                continue;
+            };
+            let (a, b) = (&a.tools, &b.tools);
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ratio(p50(&a.sockperf_tcp), p50(&b.sockperf_tcp)),
+                ratio(a.iperf3_1_gbps, b.iperf3_1_gbps),
+                ratio(a.iperf3_16_gbps, b.iperf3_16_gbps),
+                ratio(p50(&a.sockperf_udp), p50(&b.sockperf_udp)),
+                ratio(p50(&a.udp_rr), p50(&b.udp_rr)),
+                ratio(a.udp_new_flows_per_s, b.udp_new_flows_per_s),
+                ratio(a.dns_qps, b.dns_qps),
+                ratio(a.dns_new_socket_qps, b.dns_new_socket_qps)
+            );
+        }
+    }
+
+    fn tools_checks(&self, s: &mut String) {
+        for p in &self.paths {
+            let x = &p.tools;
+            if let Some(judged) = x.udp_new_flows_judged {
+                let _ = writeln!(s, "\nNew UDP flows on {}: {} answered, {judged} allowed by the inbound proxy's queue verdicts meanwhile.", p.path, x.udp_new_flows_answered);
+            }
+            if x.udp_rr_lost > 0 {
+                let _ = writeln!(
+                    s,
+                    "\nUDP request/response on {}: {} datagrams unanswered within 1 s.",
+                    p.path, x.udp_rr_lost
+                );
+            }
+            if !x.udp_flow_failures.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nFailed new UDP flows on {}: {}.",
+                    p.path,
+                    reasons(&x.udp_flow_failures)
+                );
+            }
+            if !x.dns_failures.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nFailed DNS queries on {}: {}.",
+                    p.path,
+                    reasons(&x.dns_failures)
+                );
+            }
+        }
     }
 
     /// Two bar charts: throughput per path, latency percentiles per path.

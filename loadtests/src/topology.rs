@@ -21,12 +21,35 @@ pub const DIRECT_ECHO_PORT: u16 = 5302;
 /// HAProxy's frontends.
 pub const HAPROXY_SINK_PORT: u16 = 6201;
 pub const HAPROXY_ECHO_PORT: u16 = 6202;
+/// A server namespace without Portcullis, reached from the plain client over its own veth:
+/// the direct path of the standard tools and of UDP (in the server namespace every UDP flow
+/// goes through the proxy's queue, whatever its port).
+pub const DIRECT_SERVER_IP: &str = "10.210.3.2";
+pub const CLIENT_IP_DIRECT: &str = "10.210.3.1";
+/// Standard tools' servers (in the server namespace and in the direct one): `sockperf server`
+/// on TCP and UDP, `iperf3 -s` on TCP.
+pub const SOCKPERF_PORT: u16 = 5211;
+pub const IPERF_PORT: u16 = 5212;
+/// HAProxy's frontends for them.
+pub const HAPROXY_SOCKPERF_PORT: u16 = 6211;
+pub const HAPROXY_IPERF_PORT: u16 = 6212;
+/// UDP echo ports (the harness's own UDP server): the first one for request/response, all of
+/// them for new flows (more destination ports, more distinct flows before a source port
+/// comes back while conntrack still remembers it).
+pub const UDP_ECHO_PORT: u16 = 5220;
+pub const UDP_ECHO_PORTS: u16 = 16;
+/// dnsmasq, in the server namespace and in the direct one.
+pub const DNS_PORT: u16 = 53;
+/// The name the DNS load asks for (answered by dnsmasq from its own configuration).
+pub const DNS_NAME: &str = "api.lt.svc.cluster.local";
 pub const PROXY_UID: u32 = 2171;
 
 pub struct Topology {
     pub server: String,
     pub client: String,
     pub mesh_client: String,
+    /// No Portcullis here: the direct path of the standard tools and of UDP.
+    pub direct_server: String,
     pub dir: PathBuf,
     children: Vec<Child>,
     pub haproxy_pid: Option<u32>,
@@ -58,7 +81,44 @@ fn sysctl(ns: &str, kv: &str) -> Result<()> {
     run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv])
 }
 
+/// A veth pair: `server_if` in `server` (with `server_ip`), `client_if` in `client`.
+fn link(
+    server: &str,
+    server_if: &str,
+    server_ip: &str,
+    client: &str,
+    client_if: &str,
+    client_ip: &str,
+) -> Result<()> {
+    ip_in(
+        server,
+        &[
+            "link", "add", server_if, "type", "veth", "peer", "name", client_if, "netns", client,
+        ],
+    )?;
+    ip_in(
+        server,
+        &["addr", "add", &format!("{server_ip}/24"), "dev", server_if],
+    )?;
+    ip_in(server, &["link", "set", server_if, "up"])?;
+    ip_in(
+        client,
+        &["addr", "add", &format!("{client_ip}/24"), "dev", client_if],
+    )?;
+    ip_in(client, &["link", "set", client_if, "up"])?;
+    Ok(())
+}
+
 impl Topology {
+    fn namespaces(&self) -> [&String; 4] {
+        [
+            &self.server,
+            &self.client,
+            &self.mesh_client,
+            &self.direct_server,
+        ]
+    }
+
     pub fn create() -> Result<Topology> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the load tests need root: they build network namespaces and iptables rules (run with sudo)");
@@ -66,52 +126,57 @@ impl Topology {
         let tag = std::process::id();
         let dir = std::env::temp_dir().join(format!("pc-lt-{tag}"));
         fs::create_dir_all(&dir)?;
-        let mut t = Topology {
+        let t = Topology {
             server: format!("pc-lt-{tag}-srv"),
             client: format!("pc-lt-{tag}-cli"),
             mesh_client: format!("pc-lt-{tag}-mesh"),
+            direct_server: format!("pc-lt-{tag}-dir"),
             dir,
             children: Vec::new(),
             haproxy_pid: None,
         };
-        for ns in [&t.server, &t.client, &t.mesh_client] {
+        for ns in t.namespaces() {
             run("ip", &["netns", "add", ns])?;
             ip_in(ns, &["link", "set", "lo", "up"])?;
         }
-        t.link(&t.client.clone(), CLIENT_IP_PLAIN, SERVER_IP_PLAIN, "vc")?;
-        t.link(&t.mesh_client.clone(), CLIENT_IP_MESH, SERVER_IP_MESH, "vm")?;
+        let server = t.server.clone();
+        let direct = t.direct_server.clone();
+        link(
+            &server,
+            "vc",
+            SERVER_IP_PLAIN,
+            &t.client,
+            "eth0",
+            CLIENT_IP_PLAIN,
+        )?;
+        link(
+            &server,
+            "vm",
+            SERVER_IP_MESH,
+            &t.mesh_client,
+            "eth0",
+            CLIENT_IP_MESH,
+        )?;
+        link(
+            &direct,
+            "vd",
+            DIRECT_SERVER_IP,
+            &t.client,
+            "eth1",
+            CLIENT_IP_DIRECT,
+        )?;
         // Many short connections: reuse TIME_WAIT ports and use the whole range. The server
         // namespace too: the inbound proxy's connections to the application start there, and
         // the proxy closes them first (it passes the client's FIN on), so their TIME_WAITs pile
         // up there. With the default range (28,232 ports) and reuse for loopback addresses only,
         // a few thousand connections per second run out of ports within a minute and the proxy's
         // connects fail with EADDRNOTAVAIL (the client sees a reset).
-        for ns in [&t.client, &t.mesh_client, &t.server] {
+        for ns in [&t.client, &t.mesh_client, &t.server, &t.direct_server] {
             sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
             sysctl(ns, "net.ipv4.ip_local_port_range=1024 65000")?;
         }
         sysctl(&t.server, "net.core.somaxconn=65535")?;
         Ok(t)
-    }
-
-    fn link(&mut self, client: &str, client_ip: &str, server_ip: &str, name: &str) -> Result<()> {
-        ip_in(
-            &self.server,
-            &[
-                "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", client,
-            ],
-        )?;
-        ip_in(
-            &self.server,
-            &["addr", "add", &format!("{server_ip}/24"), "dev", name],
-        )?;
-        ip_in(&self.server, &["link", "set", name, "up"])?;
-        ip_in(
-            client,
-            &["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"],
-        )?;
-        ip_in(client, &["link", "set", "eth0", "up"])?;
-        Ok(())
     }
 
     /// Writes the policy directory the proxies read: three pods and policies that allow the
@@ -122,7 +187,9 @@ impl Topology {
         let pods = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: lt}}\n---\n\
              apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: lt, labels: {{role: server}}}}\n\
-             spec: {{containers: [{{name: app, ports: [{{name: sink, containerPort: {SINK_PORT}}}, {{name: echo, containerPort: {ECHO_PORT}}}]}}]}}\n\
+             spec: {{containers: [{{name: app, ports: [{{name: sink, containerPort: {SINK_PORT}}}, {{name: echo, containerPort: {ECHO_PORT}}}, \
+             {{name: sockperf, containerPort: {SOCKPERF_PORT}}}, {{name: iperf, containerPort: {IPERF_PORT}}}, \
+             {{name: sockperf-udp, containerPort: {SOCKPERF_PORT}, protocol: UDP}}, {{name: dns, containerPort: {DNS_PORT}, protocol: UDP}}]}}]}}\n\
              status: {{podIP: {SERVER_IP_PLAIN}, podIPs: [{{ip: {SERVER_IP_PLAIN}}}, {{ip: {SERVER_IP_MESH}}}]}}\n---\n\
              apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: lt, labels: {{role: client}}}}\n\
              status: {{podIP: {CLIENT_IP_PLAIN}}}\n---\n\
@@ -133,10 +200,13 @@ impl Topology {
         // never the verdict for the load traffic.
         let policy = format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: server-v{variant}, namespace: lt}}\n\
-             spec:\n  podSelector: {{matchLabels: {{role: server}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]\n    ports: [{{port: {SINK_PORT}, endPort: {}}}]\n---\n\
+             spec:\n  podSelector: {{matchLabels: {{role: server}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]\n    ports: [{{port: {SINK_PORT}, endPort: {}}}, {{port: {SOCKPERF_PORT}, endPort: {IPERF_PORT}}}, \
+             {{protocol: UDP, port: {SOCKPERF_PORT}}}, {{protocol: UDP, port: {UDP_ECHO_PORT}, endPort: {udp_last}}}, {{protocol: UDP, port: {DNS_PORT}}}]\n---\n\
              apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-egress-v{variant}, namespace: lt}}\n\
-             spec:\n  podSelector: {{matchLabels: {{role: client}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{podSelector: {{matchLabels: {{role: server}}}}}}]\n    ports: [{{port: sink}}, {{port: echo}}]\n",
-            ECHO_PORT + (variant % 2) as u16
+             spec:\n  podSelector: {{matchLabels: {{role: client}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{podSelector: {{matchLabels: {{role: server}}}}}}]\n    ports: [{{port: sink}}, {{port: echo}}, {{port: sockperf}}, {{port: iperf}}, \
+             {{protocol: UDP, port: sockperf-udp}}, {{protocol: UDP, port: dns}}, {{protocol: UDP, port: {UDP_ECHO_PORT}, endPort: {udp_last}}}]\n",
+            ECHO_PORT + (variant % 2) as u16,
+            udp_last = UDP_ECHO_PORT + UDP_ECHO_PORTS - 1,
         );
         // Written beside, then renamed: a proxy never reads half a file.
         let tmp = dir.join(".policy.yaml.tmp");
@@ -157,8 +227,10 @@ impl Topology {
         proxy: &Path,
         proxy_args: &[String],
     ) -> Result<u32> {
+        // HAProxy's frontends are not Portcullis' to judge: HAProxy is the path compared with.
         let skip = format!(
-            "{DIRECT_SINK_PORT},{DIRECT_ECHO_PORT},{HAPROXY_SINK_PORT},{HAPROXY_ECHO_PORT}"
+            "{DIRECT_SINK_PORT},{DIRECT_ECHO_PORT},{HAPROXY_SINK_PORT},{HAPROXY_ECHO_PORT},\
+             {HAPROXY_SOCKPERF_PORT},{HAPROXY_IPERF_PORT}"
         );
         run(
             "ip",
@@ -184,6 +256,11 @@ impl Topology {
                 &format!("--reuid={PROXY_UID}"),
                 &format!("--regid={PROXY_UID}"),
                 "--clear-groups",
+                // Only CAP_NET_ADMIN (ambient), as the injector gives it: the proxy reads the
+                // UDP/SCTP queue and deletes conntrack entries with it.
+                "--inh-caps=-all,+net_admin",
+                "--ambient-caps=-all,+net_admin",
+                "--bounding-set=-all,+net_admin",
                 "--",
             ])
             .arg(proxy)
@@ -235,7 +312,9 @@ impl Topology {
                 "global\n  maxconn 7000\n  nbthread 2\n\
                  defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  option splice-auto\n\
                  listen sink\n  bind {SERVER_IP_PLAIN}:{HAPROXY_SINK_PORT}\n  server app 127.0.0.1:{SINK_PORT}\n\
-                 listen echo\n  bind {SERVER_IP_PLAIN}:{HAPROXY_ECHO_PORT}\n  server app 127.0.0.1:{ECHO_PORT}\n"
+                 listen echo\n  bind {SERVER_IP_PLAIN}:{HAPROXY_ECHO_PORT}\n  server app 127.0.0.1:{ECHO_PORT}\n\
+                 listen sockperf\n  bind {SERVER_IP_PLAIN}:{HAPROXY_SOCKPERF_PORT}\n  server app 127.0.0.1:{SOCKPERF_PORT}\n\
+                 listen iperf\n  bind {SERVER_IP_PLAIN}:{HAPROXY_IPERF_PORT}\n  server app 127.0.0.1:{IPERF_PORT}\n"
             ),
         )?;
         let log = File::create(self.dir.join("haproxy.log"))?;
@@ -265,13 +344,61 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Connection tracking in the direct-server namespace: a rule that needs conntrack (and
+    /// drops only what conntrack cannot place, which this load never sends).
+    pub fn track_direct_connections(&self) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.direct_server,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ],
+        )
+        .context("conntrack in the direct-server namespace")
+    }
+
+    /// Starts `program args` in `ns` as a child that lives as long as the topology, its output
+    /// in `<dir>/<log>.log`; returns the log's path.
+    pub fn spawn_in(
+        &mut self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        log: &str,
+    ) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{log}.log"));
+        let out = File::create(&path)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {program} in {ns}"))?;
+        self.children.push(child);
+        Ok(path)
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.server, &self.client, &self.mesh_client] {
+        for ns in self.namespaces() {
             // Whatever still runs inside (setpriv's child), then the namespace.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout)

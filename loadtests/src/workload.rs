@@ -175,7 +175,7 @@ pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
 pub struct Failures(Mutex<BTreeMap<String, u64>>);
 
 impl Failures {
-    fn record(&self, reason: String) {
+    pub fn record(&self, reason: String) {
         if let Ok(mut m) = self.0.lock() {
             *m.entry(reason).or_default() += 1;
         }

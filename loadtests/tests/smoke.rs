@@ -70,6 +70,7 @@ fn smoke_run_measures_every_path_without_failures() {
         assert!(p["connections_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
         assert_eq!(p["connection_failures"], 0, "{p}");
     }
+    optional_workloads_ran_or_were_explained(&json, &target.join("portcullis-proxy"));
     assert_eq!(
         json["soak"]["connections_failed"], 0,
         "policy swaps must not break connections"
@@ -78,4 +79,62 @@ fn smoke_run_measures_every_path_without_failures() {
     assert!(run.join("results.md").exists() && run.join("plot.svg").exists());
     assert!(stdout.contains("Ratios"));
     let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+/// The optional workloads at smoke size: sockperf and iperf3 stay off (CI does not install
+/// them); UDP and DNS run when the proxy enforces UDP, and then every new UDP flow of the load
+/// must have gone through the server proxy's queue (one verdict each), and nothing failed.
+/// Without `--enforce-udp` the report says why they were skipped.
+fn optional_workloads_ran_or_were_explained(json: &serde_json::Value, proxy: &Path) {
+    let help = Command::new(proxy)
+        .arg("--help")
+        .output()
+        .expect("proxy --help");
+    let enforces_udp = String::from_utf8_lossy(&help.stdout).contains("--enforce-udp");
+    let notes = json["notes"].to_string();
+    let paths = json["paths"].as_array().expect("paths");
+    for p in paths {
+        let t = &p["tools"];
+        assert!(
+            t["sockperf_tcp"].is_null() && t["iperf3_1_gbps"].is_null(),
+            "{p}"
+        );
+    }
+    if !enforces_udp {
+        assert!(notes.contains("udp skipped"), "{notes}");
+        assert!(paths.iter().all(|p| p["tools"]["udp_rr"].is_null()));
+        return;
+    }
+    let dnsmasq = Command::new("sh")
+        .args(["-c", "command -v dnsmasq"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for p in paths {
+        let t = &p["tools"];
+        if p["path"] == "haproxy" {
+            assert!(t["udp_rr"].is_null(), "HAProxy carries no UDP here: {p}");
+            continue;
+        }
+        assert!(t["udp_rr"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+        assert!(
+            t["udp_new_flows_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{p}"
+        );
+        assert_eq!(t["udp_flow_failures"], serde_json::json!([]), "{p}");
+        if p["path"] != "direct" {
+            let answered = t["udp_new_flows_answered"].as_u64().unwrap_or(0);
+            let judged = t["udp_new_flows_judged"].as_u64().unwrap_or(0);
+            assert!(
+                answered > 0 && judged >= answered,
+                "every new flow is judged in the queue: {answered} answered, {judged} judged"
+            );
+        }
+        if dnsmasq {
+            assert!(t["dns_qps"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+            assert!(t["dns_new_socket_qps"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+            assert_eq!(t["dns_failures"], serde_json::json!([]), "{p}");
+        } else {
+            assert!(notes.contains("dns skipped"), "{notes}");
+        }
+    }
 }

@@ -28,8 +28,8 @@ use crate::ports::{PortRange, Protocol};
 use crate::validate::{validate_policy, Peer, PortSpec, Rule, ValidPolicy};
 use crate::verdict::Direction;
 
-/// The namespace label that opts a namespace in to injection.
-pub const INJECT_LABEL: (&str, &str) = ("portcullis.dev/inject", "enabled");
+/// The namespace label that opts a namespace in to injection (docs/CONVENTIONS.md).
+pub const INJECT_LABEL: (&str, &str) = (crate::protection::INJECT_LABEL, "enabled");
 /// Ports the injected proxy listens on (docs/CONVENTIONS.md); an application must not use them.
 pub const PROXY_PORTS: [(u16, &str); 3] = [(4143, "inbound"), (4140, "outbound"), (4191, "admin")];
 

@@ -29,6 +29,19 @@ pub struct AdminState {
     /// Set on SIGTERM, so that the pod leaves Service endpoints while it drains.
     pub draining: AtomicBool,
     pub pod: String,
+    /// Whether UDP and SCTP are enforced (`--enforce-udp`); TCP always is.
+    pub udp_enforced: bool,
+}
+
+impl AdminState {
+    /// `/policy`'s `enforced_protocols`: what this proxy decides, protocol by protocol.
+    pub fn enforced_protocols(&self) -> serde_json::Value {
+        serde_json::json!({
+            "TCP": true,
+            "UDP": self.udp_enforced,
+            "SCTP": self.udp_enforced,
+        })
+    }
 }
 
 pub async fn serve(
@@ -98,6 +111,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                     "source": snapshot.source,
                     "loaded_at": snapshot.loaded_at,
                     "stale": state.store.is_stale(),
+                    "enforced_protocols": state.enforced_protocols(),
                     "table": &*snapshot.table,
                 });
                 json(StatusCode::OK, &body)
@@ -107,6 +121,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                 &serde_json::json!({
                     "pod": state.pod,
                     "generation": 0,
+                    "enforced_protocols": state.enforced_protocols(),
                     "error": "no policy table loaded yet",
                 }),
             ),
@@ -172,6 +187,7 @@ mod tests {
             prometheus: None,
             draining: Default::default(),
             pod: "x/web".into(),
+            udp_enforced: true,
         };
         let (status, body) = get(&state, "/policy", "10.0.0.2:40000");
         assert_eq!(status, StatusCode::FORBIDDEN);

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use portcullis_policy::{Direction, Verdict};
+use portcullis_policy::{Direction, Protocol, Verdict};
 
 /// What kind of audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +45,8 @@ pub struct AuditRecord {
     pub pod: String,
     pub verdict: Verdict,
     pub generation: u64,
+    /// TCP for proxied connections; UDP or SCTP for flows judged in the queue.
+    pub protocol: Protocol,
 }
 
 impl AuditRecord {
@@ -68,6 +70,7 @@ pub struct AuditLine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct DenialKey {
     event: AuditEvent,
+    protocol: Protocol,
     direction: Direction,
     peer: IpAddr,
     port: u16,
@@ -105,6 +108,7 @@ impl Aggregator {
         }
         let key = DenialKey {
             event: record.event,
+            protocol: record.protocol,
             direction: record.direction,
             peer: record.peer(),
             port: record.destination.port(),
@@ -232,7 +236,7 @@ pub fn write_line(line: &AuditLine) {
         direction = r.direction.as_str(),
         src = %r.source,
         dst = %r.destination,
-        protocol = "TCP",
+        protocol = r.protocol.as_str(),
         peer_namespace,
         peer_pod,
         pod = %r.pod,
@@ -265,6 +269,7 @@ mod tests {
                 },
             },
             generation: 1,
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -296,6 +301,11 @@ mod tests {
         assert_eq!(a.record(denial("10.0.0.9", 80), t0).len(), 1);
         assert_eq!(a.record(denial("10.0.0.9", 81), t0).len(), 1);
         assert_eq!(a.record(denial("10.0.0.8", 80), t0).len(), 1);
+        let udp = AuditRecord {
+            protocol: Protocol::Udp,
+            ..denial("10.0.0.9", 80)
+        };
+        assert_eq!(a.record(udp, t0).len(), 1, "UDP and TCP are separate lines");
     }
 
     #[test]

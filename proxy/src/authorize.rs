@@ -49,7 +49,21 @@ pub fn decide(
     peer: IpAddr,
     port: u16,
 ) -> Decision {
-    let verdict = table.check(direction, peer, port, Protocol::Tcp);
+    decide_protocol(table, mode, direction, peer, port, Protocol::Tcp)
+}
+
+/// Decides one flow of any protocol: TCP connections, and the first packet of each UDP or SCTP
+/// flow (`crate::datagram`).
+#[inline]
+pub fn decide_protocol(
+    table: &PodTable,
+    mode: Mode,
+    direction: Direction,
+    peer: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Decision {
+    let verdict = table.check(direction, peer, port, protocol);
     match (verdict.allowed(), mode) {
         (true, _) => Decision::Allow(verdict),
         (false, Mode::Enforce) => Decision::Deny(verdict),

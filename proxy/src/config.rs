@@ -181,6 +181,16 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 
+    /// Enforce policy on UDP and SCTP: read the first packet of each new flow from NFQUEUE
+    /// `--nfqueue` (needs CAP_NET_ADMIN). `false`: no queue is read, and the proxy says at start,
+    /// in `/policy` and in `portcullis_enforced_protocols` that UDP and SCTP are not enforced.
+    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enforce_udp: bool,
+
+    /// NFQUEUE number that portcullis-init's UDP/SCTP rules send new flows to.
+    #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
+    pub nfqueue: u16,
+
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `debug`, `portcullis_proxy=debug`).
     #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
     pub log: String,
@@ -224,6 +234,26 @@ mod tests {
         assert!(c.outbound_listen.iter().all(|a| a.port() == 4140));
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.on_policy_change, OnPolicyChange::Close);
+        assert!(c.enforce_udp);
+        assert_eq!(c.nfqueue, 4171);
+        let off = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--enforce-udp=false",
+        ])
+        .expect("parses");
+        assert!(!off.enforce_udp);
+        let bare = Config::try_parse_from([
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+            "--enforce-udp",
+        ])
+        .expect("parses");
+        assert!(bare.enforce_udp);
     }
 
     #[test]

@@ -245,5 +245,6 @@ fn audit_record(
         pod: ctx.pod.clone(),
         verdict: decision.verdict().clone(),
         generation: snapshot.generation,
+        protocol: portcullis_policy::Protocol::Tcp,
     }
 }

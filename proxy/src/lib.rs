@@ -5,6 +5,7 @@
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
 //! - what happens to one connection: [`connection`]; who the peer is: [`route`]; where inbound
 //!   connections may go (only this pod's addresses): [`inbound`];
+//! - UDP and SCTP (verdicts on the first packet of each flow, from NFQUEUE): [`datagram`];
 //! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`];
 //! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
@@ -15,6 +16,7 @@ pub mod authorize;
 pub mod config;
 pub mod connection;
 pub mod inbound;
+pub mod datagram;
 pub mod limits;
 pub mod listener;
 pub mod relay;
@@ -109,6 +111,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         prometheus: prometheus.clone(),
         draining: Default::default(),
         pod: pod.key(),
+        udp_enforced: config.enforce_udp,
     });
 
     tracing::info!(
@@ -121,9 +124,11 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         admin = %config.admin_listen,
         max_connections = config.max_connections,
         admin_max_connections = config.admin_max_connections,
+        enforced_protocols = if config.enforce_udp { "TCP,UDP,SCTP" } else { "TCP" },
         version = env!("CARGO_PKG_VERSION"),
     );
 
+    start_datagram_enforcement(&ctx, &config)?;
     tokio::spawn(source.run(pod, store.clone()));
     // The admin port outlives the listeners: it answers /ready with 503 while draining.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -211,6 +216,28 @@ fn admin_guard(config: &Config) -> Arc<portcullis_serve_guard::Guard> {
             timed_out: Some(metrics::counter!(ADMIN_CONNECTIONS_TIMED_OUT)),
         },
     )
+}
+
+/// UDP and SCTP: the queue reader and revocation, or, with `--enforce-udp=false`, a warning
+/// that says they pass unchecked.
+fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Result<()> {
+    telemetry::set_enforced_protocols(config.enforce_udp);
+    if config.enforce_udp {
+        datagram::start(ctx.clone(), config)?;
+        tracing::info!(
+            event = "udp_enforced",
+            nfqueue = config.nfqueue,
+            "UDP and SCTP flows are decided on their first packet from NFQUEUE {}",
+            config.nfqueue
+        );
+    } else {
+        tracing::warn!(
+            event = "udp_not_enforced",
+            "UDP and SCTP are NOT enforced (PORTCULLIS_ENFORCE_UDP=false): every UDP and SCTP \
+             flow passes whatever the policy says; only TCP is enforced"
+        );
+    }
+    Ok(())
 }
 
 /// Lowers `--max-connections` to what the descriptor limit can hold, saying so: beyond it the

@@ -18,6 +18,12 @@ fn main() {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    if config.enforce_udp {
+        // Before any thread exists: threads inherit the capabilities of their creator.
+        if let Err(e) = portcullis_proxy::datagram::caps::raise_net_admin() {
+            tracing::warn!(event = "capability_raise_failed", error = %e);
+        }
+    }
     raise_fd_limit();
     // One TLS provider for the controller client, chosen explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();

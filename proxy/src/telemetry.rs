@@ -1,10 +1,11 @@
 //! Metric names, their help text, and the JSON log setup. Every metric is documented in the
-//! README; labels are bounded (`direction`, `verdict`, `peer_namespace`, `reason`), never raw IPs.
+//! README; labels are bounded (`direction`, `verdict`, `peer_namespace`, `reason`, `protocol`:
+//! TCP, UDP or SCTP), never raw IPs.
 
 use metrics::{
     describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
 };
-use portcullis_policy::Direction;
+use portcullis_policy::{Direction, Protocol};
 
 pub const CONNECTIONS: &str = "portcullis_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
@@ -20,11 +21,15 @@ pub const POLICY_STALE: &str = "portcullis_policy_stale";
 pub const ADMIN_CONNECTIONS: &str = "portcullis_admin_connections";
 pub const ADMIN_CONNECTIONS_REFUSED: &str = "portcullis_admin_connections_refused_total";
 pub const ADMIN_CONNECTIONS_TIMED_OUT: &str = "portcullis_admin_connections_timed_out_total";
+pub const ENFORCED_PROTOCOLS: &str = "portcullis_enforced_protocols";
+pub const DATAGRAMS_MALFORMED: &str = "portcullis_datagrams_malformed_total";
+pub const QUEUE_ERRORS: &str = "portcullis_queue_errors_total";
 
 pub fn describe() {
     describe_counter!(
         CONNECTIONS,
-        "Connections decided, by direction, verdict (allow, deny, audit) and peer namespace."
+        "Connections (TCP) and new flows (UDP, SCTP) decided, by direction, protocol, verdict \
+         (allow, deny, audit) and peer namespace."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,
@@ -32,13 +37,13 @@ pub fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections refused before any policy decision, by direction and reason \
-         (no_policy, max_connections, not_redirected, destination_not_pod, destination_loopback, \
-         original_destination_unreadable)."
+        "Connections and new flows refused before any policy decision, by direction, protocol \
+         and reason (no_policy, max_connections, not_redirected, destination_not_pod, destination_loopback, original_destination_unreadable)."
     );
     describe_counter!(
         CONNECTIONS_TERMINATED,
-        "Established connections closed because a new policy table denies them."
+        "Established connections (TCP) and flows (UDP, SCTP: conntrack entry deleted) closed \
+         because a new policy table denies them, by direction and protocol."
     );
     describe_histogram!(
         CONNECTION_DURATION,
@@ -80,6 +85,20 @@ pub fn describe() {
         POLICY_STALE,
         "1 while the policy source is unreachable and the last good table is served."
     );
+    describe_gauge!(
+        ENFORCED_PROTOCOLS,
+        "1 for each protocol (TCP, UDP, SCTP) this proxy enforces policy on, 0 when it does not \
+         (--enforce-udp=false: UDP and SCTP pass unchecked)."
+    );
+    describe_counter!(
+        DATAGRAMS_MALFORMED,
+        "Queued UDP/SCTP packets dropped because they could not be read, by reason."
+    );
+    describe_counter!(
+        QUEUE_ERRORS,
+        "Errors reading the UDP/SCTP queue, answering it, or deleting conntrack entries, by \
+         operation."
+    );
 }
 
 /// Handles for the hot per-connection metrics of one direction, registered once.
@@ -100,7 +119,7 @@ impl DirectionMetrics {
             active: metrics::gauge!(CONNECTIONS_ACTIVE, "direction" => d),
             duration: metrics::histogram!(CONNECTION_DURATION, "direction" => d),
             connect_errors: metrics::counter!(CONNECT_ERRORS, "direction" => d),
-            terminated: metrics::counter!(CONNECTIONS_TERMINATED, "direction" => d),
+            terminated: metrics::counter!(CONNECTIONS_TERMINATED, "direction" => d, "protocol" => "TCP"),
             from_peer: metrics::counter!(BYTES, "direction" => d, "flow" => "from_peer"),
             to_peer: metrics::counter!(BYTES, "direction" => d, "flow" => "to_peer"),
         }
@@ -108,9 +127,19 @@ impl DirectionMetrics {
 }
 
 pub fn count_decision(direction: Direction, verdict: &'static str, peer_namespace: Option<&str>) {
+    count_flow_decision(direction, Protocol::Tcp, verdict, peer_namespace);
+}
+
+pub fn count_flow_decision(
+    direction: Direction,
+    protocol: Protocol,
+    verdict: &'static str,
+    peer_namespace: Option<&str>,
+) {
     metrics::counter!(
         CONNECTIONS,
         "direction" => direction.as_str(),
+        "protocol" => protocol.as_str(),
         "verdict" => verdict,
         "peer_namespace" => peer_namespace.unwrap_or("").to_string()
     )
@@ -118,8 +147,39 @@ pub fn count_decision(direction: Direction, verdict: &'static str, peer_namespac
 }
 
 pub fn count_refused(direction: Direction, reason: &'static str) {
-    metrics::counter!(CONNECTIONS_REFUSED, "direction" => direction.as_str(), "reason" => reason)
-        .increment(1);
+    count_flow_refused(direction, Protocol::Tcp, reason);
+}
+
+pub fn count_flow_refused(direction: Direction, protocol: Protocol, reason: &'static str) {
+    metrics::counter!(
+        CONNECTIONS_REFUSED,
+        "direction" => direction.as_str(),
+        "protocol" => protocol.as_str(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+pub fn count_flow_terminated(direction: Direction, protocol: Protocol) {
+    metrics::counter!(
+        CONNECTIONS_TERMINATED,
+        "direction" => direction.as_str(),
+        "protocol" => protocol.as_str()
+    )
+    .increment(1);
+}
+
+/// `portcullis_enforced_protocols{protocol}`: TCP always, UDP and SCTP unless
+/// `--enforce-udp=false`.
+pub fn set_enforced_protocols(udp_and_sctp: bool) {
+    metrics::gauge!(ENFORCED_PROTOCOLS, "protocol" => "TCP").set(1.0);
+    for p in ["UDP", "SCTP"] {
+        metrics::gauge!(ENFORCED_PROTOCOLS, "protocol" => p).set(if udp_and_sctp {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
 
 /// JSON lines on stdout, one object per event with its fields at the top level, as log

@@ -247,6 +247,10 @@ impl Setup {
             "--reuid=2171",
             "--regid=2171",
             "--clear-groups",
+            // Only CAP_NET_ADMIN, ambient, as the injector runs it (for the UDP/SCTP queue).
+            "--inh-caps=-all,+net_admin",
+            "--ambient-caps=-all,+net_admin",
+            "--bounding-set=-all,+net_admin",
             "--",
         ])
         .arg(env!("CARGO_BIN_EXE_portcullis-proxy"))

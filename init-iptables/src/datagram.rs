@@ -1,0 +1,168 @@
+//! UDP and SCTP: the first packet of every new flow goes to the proxy's NFQUEUE for a verdict.
+//!
+//! One [`Part`] of the rule set, in the filter table, in chains of its own, jumped to first from
+//! `INPUT` and `OUTPUT` (an `ACCEPT` already there cannot bypass them). Filter `INPUT`/`OUTPUT`
+//! see a packet after any nat DNAT in the pod, so the verdict is on the address the packet
+//! really goes to. Only conntrack state `NEW` is queued: every later packet of an accepted flow
+//! (and its replies) stays in the kernel. There is no `--queue-bypass`: with no proxy reading the
+//! queue, new flows are dropped (fail closed). UDP/SCTP packets conntrack cannot place
+//! (`INVALID`, `UNTRACKED`) are dropped rather than let through unjudged. Loopback (`-i lo`,
+//! `-o lo`) is not queued; neither is what the proxy itself sends (its UID), as for TCP.
+
+use crate::config::Config;
+use crate::rules::{Jump, Part, Table};
+
+pub const UDP_IN: &str = "PORTCULLIS_UDP_IN";
+pub const UDP_OUT: &str = "PORTCULLIS_UDP_OUT";
+/// Our chains (also in [`crate::rules::OWNED`]).
+pub const OWNED: [(Table, &str); 2] = [(Table::Filter, UDP_IN), (Table::Filter, UDP_OUT)];
+
+/// The protocols judged in the queue, as `iptables-save` prints them.
+const PROTOCOLS: [&str; 2] = ["udp", "sctp"];
+
+/// The queue rules, when `--enforce-udp` (the default).
+pub fn part(cfg: &Config) -> Part {
+    let queue = format!("-j NFQUEUE --queue-num {}", cfg.nfqueue);
+    let mut rules = Vec::new();
+    for (chain, exempt) in [
+        (UDP_IN, vec!["-i lo -j RETURN".to_string()]),
+        (
+            UDP_OUT,
+            vec![
+                "-o lo -j RETURN".to_string(),
+                format!("-m owner --uid-owner {} -j RETURN", cfg.proxy_uid),
+            ],
+        ),
+    ] {
+        rules.extend(exempt.iter().map(|r| format!("-A {chain} {r}")));
+        for p in PROTOCOLS {
+            rules.push(format!(
+                "-A {chain} -p {p} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
+            ));
+        }
+        for p in PROTOCOLS {
+            rules.push(format!(
+                "-A {chain} -p {p} -m conntrack --ctstate NEW {queue}"
+            ));
+        }
+    }
+    Part {
+        table: Table::Filter,
+        chains: vec![UDP_IN, UDP_OUT],
+        rules,
+        jumps: vec![
+            Jump {
+                from: "INPUT",
+                matches: "",
+                to: UDP_IN,
+                first: true,
+            },
+            Jump {
+                from: "OUTPUT",
+                matches: "",
+                to: UDP_OUT,
+                first: true,
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{cleanup_chains, install, Family};
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["portcullis-init"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("flags parse")
+    }
+
+    fn filter_body(text: &str) -> Vec<&str> {
+        let mut inside = false;
+        text.lines()
+            .filter(|l| {
+                if l.starts_with('*') {
+                    inside = *l == "*filter";
+                }
+                let keep = inside;
+                if *l == "COMMIT" {
+                    inside = false;
+                }
+                keep
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_filter_table() {
+        let text = install(&config(&["--allow-forwarding"]), Family::V4, "");
+        assert_eq!(
+            filter_body(&text),
+            [
+                "*filter",
+                ":PORTCULLIS_UDP_IN - [0:0]",
+                ":PORTCULLIS_UDP_OUT - [0:0]",
+                "-A PORTCULLIS_UDP_IN -i lo -j RETURN",
+                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-I INPUT 1 -j PORTCULLIS_UDP_IN",
+                "-I OUTPUT 1 -j PORTCULLIS_UDP_OUT",
+                "COMMIT",
+            ]
+        );
+        // Nothing here is family specific.
+        let v6 = install(&config(&["--allow-forwarding"]), Family::V6, "");
+        assert_eq!(filter_body(&v6), filter_body(&text));
+    }
+
+    #[test]
+    fn no_queue_bypass_and_the_queue_number_is_configurable() {
+        let text = install(
+            &config(&["--nfqueue=7", "--proxy-uid=1000"]),
+            Family::V4,
+            "",
+        );
+        assert!(!text.contains("bypass"), "fail closed: {text}");
+        assert_eq!(text.matches("--queue-num 7\n").count(), 4);
+        assert!(text.contains("-A PORTCULLIS_UDP_OUT -m owner --uid-owner 1000 -j RETURN"));
+    }
+
+    #[test]
+    fn enforce_udp_false_installs_no_queue_and_its_cleanup_touches_nothing_else() {
+        let text = install(&config(&["--enforce-udp=false"]), Family::V4, "");
+        assert!(
+            !text.contains("NFQUEUE") && !text.contains(UDP_IN),
+            "{text}"
+        );
+        let current = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                       :PORTCULLIS_FORWARD - [0:0]\n:PORTCULLIS_UDP_IN - [0:0]\n\
+                       :PORTCULLIS_UDP_OUT - [0:0]\n-A INPUT -j PORTCULLIS_UDP_IN\n\
+                       -A OUTPUT -j PORTCULLIS_UDP_OUT\n-A FORWARD -j PORTCULLIS_FORWARD\n\
+                       -A PORTCULLIS_UDP_IN -i lo -j RETURN\nCOMMIT\n";
+        let removal = cleanup_chains(current, &OWNED).expect("something to remove");
+        let lines: Vec<&str> = removal.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "*filter",
+                "-D INPUT -j PORTCULLIS_UDP_IN",
+                "-D OUTPUT -j PORTCULLIS_UDP_OUT",
+                "-F PORTCULLIS_UDP_IN",
+                "-F PORTCULLIS_UDP_OUT",
+                "-X PORTCULLIS_UDP_IN",
+                "-X PORTCULLIS_UDP_OUT",
+                "COMMIT",
+            ]
+        );
+    }
+}

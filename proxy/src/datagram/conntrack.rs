@@ -1,0 +1,382 @@
+//! The pod's conntrack table over ctnetlink (`NETLINK_NETFILTER`, subsystem `CTNETLINK`): list
+//! the UDP and SCTP entries, delete one. Needs `CAP_NET_ADMIN` in the pod's network namespace.
+//!
+//! Hand-written rather than a crate: two messages (a dump request and a delete by tuple and id)
+//! and the few attributes they carry; the netlink crates that speak ctnetlink pull in a large
+//! generic framework (or are GPL, or bind libnetfilter_conntrack). Every read is bounds-checked.
+//! Blocking: run it off the async runtime (`spawn_blocking`).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
+use portcullis_policy::Protocol;
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+/// One direction of a conntrack entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// A UDP or SCTP conntrack entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub protocol: Protocol,
+    /// As the first packet went.
+    pub original: Tuple,
+    /// As replies come back: its source is where the first packet really went (after DNAT).
+    pub reply: Tuple,
+    pub id: Option<u32>,
+    pub zone: Option<u16>,
+}
+
+/// A ctnetlink socket in the current network namespace.
+pub struct Conntrack {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Conntrack {
+    pub fn open() -> io::Result<Conntrack> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        // A kernel that does not answer must not hang the caller.
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(2, 0))?;
+        setsockopt(&fd, sockopt::RcvBuf, &(1 << 20))?;
+        Ok(Conntrack { fd, seq: 1 })
+    }
+
+    /// Every UDP and SCTP entry, IPv4 and IPv6.
+    pub fn datagram_flows(&mut self) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for family in [libc_af(AddressFamily::Inet), libc_af(AddressFamily::Inet6)] {
+            let request = message(
+                IPCTNL_MSG_CT_GET,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                family,
+                self.next_seq(),
+                &[],
+            );
+            self.send(&request)?;
+            self.receive(|payload| {
+                if let Some(e) = parse_entry(payload) {
+                    entries.push(e);
+                }
+            })?;
+        }
+        Ok(entries)
+    }
+
+    /// Deletes `entry` (by its original tuple, and its id when known, so that a new flow that
+    /// reused the tuple is left alone). A flow already gone is not an error.
+    pub fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
+        let mut attrs = Vec::new();
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, entry.protocol, &entry.original);
+        if let Some(id) = entry.id {
+            put_attr(&mut attrs, CTA_ID, &id.to_be_bytes());
+        }
+        if let Some(zone) = entry.zone {
+            put_attr(&mut attrs, CTA_ZONE, &zone.to_be_bytes());
+        }
+        let family = match entry.original.source {
+            SocketAddr::V4(_) => libc_af(AddressFamily::Inet),
+            SocketAddr::V6(_) => libc_af(AddressFamily::Inet6),
+        };
+        let request = message(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            family,
+            self.next_seq(),
+            &attrs,
+        );
+        self.send(&request)?;
+        match self.receive(|_| {}) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn send(&self, request: &[u8]) -> io::Result<()> {
+        sendto(
+            self.fd.as_raw_fd(),
+            request,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Reads answers until `NLMSG_DONE` or an `NLMSG_ERROR` (an ack when its code is 0), handing
+    /// the payload of every other message to `each`.
+    fn receive(&self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let mut rest = buf.get(..n).unwrap_or(&[]);
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                if len < 16 || len > rest.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad netlink length",
+                    ));
+                }
+                let payload = &rest[16..len];
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(-nix::libc::EPROTO);
+                        return if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(-code))
+                        };
+                    }
+                    _ => each(payload),
+                }
+                rest = rest.get(align(len)..).unwrap_or(&[]);
+            }
+        }
+    }
+}
+
+fn libc_af(family: AddressFamily) -> u8 {
+    family as i32 as u8
+}
+
+fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+fn message(kind: u16, flags: u16, family: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
+    let len = 16 + 4 + attrs.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version 0, resource id 0.
+    m.extend_from_slice(&[family, 0, 0, 0]);
+    m.extend_from_slice(attrs);
+    m
+}
+
+fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align(out.len()), 0);
+}
+
+fn put_nested(out: &mut Vec<u8>, kind: u16, inner: &[u8]) {
+    put_attr(out, kind | NLA_F_NESTED, inner);
+}
+
+fn put_tuple(out: &mut Vec<u8>, kind: u16, protocol: Protocol, t: &Tuple) {
+    let mut ip = Vec::new();
+    match (t.source.ip(), t.destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            put_attr(&mut ip, CTA_IP_V4_SRC, &s.octets());
+            put_attr(&mut ip, CTA_IP_V4_DST, &d.octets());
+        }
+        (s, d) => {
+            put_attr(&mut ip, CTA_IP_V6_SRC, &v6(s).octets());
+            put_attr(&mut ip, CTA_IP_V6_DST, &v6(d).octets());
+        }
+    }
+    let mut proto = Vec::new();
+    put_attr(&mut proto, CTA_PROTO_NUM, &[protocol_number(protocol)]);
+    put_attr(
+        &mut proto,
+        CTA_PROTO_SRC_PORT,
+        &t.source.port().to_be_bytes(),
+    );
+    put_attr(
+        &mut proto,
+        CTA_PROTO_DST_PORT,
+        &t.destination.port().to_be_bytes(),
+    );
+    let mut tuple = Vec::new();
+    put_nested(&mut tuple, CTA_TUPLE_IP, &ip);
+    put_nested(&mut tuple, CTA_TUPLE_PROTO, &proto);
+    put_nested(out, kind, &tuple);
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
+fn protocol_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+/// The attributes of one netlink message payload (after its 4-byte nfgenmsg), or of a nested
+/// attribute: `(type, value)`, stopping at the first one that does not fit.
+fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let head = data.get(..4)?;
+        let len = usize::from(u16::from_ne_bytes([head[0], head[1]]));
+        let kind = u16::from_ne_bytes([head[2], head[3]]) & NLA_TYPE_MASK;
+        let value = data.get(4..len)?;
+        data = data.get(align(len)..).unwrap_or(&[]);
+        Some((kind, value))
+    })
+}
+
+fn find(data: &[u8], kind: u16) -> Option<&[u8]> {
+    attributes(data).find(|(k, _)| *k == kind).map(|(_, v)| v)
+}
+
+fn be16(v: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?))
+}
+
+fn parse_tuple(data: &[u8]) -> Option<(u8, Tuple)> {
+    let ip = find(data, CTA_TUPLE_IP)?;
+    let proto = find(data, CTA_TUPLE_PROTO)?;
+    let number = *find(proto, CTA_PROTO_NUM)?.first()?;
+    let sport = be16(find(proto, CTA_PROTO_SRC_PORT)?)?;
+    let dport = be16(find(proto, CTA_PROTO_DST_PORT)?)?;
+    let v4 = |k| -> Option<IpAddr> {
+        let b: [u8; 4] = find(ip, k)?.get(..4)?.try_into().ok()?;
+        Some(Ipv4Addr::from(b).into())
+    };
+    let v6 = |k| -> Option<IpAddr> {
+        let b: [u8; 16] = find(ip, k)?.get(..16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(b).into())
+    };
+    let (src, dst) = match (v4(CTA_IP_V4_SRC), v4(CTA_IP_V4_DST)) {
+        (Some(s), Some(d)) => (s, d),
+        _ => (v6(CTA_IP_V6_SRC)?, v6(CTA_IP_V6_DST)?),
+    };
+    Some((
+        number,
+        Tuple {
+            source: SocketAddr::new(src, sport),
+            destination: SocketAddr::new(dst, dport),
+        },
+    ))
+}
+
+/// One dumped entry, when it is UDP or SCTP.
+fn parse_entry(payload: &[u8]) -> Option<Entry> {
+    let attrs = payload.get(4..)?;
+    let (number, original) = parse_tuple(find(attrs, CTA_TUPLE_ORIG)?)?;
+    let protocol = match number {
+        17 => Protocol::Udp,
+        132 => Protocol::Sctp,
+        _ => return None,
+    };
+    let (_, reply) = parse_tuple(find(attrs, CTA_TUPLE_REPLY)?)?;
+    let id =
+        find(attrs, CTA_ID).and_then(|v| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)));
+    let zone = find(attrs, CTA_ZONE).and_then(be16);
+    Some(Entry {
+        protocol,
+        original,
+        reply,
+        id,
+        zone,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_survives_a_round_trip_through_the_attribute_format() {
+        let original = Tuple {
+            source: "10.0.0.1:40000".parse().unwrap(),
+            destination: "10.96.0.10:53".parse().unwrap(),
+        };
+        let reply = Tuple {
+            source: "10.0.0.9:53".parse().unwrap(),
+            destination: "10.0.0.1:40000".parse().unwrap(),
+        };
+        let mut attrs = vec![2, 0, 0, 0];
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Udp, &original);
+        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Udp, &reply);
+        put_attr(&mut attrs, CTA_ID, &7u32.to_be_bytes());
+        let e = parse_entry(&attrs).expect("entry");
+        assert_eq!(e.original, original);
+        assert_eq!(e.reply, reply);
+        assert_eq!(e.protocol, Protocol::Udp);
+        assert_eq!(e.id, Some(7));
+        // Every truncation of it parses to something or nothing, never panics.
+        for cut in 0..attrs.len() {
+            let _ = parse_entry(&attrs[..cut]);
+        }
+    }
+
+    #[test]
+    fn tcp_entries_are_skipped() {
+        let t = Tuple {
+            source: "[fd00::1]:1".parse().unwrap(),
+            destination: "[fd00::2]:2".parse().unwrap(),
+        };
+        let mut attrs = vec![10, 0, 0, 0];
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Tcp, &t);
+        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Tcp, &t);
+        assert_eq!(parse_entry(&attrs), None);
+        let mut sctp = vec![10, 0, 0, 0];
+        put_tuple(&mut sctp, CTA_TUPLE_ORIG, Protocol::Sctp, &t);
+        put_tuple(&mut sctp, CTA_TUPLE_REPLY, Protocol::Sctp, &t);
+        assert_eq!(parse_entry(&sctp).expect("sctp").original, t);
+    }
+}

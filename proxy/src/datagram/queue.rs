@@ -1,0 +1,186 @@
+//! The NFQUEUE reader: one OS thread of its own, blocking on netlink, answering accept or drop
+//! for the first packet of each new UDP/SCTP flow. It never touches the async runtime, so a
+//! busy queue cannot slow the TCP data path, and a stalled runtime cannot hold up verdicts.
+//!
+//! Crate: `nfq` 0.2 (pure Rust over libc, MIT/Apache): it binds the queue, receives packets with
+//! their hook, and sends verdicts; the packet bytes themselves are read by [`super::packet`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nfq::{Queue, Verdict as NfVerdict};
+use portcullis_policy::Direction;
+
+use super::packet::{self, Flow};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::authorize::{decide_protocol, Decision};
+use crate::telemetry::{
+    count_flow_decision, count_flow_refused, DATAGRAMS_MALFORMED, QUEUE_ERRORS,
+};
+use crate::Context;
+
+/// Netfilter hooks (`enum nf_inet_hooks`), as each queued packet reports where it was queued.
+const NF_INET_LOCAL_IN: u8 = 1;
+const NF_INET_LOCAL_OUT: u8 = 3;
+
+/// How much of each packet the kernel copies to us: the IP header, IPv6 extension headers and
+/// the ports fit; the rest of the datagram stays in the kernel.
+const COPY_RANGE: u16 = 256;
+/// Packets waiting for a verdict before the kernel drops new ones (fail closed).
+const QUEUE_MAX_LEN: u32 = 4096;
+
+#[derive(Debug)]
+pub struct BindError {
+    pub queue: u16,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hint = match self.source.raw_os_error() {
+            Some(nix::libc::EPERM) => {
+                " (the proxy needs CAP_NET_ADMIN in the pod's network namespace to read the queue: \
+                 NET_ADMIN in the container's capabilities, and, as a non-root user, ambient or \
+                 from the binary's file capability `cap_net_admin+p` (which needs \
+                 allowPrivilegeEscalation: true); or set PORTCULLIS_ENFORCE_UDP=false to leave \
+                 UDP and SCTP unenforced)"
+            }
+            Some(nix::libc::EBUSY) => " (another process already reads this queue)",
+            _ => "",
+        };
+        write!(
+            f,
+            "cannot read NFQUEUE {} for UDP/SCTP enforcement: {}{hint}",
+            self.queue, self.source
+        )
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Opens and binds the queue (on the caller's thread, so that failing is a start error).
+pub fn bind(queue_num: u16) -> Result<Queue, BindError> {
+    let err = |source| BindError {
+        queue: queue_num,
+        source,
+    };
+    let mut queue = Queue::open().map_err(err)?;
+    queue.bind(queue_num).map_err(err)?;
+    queue.set_copy_range(queue_num, COPY_RANGE).map_err(err)?;
+    queue.set_fail_open(queue_num, false).map_err(err)?;
+    queue
+        .set_queue_max_len(queue_num, QUEUE_MAX_LEN)
+        .map_err(err)?;
+    Ok(queue)
+}
+
+/// Where a queued packet was going, by the hook that queued it: the pod's `INPUT` (ingress)
+/// or `OUTPUT` (egress). Both queue rules use the one queue number; the hook tells them apart.
+pub fn direction_of(hook: u8) -> Option<Direction> {
+    match hook {
+        NF_INET_LOCAL_IN => Some(Direction::Ingress),
+        NF_INET_LOCAL_OUT => Some(Direction::Egress),
+        _ => None,
+    }
+}
+
+/// The peer of a flow, as the policy sees it.
+pub fn peer(flow: &Flow, direction: Direction) -> std::net::IpAddr {
+    match direction {
+        Direction::Ingress => flow.source.ip(),
+        Direction::Egress => flow.destination.ip(),
+    }
+}
+
+/// Reads the queue until the socket fails for good. Each packet gets exactly one verdict.
+pub fn run(mut queue: Queue, ctx: Arc<Context>) -> io::Error {
+    let mut consecutive_errors = 0u32;
+    loop {
+        let mut msg = match queue.recv() {
+            Ok(m) => m,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                metrics::counter!(QUEUE_ERRORS, "operation" => "receive").increment(1);
+                consecutive_errors += 1;
+                tracing::error!(event = "queue_error", operation = "receive", error = %e);
+                if consecutive_errors >= 100 {
+                    return e;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        consecutive_errors = 0;
+        let accept = judge(&ctx, msg.get_hook(), msg.get_payload());
+        msg.set_verdict(if accept {
+            NfVerdict::Accept
+        } else {
+            NfVerdict::Drop
+        });
+        if let Err(e) = queue.verdict(msg) {
+            // The packet stays queued until the kernel gives up on it: dropped, never accepted.
+            metrics::counter!(QUEUE_ERRORS, "operation" => "verdict").increment(1);
+            tracing::error!(event = "queue_error", operation = "verdict", error = %e);
+        }
+    }
+}
+
+/// Decides one queued packet: `true` to accept it. Malformed packets, unknown hooks and packets
+/// that arrive before the first table are dropped.
+pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
+    let flow = match packet::parse(payload) {
+        Ok(f) => f,
+        Err(m) => {
+            metrics::counter!(DATAGRAMS_MALFORMED, "reason" => m.label()).increment(1);
+            tracing::debug!(
+                event = "datagram_malformed",
+                reason = m.label(),
+                len = payload.len()
+            );
+            return false;
+        }
+    };
+    let Some(direction) = direction_of(hook) else {
+        metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
+        return false;
+    };
+    let Some(snapshot) = ctx.store.current() else {
+        count_flow_refused(direction, flow.protocol, "no_policy");
+        return false;
+    };
+    let peer = peer(&flow, direction);
+    let decision = decide_protocol(
+        &snapshot.table,
+        ctx.mode,
+        direction,
+        peer,
+        flow.destination.port(),
+        flow.protocol,
+    );
+    let peer_pod = ctx.store.peer_name(&snapshot.table, peer);
+    let peer_namespace = peer_pod
+        .as_deref()
+        .and_then(|p| p.split_once('/'))
+        .map(|p| p.0);
+    count_flow_decision(direction, flow.protocol, decision.label(), peer_namespace);
+    let event = match &decision {
+        Decision::Allow(_) => return true,
+        Decision::Deny(_) => AuditEvent::Denied,
+        Decision::AuditAllow(_) => AuditEvent::WouldDeny,
+    };
+    ctx.audit.record(AuditRecord {
+        event,
+        direction,
+        source: flow.source,
+        destination: flow.destination,
+        peer_pod,
+        pod: ctx.pod.clone(),
+        verdict: decision.verdict().clone(),
+        generation: snapshot.generation,
+        protocol: flow.protocol,
+    });
+    decision.lets_through()
+}

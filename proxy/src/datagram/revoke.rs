@@ -1,0 +1,270 @@
+//! Revocation: when a new table denies a UDP or SCTP flow that is already established, its
+//! conntrack entry is deleted, so its next packet is `NEW` again, goes to the queue, and meets
+//! the new table. One `connection_terminated` line per flow, as for TCP.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy::table::canonical;
+use portcullis_policy::Direction;
+
+use super::conntrack::{Conntrack, Entry};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::authorize::decide_protocol;
+use crate::telemetry::{count_flow_terminated, QUEUE_ERRORS};
+use crate::Context;
+
+/// How a conntrack entry looks from the pod: its direction, peer and policy port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub direction: Direction,
+    pub peer: IpAddr,
+    pub port: u16,
+}
+
+/// Places an entry, or `None` for flows the queue never judges: loopback, the pod talking to
+/// itself, traffic that is neither from nor to the pod, and the proxy's own flows (`own_ports`:
+/// local UDP ports of the proxy's sockets, exempt from the queue by UID).
+pub fn place(entry: &Entry, local: &HashSet<IpAddr>, own_ports: &HashSet<u16>) -> Option<Judged> {
+    let from = canonical(entry.original.source.ip());
+    // Where the first packet really went: the source of the replies (after any DNAT).
+    let to = canonical(entry.reply.source.ip());
+    if from.is_loopback() || to.is_loopback() {
+        return None;
+    }
+    let port = entry.reply.source.port();
+    match (local.contains(&from), local.contains(&to)) {
+        (true, true) => None,
+        (true, false) if own_ports.contains(&entry.original.source.port()) => None,
+        (true, false) => Some(Judged {
+            direction: Direction::Egress,
+            peer: to,
+            port,
+        }),
+        (false, true) => Some(Judged {
+            direction: Direction::Ingress,
+            peer: from,
+            port,
+        }),
+        (false, false) => None,
+    }
+}
+
+/// Waits for table changes and revokes what each new table denies, the first table included
+/// (flows a previous proxy accepted under an older policy survive its restart in conntrack).
+/// `changes` is subscribed before any table can be published. Runs the blocking netlink work on
+/// the blocking pool, never on a runtime worker.
+pub async fn on_policy_change(
+    ctx: Arc<Context>,
+    pod_ips: Vec<IpAddr>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    while changes.changed().await.is_ok() {
+        let (c, ips) = (ctx.clone(), pod_ips.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let generation = c.store.generation();
+            sweep_logged(&c, &ips);
+            // A packet judged with the old table an instant before the swap may confirm its
+            // conntrack entry just after the first sweep: a second look closes that window.
+            std::thread::sleep(Duration::from_millis(200));
+            if c.store.generation() == generation {
+                sweep_logged(&c, &ips);
+            }
+        })
+        .await;
+    }
+}
+
+fn sweep_logged(ctx: &Context, pod_ips: &[IpAddr]) {
+    if let Err(e) = sweep(ctx, pod_ips) {
+        metrics::counter!(QUEUE_ERRORS, "operation" => "conntrack").increment(1);
+        tracing::error!(
+            event = "revocation_failed",
+            protocol = "UDP/SCTP",
+            error = %e,
+            "cannot list or delete conntrack entries: established UDP/SCTP flows that the new \
+             table denies may go on"
+        );
+    }
+}
+
+/// Deletes the conntrack entry of every UDP/SCTP flow the current table denies. Returns how
+/// many it deleted.
+pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
+    let Some(snapshot) = ctx.store.current() else {
+        return Ok(0);
+    };
+    let local = local_addresses(pod_ips);
+    let own_ports = own_udp_ports();
+    let mut ct = Conntrack::open()?;
+    let mut revoked = 0;
+    for entry in ct.datagram_flows()? {
+        let Some(j) = place(&entry, &local, &own_ports) else {
+            continue;
+        };
+        let decision = decide_protocol(
+            &snapshot.table,
+            ctx.mode,
+            j.direction,
+            j.peer,
+            j.port,
+            entry.protocol,
+        );
+        if decision.lets_through() {
+            continue;
+        }
+        if !ct.delete(&entry)? {
+            continue;
+        }
+        revoked += 1;
+        count_flow_terminated(j.direction, entry.protocol);
+        ctx.audit.record(AuditRecord {
+            event: AuditEvent::Terminated,
+            direction: j.direction,
+            source: entry.original.source,
+            destination: entry.reply.source,
+            peer_pod: ctx.store.peer_name(&snapshot.table, j.peer),
+            pod: ctx.pod.clone(),
+            verdict: decision.verdict().clone(),
+            generation: snapshot.generation,
+            protocol: entry.protocol,
+        });
+    }
+    Ok(revoked)
+}
+
+/// The pod's addresses: `POD_IPS` and every address on its interfaces.
+fn local_addresses(pod_ips: &[IpAddr]) -> HashSet<IpAddr> {
+    let mut local: HashSet<IpAddr> = pod_ips.iter().map(|ip| canonical(*ip)).collect();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(addr) = a.address else { continue };
+            if let Some(v4) = addr.as_sockaddr_in() {
+                local.insert(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                local.insert(canonical(IpAddr::V6(v6.ip())));
+            }
+        }
+    }
+    local
+}
+
+/// Local ports of the UDP sockets this process's UID owns (`/proc/net/udp`, `udp6`): the
+/// proxy's own lookups, which the queue never judged.
+fn own_udp_ports() -> HashSet<u16> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut ports = HashSet::new();
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let owner = f.get(7).and_then(|u| u.parse::<u32>().ok());
+            if let (Some(port), Some(owner)) = (port, owner) {
+                if owner == uid {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datagram::conntrack::Tuple;
+    use portcullis_policy::Protocol;
+
+    fn entry(src: &str, dst: &str, reply_src: &str) -> Entry {
+        Entry {
+            protocol: Protocol::Udp,
+            original: Tuple {
+                source: src.parse().unwrap(),
+                destination: dst.parse().unwrap(),
+            },
+            reply: Tuple {
+                source: reply_src.parse().unwrap(),
+                destination: src.parse().unwrap(),
+            },
+            id: None,
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn entries_are_placed_by_which_end_is_the_pod() {
+        let local: HashSet<IpAddr> = ["10.0.0.1".parse().unwrap()].into();
+        let none = HashSet::new();
+        let out = place(
+            &entry("10.0.0.1:4000", "10.0.0.2:53", "10.0.0.2:53"),
+            &local,
+            &none,
+        );
+        assert_eq!(
+            out,
+            Some(Judged {
+                direction: Direction::Egress,
+                peer: "10.0.0.2".parse().unwrap(),
+                port: 53
+            })
+        );
+        // After DNAT (a ClusterIP), the backend that answers is the peer.
+        let dnat = place(
+            &entry("10.0.0.1:4000", "10.96.0.10:53", "10.0.0.9:5353"),
+            &local,
+            &none,
+        );
+        assert_eq!(
+            dnat.map(|j| (j.peer, j.port)),
+            Some(("10.0.0.9".parse().unwrap(), 5353))
+        );
+        let inbound = place(
+            &entry("10.0.0.2:4000", "10.0.0.1:53", "10.0.0.1:53"),
+            &local,
+            &none,
+        );
+        assert_eq!(inbound.map(|j| j.direction), Some(Direction::Ingress));
+        assert_eq!(
+            place(
+                &entry("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:2"),
+                &local,
+                &none
+            ),
+            None
+        );
+        assert_eq!(
+            place(
+                &entry("10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:2"),
+                &local,
+                &none
+            ),
+            None
+        );
+        assert_eq!(
+            place(
+                &entry("10.0.0.7:1", "10.0.0.8:2", "10.0.0.8:2"),
+                &local,
+                &none
+            ),
+            None
+        );
+        let own: HashSet<u16> = [4000].into();
+        assert_eq!(
+            place(
+                &entry("10.0.0.1:4000", "10.0.0.2:53", "10.0.0.2:53"),
+                &local,
+                &own
+            ),
+            None
+        );
+    }
+}
