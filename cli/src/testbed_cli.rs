@@ -80,9 +80,9 @@ pub enum TestbedCommand {
     Probe {
         #[command(flatten)]
         name: Name,
-        /// Probes, e.g. `80/TCP,53/UDP` (default: every TCP port the pods serve: `up --probe`,
-        /// declared containerPorts, numeric ports of policies). UDP probes send a datagram and
-        /// expect the pod's name back.
+        /// Probes, e.g. `80/TCP,53/UDP` (default: every port the pods serve: `up --probe`,
+        /// declared containerPorts, numeric ports of policies; UDP ones only if the testbed's
+        /// proxies enforce UDP). UDP probes send a datagram and expect the pod's name back.
         #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
         probe: Vec<Probe>,
         #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
@@ -196,7 +196,7 @@ pub fn observe(
         for note in &set.notes {
             eprintln!("note: {note}");
         }
-        testbed::ports::default_probes(&set)
+        testbed::ports::default_probes(&set, state.enforce_udp)
     } else {
         probes.to_vec()
     };

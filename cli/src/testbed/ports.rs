@@ -79,13 +79,14 @@ fn add_range(set: &mut PortSet, range: PortRange, policy: &str) {
     }
 }
 
-/// The probes `probe` makes when none are given: the TCP ports of the set (UDP is not enforced
-/// by the proxy yet, so UDP probes are made only on request, e.g. `--probe 53/UDP`).
-pub fn default_probes(set: &PortSet) -> Vec<Probe> {
+/// The probes `probe` makes when none are given: the TCP ports of the set, and its UDP ports
+/// when the proxies enforce UDP (`up --enforce-udp`, the default; with false, UDP probes are made
+/// only on request, e.g. `--probe 53/UDP`).
+pub fn default_probes(set: &PortSet, udp: bool) -> Vec<Probe> {
     set.ports
         .iter()
         .copied()
-        .filter(|p| p.protocol == Protocol::Tcp)
+        .filter(|p| p.protocol == Protocol::Tcp || (udp && p.protocol == Protocol::Udp))
         .collect()
 }
 
@@ -156,11 +157,15 @@ spec:
         assert_eq!(set.ports, want);
         assert!(set.notes.is_empty());
         assert_eq!(
-            default_probes(&set),
+            default_probes(&set, false),
             want.iter()
                 .copied()
                 .filter(|p| p.protocol == Protocol::Tcp)
                 .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            default_probes(&set, true),
+            want.iter().copied().collect::<Vec<_>>()
         );
     }
 
