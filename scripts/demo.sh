@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 need_rust
 need_root "the demo" "$@"
-need_packages ip:iproute2 iptables:iptables setpriv:util-linux
+need_packages ip:iproute2 iptables:iptables setpriv:util-linux dnsmasq:dnsmasq-base
 
 say "building portcullis, portcullis-proxy, portcullis-init, portcullis-controller (release)"
 cargo build --release --locked -q -p portcullis -p portcullis-proxy -p portcullis-init -p portcullis-controller

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::render::{grids, paint, ColorChoice};
+use crate::render::{paint, ColorChoice};
+use crate::testbed::probe::ServiceClients;
 use crate::testbed::{self, Binaries, State, UpOptions};
-use crate::testbed_cli::{differences, observe};
+use crate::testbed_cli::{observe, report};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -72,91 +73,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         binaries,
         proxy_args: Vec::new(),
         policy_source: testbed::PolicySource::Controller,
+        extra_probes: Vec::new(),
+        enforce_udp: true,
     })?;
-    let result = (|| -> Result<bool> {
-        for p in &state.pods {
-            println!("  {:<32} {}", p.key, p.ip);
-        }
-        let ok1 = probe_step(
-            &state,
-            2,
-            "probe every pod from every pod, through the proxies",
-            color,
-        )?;
-
-        step(
-            3,
-            "denials, as the proxy of kangaroo/backend logs them (kubectl logs)",
-            color,
-        );
-        for line in testbed::audit_lines(&state, "kangaroo/backend", false)?
-            .iter()
-            .take(3)
-        {
-            println!("  {line}");
-        }
-        step(
-            4,
-            "metrics of kangaroo/backend (Prometheus, :4191/metrics)",
-            color,
-        );
-        let metrics = testbed::metrics(&state, "kangaroo/backend")?;
-        for line in metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("portcullis_connections_total")
-                    || l.starts_with("portcullis_policy_generation")
-            })
-            .take(12)
-        {
-            println!("  {line}");
-        }
-
-        step(
-            5,
-            &format!(
-                "apply {} without restarting anything",
-                args.change.display()
-            ),
-            color,
-        );
-        for f in std::fs::read_dir(&args.change).context("reading the change")? {
-            let path = f?.path();
-            println!("  + {}", path.display());
-        }
-        testbed::apply(
-            &state,
-            std::slice::from_ref(&args.change),
-            false,
-            Duration::from_secs(20),
-        )?;
-        let ok2 = probe_step(
-            &state,
-            6,
-            "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
-            color,
-        )?;
-
-        step(
-            7,
-            "stop portcullis-controller: every proxy keeps enforcing its last table",
-            color,
-        );
-        testbed::stop_controller(&state)?;
-        let ok3 = probe_step(
-            &state,
-            8,
-            "probe with the controller gone: nothing changes",
-            color,
-        )?;
-        for line in testbed::metrics(&state, "kangaroo/backend")?
-            .lines()
-            .filter(|l| l.starts_with("portcullis_policy_stale"))
-        {
-            println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
-        }
-        Ok(ok1 && ok2 && ok3)
-    })();
+    let result = tour(&state, &args, color);
     if args.keep {
         println!("\nthe testbed stays up: portcullis testbed down --name {NAME}");
     } else {
@@ -173,18 +93,125 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     step(n, title, color);
-    let (observed, predicted, _) = observe(state, &[], Duration::from_secs(2))?;
-    print!("{}", grids(&observed, Some(&predicted), color));
-    let diffs = differences(&observed, &predicted);
-    if diffs.is_empty() {
-        println!(
-            "observed = predicted by the policy engine ({} connections)",
-            observed.probes.len()
-        );
-    } else {
-        for d in &diffs {
-            println!("  DIFFERENCE {d}");
+    let cells = observe(
+        state,
+        &[],
+        ServiceClients::Unenforced,
+        Duration::from_secs(2),
+    )?;
+    report(&cells, color, true, &mut std::io::stdout())
+}
+
+/// Steps 2 to 8: probe, denials, metrics, a live change, probe, controller gone, probe.
+/// Whether every probe matched the prediction.
+fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
+    for p in &state.pods {
+        match &p.not_injected {
+            None => println!("  {:<32} {:<14} portcullis-proxy", p.key, p.ip),
+            Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
         }
     }
-    Ok(diffs.is_empty())
+    let dns_ok = dns_lookup(state);
+    let ok1 = probe_step(
+        state,
+        2,
+        "probe every pod from every pod, through the proxies",
+        color,
+    )?;
+
+    step(
+        3,
+        "denials, as the proxy of kangaroo/backend logs them (kubectl logs)",
+        color,
+    );
+    for line in testbed::audit_lines(state, "kangaroo/backend", false)?
+        .iter()
+        .take(3)
+    {
+        println!("  {line}");
+    }
+    step(
+        4,
+        "metrics of kangaroo/backend (Prometheus, :4191/metrics)",
+        color,
+    );
+    let metrics = testbed::metrics(state, "kangaroo/backend")?;
+    for line in metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("portcullis_connections_total")
+                || l.starts_with("portcullis_policy_generation")
+        })
+        .take(12)
+    {
+        println!("  {line}");
+    }
+
+    step(
+        5,
+        &format!(
+            "apply {} without restarting anything",
+            args.change.display()
+        ),
+        color,
+    );
+    for f in std::fs::read_dir(&args.change).context("reading the change")? {
+        let path = f?.path();
+        println!("  + {}", path.display());
+    }
+    testbed::apply(
+        state,
+        std::slice::from_ref(&args.change),
+        false,
+        Duration::from_secs(20),
+    )?;
+    let ok2 = probe_step(
+        state,
+        6,
+        "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
+        color,
+    )?;
+
+    step(
+        7,
+        "stop portcullis-controller: every proxy keeps enforcing its last table",
+        color,
+    );
+    testbed::stop_controller(state)?;
+    let ok3 = probe_step(
+        state,
+        8,
+        "probe with the controller gone: nothing changes",
+        color,
+    )?;
+    for line in testbed::metrics(state, "kangaroo/backend")?
+        .lines()
+        .filter(|l| l.starts_with("portcullis_policy_stale"))
+    {
+        println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
+    }
+    Ok(dns_ok && ok1 && ok2 && ok3)
+}
+
+/// The cluster DNS, as an application uses it: a Service name from a pod.
+fn dns_lookup(state: &State) -> bool {
+    let (pod, name) = ("storefront/web", "backend.kangaroo.svc.cluster.local");
+    if state.dns.is_none() || state.pod(pod).is_err() {
+        return true;
+    }
+    match testbed::resolve(state, pod, name) {
+        Ok(ips) if !ips.is_empty() => {
+            let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+            println!(
+                "  cluster DNS (dnsmasq behind kube-system/kube-dns {}): {pod} resolves {name} -> {}",
+                testbed::dns::DNS_IP,
+                ips.join(", ")
+            );
+            true
+        }
+        other => {
+            println!("  DIFFERENCE cluster DNS: {pod} cannot resolve {name} ({other:?})");
+            false
+        }
+    }
 }

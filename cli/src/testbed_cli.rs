@@ -1,6 +1,7 @@
 //! `portcullis testbed ...` and `portcullis demo`: argument parsing and printing around
 //! [`crate::testbed`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,11 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{Matrix, Protocol};
-use serde::Serialize;
+use portcullis_policy::Protocol;
 
 use crate::matrix::parse_probe;
-use crate::render::{grids, ColorChoice};
+use crate::render::{grids, paint, ColorChoice};
+use crate::testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
 use crate::testbed::{self, Binaries, State, UpOptions};
 
 #[derive(Args)]
@@ -38,8 +39,10 @@ fn parse_name(s: &str) -> Result<String, String> {
 
 #[derive(Subcommand)]
 pub enum TestbedCommand {
-    /// Build the cluster in network namespaces: a node with a bridge, one namespace per pod
-    /// running portcullis-init, portcullis-proxy and a server on every TCP port any pod declares.
+    /// Build the cluster in network namespaces: a node routing between the pods, one namespace
+    /// per pod running portcullis-init, portcullis-proxy (unless the pod is not injected) and a
+    /// server that answers with the pod's name on every port it could be probed on (TCP and UDP):
+    /// every --probe port, every declared containerPort, every numeric port of any policy.
     Up {
         #[command(flatten)]
         name: Name,
@@ -62,13 +65,24 @@ pub enum TestbedCommand {
         /// Extra arguments for every proxy, e.g. `--proxy-arg=--mode=audit`.
         #[arg(long = "proxy-arg", allow_hyphen_values = true)]
         proxy_args: Vec<String>,
+        /// Ports every pod serves on top of those the manifests name (and that `probe` probes by
+        /// default), e.g. `80/TCP,53/UDP`.
+        #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+        probe: Vec<Probe>,
+        /// PORTCULLIS_ENFORCE_UDP for every init container and proxy (UDP/SCTP through the
+        /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient), as the injector does. The
+        /// prediction treats UDP/SCTP as unenforced when false.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        enforce_udp: bool,
     },
     /// Connect from every pod to every pod on every probe and compare with the engine's
     /// prediction; exits 1 on any difference.
     Probe {
         #[command(flatten)]
         name: Name,
-        /// TCP probes, e.g. `80/TCP,81/TCP` (default: every TCP containerPort).
+        /// Probes, e.g. `80/TCP,53/UDP` (default: every port the pods serve: `up --probe`,
+        /// declared containerPorts, numeric ports of policies; UDP ones only if the testbed's
+        /// proxies enforce UDP). UDP probes send a datagram and expect the pod's name back.
         #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
         probe: Vec<Probe>,
         #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
@@ -78,6 +92,11 @@ pub enum TestbedCommand {
         timeout: Duration,
         #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
         color: ColorChoice,
+        /// Which pods probe every Service port (ClusterIP:port, for the probes' protocols).
+        /// Until portcullis-proxy balances Services itself, a proxy refuses ClusterIPs, so the
+        /// default is the pods without a proxy.
+        #[arg(long, value_enum, default_value_t = ServiceClients::Unenforced)]
+        service_clients: ServiceClients,
     },
     /// Add manifests (new or changed policies) to the running testbed; the proxies pick them
     /// up without a restart. Waits until every proxy serves the new tables.
@@ -107,6 +126,13 @@ pub enum TestbedCommand {
         /// NAMESPACE/POD
         pod: String,
     },
+    /// A pod's proxy's /policy (JSON: table generation, staleness, the table, what it enforces).
+    Policy {
+        #[command(flatten)]
+        name: Name,
+        /// NAMESPACE/POD
+        pod: String,
+    },
     /// Stop the testbed's portcullis-controller (SIGTERM) and wait until every proxy marks its
     /// table stale; the proxies keep enforcing their last tables.
     StopController {
@@ -123,8 +149,12 @@ pub enum TestbedCommand {
     Serve {
         #[arg(long)]
         identity: String,
-        #[arg(long, value_delimiter = ',')]
-        ports: Vec<u16>,
+        /// JSON list of the ports to serve, re-read every 100 ms.
+        #[arg(long)]
+        wanted: PathBuf,
+        /// Where to report the ports it listens on.
+        #[arg(long)]
+        bound: PathBuf,
     },
 }
 
@@ -145,63 +175,211 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-#[derive(Serialize)]
-struct ObservedEntry<'a> {
-    from: &'a str,
-    to: &'a str,
-    port: u16,
-    protocol: Protocol,
-    allowed: bool,
-    predicted: Option<bool>,
+/// What `probe` saw: pod to pod, and through Services.
+#[derive(serde::Serialize)]
+pub struct Observation {
+    pub probes: Vec<Cell>,
+    pub services: Vec<ServiceCell>,
 }
 
-/// Observed and predicted matrices for the testbed's current manifests.
+/// Probes the testbed (`probes`, or by default every TCP port its pods serve) pod to pod, and
+/// every Service port of the probes' protocols from the `clients` pods; predicts every probe from
+/// the manifests the proxies see.
 pub fn observe(
     state: &State,
     probes: &[Probe],
+    clients: ServiceClients,
     timeout: Duration,
-) -> Result<(Matrix, Matrix, bool)> {
-    let (predicted, failed) = crate::matrix::predicted(&state.manifest_paths(), probes, false);
+) -> Result<Observation> {
     let probes: Vec<Probe> = if probes.is_empty() {
-        predicted
-            .probe_list()
-            .into_iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .collect()
+        let set = state.port_set(&state.snapshot()?);
+        for note in &set.notes {
+            eprintln!("note: {note}");
+        }
+        testbed::ports::default_probes(&set, state.enforce_udp)
     } else {
         probes.to_vec()
     };
-    let observed = testbed::probe(state, &probes, timeout)?;
-    Ok((observed, predicted, failed))
+    if probes.is_empty() {
+        bail!("nothing to probe: no port in the manifests; pass --probe, e.g. --probe 80/TCP");
+    }
+    let protocols: BTreeSet<Protocol> = probes.iter().map(|p| p.protocol).collect();
+    Ok(Observation {
+        probes: testbed::probe::observe(state, &probes, timeout)?,
+        services: testbed::probe::observe_services(
+            state,
+            &protocols,
+            clients,
+            &testbed::SYSTEM_SERVICES,
+            timeout,
+        )?,
+    })
 }
 
-pub fn differences(observed: &Matrix, predicted: &Matrix) -> Vec<String> {
-    observed
-        .probes
+/// Prints the grids (observed against predicted), then every difference and every probe that
+/// found nothing listening. Returns whether observed equals predicted.
+/// (`with_grids: false`: the summary only.)
+pub fn report(
+    obs: &Observation,
+    color: bool,
+    with_grids: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<bool> {
+    let cells = &obs.probes;
+    if with_grids {
+        let (observed, predicted) = testbed::probe::matrices(cells);
+        write!(out, "{}", grids(&observed, Some(&predicted), color))?;
+        if !obs.services.is_empty() {
+            write!(out, "{}", service_grid(&obs.services, color))?;
+        }
+    }
+    let no_listener: Vec<&Cell> = cells
         .iter()
-        .filter_map(|o| {
-            let p = predicted.get(
-                &o.from,
-                &o.to,
-                Probe {
-                    port: o.port,
-                    protocol: o.protocol,
-                },
-            )?;
-            (p.allowed != o.allowed).then(|| {
-                format!(
-                    "{} -> {} on {}/{}: observed {}, predicted {} ({})",
-                    o.from,
-                    o.to,
-                    o.port,
-                    o.protocol,
-                    if o.allowed { "allowed" } else { "denied" },
-                    if p.allowed { "allowed" } else { "denied" },
-                    p.reason.as_deref().unwrap_or("")
-                )
-            })
-        })
-        .collect()
+        .filter(|c| c.outcome == Outcome::NoListener)
+        .collect();
+    // Grouped by port and cause: "nothing listens on 4143/TCP in x/a, x/b (address in use)".
+    let mut groups: BTreeMap<(u16, String, String), BTreeSet<&str>> = BTreeMap::new();
+    for c in &no_listener {
+        groups
+            .entry((
+                c.port,
+                c.protocol.to_string(),
+                c.no_listener.clone().unwrap_or_default(),
+            ))
+            .or_default()
+            .insert(&c.to);
+    }
+    for ((port, protocol, why), pods) in &groups {
+        writeln!(
+            out,
+            "not probed: nothing listens on {port}/{protocol} in {} ({why}); not counted as allowed or denied",
+            pods.iter().copied().collect::<Vec<_>>().join(", ")
+        )?;
+    }
+    let mut diffs: Vec<String> = cells
+        .iter()
+        .filter(|c| c.differs())
+        .map(Cell::describe)
+        .collect();
+    diffs.extend(
+        obs.services
+            .iter()
+            .filter(|c| c.differs())
+            .map(ServiceCell::describe),
+    );
+    let total = cells.len() - no_listener.len() + obs.services.len();
+    if diffs.is_empty() {
+        writeln!(
+            out,
+            "observed matrix equals the predicted one ({total} probes, {} through Services)",
+            obs.services.len()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{} differences between observed and predicted:",
+            diffs.len()
+        )?;
+        for d in &diffs {
+            writeln!(out, "  DIFFERENCE {d}")?;
+        }
+    }
+    Ok(diffs.is_empty())
+}
+
+/// One grid for every Service port: rows are client pods, one column per Service port; the cell
+/// is the observed outcome (an answer from an allowed backend, no answer, or a difference).
+fn service_grid(cells: &[ServiceCell], color: bool) -> String {
+    use std::fmt::Write as _;
+    let columns: Vec<String> = cells
+        .iter()
+        .map(ServiceCell::column)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: BTreeSet<&str> = cells.iter().map(|c| c.from.as_str()).collect();
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(8).max(9);
+    let mut out = String::from(
+        "== through Services (observed; clients without a proxy unless --service-clients all) ==\n",
+    );
+    let _ = write!(out, "{:width$}", "from \\ to");
+    for c in &columns {
+        let _ = write!(out, " {c}");
+    }
+    out.push('\n');
+    for row in &rows {
+        let _ = write!(out, "{row:width$}");
+        for col in &columns {
+            let cell = cells.iter().find(|c| c.from == *row && c.column() == *col);
+            let (text, colour) = match cell {
+                None => ("-", ""),
+                Some(c) if c.differs() => ("!", "\x1b[33;1m"),
+                Some(c) if c.answered_by.is_some() => (".", "\x1b[32m"),
+                Some(_) => ("X", "\x1b[31;1m"),
+            };
+            let padded = format!("{text:>w$}", w = col.len());
+            let _ = write!(
+                out,
+                " {}",
+                paint(&padded, colour, color && !colour.is_empty())
+            );
+        }
+        out.push('\n');
+    }
+    out.push_str("legend: . answered by a backend the policy allows   X no answer (denied)   ! differs from predicted (e.g. a denied backend answered)\n\n");
+    out
+}
+
+/// What `up` prints: the testbed, where tables come from, and every pod with its proxy or why
+/// it has none.
+fn print_up(state: &State) {
+    println!(
+        "testbed {:?} is up: {} pods, node namespace {}",
+        state.name,
+        state.pods.len(),
+        state.node_netns
+    );
+    match &state.controller {
+        Some(c) => println!(
+            "  tables from portcullis-controller (pid {}, log {}) in the node namespace",
+            c.pid,
+            c.log.display()
+        ),
+        None => println!("  every proxy reads {} itself", state.policy_dir.display()),
+    }
+    for p in &state.pods {
+        let proxy = match &p.not_injected {
+            None => "proxy".to_string(),
+            Some(why) => format!("no proxy: {why}"),
+        };
+        println!("  {:<40} {:<16} netns {:<20} {proxy}", p.key, p.ip, p.netns);
+    }
+    if state.dns.is_some() {
+        println!(
+            "  cluster DNS: kube-system/kube-dns {} (dnsmasq); each pod's resolv.conf points at it",
+            testbed::dns::DNS_IP
+        );
+    }
+}
+
+/// `testbed probe`: observe, print (grids, or JSON with the summary on stderr); whether observed
+/// equals predicted.
+fn probe_command(
+    state: &State,
+    probe: &[Probe],
+    output: crate::matrix::Output,
+    timeout: Duration,
+    color: bool,
+    service_clients: ServiceClients,
+) -> Result<bool> {
+    let obs = observe(state, probe, service_clients, timeout)?;
+    match output {
+        crate::matrix::Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&obs)?);
+            report(&obs, false, false, &mut std::io::stderr())
+        }
+        crate::matrix::Output::Table => report(&obs, color, true, &mut std::io::stdout()),
+    }
 }
 
 pub fn run(args: TestbedArgs) -> Result<ExitCode> {
@@ -214,6 +392,8 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             controller_bin,
             policy_source,
             proxy_args,
+            probe,
+            enforce_udp,
         } => {
             let binaries = Binaries::locate(proxy_bin, init_bin, controller_bin)?;
             let state = testbed::up(&UpOptions {
@@ -222,24 +402,10 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
                 binaries,
                 proxy_args,
                 policy_source,
+                extra_probes: probe,
+                enforce_udp,
             })?;
-            println!(
-                "testbed {:?} is up: {} pods, node namespace {}",
-                state.name,
-                state.pods.len(),
-                state.node_netns
-            );
-            match &state.controller {
-                Some(c) => println!(
-                    "  tables from portcullis-controller (pid {}, log {}) in the node namespace",
-                    c.pid,
-                    c.log.display()
-                ),
-                None => println!("  every proxy reads {} itself", state.policy_dir.display()),
-            }
-            for p in &state.pods {
-                println!("  {:<40} {:<16} netns {}", p.key, p.ip, p.netns);
-            }
+            print_up(&state);
             Ok(ExitCode::SUCCESS)
         }
         TestbedCommand::Probe {
@@ -248,58 +414,16 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             output,
             timeout,
             color,
+            service_clients,
         } => {
             let state = State::load(&name.name)?;
-            let (observed, predicted, _) = observe(&state, &probe, timeout)?;
-            let diffs = differences(&observed, &predicted);
-            match output {
-                crate::matrix::Output::Json => {
-                    let probes: Vec<ObservedEntry> = observed
-                        .probes
-                        .iter()
-                        .map(|o| ObservedEntry {
-                            from: &o.from,
-                            to: &o.to,
-                            port: o.port,
-                            protocol: o.protocol,
-                            allowed: o.allowed,
-                            predicted: predicted
-                                .get(
-                                    &o.from,
-                                    &o.to,
-                                    Probe {
-                                        port: o.port,
-                                        protocol: o.protocol,
-                                    },
-                                )
-                                .map(|p| p.allowed),
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "probes": probes }))?
-                    );
-                }
-                crate::matrix::Output::Table => {
-                    print!("{}", grids(&observed, Some(&predicted), color.enabled()));
-                }
-            }
-            if diffs.is_empty() {
-                eprintln!(
-                    "observed matrix equals the predicted one ({} probes)",
-                    observed.probes.len()
-                );
-                Ok(ExitCode::SUCCESS)
+            let color = color.enabled();
+            let same = probe_command(&state, &probe, output, timeout, color, service_clients)?;
+            Ok(if same {
+                ExitCode::SUCCESS
             } else {
-                eprintln!(
-                    "{} differences between observed and predicted:",
-                    diffs.len()
-                );
-                for d in &diffs {
-                    eprintln!("  {d}");
-                }
-                Ok(ExitCode::FAILURE)
-            }
+                ExitCode::FAILURE
+            })
         }
         TestbedCommand::Apply {
             name,
@@ -326,6 +450,11 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             print!("{}", testbed::metrics(&state, &pod)?);
             Ok(ExitCode::SUCCESS)
         }
+        TestbedCommand::Policy { name, pod } => {
+            let state = State::load(&name.name)?;
+            println!("{}", testbed::policy(&state, &pod)?);
+            Ok(ExitCode::SUCCESS)
+        }
         TestbedCommand::StopController { name } => {
             let state = State::load(&name.name)?;
             testbed::stop_controller(&state)?;
@@ -345,8 +474,12 @@ pub fn run(args: TestbedArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        TestbedCommand::Serve { identity, ports } => {
-            testbed::serve::serve(&identity, &ports)?;
+        TestbedCommand::Serve {
+            identity,
+            wanted,
+            bound,
+        } => {
+            testbed::serve::serve(&identity, &wanted, &bound)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -23,12 +23,20 @@ fn portcullis(args: &[&str]) -> Output {
         .expect("run portcullis")
 }
 
+/// A testbed name unique to this test process (`base` + pid, at most 12 characters), so two
+/// runs of the suite at once never touch each other's namespaces.
+fn unique(base: &str) -> String {
+    let name = format!("{base}{}", std::process::id());
+    assert!(name.len() <= 12, "testbed name {name} is too long");
+    name
+}
+
 /// Takes the testbed down when the test ends, however it ends.
-struct Testbed(&'static str);
+struct Testbed(String);
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        let _ = portcullis(&["testbed", "down", "--name", self.0]);
+        let _ = portcullis(&["testbed", "down", "--name", &self.0]);
     }
 }
 
@@ -64,13 +72,21 @@ fn build_components() {
 
 type Cells = BTreeMap<(String, String, u64, String), bool>;
 
-fn cells(json: &str, tcp_only: bool) -> Cells {
+/// The probes of a JSON matrix (observed, or expected.json), by (from, to, port, protocol);
+/// `allowed` is `null` in observed ones where nothing listens, which counts as neither.
+fn cells(json: &str) -> Cells {
+    cells_of(json, &["TCP", "UDP", "SCTP"])
+}
+
+/// The cells of `protocols` only.
+fn cells_of(json: &str, protocols: &[&str]) -> Cells {
     let v: serde_json::Value = serde_json::from_str(json).expect("JSON matrix");
     v["probes"]
         .as_array()
         .expect("probes")
         .iter()
-        .filter(|p| !tcp_only || p["protocol"] == "TCP")
+        .filter(|p| protocols.iter().any(|proto| p["protocol"] == *proto))
+        .filter(|p| !p["allowed"].is_null())
         .map(|p| {
             (
                 (
@@ -98,18 +114,35 @@ fn tcp_only(case: &Path) -> bool {
         || policy.contains("-sctp"))
 }
 
-/// The observed matrix of the e2e testbed on 80/TCP and 81/TCP, as JSON.
-fn probe_e2e() -> Output {
+/// The observed matrix of the e2e testbed on ports 80 and 81 of `protocols`, as JSON.
+fn probe_e2e(name: &str, protocols: &[&str]) -> Output {
+    let probes: Vec<String> = protocols
+        .iter()
+        .flat_map(|p| [format!("80/{p}"), format!("81/{p}")])
+        .collect();
     portcullis(&[
         "testbed",
         "probe",
         "--name",
-        "e2e",
+        name,
         "--probe",
-        "80/TCP,81/TCP",
+        &probes.join(","),
         "-o",
         "json",
     ])
+}
+
+/// Whether the testbed's proxies enforce UDP (their `/policy` says so once the NFQUEUE
+/// enforcement is in): then the conformance cases are checked on UDP sockets too.
+fn udp_enforced(name: &str, pod: &str) -> bool {
+    let out = portcullis(&["testbed", "policy", "--name", name, pod]);
+    assert!(
+        out.status.success(),
+        "testbed policy failed: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("/policy is JSON");
+    v["enforced_protocols"]["UDP"] == true
 }
 
 #[test]
@@ -117,16 +150,18 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     require_root();
     build_components();
     let dir = repo().join("policy/tests/conformance");
-    let _ = portcullis(&["testbed", "down", "--name", "e2e"]);
+    let tb = unique("e2e");
+    let tb = tb.as_str();
+    // Taken down however the test ends (also after a failed `up`).
+    let _guard = Testbed(tb.to_string());
     let up = portcullis(&[
         "testbed",
         "up",
         "--name",
-        "e2e",
+        tb,
         "-f",
         dir.join("model.yaml").to_str().unwrap(),
     ]);
-    let _guard = Testbed("e2e");
     assert!(
         up.status.success(),
         "testbed up failed:\n{}\n{}",
@@ -140,11 +175,20 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         .filter(|p| p.join("expected.json").is_file())
         .collect();
     cases.sort();
+    // TCP always; UDP as soon as the proxies enforce it. SCTP cells are the engine's alone (this
+    // kernel has no SCTP sockets).
+    let protocols: &[&str] = if udp_enforced(tb, "x/a") {
+        &["TCP", "UDP"]
+    } else {
+        &["TCP"]
+    };
+    eprintln!("conformance cases on real sockets for {protocols:?}");
+    let runs = |case: &Path| protocols.contains(&"UDP") || tcp_only(case);
     let mut ran = 0;
     let mut failures = Vec::new();
     for case in &cases {
-        // Portcullis proxies TCP; cases about other protocols are checked by the engine only.
-        if !tcp_only(case) {
+        // Cases about a protocol the proxies do not enforce are checked by the engine only.
+        if !runs(case) {
             continue;
         }
         ran += 1;
@@ -153,7 +197,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "testbed",
             "apply",
             "--name",
-            "e2e",
+            tb,
             "--replace",
             "-f",
             case.join("policy.yaml").to_str().unwrap(),
@@ -163,11 +207,11 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             "{name}: apply failed: {}",
             text(&apply.stderr)
         );
-        let probe = probe_e2e();
-        let observed = cells(&text(&probe.stdout), true);
-        let expected = cells(
+        let probe = probe_e2e(tb, protocols);
+        let observed = cells_of(&text(&probe.stdout), protocols);
+        let expected = cells_of(
             &fs::read_to_string(case.join("expected.json")).unwrap(),
-            true,
+            protocols,
         );
         assert_eq!(
             observed.len(),
@@ -202,23 +246,520 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let last = cases
         .iter()
         .rev()
-        .find(|c| tcp_only(c))
-        .expect("a TCP case");
-    let stop = portcullis(&["testbed", "stop-controller", "--name", "e2e"]);
+        .find(|c| runs(c))
+        .expect("a case that ran");
+    let stop = portcullis(&["testbed", "stop-controller", "--name", tb]);
     assert!(
         stop.status.success(),
         "stop-controller failed: {}{}",
         text(&stop.stdout),
         text(&stop.stderr)
     );
-    let probe = probe_e2e();
+    let probe = probe_e2e(tb, protocols);
     assert_eq!(
-        cells(&text(&probe.stdout), true),
-        cells(
+        cells_of(&text(&probe.stdout), protocols),
+        cells_of(
             &fs::read_to_string(last.join("expected.json")).unwrap(),
-            true
+            protocols
         ),
         "with the controller gone, enforcement changed: {}",
         text(&probe.stderr)
     );
+}
+
+/// Three pods that declare no ports at all, as most real pods: the servers listen on every port
+/// they could be probed on all the same (issue 15), so an allowed connection is observed allowed
+/// and a denial is a denial, never "nothing listens".
+#[test]
+fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
+    require_root();
+    build_components();
+    let name = unique("np");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let pod = |ns: &str, pod: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\n\
+             spec: {{containers: [{{name: c, image: i}}]}}\n\
+             status: {{podIP: {ip}, hostIP: 192.168.0.10}}\n"
+        )
+    };
+    let pods = [
+        pod("x", "a", "10.1.0.1"),
+        pod("x", "b", "10.1.0.2"),
+        pod("y", "c", "10.2.0.3"),
+    ]
+    .join("---\n");
+    fs::write(dir.join("pods.yaml"), pods).unwrap();
+    // x/b: ingress only from x/a, only on 8080, a port nobody declares.
+    fs::write(
+        dir.join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: only-a-on-8080, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress:\n    - from: [{podSelector: {matchLabels: {pod: a}}}]\n      ports: [{port: 8080}]\n",
+    )
+    .unwrap();
+
+    // Taken down however the test ends (also after a failed `up`).
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "--probe",
+        "80/TCP",
+        "-f",
+        dir.join("pods.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        up.status.success(),
+        "up failed: {}{}",
+        text(&up.stdout),
+        text(&up.stderr)
+    );
+
+    // No policy: every pod reaches every pod on 80, and `probe` defaults to `up --probe`.
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    let observed = cells(&text(&probe.stdout));
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    assert_eq!(observed.len(), 9, "{}", text(&probe.stdout));
+    assert!(observed.values().all(|a| *a), "{observed:?}");
+
+    let apply = portcullis(&[
+        "testbed",
+        "apply",
+        "--name",
+        name,
+        "-f",
+        dir.join("policy.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        apply.status.success(),
+        "apply failed: {}",
+        text(&apply.stderr)
+    );
+    // The policy's port is now served and probed by default too.
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let observed = cells(&text(&probe.stdout));
+    assert_eq!(observed.len(), 18, "{}", text(&probe.stdout));
+    for ((from, to, port, _), allowed) in &observed {
+        let want = to != "x/b" || from == "x/b" || (from == "x/a" && *port == 8080);
+        assert_eq!(*allowed, want, "{from} -> {to} on {port}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Pods without Portcullis: x is opted in by its label, y is not (so y/c has no proxy), and x/b
+/// opts out by annotation. A pod without a proxy enforces neither its egress nor its ingress;
+/// its peers' proxies still enforce theirs. The prediction says so, and the sockets agree.
+#[test]
+fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
+    require_root();
+    build_components();
+    let name = unique("ni");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let manifests = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {portcullis.dev/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.1.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, annotations: {portcullis.dev/inject: disabled}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.1.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.2.0.3, hostIP: 192.168.0.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-in, namespace: y}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+    fs::write(dir.join("cluster.yaml"), manifests).unwrap();
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "--probe",
+        "80/TCP",
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+    ]);
+    let out = text(&up.stdout);
+    assert!(up.status.success(), "up failed: {out}{}", text(&up.stderr));
+    let line = |pod: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(pod))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("x/a").ends_with(" proxy"), "{out}");
+    assert!(line("x/b").contains("no proxy: pod annotation"), "{out}");
+    assert!(
+        line("y/c").contains("no proxy: namespace y lacks the label"),
+        "{out}"
+    );
+
+    let probe = portcullis(&["testbed", "probe", "--name", name, "-o", "json"]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let observed = cells(&text(&probe.stdout));
+    let allowed: Vec<(&str, &str)> = observed
+        .iter()
+        .filter(|(_, a)| **a)
+        .map(|((f, t, _, _), _)| (f.as_str(), t.as_str()))
+        .collect();
+    // x/a enforces both directions; x/b and y/c enforce nothing, whatever their policies say.
+    assert_eq!(
+        allowed,
+        vec![
+            ("x/a", "x/a"),
+            ("x/b", "x/b"),
+            ("x/b", "y/c"),
+            ("y/c", "x/b"),
+            ("y/c", "y/c"),
+        ],
+        "{observed:?}"
+    );
+    // The prediction names the half that is not enforced.
+    let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+    let b_to_c = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == "x/b" && p["to"] == "y/c")
+        .unwrap();
+    let reason = b_to_c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("egress not enforced: x/b has no proxy")
+            && reason.contains("ingress not enforced: y/c has no proxy"),
+        "{reason}"
+    );
+    // The engine alone (every pod enforcing) would have denied it.
+    let matrix = portcullis(&[
+        "matrix",
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+        "--probe",
+        "80/TCP",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        cells(&text(&matrix.stdout)).get(&(
+            "x/b".to_string(),
+            "y/c".to_string(),
+            80,
+            "TCP".to_string()
+        )),
+        Some(&false)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Services on real sockets, from pods without a proxy (their connections reach the node's
+/// kube-proxy rules; a proxy refuses ClusterIPs until it balances Services itself). Which pod
+/// answered is checked against the policy, not only that something answered.
+#[test]
+fn services_reach_their_allowed_backends_through_the_nodes_dnat() {
+    require_root();
+    build_components();
+    let name = unique("sv");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    // secure is opted in (proxies), shop is not. secure/api-1 takes 8080 from shop, api-2 nothing.
+    let manifests = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: secure, labels: {portcullis.dev/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: secure, labels: {app: api, open: 'yes'}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.1, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-2, namespace: secure, labels: {app: api}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.2, hostIP: 192.168.0.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: secure}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {team: shop}}, podSelector: {matchLabels: {app: client}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-open, namespace: secure}
+spec:
+  podSelector: {matchExpressions: [{key: open, operator: DoesNotExist}]}
+  policyTypes: [Ingress]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: secure}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.7.7
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: shop}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+";
+    // api-2 would be reachable by the first policy alone; the second denies it all ingress.
+    // (A pod selected by two policies gets the union: api-2 is selected by both, so it is
+    // allowed the client on 8080 too; make it explicit below instead.)
+    let manifests = manifests.replace(
+        "podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]",
+        "podSelector: {matchLabels: {app: api, open: 'yes'}}\n  policyTypes: [Ingress]",
+    );
+    fs::write(dir.join("cluster.yaml"), manifests).unwrap();
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+    ]);
+    let stderr = text(&up.stderr);
+    assert!(
+        up.status.success(),
+        "up failed: {}{stderr}",
+        text(&up.stdout)
+    );
+    assert!(
+        stderr.contains("Service secure/api has no clusterIP; the testbed gives it 10."),
+        "{stderr}"
+    );
+
+    // kube-proxy's rules in the node: a random pick among the two ready endpoints.
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("pc-tb-{name}-node"),
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .output()
+        .unwrap();
+    let rules = text(&rules.stdout);
+    assert!(rules.contains("-d 10.96.7.7/32 -p tcp"), "{rules}");
+    assert!(rules.contains("--mode random --probability 0.5"), "{rules}");
+    assert!(rules.contains("--to-destination 10.4.0.1:8080"), "{rules}");
+    assert!(rules.contains("--to-destination 10.4.0.2:8080"), "{rules}");
+
+    // The cluster DNS answers every Service's name from a pod without a proxy, through the
+    // kube-dns Service (10.96.0.10, DNAT to the dnsmasq pod), with the kubelet's search path.
+    let client_ns = netns_of(&up, "shop/client");
+    let api_ip = getent(&client_ns, "api.secure.svc.cluster.local").expect("api resolves");
+    assert!(api_ip.starts_with("10."), "{api_ip}");
+    assert_eq!(getent(&client_ns, "web").as_deref(), Some("10.96.7.7"));
+    assert_eq!(
+        getent(&client_ns, "headless.shop.svc.cluster.local").as_deref(),
+        Some("10.3.0.2")
+    );
+    assert_eq!(getent(&client_ns, "nothing.shop.svc.cluster.local"), None);
+
+    // Several rounds: kube-proxy picks at random, so both backends get picked.
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let probe = portcullis(&[
+            "testbed", "probe", "--name", name, "--probe", "80/TCP", "-o", "json",
+        ]);
+        assert!(
+            probe.status.success(),
+            "differences: {}",
+            text(&probe.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+        let services = v["services"].as_array().unwrap();
+        let get = |from: &str, svc: &str| {
+            services
+                .iter()
+                .find(|c| c["from"] == from && c["service"] == svc)
+                .unwrap_or_else(|| panic!("no probe {from} -> {svc}: {services:?}"))
+        };
+        // Only pods without a proxy probe Services; headless has no ClusterIP.
+        assert!(services
+            .iter()
+            .all(|c| c["from"].as_str().unwrap().starts_with("shop/")));
+        assert!(services.iter().all(|c| c["service"] != "shop/headless"));
+        let api = get("shop/client", "secure/api");
+        assert_eq!(api["predicted"], "partly", "{api}");
+        assert_eq!(api["allowed_backends"], serde_json::json!(["secure/api-1"]));
+        if let Some(b) = api["answered_by"].as_str() {
+            answered_by.insert(b.to_string());
+        }
+        // shop/web may not reach secure/api at all: api-1 takes only shop/client.
+        let denied = get("shop/web", "secure/api");
+        assert_eq!(denied["predicted"], "denied", "{denied}");
+        assert!(denied["answered_by"].is_null(), "{denied}");
+        let web = get("shop/client", "shop/web");
+        assert_eq!(web["answered_by"], "shop/web", "{web}");
+        assert_eq!(web["cluster_ip"], "10.96.7.7");
+    }
+    // Answers came only from the allowed backend (else `probe` would have failed above).
+    assert_eq!(
+        answered_by,
+        ["secure/api-1".to_string()].into(),
+        "in 8 rounds the allowed backend never answered"
+    );
+
+    // A new Service applied later: the node's rules are rebuilt and it is probed.
+    fs::write(
+        dir.join("more.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web2, namespace: shop}\n\
+         spec: {clusterIP: 10.96.7.8, selector: {app: web}, ports: [{port: 81, targetPort: 80}]}\n",
+    )
+    .unwrap();
+    let apply = portcullis(&[
+        "testbed",
+        "apply",
+        "--name",
+        name,
+        "-f",
+        dir.join("more.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        apply.status.success(),
+        "apply failed: {}",
+        text(&apply.stderr)
+    );
+    let probe = portcullis(&[
+        "testbed", "probe", "--name", name, "--probe", "80/TCP", "-o", "json",
+    ]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+    let web2 = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["from"] == "shop/client" && c["service"] == "shop/web2")
+        .expect("the applied Service is probed");
+    assert_eq!(web2["answered_by"], "shop/web", "{web2}");
+    // ... and has a name (dnsmasq re-reads its hosts on apply).
+    let mut resolved = None;
+    for _ in 0..20 {
+        resolved = getent(&client_ns, "web2.shop.svc.cluster.local");
+        if resolved.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(resolved.as_deref(), Some("10.96.7.8"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The network namespace of `pod`, from `testbed up`'s listing.
+fn netns_of(up: &Output, pod: &str) -> String {
+    let out = text(&up.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{pod} ")))
+        .unwrap_or_else(|| panic!("{pod} not in {out}"));
+    let mut words = line.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == "netns")
+        .expect("a netns column");
+    words.next().unwrap().to_string()
+}
+
+/// `getent hosts NAME` inside a pod's network namespace (its /etc/resolv.conf is the one the
+/// testbed wrote): the first address, or `None` when the name does not resolve.
+fn getent(netns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "getent", "hosts", name])
+        .output()
+        .expect("run getent");
+    out.status.success().then(|| {
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
 }

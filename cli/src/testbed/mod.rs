@@ -1,10 +1,17 @@
 //! `portcullis testbed`: a cluster built from manifests out of network namespaces on this
-//! machine — a "node" namespace with a bridge, one namespace per pod with its `status.podIP`,
-//! and in each pod the real `portcullis-init` and `portcullis-proxy` in front of a small server
-//! on every declared TCP port. Nothing outside the testbed's namespaces is touched.
+//! machine — a "node" namespace that routes between the pods, one namespace per pod with its
+//! `status.podIP`, and in each pod a small server (`serve.rs`) on every port the pod could be
+//! probed on (`ports.rs`), behind the real `portcullis-init` and `portcullis-proxy` unless the pod
+//! is not injected (`inject.rs`). `probe.rs` probes it and predicts what it should see. Nothing
+//! outside the testbed's namespaces is touched.
 
+pub mod dns;
+pub mod inject;
 pub mod netns;
+pub mod ports;
+pub mod probe;
 pub mod serve;
+pub mod services;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,13 +25,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{compile, Matrix, ProbeResult, Protocol};
+use portcullis_policy::service::ServiceMap;
+use portcullis_policy::{compile, Cluster, CompiledCluster, PodInfo};
 use serde::{Deserialize, Serialize};
 
 /// Every name the testbed creates starts with this.
 pub const PREFIX: &str = "pc-tb-";
 pub const PROXY_UID: u32 = 2171;
 pub const ADMIN_PORT: u16 = 4191;
+/// The node's address on the bridge for pods without a `status.hostIP`.
+const FALLBACK_GATEWAY: &str = "169.254.1.1";
+
+/// Services the testbed runs itself and `probe` does not probe for a name (the cluster DNS
+/// answers DNS, not the testbed's hello).
+pub const SYSTEM_SERVICES: [&str; 1] = [dns::SERVICE_KEY];
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
 pub fn state_dir(name: &str) -> PathBuf {
@@ -37,9 +51,37 @@ pub struct PodState {
     pub key: String,
     pub netns: String,
     pub ip: IpAddr,
-    pub ports: Vec<u16>,
     pub pids: Vec<u32>,
     pub proxy_log: PathBuf,
+    /// Whether the pod runs portcullis-init and portcullis-proxy (see `inject.rs`).
+    #[serde(default = "yes")]
+    pub injected: bool,
+    /// Why it does not, when it does not.
+    #[serde(default)]
+    pub not_injected: Option<String>,
+    /// Whether its init rules and proxy enforce UDP and SCTP (NFQUEUE; `up --enforce-udp`).
+    #[serde(default)]
+    pub enforces_udp: bool,
+    /// Where its server reports the ports it listens on ([`serve::Bound`]).
+    pub bound: PathBuf,
+    /// Added by the testbed itself (the cluster DNS), not by the manifests: left out of the
+    /// pod-to-pod probes.
+    #[serde(default)]
+    pub system: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PodState {
+    /// The ports its server listens on, as it last reported them.
+    pub fn bound(&self) -> serve::Bound {
+        fs::read(&self.bound)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +94,25 @@ pub struct State {
     pub policy_dir: PathBuf,
     #[serde(default)]
     pub controller: Option<ControllerState>,
+    /// The ports every pod's server is asked to serve (JSON list, read by `serve`).
+    pub wanted_ports: PathBuf,
+    /// `--probe` given to `up`: served, and probed by default, whatever the manifests say.
+    #[serde(default)]
+    pub extra_probes: Vec<Probe>,
+    /// The cluster DNS the testbed runs (`dns.rs`), unless the manifests bring their own.
+    #[serde(default)]
+    pub dns: Option<DnsState>,
+    /// `up --enforce-udp`.
+    #[serde(default)]
+    pub enforce_udp: bool,
+}
+
+/// dnsmasq in the DNS pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsState {
+    pub pid: u32,
+    /// The hosts file it serves (every Service's name).
+    pub hosts: PathBuf,
 }
 
 impl State {
@@ -81,6 +142,87 @@ impl State {
     pub fn manifest_paths(&self) -> Vec<PathBuf> {
         vec![self.policy_dir.clone()]
     }
+
+    /// The cluster the proxies currently see, compiled, with its Services resolved; fails on
+    /// any error in the manifests.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::of(load_cluster(&self.manifest_paths())?)
+    }
+
+    /// Every port a pod could be probed on now (manifests as applied, plus `up --probe`).
+    pub fn port_set(&self, snapshot: &Snapshot) -> ports::PortSet {
+        let mut services = snapshot.services.clone();
+        services
+            .services
+            .retain(|k, _| !SYSTEM_SERVICES.contains(&k.as_str()));
+        ports::probe_ports(&snapshot.compiled, &services, &self.extra_probes)
+    }
+
+    /// Asks every pod's server to also serve `probes`, and waits until each has tried them.
+    pub fn ensure_served(&self, probes: &[Probe]) -> Result<()> {
+        let mut wanted: BTreeSet<Probe> = fs::read(&self.wanted_ports)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<Probe>>(&b).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let before = wanted.len();
+        wanted.extend(probes.iter().copied());
+        if wanted.len() != before || !self.wanted_ports.exists() {
+            let list: Vec<Probe> = wanted.iter().copied().collect();
+            serve::write_atomically(&self.wanted_ports, &serde_json::to_vec(&list)?)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pod in &self.pods {
+            while !wanted.iter().all(|p| pod.bound().knows(*p)) {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the server of {} did not start listening within 10s (see {})",
+                        pod.key,
+                        pod.bound.with_extension("log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manifests the proxies see, compiled, and their Services resolved.
+pub struct Snapshot {
+    pub cluster: Cluster,
+    pub compiled: CompiledCluster,
+    pub services: ServiceMap,
+}
+
+impl Snapshot {
+    fn of(cluster: Cluster) -> Result<Snapshot> {
+        let compiled = compile(&cluster);
+        if !compiled.errors.is_empty() {
+            let errors: Vec<String> = compiled.errors.iter().map(|e| e.to_string()).collect();
+            bail!("the manifests have errors:\n  {}", errors.join("\n  "));
+        }
+        services::check_cluster_ips(&cluster)?;
+        let services = ServiceMap::from_cluster(&cluster);
+        Ok(Snapshot {
+            cluster,
+            compiled,
+            services,
+        })
+    }
+}
+
+/// Reads manifests into a cluster, failing on any error (the testbed runs only what is valid).
+fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
+    let loaded = portcullis_policy_loader::load_paths(paths);
+    if !loaded.errors.is_empty() {
+        bail!(
+            "the manifests have errors:\n  {}",
+            loaded.errors.join("\n  ")
+        );
+    }
+    Ok(loaded.cluster)
 }
 
 /// Where to find the binaries the testbed runs.
@@ -130,6 +272,12 @@ pub struct UpOptions {
     pub binaries: Binaries,
     pub proxy_args: Vec<String>,
     pub policy_source: PolicySource,
+    /// `--probe`: ports every pod serves (and `probe` probes by default) on top of those the
+    /// manifests name.
+    pub extra_probes: Vec<Probe>,
+    /// `PORTCULLIS_ENFORCE_UDP` for every init container and proxy; when true the proxy gets
+    /// CAP_NET_ADMIN (ambient, as the injector gives it) to read the UDP/SCTP queue.
+    pub enforce_udp: bool,
 }
 
 /// Where the testbed's proxies get their tables.
@@ -185,181 +333,353 @@ fn prefix(name: &str) -> String {
     format!("{PREFIX}{name}-")
 }
 
+/// The steps of `up`: policy directory, node, pods' plumbing, controller, pods' processes.
 fn build(opts: &UpOptions) -> Result<State> {
     let dir = state_dir(&opts.name);
-    let policy_dir = dir.join("policy");
-    fs::create_dir_all(policy_dir.join("cluster"))?;
-    fs::create_dir_all(policy_dir.join("applied"))?;
-    copy_manifests(&opts.files, &policy_dir.join("cluster"))?;
-    // The proxies run as UID 2171 and must read the policy directory.
-    for d in ["/run/portcullis", "/run/portcullis/testbed"] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
-    }
-    make_world_readable(&dir)?;
-
-    let loaded = portcullis_policy_loader::load_paths(std::slice::from_ref(&policy_dir));
-    if !loaded.errors.is_empty() {
-        bail!(
-            "the manifests have errors:\n  {}",
-            loaded.errors.join("\n  ")
-        );
-    }
-    let cluster = loaded.cluster;
+    let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
+    let dns_added = add_cluster_dns(&policy_dir)?;
+    let cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
+    let annotations = inject::Annotations::read(std::slice::from_ref(&policy_dir));
     let node = format!("{}node", prefix(&opts.name));
-    netns::add(&node)?;
-    netns::ip_in(&node, &["link", "add", "br0", "type", "bridge"])?;
-    netns::ip_in(&node, &["link", "set", "br0", "up"])?;
-    netns::exec_in(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-
-    // Every distinct hostIP is an address of the node; pods without one use a link-local gateway.
-    const FALLBACK_GATEWAY: &str = "169.254.1.1";
-    let mut gateways: BTreeSet<String> = BTreeSet::new();
+    create_node(&node)?;
     let mut state = State {
         name: opts.name.clone(),
         node_netns: node.clone(),
         pods: Vec::new(),
         policy_dir: policy_dir.clone(),
         controller: None,
+        wanted_ports: dir.join("ports.json"),
+        extra_probes: opts.extra_probes.clone(),
+        enforce_udp: opts.enforce_udp,
+        dns: None,
     };
-    // Every pod listens on every TCP port any pod declares, like the e2e suite's agnhost pods:
-    // then "nothing listens there" never masquerades as "the policy denies it", and a probe
-    // observes exactly the policy.
-    let served_ports: Vec<u16> = cluster
-        .pods
-        .iter()
-        .flat_map(|p| p.ports.iter())
-        .filter(|p| p.protocol == Protocol::Tcp)
-        .map(|p| p.port)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for (i, pod) in cluster.pods.iter().enumerate() {
-        if pod.host_network {
-            eprintln!(
-                "note: {} is a hostNetwork pod; the testbed leaves it out",
-                pod.key()
-            );
-            continue;
+    let pods: Vec<&PodInfo> = testbed_pods(&cluster);
+    let mut gateways: BTreeSet<String> = BTreeSet::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let mut ps = plumb_pod(&node, &prefix(&opts.name), i, pod, &mut gateways, &dir)?;
+        if let Err(why) = inject::decide(&cluster, &annotations, &pod.namespace, &ps.key) {
+            ps.injected = false;
+            ps.not_injected = Some(why);
         }
-        let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
-            bail!(
-                "pod {} needs an IPv4 status.podIP for the testbed",
-                pod.key()
-            );
-        };
-        let gateway = match pod.host_ip {
-            Some(IpAddr::V4(h)) => h.to_string(),
-            _ => FALLBACK_GATEWAY.to_string(),
-        };
-        if gateways.insert(gateway.clone()) {
-            netns::ip_in(
-                &node,
-                &["addr", "add", &format!("{gateway}/32"), "dev", "br0"],
-            )?;
+        ps.enforces_udp = ps.injected && opts.enforce_udp;
+        ps.system = dns_added && ps.key == dns::POD_KEY;
+        if dns_added {
+            dns::write_resolv_conf(&ps.netns, &pod.namespace)?;
         }
-        let ns = format!("{}p{i}", prefix(&opts.name));
-        netns::add(&ns)?;
-        let host_end = format!("vp{i}");
-        netns::ip_in(
-            &node,
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        netns::ip_in(&node, &["link", "set", &host_end, "master", "br0", "up"])?;
-        netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
-        netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
-        netns::ip_in(
-            &ns,
-            &["route", "add", "default", "via", &gateway, "dev", "eth0"],
-        )?;
-        netns::ip_in(&node, &["route", "add", &format!("{ip}/32"), "dev", "br0"])?;
-        let ports = served_ports.clone();
-        state.pods.push(PodState {
-            key: pod.key(),
-            netns: ns,
-            ip: IpAddr::V4(ip),
-            ports,
-            pids: Vec::new(),
-            proxy_log: dir.join(format!("{}.{}.proxy.log", pod.namespace, pod.name)),
-        });
+        state.pods.push(ps);
     }
+    let snapshot = state.snapshot()?;
+    services::install(&node, &snapshot.services, &dir)?;
+    if dns_added {
+        let d = start_dns(&state, &snapshot, &dir)?;
+        if let Some(p) = state.pods.iter_mut().find(|p| p.key == dns::POD_KEY) {
+            p.pids.push(d.pid);
+        }
+        state.dns = Some(d);
+    }
+    let set = state.port_set(&snapshot);
+    for note in &set.notes {
+        eprintln!("note: {note}");
+    }
+    let wanted: Vec<Probe> = set.ports.iter().copied().collect();
+    serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
     if opts.policy_source == PolicySource::Controller {
         state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
         state.save()?;
     }
-
-    let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
-    for (pod, info) in state
-        .pods
-        .iter_mut()
-        .zip(cluster.pods.iter().filter(|p| !p.host_network))
-    {
-        netns::exec_in(&pod.netns, &opts.binaries.init.to_string_lossy(), &[])
-            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
-        if !pod.ports.is_empty() {
-            let ports: Vec<String> = pod.ports.iter().map(u16::to_string).collect();
-            let log = dir.join(format!("{}.{}.server.log", info.namespace, info.name));
-            let pid = spawn_in(
+    for (pod, info) in state.pods.iter_mut().zip(&pods) {
+        if pod.injected {
+            // Through env(1): the init container reads its settings from the environment.
+            netns::exec_in(
                 &pod.netns,
-                &self_exe,
+                "env",
                 &[
-                    "testbed".into(),
-                    "serve".into(),
-                    "--identity".into(),
-                    pod.key.clone(),
-                    "--ports".into(),
-                    ports.join(","),
+                    &format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp),
+                    &opts.binaries.init.to_string_lossy(),
                 ],
-                &[],
-                &log,
-                None,
-            )?;
+            )
+            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+        }
+        let pid = start_server(pod, &state.wanted_ports)?;
+        pod.pids.push(pid);
+        if pod.injected {
+            let pid = start_proxy(opts, pod, info, &policy_dir)?;
             pod.pids.push(pid);
         }
-        let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
-        let mut env = vec![
-            ("POD_NAME".to_string(), info.name.clone()),
-            ("POD_NAMESPACE".to_string(), info.namespace.clone()),
-            ("POD_IPS".to_string(), ips.join(",")),
-            ("PORTCULLIS_LOG".to_string(), "info".to_string()),
-        ];
-        if let Some(h) = info.host_ip {
-            env.push(("HOST_IP".into(), h.to_string()));
-        }
-        let mut args = match opts.policy_source {
-            PolicySource::Dir => vec![
-                "--policy-dir".to_string(),
-                policy_dir.to_string_lossy().into_owned(),
-            ],
-            // The node's address on the pod's side of the bridge, as a Service would route it.
-            PolicySource::Controller => vec![
-                "--controller".to_string(),
-                format!(
-                    "http://{}:{CONTROLLER_PORT}",
-                    match info.host_ip {
-                        Some(IpAddr::V4(h)) => h.to_string(),
-                        _ => FALLBACK_GATEWAY.to_string(),
-                    }
-                ),
-            ],
-        };
-        args.extend(opts.proxy_args.iter().cloned());
-        let pid = spawn_in(
-            &pod.netns,
-            &opts.binaries.proxy,
-            &args,
-            &env,
-            &pod.proxy_log,
-            Some(PROXY_UID),
-        )?;
-        pod.pids.push(pid);
     }
     state.save()?;
     wait_ready(&state, Duration::from_secs(30))?;
+    state.ensure_served(&wanted)?;
     Ok(state)
+}
+
+/// Writes the cluster DNS's pod, Service and namespace into the policy directory (see
+/// `dns.rs`), unless the manifests bring their own `kube-system/kube-dns`. Returns whether it did.
+fn add_cluster_dns(policy_dir: &Path) -> Result<bool> {
+    let user = load_cluster(&[policy_dir.to_path_buf()])?;
+    let Some(text) = dns::manifest(&user)? else {
+        eprintln!(
+            "note: the manifests define {}; the testbed runs no DNS of its own",
+            dns::SERVICE_KEY
+        );
+        return Ok(false);
+    };
+    let path = policy_dir.join("cluster").join("000-testbed-dns.yaml");
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(true)
+}
+
+/// Starts dnsmasq in the DNS pod on a hosts file of every Service, and waits until it answers
+/// on TCP 53 (its UDP socket is bound before).
+fn start_dns(state: &State, snapshot: &Snapshot, dir: &Path) -> Result<DnsState> {
+    let pod = state.pod(dns::POD_KEY)?;
+    let hosts = dir.join("dns.hosts");
+    fs::write(&hosts, dns::hosts(&snapshot.cluster, &snapshot.services))?;
+    fs::set_permissions(&hosts, fs::Permissions::from_mode(0o644))?;
+    let dnsmasq = Path::new("/usr/sbin/dnsmasq");
+    if !dnsmasq.is_file() {
+        bail!("the testbed's cluster DNS needs dnsmasq (Debian package dnsmasq-base: apt-get install dnsmasq-base)");
+    }
+    let log = dir.join("dns.log");
+    let pid = spawn_in(
+        &pod.netns,
+        dnsmasq,
+        &dns::dnsmasq_args(&hosts),
+        &[],
+        &log,
+        None,
+    )?;
+    let ns = pod.netns.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ns = ns.clone();
+        let up = netns::within(&ns, || {
+            Ok(TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], 53)),
+                Duration::from_millis(200),
+            )
+            .is_ok())
+        })?;
+        if up {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "dnsmasq did not start in {}: {}",
+                dns::POD_KEY,
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(DnsState { pid, hosts })
+}
+
+/// Rewrites the DNS's hosts file and has dnsmasq re-read it (SIGHUP).
+fn refresh_dns(state: &State, snapshot: &Snapshot) -> Result<()> {
+    let Some(d) = &state.dns else {
+        return Ok(());
+    };
+    serve::write_atomically(
+        &d.hosts,
+        dns::hosts(&snapshot.cluster, &snapshot.services).as_bytes(),
+    )?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .context("cannot signal dnsmasq")?;
+    Ok(())
+}
+
+/// Copies the manifests given to `up` into the policy directory the proxies will read.
+fn prepare_policy_dir(dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
+    let policy_dir = dir.join("policy");
+    fs::create_dir_all(policy_dir.join("cluster"))?;
+    fs::create_dir_all(policy_dir.join("applied"))?;
+    copy_manifests(files, &policy_dir.join("cluster"))?;
+    // The proxies run as UID 2171 and must read the policy directory.
+    for d in ["/run/portcullis", "/run/portcullis/testbed"] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    make_world_readable(dir)?;
+    Ok(policy_dir)
+}
+
+/// The node: a namespace with a bridge that the pods' veths join, routing between them.
+fn create_node(node: &str) -> Result<()> {
+    netns::add(node)?;
+    netns::ip_in(node, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(node, &["link", "set", "br0", "up"])?;
+    netns::exec_in(node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
+}
+
+/// The pods the testbed runs: every pod of the manifests but hostNetwork ones.
+fn testbed_pods(cluster: &Cluster) -> Vec<&PodInfo> {
+    cluster
+        .pods
+        .iter()
+        .filter(|pod| {
+            if pod.host_network {
+                eprintln!(
+                    "note: {} is a hostNetwork pod; the testbed leaves it out",
+                    pod.key()
+                );
+            }
+            !pod.host_network
+        })
+        .collect()
+}
+
+/// A pod's namespace, its veth into the node's bridge, its address and routes.
+fn plumb_pod(
+    node: &str,
+    prefix: &str,
+    i: usize,
+    pod: &PodInfo,
+    gateways: &mut BTreeSet<String>,
+    dir: &Path,
+) -> Result<PodState> {
+    let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
+        bail!(
+            "pod {} needs an IPv4 status.podIP for the testbed",
+            pod.key()
+        );
+    };
+    // Every distinct hostIP is an address of the node; pods without one use a link-local one.
+    let gateway = gateway_of(pod);
+    if gateways.insert(gateway.clone()) {
+        netns::ip_in(
+            node,
+            &["addr", "add", &format!("{gateway}/32"), "dev", "br0"],
+        )?;
+    }
+    let ns = format!("{prefix}p{i}");
+    netns::add(&ns)?;
+    let host_end = format!("vp{i}");
+    netns::ip_in(
+        node,
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ],
+    )?;
+    netns::ip_in(node, &["link", "set", &host_end, "master", "br0", "up"])?;
+    netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
+    netns::ip_in(
+        &ns,
+        &["route", "add", "default", "via", &gateway, "dev", "eth0"],
+    )?;
+    // With the node's address on the pod's side as the source: a hairpin connection (a pod
+    // reaching itself through its Service) is masqueraded to it, the pod's hostIP.
+    netns::ip_in(
+        node,
+        &[
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "br0",
+            "src",
+            &gateway,
+        ],
+    )?;
+    let file = |what: &str| dir.join(format!("{}.{}.{what}", pod.namespace, pod.name));
+    Ok(PodState {
+        key: pod.key(),
+        netns: ns,
+        ip: IpAddr::V4(ip),
+        pids: Vec::new(),
+        proxy_log: file("proxy.log"),
+        injected: true,
+        not_injected: None,
+        enforces_udp: false,
+        bound: file("server.json"),
+        system: false,
+    })
+}
+
+/// The node's address on the pod's side: its hostIP, else a link-local address.
+fn gateway_of(pod: &PodInfo) -> String {
+    match pod.host_ip {
+        Some(IpAddr::V4(h)) => h.to_string(),
+        _ => FALLBACK_GATEWAY.to_string(),
+    }
+}
+
+/// The pod's application: `portcullis testbed serve` on the ports of `wanted`.
+fn start_server(pod: &PodState, wanted: &Path) -> Result<u32> {
+    let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
+    spawn_in(
+        &pod.netns,
+        &self_exe,
+        &[
+            "testbed".into(),
+            "serve".into(),
+            "--identity".into(),
+            pod.key.clone(),
+            "--wanted".into(),
+            wanted.to_string_lossy().into_owned(),
+            "--bound".into(),
+            pod.bound.to_string_lossy().into_owned(),
+        ],
+        &[],
+        &pod.bound.with_extension("log"),
+        None,
+    )
+}
+
+/// The pod's portcullis-proxy, as its own user, with the Downward API environment.
+fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Path) -> Result<u32> {
+    let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
+    let mut env = vec![
+        ("POD_NAME".to_string(), info.name.clone()),
+        ("POD_NAMESPACE".to_string(), info.namespace.clone()),
+        ("POD_IPS".to_string(), ips.join(",")),
+        ("PORTCULLIS_LOG".to_string(), "info".to_string()),
+        (
+            "PORTCULLIS_ENFORCE_UDP".to_string(),
+            opts.enforce_udp.to_string(),
+        ),
+    ];
+    if let Some(h) = info.host_ip {
+        env.push(("HOST_IP".into(), h.to_string()));
+    }
+    let mut args = match opts.policy_source {
+        PolicySource::Dir => vec![
+            "--policy-dir".to_string(),
+            policy_dir.to_string_lossy().into_owned(),
+        ],
+        // The node's address on the pod's side of the bridge, as a Service would route it.
+        PolicySource::Controller => vec![
+            "--controller".to_string(),
+            format!("http://{}:{CONTROLLER_PORT}", gateway_of(info)),
+        ],
+    };
+    args.extend(opts.proxy_args.iter().cloned());
+    let user = User {
+        uid: PROXY_UID,
+        net_admin: opts.enforce_udp,
+    };
+    spawn_in(
+        &pod.netns,
+        &opts.binaries.proxy,
+        &args,
+        &env,
+        &pod.proxy_log,
+        Some(user),
+    )
+}
+
+/// Whom a process runs as: an unprivileged UID, with CAP_NET_ADMIN (ambient) or no capability.
+#[derive(Debug, Clone, Copy)]
+struct User {
+    uid: u32,
+    net_admin: bool,
 }
 
 /// Starts portcullis-controller in file mode in the node namespace and waits until it serves.
@@ -424,7 +744,7 @@ pub fn stop_controller(state: &State) -> Result<()> {
     }
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         loop {
             let stale = admin_get(&pod.netns, "/policy")
                 .ok()
@@ -453,25 +773,25 @@ fn spawn_in(
     args: &[String],
     env: &[(String, String)],
     log: &Path,
-    uid: Option<u32>,
+    user: Option<User>,
 ) -> Result<u32> {
     let out = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     fs::set_permissions(log, fs::Permissions::from_mode(0o644))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]);
-    if let Some(uid) = uid {
-        // The proxy runs as its own unprivileged user, as in a pod.
+    if let Some(User { uid, net_admin }) = user {
+        // The proxy runs as its own unprivileged user, as in a pod: no capability, or only
+        // CAP_NET_ADMIN (ambient) when it reads the UDP/SCTP queue.
+        let caps = if net_admin { "-all,+net_admin" } else { "-all" };
         cmd.args([
             "setpriv",
             &format!("--reuid={uid}"),
             &format!("--regid={uid}"),
             "--clear-groups",
-            // Only CAP_NET_ADMIN (ambient), as the injector gives it: the proxy reads the
-            // UDP/SCTP queue and deletes conntrack entries with it.
-            "--inh-caps=-all,+net_admin",
-            "--ambient-caps=-all,+net_admin",
-            "--bounding-set=-all,+net_admin",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
             "--",
         ]);
     }
@@ -489,21 +809,47 @@ fn spawn_in(
 }
 
 fn copy_manifests(files: &[PathBuf], into: &Path) -> Result<()> {
-    let mut n = 0;
+    let mut found = Vec::new();
     for path in files {
-        let mut found = Vec::new();
         collect(path, &mut found)?;
-        for file in found {
-            n += 1;
-            let name = file
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let target = into.join(format!("{n:03}-{name}"));
-            fs::copy(&file, &target)
-                .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
+    }
+    let mut taken = cluster_ips_in(&found);
+    copy_with_cluster_ips(&found, into, 0, &mut taken)
+}
+
+/// Every ClusterIP the manifests under `paths` give (errors are reported by the real load).
+fn cluster_ips_in(paths: &[PathBuf]) -> BTreeSet<IpAddr> {
+    portcullis_policy_loader::load_paths(paths)
+        .cluster
+        .services
+        .iter()
+        .flat_map(|s| s.cluster_ips.iter().copied())
+        .collect()
+}
+
+/// Copies `files` into `into` as `NNN-name` (numbered from `start + 1`), giving every Service
+/// that has no ClusterIP one (see `services.rs`), as the API server would.
+fn copy_with_cluster_ips(
+    files: &[PathBuf],
+    into: &Path,
+    start: usize,
+    taken: &mut BTreeSet<IpAddr>,
+) -> Result<()> {
+    for (i, file) in files.iter().enumerate() {
+        let name = file
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = into.join(format!("{:03}-{name}", start + i + 1));
+        let text =
+            fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let (text, allocated) = services::allocate_cluster_ips(&text, taken);
+        for (svc, ip) in allocated {
+            eprintln!("note: Service {svc} has no clusterIP; the testbed gives it {ip}");
         }
+        fs::write(&target, text)
+            .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
 }
@@ -561,20 +907,30 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     for f in files {
         collect(f, &mut found)?;
     }
-    for (i, file) in found.iter().enumerate() {
-        let name = file
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        fs::copy(file, staging.join(format!("{:03}-{name}", offset + i + 1)))
-            .with_context(|| format!("cannot copy {}", file.display()))?;
-    }
+    let mut known = vec![state.policy_dir.join("cluster"), staging.clone()];
+    known.extend(found.iter().cloned());
+    let mut taken = cluster_ips_in(&known);
+    copy_with_cluster_ips(&found, &staging, offset, &mut taken)?;
     make_world_readable(&staging)?;
     let old = state.policy_dir.join(".old");
     let _ = fs::remove_dir_all(&old);
     fs::rename(&applied, &old)?;
     fs::rename(&staging, &applied)?;
     let _ = fs::remove_dir_all(&old);
+    // New policies and Services may name new ports: every pod serves them too; the node's
+    // Service rules and the DNS's names follow the new Services and endpoints.
+    let snapshot = state.snapshot()?;
+    services::install(
+        &state.node_netns,
+        &snapshot.services,
+        &state_dir(&state.name),
+    )?;
+    refresh_dns(state, &snapshot)?;
+    let set = state.port_set(&snapshot);
+    for note in &set.notes {
+        eprintln!("note: {note}");
+    }
+    state.ensure_served(&set.ports.iter().copied().collect::<Vec<_>>())?;
     wait_converged(state, timeout)
 }
 
@@ -590,7 +946,7 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
     }
     let compiled = compile(&loaded.cluster);
     let deadline = Instant::now() + timeout;
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         let Some(expected) = compiled.table(&pod.key) else {
             continue;
         };
@@ -627,7 +983,7 @@ fn strip_known_pods(v: &mut serde_json::Value) {
 
 fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    for pod in &state.pods {
+    for pod in state.pods.iter().filter(|p| p.injected) {
         loop {
             if matches!(admin_get(&pod.netns, "/ready"), Ok((200, _))) {
                 break;
@@ -676,59 +1032,6 @@ pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
     })
 }
 
-/// Connects from every pod to every pod on every probe; TCP only (what Portcullis proxies).
-pub fn probe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Matrix> {
-    let tcp: Vec<Probe> = probes
-        .iter()
-        .copied()
-        .filter(|p| p.protocol == Protocol::Tcp)
-        .collect();
-    let targets: Vec<(String, IpAddr)> = state.pods.iter().map(|p| (p.key.clone(), p.ip)).collect();
-    let mut handles = Vec::new();
-    for from in &state.pods {
-        let ns = from.netns.clone();
-        let from_key = from.key.clone();
-        let targets = targets.clone();
-        let tcp = tcp.clone();
-        handles.push(std::thread::spawn(move || -> Result<Vec<ProbeResult>> {
-            netns::enter(&ns)?;
-            let mut out = Vec::new();
-            for probe in &tcp {
-                for (to, ip) in &targets {
-                    let allowed = serve::probe(SocketAddr::new(*ip, probe.port), to, timeout);
-                    out.push(ProbeResult {
-                        from: from_key.clone(),
-                        to: to.clone(),
-                        port: probe.port,
-                        protocol: probe.protocol,
-                        allowed,
-                        reason: None,
-                    });
-                }
-            }
-            Ok(out)
-        }));
-    }
-    let mut results = Vec::new();
-    for h in handles {
-        results.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
-        );
-    }
-    // Same order as the engine's matrix: probe, then from, then to.
-    let order = |p: &ProbeResult| {
-        (
-            tcp.iter()
-                .position(|q| q.port == p.port && q.protocol == p.protocol),
-            p.from.clone(),
-            p.to.clone(),
-        )
-    };
-    results.sort_by_key(order);
-    Ok(Matrix { probes: results })
-}
-
 /// Stops every process and deletes every namespace of the testbed, also after a crash (it
 /// finds leftovers by name prefix). Never fails: it removes what it can.
 pub fn down(name: &str) -> Vec<String> {
@@ -759,6 +1062,7 @@ pub fn down(name: &str) -> Vec<String> {
             }
         }
         netns::delete(&ns);
+        let _ = fs::remove_dir_all(dns::etc_dir(&ns));
         removed.push(ns);
     }
     let _ = fs::remove_dir_all(state_dir(name));
@@ -767,7 +1071,7 @@ pub fn down(name: &str) -> Vec<String> {
 
 /// The proxy's audit lines (`"event":"connection_*"`) of one pod.
 pub fn audit_lines(state: &State, pod: &str, all: bool) -> Result<Vec<String>> {
-    let pod = state.pod(pod)?;
+    let pod = injected_pod(state, pod)?;
     let log = fs::read_to_string(&pod.proxy_log)
         .with_context(|| format!("cannot read {}", pod.proxy_log.display()))?;
     Ok(log
@@ -778,7 +1082,7 @@ pub fn audit_lines(state: &State, pod: &str, all: bool) -> Result<Vec<String>> {
 }
 
 pub fn metrics(state: &State, pod: &str) -> Result<String> {
-    let pod = state.pod(pod)?;
+    let pod = injected_pod(state, pod)?;
     let (status, body) = admin_get(&pod.netns, "/metrics")?;
     if status != 200 {
         bail!(
@@ -787,4 +1091,41 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
         );
     }
     Ok(body)
+}
+
+/// `getent hosts NAME` inside a pod's network namespace (through its resolv.conf, i.e. the
+/// cluster DNS): the addresses, empty when the name does not resolve.
+pub fn resolve(state: &State, pod: &str, name: &str) -> Result<Vec<IpAddr>> {
+    let pod = state.pod(pod)?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "getent", "hosts", name])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run getent")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect())
+}
+
+/// A pod's proxy's view of its table (`/policy` on the admin port: generation, staleness,
+/// the table, and what the proxy enforces).
+pub fn policy(state: &State, pod: &str) -> Result<String> {
+    let pod = injected_pod(state, pod)?;
+    let (status, body) = admin_get(&pod.netns, "/policy")?;
+    if status != 200 {
+        bail!(
+            "the proxy of {} answered /policy with HTTP {status}",
+            pod.key
+        );
+    }
+    Ok(body)
+}
+
+fn injected_pod<'a>(state: &'a State, key: &str) -> Result<&'a PodState> {
+    let pod = state.pod(key)?;
+    if let Some(why) = &pod.not_injected {
+        bail!("{key} has no portcullis-proxy ({why})");
+    }
+    Ok(pod)
 }
