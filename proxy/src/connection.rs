@@ -211,7 +211,7 @@ fn plan_service(
 }
 
 /// `ip:port (ns/pod): reason` for the first refused backends, then how many more.
-fn refused_list(denied: &[BackendVerdict<'_>]) -> Vec<String> {
+pub(crate) fn refused_list(denied: &[BackendVerdict<'_>]) -> Vec<String> {
     let mut out: Vec<String> = denied
         .iter()
         .take(REFUSED_LISTED)

@@ -56,7 +56,12 @@ impl Services {
 
     /// The Service port behind `ip:port` (TCP), when `ip` is a virtual IP serving that port.
     pub fn frontend(&self, ip: IpAddr, port: u16) -> Option<Frontend<'_>> {
-        self.index.get(&self.map, ip, port, Protocol::Tcp)
+        self.frontend_for(ip, port, Protocol::Tcp)
+    }
+
+    /// The Service port behind `ip:port/protocol`, when `ip` is a virtual IP serving it.
+    pub fn frontend_for(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<Frontend<'_>> {
+        self.index.get(&self.map, ip, port, protocol)
     }
 
     pub fn len(&self) -> usize {

@@ -1130,3 +1130,100 @@ fn a_file_capability_and_the_bounding_set_are_enough_as_in_a_kubernetes_pod() {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.contains("2171")));
 }
+
+/// Three Services on the virtual IP range: every backend allowed (a DNS-like Service), one
+/// backend of two denied, and no endpoint at all. The peer namespace plays the node: it DNATs
+/// the virtual IPs as kube-proxy would, to whichever endpoint; only the pod's proxy judges.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: x, labels: {app: other}}
+status: {podIP: 10.216.0.3, hostIP: 10.216.0.254, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: client}
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mixed, namespace: x}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{port: 54, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mixed-1, namespace: x, labels: {kubernetes.io/service-name: mixed}}
+addressType: IPv4
+ports: [{port: 5353, protocol: UDP}]
+endpoints:
+- addresses: [10.216.0.2]
+  targetRef: {kind: Pod, name: client, namespace: x}
+- addresses: [10.216.0.3]
+  targetRef: {kind: Pod, name: other, namespace: x}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: x}
+spec:
+  clusterIP: 10.96.0.12
+  selector: {app: nobody}
+  ports: [{port: 55, protocol: UDP, targetPort: 5353}]
+"#;
+
+#[test]
+fn a_udp_flow_to_a_cluster_ip_is_judged_on_every_backend_kube_proxy_could_pick() {
+    let t = Setup::new(&[EGRESS_UDP_5353, SERVICES], ENFORCING);
+    udp_echo(&t.peer_ns, &format!("0.0.0.0:{ALLOWED}"));
+    // The "node": the pod routes the Service range to the peer, which DNATs every virtual IP
+    // to its own echo server, whatever the policy says.
+    sh(&[
+        "ip",
+        "-n",
+        &t.pod_ns,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "via",
+        PEER_IP,
+    ]);
+    restore(
+        &t.peer_ns,
+        "iptables-restore",
+        &format!(
+            "*nat\n-A PREROUTING -d 10.96.0.0/12 -p udp -j DNAT --to-destination {PEER_IP}:{ALLOWED}\nCOMMIT\n"
+        ),
+    );
+    t.wait_ready();
+    t.wait_for("the Services", || t.metric(&["portcullis_services"]) >= 3.0);
+    let app = udp(&t.pod_ns, "0.0.0.0:0");
+    // Every backend of x/dns is allowed on its target port: resolves through the virtual IP.
+    assert!(echoed(&app, "10.96.0.10:53", "query"));
+    // x/mixed: x/other is denied, and kube-proxy could pick it: dropped, named.
+    assert!(ask(&app, "10.96.0.11:54", b"no").is_none());
+    t.wait_for("the Service denial", || {
+        t.log_lines("connection_denied")
+            .iter()
+            .any(|l| l["service"] == "x/mixed")
+    });
+    let line = t
+        .log_lines("connection_denied")
+        .into_iter()
+        .find(|l| l["service"] == "x/mixed")
+        .unwrap();
+    assert_eq!(line["protocol"], "UDP");
+    assert_eq!(line["dst"], "10.96.0.11:54");
+    let refused = line["endpoints_refused"].to_string();
+    assert!(refused.contains("x/other"), "{line}");
+    // x/empty: no endpoint at all, not a policy denial.
+    assert!(ask(&app, "10.96.0.12:55", b"none").is_none());
+    t.wait_for("no_endpoints", || {
+        t.log_lines("no_endpoints")
+            .iter()
+            .any(|l| l["service"] == "x/empty")
+    });
+}

@@ -13,6 +13,7 @@
 
 pub mod caps;
 pub mod conntrack;
+pub mod flow;
 pub mod packet;
 pub mod queue;
 pub mod revoke;

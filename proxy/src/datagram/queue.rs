@@ -12,9 +12,10 @@ use std::time::Duration;
 use nfq::{Queue, Verdict as NfVerdict};
 use portcullis_policy::Direction;
 
+use super::flow::{decide_flow, FlowDecision};
 use super::packet::{self, Flow};
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::authorize::{decide_protocol, Decision};
+use crate::authorize::Decision;
 use crate::telemetry::{
     count_flow_decision, count_flow_refused, DATAGRAMS_MALFORMED, QUEUE_ERRORS,
 };
@@ -152,8 +153,10 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         return false;
     };
     let peer = peer(&flow, direction);
-    let decision = decide_protocol(
-        &snapshot.table,
+    let services = ctx.store.services();
+    let FlowDecision { decision, service } = decide_flow(
+        &snapshot,
+        &services,
         ctx.mode,
         direction,
         peer,
@@ -161,15 +164,24 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         flow.protocol,
     );
     let peer_pod = ctx.store.peer_name(&snapshot.table, peer);
-    let peer_namespace = peer_pod
-        .as_deref()
-        .and_then(|p| p.split_once('/'))
-        .map(|p| p.0);
-    count_flow_decision(direction, flow.protocol, decision.label(), peer_namespace);
-    let event = match &decision {
-        Decision::Allow(_) => return true,
-        Decision::Deny(_) => AuditEvent::Denied,
-        Decision::AuditAllow(_) => AuditEvent::WouldDeny,
+    let (event, verdict, accept) = match &decision {
+        None => {
+            count_flow_refused(direction, flow.protocol, "no_endpoints");
+            (AuditEvent::NoEndpoints, None, false)
+        }
+        Some(d) => {
+            let peer_namespace = peer_pod
+                .as_deref()
+                .and_then(|p| p.split_once('/'))
+                .map(|p| p.0);
+            count_flow_decision(direction, flow.protocol, d.label(), peer_namespace);
+            let event = match d {
+                Decision::Allow(_) => return true,
+                Decision::Deny(_) => AuditEvent::Denied,
+                Decision::AuditAllow(_) => AuditEvent::WouldDeny,
+            };
+            (event, Some(d.verdict().clone()), d.lets_through())
+        }
     };
     ctx.audit.record(AuditRecord {
         event,
@@ -178,10 +190,10 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         destination: flow.destination,
         peer_pod,
         pod: ctx.pod.clone(),
-        verdict: Some(decision.verdict().clone()),
-        service: None,
+        verdict,
+        service,
         generation: snapshot.generation,
         protocol: flow.protocol,
     });
-    decision.lets_through()
+    accept
 }

@@ -12,8 +12,8 @@ use portcullis_policy::table::canonical;
 use portcullis_policy::Direction;
 
 use super::conntrack::{Conntrack, Entry};
+use super::flow::decide_flow;
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::authorize::decide_protocol;
 use crate::telemetry::{count_flow_terminated, QUEUE_ERRORS};
 use crate::Context;
 
@@ -97,6 +97,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
     let Some(snapshot) = ctx.store.current() else {
         return Ok(0);
     };
+    let services = ctx.store.services();
     let local = local_addresses(pod_ips);
     let own_ports = own_udp_ports();
     let mut ct = Conntrack::open()?;
@@ -105,15 +106,16 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
         let Some(j) = place(&entry, &local, &own_ports) else {
             continue;
         };
-        let decision = decide_protocol(
-            &snapshot.table,
+        let flow = decide_flow(
+            &snapshot,
+            &services,
             ctx.mode,
             j.direction,
             j.peer,
             j.port,
             entry.protocol,
         );
-        if decision.lets_through() {
+        if flow.lets_through() {
             continue;
         }
         if !ct.delete(&entry)? {
@@ -128,8 +130,8 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
             destination: entry.reply.source,
             peer_pod: ctx.store.peer_name(&snapshot.table, j.peer),
             pod: ctx.pod.clone(),
-            verdict: Some(decision.verdict().clone()),
-            service: None,
+            verdict: flow.decision.as_ref().map(|d| d.verdict().clone()),
+            service: flow.service,
             generation: snapshot.generation,
             protocol: entry.protocol,
         });
