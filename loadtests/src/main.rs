@@ -299,6 +299,21 @@ fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
                 verdicts_ns: Some(topo.server.clone()),
             },
         },
+        PathSpec {
+            name: "service",
+            description: "Portcullis via a Service's ClusterIP (2 proxies)",
+            ns: topo.mesh_client.clone(),
+            sink: addr(SERVICE_IP, SINK_PORT),
+            echo: addr(SERVICE_IP, ECHO_PORT),
+            targets: extra::Targets {
+                sockperf: addr(SERVICE_IP, SOCKPERF_PORT),
+                iperf: addr(SERVICE_IP, IPERF_PORT),
+                // UDP to a ClusterIP goes on in the kernel to kube-proxy, which this topology
+                // does not have: the UDP figures are the mesh path's.
+                udp: None,
+                verdicts_ns: Some(topo.server.clone()),
+            },
+        },
     ];
     if haproxy {
         paths.push(PathSpec {

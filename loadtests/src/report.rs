@@ -164,6 +164,11 @@ impl Report {
             ),
             ("mesh", "direct", "portcullis outbound+inbound / direct"),
             (
+                "service",
+                "mesh",
+                "via a Service's ClusterIP / to the pod IP (2 proxies each)",
+            ),
+            (
                 "inbound",
                 "haproxy",
                 "portcullis inbound / HAProxy [tput ≥ 1, conn/s ≥ 1]",
@@ -328,6 +333,7 @@ impl Report {
         for (a, b, label) in [
             ("inbound", "direct", "portcullis inbound / direct"),
             ("mesh", "direct", "portcullis outbound+inbound / direct"),
+            ("service", "mesh", "via ClusterIP / to the pod IP"),
             ("inbound", "haproxy", "portcullis inbound / HAProxy"),
         ] {
             let (Some(a), Some(b)) = (self.path(a), self.path(b)) else {

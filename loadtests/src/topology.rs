@@ -11,6 +11,9 @@ use anyhow::{bail, Context, Result};
 pub const SERVER_IP_PLAIN: &str = "10.210.1.2";
 pub const CLIENT_IP_PLAIN: &str = "10.210.1.1";
 pub const SERVER_IP_MESH: &str = "10.210.2.2";
+/// The server's Service (`lt/server`): the mesh client dials it, its outbound proxy picks the
+/// backend (the server's mesh address) and connects there, as for a Service in a cluster.
+pub const SERVICE_IP: &str = "10.96.50.10";
 pub const CLIENT_IP_MESH: &str = "10.210.2.1";
 /// The application's ports: sink (bulk) and echo (latency, connections/s).
 pub const SINK_PORT: u16 = 5201;
@@ -165,6 +168,12 @@ impl Topology {
             "eth1",
             CLIENT_IP_DIRECT,
         )?;
+        // The Service range is routed (as a node's pod network would): the outbound proxy's
+        // REDIRECT happens after the routing decision, and no kube-proxy is needed behind it.
+        ip_in(
+            &t.mesh_client,
+            &["route", "add", "10.96.0.0/12", "dev", "eth0"],
+        )?;
         // Many short connections: reuse TIME_WAIT ports and use the whole range. The server
         // namespace too: the inbound proxy's connections to the application start there, and
         // the proxy closes them first (it passes the client's FIN on), so their TIME_WAITs pile
@@ -194,7 +203,13 @@ impl Topology {
              apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: lt, labels: {{role: client}}}}\n\
              status: {{podIP: {CLIENT_IP_PLAIN}}}\n---\n\
              apiVersion: v1\nkind: Pod\nmetadata: {{name: mesh-client, namespace: lt, labels: {{role: client}}}}\n\
-             status: {{podIP: {CLIENT_IP_MESH}}}\n"
+             status: {{podIP: {CLIENT_IP_MESH}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: lt}}\n\
+             spec: {{clusterIP: {SERVICE_IP}, ports: [{{name: sink, port: {SINK_PORT}}}, {{name: echo, port: {ECHO_PORT}}}, \
+             {{name: sockperf, port: {SOCKPERF_PORT}}}, {{name: iperf, port: {IPERF_PORT}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: server-1, namespace: lt, labels: {{kubernetes.io/service-name: server}}}}\n\
+             addressType: IPv4\nports: [{{name: sink, port: {SINK_PORT}}}, {{name: echo, port: {ECHO_PORT}}}, {{name: sockperf, port: {SOCKPERF_PORT}}}, {{name: iperf, port: {IPERF_PORT}}}]\n\
+             endpoints: [{{addresses: [{SERVER_IP_MESH}], targetRef: {{kind: Pod, name: server, namespace: lt}}}}]\n"
         );
         // Two equivalent policy sets, so that swapping between them changes the table but
         // never the verdict for the load traffic.

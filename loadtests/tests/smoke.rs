@@ -62,7 +62,7 @@ fn smoke_run_measures_every_path_without_failures() {
     .expect("JSON");
     let paths = json["paths"].as_array().expect("paths");
     let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
-    for want in ["direct", "inbound", "mesh", "haproxy"] {
+    for want in ["direct", "inbound", "mesh", "service", "haproxy"] {
         assert!(names.contains(&want), "path {want} missing: {names:?}");
     }
     for p in paths {
