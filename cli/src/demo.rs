@@ -93,12 +93,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     step(n, title, color);
-    let cells = observe(
-        state,
-        &[],
-        ServiceClients::Unenforced,
-        Duration::from_secs(2),
-    )?;
+    let cells = observe(state, &[], ServiceClients::All, Duration::from_secs(2))?;
     report(&cells, color, true, &mut std::io::stdout())
 }
 

@@ -281,8 +281,8 @@ fn in_pods<T: Send + 'static, U: Send + 'static>(
     Ok(out)
 }
 
-/// Which pods probe Services. Until the proxy balances Services itself (issue 10), a pod's proxy
-/// refuses connections to a ClusterIP, so by default only pods without a proxy probe them.
+/// Which pods probe Services (by default every pod: a proxy balances TCP connections to a
+/// ClusterIP itself and judges UDP/SCTP flows on every backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceClients {
     /// Every pod.
@@ -373,47 +373,89 @@ impl ServiceCell {
 
 /// Predicts a connection from `from` to a Service port: each candidate backend (ready
 /// endpoints, as kube-proxy picks them) is judged on its own IP and target port, by the client's
-/// egress (if it has a proxy) and the backend's ingress (if it has one). A pod reaching itself
-/// through its Service is not predicted to get through: see [`HAIRPIN`].
+/// egress (if it has a proxy) and the backend's ingress (if it has one).
+///
+/// Who picks the backend decides which ones it may land on:
+/// - a TCP connection from a pod whose proxy enforces it: the proxy balances over the backends
+///   its egress allows and connects to one itself (kube-proxy is not involved), so it never lands
+///   on an egress-denied backend, and a pod reaching itself through its Service is a connection
+///   to itself (always allowed);
+/// - a UDP/SCTP flow from a pod whose proxy enforces it: the proxy accepts the first datagram
+///   only when its egress allows every backend (kube-proxy then picks any of them), else drops it;
+/// - a pod without a proxy: kube-proxy picks any ready backend; reaching itself is dropped by the
+///   testbed's node, see [`HAIRPIN`].
 fn predict_service(
     snapshot: &Snapshot,
     state: &State,
     from: &PodState,
     port: &ResolvedPort,
 ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
+    let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
+    // (name, probe on the backend, its pod, egress allows it, why)
+    let judged: Vec<_> = port
+        .candidates()
+        .map(|b| {
+            let probe = Probe {
+                port: b.port,
+                protocol: port.protocol,
+            };
+            let (e_ok, e_why) = half(from, table(from), Direction::Egress, b.ip, probe);
+            let name = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
+            (name, probe, b.pod.as_deref(), e_ok, e_why)
+        })
+        .collect();
+    let enforced = from.injected && (port.protocol == Protocol::Tcp || from.enforces_udp);
+    let proxy_balances = enforced && port.protocol == Protocol::Tcp;
+    // Egress-allowed backends are the only ones a proxy that balances may land on; a proxy
+    // judging a datagram needs them all.
+    let all_egress_ok = judged.iter().all(|j| j.3);
     let mut allowed = Vec::new();
-    let mut denied = Vec::new();
-    for b in port.candidates() {
-        let name = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
-        let probe = Probe {
-            port: b.port,
-            protocol: port.protocol,
-        };
-        let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
-        let (e_ok, e_why) = half(from, table(from), Direction::Egress, b.ip, probe);
-        if b.pod.as_deref() == Some(from.key.as_str()) {
-            // kube-proxy masquerades this hairpin; in the testbed's routed node the DNAT'd
-            // packet (source = destination) is dropped before it can be (see services.rs).
-            denied.push((name, HAIRPIN.to_string()));
+    // Backends it may land on and get no answer from, then those it never goes to.
+    let mut landable_denied = Vec::new();
+    let mut never = Vec::new();
+    for (name, probe, pod, e_ok, e_why) in judged {
+        if !e_ok {
+            never.push((name, e_why));
             continue;
         }
-        let (i_ok, i_why) = match state.pods.iter().find(|p| Some(&p.key) == b.pod.as_ref()) {
+        if enforced && !proxy_balances && !all_egress_ok {
+            never.push((
+                name,
+                format!(
+                    "the client's proxy drops a {} flow to a ClusterIP unless its egress allows every backend",
+                    port.protocol
+                ),
+            ));
+            continue;
+        }
+        if pod == Some(from.key.as_str()) {
+            if proxy_balances {
+                // The proxy connects to its own pod's address: traffic to itself.
+                allowed.push(name);
+            } else {
+                // kube-proxy masquerades this hairpin; in the testbed's routed node the DNAT'd
+                // packet (source = destination) is dropped before it can be (see services.rs).
+                landable_denied.push((name, HAIRPIN.to_string()));
+            }
+            continue;
+        }
+        let (i_ok, i_why) = match state.pods.iter().find(|p| Some(p.key.as_str()) == pod) {
             Some(backend) => half(backend, table(backend), Direction::Ingress, from.ip, probe),
             None => (true, "not a testbed pod".to_string()),
         };
-        if e_ok && i_ok {
+        if i_ok {
             allowed.push(name);
         } else {
-            let why = if e_ok { i_why } else { e_why };
-            denied.push((name, why));
+            landable_denied.push((name, i_why));
         }
     }
-    let prediction = match (allowed.is_empty(), denied.is_empty()) {
+    let prediction = match (allowed.is_empty(), landable_denied.is_empty()) {
         (false, true) => ServicePrediction::Allowed,
         (false, false) => ServicePrediction::Partly,
         (true, _) => ServicePrediction::Denied,
     };
-    (prediction, allowed, denied)
+    landable_denied.extend(never);
+    (prediction, allowed, landable_denied)
 }
 
 /// Probes every Service port of `protocols` (IPv4 ClusterIPs) from every chosen client pod.
