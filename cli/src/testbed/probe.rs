@@ -630,6 +630,127 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
         assert!(!predict(&c, &a, &b, tcp).0);
     }
 
+    /// x/c's egress allows x/b1 (not x/b2) on 8080, TCP and UDP; Service x/s selects both, on
+    /// TCP and UDP; Service x/own selects x/c itself.
+    fn service_case(injected: bool) -> (Snapshot, State) {
+        let text = "
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b1, namespace: x, labels: {app: b, ok: 'yes'}}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b2, namespace: x, labels: {app: b}}
+status: {podIP: 10.1.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: c}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {ok: 'yes'}}}]
+      ports: [{port: 8080}, {port: 8080, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: b}
+  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 80, protocol: UDP, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: own, namespace: x}
+spec:
+  clusterIP: 10.96.0.51
+  selector: {app: c}
+  ports: [{port: 80, targetPort: 8080}]
+";
+        let mut cluster = portcullis_policy::Cluster::new();
+        let report = portcullis_policy::manifest::load_into(&mut cluster, text, "t");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let snapshot = Snapshot::of(cluster).unwrap();
+        let state = State {
+            name: "t".into(),
+            node_netns: String::new(),
+            pods: vec![
+                pod("x/c", "10.1.0.1", injected, injected),
+                pod("x/b1", "10.1.0.2", true, true),
+                pod("x/b2", "10.1.0.3", true, true),
+            ],
+            policy_dir: Default::default(),
+            controller: None,
+            wanted_ports: Default::default(),
+            extra_probes: Vec::new(),
+            dns: None,
+            enforce_udp: true,
+        };
+        (snapshot, state)
+    }
+
+    fn predicted(
+        injected: bool,
+        service: &str,
+        protocol: Protocol,
+    ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
+        let (snapshot, state) = service_case(injected);
+        let port = snapshot.services.services[service]
+            .ports
+            .iter()
+            .find(|p| p.protocol == protocol)
+            .unwrap()
+            .clone();
+        predict_service(&snapshot, &state, &state.pods[0], &port)
+    }
+
+    #[test]
+    fn a_proxied_client_lands_only_on_backends_its_egress_allows() {
+        // TCP: the proxy balances over x/b1 only; x/b2 is never tried.
+        let (p, allowed, denied) = predicted(true, "x/s", Protocol::Tcp);
+        assert_eq!(p, ServicePrediction::Allowed);
+        assert_eq!(allowed, vec!["x/b1".to_string()]);
+        assert_eq!(denied.len(), 1);
+        assert!(
+            denied[0].0 == "x/b2" && denied[0].1.contains("egress"),
+            "{denied:?}"
+        );
+        // UDP: kube-proxy picks either, so the proxy drops the flow unless both are allowed.
+        let (p, allowed, denied) = predicted(true, "x/s", Protocol::Udp);
+        assert_eq!(p, ServicePrediction::Denied);
+        assert!(allowed.is_empty());
+        assert!(denied
+            .iter()
+            .any(|(b, why)| b == "x/b1" && why.contains("unless its egress allows every backend")));
+        // Without a proxy nothing of the client's egress is enforced: both backends, either way.
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let (p, allowed, _) = predicted(false, "x/s", protocol);
+            assert_eq!(p, ServicePrediction::Allowed);
+            assert_eq!(allowed, vec!["x/b1".to_string(), "x/b2".to_string()]);
+        }
+    }
+
+    #[test]
+    fn a_proxied_client_reaches_itself_through_its_service_and_a_bare_one_hairpins() {
+        let (p, allowed, _) = predicted(true, "x/own", Protocol::Tcp);
+        assert_eq!(
+            (p, allowed),
+            (ServicePrediction::Allowed, vec!["x/c".to_string()])
+        );
+        let (p, allowed, denied) = predicted(false, "x/own", Protocol::Tcp);
+        assert_eq!(p, ServicePrediction::Denied);
+        assert!(allowed.is_empty());
+        assert_eq!(denied, vec![("x/c".to_string(), HAIRPIN.to_string())]);
+    }
+
     #[test]
     fn an_answer_from_a_denied_backend_is_a_difference_even_though_the_client_got_one() {
         assert!(!cell(Some("secure/api-1"), ServicePrediction::Partly).differs());
