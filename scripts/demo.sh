@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the local demo cluster. Builds Portcullis, brings the bundled kangaroo example up
 # in network namespaces (one per pod, with the real portcullis-init and portcullis-proxy in each),
-# probes every pod from every pod, shows denial audit lines and metrics, applies a policy change
+# probes every pod and Service from every pod, connects through Services, resolves names under
+# default-deny egress (allowed and denied), shows metrics, applies a policy change
 # live, probes again, and takes everything down. Needs root (network namespaces, iptables inside
 # them; the host's own interfaces and rules are never touched).
 set -euo pipefail

@@ -1,11 +1,13 @@
 //! `portcullis demo`: the kangaroo example, live, in one command.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use portcullis_policy::Protocol;
 
 use crate::render::{paint, ColorChoice};
 use crate::testbed::probe::ServiceClients;
@@ -80,7 +82,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.keep {
         println!("\nthe testbed stays up: portcullis testbed down --name {NAME}");
     } else {
-        step(9, "testbed down", color);
+        step(10, "testbed down", color);
         let removed = testbed::down(NAME);
         println!("  removed {} network namespaces", removed.len());
     }
@@ -93,16 +95,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     step(n, title, color);
-    let cells = observe(
-        state,
-        &[],
-        ServiceClients::Unenforced,
-        Duration::from_secs(2),
-    )?;
+    // Port 53 is named only by the backend's DNS rule: step 4 shows DNS, the grids leave it out.
+    let set = state.port_set(&state.snapshot()?);
+    let probes: Vec<_> = testbed::ports::default_probes(&set, state.enforce_udp)
+        .into_iter()
+        .filter(|p| p.port != 53)
+        .collect();
+    let cells = observe(state, &probes, ServiceClients::All, Duration::from_secs(2))?;
     report(&cells, color, true, &mut std::io::stdout())
 }
 
-/// Steps 2 to 8: probe, denials, metrics, a live change, probe, controller gone, probe.
+/// Steps 2 to 9: probe, Services, DNS, metrics, a live change, probe, controller gone, probe.
 /// Whether every probe matched the prediction.
 fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     for p in &state.pods {
@@ -111,27 +114,16 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
             Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
         }
     }
-    let dns_ok = dns_lookup(state);
     let ok1 = probe_step(
         state,
         2,
-        "probe every pod from every pod, through the proxies",
+        "probe every pod and every Service from every pod, through the proxies",
         color,
     )?;
-
+    let services_ok = services_step(state, color)?;
+    let dns_ok = dns_step(state, color)?;
     step(
-        3,
-        "denials, as the proxy of kangaroo/backend logs them (kubectl logs)",
-        color,
-    );
-    for line in testbed::audit_lines(state, "kangaroo/backend", false)?
-        .iter()
-        .take(3)
-    {
-        println!("  {line}");
-    }
-    step(
-        4,
+        5,
         "metrics of kangaroo/backend (Prometheus, :4191/metrics)",
         color,
     );
@@ -148,7 +140,7 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     }
 
     step(
-        5,
+        6,
         &format!(
             "apply {} without restarting anything",
             args.change.display()
@@ -167,20 +159,20 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     )?;
     let ok2 = probe_step(
         state,
-        6,
+        7,
         "probe again: kangaroo/worker now reaches kangaroo/backend on 80",
         color,
     )?;
 
     step(
-        7,
+        8,
         "stop portcullis-controller: every proxy keeps enforcing its last table",
         color,
     );
     testbed::stop_controller(state)?;
     let ok3 = probe_step(
         state,
-        8,
+        9,
         "probe with the controller gone: nothing changes",
         color,
     )?;
@@ -190,28 +182,105 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     {
         println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
     }
-    Ok(dns_ok && ok1 && ok2 && ok3)
+    Ok(services_ok && dns_ok && ok1 && ok2 && ok3)
 }
 
-/// The cluster DNS, as an application uses it: a Service name from a pod.
-fn dns_lookup(state: &State) -> bool {
-    let (pod, name) = ("storefront/web", "backend.kangaroo.svc.cluster.local");
-    if state.dns.is_none() || state.pod(pod).is_err() {
-        return true;
+/// The last audit line of `pod`'s proxy that contains every one of `needles`.
+fn audit_line(state: &State, pod: &str, needles: &[&str]) -> Result<Option<String>> {
+    Ok(testbed::audit_lines(state, pod, false)?
+        .into_iter()
+        .rev()
+        .find(|l| needles.iter().all(|n| l.contains(n))))
+}
+
+/// Connections through Services from kangaroo/backend, whose proxy balances them over the
+/// backends its egress allows: membership/membership is partly allowed (api, not db), so every
+/// connection lands on membership/api; storefront/web is not allowed at all, and the audit line
+/// names the Service. Whether both went as the policy says.
+fn services_step(state: &State, color: bool) -> Result<bool> {
+    step(
+        3,
+        "through Services: kangaroo/backend's proxy picks among the backends its egress allows",
+        color,
+    );
+    let from = "kangaroo/backend";
+    let partly: SocketAddr = ([10, 96, 20, 9], 443).into();
+    let answers = testbed::connect_from(state, from, partly, Protocol::Tcp, 10)?;
+    let by_api = answers
+        .iter()
+        .filter(|a| a.as_deref() == Ok("membership/api"))
+        .count();
+    println!(
+        "  {from} -> Service membership/membership ({partly}; backends membership/api, membership/db):"
+    );
+    println!(
+        "    {by_api} of 10 connections answered, all by membership/api (the egress allows api on 443, not db)"
+    );
+    let denied: SocketAddr = ([10, 96, 30, 10], 80).into();
+    let refused = testbed::connect_from(state, from, denied, Protocol::Tcp, 1)?;
+    println!(
+        "  {from} -> Service storefront/web ({denied}): {}",
+        if refused[0].is_ok() {
+            "ANSWERED"
+        } else {
+            "refused"
+        }
+    );
+    let line = audit_line(
+        state,
+        from,
+        &["connection_denied", "\"service\":\"storefront/web\""],
+    )?;
+    if let Some(line) = &line {
+        println!("    {line}");
     }
-    match testbed::resolve(state, pod, name) {
-        Ok(ips) if !ips.is_empty() => {
+    Ok(by_api == 10 && refused[0].is_err() && line.is_some())
+}
+
+/// The cluster DNS under default-deny egress: kangaroo/backend's `backend-dns` allows 53/UDP and
+/// 53/TCP to the kube-dns pods, so it resolves; kangaroo/worker has no such rule, so it cannot,
+/// and its proxy logs the UDP denial. Whether both went so.
+fn dns_step(state: &State, color: bool) -> Result<bool> {
+    step(
+        4,
+        "cluster DNS (dnsmasq behind kube-system/kube-dns 10.96.0.10) under default-deny egress",
+        color,
+    );
+    let name = "membership.membership.svc.cluster.local";
+    if state.dns.is_none() {
+        println!("  the manifests bring their own kube-system/kube-dns: skipped");
+        return Ok(true);
+    }
+    let show = |ips: &[std::net::IpAddr]| {
+        if ips.is_empty() {
+            "does not resolve".to_string()
+        } else {
             let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-            println!(
-                "  cluster DNS (dnsmasq behind kube-system/kube-dns {}): {pod} resolves {name} -> {}",
-                testbed::dns::DNS_IP,
-                ips.join(", ")
-            );
-            true
+            format!("-> {}", ips.join(", "))
         }
-        other => {
-            println!("  DIFFERENCE cluster DNS: {pod} cannot resolve {name} ({other:?})");
-            false
-        }
+    };
+    let allowed = testbed::resolve(state, "kangaroo/backend", name)?;
+    println!(
+        "  kangaroo/backend (backend-dns allows 53 to k8s-app=kube-dns): {name} {}",
+        show(&allowed)
+    );
+    // Fully qualified: the search path would try three more names first.
+    let denied = testbed::resolve(state, "kangaroo/worker", &format!("{name}."))?;
+    println!(
+        "  kangaroo/worker (default-deny only):                         {name} {}",
+        show(&denied)
+    );
+    let line = audit_line(
+        state,
+        "kangaroo/worker",
+        &[
+            "connection_denied",
+            "\"dst\":\"10.96.0.10:53\"",
+            "\"protocol\":\"UDP\"",
+        ],
+    )?;
+    if let Some(line) = &line {
+        println!("    {line}");
     }
+    Ok(!allowed.is_empty() && denied.is_empty() && line.is_some())
 }

@@ -93,9 +93,9 @@ pub enum TestbedCommand {
         #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
         color: ColorChoice,
         /// Which pods probe every Service port (ClusterIP:port, for the probes' protocols).
-        /// Until portcullis-proxy balances Services itself, a proxy refuses ClusterIPs, so the
-        /// default is the pods without a proxy.
-        #[arg(long, value_enum, default_value_t = ServiceClients::Unenforced)]
+        /// Every pod by default; `unenforced`: only pods without a proxy (their connections
+        /// reach the node's kube-proxy rules).
+        #[arg(long, value_enum, default_value_t = ServiceClients::All)]
         service_clients: ServiceClients,
     },
     /// Add manifests (new or changed policies) to the running testbed; the proxies pick them
@@ -299,9 +299,7 @@ fn service_grid(cells: &[ServiceCell], color: bool) -> String {
         .collect();
     let rows: BTreeSet<&str> = cells.iter().map(|c| c.from.as_str()).collect();
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(8).max(9);
-    let mut out = String::from(
-        "== through Services (observed; clients without a proxy unless --service-clients all) ==\n",
-    );
+    let mut out = String::from("== through Services (observed) ==\n");
     let _ = write!(out, "{:width$}", "from \\ to");
     for c in &columns {
         let _ = write!(out, " {c}");

@@ -499,8 +499,9 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 }
 
 /// Services on real sockets, from pods without a proxy (their connections reach the node's
-/// kube-proxy rules; a proxy refuses ClusterIPs until it balances Services itself). Which pod
-/// answered is checked against the policy, not only that something answered.
+/// kube-proxy rules) and from pods with one (the proxy balances over the backends its egress
+/// allows), and the cluster DNS under a default-deny egress policy. Which pod answered is
+/// checked against the policy, not only that something answered.
 #[test]
 fn services_reach_their_allowed_backends_through_the_nodes_dnat() {
     require_root();
@@ -560,6 +561,79 @@ metadata: {name: only-open, namespace: secure}
 spec:
   podSelector: {matchExpressions: [{key: open, operator: DoesNotExist}]}
   policyTypes: [Ingress]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: caller, namespace: secure, labels: {app: caller}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.10, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pool-1, namespace: secure, labels: {app: pool, tier: ok, ring: a}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.11, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pool-2, namespace: secure, labels: {app: pool, tier: ok}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.12, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pool-3, namespace: secure, labels: {app: pool, ring: a}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.13, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: resolver, namespace: secure, labels: {dns: allowed}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.20, hostIP: 192.168.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mute, namespace: secure, labels: {dns: denied}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.4.0.21, hostIP: 192.168.0.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: caller-out, namespace: secure}
+spec:
+  podSelector: {matchLabels: {app: caller}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {tier: ok}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: pool-in, namespace: secure}
+spec:
+  podSelector: {matchLabels: {app: pool}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: caller}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-egress, namespace: secure}
+spec:
+  podSelector: {matchExpressions: [{key: dns, operator: Exists}]}
+  policyTypes: [Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: secure}
+spec:
+  podSelector: {matchLabels: {dns: allowed}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+      ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
 ---
 apiVersion: v1
 kind: Service
@@ -658,11 +732,16 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
                 .find(|c| c["from"] == from && c["service"] == svc)
                 .unwrap_or_else(|| panic!("no probe {from} -> {svc}: {services:?}"))
         };
-        // Only pods without a proxy probe Services; headless has no ClusterIP.
-        assert!(services
-            .iter()
-            .all(|c| c["from"].as_str().unwrap().starts_with("shop/")));
+        // Every pod probes Services, those with a proxy too; headless has no ClusterIP.
+        assert!(services.iter().any(|c| c["from"] == "secure/caller"));
         assert!(services.iter().all(|c| c["service"] != "shop/headless"));
+        // The injected caller's egress allows no api backend: denied via the ClusterIP.
+        let caller = get("secure/caller", "secure/api");
+        assert_eq!(caller["predicted"], "denied", "{caller}");
+        assert!(caller["answered_by"].is_null(), "{caller}");
+        // api-1's proxy may connect to itself (traffic to itself) but api-2 takes nothing from it.
+        let own = get("secure/api-1", "secure/api");
+        assert_eq!(own["predicted"], "partly", "{own}");
         let api = get("shop/client", "secure/api");
         assert_eq!(api["predicted"], "partly", "{api}");
         assert_eq!(api["allowed_backends"], serde_json::json!(["secure/api-1"]));
@@ -730,7 +809,166 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(resolved.as_deref(), Some("10.96.7.8"));
+
+    through_a_proxy(name, &dir, &up);
+    dns_under_default_deny_egress(name, &up);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// A Service connection from a pod whose proxy balances it: the ClusterIP of the denied
+/// `secure/api` is refused with an audit line naming the Service; `secure/pool` (pool-1 and
+/// pool-2 allowed by the caller's egress, pool-3 not) answers every connection and never from
+/// pool-3; pool-2 taken out of the Service gets no new connection.
+fn through_a_proxy(name: &str, dir: &Path, up: &Output) {
+    let caller = netns_of(up, "secure/caller");
+    let api_ip = getent(&netns_of(up, "shop/client"), "api.secure.svc.cluster.local").unwrap();
+    assert_eq!(
+        connect_many(&caller, &api_ip, 80, 1),
+        vec!["none".to_string()]
+    );
+    let logs = portcullis(&["testbed", "logs", "--name", name, "secure/caller"]);
+    let logs = text(&logs.stdout);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"event\":\"connection_denied\"") && l.contains(&api_ip))
+        .unwrap_or_else(|| panic!("no denial of {api_ip}:80 in the caller's log:\n{logs}"));
+    assert!(line.contains("\"service\":\"secure/api\""), "{line}");
+
+    let service = |selector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: pool, namespace: secure}}\n\
+             spec: {{clusterIP: 10.96.7.9, selector: {selector}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+        )
+    };
+    fs::write(dir.join("pool.yaml"), service("{app: pool}")).unwrap();
+    apply(name, &dir.join("pool.yaml"), true);
+    // The proxy gets the new Service from the controller's stream (apply waited for tables).
+    wait_until_answered(&caller, "10.96.7.9");
+    let answers = connect_many(&caller, "10.96.7.9", 80, 50);
+    let by = tally(&answers);
+    assert_eq!(answers.len(), 50);
+    assert!(
+        by.keys()
+            .all(|b| b == "secure/pool-1" || b == "secure/pool-2"),
+        "50 connections to secure/pool: {by:?}"
+    );
+    assert!(
+        by.len() == 2,
+        "the proxy spreads over both allowed backends: {by:?}"
+    );
+
+    // pool-2 leaves the Service (its label no longer matches the selector, as when a pod is
+    // relabelled or deleted and the EndpointSlice controller drops it).
+    fs::write(dir.join("pool.yaml"), service("{app: pool, ring: a}")).unwrap();
+    apply(name, &dir.join("pool.yaml"), true);
+    let mut settled = false;
+    for _ in 0..50 {
+        if connect_many(&caller, "10.96.7.9", 80, 5)
+            .iter()
+            .all(|a| a == "secure/pool-1")
+        {
+            settled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        settled,
+        "the caller's proxy still sends to pool-2 after 5 s"
+    );
+    let by = tally(&connect_many(&caller, "10.96.7.9", 80, 50));
+    assert_eq!(
+        by,
+        [("secure/pool-1".to_string(), 50)].into(),
+        "after pool-2 left the Service"
+    );
+    // And `probe` agrees, from every pod.
+    let probe = portcullis(&[
+        "testbed", "probe", "--name", name, "--probe", "80/TCP", "-o", "json",
+    ]);
+    assert!(
+        probe.status.success(),
+        "differences: {}",
+        text(&probe.stderr)
+    );
+}
+
+/// The classic DNS policy: default-deny egress plus UDP+TCP 53 to the kube-dns pods. The
+/// resolver resolves through 10.96.0.10; `mute` (default-deny only) cannot, and its proxy logs
+/// the UDP denial.
+fn dns_under_default_deny_egress(name: &str, up: &Output) {
+    let resolver = netns_of(up, "secure/resolver");
+    let resolved = getent(&resolver, "web.shop.svc.cluster.local");
+    assert_eq!(resolved.as_deref(), Some("10.96.7.7"));
+    let mute = netns_of(up, "secure/mute");
+    // Fully qualified (trailing dot): without it, ndots:5 tries the three search domains first,
+    // each waiting out the resolver's timeout.
+    assert_eq!(getent(&mute, "web.shop.svc.cluster.local."), None);
+    let logs = portcullis(&["testbed", "logs", "--name", name, "secure/mute"]);
+    let logs = text(&logs.stdout);
+    let line = logs
+        .lines()
+        .find(|l| {
+            l.contains("\"event\":\"connection_denied\"") && l.contains("\"dst\":\"10.96.0.10:53\"")
+        })
+        .unwrap_or_else(|| panic!("no denial of 10.96.0.10:53 in the log of secure/mute:\n{logs}"));
+    assert!(line.contains("\"protocol\":\"UDP\""), "{line}");
+    assert!(
+        line.contains("\"service\":\"kube-system/kube-dns\""),
+        "{line}"
+    );
+}
+
+fn apply(name: &str, file: &Path, replace: bool) {
+    let mut args = vec![
+        "testbed",
+        "apply",
+        "--name",
+        name,
+        "-f",
+        file.to_str().unwrap(),
+    ];
+    if replace {
+        args.push("--replace");
+    }
+    let out = portcullis(&args);
+    assert!(out.status.success(), "apply failed: {}", text(&out.stderr));
+}
+
+/// `n` TCP connections from inside `netns` to `ip:port`, one after the other: for each, the
+/// identity the server answered with, or `none`.
+fn connect_many(netns: &str, ip: &str, port: u16, n: usize) -> Vec<String> {
+    let script = format!(
+        "for i in $(seq {n}); do \
+           r=$(timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && echo probe >&3 && head -n1 <&3' 2>/dev/null); \
+           echo \"${{r:-none}}\"; \
+         done"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "bash", "-c", &script])
+        .output()
+        .expect("run bash");
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn tally(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for a in answers {
+        *by.entry(a.clone()).or_insert(0) += 1;
+    }
+    by
+}
+
+/// Waits (at most 5 s) until a connection to `ip:80` from `netns` is answered: a new Service
+/// reaches the proxies through the controller's stream.
+fn wait_until_answered(netns: &str, ip: &str) {
+    for _ in 0..50 {
+        if connect_many(netns, ip, 80, 1).iter().all(|a| a != "none") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{ip}:80 not answered from {netns} within 5 s");
 }
 
 /// The network namespace of `pod`, from `testbed up`'s listing.

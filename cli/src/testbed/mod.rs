@@ -1094,11 +1094,13 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
 }
 
 /// `getent hosts NAME` inside a pod's network namespace (through its resolv.conf, i.e. the
-/// cluster DNS): the addresses, empty when the name does not resolve.
+/// cluster DNS): the addresses, empty when the name does not resolve. One try of at most 2 s
+/// per query (`RES_OPTIONS`), so that a denied lookup fails quickly.
 pub fn resolve(state: &State, pod: &str, name: &str) -> Result<Vec<IpAddr>> {
     let pod = state.pod(pod)?;
     let out = Command::new("ip")
         .args(["netns", "exec", &pod.netns, "getent", "hosts", name])
+        .env("RES_OPTIONS", "timeout:2 attempts:1")
         .stdin(Stdio::null())
         .output()
         .context("cannot run getent")?;
@@ -1106,6 +1108,23 @@ pub fn resolve(state: &State, pod: &str, name: &str) -> Result<Vec<IpAddr>> {
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect())
+}
+
+/// `n` TCP connections (or UDP exchanges) from inside `pod` to `addr`, one after the other: the
+/// identity each answer carried, or why nothing answered.
+pub fn connect_from(
+    state: &State,
+    pod: &str,
+    addr: SocketAddr,
+    protocol: portcullis_policy::Protocol,
+    n: usize,
+) -> Result<Vec<Result<String, serve::NoAnswer>>> {
+    let pod = state.pod(pod)?;
+    netns::within(&pod.netns, move || {
+        Ok((0..n)
+            .map(|_| serve::probe(addr, protocol, Duration::from_secs(2)))
+            .collect())
+    })
 }
 
 /// A pod's proxy's view of its table (`/policy` on the admin port: generation, staleness,

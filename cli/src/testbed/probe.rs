@@ -281,8 +281,8 @@ fn in_pods<T: Send + 'static, U: Send + 'static>(
     Ok(out)
 }
 
-/// Which pods probe Services. Until the proxy balances Services itself (issue 10), a pod's proxy
-/// refuses connections to a ClusterIP, so by default only pods without a proxy probe them.
+/// Which pods probe Services (by default every pod: a proxy balances TCP connections to a
+/// ClusterIP itself and judges UDP/SCTP flows on every backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceClients {
     /// Every pod.
@@ -373,47 +373,89 @@ impl ServiceCell {
 
 /// Predicts a connection from `from` to a Service port: each candidate backend (ready
 /// endpoints, as kube-proxy picks them) is judged on its own IP and target port, by the client's
-/// egress (if it has a proxy) and the backend's ingress (if it has one). A pod reaching itself
-/// through its Service is not predicted to get through: see [`HAIRPIN`].
+/// egress (if it has a proxy) and the backend's ingress (if it has one).
+///
+/// Who picks the backend decides which ones it may land on:
+/// - a TCP connection from a pod whose proxy enforces it: the proxy balances over the backends
+///   its egress allows and connects to one itself (kube-proxy is not involved), so it never lands
+///   on an egress-denied backend, and a pod reaching itself through its Service is a connection
+///   to itself (always allowed);
+/// - a UDP/SCTP flow from a pod whose proxy enforces it: the proxy accepts the first datagram
+///   only when its egress allows every backend (kube-proxy then picks any of them), else drops it;
+/// - a pod without a proxy: kube-proxy picks any ready backend; reaching itself is dropped by the
+///   testbed's node, see [`HAIRPIN`].
 fn predict_service(
     snapshot: &Snapshot,
     state: &State,
     from: &PodState,
     port: &ResolvedPort,
 ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
+    let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
+    // (name, probe on the backend, its pod, egress allows it, why)
+    let judged: Vec<_> = port
+        .candidates()
+        .map(|b| {
+            let probe = Probe {
+                port: b.port,
+                protocol: port.protocol,
+            };
+            let (e_ok, e_why) = half(from, table(from), Direction::Egress, b.ip, probe);
+            let name = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
+            (name, probe, b.pod.as_deref(), e_ok, e_why)
+        })
+        .collect();
+    let enforced = from.injected && (port.protocol == Protocol::Tcp || from.enforces_udp);
+    let proxy_balances = enforced && port.protocol == Protocol::Tcp;
+    // Egress-allowed backends are the only ones a proxy that balances may land on; a proxy
+    // judging a datagram needs them all.
+    let all_egress_ok = judged.iter().all(|j| j.3);
     let mut allowed = Vec::new();
-    let mut denied = Vec::new();
-    for b in port.candidates() {
-        let name = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
-        let probe = Probe {
-            port: b.port,
-            protocol: port.protocol,
-        };
-        let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
-        let (e_ok, e_why) = half(from, table(from), Direction::Egress, b.ip, probe);
-        if b.pod.as_deref() == Some(from.key.as_str()) {
-            // kube-proxy masquerades this hairpin; in the testbed's routed node the DNAT'd
-            // packet (source = destination) is dropped before it can be (see services.rs).
-            denied.push((name, HAIRPIN.to_string()));
+    // Backends it may land on and get no answer from, then those it never goes to.
+    let mut landable_denied = Vec::new();
+    let mut never = Vec::new();
+    for (name, probe, pod, e_ok, e_why) in judged {
+        if !e_ok {
+            never.push((name, e_why));
             continue;
         }
-        let (i_ok, i_why) = match state.pods.iter().find(|p| Some(&p.key) == b.pod.as_ref()) {
+        if enforced && !proxy_balances && !all_egress_ok {
+            never.push((
+                name,
+                format!(
+                    "the client's proxy drops a {} flow to a ClusterIP unless its egress allows every backend",
+                    port.protocol
+                ),
+            ));
+            continue;
+        }
+        if pod == Some(from.key.as_str()) {
+            if proxy_balances {
+                // The proxy connects to its own pod's address: traffic to itself.
+                allowed.push(name);
+            } else {
+                // kube-proxy masquerades this hairpin; in the testbed's routed node the DNAT'd
+                // packet (source = destination) is dropped before it can be (see services.rs).
+                landable_denied.push((name, HAIRPIN.to_string()));
+            }
+            continue;
+        }
+        let (i_ok, i_why) = match state.pods.iter().find(|p| Some(p.key.as_str()) == pod) {
             Some(backend) => half(backend, table(backend), Direction::Ingress, from.ip, probe),
             None => (true, "not a testbed pod".to_string()),
         };
-        if e_ok && i_ok {
+        if i_ok {
             allowed.push(name);
         } else {
-            let why = if e_ok { i_why } else { e_why };
-            denied.push((name, why));
+            landable_denied.push((name, i_why));
         }
     }
-    let prediction = match (allowed.is_empty(), denied.is_empty()) {
+    let prediction = match (allowed.is_empty(), landable_denied.is_empty()) {
         (false, true) => ServicePrediction::Allowed,
         (false, false) => ServicePrediction::Partly,
         (true, _) => ServicePrediction::Denied,
     };
-    (prediction, allowed, denied)
+    landable_denied.extend(never);
+    (prediction, allowed, landable_denied)
 }
 
 /// Probes every Service port of `protocols` (IPv4 ClusterIPs) from every chosen client pod.
@@ -586,6 +628,127 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
         );
         assert!(predict(&c, &a, &b, udp).0);
         assert!(!predict(&c, &a, &b, tcp).0);
+    }
+
+    /// x/c's egress allows x/b1 (not x/b2) on 8080, TCP and UDP; Service x/s selects both, on
+    /// TCP and UDP; Service x/own selects x/c itself.
+    fn service_case(injected: bool) -> (Snapshot, State) {
+        let text = "
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b1, namespace: x, labels: {app: b, ok: 'yes'}}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b2, namespace: x, labels: {app: b}}
+status: {podIP: 10.1.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: c}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {ok: 'yes'}}}]
+      ports: [{port: 8080}, {port: 8080, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: b}
+  ports: [{name: t, port: 80, targetPort: 8080}, {name: u, port: 80, protocol: UDP, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: own, namespace: x}
+spec:
+  clusterIP: 10.96.0.51
+  selector: {app: c}
+  ports: [{port: 80, targetPort: 8080}]
+";
+        let mut cluster = portcullis_policy::Cluster::new();
+        let report = portcullis_policy::manifest::load_into(&mut cluster, text, "t");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let snapshot = Snapshot::of(cluster).unwrap();
+        let state = State {
+            name: "t".into(),
+            node_netns: String::new(),
+            pods: vec![
+                pod("x/c", "10.1.0.1", injected, injected),
+                pod("x/b1", "10.1.0.2", true, true),
+                pod("x/b2", "10.1.0.3", true, true),
+            ],
+            policy_dir: Default::default(),
+            controller: None,
+            wanted_ports: Default::default(),
+            extra_probes: Vec::new(),
+            dns: None,
+            enforce_udp: true,
+        };
+        (snapshot, state)
+    }
+
+    fn predicted(
+        injected: bool,
+        service: &str,
+        protocol: Protocol,
+    ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
+        let (snapshot, state) = service_case(injected);
+        let port = snapshot.services.services[service]
+            .ports
+            .iter()
+            .find(|p| p.protocol == protocol)
+            .unwrap()
+            .clone();
+        predict_service(&snapshot, &state, &state.pods[0], &port)
+    }
+
+    #[test]
+    fn a_proxied_client_lands_only_on_backends_its_egress_allows() {
+        // TCP: the proxy balances over x/b1 only; x/b2 is never tried.
+        let (p, allowed, denied) = predicted(true, "x/s", Protocol::Tcp);
+        assert_eq!(p, ServicePrediction::Allowed);
+        assert_eq!(allowed, vec!["x/b1".to_string()]);
+        assert_eq!(denied.len(), 1);
+        assert!(
+            denied[0].0 == "x/b2" && denied[0].1.contains("egress"),
+            "{denied:?}"
+        );
+        // UDP: kube-proxy picks either, so the proxy drops the flow unless both are allowed.
+        let (p, allowed, denied) = predicted(true, "x/s", Protocol::Udp);
+        assert_eq!(p, ServicePrediction::Denied);
+        assert!(allowed.is_empty());
+        assert!(denied
+            .iter()
+            .any(|(b, why)| b == "x/b1" && why.contains("unless its egress allows every backend")));
+        // Without a proxy nothing of the client's egress is enforced: both backends, either way.
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let (p, allowed, _) = predicted(false, "x/s", protocol);
+            assert_eq!(p, ServicePrediction::Allowed);
+            assert_eq!(allowed, vec!["x/b1".to_string(), "x/b2".to_string()]);
+        }
+    }
+
+    #[test]
+    fn a_proxied_client_reaches_itself_through_its_service_and_a_bare_one_hairpins() {
+        let (p, allowed, _) = predicted(true, "x/own", Protocol::Tcp);
+        assert_eq!(
+            (p, allowed),
+            (ServicePrediction::Allowed, vec!["x/c".to_string()])
+        );
+        let (p, allowed, denied) = predicted(false, "x/own", Protocol::Tcp);
+        assert_eq!(p, ServicePrediction::Denied);
+        assert!(allowed.is_empty());
+        assert_eq!(denied, vec![("x/c".to_string(), HAIRPIN.to_string())]);
     }
 
     #[test]
