@@ -175,13 +175,13 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         .filter(|p| p.join("expected.json").is_file())
         .collect();
     cases.sort();
-    // TCP always; UDP as soon as the proxies enforce it. SCTP cells are the engine's alone (this
-    // kernel has no SCTP sockets).
-    let protocols: &[&str] = if udp_enforced(tb, "x/a") {
-        &["TCP", "UDP"]
-    } else {
-        &["TCP"]
-    };
+    // TCP and UDP on real sockets. SCTP cells are the engine's alone here (this kernel has no
+    // SCTP sockets; the proxy's own tests judge crafted SCTP INIT packets).
+    assert!(
+        udp_enforced(tb, "x/a"),
+        "the testbed's proxies must enforce UDP: the conformance cases are checked on UDP too"
+    );
+    let protocols: &[&str] = &["TCP", "UDP"];
     eprintln!("conformance cases on real sockets for {protocols:?}");
     let runs = |case: &Path| protocols.contains(&"UDP") || tcp_only(case);
     let mut ran = 0;
