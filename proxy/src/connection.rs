@@ -174,7 +174,6 @@ fn plan_service(
         ctx.audit.record(record);
         return None;
     }
-    let refused = refused_list(&judgement.denied);
     let addr = |b: &BackendVerdict<'_>| SocketAddr::new(b.backend.ip, b.backend.port);
     let (decision, candidates) = match (judgement.allowed.first(), judgement.denied.first()) {
         (Some(first), _) => (
@@ -194,7 +193,11 @@ fn plan_service(
     let note = ServiceNote {
         service: service.clone(),
         backend: None,
-        refused,
+        // Only a denial or an audit line lists them: an allowed connection formats nothing.
+        refused: match decision {
+            Decision::Allow(_) => Vec::new(),
+            _ => refused_list(&judgement.denied),
+        },
     };
     if !admit(ctx, route, snapshot, &decision, Some(note)) {
         return None;
@@ -293,7 +296,7 @@ async fn relay_until_revoked(
     mut client: TcpStream,
     mut upstream: TcpStream,
 ) -> Outcome {
-    let _ = client.set_nodelay(true);
+    // The accepted socket inherits TCP_NODELAY from its listener; the upstream one is new.
     let _ = upstream.set_nodelay(true);
     let metrics = ctx.metrics(route.direction);
     let counters = match route.direction {
@@ -430,7 +433,17 @@ async fn connect(
             tracing::debug!(error = %e, "cannot bind the upstream to {INBOUND_SOURCE_V4}; using the default source");
         }
     }
-    match tokio::time::timeout(timeout, socket.connect(destination)).await {
+    let connecting = socket.connect(destination);
+    tokio::pin!(connecting);
+    // Give the event loop one turn before arming a timer: a connect within the node (the
+    // application behind an inbound proxy, most pods) has completed by then, and arming a timer
+    // costs a wakeup of the event loop on every connection.
+    tokio::select! {
+        biased;
+        done = &mut connecting => return done,
+        () = tokio::task::yield_now() => {}
+    }
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

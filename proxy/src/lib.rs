@@ -19,6 +19,7 @@ pub mod balance;
 pub mod config;
 pub mod connection;
 pub mod datagram;
+pub mod dataplane;
 pub mod inbound;
 pub mod limits;
 pub mod listener;
@@ -103,14 +104,19 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         egress: DirectionMetrics::new(Direction::Egress),
     });
 
-    let inbound = listener::bind_all(&config.inbound_listen, "inbound")?;
-    let outbound = listener::bind_all(&config.outbound_listen, "outbound")?;
-    let admin_listener = listener::bind(config.admin_listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot bind the admin listener on {}: {e}",
-            config.admin_listen
-        )
-    })?;
+    let workers = dataplane::bind(
+        &config.inbound_listen,
+        &config.outbound_listen,
+        config.worker_threads,
+    )?;
+    let admin_listener = listener::bind(config.admin_listen)
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind the admin listener on {}: {e}",
+                config.admin_listen
+            )
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_state = Arc::new(admin::AdminState {
         store: store.clone(),
@@ -144,17 +150,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         admin_guard(&config),
         admin_stop_rx,
     ));
-    let mut accept_loops = Vec::new();
-    for (listeners, direction) in [(inbound, Direction::Ingress), (outbound, Direction::Egress)] {
-        for l in listeners {
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                l,
-                direction,
-                ctx.clone(),
-                stop_rx.clone(),
-            )));
-        }
-    }
+    let mut data_plane = dataplane::DataPlane::start(&ctx, workers, &stop_rx)?;
     let audit_ctx = ctx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -176,9 +172,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     shutdown_signal.recv().await;
     // Close the listeners first (connections still queued are reset), then report not ready.
     stop_tx.send_replace(true);
-    for handle in accept_loops {
-        let _ = handle.await;
-    }
+    data_plane.listeners_closed().await;
     admin_state.draining.store(true, Ordering::Relaxed);
     let active = config.max_connections - ctx.connection_slots.available_permits();
     tracing::info!(event = "draining", active_connections = active, grace = ?config.shutdown_grace);
@@ -189,6 +183,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     )
     .await
     .is_ok();
+    data_plane.exit().await;
     ctx.audit.flush();
     admin_stop_tx.send_replace(true);
     let left = config.max_connections - ctx.connection_slots.available_permits();

@@ -18,10 +18,10 @@ use crate::Context;
 
 /// Binds every address; IPv6 ones that the pod cannot bind (no IPv6) are skipped with a warning.
 /// Fails when none of them can be bound.
-pub fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+pub fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::new();
     for addr in addrs {
-        match bind(*addr) {
+        match bind_shared(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) if addr.is_ipv6() => {
                 tracing::warn!(%addr, error = %e, "cannot bind the IPv6 {what} listener; serving IPv4 only");
@@ -35,18 +35,33 @@ pub fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListe
     Ok(listeners)
 }
 
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A non-blocking listening socket of its own (the admin port).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_with(addr, false)
+}
+
+/// A non-blocking listening socket in an `SO_REUSEPORT` group, so that each data-plane thread
+/// binds its own socket on the same address (only processes of the proxy's own UID can join the
+/// group).
+pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_with(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
         // `[::]` and `0.0.0.0` on the same port: each family gets its own socket.
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Accepts until `shutdown` turns true.

@@ -34,8 +34,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         )?
         .install_recorder()?;
     telemetry::describe();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
+    // The control plane; the data plane starts its own threads (`dataplane`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))

@@ -16,17 +16,23 @@
 //!
 //! When no pipe can be had (descriptor limit) a direction copies that burst through a buffer in
 //! user space instead, and when the kernel refuses to splice a socket (`EINVAL`) the direction
-//! copies from then on; the buffer, too, is released whenever the source runs dry.
+//! copies from then on; the buffer, too, goes back to a per-thread pool whenever the source runs
+//! dry.
+//!
+//! System calls per message are kept to what the bytes need: a read that returns less than it
+//! asked for ends the burst without a second read to hear "would block" (`drained`), and of the
+//! two half-closes at the end only the first is sent (the close right after sends the second).
 
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use metrics::Counter;
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::sys::socket::MsgFlags;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -129,6 +135,58 @@ impl Drop for Lease {
     }
 }
 
+/// A copy buffer lent to one direction for one burst, from a per-thread pool like the pipes':
+/// a small request/response exchange then costs no allocation and no zeroing of 16 KiB per
+/// message, and an idle connection still holds no buffer.
+struct Buffer {
+    bytes: Box<[u8]>,
+}
+
+/// Copy buffers kept per runtime thread (each at most [`CHUNK`] bytes).
+const BUFFERS_PER_THREAD: usize = 8;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffer {
+    fn take(size: usize) -> Buffer {
+        let pooled = BUFFERS
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                let at = pool.iter().position(|b| b.len() == size)?;
+                Some(pool.swap_remove(at))
+            })
+            .ok()
+            .flatten();
+        Buffer {
+            bytes: pooled.unwrap_or_else(|| vec![0u8; size].into_boxed_slice()),
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        // Full pool, or the thread is going away: free it (outside the borrow).
+        let _freed = BUFFERS
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < BUFFERS_PER_THREAD {
+                    pool.push(bytes);
+                    None
+                } else {
+                    Some(bytes)
+                }
+            })
+            .unwrap_or(None);
+    }
+}
+
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
@@ -176,9 +234,10 @@ async fn relay_with(
     counters: &ByteCounters,
     mode: RelayMode,
 ) -> io::Result<Transferred> {
+    let ended = AtomicBool::new(false);
     let (up, down) = tokio::try_join!(
-        one_way(client, server, &counters.client_to_server, mode),
-        one_way(server, client, &counters.server_to_client, mode),
+        one_way(client, server, &counters.client_to_server, mode, &ended),
+        one_way(server, client, &counters.server_to_client, mode, &ended),
     )?;
     Ok(Transferred {
         client_to_server: up,
@@ -188,8 +247,9 @@ async fn relay_with(
 
 /// What one step of a direction did.
 enum Step {
-    /// This many bytes reached the destination.
-    Moved(usize),
+    /// This many bytes reached the destination; `drained`: the read emptied the source (a short
+    /// read), so the burst is over.
+    Moved { n: usize, drained: bool },
     /// The source has nothing to read right now.
     Idle,
     /// The source reached end-of-stream.
@@ -198,18 +258,21 @@ enum Step {
     NoSplice,
 }
 
-/// One direction, `src` to `dst`, until end-of-stream (passed on as a half-close).
+/// One direction, `src` to `dst`, until end-of-stream (passed on as a half-close). `ended` is
+/// shared by the two directions of a connection: the one that ends last skips its half-close,
+/// since both sockets are closed right after and the close sends the same FIN.
 async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     counter: &Counter,
     mode: RelayMode,
+    ended: &AtomicBool,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut can_splice = mode != RelayMode::Copy;
     // Held only while data flows: both are released as soon as `src` runs dry.
     let mut lease: Option<Lease> = None;
-    let mut buffer: Option<Box<[u8]>> = None;
+    let mut buffer: Option<Buffer> = None;
     loop {
         src.readable().await?;
         // Whether this step should splice: always in `splice` mode; in `auto` mode once the burst
@@ -232,12 +295,18 @@ async fn one_way(
                 } else {
                     CHUNK
                 };
-                let buf = buffer.get_or_insert_with(|| vec![0u8; size].into_boxed_slice());
-                copy_step(src, dst, buf).await?
+                let buf = buffer.get_or_insert_with(|| Buffer::take(size));
+                copy_step(src, dst, buf.bytes()).await?
             }
         };
         match step {
-            Step::Moved(n) => {
+            Step::Moved { n, drained: true } => {
+                total += n as u64;
+                counter.increment(n as u64);
+                lease = None;
+                buffer = None;
+            }
+            Step::Moved { n, drained: false } => {
                 total += n as u64;
                 counter.increment(n as u64);
                 if mode == RelayMode::Auto && can_splice && lease.is_none() && n == AUTO_PROBE {
@@ -253,8 +322,10 @@ async fn one_way(
                 buffer = None;
             }
             Step::Eof => {
-                // Pass the half-close on. The peer may be gone already.
-                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                if !ended.swap(true, Ordering::Relaxed) {
+                    // Pass the half-close on. The peer may be gone already.
+                    let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                }
                 return Ok(total);
             }
             Step::NoSplice => {
@@ -268,8 +339,9 @@ async fn one_way(
 /// Splices what `src` has (up to a pipe's worth) into the pipe, then all of it into `dst`.
 async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io::Result<Step> {
     debug_assert_eq!(lease.pending, 0, "a pipe is drained before it is filled");
+    let mut short = None;
     let moved = src.try_io(Interest::READABLE, || {
-        splice(
+        let n = splice(
             src.as_fd(),
             None,
             lease.pipe().write.as_fd(),
@@ -277,15 +349,17 @@ async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io:
             CHUNK,
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )
-        .map_err(io::Error::from)
+        .map_err(io::Error::from)?;
+        drained_if_short(n, CHUNK, &mut short)
     });
-    let n = match moved {
-        Ok(0) => return Ok(Step::Eof),
-        Ok(n) => n,
+    let (n, drained) = match (moved, short) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => (n, true),
+        (Ok(0), _) => return Ok(Step::Eof),
+        (Ok(n), _) => (n, false),
         // The pipe is empty, so "would block" can only mean the socket is.
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
-        Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => return Ok(Step::NoSplice),
-        Err(e) => return Err(e),
+        (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
+        (Err(e), _) if e.raw_os_error() == Some(Errno::EINVAL as i32) => return Ok(Step::NoSplice),
+        (Err(e), _) => return Err(e),
     };
     lease.pending = n;
     while lease.pending > 0 {
@@ -308,16 +382,38 @@ async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io:
             Err(e) => return Err(e),
         }
     }
-    Ok(Step::Moved(n))
+    Ok(Step::Moved { n, drained })
+}
+
+/// Inside a read's `try_io`: a read that returned less than it asked for emptied the socket's
+/// receive queue, so its read readiness is forgotten at once, and the next step waits for the
+/// kernel's next event instead of paying a read that can only say "would block" (the
+/// edge-triggered rule nginx and HAProxy follow). Answering `WouldBlock` is how tokio is told to
+/// clear the readiness it observed *before* the read, so an event that arrives after the read
+/// is never lost; the byte count travels in `short`.
+fn drained_if_short(n: usize, asked: usize, short: &mut Option<usize>) -> io::Result<usize> {
+    if n > 0 && n < asked {
+        *short = Some(n);
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(n)
 }
 
 /// Reads what `src` has (up to `buf.len()`) and writes all of it to `dst`.
 async fn copy_step(src: &TcpStream, dst: &TcpStream, buf: &mut [u8]) -> io::Result<Step> {
-    let n = match src.try_read(buf) {
-        Ok(0) => return Ok(Step::Eof),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
-        Err(e) => return Err(e),
+    let asked = buf.len();
+    let mut short = None;
+    let read = src.try_io(Interest::READABLE, || {
+        let n = nix::sys::socket::recv(src.as_raw_fd(), buf, MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        drained_if_short(n, asked, &mut short)
+    });
+    let (n, drained) = match (read, short) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => (n, true),
+        (Ok(0), _) => return Ok(Step::Eof),
+        (Ok(n), _) => (n, false),
+        (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
+        (Err(e), _) => return Err(e),
     };
     let mut done = 0;
     while done < n {
@@ -329,7 +425,7 @@ async fn copy_step(src: &TcpStream, dst: &TcpStream, buf: &mut [u8]) -> io::Resu
             Err(e) => return Err(e),
         }
     }
-    Ok(Step::Moved(n))
+    Ok(Step::Moved { n, drained })
 }
 
 #[cfg(test)]
@@ -523,6 +619,45 @@ mod tests {
                 .await
                 .expect("transfers finish")
                 .expect("transfer ok");
+        }
+    }
+
+    /// Thousands of small exchanges, each a short read that ends its burst without a second
+    /// read: every message is relayed (a lost wakeup would hang an exchange), on a runtime whose
+    /// driver runs on another thread as often as not, in every relay mode.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn short_messages_back_and_forth_are_never_stranded() {
+        for mode in [RelayMode::Auto, RelayMode::Copy, RelayMode::Splice] {
+            let (mut client, mut server, task) = relayed_pair_with(mode).await;
+            let echo = tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = server.read(&mut buf).await.expect("server read");
+                    if n == 0 {
+                        break;
+                    }
+                    server.write_all(&buf[..n]).await.expect("server write");
+                }
+            });
+            for i in 0..3_000usize {
+                let message = vec![(i % 251) as u8; 1 + i % 37];
+                let exchange = async {
+                    client.write_all(&message).await.expect("write");
+                    let mut back = vec![0u8; message.len()];
+                    client.read_exact(&mut back).await.expect("read");
+                    back
+                };
+                let back = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?}: exchange {i} stranded"));
+                assert_eq!(back, message, "{mode:?}: exchange {i}");
+            }
+            client.shutdown().await.expect("half-close");
+            echo.await.expect("echo ends at EOF");
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.expect("EOF back");
+            assert!(rest.is_empty());
+            task.await.expect("join").expect("relay ok");
         }
     }
 

@@ -96,7 +96,7 @@ pub fn route(
     listener: SocketAddr,
     pod: &PodAddresses,
 ) -> Result<Route, RouteError> {
-    let mut destination = original_destination(stream)?;
+    let mut destination = original_destination(stream, listener.is_ipv6())?;
     if destination.port() == listener.port() && is_local(destination.ip(), stream) {
         // A direct connection to the proxy's port (no NAT entry rewrote it): serving it would
         // connect the proxy to itself.
@@ -128,13 +128,14 @@ fn canonical_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6), per the socket's family.
-pub fn original_destination(stream: &TcpStream) -> Result<SocketAddr, RouteError> {
+/// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6), per the socket's family: that of
+/// the listener that accepted it (IPv6 listeners are IPv6-only).
+pub fn original_destination(stream: &TcpStream, ipv6: bool) -> Result<SocketAddr, RouteError> {
     let socket = SockRef::from(stream);
-    let local = stream.local_addr().map_err(RouteError::Io)?;
-    let original = match local {
-        SocketAddr::V4(_) => socket.original_dst_v4(),
-        SocketAddr::V6(_) => socket.original_dst_v6(),
+    let original = if ipv6 {
+        socket.original_dst_v6()
+    } else {
+        socket.original_dst_v4()
     };
     match original {
         Ok(addr) => addr.as_socket().ok_or(RouteError::NotRedirected),

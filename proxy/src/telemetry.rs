@@ -2,6 +2,9 @@
 //! README; labels are bounded (`direction`, `verdict`, `peer_namespace`, `reason`, `protocol`:
 //! TCP, UDP or SCTP), never raw IPs.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use metrics::{
     describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
 };
@@ -156,31 +159,103 @@ pub fn count_flow_decision(
     verdict: &'static str,
     peer_namespace: Option<&str>,
 ) {
-    metrics::counter!(
-        CONNECTIONS,
-        "direction" => direction.as_str(),
-        "protocol" => protocol.as_str(),
-        "verdict" => verdict,
-        "peer_namespace" => peer_namespace.unwrap_or("").to_string()
-    )
-    .increment(1);
+    type Key = (Direction, Protocol, &'static str);
+    type ByNamespace = HashMap<Box<str>, Counter>;
+    thread_local! {
+        /// Counter handles already registered on this thread, so that a connection costs one
+        /// small lookup here and no allocation, not a registry lookup with a freshly built label
+        /// set. Bounded by the cluster's namespaces.
+        static DECISIONS: RefCell<Vec<(Key, ByNamespace)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    let namespace = peer_namespace.unwrap_or("");
+    let key = (direction, protocol, verdict);
+    let register = || {
+        metrics::counter!(
+            CONNECTIONS,
+            "direction" => direction.as_str(),
+            "protocol" => protocol.as_str(),
+            "verdict" => verdict,
+            "peer_namespace" => namespace.to_string()
+        )
+    };
+    let counted = DECISIONS.try_with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let index = match cache.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                cache.push((key, HashMap::new()));
+                cache.len() - 1
+            }
+        };
+        let by_namespace = &mut cache[index].1;
+        match by_namespace.get(namespace) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = register();
+                counter.increment(1);
+                by_namespace.insert(namespace.into(), counter);
+            }
+        }
+    });
+    if counted.is_err() {
+        // The thread is going away: count without the cache.
+        register().increment(1);
+    }
 }
 
 /// Counts a connection to a Service, with a bounded `service` label.
 pub fn count_service(service: &str, outcome: &'static str) {
-    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let label = {
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.iter().any(|s| s == service) {
-            service.to_string()
-        } else if seen.len() < SERVICE_LABELS_MAX {
-            seen.push(service.to_string());
-            service.to_string()
-        } else {
-            "_other".to_string()
+    type ByOutcome = Vec<(&'static str, Counter)>;
+    thread_local! {
+        /// Handles registered on this thread, by service then outcome.
+        static SERVICES: RefCell<HashMap<Box<str>, ByOutcome>> =
+            RefCell::new(HashMap::new());
+    }
+    let counted = SERVICES.try_with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(outcomes) = cache.get_mut(service) {
+            if let Some((_, c)) = outcomes.iter().find(|(o, _)| *o == outcome) {
+                c.increment(1);
+                return;
+            }
+            let c = service_counter(service, outcome);
+            c.increment(1);
+            outcomes.push((outcome, c));
+            return;
         }
-    };
-    metrics::counter!(SERVICE_CONNECTIONS, "service" => label, "outcome" => outcome).increment(1);
+        let c = service_counter(service, outcome);
+        c.increment(1);
+        // Services past the label bound all share `_other`; caching them by name would grow
+        // without bound, so only labelled ones are kept.
+        if service_label(service) != OTHER_SERVICES {
+            cache.insert(service.into(), vec![(outcome, c)]);
+        }
+    });
+    if counted.is_err() {
+        service_counter(service, outcome).increment(1);
+    }
+}
+
+const OTHER_SERVICES: &str = "_other";
+
+/// The `service` label: the name for the first [`SERVICE_LABELS_MAX`] Services seen in this
+/// process, `_other` after that.
+fn service_label(service: &str) -> String {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|s| s == service) {
+        service.to_string()
+    } else if seen.len() < SERVICE_LABELS_MAX {
+        seen.push(service.to_string());
+        service.to_string()
+    } else {
+        OTHER_SERVICES.to_string()
+    }
+}
+
+fn service_counter(service: &str, outcome: &'static str) -> Counter {
+    metrics::counter!(SERVICE_CONNECTIONS, "service" => service_label(service), "outcome" => outcome)
 }
 
 pub fn count_refused(direction: Direction, reason: &'static str) {
