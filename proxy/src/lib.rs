@@ -77,33 +77,15 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
-    // Fail closed: without the pod's own addresses the inbound proxy cannot tell this pod from a
-    // neighbour it is asked to relay to.
-    let pod_addresses = inbound::PodAddresses::new(&config.pod_ips)?;
     fit_max_connections(&mut config);
-    let store = Arc::new(PolicyStore::new());
     let pod = PodIdentity {
         namespace: config.pod_namespace.clone(),
         name: config.pod_name.clone(),
         ips: config.pod_ips.clone(),
     };
     let source = PolicySource::from_config(&config)?;
-    let ctx = Arc::new(Context {
-        pod: pod.key(),
-        mode: config.mode,
-        on_policy_change: config.on_policy_change,
-        relay: config.relay,
-        connect_timeout: config.connect_timeout,
-        log_allowed: config.log_allowed,
-        store: store.clone(),
-        audit: AuditLog::new(config.audit_window),
-        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
-        pod_addresses,
-        balancer: balance::Balancer::new(),
-        ingress: DirectionMetrics::new(Direction::Ingress),
-        egress: DirectionMetrics::new(Direction::Egress),
-    });
-
+    let ctx = Arc::new(Context::new(&config, pod.key())?);
+    // Every socket is bound before anything starts: a port in use is a start error.
     let workers = dataplane::bind(
         &config.inbound_listen,
         &config.outbound_listen,
@@ -117,31 +99,17 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
                 config.admin_listen
             )
         })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_state = Arc::new(admin::AdminState {
-        store: store.clone(),
-        prometheus: prometheus.clone(),
-        draining: Default::default(),
-        pod: pod.key(),
-        udp_enforced: config.enforce_udp,
-    });
-
-    tracing::info!(
-        event = "starting",
-        pod = %pod.key(),
-        mode = ?config.mode,
-        on_policy_change = ?config.on_policy_change,
-        inbound = ?config.inbound_listen,
-        outbound = ?config.outbound_listen,
-        admin = %config.admin_listen,
-        max_connections = config.max_connections,
-        admin_max_connections = config.admin_max_connections,
-        enforced_protocols = if config.enforce_udp { "TCP,UDP,SCTP" } else { "TCP" },
-        version = env!("CARGO_PKG_VERSION"),
-    );
+    log_start(&config, &pod.key());
 
     start_datagram_enforcement(&ctx, &config)?;
-    tokio::spawn(source.run(pod, store.clone()));
+    tokio::spawn(source.run(pod, ctx.store.clone()));
+    let admin_state = Arc::new(admin::AdminState {
+        store: ctx.store.clone(),
+        prometheus: prometheus.clone(),
+        draining: Default::default(),
+        pod: ctx.pod.clone(),
+        udp_enforced: config.enforce_udp,
+    });
     // The admin port outlives the listeners: it answers /ready with 503 while draining.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     tokio::spawn(admin::serve(
@@ -150,7 +118,61 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         admin_guard(&config),
         admin_stop_rx,
     ));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut data_plane = dataplane::DataPlane::start(&ctx, workers, &stop_rx)?;
+    spawn_housekeeping(&ctx, prometheus);
+
+    shutdown_signal.recv().await;
+    // Close the listeners first (connections still queued are reset), then report not ready.
+    stop_tx.send_replace(true);
+    data_plane.listeners_closed().await;
+    admin_state.draining.store(true, Ordering::Relaxed);
+    drain(&ctx, &config, data_plane).await;
+    admin_stop_tx.send_replace(true);
+    Ok(())
+}
+
+impl Context {
+    fn new(config: &Config, pod: String) -> anyhow::Result<Context> {
+        Ok(Context {
+            pod,
+            mode: config.mode,
+            on_policy_change: config.on_policy_change,
+            relay: config.relay,
+            connect_timeout: config.connect_timeout,
+            log_allowed: config.log_allowed,
+            store: Arc::new(PolicyStore::new()),
+            audit: AuditLog::new(config.audit_window),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            // Fail closed: without the pod's own addresses the inbound proxy cannot tell this
+            // pod from a neighbour it is asked to relay to.
+            pod_addresses: inbound::PodAddresses::new(&config.pod_ips)?,
+            balancer: balance::Balancer::new(),
+            ingress: DirectionMetrics::new(Direction::Ingress),
+            egress: DirectionMetrics::new(Direction::Egress),
+        })
+    }
+}
+
+fn log_start(config: &Config, pod: &str) {
+    tracing::info!(
+        event = "starting",
+        pod,
+        mode = ?config.mode,
+        on_policy_change = ?config.on_policy_change,
+        inbound = ?config.inbound_listen,
+        outbound = ?config.outbound_listen,
+        admin = %config.admin_listen,
+        worker_threads = config.worker_threads,
+        max_connections = config.max_connections,
+        admin_max_connections = config.admin_max_connections,
+        enforced_protocols = if config.enforce_udp { "TCP,UDP,SCTP" } else { "TCP" },
+        version = env!("CARGO_PKG_VERSION"),
+    );
+}
+
+/// Audit lines flushed every second; the Prometheus recorder's upkeep every five.
+fn spawn_housekeeping(ctx: &Arc<Context>, prometheus: Option<PrometheusHandle>) {
     let audit_ctx = ctx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -168,12 +190,10 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
             }
         });
     }
+}
 
-    shutdown_signal.recv().await;
-    // Close the listeners first (connections still queued are reset), then report not ready.
-    stop_tx.send_replace(true);
-    data_plane.listeners_closed().await;
-    admin_state.draining.store(true, Ordering::Relaxed);
+/// Waits up to `--shutdown-grace` for the open connections to end, then cuts the rest.
+async fn drain(ctx: &Context, config: &Config, data_plane: dataplane::DataPlane) {
     let active = config.max_connections - ctx.connection_slots.available_permits();
     tracing::info!(event = "draining", active_connections = active, grace = ?config.shutdown_grace);
     let drained = tokio::time::timeout(
@@ -183,16 +203,14 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     )
     .await
     .is_ok();
+    let left = config.max_connections - ctx.connection_slots.available_permits();
     data_plane.exit().await;
     ctx.audit.flush();
-    admin_stop_tx.send_replace(true);
-    let left = config.max_connections - ctx.connection_slots.available_permits();
     tracing::info!(
         event = "stopped",
         drained,
         connections_cut = if drained { 0 } else { left }
     );
-    Ok(())
 }
 
 /// The admin listener's connection cap and timeouts.

@@ -19,8 +19,8 @@
 //! copies from then on; the buffer, too, goes back to a per-thread pool whenever the source runs
 //! dry.
 //!
-//! System calls per message are kept to what the bytes need: a read that returns less than it
-//! asked for ends the burst without a second read to hear "would block" (`drained`), and of the
+//! System calls per message are kept to what the bytes need: a copy whose `recv` returns less
+//! than it asked for ends the burst without a second read to hear "would block" (`drained`), and of the
 //! two half-closes at the end only the first is sent (the close right after sends the second).
 
 use std::cell::RefCell;
@@ -339,9 +339,8 @@ async fn one_way(
 /// Splices what `src` has (up to a pipe's worth) into the pipe, then all of it into `dst`.
 async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io::Result<Step> {
     debug_assert_eq!(lease.pending, 0, "a pipe is drained before it is filled");
-    let mut short = None;
     let moved = src.try_io(Interest::READABLE, || {
-        let n = splice(
+        splice(
             src.as_fd(),
             None,
             lease.pipe().write.as_fd(),
@@ -349,17 +348,18 @@ async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io:
             CHUNK,
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )
-        .map_err(io::Error::from)?;
-        drained_if_short(n, CHUNK, &mut short)
+        .map_err(io::Error::from)
     });
-    let (n, drained) = match (moved, short) {
-        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => (n, true),
-        (Ok(0), _) => return Ok(Step::Eof),
-        (Ok(n), _) => (n, false),
+    // A short splice does not mean the socket is empty: the pipe holds a limited number of
+    // buffers (one per socket buffer fragment), so it can fill before `CHUNK` bytes. The next
+    // step reads on until "would block".
+    let n = match moved {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
         // The pipe is empty, so "would block" can only mean the socket is.
-        (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
-        (Err(e), _) if e.raw_os_error() == Some(Errno::EINVAL as i32) => return Ok(Step::NoSplice),
-        (Err(e), _) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
+        Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => return Ok(Step::NoSplice),
+        Err(e) => return Err(e),
     };
     lease.pending = n;
     while lease.pending > 0 {
@@ -382,11 +382,13 @@ async fn splice_step(src: &TcpStream, dst: &TcpStream, lease: &mut Lease) -> io:
             Err(e) => return Err(e),
         }
     }
-    Ok(Step::Moved { n, drained })
+    Ok(Step::Moved { n, drained: false })
 }
 
-/// Inside a read's `try_io`: a read that returned less than it asked for emptied the socket's
-/// receive queue, so its read readiness is forgotten at once, and the next step waits for the
+/// Inside a `recv`'s `try_io`: a `recv` that returned less than it asked for emptied the
+/// socket's receive queue (TCP copies all it has, up to the size asked; an end-of-stream behind
+/// the data stays visible, as tokio never clears a read-closed readiness), so its read readiness
+/// is forgotten at once, and the next step waits for the
 /// kernel's next event instead of paying a read that can only say "would block" (the
 /// edge-triggered rule nginx and HAProxy follow). Answering `WouldBlock` is how tokio is told to
 /// clear the readiness it observed *before* the read, so an event that arrives after the read
