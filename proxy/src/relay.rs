@@ -624,6 +624,40 @@ mod tests {
         }
     }
 
+    /// A sender that writes a large burst and then waits for an answer without closing: every
+    /// byte must reach the server although no new data (and no end-of-stream) arrives to wake
+    /// the relay once the sender is done. A relay that took a short splice for a drained socket
+    /// stranded the tail of the burst here.
+    #[tokio::test]
+    async fn a_burst_followed_by_silence_is_delivered_whole() {
+        for mode in [RelayMode::Splice, RelayMode::Auto, RelayMode::Copy] {
+            let (mut client, mut server, task) = relayed_pair_with(mode).await;
+            const LEN: usize = 16 * 1024 * 1024;
+            let exchange = async {
+                let writer = async {
+                    let data = vec![7u8; LEN];
+                    client.write_all(&data).await.expect("write");
+                    let mut answer = [0u8; 2];
+                    client.read_exact(&mut answer).await.expect("answer");
+                    answer
+                };
+                let reader = async {
+                    let mut got = vec![0u8; LEN];
+                    server.read_exact(&mut got).await.expect("every byte");
+                    server.write_all(b"ok").await.expect("answer");
+                };
+                tokio::join!(writer, reader).0
+            };
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(20), exchange)
+                .await
+                .unwrap_or_else(|_| panic!("{mode:?}: the tail of the burst was stranded"));
+            assert_eq!(&answer, b"ok");
+            drop(client);
+            drop(server);
+            let _ = task.await;
+        }
+    }
+
     /// Thousands of small exchanges, each a short read that ends its burst without a second
     /// read: every message is relayed (a lost wakeup would hang an exchange), on a runtime whose
     /// driver runs on another thread as often as not, in every relay mode.
