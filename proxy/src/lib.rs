@@ -22,6 +22,7 @@ pub mod datagram;
 pub mod inbound;
 pub mod limits;
 pub mod listener;
+pub mod mark;
 pub mod relay;
 pub mod route;
 pub mod source;
@@ -76,6 +77,8 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    // Before any connection: an unmarked proxy would be redirected into itself.
+    mark::install(config.proxy_mark)?;
     // Fail closed: without the pod's own addresses the inbound proxy cannot tell this pod from a
     // neighbour it is asked to relay to.
     let pod_addresses = inbound::PodAddresses::new(&config.pod_ips)?;
