@@ -24,6 +24,7 @@ pub mod limits;
 pub mod listener;
 pub mod mark;
 pub mod relay;
+pub mod resolve;
 pub mod route;
 pub mod source;
 pub mod store;

@@ -121,11 +121,21 @@ pub fn socket_for(destination: SocketAddr) -> io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// Connects to `host:port` (a name is resolved first) with marked sockets, trying each address
-/// in turn: the controller client's connection.
+/// Connects to `host:port` with marked sockets, trying each address in turn: the controller
+/// client's connection. With a mark, a name is resolved with a marked socket too
+/// ([`crate::resolve`]): the libc resolver's unmarked query would meet the pod's own queue.
 pub async fn connect_host(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
+    let addrs: Vec<SocketAddr> = match (host.parse::<std::net::IpAddr>(), current()) {
+        (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
+        (Err(_), Some(mark)) => crate::resolve::lookup(host, mark)
+            .await?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        (Err(_), None) => tokio::net::lookup_host((host, port)).await?.collect(),
+    };
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
+    for addr in addrs {
         match socket_for(addr)?.connect(addr).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
