@@ -11,8 +11,8 @@ use ipnet::IpNet;
 /// Runs once, as root with NET_ADMIN and NET_RAW, in the pod's network namespace, before any
 /// other container. Inbound TCP addressed to the pod itself (nat PREROUTING) is redirected to
 /// the proxy's inbound port, outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when
-/// the pod has it) IPv6. The proxy's own traffic (by UID), loopback traffic, the proxy's ports
-/// and what you exclude are left alone. Packets from outside with a loopback address are
+/// the pod has it) IPv6. The proxy's own traffic (by UID, and mark with --proxy-mark), loopback
+/// traffic, the proxy's ports and what you exclude are left alone. Packets from outside with a loopback address are
 /// dropped before any redirect (raw PREROUTING), and nothing is forwarded through the pod
 /// (filter FORWARD) unless --allow-forwarding. Rules live in chains named PORTCULLIS_*, are written with one
 /// `iptables-restore --noflush` per family, and are verified after writing. Running it twice
