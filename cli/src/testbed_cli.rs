@@ -70,8 +70,9 @@ pub enum TestbedCommand {
         #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
         probe: Vec<Probe>,
         /// PORTCULLIS_ENFORCE_UDP for every init container and proxy (UDP/SCTP through the
-        /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient), as the injector does. The
-        /// prediction treats UDP/SCTP as unenforced when false.
+        /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient) and init and proxy the
+        /// proxy's packet mark (PORTCULLIS_PROXY_MARK), as the injector does. The prediction
+        /// treats UDP/SCTP as unenforced when false.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         enforce_udp: bool,
     },

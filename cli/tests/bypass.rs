@@ -33,7 +33,7 @@ status: {podIP: 10.250.1.10, hostIP: 10.250.0.1}
 apiVersion: v1
 kind: Pod
 metadata: {name: relay, namespace: mid, labels: {app: relay}}
-spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+spec: {containers: [{name: c, ports: [{containerPort: 443}, {containerPort: 5353, protocol: UDP}]}]}
 status: {podIP: 10.250.2.10, hostIP: 10.250.0.1}
 ---
 apiVersion: v1
@@ -252,8 +252,8 @@ fn a_pod_cannot_relay_through_a_neighbours_inbound_proxy() {
     let target = target_ip.to_string();
 
     // Sanity: the neighbour itself reaches the target, and the attacker, even running as the
-    // proxy's UID (exempt from its own redirect, see the injector's refusal of such pods), is
-    // refused by the target's ingress.
+    // proxy's UID (no longer exempt from its own redirect without the proxy's mark, see
+    // `a_process_running_as_the_proxy_uid_is_checked_like_any_other`), is refused.
     let relay_direct = bed.python(RELAY, None, CONNECT, &[&target, "443"]);
     assert_eq!(answer(&relay_direct).as_deref(), Some(TARGET));
     let direct = bed.python(ATTACKER, Some(2171), CONNECT, &[&target, "443"]);
@@ -357,4 +357,81 @@ fn a_frame_addressed_to_loopback_never_reaches_the_proxy() {
         !half_open.contains(&attacker_ip.to_string()),
         "a SYN addressed to 127.0.0.1 reached a listener of the neighbour:\n{half_open}"
     );
+}
+
+/// Says whether argv[1]:argv[2] answered (a UDP datagram), after sending one.
+const UDP_PROBE: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.sendto(b"probe\n", (sys.argv[1], int(sys.argv[2])))
+    print("ANSWER", s.recv(200).decode().strip())
+except Exception as e:
+    print("FAILED", type(e).__name__, e)
+"#;
+
+/// Issue: the init rules exempted the proxy's UID alone, so any process of the pod running as
+/// 2171 (an image whose Dockerfile says `USER 2171`, which the injector cannot see; an ephemeral
+/// debug container) connected anywhere unchecked. With the proxy's mark (`PORTCULLIS_PROXY_MARK`,
+/// set on both when the proxy has NET_ADMIN) only the proxy's own marked sockets are exempt.
+#[test]
+fn a_process_running_as_the_proxy_uid_is_checked_like_any_other() {
+    let bed = Bed::up("u");
+    let (attacker_ns, _) = bed.pod(ATTACKER);
+    let (_, relay_ip) = bed.pod(RELAY);
+    let (_, target_ip) = bed.pod(TARGET);
+    let relay = relay_ip.to_string();
+
+    // The testbed, as the injector, gave init and proxy the mark.
+    let rules = bed.sh(ATTACKER, &["iptables-save", "-t", "nat"]);
+    assert!(
+        text(&rules.stdout).contains(
+            "-A PORTCULLIS_OUTPUT -m owner --uid-owner 2171 -m mark --mark 0x1000/0x1000 -j RETURN"
+        ),
+        "{attacker_ns}: {}",
+        text(&rules.stdout)
+    );
+
+    // The attack: att/attacker (egress denied) runs as UID 2171 and connects to the relay, whose
+    // ingress is open. Before the fix it went straight out and the relay answered.
+    let attack = bed.python(ATTACKER, Some(2171), CONNECT, &[&relay, "443"]);
+    assert_eq!(
+        answer(&attack),
+        None,
+        "a process running as the proxy's UID got past the attacker's egress policy: {}",
+        text(&attack.stdout)
+    );
+    // It was redirected to the attacker's own proxy, which denied it.
+    let log = bed.proxy_log(ATTACKER);
+    assert!(
+        log.lines().any(|l| l.contains("connection_denied")
+            && l.contains(&format!("{relay}:443"))
+            && l.contains("egress")),
+        "the attacker's proxy did not deny {relay}:443:\n{log}"
+    );
+    // The same over UDP: the first packet goes to the attacker's queue, and is dropped. (The
+    // relay answers UDP 5353 to a pod whose egress is open: the target.)
+    let open = bed.python(TARGET, None, UDP_PROBE, &[&relay, "5353"]);
+    assert_eq!(
+        answer(&open).as_deref(),
+        Some(RELAY),
+        "{}",
+        text(&open.stdout)
+    );
+    let udp = bed.python(ATTACKER, Some(2171), UDP_PROBE, &[&relay, "5353"]);
+    assert_eq!(answer(&udp), None, "UDP as UID 2171: {}", text(&udp.stdout));
+    let log = bed.proxy_log(ATTACKER);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("{relay}:5353")) && l.contains("UDP")),
+        "the attacker's proxy did not judge {relay}:5353/UDP:\n{log}"
+    );
+
+    // The proxies' own marked connections still work: the relay's app reaches the target through
+    // the relay's outbound proxy (upstream marked) and the target's inbound proxy (its
+    // connection to the app marked), as does the relay's proxy with the controller (the bed is
+    // up and enforcing from the controller's tables).
+    let allowed = bed.python(RELAY, None, CONNECT, &[&target_ip.to_string(), "443"]);
+    assert_eq!(answer(&allowed).as_deref(), Some(TARGET));
 }

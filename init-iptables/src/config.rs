@@ -11,8 +11,8 @@ use ipnet::IpNet;
 /// Runs once, as root with NET_ADMIN and NET_RAW, in the pod's network namespace, before any
 /// other container. Inbound TCP addressed to the pod itself (nat PREROUTING) is redirected to
 /// the proxy's inbound port, outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when
-/// the pod has it) IPv6. The proxy's own traffic (by UID), loopback traffic, the proxy's ports
-/// and what you exclude are left alone. Packets from outside with a loopback address are
+/// the pod has it) IPv6. The proxy's own traffic (by UID, and mark with --proxy-mark), loopback
+/// traffic, the proxy's ports and what you exclude are left alone. Packets from outside with a loopback address are
 /// dropped before any redirect (raw PREROUTING), and nothing is forwarded through the pod
 /// (filter FORWARD) unless --allow-forwarding. Rules live in chains named PORTCULLIS_*, are written with one
 /// `iptables-restore --noflush` per family, and are verified after writing. Running it twice
@@ -23,6 +23,14 @@ pub struct Config {
     /// UID of portcullis-proxy; its connections are never redirected.
     #[arg(long, env = "PORTCULLIS_PROXY_UID", default_value_t = 2171)]
     pub proxy_uid: u32,
+
+    /// Packet mark (`0x1000` or `4096`) the proxy sets on its own sockets (its `--proxy-mark`,
+    /// which needs CAP_NET_ADMIN). When set, only traffic from the proxy's UID that also carries
+    /// this mark is exempt from the redirect and the UDP/SCTP queue. Without it the exemption is
+    /// by UID alone: any process that runs as the proxy's UID (an image with `USER 2171`, a debug
+    /// container) opens connections that are never checked.
+    #[arg(long, env = "PORTCULLIS_PROXY_MARK", value_parser = parse_mark)]
+    pub proxy_mark: Option<u32>,
 
     /// Port of the proxy's inbound listener.
     #[arg(long, env = "PORTCULLIS_INBOUND_PORT", default_value_t = 4143)]
@@ -82,6 +90,26 @@ pub struct Config {
     /// Remove every rule and chain this program adds, and nothing else.
     #[arg(long, env = "PORTCULLIS_CLEANUP")]
     pub cleanup: bool,
+}
+
+/// A packet mark: `0x1000` (hex) or `4096` (decimal), not 0 (a zero mark matches every packet).
+pub fn parse_mark(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse::<u32>(),
+    };
+    match parsed {
+        Ok(0) => Err(
+            "the mark must not be 0: `-m mark --mark 0/0` matches every packet, so every process \
+             running as the proxy's UID would be exempt"
+                .to_string(),
+        ),
+        Ok(m) => Ok(m),
+        Err(_) => Err(format!(
+            "`{s}` is not a packet mark (a 32-bit number, hex `0x1000` or decimal `4096`)"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,12 +233,48 @@ mod tests {
     }
 
     #[test]
+    fn marks_parse_in_hex_and_decimal_and_zero_is_refused() {
+        assert_eq!(parse_mark("0x1000"), Ok(0x1000));
+        assert_eq!(parse_mark("0X1000"), Ok(0x1000));
+        assert_eq!(parse_mark("4096"), Ok(0x1000));
+        assert_eq!(parse_mark("0xffffffff"), Ok(u32::MAX));
+        assert!(parse_mark("0").unwrap_err().contains("must not be 0"));
+        assert!(parse_mark("0x0").unwrap_err().contains("must not be 0"));
+        for bad in ["", "mark", "0x", "0x100000000", "-1", "4294967296"] {
+            assert!(
+                parse_mark(bad).unwrap_err().contains("not a packet mark"),
+                "{bad}"
+            );
+        }
+        let unset = Config::try_parse_from(["portcullis-init"]).expect("parses");
+        assert_eq!(unset.proxy_mark, None);
+        let set =
+            Config::try_parse_from(["portcullis-init", "--proxy-mark=0x1000"]).expect("parses");
+        assert_eq!(set.proxy_mark, Some(0x1000));
+        let zero = Config::try_parse_from(["portcullis-init", "--proxy-mark=0"])
+            .expect_err("0 is refused");
+        assert!(zero.to_string().contains("must not be 0"), "{zero}");
+    }
+
+    #[test]
+    fn help_says_what_the_mark_buys() {
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("any process that runs as the proxy's UID"),
+            "{help}"
+        );
+    }
+
+    #[test]
     fn every_flag_reads_its_environment_variable() {
         let help = <Config as clap::CommandFactory>::command()
             .render_long_help()
             .to_string();
         for var in [
             "PORTCULLIS_PROXY_UID",
+            "PORTCULLIS_PROXY_MARK",
             "PORTCULLIS_INBOUND_PORT",
             "PORTCULLIS_OUTBOUND_PORT",
             "PORTCULLIS_ADMIN_PORT",

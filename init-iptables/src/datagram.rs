@@ -7,7 +7,8 @@
 //! (and its replies) stays in the kernel. There is no `--queue-bypass`: with no proxy reading the
 //! queue, new flows are dropped (fail closed). UDP/SCTP packets conntrack cannot place
 //! (`INVALID`, `UNTRACKED`) are dropped rather than let through unjudged. Loopback (`-i lo`,
-//! `-o lo`) is not queued; neither is what the proxy itself sends (its UID), as for TCP.
+//! `-o lo`) is not queued; neither is what the proxy itself sends (its UID, and its mark with
+//! `--proxy-mark`), as for TCP.
 
 use crate::config::Config;
 use crate::rules::{Jump, Part, Table};
@@ -30,7 +31,7 @@ pub fn part(cfg: &Config) -> Part {
             UDP_OUT,
             vec![
                 "-o lo -j RETURN".to_string(),
-                format!("-m owner --uid-owner {} -j RETURN", cfg.proxy_uid),
+                format!("{} -j RETURN", crate::rules::proxy_match(cfg)),
             ],
         ),
     ] {
@@ -135,6 +136,30 @@ mod tests {
         assert!(!text.contains("bypass"), "fail closed: {text}");
         assert_eq!(text.matches("--queue-num 7\n").count(), 4);
         assert!(text.contains("-A PORTCULLIS_UDP_OUT -m owner --uid-owner 1000 -j RETURN"));
+    }
+
+    #[test]
+    fn golden_udp_out_with_a_proxy_mark() {
+        let text = install(
+            &config(&["--allow-forwarding", "--proxy-mark=0x1000"]),
+            Family::V4,
+            "",
+        );
+        let out: Vec<&str> = filter_body(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("-A PORTCULLIS_UDP_OUT "))
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -m mark --mark 0x1000/0x1000 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+            ]
+        );
     }
 
     #[test]

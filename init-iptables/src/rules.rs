@@ -214,17 +214,14 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
     }
     rules.push(format!("-A {INBOUND} -p tcp -j {IN_REDIRECT}"));
 
-    // Outbound: what the pod's applications open. The proxy's own connections (by UID) go out
-    // untouched, or they would loop; so does loopback traffic. A connection to the pod's own IP
+    // Outbound: what the pod's applications open. The proxy's own connections (by UID, and by
+    // mark with `--proxy-mark`) go out untouched, or they would loop; so does loopback traffic. A connection to the pod's own IP
     // also leaves through `lo` but is redirected like any other: the pod talking to itself.
     rules.push(format!(
         "-A {OUT_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
         cfg.outbound_port
     ));
-    rules.push(format!(
-        "-A {OUTPUT} -m owner --uid-owner {} -j RETURN",
-        cfg.proxy_uid
-    ));
+    rules.push(format!("-A {OUTPUT} {} -j RETURN", proxy_match(cfg)));
     rules.push(format!("-A {OUTPUT} -d {} -j RETURN", family.loopback()));
     for chunk in multiport_chunks(&cfg.skip_outbound_ports) {
         rules.push(format!(
@@ -253,6 +250,20 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
                 first: false,
             },
         ],
+    }
+}
+
+/// What identifies the proxy's own traffic, as `iptables-save` prints it: its UID and, with
+/// `--proxy-mark`, the mark it sets on its sockets (all bits of the mark). By UID alone, any
+/// process running as that UID is exempt; setting a mark takes CAP_NET_ADMIN, which only the
+/// proxy has.
+pub fn proxy_match(cfg: &Config) -> String {
+    match cfg.proxy_mark {
+        None => format!("-m owner --uid-owner {}", cfg.proxy_uid),
+        Some(m) => format!(
+            "-m owner --uid-owner {} -m mark --mark {m:#x}/{m:#x}",
+            cfg.proxy_uid
+        ),
     }
 }
 

@@ -258,3 +258,76 @@ fn verify_names_what_is_missing_or_wrong() {
     let err = verify(&config(&["--skip-inbound-ports=22"]), Family::V4, &good).unwrap_err();
     assert!(err.contains("--dports 22"), "{err}");
 }
+
+#[test]
+fn golden_proxy_mark_exempts_only_the_proxy_uid_with_its_mark() {
+    let cfg = config(&["--proxy-mark=0x1000", "--enforce-udp=false"]);
+    for family in [Family::V4, Family::V6] {
+        let text = install(&cfg, family, "");
+        let output: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A PORTCULLIS_OUTPUT "))
+            .collect();
+        let lo = if family == Family::V4 {
+            "127.0.0.0/8"
+        } else {
+            "::1/128"
+        };
+        assert_eq!(
+            output,
+            [
+                "-A PORTCULLIS_OUTPUT -m owner --uid-owner 2171 -m mark --mark 0x1000/0x1000 -j RETURN"
+                    .to_string(),
+                format!("-A PORTCULLIS_OUTPUT -d {lo} -j RETURN"),
+                "-A PORTCULLIS_OUTPUT -p tcp -j PORTCULLIS_OUT_REDIRECT".to_string(),
+            ]
+        );
+        // No exemption by UID alone is left anywhere.
+        assert!(
+            !text.contains("--uid-owner 2171 -j RETURN"),
+            "{family:?}: {text}"
+        );
+    }
+    // Decimal is the same mark, printed as iptables-save prints it (hex).
+    let decimal = install(&config(&["--proxy-mark=4096"]), Family::V4, "");
+    assert_eq!(
+        decimal,
+        install(&config(&["--proxy-mark=0x1000"]), Family::V4, "")
+    );
+}
+
+#[test]
+fn verify_and_reinstall_switch_between_the_uid_only_and_the_marked_exemption() {
+    let plain = config(&[]);
+    let marked = config(&["--proxy-mark=0x1000"]);
+    let was_plain = saved(&plain, Family::V4);
+    // A UID-only exemption left from an earlier run is not what a marked run expects.
+    let err = verify(&marked, Family::V4, &was_plain).unwrap_err();
+    assert!(err.contains("--mark 0x1000/0x1000"), "{err}");
+    // Reinstalling declares (flushes) the chains and writes the marked rule, nothing added twice.
+    let text = install(&marked, Family::V4, &was_plain);
+    assert!(text.contains(":PORTCULLIS_OUTPUT - [0:0]\n"), "{text}");
+    assert!(text.contains(":PORTCULLIS_UDP_OUT - [0:0]\n"), "{text}");
+    assert!(!text.contains("-I "), "{text}");
+    verify(&marked, Family::V4, &saved(&marked, Family::V4)).expect("marked install verifies");
+    verify(&plain, Family::V4, &saved(&marked, Family::V4)).unwrap_err();
+}
+
+#[test]
+fn cleanup_removes_both_shapes_of_the_exemption() {
+    for args in [&[][..], &["--proxy-mark=0x1000"][..]] {
+        for family in [Family::V4, Family::V6] {
+            let current = saved(&config(args), family);
+            let text = cleanup(&current).expect("something to remove");
+            for chain in [OUTPUT, crate::datagram::UDP_OUT] {
+                assert!(text.contains(&format!("-F {chain}\n")), "{args:?}: {text}");
+                assert!(text.contains(&format!("-X {chain}\n")), "{args:?}: {text}");
+            }
+            assert!(text.contains("-D OUTPUT -j PORTCULLIS_UDP_OUT\n"), "{text}");
+            assert!(
+                text.contains("-D OUTPUT -p tcp -j PORTCULLIS_OUTPUT\n"),
+                "{text}"
+            );
+        }
+    }
+}

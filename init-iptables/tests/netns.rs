@@ -1018,3 +1018,132 @@ fn a_packet_routed_through_the_pod_toward_another_address_never_reaches_the_prox
         }
     }
 }
+
+/// Sends `hi` to `to` over TCP or UDP from the pod as UID 2171, from a python3 socket with
+/// SO_MARK `mark` (CAP_NET_ADMIN, ambient, to set it) or no mark: the proxy's UID, with or
+/// without the proxy's mark. True when python3 reports the send done.
+fn send_as_proxy_uid(ns: &str, proto: &str, to: &str, mark: Option<u32>) -> bool {
+    let to: SocketAddr = to.parse().expect("addr");
+    let script = r#"
+import socket, sys
+proto, host, port, mark = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+if mark:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+s.settimeout(2)
+if proto == "tcp":
+    s.connect((host, port))
+    s.sendall(b"hi\n")
+else:
+    s.sendto(b"hi\n", (host, port))
+s.close()
+"#;
+    let caps = if mark.is_some() {
+        "-all,+net_admin"
+    } else {
+        "-all"
+    };
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "setpriv",
+            "--reuid=2171",
+            "--regid=2171",
+        ])
+        .args(["--clear-groups", &format!("--inh-caps={caps}")])
+        .args([
+            &format!("--ambient-caps={caps}"),
+            "--",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(script)
+        .args([proto, &to.ip().to_string(), &to.port().to_string()])
+        .arg(mark.unwrap_or(0).to_string())
+        .output()
+        .expect("setpriv python3");
+    if !out.status.success() {
+        eprintln!("python3: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
+#[test]
+fn with_a_proxy_mark_the_proxy_uid_alone_is_redirected_and_queued_like_any_app() {
+    let p = Pair::new();
+    p.init_ok(&["--proxy-mark=0x1000"]);
+    // The read-back check accepted what iptables-save prints for the marked rule.
+    let outbound = listen(&p.pod, "127.0.0.1:4140");
+    let peer = listen(&p.peer, "0.0.0.0:7070");
+
+    // UID 2171 without the mark (an image with `USER 2171`): redirected to the proxy.
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "tcp",
+        &format!("{PEER4}:7070"),
+        None
+    ));
+    let s = accepted(&outbound).expect("UID 2171 without the mark lands on the outbound port");
+    assert_eq!(original_dst(&s), format!("{PEER4}:7070").parse().unwrap());
+    assert!(
+        accepted(&peer).is_none(),
+        "it never reached the peer itself"
+    );
+
+    // UID 2171 with the mark (the proxy): straight out.
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "tcp",
+        &format!("{PEER4}:7070"),
+        Some(0x1000)
+    ));
+    let mut s = accepted(&peer).expect("the proxy's marked connection reaches the peer");
+    s.set_nonblocking(false).expect("blocking");
+    let mut hi = String::new();
+    s.read_to_string(&mut hi).expect("read");
+    assert_eq!(hi, "hi\n");
+    assert!(accepted(&outbound).is_none());
+
+    // UDP: without the mark the new flow goes to the queue (nobody reads it: dropped); with it,
+    // it goes out.
+    let peer_app = udp_socket(&p.peer, "0.0.0.0:5354");
+    let mut buf = [0u8; 16];
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "udp",
+        &format!("{PEER4}:5354"),
+        None
+    ));
+    assert!(
+        peer_app.recv_from(&mut buf).is_err(),
+        "unmarked UDP is queued"
+    );
+    assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT"), 1);
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "udp",
+        &format!("{PEER4}:5354"),
+        Some(0x1000)
+    ));
+    assert!(
+        matches!(peer_app.recv_from(&mut buf), Ok((3, _))),
+        "marked UDP goes out"
+    );
+    assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT"), 1);
+
+    // A different mark is not the proxy's.
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "udp",
+        &format!("{PEER4}:5354"),
+        Some(0x0800)
+    ));
+    assert!(
+        peer_app.recv_from(&mut buf).is_err(),
+        "another mark is queued"
+    );
+    assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT"), 2);
+}

@@ -9,6 +9,10 @@ pub const PROXY_UID: i64 = 2171;
 /// The NFQUEUE number on which the proxy reads the first packet of each UDP/SCTP flow
 /// (`PORTCULLIS_NFQUEUE`).
 pub const NFQUEUE: u16 = 4171;
+/// The packet mark (`PORTCULLIS_PROXY_MARK`) the proxy sets on its sockets when it has
+/// NET_ADMIN (UDP enforced), and without which portcullis-init does not exempt UID 2171. Bit 12:
+/// why it is safe beside the marks of Kubernetes and CNIs is in `docs/CONVENTIONS.md`.
+pub const PROXY_MARK: u32 = 0x1000;
 /// Proxy inbound listener.
 pub const INBOUND_PORT: i32 = 4143;
 /// Proxy outbound listener (loopback only).

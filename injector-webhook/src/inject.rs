@@ -23,7 +23,7 @@ use crate::app_security::{capability_plan, proxy_uid_refusal, proxy_uid_users, C
 use crate::config::{
     annotations as ann, InjectorConfig, ProxyResources, ADMIN_PORT, ADMIN_PORT_NAME, INBOUND_PORT,
     INBOUND_PORT_NAME, INIT_CONTAINER_NAME, INIT_RUN_VOLUME_NAME, NFQUEUE, OUTBOUND_PORT,
-    PROXY_CONTAINER_NAME, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME_NAME,
+    PROXY_CONTAINER_NAME, PROXY_MARK, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME_NAME,
 };
 use crate::exemptions::{self, Exemption};
 use crate::overrides::{self, IgnoredOverride};
@@ -868,7 +868,11 @@ pub fn init_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
     }
 }
 
-/// `PORTCULLIS_ENFORCE_UDP` (and, when on, the queue number), for both containers.
+/// `PORTCULLIS_ENFORCE_UDP` and, when on, the queue number and the proxy's packet mark, for both
+/// containers. The mark goes with UDP enforcement because both need the proxy's NET_ADMIN: with
+/// it, the init rules exempt only UID 2171 *with* the mark, so another process running as 2171
+/// is checked like any other; without NET_ADMIN the proxy cannot mark, and UID 2171 alone is
+/// exempt (`udp-not-enforced` in the exemptions annotation says so).
 fn udp_env(settings: &Settings) -> Vec<EnvVar> {
     let mut vars = vec![env(
         "PORTCULLIS_ENFORCE_UDP",
@@ -876,6 +880,7 @@ fn udp_env(settings: &Settings) -> Vec<EnvVar> {
     )];
     if settings.enforce_udp {
         vars.push(env("PORTCULLIS_NFQUEUE", NFQUEUE.to_string()));
+        vars.push(env("PORTCULLIS_PROXY_MARK", format!("{PROXY_MARK:#x}")));
     }
     vars
 }

@@ -193,6 +193,7 @@ fn native_mode_on_a_bare_pod() {
     );
     assert_eq!(env["PORTCULLIS_ENFORCE_UDP"], "true");
     assert_eq!(env["PORTCULLIS_NFQUEUE"], "4171");
+    assert_eq!(env["PORTCULLIS_PROXY_MARK"], "0x1000");
     // The app's NET_RAW is dropped.
     let app_caps = find(&p, "app")
         .security_context
@@ -512,6 +513,13 @@ fn udp_enforcement_off_by_namespace_or_flag() {
         );
         let proxy = find(&p, "portcullis-proxy");
         assert_eq!(env_of(proxy)["PORTCULLIS_ENFORCE_UDP"], "false");
+        // No NET_ADMIN, no mark: neither container is told one (UID 2171 alone is exempt).
+        for c in ["portcullis-proxy", "portcullis-init"] {
+            assert!(
+                !env_of(find(&p, c)).contains_key("PORTCULLIS_PROXY_MARK"),
+                "{c}"
+            );
+        }
         let sc = proxy.security_context.as_ref().expect("securityContext");
         let caps = sc.capabilities.as_ref().expect("caps");
         assert_eq!(caps.add, None);
@@ -1069,4 +1077,31 @@ fn patch_only_adds_on_a_pod_without_a_forged_exemptions_annotation() {
         .0
         .iter()
         .all(|op| matches!(op, PatchOperation::Add(_))));
+}
+
+#[test]
+fn with_net_admin_init_and_proxy_get_the_same_proxy_mark() {
+    let (p, _) = inject(&app_pod(), &no_ns(), &InjectorConfig::default());
+    let proxy = find(&p, "portcullis-proxy");
+    let init = find(&p, "portcullis-init");
+    let caps = proxy
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone());
+    assert_eq!(
+        caps,
+        Some(vec!["NET_ADMIN".to_string()]),
+        "the mark needs NET_ADMIN"
+    );
+    let mark = env_of(proxy)["PORTCULLIS_PROXY_MARK"].clone();
+    assert_eq!(mark, "0x1000");
+    assert_eq!(env_of(init)["PORTCULLIS_PROXY_MARK"], mark);
+    // Bit 12 only: clear of kube-proxy (0x4000, 0x8000), CNI portmap (0x2000), Cilium's magic
+    // nibble (0x0f00), Calico/Weave/Tailscale (upper 16 bits), AWS CNI (0x80) and Istio's
+    // ambient bits (0x3f0); see docs/CONVENTIONS.md.
+    let value = u32::from_str_radix(mark.trim_start_matches("0x"), 16).expect("hex");
+    for taken in [0x4000u32, 0x8000, 0x2000, 0x0f00, 0xffff_0000, 0x80, 0x3f0] {
+        assert_eq!(value & taken, 0, "{taken:#x}");
+    }
 }

@@ -191,6 +191,14 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
+    /// Packet mark (`0x1000` or `4096`) set with SO_MARK on every socket the proxy connects with
+    /// (upstream, to the application, to the controller): the same `--proxy-mark` as
+    /// portcullis-init's, whose rules then exempt only the proxy's UID *with* this mark, so that
+    /// another process running as the proxy's UID is redirected and checked like any other.
+    /// Needs CAP_NET_ADMIN: the proxy refuses to start when it cannot set it.
+    #[arg(long, env = "PORTCULLIS_PROXY_MARK", value_parser = crate::mark::parse_mark)]
+    pub proxy_mark: Option<u32>,
+
     /// NFQUEUE number that portcullis-init's UDP/SCTP rules send new flows to.
     #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
     pub nfqueue: u16,
@@ -240,6 +248,7 @@ mod tests {
         assert_eq!(c.on_policy_change, OnPolicyChange::Close);
         assert!(c.enforce_udp);
         assert_eq!(c.nfqueue, 4171);
+        assert_eq!(c.proxy_mark, None);
         let off = Config::try_parse_from([
             "portcullis-proxy",
             "--pod-name=a",
@@ -258,6 +267,23 @@ mod tests {
         ])
         .expect("parses");
         assert!(bare.enforce_udp);
+    }
+
+    #[test]
+    fn the_proxy_mark_parses_like_portcullis_init_s() {
+        let base = [
+            "portcullis-proxy",
+            "--pod-name=a",
+            "--pod-namespace=x",
+            "--policy-dir=/tmp",
+        ];
+        for (arg, want) in [("--proxy-mark=0x1000", 0x1000), ("--proxy-mark=4096", 4096)] {
+            let c = Config::try_parse_from(base.iter().copied().chain([arg])).expect("parses");
+            assert_eq!(c.proxy_mark, Some(want));
+        }
+        let err = Config::try_parse_from(base.iter().copied().chain(["--proxy-mark=0"]))
+            .expect_err("0 is refused");
+        assert!(err.to_string().contains("must not be 0"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use portcullis_policy::service::{judge, BackendVerdict, Frontend};
 use portcullis_policy::{Direction, Verdict};
 use socket2::SockRef;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::{AuditEvent, AuditRecord, ServiceNote, REFUSED_LISTED};
@@ -418,10 +418,8 @@ async fn connect(
     destination: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let socket = match destination {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
+    // With `--proxy-mark`, marked: only then do portcullis-init's rules let it out unredirected.
+    let socket = crate::mark::socket_for(destination)?;
     if direction == Direction::Ingress && destination.is_ipv4() {
         // The port is chosen at connect time, per destination, not at bind time per source.
         let _ = nix::sys::socket::setsockopt(

@@ -23,7 +23,9 @@ pub mod dataplane;
 pub mod inbound;
 pub mod limits;
 pub mod listener;
+pub mod mark;
 pub mod relay;
+pub mod resolve;
 pub mod route;
 pub mod source;
 pub mod store;
@@ -77,6 +79,8 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    // Before any connection: an unmarked proxy would be redirected into itself.
+    mark::install(config.proxy_mark)?;
     fit_max_connections(&mut config);
     let pod = PodIdentity {
         namespace: config.pod_namespace.clone(),

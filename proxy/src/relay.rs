@@ -632,17 +632,24 @@ mod tests {
     async fn a_burst_followed_by_silence_is_delivered_whole() {
         for mode in [RelayMode::Splice, RelayMode::Auto, RelayMode::Copy] {
             let (mut client, mut server, task) = relayed_pair_with(mode).await;
-            const LEN: usize = 16 * 1024 * 1024;
+            const LEN: usize = 200 * 20_000;
             let exchange = async {
                 let writer = async {
-                    let data = vec![7u8; LEN];
-                    client.write_all(&data).await.expect("write");
+                    // Many small segments: each takes a pipe buffer of its own, so a splice
+                    // fills the pipe long before `CHUNK` bytes while more wait in the socket.
+                    client.set_nodelay(true).expect("nodelay");
+                    let piece = [7u8; 200];
+                    for _ in 0..LEN / piece.len() {
+                        client.write_all(&piece).await.expect("write");
+                    }
                     let mut answer = [0u8; 2];
                     client.read_exact(&mut answer).await.expect("answer");
                     answer
                 };
                 let reader = async {
                     let mut got = vec![0u8; LEN];
+                    // Start late, so the burst piles up in the relay's socket first.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     server.read_exact(&mut got).await.expect("every byte");
                     server.write_all(b"ok").await.expect("answer");
                 };

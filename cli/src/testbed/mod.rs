@@ -32,6 +32,9 @@ use serde::{Deserialize, Serialize};
 /// Every name the testbed creates starts with this.
 pub const PREFIX: &str = "pc-tb-";
 pub const PROXY_UID: u32 = 2171;
+/// The proxy's packet mark, as the injector sets it when the proxy has NET_ADMIN (UDP
+/// enforced): `PORTCULLIS_PROXY_MARK` for init and proxy (docs/CONVENTIONS.md).
+pub const PROXY_MARK: &str = "0x1000";
 pub const ADMIN_PORT: u16 = 4191;
 /// The node's address on the bridge for pods without a `status.hostIP`.
 const FALLBACK_GATEWAY: &str = "169.254.1.1";
@@ -391,15 +394,12 @@ fn build(opts: &UpOptions) -> Result<State> {
     for (pod, info) in state.pods.iter_mut().zip(&pods) {
         if pod.injected {
             // Through env(1): the init container reads its settings from the environment.
-            netns::exec_in(
-                &pod.netns,
-                "env",
-                &[
-                    &format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp),
-                    &opts.binaries.init.to_string_lossy(),
-                ],
-            )
-            .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+            let mut init_env = vec![format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp)];
+            init_env.extend(proxy_mark_env(opts).map(|(k, v)| format!("{k}={v}")));
+            init_env.push(opts.binaries.init.to_string_lossy().into_owned());
+            let init_env: Vec<&str> = init_env.iter().map(String::as_str).collect();
+            netns::exec_in(&pod.netns, "env", &init_env)
+                .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
         }
         let pid = start_server(pod, &state.wanted_ports)?;
         pod.pids.push(pid);
@@ -649,6 +649,7 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
     if let Some(h) = info.host_ip {
         env.push(("HOST_IP".into(), h.to_string()));
     }
+    env.extend(proxy_mark_env(opts).map(|(k, v)| (k.to_string(), v.to_string())));
     let mut args = match opts.policy_source {
         PolicySource::Dir => vec![
             "--policy-dir".to_string(),
@@ -673,6 +674,13 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
         &pod.proxy_log,
         Some(user),
     )
+}
+
+/// `PORTCULLIS_PROXY_MARK` for init and proxy, as the injector sets it: only when the proxy has
+/// CAP_NET_ADMIN (UDP enforced), without which it cannot mark its sockets.
+fn proxy_mark_env(opts: &UpOptions) -> Option<(&'static str, &'static str)> {
+    opts.enforce_udp
+        .then_some(("PORTCULLIS_PROXY_MARK", PROXY_MARK))
 }
 
 /// Whom a process runs as: an unprivileged UID, with CAP_NET_ADMIN (ambient) or no capability.

@@ -24,7 +24,6 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use portcullis_wire::{Decoder, Line, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::PodIdentity;
 use crate::store::{PolicyStore, Services};
@@ -160,7 +159,8 @@ impl ControllerSource {
         let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tcp = tokio::time::timeout(
             Duration::from_secs(5),
-            TcpStream::connect((host.trim_matches(['[', ']']), port)),
+            // Marked (`--proxy-mark`), as the proxy's other connections: it is not redirected.
+            crate::mark::connect_host(host.trim_matches(['[', ']']), port),
         )
         .await
         .map_err(|_| anyhow!("connecting to {host}:{port} timed out"))?
