@@ -79,6 +79,30 @@ fn normalize(cap: &str) -> String {
     up.strip_prefix("CAP_").map(str::to_string).unwrap_or(up)
 }
 
+/// A container's `capabilities.add` and `.drop`, normalized.
+struct Caps {
+    add: BTreeSet<String>,
+    drop: BTreeSet<String>,
+}
+
+impl Caps {
+    fn of(sc: Option<&SecurityContext>) -> Caps {
+        let caps = sc.and_then(|s| s.capabilities.as_ref());
+        let set = |v: Option<&Vec<String>>| -> BTreeSet<String> {
+            v.into_iter().flatten().map(|c| normalize(c)).collect()
+        };
+        Caps {
+            add: set(caps.and_then(|c| c.add.as_ref())),
+            drop: set(caps.and_then(|c| c.drop.as_ref())),
+        }
+    }
+
+    /// Added explicitly (or with `ALL`) and not dropped.
+    fn added(&self, cap: &str) -> bool {
+        (self.add.contains(cap) || self.add.contains("ALL")) && !self.drop.contains(cap)
+    }
+}
+
 pub fn capability_plan(spec: &PodSpec, drop_net_raw: bool) -> CapabilityPlan {
     let mut plan = CapabilityPlan::default();
     let fields = [
@@ -91,14 +115,8 @@ pub fn capability_plan(spec: &PodSpec, drop_net_raw: bool) -> CapabilityPlan {
     for (field, list) in fields {
         for (i, c) in list.iter().enumerate() {
             let sc = c.security_context.as_ref();
-            let caps = sc.and_then(|s| s.capabilities.as_ref());
-            let set = |v: Option<&Vec<String>>| -> BTreeSet<String> {
-                v.into_iter().flatten().map(|c| normalize(c)).collect()
-            };
-            let add = set(caps.and_then(|c| c.add.as_ref()));
-            let drop = set(caps.and_then(|c| c.drop.as_ref()));
-            let added =
-                |cap: &str| (add.contains(cap) || add.contains("ALL")) && !drop.contains(cap);
+            let caps = Caps::of(sc);
+            let (added, drop) = (|cap: &str| caps.added(cap), &caps.drop);
             let mut reasons = Vec::new();
             if sc.and_then(|s| s.privileged) == Some(true) {
                 reasons.push("privileged");
@@ -129,6 +147,62 @@ pub fn capability_plan(spec: &PodSpec, drop_net_raw: bool) -> CapabilityPlan {
         }
     }
     plan
+}
+
+/// What admission does with ephemeral containers (`kubectl debug`) being added to a pod that runs
+/// the proxy. An ephemeral container shares the pod's network namespace, so it can get around
+/// the proxy the same ways an application container could.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EphemeralPlan {
+    /// One phrase per new ephemeral container that must be refused, with why: it runs as the
+    /// proxy's UID, is privileged, or adds NET_ADMIN or NET_RAW.
+    pub refusals: Vec<String>,
+    /// Drops NET_RAW (which runtimes grant by default) from the new ones that do not drop it.
+    pub ops: Vec<PatchOperation>,
+}
+
+/// Judges the ephemeral containers of `spec` whose names are not in `existing` (those were
+/// admitted before and cannot change).
+pub fn ephemeral_plan(spec: &PodSpec, existing: &BTreeSet<String>, uid: i64) -> EphemeralPlan {
+    let mut plan = EphemeralPlan::default();
+    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        if existing.contains(&c.name) {
+            continue;
+        }
+        let sc = c.security_context.as_ref();
+        let caps = Caps::of(sc);
+        let (added, drop) = (|cap: &str| caps.added(cap), &caps.drop);
+        let mut reasons = Vec::new();
+        if sc.and_then(|s| s.run_as_user) == Some(uid) {
+            reasons.push(format!("runs as UID {uid}, the proxy's"));
+        }
+        if sc.and_then(|s| s.privileged) == Some(true) {
+            reasons.push("privileged".to_string());
+        }
+        for cap in ["NET_ADMIN", "NET_RAW"] {
+            if added(cap) {
+                reasons.push(format!("adds {cap}"));
+            }
+        }
+        if !reasons.is_empty() {
+            plan.refusals.push(format!(
+                "ephemeral container {:?} ({})",
+                c.name,
+                reasons.join(", ")
+            ));
+        } else if !drop.contains("ALL") && !drop.contains("NET_RAW") {
+            plan.ops.push(drop_net_raw_op("ephemeralContainers", i, sc));
+        }
+    }
+    plan
+}
+
+/// The message that refuses ephemeral containers that would get around the proxy.
+pub fn ephemeral_refusal(refusals: &[String]) -> String {
+    format!(
+        "portcullis: refused: {} would share this pod's network namespace with the power to get          around its NetworkPolicy enforcement. Debug without those privileges (the default          `kubectl debug` profile works; NET_RAW is dropped), or from the node          (`kubectl debug node/...`).",
+        refusals.join(", ")
+    )
 }
 
 /// Adds `NET_RAW` to `capabilities.drop` of container `i` of `field`, creating what is missing.

@@ -60,6 +60,9 @@ pub mod annotations {
     /// Namespace only: `true` lets the pods of the namespace weaken their own enforcement with
     /// the annotations above (see `overrides`). Read on the namespace, never on the pod.
     pub const ALLOW_POD_OVERRIDES: &str = "portcullis.dev/allow-pod-overrides";
+    /// Namespace only: ephemeral containers (`kubectl debug`) that could get around the proxy
+    /// (NET_ADMIN, NET_RAW, privileged, the proxy's UID) are admitted, with a warning.
+    pub const ALLOW_PRIVILEGED_DEBUG: &str = "portcullis.dev/allow-privileged-debug";
 
     /// Written by the injector: every exemption from enforcement in force for the pod,
     /// `;`-separated `name` or `name=value` items (see `exemptions`). Absent: none.

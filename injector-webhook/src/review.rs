@@ -42,6 +42,13 @@ pub enum Target {
     /// A Pod being created: the typed pod and the object as JSON (the document the patch
     /// applies to).
     Pod { pod: Box<Pod>, object: Value },
+    /// An UPDATE of `pods/ephemeralcontainers` (`kubectl debug`): `existing` names the ephemeral
+    /// containers the pod had before.
+    Ephemeral {
+        pod: Box<Pod>,
+        object: Value,
+        existing: std::collections::BTreeSet<String>,
+    },
     /// Anything this webhook does not touch (other kinds, other operations, subresources).
     Ignore(String),
     /// A Pod creation whose object cannot be read as a Pod.
@@ -58,7 +65,9 @@ impl ParsedReview {
     /// The namespace of the pod: from the request, else from the object.
     pub fn namespace(&self) -> Option<&str> {
         let from_object = match &self.target {
-            Target::Pod { pod, .. } => pod.metadata.namespace.as_deref(),
+            Target::Pod { pod, .. } | Target::Ephemeral { pod, .. } => {
+                pod.metadata.namespace.as_deref()
+            }
             _ => None,
         };
         self.request
@@ -71,7 +80,7 @@ impl ParsedReview {
     /// A name for logs: the pod's name, else its generateName prefix, else "-".
     pub fn pod_name(&self) -> &str {
         let (name, generate_name) = match &self.target {
-            Target::Pod { pod, .. } => (
+            Target::Pod { pod, .. } | Target::Ephemeral { pod, .. } => (
                 pod.metadata.name.as_deref(),
                 pod.metadata.generate_name.as_deref(),
             ),
@@ -114,6 +123,9 @@ fn classify(req: &AdmissionRequest<DynamicObject>) -> Target {
         ));
     }
     if let Some(sub) = req.sub_resource.as_deref().filter(|s| !s.is_empty()) {
+        if sub == "ephemeralcontainers" && matches!(req.operation, Operation::Update) {
+            return classify_ephemeral(req);
+        }
         return Target::Ignore(format!("subresource {sub}"));
     }
     if !matches!(req.operation, Operation::Create) {
@@ -136,6 +148,39 @@ fn classify(req: &AdmissionRequest<DynamicObject>) -> Target {
 }
 
 /// What was done, for logs and metrics.
+/// `kubectl debug` adding ephemeral containers: the pod as it will be, and the names it had.
+fn classify_ephemeral(req: &AdmissionRequest<DynamicObject>) -> Target {
+    let Some(object) = req.object.as_ref() else {
+        return Target::Invalid("ephemeralcontainers UPDATE without an object".to_string());
+    };
+    let decode = |o: &DynamicObject| -> Result<(Value, Pod), String> {
+        let v = serde_json::to_value(o).map_err(|e| format!("object cannot be re-encoded: {e}"))?;
+        let pod = serde_json::from_value::<Pod>(v.clone())
+            .map_err(|e| format!("object is not a valid Pod: {e}"))?;
+        Ok((v, pod))
+    };
+    let (object, pod) = match decode(object) {
+        Ok(d) => d,
+        Err(why) => return Target::Invalid(why),
+    };
+    let existing = match req.old_object.as_ref().map(decode) {
+        Some(Ok((_, old))) => old
+            .spec
+            .and_then(|s| s.ephemeral_containers)
+            .into_iter()
+            .flatten()
+            .map(|c| c.name)
+            .collect(),
+        Some(Err(why)) => return Target::Invalid(format!("old {why}")),
+        None => Default::default(),
+    };
+    Target::Ephemeral {
+        pod: Box::new(pod),
+        object,
+        existing,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewResult {
     Injected(SidecarMode),
@@ -191,6 +236,18 @@ pub fn respond(
             }
         }
         Target::Invalid(why) => return failure(base, why.clone(), Vec::new(), fail_closed),
+        Target::Ephemeral {
+            pod,
+            object,
+            existing,
+        } => {
+            let ephemeral = Ephemeral {
+                pod,
+                object,
+                existing,
+            };
+            return respond_ephemeral(base, &ephemeral, namespace, cfg, fail_closed);
+        }
         Target::Pod { pod, object } => (pod, object),
     };
 
@@ -254,6 +311,99 @@ pub fn respond(
     resp.audit_annotations = audit("injected", mode.as_str());
     warnings.truncate(MAX_WARNINGS);
     reply(resp, ReviewResult::Injected(mode), warnings)
+}
+
+/// Ephemeral containers added to a pod that runs the proxy: refused when they could get around
+/// it, NET_RAW dropped otherwise. A pod without the proxy is none of Portcullis' business.
+///
+/// An administrator who must debug with those privileges (e.g. the emergency `portcullis-init
+/// --cleanup` of docs/operations.md) annotates the namespace
+/// `portcullis.dev/allow-privileged-debug: "true"` first: they are then admitted, with a warning.
+fn respond_ephemeral(
+    base: AdmissionResponse,
+    request: &Ephemeral<'_>,
+    namespace: &NamespaceDefaults,
+    cfg: &InjectorConfig,
+    fail_closed: bool,
+) -> Reply {
+    let Ephemeral {
+        pod,
+        object,
+        existing,
+    } = request;
+    let reply = |resp: AdmissionResponse, result: ReviewResult, warnings: Vec<String>| Reply {
+        review: with_warnings(resp, &warnings).into_review(),
+        result,
+        warnings,
+        ignored_overrides: Vec::new(),
+        exemptions: None,
+    };
+    let Some(spec) = pod.spec.as_ref().filter(|s| has_proxy(s)) else {
+        let why = "ephemeral containers of a pod without the proxy".to_string();
+        return reply(base, ReviewResult::Ignored(why), Vec::new());
+    };
+    let plan = crate::app_security::ephemeral_plan(spec, existing, cfg.proxy_uid);
+    let allowed = matches!(namespace, NamespaceDefaults::Annotations(a)
+        if a.get(crate::config::annotations::ALLOW_PRIVILEGED_DEBUG).map(String::as_str) == Some("true"));
+    if !plan.refusals.is_empty() && allowed {
+        let warning = format!(
+            "portcullis: admitted because the namespace allows privileged debugging ({}=true): \
+             {} can get around this pod's NetworkPolicy enforcement",
+            crate::config::annotations::ALLOW_PRIVILEGED_DEBUG,
+            plan.refusals.join(", ")
+        );
+        let mut resp = base;
+        resp.audit_annotations = audit("admitted", "ephemeral_privileged_debug");
+        let why = "privileged debugging allowed by the namespace".to_string();
+        return reply(resp, ReviewResult::Ignored(why), vec![warning]);
+    }
+    if !plan.refusals.is_empty() {
+        let message = crate::app_security::ephemeral_refusal(&plan.refusals);
+        let mut resp = base.deny(message.clone());
+        resp.audit_annotations = audit("denied", "ephemeral_container");
+        return reply(resp, ReviewResult::Denied(message), Vec::new());
+    }
+    if plan.ops.is_empty() {
+        let why = "ephemeral containers that drop NET_RAW already".to_string();
+        return reply(base, ReviewResult::Ignored(why), Vec::new());
+    }
+    let patch = json_patch::Patch(plan.ops);
+    let mut doc = Value::clone(object);
+    if let Err(e) = json_patch::patch(&mut doc, &patch) {
+        let why = format!("patch does not apply: {e}");
+        return failure(base, why, Vec::new(), fail_closed);
+    }
+    let warnings = vec![
+        "portcullis: NET_RAW dropped from the new ephemeral container(s): raw sockets would get \
+         around this pod's NetworkPolicy enforcement"
+            .to_string(),
+    ];
+    match base.clone().with_patch(patch) {
+        Ok(mut resp) => {
+            resp.audit_annotations = audit("patched", "ephemeral_net_raw_dropped");
+            let why = "NET_RAW dropped from ephemeral containers".to_string();
+            reply(resp, ReviewResult::Ignored(why), warnings)
+        }
+        Err(e) => {
+            let why = format!("cannot encode the patch: {e}");
+            failure(base, why, warnings, fail_closed)
+        }
+    }
+}
+
+/// The parts of a `pods/ephemeralcontainers` UPDATE that admission looks at.
+struct Ephemeral<'a> {
+    pod: &'a Pod,
+    object: &'a Value,
+    existing: &'a std::collections::BTreeSet<String>,
+}
+
+/// Whether the pod runs the Portcullis proxy (as a container, or as a native sidecar).
+fn has_proxy(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER_NAME)
 }
 
 /// The API server may drop warnings past a handful; keep the list short.

@@ -128,11 +128,106 @@ fn other_kinds_operations_and_subresources_are_ignored() {
     ));
 
     let mut sub = pod_request(simple_pod());
-    sub["subResource"] = json!("ephemeralcontainers");
+    sub["subResource"] = json!("status");
+    sub["operation"] = json!("UPDATE");
     assert!(matches!(
         answer(&review(sub), false).0.result,
         ReviewResult::Ignored(_)
     ));
+}
+
+/// `kubectl debug` on a pod: an UPDATE of `pods/ephemeralcontainers` with the pod before and
+/// after. `debugger` is the new ephemeral container; `proxy` says whether the pod runs ours.
+fn debug_request(debugger: Value, proxy: bool) -> Value {
+    let mut containers = vec![json!({"name": "app", "image": "nginx"})];
+    if proxy {
+        containers.push(json!({"name": "portcullis-proxy", "image": "portcullis/proxy"}));
+    }
+    let old_debugger = json!({"name": "old", "image": "busybox",
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}});
+    let pod = |ephemeral: Vec<Value>| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"containers": containers, "ephemeralContainers": ephemeral}
+        })
+    };
+    let mut req = pod_request(pod(vec![old_debugger.clone(), debugger]));
+    req["operation"] = json!("UPDATE");
+    req["subResource"] = json!("ephemeralcontainers");
+    req["name"] = json!("web-0");
+    req["oldObject"] = pod(vec![old_debugger]);
+    req
+}
+
+#[test]
+fn debug_containers_that_could_get_around_the_proxy_are_refused() {
+    for (security, why) in [
+        (
+            json!({"capabilities": {"add": ["NET_ADMIN"]}}),
+            "adds NET_ADMIN",
+        ),
+        (
+            json!({"capabilities": {"add": ["CAP_NET_RAW"]}}),
+            "adds NET_RAW",
+        ),
+        (json!({"capabilities": {"add": ["ALL"]}}), "adds NET_ADMIN"),
+        (json!({"privileged": true}), "privileged"),
+        (json!({"runAsUser": 2171}), "runs as UID 2171"),
+    ] {
+        let debugger = json!({"name": "debugger", "image": "busybox", "securityContext": security});
+        let (reply, json) = answer(&review(debug_request(debugger, true)), false);
+        let ReviewResult::Denied(message) = &reply.result else {
+            panic!("{security}: {:?}", reply.result);
+        };
+        assert_eq!(json["response"]["allowed"], false, "{security}");
+        assert!(message.contains("\"debugger\""), "{message}");
+        assert!(message.contains(why), "{security}: {message}");
+        // The one added before (NET_ADMIN) was admitted then; only the new one is judged.
+        assert!(!message.contains("\"old\""), "{message}");
+    }
+}
+
+#[test]
+fn a_plain_debug_container_loses_net_raw_and_pods_without_the_proxy_are_left_alone() {
+    let debugger = json!({"name": "debugger", "image": "busybox"});
+    let (reply, json) = answer(&review(debug_request(debugger.clone(), true)), false);
+    assert!(
+        matches!(reply.result, ReviewResult::Ignored(_)),
+        "{reply:?}"
+    );
+    assert_eq!(json["response"]["allowed"], true);
+    let patch: k8s_openapi::ByteString =
+        serde_json::from_value(json["response"]["patch"].clone()).expect("patch is base64");
+    let ops: Value = serde_json::from_slice(&patch.0).expect("a JSONPatch");
+    assert_eq!(
+        ops,
+        json!([{"op": "add", "path": "/spec/ephemeralContainers/1/securityContext",
+            "value": {"capabilities": {"drop": ["NET_RAW"]}}}])
+    );
+    assert!(
+        reply.warnings[0].contains("NET_RAW dropped"),
+        "{:?}",
+        reply.warnings
+    );
+
+    // Already dropping NET_RAW: admitted unchanged.
+    let careful = json!({"name": "debugger", "image": "busybox",
+        "securityContext": {"capabilities": {"drop": ["ALL"]}}});
+    let (_, json) = answer(&review(debug_request(careful, true)), false);
+    assert_eq!(json["response"]["allowed"], true);
+    assert!(json["response"].get("patch").is_none());
+
+    // No proxy in the pod: nothing to protect, even NET_ADMIN passes untouched.
+    let admin = json!({"name": "debugger", "image": "busybox",
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}});
+    let (reply, json) = answer(&review(debug_request(admin, false)), true);
+    assert!(
+        matches!(reply.result, ReviewResult::Ignored(_)),
+        "{reply:?}"
+    );
+    assert_eq!(json["response"]["allowed"], true);
+    assert!(json["response"].get("patch").is_none());
 }
 
 #[test]
@@ -233,4 +328,38 @@ fn names_for_logs() {
     let parsed = parse_review(&review(pod_request(simple_pod()))).expect("parses");
     assert_eq!(parsed.namespace(), Some("shop"));
     assert_eq!(parsed.pod_name(), "web-7d4b9c-");
+}
+
+#[test]
+fn a_namespace_can_allow_privileged_debugging_and_says_so() {
+    let debugger = json!({"name": "debugger", "image": "portcullis/init",
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}});
+    let parsed = parse_review(&review(debug_request(debugger, true))).expect("parses");
+    let allowing = NamespaceDefaults::Annotations(
+        [(
+            "portcullis.dev/allow-privileged-debug".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let reply = respond(&parsed, &allowing, &InjectorConfig::default(), true);
+    assert!(
+        matches!(reply.result, ReviewResult::Ignored(_)),
+        "{reply:?}"
+    );
+    assert!(
+        reply.warnings[0].contains("\"debugger\" (adds NET_ADMIN)"),
+        "{:?}",
+        reply.warnings
+    );
+    // Anything else than "true" (or another namespace annotation) does not allow it.
+    let other = NamespaceDefaults::Annotations(
+        [(
+            "portcullis.dev/allow-pod-overrides".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let reply = respond(&parsed, &other, &InjectorConfig::default(), true);
+    assert!(matches!(reply.result, ReviewResult::Denied(_)), "{reply:?}");
 }

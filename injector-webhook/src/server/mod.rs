@@ -66,7 +66,9 @@ fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
 pub async fn admit(state: &AppState, body: &[u8]) -> Result<Reply, ParseError> {
     let parsed = parse_review(body)?;
     let namespace = match &parsed.target {
-        Target::Pod { .. } => state.namespaces.defaults(parsed.namespace()).await,
+        Target::Pod { .. } | Target::Ephemeral { .. } => {
+            state.namespaces.defaults(parsed.namespace()).await
+        }
         _ => NamespaceDefaults::Disabled,
     };
     let reply = respond(&parsed, &namespace, &state.config, state.fail_closed);
