@@ -5,20 +5,21 @@
 //! own UDP queue, where it is dropped until the proxy has a table, which it gets from the
 //! controller whose name it is resolving. So, with a mark, the proxy asks the nameservers of
 //! `/etc/resolv.conf` itself (A and AAAA over UDP, the `search` list and `ndots` applied as libc
-//! does), from a socket that carries the mark. Only the controller client uses it; everything a
-//! peer sends back is bounds-checked and a bad answer is an error, never a panic.
+//! does), from a socket that carries the mark. Only the controller client uses it. Messages are
+//! encoded and decoded by `hickory-proto` (the DNS library of the Rust ecosystem); the socket,
+//! the mark and `resolv.conf` are ours. A bad answer is an error, never a panic.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use socket2::SockRef;
 use tokio::net::UdpSocket;
 
 /// How long one nameserver has to answer one question.
 const TIMEOUT: Duration = Duration::from_secs(2);
-const TYPE_A: u16 = 1;
-const TYPE_AAAA: u16 = 28;
 
 /// What of `/etc/resolv.conf` the lookup uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +89,7 @@ pub async fn lookup_with(conf: &ResolvConf, host: &str, mark: u32) -> io::Result
         for server in &conf.nameservers {
             let mut found = Vec::new();
             let mut answered = false;
-            for qtype in [TYPE_A, TYPE_AAAA] {
+            for qtype in [RecordType::A, RecordType::AAAA] {
                 match ask(*server, &name, qtype, mark).await {
                     Ok(Some(addrs)) => {
                         answered = true;
@@ -111,7 +112,12 @@ pub async fn lookup_with(conf: &ResolvConf, host: &str, mark: u32) -> io::Result
 }
 
 /// One question to one server: `Some(addresses)` (maybe empty) or `None` for NXDOMAIN.
-async fn ask(server: IpAddr, name: &str, qtype: u16, mark: u32) -> io::Result<Option<Vec<IpAddr>>> {
+async fn ask(
+    server: IpAddr,
+    name: &str,
+    qtype: RecordType,
+    mark: u32,
+) -> io::Result<Option<Vec<IpAddr>>> {
     let local: SocketAddr = match server {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -158,93 +164,55 @@ fn query_id() -> u16 {
     h.finish() as u16
 }
 
-/// A recursive query for `name`/`qtype`, class IN.
-pub fn query(id: u16, name: &str, qtype: u16) -> io::Result<Vec<u8>> {
-    let mut q = Vec::with_capacity(32 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        if label.len() > 63 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name}: a label is longer than 63 bytes"),
-            ));
-        }
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes());
-    Ok(q)
+/// A recursive query for `name`/`qtype`, class IN, encoded by `hickory-proto`.
+pub fn query(id: u16, name: &str, qtype: RecordType) -> io::Result<Vec<u8>> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: {e}"));
+    let name = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
+    let mut message = Message::new();
+    message
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, qtype));
+    message.to_vec().map_err(|e| invalid(e.to_string()))
 }
 
 /// Why a datagram gave no addresses.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// Not an answer to our question (another id): keep waiting.
+    /// Not an answer to our question (another id, or not a response): keep waiting.
     NotOurs,
     NxDomain,
     Bad(String),
 }
 
-/// The addresses of type `qtype` in the answer to query `id`.
-pub fn parse_answer(id: u16, qtype: u16, msg: &[u8]) -> Result<Vec<IpAddr>, Reply> {
-    let bad = |why: &str| Reply::Bad(why.to_string());
-    let u16_at =
-        |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?])) };
-    let header = |at| u16_at(at).ok_or_else(|| bad("short header"));
-    if header(0)? != id || header(2)? & 0x8000 == 0 {
+/// The addresses of type `qtype` in the answer to query `id`, decoded by `hickory-proto`
+/// (anything it cannot decode is `Bad`, never a panic).
+pub fn parse_answer(id: u16, qtype: RecordType, msg: &[u8]) -> Result<Vec<IpAddr>, Reply> {
+    if msg.len() >= 2 && u16::from_be_bytes([msg[0], msg[1]]) != id {
         return Err(Reply::NotOurs);
     }
-    match header(2)? & 0x000f {
-        0 => {}
-        3 => return Err(Reply::NxDomain),
+    let message = Message::from_vec(msg).map_err(|e| Reply::Bad(e.to_string()))?;
+    if message.id() != id || message.message_type() != MessageType::Response {
+        return Err(Reply::NotOurs);
+    }
+    match message.response_code() {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Err(Reply::NxDomain),
         rcode => return Err(Reply::Bad(format!("error code {rcode}"))),
     }
-    let (questions, answers) = (header(4)?, header(6)?);
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(msg, at).ok_or_else(|| bad("truncated question"))? + 4;
-    }
-    let mut found = Vec::new();
-    for _ in 0..answers {
-        at = skip_name(msg, at).ok_or_else(|| bad("truncated answer"))?;
-        let rtype = u16_at(at).ok_or_else(|| bad("truncated answer"))?;
-        let len = u16_at(at + 8).ok_or_else(|| bad("truncated answer"))? as usize;
-        let data = msg
-            .get(at + 10..at + 10 + len)
-            .ok_or_else(|| bad("truncated record"))?;
-        match (rtype, data.len()) {
-            (TYPE_A, 4) if qtype == TYPE_A => found.push(IpAddr::V4(Ipv4Addr::new(
-                data[0], data[1], data[2], data[3],
-            ))),
-            (TYPE_AAAA, 16) if qtype == TYPE_AAAA => {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(data);
-                found.push(IpAddr::V6(Ipv6Addr::from(b)));
-            }
+    let found = message
+        .answers()
+        .iter()
+        .filter_map(|record| match record.data() {
+            RData::A(a) if qtype == RecordType::A => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) if qtype == RecordType::AAAA => Some(IpAddr::V6(a.0)),
             // CNAMEs and the rest: the recursive server follows them and adds the addresses.
-            _ => {}
-        }
-        at += 10 + len;
-    }
+            _ => None,
+        })
+        .collect();
     Ok(found)
-}
-
-/// The offset just past the (possibly compressed) name at `at`.
-fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
-    loop {
-        let len = *msg.get(at)? as usize;
-        if len == 0 {
-            return Some(at + 1);
-        }
-        if len & 0xc0 == 0xc0 {
-            msg.get(at + 1)?;
-            return Some(at + 2);
-        }
-        at += 1 + len;
-    }
 }
 
 #[cfg(test)]
@@ -281,39 +249,58 @@ mod tests {
         );
     }
 
-    /// An answer as a server writes it: the question, a CNAME, then an A record, names
-    /// compressed.
-    fn answer(id: u16, rcode: u8) -> Vec<u8> {
-        let mut m = query(id, "ctl.example", TYPE_A).unwrap();
-        m[2] = 0x81;
-        m[3] = 0x80 | rcode;
-        m[7] = 2;
-        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 30, 0, 2, 0xc0, 12]);
-        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 96, 7, 8]);
-        m
+    /// An answer as a server writes it: the question, a CNAME, then an A record.
+    fn answer(id: u16, rcode: ResponseCode) -> Vec<u8> {
+        use hickory_proto::rr::rdata::{A, CNAME};
+        use hickory_proto::rr::Record;
+        let name = Name::from_ascii("ctl.example.").unwrap();
+        let target = Name::from_ascii("real.example.").unwrap();
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_message_type(MessageType::Response)
+            .set_op_code(OpCode::Query)
+            .set_response_code(rcode)
+            .add_query(Query::query(name.clone(), RecordType::A))
+            .add_answer(Record::from_rdata(
+                name,
+                30,
+                RData::CNAME(CNAME(target.clone())),
+            ))
+            .add_answer(Record::from_rdata(
+                target,
+                30,
+                RData::A(A::new(10, 96, 7, 8)),
+            ));
+        m.to_vec().unwrap()
     }
 
     #[test]
     fn answers_are_read_and_anything_else_is_refused_without_panicking() {
         assert_eq!(
-            parse_answer(7, TYPE_A, &answer(7, 0)),
+            parse_answer(7, RecordType::A, &answer(7, ResponseCode::NoError)),
             Ok(vec!["10.96.7.8".parse::<IpAddr>().unwrap()])
         );
-        assert_eq!(parse_answer(8, TYPE_A, &answer(7, 0)), Err(Reply::NotOurs));
-        assert_eq!(parse_answer(7, TYPE_A, &answer(7, 3)), Err(Reply::NxDomain));
+        let ok = answer(7, ResponseCode::NoError);
+        assert_eq!(parse_answer(8, RecordType::A, &ok), Err(Reply::NotOurs));
+        assert_eq!(
+            parse_answer(7, RecordType::A, &answer(7, ResponseCode::NXDomain)),
+            Err(Reply::NxDomain)
+        );
+        let query = query(7, "ctl.example", RecordType::A).unwrap();
+        assert_eq!(parse_answer(7, RecordType::A, &query), Err(Reply::NotOurs));
         assert!(matches!(
-            parse_answer(7, TYPE_A, &answer(7, 2)),
+            parse_answer(7, RecordType::A, &answer(7, ResponseCode::ServFail)),
             Err(Reply::Bad(_))
         ));
-        assert_eq!(parse_answer(7, TYPE_AAAA, &answer(7, 0)), Ok(vec![]));
-        let full = answer(7, 0);
+        assert_eq!(parse_answer(7, RecordType::AAAA, &ok), Ok(vec![]));
+        let full = ok;
         for cut in 0..full.len() {
-            let _ = parse_answer(7, TYPE_A, &full[..cut]);
+            let _ = parse_answer(7, RecordType::A, &full[..cut]);
         }
         let mut lying = full.clone();
         lying[7] = 200; // more answers than there are
         assert!(matches!(
-            parse_answer(7, TYPE_A, &lying),
+            parse_answer(7, RecordType::A, &lying),
             Err(Reply::Bad(_))
         ));
     }
