@@ -79,9 +79,8 @@ fn text(b: &[u8]) -> String {
 }
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the bypass suite builds network namespaces and iptables rules: run it as root (./scripts/test.sh)"
+    portcullis_testkit::require_root(
+        "the bypass suite builds network namespaces and iptables rules",
     );
 }
 

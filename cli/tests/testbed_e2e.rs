@@ -41,10 +41,7 @@ impl Drop for Testbed {
 }
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test builds network namespaces and iptables rules: run it as root (sudo ./scripts/test.sh)"
-    );
+    portcullis_testkit::require_root("this test builds network namespaces and iptables rules");
 }
 
 /// The proxy and init binaries the testbed runs sit next to `portcullis`; make sure they are

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis_testkit::{in_ns, restore, sh};
 use socket2::SockRef;
 
 const POD4: &str = "10.215.0.1";
@@ -32,18 +33,6 @@ impl Drop for Pair {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Pair {
@@ -151,17 +140,6 @@ fn normalize(save: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).expect("netns file");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread")
 }
 
 fn listen(ns: &str, addr: &str) -> TcpListener {
@@ -302,21 +280,6 @@ fn skipped_ports_and_cidrs_are_not_redirected() {
 }
 
 /// Runs `input` through `<prefix>-<backend>-restore --noflush` in `ns`.
-fn restore(ns: &str, program: &str, input: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, program, "--noflush"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("iptables-restore");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("wait").success(), "{program}: {input}");
-}
-
 /// The lines of one table in `iptables-save` output.
 fn table_of(save: &str, table: &str) -> Vec<String> {
     save.split(&format!("*{table}\n"))

@@ -180,7 +180,7 @@ pub struct Config {
     /// Data-plane threads. Each runs its own single-threaded runtime with its own listening
     /// sockets (an `SO_REUSEPORT` group per address, so the kernel spreads new connections), and
     /// serves a connection from accept to close without handing it to another thread. The
-    /// control plane (policy stream, admin port) runs on the main thread. A sidecar shares the
+    /// control plane (policy stream, admin port) runs on one more thread. A sidecar shares the
     /// pod's CPU with the application: keep this at or below the pod's CPU limit.
     #[arg(long, env = "PORTCULLIS_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,

@@ -35,8 +35,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         )?
         .install_recorder()?;
     telemetry::describe();
-    // The control plane; the data plane starts its own threads (`dataplane`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The control plane (policy stream, admin port, audit) on one worker thread; the data plane
+    // starts its own threads (`dataplane`). A worker thread rather than the main thread's
+    // `block_on`: under a flood of admin connections (the slowloris test) it accepts and resets
+    // promptly, and holds no more sockets than the cap.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))

@@ -13,22 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use portcullis_testkit::{in_ns, sh};
 
 const POD_IP: &str = "10.218.0.1";
 const PEER_IP: &str = "10.218.0.2";
 const CONTROLLER: &str = "portcullis-controller.portcullis-system.svc";
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Setup {
     pod_ns: String,
@@ -57,17 +46,6 @@ impl Drop for Setup {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).expect("netns file");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread")
 }
 
 impl Setup {

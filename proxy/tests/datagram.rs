@@ -4,14 +4,14 @@
 //! namespace across a veth pair. Needs root; never touches the host's netfilter.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use portcullis_testkit::{admin, in_ns, restore, sh};
 use socket2::{Domain, Socket, Type};
 
 const POD_IP: &str = "10.216.0.1";
@@ -65,33 +65,6 @@ spec:
   - to: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{port: 5353, protocol: UDP}, {port: 38412, protocol: SCTP}]
 "#;
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn restore(ns: &str, program: &str, input: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, program, "--noflush"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore (apt-get install iptables)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write rules");
-    assert!(child.wait().expect("wait").success(), "{program} failed");
-}
 
 struct Setup {
     pod_ns: String,
@@ -273,33 +246,11 @@ impl Setup {
     }
 
     fn admin(&self, path: &str) -> (u16, String) {
-        let path = path.to_string();
-        in_ns(&self.pod_ns, move || {
-            let mut s = TcpStream::connect_timeout(
-                &"127.0.0.1:4191".parse().unwrap(),
-                Duration::from_secs(2),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut raw = String::new();
-            s.read_to_string(&mut raw)?;
-            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            Ok::<_, std::io::Error>((status, body.to_string()))
-        })
-        .unwrap_or((0, String::new()))
+        admin::get(&self.pod_ns, path)
     }
 
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn wait_for(&self, what: &str, ok: impl FnMut() -> bool) {
+        admin::wait_for(what, ok)
     }
 
     fn wait_ready(&self) {
@@ -307,30 +258,15 @@ impl Setup {
     }
 
     fn generation(&self) -> u64 {
-        let (_, body) = self.admin("/policy");
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["generation"].as_u64())
-            .unwrap_or(0)
+        admin::generation(&self.pod_ns)
     }
 
     fn log_lines(&self, event: &str) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == event)
-            .collect()
+        admin::events(&self.log, event)
     }
 
     fn metric(&self, parts: &[&str]) -> f64 {
-        let (_, body) = self.admin("/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| parts.iter().all(|part| l.contains(part)))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        admin::metric(&self.admin("/metrics").1, parts)
     }
 
     /// Packets the NFQUEUE rules of a chain have sent to the queue.
@@ -372,17 +308,6 @@ impl Setup {
             .expect("conntrack (apt-get install conntrack)");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
 }
 
 fn udp(ns: &str, addr: &str) -> UdpSocket {

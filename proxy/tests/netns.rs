@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_testkit::{admin, in_ns, sh};
+
 const POD_IP: &str = "10.214.0.1";
 const PEER_IP: &str = "10.214.0.2";
 const POD_IP6: &str = "fd14:214::1";
@@ -84,24 +86,8 @@ spec:
     ports: [{port: 7070}]
 "#;
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create network namespaces and iptables rules: run them as root \
-         (sudo ./scripts/test.sh)"
-    );
+    portcullis_testkit::require_root("these tests create network namespaces and iptables rules");
 }
 
 /// A pod namespace with the proxy, a peer namespace, and everything removed on drop.
@@ -241,18 +227,7 @@ impl Setup {
                  -A OUTPUT -p tcp -j REDIRECT --to-ports 4140\n\
                  COMMIT\n"
             );
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &pod, restore, "--noflush"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("iptables-restore (apt-get install iptables)");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(rules.as_bytes())
-                .expect("write rules");
-            assert!(child.wait().expect("wait").success(), "{restore} failed");
+            portcullis_testkit::restore(&pod, restore, &rules);
         }
 
         setup.write_policy("000-base.yaml", BASE);
@@ -317,33 +292,11 @@ impl Setup {
     }
 
     fn admin(&self, path: &str) -> (u16, String) {
-        let path = path.to_string();
-        in_ns(&self.pod_ns, move || {
-            let mut s = TcpStream::connect_timeout(
-                &"127.0.0.1:4191".parse().unwrap(),
-                Duration::from_secs(2),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut raw = String::new();
-            s.read_to_string(&mut raw)?;
-            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            Ok::<_, std::io::Error>((status, body.to_string()))
-        })
-        .unwrap_or((0, String::new()))
+        admin::get(&self.pod_ns, path)
     }
 
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn wait_for(&self, what: &str, ok: impl FnMut() -> bool) {
+        admin::wait_for(what, ok)
     }
 
     fn wait_ready(&self) {
@@ -351,30 +304,15 @@ impl Setup {
     }
 
     fn generation(&self) -> u64 {
-        let (_, body) = self.admin("/policy");
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["generation"].as_u64())
-            .unwrap_or(0)
+        admin::generation(&self.pod_ns)
     }
 
     fn audit_lines(&self, event: &str) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == event)
-            .collect()
+        admin::events(&self.log, event)
     }
 
-    fn metric(&self, name_and_labels: &[&str]) -> f64 {
-        let (_, body) = self.admin("/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| name_and_labels.iter().all(|part| l.contains(part)))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+    fn metric(&self, parts: &[&str]) -> f64 {
+        admin::metric(&self.admin("/metrics").1, parts)
     }
 
     /// An echo server inside the pod (or the peer) namespace, on `[::]` (IPv4 and IPv6).
@@ -514,17 +452,6 @@ fn echo_server_on(ns: &str, addr: SocketAddr) {
             }
         });
     }
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
 }
 
 fn connect_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {

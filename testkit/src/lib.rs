@@ -1,0 +1,63 @@
+//! Helpers for the tests that build real network namespaces (proxy, init, testbed), in one place
+//! instead of a copy per test file. Test-only: no crate depends on it outside `[dev-dependencies]`.
+//!
+//! - [`sh`], [`restore`]: run a command (or `iptables-restore --noflush`) and fail the test with
+//!   its stderr;
+//! - [`in_ns`]: run a closure on a thread that has entered a named network namespace;
+//! - [`admin`]: what a test reads from a proxy's admin port (`/ready`, `/policy`, `/metrics`),
+//!   its JSON log lines, and waiting for a condition.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+pub mod admin;
+
+/// Runs `args[0]` with the rest as arguments; panics with its stderr when it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Panics with `why` unless the test runs as root (network namespaces and iptables need it).
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{why}: run it as root (./scripts/test.sh)"
+    );
+}
+
+/// Runs `f` on a new thread that has joined the network namespace `/run/netns/{ns}`, and
+/// returns what it returns. Sockets it creates stay in that namespace.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+/// Feeds `input` to `ip netns exec {ns} {program} --noflush` (an `iptables-restore`).
+pub fn restore(ns: &str, program: &str, input: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, program, "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore (apt-get install iptables)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write rules");
+    assert!(child.wait().expect("wait").success(), "{program} failed");
+}
