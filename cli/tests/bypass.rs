@@ -85,21 +85,7 @@ fn require_root() {
 }
 
 fn build_components() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "portcullis-proxy",
-            "-p",
-            "portcullis-init",
-            "-p",
-            "portcullis-controller",
-        ])
-        .current_dir(repo())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the testbed's components failed");
+    portcullis_testkit::build_testbed_components(env!("CARGO"), &repo());
 }
 
 /// A running testbed of `BYPASS`, taken down when dropped (also on panic).

@@ -47,24 +47,7 @@ fn require_root() {
 /// The proxy and init binaries the testbed runs sit next to `portcullis`; make sure they are
 /// built and current even when only this package's tests were asked for.
 fn build_components() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "portcullis-proxy",
-            "-p",
-            "portcullis-init",
-            "-p",
-            "portcullis-controller",
-        ])
-        .current_dir(repo())
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building portcullis-proxy, portcullis-init and portcullis-controller failed"
-    );
+    portcullis_testkit::build_testbed_components(env!("CARGO"), &repo());
 }
 
 type Cells = BTreeMap<(String, String, u64, String), bool>;

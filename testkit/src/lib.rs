@@ -46,6 +46,24 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .expect("thread in namespace")
 }
 
+/// Builds what the testbed runs beside `portcullis` (the proxy, init and the controller) with
+/// `cargo` (the caller's `env!("CARGO")`) in `repo`, so that they are current even when only the
+/// CLI's tests were asked for.
+pub fn build_testbed_components(cargo: &str, repo: &std::path::Path) {
+    let packages = [
+        "portcullis-proxy",
+        "portcullis-init",
+        "portcullis-controller",
+    ];
+    let status = Command::new(cargo)
+        .args(["build", "-q"])
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .current_dir(repo)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building {} failed", packages.join(", "));
+}
+
 /// Feeds `input` to `ip netns exec {ns} {program} --noflush` (an `iptables-restore`).
 pub fn restore(ns: &str, program: &str, input: &str) {
     let mut child = Command::new("ip")
