@@ -9,9 +9,11 @@ use ipnet::IpNet;
 /// Installs the iptables rules that send the pod's TCP traffic through portcullis-proxy.
 ///
 /// Runs once, as root with NET_ADMIN and NET_RAW, in the pod's network namespace, before any
-/// other container. Inbound TCP addressed to the pod itself (nat PREROUTING) is redirected to
-/// the proxy's inbound port, outbound TCP (nat OUTPUT) to its outbound port, for IPv4 and (when
-/// the pod has it) IPv6. The proxy's own traffic (by UID, and mark with --proxy-mark), loopback
+/// other container. Outbound TCP (nat OUTPUT) is redirected to the proxy's outbound port; the
+/// first packet of each new inbound TCP connection and of each UDP and SCTP flow goes to the
+/// proxy's NFQUEUE (filter INPUT/OUTPUT) for a verdict (or, with --inbound-tcp proxy, inbound
+/// TCP addressed to the pod is redirected to its inbound port); IPv4 and (when the pod has it)
+/// IPv6. The proxy's own traffic (by UID, and mark with --proxy-mark), loopback
 /// traffic, the proxy's ports and what you exclude are left alone. Packets from outside with a loopback address are
 /// dropped before any redirect (raw PREROUTING), and nothing is forwarded through the pod
 /// (filter FORWARD) unless --allow-forwarding. Rules live in chains named PORTCULLIS_*, are written with one
@@ -79,6 +81,17 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
+    /// How inbound TCP is judged. `queue` (the default when UDP is enforced): the first packet
+    /// of each new inbound connection goes to the proxy's NFQUEUE, as for UDP, and the kernel
+    /// carries an allowed connection straight to the application: no second socket pair, no
+    /// copy, nothing added to its round trips. Denied connections are dropped, as CNIs do.
+    /// `proxy`: redirected (nat PREROUTING) into the proxy's inbound listener, which accepts,
+    /// judges, connects to the application and relays; the only choice with
+    /// `--enforce-udp=false` (reading the queue takes the proxy's CAP_NET_ADMIN). Set the same
+    /// value on the proxy.
+    #[arg(long, env = "PORTCULLIS_INBOUND_TCP", value_enum)]
+    pub inbound_tcp: Option<InboundTcp>,
+
     /// NFQUEUE number the proxy reads (the same `--nfqueue` as the proxy's).
     #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
     pub nfqueue: u16,
@@ -90,6 +103,27 @@ pub struct Config {
     /// Remove every rule and chain this program adds, and nothing else.
     #[arg(long, env = "PORTCULLIS_CLEANUP")]
     pub cleanup: bool,
+}
+
+/// Where inbound TCP is judged (`--inbound-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InboundTcp {
+    /// A verdict on the first packet, in the proxy's NFQUEUE; the kernel carries the rest.
+    Queue,
+    /// Redirected into the proxy's inbound listener, which relays every byte.
+    Proxy,
+}
+
+impl Config {
+    /// `--inbound-tcp`, or its default: `queue` when the queue is read (`--enforce-udp`),
+    /// `proxy` otherwise.
+    pub fn inbound_tcp(&self) -> InboundTcp {
+        self.inbound_tcp.unwrap_or(if self.enforce_udp {
+            InboundTcp::Queue
+        } else {
+            InboundTcp::Proxy
+        })
+    }
 }
 
 /// A packet mark: `0x1000` (hex) or `4096` (decimal), not 0 (a zero mark matches every packet).
@@ -287,6 +321,7 @@ mod tests {
             "PORTCULLIS_CLEANUP",
             "PORTCULLIS_ENFORCE_UDP",
             "PORTCULLIS_NFQUEUE",
+            "PORTCULLIS_INBOUND_TCP",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }

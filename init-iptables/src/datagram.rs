@@ -10,7 +10,7 @@
 //! `-o lo`) is not queued; neither is what the proxy itself sends (its UID, and its mark with
 //! `--proxy-mark`), as for TCP.
 
-use crate::config::Config;
+use crate::config::{Config, InboundTcp};
 use crate::rules::{Jump, Part, Table};
 
 pub const UDP_IN: &str = "PORTCULLIS_UDP_IN";
@@ -21,12 +21,20 @@ pub const OWNED: [(Table, &str); 2] = [(Table::Filter, UDP_IN), (Table::Filter, 
 /// The protocols judged in the queue, as `iptables-save` prints them.
 const PROTOCOLS: [&str; 2] = ["udp", "sctp"];
 
-/// The queue rules, when `--enforce-udp` (the default).
+/// The conntrack mark bit of an inbound TCP connection the queue judged (`--inbound-tcp
+/// queue`): the proxy's revocation looks only at TCP entries that carry it, so connections to
+/// the proxy's own ports, to `--skip-inbound-ports` and from loopback are never touched. The
+/// proxy holds the same value (`docs/CONVENTIONS.md`).
+pub const QUEUED_TCP_CONNMARK: u32 = 0x1000;
+
+/// The queue rules, when `--enforce-udp` (the default); with `--inbound-tcp queue` (the default
+/// then) `PORTCULLIS_UDP_IN` judges inbound TCP too.
 pub fn part(cfg: &Config) -> Part {
     let queue = format!("-j NFQUEUE --queue-num {}", cfg.nfqueue);
+    let tcp = cfg.inbound_tcp() == InboundTcp::Queue;
     let mut rules = Vec::new();
     for (chain, exempt) in [
-        (UDP_IN, vec!["-i lo -j RETURN".to_string()]),
+        (UDP_IN, inbound_exemptions(cfg, tcp)),
         (
             UDP_OUT,
             vec![
@@ -35,13 +43,24 @@ pub fn part(cfg: &Config) -> Part {
             ],
         ),
     ] {
+        let protocols: &[&str] = if tcp && chain == UDP_IN {
+            &["udp", "sctp", "tcp"]
+        } else {
+            &PROTOCOLS
+        };
         rules.extend(exempt.iter().map(|r| format!("-A {chain} {r}")));
-        for p in PROTOCOLS {
+        for p in protocols {
             rules.push(format!(
                 "-A {chain} -p {p} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
             ));
         }
-        for p in PROTOCOLS {
+        for p in protocols {
+            if *p == "tcp" {
+                rules.push(format!(
+                    "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
+                     {QUEUED_TCP_CONNMARK:#x}/{QUEUED_TCP_CONNMARK:#x}"
+                ));
+            }
             rules.push(format!(
                 "-A {chain} -p {p} -m conntrack --ctstate NEW {queue}"
             ));
@@ -66,6 +85,20 @@ pub fn part(cfg: &Config) -> Part {
             },
         ],
     }
+}
+
+/// What `PORTCULLIS_UDP_IN` never queues: loopback and, when it judges inbound TCP, the
+/// proxy's own ports and `--skip-inbound-ports` (as the nat redirect skips them).
+fn inbound_exemptions(cfg: &Config, tcp: bool) -> Vec<String> {
+    let mut exempt = vec!["-i lo -j RETURN".to_string()];
+    if tcp {
+        for ports in [&crate::rules::own_ports(cfg), &cfg.skip_inbound_ports] {
+            for chunk in crate::rules::multiport_chunks(ports) {
+                exempt.push(format!("-p tcp -m multiport --dports {chunk} -j RETURN"));
+            }
+        }
+    }
+    exempt
 }
 
 #[cfg(test)]
@@ -97,8 +130,61 @@ mod tests {
     }
 
     #[test]
+    fn golden_filter_table_with_inbound_tcp_in_the_queue() {
+        let text = install(
+            &config(&["--allow-forwarding", "--skip-inbound-ports=22"]),
+            Family::V4,
+            "",
+        );
+        assert_eq!(
+            filter_body(&text),
+            [
+                "*filter",
+                ":PORTCULLIS_UDP_IN - [0:0]",
+                ":PORTCULLIS_UDP_OUT - [0:0]",
+                "-A PORTCULLIS_UDP_IN -i lo -j RETURN",
+                "-A PORTCULLIS_UDP_IN -p tcp -m multiport --dports 4143,4140,4191 -j RETURN",
+                "-A PORTCULLIS_UDP_IN -p tcp -m multiport --dports 22 -j RETURN",
+                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
+                "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-I INPUT 1 -j PORTCULLIS_UDP_IN",
+                "-I OUTPUT 1 -j PORTCULLIS_UDP_OUT",
+                "COMMIT",
+            ]
+        );
+        // No inbound redirect in nat: the queue judges inbound TCP.
+        assert!(!text.contains("PORTCULLIS_INBOUND"), "{text}");
+        assert!(!text.contains("PORTCULLIS_IN_REDIRECT"), "{text}");
+        assert!(
+            text.contains("-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT"),
+            "{text}"
+        );
+        let v6 = install(
+            &config(&["--allow-forwarding", "--skip-inbound-ports=22"]),
+            Family::V6,
+            "",
+        );
+        assert_eq!(filter_body(&v6), filter_body(&text));
+    }
+
+    #[test]
     fn golden_filter_table() {
-        let text = install(&config(&["--allow-forwarding"]), Family::V4, "");
+        let text = install(
+            &config(&["--allow-forwarding", "--inbound-tcp=proxy"]),
+            Family::V4,
+            "",
+        );
         assert_eq!(
             filter_body(&text),
             [
@@ -122,7 +208,11 @@ mod tests {
             ]
         );
         // Nothing here is family specific.
-        let v6 = install(&config(&["--allow-forwarding"]), Family::V6, "");
+        let v6 = install(
+            &config(&["--allow-forwarding", "--inbound-tcp=proxy"]),
+            Family::V6,
+            "",
+        );
         assert_eq!(filter_body(&v6), filter_body(&text));
     }
 
@@ -134,7 +224,7 @@ mod tests {
             "",
         );
         assert!(!text.contains("bypass"), "fail closed: {text}");
-        assert_eq!(text.matches("--queue-num 7\n").count(), 4);
+        assert_eq!(text.matches("--queue-num 7\n").count(), 5);
         assert!(text.contains("-A PORTCULLIS_UDP_OUT -m owner --uid-owner 1000 -j RETURN"));
     }
 

@@ -11,7 +11,7 @@ pub mod rules;
 use anyhow::{bail, Context, Result};
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, InboundTcp};
 use crate::rules::Family;
 
 /// What happened, for the summary line.
@@ -22,6 +22,13 @@ pub struct Report {
 
 pub fn run(cfg: &Config) -> Result<Report> {
     check_ports(cfg)?;
+    if cfg.inbound_tcp() == InboundTcp::Queue && !cfg.enforce_udp {
+        bail!(
+            "--inbound-tcp queue needs the queue rules and a proxy that reads them \
+             (--enforce-udp, which gives the proxy CAP_NET_ADMIN); with --enforce-udp=false use \
+             --inbound-tcp proxy"
+        );
+    }
     let backend = backend::select(cfg.backend)?;
     let mut report = Report::default();
     report
@@ -86,13 +93,36 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
     backend::restore(backend, family, &input)
         .with_context(|| format!("installing the {} redirect", family.name()))?;
     // Validation: read back what the kernel holds, not what we meant to write.
-    let after = backend::save_all(backend, family)?;
+    let mut after = backend::save_all(backend, family)?;
+    if cfg.inbound_tcp() == InboundTcp::Queue {
+        // An earlier run with `--inbound-tcp proxy` left the inbound redirect: remove it, or it
+        // would still take inbound TCP away from the queue.
+        let stale = [
+            (rules::Table::Nat, rules::INBOUND),
+            (rules::Table::Nat, rules::IN_REDIRECT),
+        ];
+        if let Some(input) = rules::cleanup_chains(&after, &stale) {
+            backend::restore(backend, family, &input).with_context(|| {
+                format!("removing an earlier {} inbound redirect", family.name())
+            })?;
+            after = backend::save_all(backend, family)?;
+        }
+    }
     rules::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
+    let inbound = match cfg.inbound_tcp() {
+        InboundTcp::Queue => format!(
+            "inbound TCP: first packet of each new connection -> NFQUEUE {}",
+            cfg.nfqueue
+        ),
+        InboundTcp::Proxy => format!(
+            "inbound TCP to the pod's own addresses -> :{}",
+            cfg.inbound_port
+        ),
+    };
     Ok(format!(
-        "{}: inbound TCP to the pod's own addresses -> :{}, outbound TCP -> :{} (UID {} exempt), \
+        "{}: {inbound}, outbound TCP -> :{} (UID {} exempt), \
          loopback from outside dropped, {}, verified",
         family.name(),
-        cfg.inbound_port,
         cfg.outbound_port,
         cfg.proxy_uid,
         if cfg.allow_forwarding {

@@ -8,7 +8,7 @@
 
 use ipnet::IpNet;
 
-use crate::config::{Config, PortList, PortSpan};
+use crate::config::{Config, InboundTcp, PortList, PortSpan};
 
 /// Inbound TCP, in nat PREROUTING: what is addressed to the pod goes to the inbound proxy.
 pub const INBOUND: &str = "PORTCULLIS_INBOUND";
@@ -186,33 +186,21 @@ fn antispoof(family: Family) -> Part {
     }
 }
 
-/// The TCP redirect into the proxy.
+/// The TCP redirect into the proxy: outbound always, inbound with `--inbound-tcp proxy`.
 fn nat_redirect(cfg: &Config, family: Family) -> Part {
     let mut rules = Vec::new();
-    // Inbound: only what is addressed to the pod itself (any of its own addresses, including
-    // the ones on `lo`). A packet a neighbour routes through the pod toward another address is
-    // left to routing (the FORWARD drop), never to the proxy, which would relay it.
-    rules.push(format!(
-        "-A {IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
-        cfg.inbound_port
-    ));
-    rules.push(format!(
-        "-A {INBOUND} -m addrtype ! --dst-type LOCAL -j RETURN"
-    ));
-    let own_ports = PortList(
-        [cfg.inbound_port, cfg.outbound_port, cfg.admin_port]
-            .into_iter()
-            .map(|p| PortSpan { first: p, last: p })
-            .collect(),
-    );
-    for ports in [&own_ports, &cfg.skip_inbound_ports] {
-        for chunk in multiport_chunks(ports) {
-            rules.push(format!(
-                "-A {INBOUND} -p tcp -m multiport --dports {chunk} -j RETURN"
-            ));
-        }
+    let mut chains = Vec::new();
+    let mut jumps = Vec::new();
+    if cfg.inbound_tcp() == InboundTcp::Proxy {
+        rules = inbound_redirect(cfg);
+        chains = vec![INBOUND, IN_REDIRECT];
+        jumps.push(Jump {
+            from: "PREROUTING",
+            matches: "-p tcp",
+            to: INBOUND,
+            first: false,
+        });
     }
-    rules.push(format!("-A {INBOUND} -p tcp -j {IN_REDIRECT}"));
 
     // Outbound: what the pod's applications open. The proxy's own connections (by UID, and by
     // mark with `--proxy-mark`) go out untouched, or they would loop; so does loopback traffic. A connection to the pod's own IP
@@ -232,25 +220,52 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
         rules.push(format!("-A {OUTPUT} -d {net} -j RETURN"));
     }
     rules.push(format!("-A {OUTPUT} -p tcp -j {OUT_REDIRECT}"));
+    chains.extend([OUTPUT, OUT_REDIRECT]);
+    jumps.push(Jump {
+        from: "OUTPUT",
+        matches: "-p tcp",
+        to: OUTPUT,
+        first: false,
+    });
     Part {
         table: Table::Nat,
-        chains: vec![INBOUND, IN_REDIRECT, OUTPUT, OUT_REDIRECT],
+        chains,
         rules,
-        jumps: vec![
-            Jump {
-                from: "PREROUTING",
-                matches: "-p tcp",
-                to: INBOUND,
-                first: false,
-            },
-            Jump {
-                from: "OUTPUT",
-                matches: "-p tcp",
-                to: OUTPUT,
-                first: false,
-            },
-        ],
+        jumps,
     }
+}
+
+/// `--inbound-tcp proxy`: inbound TCP into the proxy's inbound listener. Only what is
+/// addressed to the pod itself (any of its own addresses, including the ones on `lo`): a packet
+/// a neighbour routes through the pod toward another address is left to routing (the FORWARD
+/// drop), never to the proxy, which would relay it.
+fn inbound_redirect(cfg: &Config) -> Vec<String> {
+    let mut rules = vec![
+        format!(
+            "-A {IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
+            cfg.inbound_port
+        ),
+        format!("-A {INBOUND} -m addrtype ! --dst-type LOCAL -j RETURN"),
+    ];
+    for ports in [&own_ports(cfg), &cfg.skip_inbound_ports] {
+        for chunk in multiport_chunks(ports) {
+            rules.push(format!(
+                "-A {INBOUND} -p tcp -m multiport --dports {chunk} -j RETURN"
+            ));
+        }
+    }
+    rules.push(format!("-A {INBOUND} -p tcp -j {IN_REDIRECT}"));
+    rules
+}
+
+/// The proxy's three ports: never redirected nor queued.
+pub fn own_ports(cfg: &Config) -> PortList {
+    PortList(
+        [cfg.inbound_port, cfg.outbound_port, cfg.admin_port]
+            .into_iter()
+            .map(|p| PortSpan { first: p, last: p })
+            .collect(),
+    )
 }
 
 /// What identifies the proxy's own traffic, as `iptables-save` prints it: its UID and, with
@@ -451,7 +466,7 @@ pub fn verify(cfg: &Config, family: Family, after: &str) -> Result<(), String> {
 }
 
 /// `-m multiport` takes at most 15 ports per rule, a range counting as two.
-fn multiport_chunks(ports: &PortList) -> Vec<String> {
+pub fn multiport_chunks(ports: &PortList) -> Vec<String> {
     let mut chunks = Vec::new();
     let mut current: Vec<String> = Vec::new();
     let mut weight = 0;

@@ -78,7 +78,10 @@ fn golden_ipv4_install() {
 
 #[test]
 fn ipv6_gets_ipv6_loopback_mapped_addresses_and_only_ipv6_cidrs() {
-    let cfg = config(&["--skip-outbound-cidrs=10.96.0.0/12,fd00::/8"]);
+    let cfg = config(&[
+        "--skip-outbound-cidrs=10.96.0.0/12,fd00::/8",
+        "--inbound-tcp=proxy",
+    ]);
     let text = install(&cfg, Family::V6, "");
     for rule in [
         "-A PORTCULLIS_ANTISPOOF -d ::1/128 ! -i lo -j DROP",
@@ -97,7 +100,7 @@ fn ipv6_gets_ipv6_loopback_mapped_addresses_and_only_ipv6_cidrs() {
 
 #[test]
 fn the_loopback_drop_comes_before_the_redirect_and_non_local_is_never_redirected() {
-    let text = install(&config(&[]), Family::V4, "");
+    let text = install(&config(&["--inbound-tcp=proxy"]), Family::V4, "");
     let raw = text.find("*raw").expect("raw");
     let nat = text.find("*nat").expect("nat");
     assert!(raw < nat, "raw is written first");
@@ -193,9 +196,9 @@ fn cleanup_removes_only_what_is_ours() {
 #[test]
 fn cleanup_removes_what_install_wrote_whatever_the_flags() {
     for args in [
-        &[][..],
-        &["--allow-forwarding"][..],
-        &["--skip-inbound-ports=22"][..],
+        &["--inbound-tcp=proxy"][..],
+        &["--allow-forwarding", "--inbound-tcp=proxy"][..],
+        &["--skip-inbound-ports=22", "--inbound-tcp=proxy"][..],
     ] {
         let current = saved(&config(args), Family::V6);
         let text = cleanup(&current).expect("something to remove");
@@ -232,7 +235,7 @@ fn long_port_lists_are_split_for_multiport() {
 
 #[test]
 fn verify_names_what_is_missing_or_wrong() {
-    let cfg = config(&[]);
+    let cfg = config(&["--inbound-tcp=proxy"]);
     let err = verify(&cfg, Family::V4, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n").unwrap_err();
     assert!(err.contains("chain PORTCULLIS_INBOUND (nat)"), "{err}");
     assert!(err.contains("chain PORTCULLIS_ANTISPOOF (raw)"), "{err}");
@@ -255,7 +258,12 @@ fn verify_names_what_is_missing_or_wrong() {
     let err = verify(&cfg, Family::V4, &pushed_down).unwrap_err();
     assert!(err.contains("as the first rule"), "{err}");
     // A rule for another family or set of flags is not accepted either.
-    let err = verify(&config(&["--skip-inbound-ports=22"]), Family::V4, &good).unwrap_err();
+    let err = verify(
+        &config(&["--skip-inbound-ports=22", "--inbound-tcp=proxy"]),
+        Family::V4,
+        &good,
+    )
+    .unwrap_err();
     assert!(err.contains("--dports 22"), "{err}");
 }
 

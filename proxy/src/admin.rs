@@ -31,6 +31,8 @@ pub struct AdminState {
     pub pod: String,
     /// Whether UDP and SCTP are enforced (`--enforce-udp`); TCP always is.
     pub udp_enforced: bool,
+    /// Where inbound TCP is judged (`--inbound-tcp`).
+    pub inbound_tcp: crate::config::InboundTcp,
 }
 
 impl AdminState {
@@ -112,6 +114,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                     "loaded_at": snapshot.loaded_at,
                     "stale": state.store.is_stale(),
                     "enforced_protocols": state.enforced_protocols(),
+                    "inbound_tcp": state.inbound_tcp.as_str(),
                     "table": &*snapshot.table,
                 });
                 json(StatusCode::OK, &body)
@@ -122,6 +125,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                     "pod": state.pod,
                     "generation": 0,
                     "enforced_protocols": state.enforced_protocols(),
+                    "inbound_tcp": state.inbound_tcp.as_str(),
                     "error": "no policy table loaded yet",
                 }),
             ),
@@ -188,6 +192,7 @@ mod tests {
             draining: Default::default(),
             pod: "x/web".into(),
             udp_enforced: true,
+            inbound_tcp: crate::config::InboundTcp::Queue,
         };
         let (status, body) = get(&state, "/policy", "10.0.0.2:40000");
         assert_eq!(status, StatusCode::FORBIDDEN);

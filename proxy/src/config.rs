@@ -199,6 +199,16 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_PROXY_MARK", value_parser = crate::mark::parse_mark)]
     pub proxy_mark: Option<u32>,
 
+    /// Where inbound TCP is judged; the same value as portcullis-init's `--inbound-tcp`.
+    /// `queue` (the default with `--enforce-udp`): the first packet of each new inbound
+    /// connection comes from NFQUEUE, as for UDP; an allowed connection then goes straight to
+    /// the application in the kernel (no relay: nothing is added to its round trips), a denied
+    /// one is dropped, and revocation deletes its conntrack entry and resets its socket.
+    /// `proxy`: inbound connections are redirected to the inbound listener and relayed (the only
+    /// choice with `--enforce-udp=false`).
+    #[arg(long, env = "PORTCULLIS_INBOUND_TCP", value_enum)]
+    pub inbound_tcp: Option<InboundTcp>,
+
     /// NFQUEUE number that portcullis-init's UDP/SCTP rules send new flows to.
     #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
     pub nfqueue: u16,
@@ -208,9 +218,46 @@ pub struct Config {
     pub log: String,
 }
 
+/// Where inbound TCP is judged (`--inbound-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InboundTcp {
+    /// A verdict on the first packet, from NFQUEUE; the kernel carries the rest.
+    Queue,
+    /// Redirected to the inbound listener and relayed.
+    Proxy,
+}
+
+impl InboundTcp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundTcp::Queue => "queue",
+            InboundTcp::Proxy => "proxy",
+        }
+    }
+}
+
 impl Config {
     pub fn pod_key(&self) -> String {
         format!("{}/{}", self.pod_namespace, self.pod_name)
+    }
+
+    /// `--inbound-tcp`, or its default: `queue` when the queue is read, `proxy` otherwise.
+    pub fn inbound_tcp(&self) -> InboundTcp {
+        self.inbound_tcp.unwrap_or(if self.enforce_udp {
+            InboundTcp::Queue
+        } else {
+            InboundTcp::Proxy
+        })
+    }
+
+    /// Flag combinations that cannot work, as a start error.
+    pub fn check(&self) -> Result<(), String> {
+        if self.inbound_tcp() == InboundTcp::Queue && !self.enforce_udp {
+            return Err("--inbound-tcp queue needs the queue (--enforce-udp, with \
+                        CAP_NET_ADMIN); with --enforce-udp=false use --inbound-tcp proxy"
+                .into());
+        }
+        Ok(())
     }
 }
 

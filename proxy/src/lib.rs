@@ -40,7 +40,7 @@ use portcullis_policy::Direction;
 use tokio::sync::{watch, Semaphore};
 
 use crate::audit::AuditLog;
-use crate::config::{Config, Mode, OnPolicyChange};
+use crate::config::{Config, InboundTcp, Mode, OnPolicyChange};
 use crate::source::{PodIdentity, PolicySource};
 use crate::store::PolicyStore;
 use crate::telemetry::DirectionMetrics;
@@ -79,6 +79,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
+    config.check().map_err(anyhow::Error::msg)?;
     // Before any connection: an unmarked proxy would be redirected into itself.
     mark::install(config.proxy_mark)?;
     fit_max_connections(&mut config);
@@ -113,6 +114,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         draining: Default::default(),
         pod: ctx.pod.clone(),
         udp_enforced: config.enforce_udp,
+        inbound_tcp: config.inbound_tcp(),
     });
     // The admin port outlives the listeners: it answers /ready with 503 while draining.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -171,6 +173,7 @@ fn log_start(config: &Config, pod: &str) {
         max_connections = config.max_connections,
         admin_max_connections = config.admin_max_connections,
         enforced_protocols = if config.enforce_udp { "TCP,UDP,SCTP" } else { "TCP" },
+        inbound_tcp = config.inbound_tcp().as_str(),
         version = env!("CARGO_PKG_VERSION"),
     );
 }
@@ -253,6 +256,15 @@ fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Re
             "UDP and SCTP flows are decided on their first packet from NFQUEUE {}",
             config.nfqueue
         );
+        if config.inbound_tcp() == InboundTcp::Queue {
+            tracing::info!(
+                event = "inbound_tcp_queued",
+                nfqueue = config.nfqueue,
+                "inbound TCP connections are decided on their first packet from NFQUEUE {} and \
+                 then carried by the kernel (--inbound-tcp queue)",
+                config.nfqueue
+            );
+        }
     } else {
         tracing::warn!(
             event = "udp_not_enforced",

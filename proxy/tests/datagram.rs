@@ -1152,3 +1152,167 @@ fn a_udp_flow_to_a_cluster_ip_is_judged_on_every_backend_kube_proxy_could_pick()
             .any(|l| l["service"] == "x/empty")
     });
 }
+
+/// Ingress from the client on 8080/TCP only.
+const INGRESS_TCP_8080: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-tcp, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+"#;
+
+/// A TCP server in the pod: answers each line with the address it saw the peer at, then echoes.
+fn tcp_server(ns: &str, addr: &str) {
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let l = in_ns(ns, move || std::net::TcpListener::bind(addr)).expect("bind tcp");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = s;
+                let peer = s
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(format!("{peer} ").as_bytes()).is_err() {
+                        return;
+                    }
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn tcp_connect(ns: &str, to: &str) -> std::io::Result<std::net::TcpStream> {
+    let to: SocketAddr = to.parse().expect("addr");
+    let s = in_ns(ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(1500))
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    Ok(s)
+}
+
+/// One exchange: what the server answered (the peer address it saw, then the echo).
+fn exchange(s: &mut std::net::TcpStream, msg: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    s.write_all(msg.as_bytes())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(msg.as_bytes()) {
+        match s.read(&mut buf)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[test]
+fn inbound_tcp_is_decided_in_the_queue_and_then_left_to_the_kernel() {
+    let t = Setup::new(&[INGRESS_TCP_8080], ENFORCING);
+    tcp_server(&t.pod_ns, "[::]:8080");
+    tcp_server(&t.pod_ns, "[::]:8081");
+    t.wait_ready();
+    let (_, body) = t.admin("/policy");
+    let policy: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(policy["inbound_tcp"], "queue");
+
+    // Allowed: the application sees the peer itself (no relay in between), in both families,
+    // and a hundred exchanges later only each connection's first packet was queued.
+    let mut c4 = tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).expect("allowed");
+    let mut c6 = tcp_connect(&t.peer_ns, &format!("[{POD_IP6}]:8080")).expect("allowed v6");
+    for i in 0..100 {
+        let msg = format!("m{i};");
+        let back = exchange(&mut c4, &msg).expect("echo");
+        assert_eq!(back, format!("::ffff:{PEER_IP} {msg}"));
+        let back6 = exchange(&mut c6, &msg).expect("echo v6");
+        assert_eq!(back6, format!("{PEER_IP6} {msg}"));
+    }
+    assert_eq!(
+        t.queued("PORTCULLIS_UDP_IN"),
+        1,
+        "one queued packet for the IPv4 connection"
+    );
+
+    // Denied: the SYN is dropped (no answer at all, as CNIs do), and one line says so.
+    let denied = tcp_connect(&t.peer_ns, &format!("{POD_IP}:8081"));
+    assert!(denied.is_err(), "a denied port must not connect");
+    t.wait_for("the denial line", || {
+        !t.log_lines("connection_denied").is_empty()
+    });
+    let line = &t.log_lines("connection_denied")[0];
+    assert_eq!(line["protocol"], "TCP");
+    assert_eq!(line["direction"], "ingress");
+    assert_eq!(line["dst"], format!("{POD_IP}:8081"));
+    assert_eq!(line["peer_pod"], "client");
+    assert_eq!(line["isolated_by"], "x/client-tcp");
+    assert!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "protocol=\"TCP\"",
+            "verdict=\"deny\""
+        ]) >= 1.0
+    );
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "protocol=\"TCP\"",
+            "verdict=\"allow\""
+        ]),
+        2.0
+    );
+}
+
+#[test]
+fn a_revoked_inbound_tcp_connection_is_reset() {
+    let t = Setup::new(&[INGRESS_TCP_8080], ENFORCING);
+    tcp_server(&t.pod_ns, "0.0.0.0:8080");
+    t.wait_ready();
+    let mut c = tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).expect("allowed");
+    exchange(&mut c, "before;").expect("echo before");
+
+    t.remove_policy("001-policy.yaml");
+    t.write_policy(
+        "002-deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    t.wait_for("the termination line", || {
+        !t.log_lines("connection_terminated").is_empty()
+    });
+    let line = &t.log_lines("connection_terminated")[0];
+    assert_eq!(line["protocol"], "TCP");
+    assert_eq!(line["direction"], "ingress");
+    assert_eq!(line["dst"], format!("{POD_IP}:8080"));
+    // The peer is told at once: its next read ends (reset), it does not hang.
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the revoked connection must end with a reset, got {other:?}"),
+    }
+    assert!(
+        tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).is_err(),
+        "a new connection is denied"
+    );
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_terminated_total{",
+            "direction=\"ingress\"",
+            "protocol=\"TCP\""
+        ]),
+        1.0
+    );
+}

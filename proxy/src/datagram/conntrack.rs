@@ -1,5 +1,6 @@
 //! The pod's conntrack table over ctnetlink (`NETLINK_NETFILTER`, subsystem `CTNETLINK`): list
-//! the UDP and SCTP entries, delete one. Needs `CAP_NET_ADMIN` in the pod's network namespace.
+//! the entries the queue judged (UDP, SCTP, and inbound TCP marked [`QUEUED_TCP_CONNMARK`]),
+//! delete one. Needs `CAP_NET_ADMIN` in the pod's network namespace.
 //!
 //! Hand-written rather than a crate: two messages (a dump request and a delete by tuple and id)
 //! and the few attributes they carry; the netlink crates that speak ctnetlink pull in a large
@@ -30,7 +31,19 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_MARK: u16 = 8;
 const CTA_ID: u16 = 12;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `enum tcp_conntrack`: a connection in these states is over; nothing to revoke.
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
+
+/// The conntrack mark bit portcullis-init's `--inbound-tcp queue` rules set on each inbound TCP
+/// connection they queue (`docs/CONVENTIONS.md`): only those are the queue's to revoke; TCP to
+/// the proxy's own ports, to skipped ports, and everything the proxy relays carry no such bit.
+pub const QUEUED_TCP_CONNMARK: u32 = 0x1000;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -49,7 +62,7 @@ pub struct Tuple {
     pub destination: SocketAddr,
 }
 
-/// A UDP or SCTP conntrack entry.
+/// A conntrack entry the queue judged: UDP, SCTP, or queued inbound TCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub protocol: Protocol,
@@ -82,8 +95,8 @@ impl Conntrack {
         Ok(Conntrack { fd, seq: 1 })
     }
 
-    /// Every UDP and SCTP entry, IPv4 and IPv6.
-    pub fn datagram_flows(&mut self) -> io::Result<Vec<Entry>> {
+    /// Every UDP and SCTP entry and every live queued TCP connection, IPv4 and IPv6.
+    pub fn judged_flows(&mut self) -> io::Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for family in [libc_af(AddressFamily::Inet), libc_af(AddressFamily::Inet6)] {
             let request = message(
@@ -313,11 +326,13 @@ fn parse_tuple(data: &[u8]) -> Option<(u8, Tuple)> {
     ))
 }
 
-/// One dumped entry, when it is UDP or SCTP.
+/// One dumped entry, when the queue judged it: UDP, SCTP, or a TCP connection that carries
+/// [`QUEUED_TCP_CONNMARK`] and is not over yet.
 fn parse_entry(payload: &[u8]) -> Option<Entry> {
     let attrs = payload.get(4..)?;
     let (number, original) = parse_tuple(find(attrs, CTA_TUPLE_ORIG)?)?;
     let protocol = match number {
+        6 if queued_tcp_alive(attrs) => Protocol::Tcp,
         17 => Protocol::Udp,
         132 => Protocol::Sctp,
         _ => return None,
@@ -333,6 +348,18 @@ fn parse_entry(payload: &[u8]) -> Option<Entry> {
         id,
         zone,
     })
+}
+
+fn queued_tcp_alive(attrs: &[u8]) -> bool {
+    let mark = find(attrs, CTA_MARK)
+        .and_then(|v| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+        .unwrap_or(0);
+    let state = find(attrs, CTA_PROTOINFO)
+        .and_then(|p| find(p, CTA_PROTOINFO_TCP))
+        .and_then(|t| find(t, CTA_PROTOINFO_TCP_STATE))
+        .and_then(|v| v.first().copied());
+    mark & QUEUED_TCP_CONNMARK != 0
+        && !matches!(state, Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE))
 }
 
 #[cfg(test)]
@@ -364,16 +391,45 @@ mod tests {
         }
     }
 
+    fn tcp(t: &Tuple, mark: Option<u32>, state: Option<u8>) -> Vec<u8> {
+        let mut attrs = vec![10, 0, 0, 0];
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Tcp, t);
+        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Tcp, t);
+        if let Some(m) = mark {
+            put_attr(&mut attrs, CTA_MARK, &m.to_be_bytes());
+        }
+        if let Some(state) = state {
+            let mut inner = Vec::new();
+            put_attr(&mut inner, CTA_PROTOINFO_TCP_STATE, &[state]);
+            let mut tcp = Vec::new();
+            put_attr(&mut tcp, CTA_PROTOINFO_TCP | NLA_F_NESTED, &inner);
+            put_attr(&mut attrs, CTA_PROTOINFO | NLA_F_NESTED, &tcp);
+        }
+        attrs
+    }
+
     #[test]
-    fn tcp_entries_are_skipped() {
+    fn only_queued_live_tcp_entries_are_the_queues() {
         let t = Tuple {
             source: "[fd00::1]:1".parse().unwrap(),
             destination: "[fd00::2]:2".parse().unwrap(),
         };
-        let mut attrs = vec![10, 0, 0, 0];
-        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Tcp, &t);
-        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Tcp, &t);
-        assert_eq!(parse_entry(&attrs), None);
+        // What the proxy relays, or what reached a skipped port: no mark.
+        assert_eq!(parse_entry(&tcp(&t, None, Some(3))), None);
+        assert_eq!(parse_entry(&tcp(&t, Some(0x0800), Some(3))), None);
+        let established = parse_entry(&tcp(&t, Some(0x1001), Some(3))).expect("queued");
+        assert_eq!(established.protocol, Protocol::Tcp);
+        assert_eq!(
+            parse_entry(&tcp(&t, Some(0x1000), None)).map(|e| e.original),
+            Some(t)
+        );
+        // Over already: nothing to revoke.
+        assert_eq!(parse_entry(&tcp(&t, Some(0x1000), Some(7))), None);
+        assert_eq!(parse_entry(&tcp(&t, Some(0x1000), Some(8))), None);
+        let full = tcp(&t, Some(0x1000), Some(3));
+        for cut in 0..full.len() {
+            let _ = parse_entry(&full[..cut]);
+        }
         let mut sctp = vec![10, 0, 0, 0];
         put_tuple(&mut sctp, CTA_TUPLE_ORIG, Protocol::Sctp, &t);
         put_tuple(&mut sctp, CTA_TUPLE_REPLY, Protocol::Sctp, &t);

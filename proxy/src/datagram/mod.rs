@@ -17,6 +17,7 @@ pub mod flow;
 pub mod packet;
 pub mod queue;
 pub mod revoke;
+pub mod sockdiag;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

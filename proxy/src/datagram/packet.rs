@@ -1,4 +1,5 @@
-//! What a queued packet is: IPv4 or IPv6, UDP or SCTP, from where to where.
+//! What a queued packet is: IPv4 or IPv6, UDP, SCTP or TCP (inbound TCP with `--inbound-tcp
+//! queue`), from where to where.
 //!
 //! Everything here reads bytes a peer (or an application in the pod) chose: every length is
 //! checked, nothing panics, and anything that is not exactly an unfragmented first IP packet
@@ -9,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use portcullis_policy::table::canonical;
 use portcullis_policy::Protocol;
 
+const TCP: u8 = 6;
 const UDP: u8 = 17;
 const SCTP: u8 = 132;
 
@@ -33,7 +35,7 @@ pub enum Malformed {
     /// A fragment other than the first (conntrack reassembles before the queue, so this is not
     /// a packet the queue should ever carry).
     Fragment,
-    /// Neither UDP nor SCTP after the IP header (and its IPv6 extension headers).
+    /// Not UDP, SCTP or TCP after the IP header (and its IPv6 extension headers).
     OtherProtocol,
     /// More IPv6 extension headers than any real packet has.
     TooManyExtensions,
@@ -62,11 +64,12 @@ pub fn parse(packet: &[u8]) -> Result<Flow, Malformed> {
         _ => return Err(Malformed::NotIp),
     };
     let protocol = match proto {
+        TCP => Protocol::Tcp,
         UDP => Protocol::Udp,
         SCTP => Protocol::Sctp,
         _ => return Err(Malformed::OtherProtocol),
     };
-    // UDP and SCTP both start with the source and destination ports.
+    // UDP, SCTP and TCP all start with the source and destination ports.
     let ports = packet.get(l4..l4 + 4).ok_or(Malformed::Truncated)?;
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);

@@ -1,6 +1,8 @@
-//! Revocation: when a new table denies a UDP or SCTP flow that is already established, its
-//! conntrack entry is deleted, so its next packet is `NEW` again, goes to the queue, and meets
-//! the new table. One `connection_terminated` line per flow, as for TCP.
+//! Revocation: when a new table denies a UDP or SCTP flow, or an inbound TCP connection the
+//! queue let through (`--inbound-tcp queue`), that is already established, its conntrack entry
+//! is deleted, so its next packet is `NEW` again, goes to the queue, and meets the new table; a
+//! TCP connection's socket is reset first, so that both ends see it end. One
+//! `connection_terminated` line per flow, as for relayed TCP.
 
 use std::collections::HashSet;
 use std::io;
@@ -9,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_policy::table::canonical;
-use portcullis_policy::Direction;
+use portcullis_policy::{Direction, Protocol};
 
 use super::conntrack::{Conntrack, Entry};
 use super::flow::decide_flow;
+use super::sockdiag;
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::telemetry::{count_flow_terminated, QUEUE_ERRORS};
 use crate::Context;
@@ -83,7 +86,7 @@ fn sweep_logged(ctx: &Context, pod_ips: &[IpAddr]) {
         metrics::counter!(QUEUE_ERRORS, "operation" => "conntrack").increment(1);
         tracing::error!(
             event = "revocation_failed",
-            protocol = "UDP/SCTP",
+            protocol = "UDP/SCTP/queued TCP",
             error = %e,
             "cannot list or delete conntrack entries: established UDP/SCTP flows that the new \
              table denies may go on"
@@ -102,7 +105,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
     let own_ports = own_udp_ports();
     let mut ct = Conntrack::open()?;
     let mut revoked = 0;
-    for entry in ct.datagram_flows()? {
+    for entry in ct.judged_flows()? {
         let Some(j) = place(&entry, &local, &own_ports) else {
             continue;
         };
@@ -117,6 +120,10 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
         );
         if flow.lets_through() {
             continue;
+        }
+        if entry.protocol == Protocol::Tcp {
+            // Reset the application's socket first: its reset leaves through the entry it has.
+            reset_socket(&entry);
         }
         if !ct.delete(&entry)? {
             continue;
@@ -137,6 +144,22 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
         });
     }
     Ok(revoked)
+}
+
+/// Aborts the application's end of a queued inbound TCP connection (the peer gets a reset).
+/// When the kernel cannot, deleting the entry still ends it: the next packet is judged again.
+fn reset_socket(entry: &Entry) {
+    // Inbound, not translated: the application's socket is the reply's source.
+    match sockdiag::destroy_tcp(entry.reply.source, entry.original.source) {
+        Ok(_) => {}
+        Err(e) => tracing::debug!(
+            event = "socket_reset_failed",
+            local = %entry.reply.source,
+            peer = %entry.original.source,
+            error = %e,
+            "the connection's conntrack entry is deleted, so its next packet is judged and dropped"
+        ),
+    }
 }
 
 /// The pod's addresses: `POD_IPS` and every address on its interfaces.
