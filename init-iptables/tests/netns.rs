@@ -181,7 +181,7 @@ fn original_dst(s: &TcpStream) -> SocketAddr {
 #[test]
 fn inbound_is_redirected_to_the_inbound_port_with_the_original_destination() {
     let p = Pair::new();
-    p.init_ok(&[]);
+    p.init_ok(&["--inbound-tcp=proxy"]);
     let proxy = listen(&p.pod, "0.0.0.0:4143");
     let app = listen(&p.pod, "0.0.0.0:8080");
     let _c = connect(&p.peer, &format!("{POD4}:8080"));
@@ -191,9 +191,39 @@ fn inbound_is_redirected_to_the_inbound_port_with_the_original_destination() {
 }
 
 #[test]
+fn by_default_inbound_tcp_waits_for_a_verdict_in_the_queue_except_on_skipped_ports() {
+    let p = Pair::new();
+    p.init_ok(&["--skip-inbound-ports=9090"]);
+    let proxy = listen(&p.pod, "0.0.0.0:4143");
+    let app = listen(&p.pod, "0.0.0.0:8080");
+    let skipped = listen(&p.pod, "0.0.0.0:9090");
+    // No proxy reads the queue here: the SYN waits in it and is never answered (fail closed).
+    let to: SocketAddr = format!("{POD4}:8080").parse().expect("addr");
+    let attempt = in_ns(&p.peer, move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(1500))
+    });
+    assert!(attempt.is_err(), "no verdict, no connection");
+    assert!(accepted(&app).is_none(), "nothing reaches the app without a verdict");
+    assert!(accepted(&proxy).is_none(), "nor the inbound listener");
+    let queued = p.save("iptables-save");
+    assert!(
+        queued.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE"),
+        "{queued}"
+    );
+    // A skipped port goes straight to the application.
+    let _s = connect(&p.peer, &format!("{POD4}:9090"));
+    let s = accepted(&skipped).expect("a skipped port is not queued");
+    assert_eq!(
+        s.peer_addr().expect("peer").ip().to_string(),
+        PEER4,
+        "no redirect, no relay"
+    );
+}
+
+#[test]
 fn inbound_ipv6_is_redirected_too() {
     let p = Pair::new();
-    p.init_ok(&[]);
+    p.init_ok(&["--inbound-tcp=proxy"]);
     let proxy = listen(&p.pod, "[::]:4143");
     let _c = connect(&p.peer, &format!("[{POD6}]:8080"));
     let s = accepted(&proxy).expect("IPv6 lands on the inbound port");
@@ -323,7 +353,12 @@ fn running_twice_is_idempotent_and_cleanup_restores_the_original_ruleset() {
             "{backend}: a second run leaves one copy of each rule"
         );
         assert_eq!(p.save(&save6), once6, "{backend}");
-        assert_eq!(once4.matches("-j PORTCULLIS_INBOUND").count(), 1);
+        assert_eq!(once4.matches("-j PORTCULLIS_UDP_IN").count(), 1);
+        // Switching to the relayed inbound and back leaves no redirect behind.
+        p.init_ok(&[&backend_flag, "--inbound-tcp=proxy"]);
+        assert_eq!(p.save(&save4).matches("-j PORTCULLIS_INBOUND").count(), 1);
+        p.init_ok(&[&backend_flag]);
+        assert_eq!(p.save(&save4), once4, "{backend}: back to the queue");
         // Our drops come before what was there: first in raw PREROUTING and filter FORWARD.
         for (table, chain, ours) in [
             ("raw", "PREROUTING", "PORTCULLIS_ANTISPOOF"),
@@ -390,7 +425,8 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("*nat"));
     assert!(text.contains("-A PORTCULLIS_OUTPUT -d 10.96.0.0/12 -j RETURN"));
-    assert!(text.contains("-A PREROUTING -p tcp -j PORTCULLIS_INBOUND"));
+    assert!(text.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE"));
+    assert!(!text.contains("PORTCULLIS_INBOUND"), "inbound TCP is queued, not redirected");
     assert_eq!(p.save("iptables-save"), before);
 }
 
