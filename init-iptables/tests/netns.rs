@@ -203,7 +203,10 @@ fn by_default_inbound_tcp_waits_for_a_verdict_in_the_queue_except_on_skipped_por
         TcpStream::connect_timeout(&to, Duration::from_millis(1500))
     });
     assert!(attempt.is_err(), "no verdict, no connection");
-    assert!(accepted(&app).is_none(), "nothing reaches the app without a verdict");
+    assert!(
+        accepted(&app).is_none(),
+        "nothing reaches the app without a verdict"
+    );
     assert!(accepted(&proxy).is_none(), "nor the inbound listener");
     let queued = p.save("iptables-save");
     assert!(
@@ -426,7 +429,10 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     assert!(text.contains("*nat"));
     assert!(text.contains("-A PORTCULLIS_OUTPUT -d 10.96.0.0/12 -j RETURN"));
     assert!(text.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE"));
-    assert!(!text.contains("PORTCULLIS_INBOUND"), "inbound TCP is queued, not redirected");
+    assert!(
+        !text.contains("PORTCULLIS_INBOUND"),
+        "inbound TCP is queued, not redirected"
+    );
     assert_eq!(p.save("iptables-save"), before);
 }
 

@@ -872,7 +872,9 @@ pub fn init_container(settings: &Settings, cfg: &InjectorConfig) -> Container {
 /// containers. The mark goes with UDP enforcement because both need the proxy's NET_ADMIN: with
 /// it, the init rules exempt only UID 2171 *with* the mark, so another process running as 2171
 /// is checked like any other; without NET_ADMIN the proxy cannot mark, and UID 2171 alone is
-/// exempt (`udp-not-enforced` in the exemptions annotation says so).
+/// exempt (`udp-not-enforced` in the exemptions annotation says so). `PORTCULLIS_INBOUND_TCP`
+/// says where inbound TCP is judged: in the same queue when it is read (no relay on the inbound
+/// side), else by the inbound listener.
 fn udp_env(settings: &Settings) -> Vec<EnvVar> {
     let mut vars = vec![env(
         "PORTCULLIS_ENFORCE_UDP",
@@ -882,6 +884,15 @@ fn udp_env(settings: &Settings) -> Vec<EnvVar> {
         vars.push(env("PORTCULLIS_NFQUEUE", NFQUEUE.to_string()));
         vars.push(env("PORTCULLIS_PROXY_MARK", format!("{PROXY_MARK:#x}")));
     }
+    vars.push(env(
+        "PORTCULLIS_INBOUND_TCP",
+        if settings.enforce_udp {
+            "queue"
+        } else {
+            "proxy"
+        }
+        .to_string(),
+    ));
     vars
 }
 

@@ -194,6 +194,11 @@ fn native_mode_on_a_bare_pod() {
     assert_eq!(env["PORTCULLIS_ENFORCE_UDP"], "true");
     assert_eq!(env["PORTCULLIS_NFQUEUE"], "4171");
     assert_eq!(env["PORTCULLIS_PROXY_MARK"], "0x1000");
+    assert_eq!(env["PORTCULLIS_INBOUND_TCP"], "queue");
+    assert_eq!(
+        env_of(find(&p, "portcullis-init"))["PORTCULLIS_INBOUND_TCP"],
+        "queue"
+    );
     // The app's NET_RAW is dropped.
     let app_caps = find(&p, "app")
         .security_context
@@ -513,10 +518,16 @@ fn udp_enforcement_off_by_namespace_or_flag() {
         );
         let proxy = find(&p, "portcullis-proxy");
         assert_eq!(env_of(proxy)["PORTCULLIS_ENFORCE_UDP"], "false");
-        // No NET_ADMIN, no mark: neither container is told one (UID 2171 alone is exempt).
+        // No NET_ADMIN, no mark: neither container is told one (UID 2171 alone is exempt),
+        // and inbound TCP is relayed (no queue to judge it in).
         for c in ["portcullis-proxy", "portcullis-init"] {
             assert!(
                 !env_of(find(&p, c)).contains_key("PORTCULLIS_PROXY_MARK"),
+                "{c}"
+            );
+            assert_eq!(
+                env_of(find(&p, c))["PORTCULLIS_INBOUND_TCP"],
+                "proxy",
                 "{c}"
             );
         }

@@ -395,7 +395,7 @@ fn build(opts: &UpOptions) -> Result<State> {
         if pod.injected {
             // Through env(1): the init container reads its settings from the environment.
             let mut init_env = vec![format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp)];
-            init_env.extend(proxy_mark_env(opts).map(|(k, v)| format!("{k}={v}")));
+            init_env.extend(sidecar_env(opts).iter().map(|(k, v)| format!("{k}={v}")));
             init_env.push(opts.binaries.init.to_string_lossy().into_owned());
             let init_env: Vec<&str> = init_env.iter().map(String::as_str).collect();
             netns::exec_in(&pod.netns, "env", &init_env)
@@ -649,7 +649,11 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
     if let Some(h) = info.host_ip {
         env.push(("HOST_IP".into(), h.to_string()));
     }
-    env.extend(proxy_mark_env(opts).map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(
+        sidecar_env(opts)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let mut args = match opts.policy_source {
         PolicySource::Dir => vec![
             "--policy-dir".to_string(),
@@ -676,11 +680,19 @@ fn start_proxy(opts: &UpOptions, pod: &PodState, info: &PodInfo, policy_dir: &Pa
     )
 }
 
-/// `PORTCULLIS_PROXY_MARK` for init and proxy, as the injector sets it: only when the proxy has
-/// CAP_NET_ADMIN (UDP enforced), without which it cannot mark its sockets.
-fn proxy_mark_env(opts: &UpOptions) -> Option<(&'static str, &'static str)> {
-    opts.enforce_udp
-        .then_some(("PORTCULLIS_PROXY_MARK", PROXY_MARK))
+/// What the injector sets on both init and proxy besides `PORTCULLIS_ENFORCE_UDP`:
+/// `PORTCULLIS_PROXY_MARK` only when the proxy has CAP_NET_ADMIN (UDP enforced), without which
+/// it cannot mark its sockets, and `PORTCULLIS_INBOUND_TCP`: judged in the queue when the proxy
+/// reads one, else relayed.
+fn sidecar_env(opts: &UpOptions) -> Vec<(&'static str, &'static str)> {
+    if opts.enforce_udp {
+        vec![
+            ("PORTCULLIS_PROXY_MARK", PROXY_MARK),
+            ("PORTCULLIS_INBOUND_TCP", "queue"),
+        ]
+    } else {
+        vec![("PORTCULLIS_INBOUND_TCP", "proxy")]
+    }
 }
 
 /// Whom a process runs as: an unprivileged UID, with CAP_NET_ADMIN (ambient) or no capability.
