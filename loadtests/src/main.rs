@@ -56,6 +56,13 @@ struct Args {
     /// Extra arguments for both proxies, e.g. `--proxy-arg=--copy=userspace`.
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
     proxy_args: Vec<String>,
+
+    /// Where the pods' proxies judge inbound TCP, passed to portcullis-init and both proxies:
+    /// `queue` (a verdict on the first packet, then the kernel carries the connection) or
+    /// `proxy` (relayed by the inbound listener, hop for hop against HAProxy). Unset: the
+    /// binaries' default (`queue` when they enforce UDP).
+    #[arg(long, value_parser = ["queue", "proxy"])]
+    inbound_tcp: Option<String>,
     /// `sockperf ping-pong` 16 B (TCP on every path; UDP beside the UDP workloads). auto: when
     /// installed, off with --smoke.
     #[arg(long, value_enum, default_value = "auto")]
@@ -93,7 +100,7 @@ fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 struct PathSpec {
     name: &'static str,
-    description: &'static str,
+    description: String,
     ns: String,
     sink: SocketAddr,
     echo: SocketAddr,
@@ -163,22 +170,26 @@ fn main() -> Result<()> {
     topo.write_policy(0)?;
     let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
     let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());
+    let (mut init_args, mut proxy_args) = (Vec::new(), args.proxy_args.clone());
+    if let Some(mode) = &args.inbound_tcp {
+        init_args.push(format!("--inbound-tcp={mode}"));
+        proxy_args.push(format!("--inbound-tcp={mode}"));
+    }
     let server_proxy = topo.start_portcullis(
         &server_ns,
         "server",
         &server_ips,
-        &init,
-        &proxy,
-        &args.proxy_args,
+        (&init, &init_args),
+        (&proxy, &proxy_args),
     )?;
     let mesh_proxy = topo.start_portcullis(
         &mesh_ns,
         "mesh-client",
         CLIENT_IP_MESH,
-        &init,
-        &proxy,
-        &args.proxy_args,
+        (&init, &init_args),
+        (&proxy, &proxy_args),
     )?;
+    let inbound = inbound_mode(&server_ns);
     plan.confirm_udp(&[("server", &server_ns), ("mesh-client", &mesh_ns)])?;
     let haproxy_pid = if haproxy {
         Some(topo.start_haproxy()?)
@@ -193,7 +204,7 @@ fn main() -> Result<()> {
         );
     }
 
-    let paths = path_specs(&topo, haproxy);
+    let paths = path_specs(&topo, haproxy, &inbound);
     let results = run_rounds(&paths, &args, &plan)?;
     let on = Processes {
         server_proxy,
@@ -205,10 +216,19 @@ fn main() -> Result<()> {
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
 
-    let mut notes = vec![format!(
-        "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
-        fd_limit_text()
-    )];
+    let mut notes = vec![
+        format!(
+            "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
+            fd_limit_text()
+        ),
+        format!(
+            "Inbound TCP in the server pod (its proxy's /policy): {inbound}. queue: the first \
+             packet of each connection is judged in NFQUEUE and the kernel carries the rest, so \
+             the inbound rows measure the verdict and no relay, and the server proxy holds \
+             nothing for inbound idle connections; proxy: relayed by the inbound listener \
+             (--inbound-tcp proxy for the hop-for-hop comparison with HAProxy)."
+        ),
+    ];
     if paths.iter().any(|p| p.name == "mesh") && paths.iter().any(|p| p.name == "inbound") {
         notes.push(
             "The server-side proxy serves both the inbound and the mesh path, inbound first: on \
@@ -237,6 +257,16 @@ fn main() -> Result<()> {
     write_report(&report, &args)
 }
 
+/// Where the server pod's proxy judges inbound TCP, as its `/policy` says (`proxy` for a
+/// binary too old to say).
+fn inbound_mode(server_ns: &str) -> String {
+    workload::http_get(server_ns, 4191, "/policy")
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["inbound_tcp"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "proxy".to_string())
+}
+
 /// The servers of the optional workloads: in the server namespace (behind Portcullis and
 /// HAProxy) and in the direct one (no Portcullis).
 fn start_optional_servers(topo: &mut Topology, plan: &extra::Plan) -> Result<()> {
@@ -257,12 +287,12 @@ fn start_optional_servers(topo: &mut Topology, plan: &extra::Plan) -> Result<()>
     Ok(())
 }
 
-fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
+fn path_specs(topo: &Topology, haproxy: bool, inbound: &str) -> Vec<PathSpec> {
     let direct_ip = addr(DIRECT_SERVER_IP, 0).ip();
     let mut paths = vec![
         PathSpec {
             name: "direct",
-            description: "direct (no proxy)",
+            description: "direct (no proxy)".into(),
             ns: topo.client.clone(),
             sink: addr(SERVER_IP_PLAIN, DIRECT_SINK_PORT),
             echo: addr(SERVER_IP_PLAIN, DIRECT_ECHO_PORT),
@@ -275,7 +305,10 @@ fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
         },
         PathSpec {
             name: "inbound",
-            description: "Portcullis inbound (1 proxy)",
+            description: match inbound {
+                "queue" => "Portcullis inbound (verdict in the queue, no relay)".into(),
+                _ => "Portcullis inbound (1 proxy)".into(),
+            },
             ns: topo.client.clone(),
             sink: addr(SERVER_IP_PLAIN, SINK_PORT),
             echo: addr(SERVER_IP_PLAIN, ECHO_PORT),
@@ -288,7 +321,7 @@ fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
         },
         PathSpec {
             name: "mesh",
-            description: "Portcullis outbound+inbound (2 proxies)",
+            description: "Portcullis outbound+inbound (2 proxies)".into(),
             ns: topo.mesh_client.clone(),
             sink: addr(SERVER_IP_MESH, SINK_PORT),
             echo: addr(SERVER_IP_MESH, ECHO_PORT),
@@ -301,7 +334,7 @@ fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
         },
         PathSpec {
             name: "service",
-            description: "Portcullis via a Service's ClusterIP (2 proxies)",
+            description: "Portcullis via a Service's ClusterIP (2 proxies)".into(),
             ns: topo.mesh_client.clone(),
             sink: addr(SERVICE_IP, SINK_PORT),
             echo: addr(SERVICE_IP, ECHO_PORT),
@@ -318,7 +351,7 @@ fn path_specs(topo: &Topology, haproxy: bool) -> Vec<PathSpec> {
     if haproxy {
         paths.push(PathSpec {
             name: "haproxy",
-            description: "HAProxy TCP, splice-auto (1 proxy)",
+            description: "HAProxy TCP, splice-auto (1 proxy)".into(),
             ns: topo.client.clone(),
             sink: addr(SERVER_IP_PLAIN, HAPROXY_SINK_PORT),
             echo: addr(SERVER_IP_PLAIN, HAPROXY_ECHO_PORT),
@@ -370,7 +403,7 @@ fn run_rounds(paths: &[PathSpec], args: &Args, plan: &extra::Plan) -> Result<Vec
         .enumerate()
         .map(|(i, p)| PathResult {
             path: p.name.into(),
-            description: p.description.into(),
+            description: p.description.clone(),
             throughput_1_gbps: median(t1[i].clone()),
             throughput_16_gbps: median(t16[i].clone()),
             latency: workload::Latency {

@@ -238,27 +238,18 @@ impl Topology {
         ns: &str,
         pod: &str,
         pod_ips: &str,
-        init: &Path,
-        proxy: &Path,
-        proxy_args: &[String],
+        (init, init_args): (&Path, &[String]),
+        (proxy, proxy_args): (&Path, &[String]),
     ) -> Result<u32> {
         // HAProxy's frontends are not Portcullis' to judge: HAProxy is the path compared with.
         let skip = format!(
             "{DIRECT_SINK_PORT},{DIRECT_ECHO_PORT},{HAPROXY_SINK_PORT},{HAPROXY_ECHO_PORT},\
              {HAPROXY_SOCKPERF_PORT},{HAPROXY_IPERF_PORT}"
         );
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                &init.to_string_lossy(),
-                "--skip-inbound-ports",
-                &skip,
-            ],
-        )
-        .with_context(|| format!("portcullis-init in {ns}"))?;
+        let init = init.to_string_lossy();
+        let mut args = vec!["netns", "exec", ns, &init, "--skip-inbound-ports", &skip];
+        args.extend(init_args.iter().map(String::as_str));
+        run("ip", &args).with_context(|| format!("portcullis-init in {ns}"))?;
         let policy_dir = self.dir.join("policy");
         let log = self.dir.join(format!("{pod}.proxy.log"));
         let out = File::create(&log)?;
