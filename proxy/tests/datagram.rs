@@ -1277,10 +1277,13 @@ fn inbound_tcp_is_decided_in_the_queue_and_then_left_to_the_kernel() {
 #[test]
 fn a_revoked_inbound_tcp_connection_is_reset() {
     let t = Setup::new(&[INGRESS_TCP_8080], ENFORCING);
-    tcp_server(&t.pod_ns, "0.0.0.0:8080");
+    // Dual-stack, as most servers listen: the IPv4 peer's socket holds a v4-mapped address.
+    tcp_server(&t.pod_ns, "[::]:8080");
     t.wait_ready();
     let mut c = tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).expect("allowed");
     exchange(&mut c, "before;").expect("echo before");
+    let mut c6 = tcp_connect(&t.peer_ns, &format!("[{POD_IP6}]:8080")).expect("allowed v6");
+    exchange(&mut c6, "before;").expect("echo before, v6");
 
     t.remove_policy("001-policy.yaml");
     t.write_policy(
@@ -1288,20 +1291,29 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
          spec: {podSelector: {}, policyTypes: [Ingress]}\n",
     );
-    t.wait_for("the termination line", || {
-        !t.log_lines("connection_terminated").is_empty()
+    t.wait_for("both termination lines", || {
+        t.log_lines("connection_terminated").len() == 2
     });
-    let line = &t.log_lines("connection_terminated")[0];
-    assert_eq!(line["protocol"], "TCP");
-    assert_eq!(line["direction"], "ingress");
-    assert_eq!(line["dst"], format!("{POD_IP}:8080"));
+    let lines = t.log_lines("connection_terminated");
+    let mut dsts: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
+    dsts.sort();
+    assert_eq!(
+        dsts,
+        [format!("{POD_IP}:8080"), format!("[{POD_IP6}]:8080")]
+    );
+    for line in &lines {
+        assert_eq!(line["protocol"], "TCP");
+        assert_eq!(line["direction"], "ingress");
+    }
     // The peer is told at once: its next read ends (reset), it does not hang.
     use std::io::Read;
-    let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("the revoked connection must end with a reset, got {other:?}"),
+    for c in [&mut c, &mut c6] {
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the revoked connection must end with a reset, got {other:?}"),
+        }
     }
     assert!(
         tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).is_err(),
@@ -1313,6 +1325,6 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
             "direction=\"ingress\"",
             "protocol=\"TCP\""
         ]),
-        1.0
+        2.0
     );
 }
