@@ -4,7 +4,9 @@
 Usage: scripts/code-shape.py [ROOT] [--check]   (--check: exit 1 when any count is not zero)
 """
 import os, re, sys
-root = sys.argv[1] if len(sys.argv) > 1 else "."
+args = [a for a in sys.argv[1:] if a != "--check"]
+check = "--check" in sys.argv[1:]
+root = args[0] if args else "."
 LIMIT = 80
 FILE_LIMIT = 800
 fn_re = re.compile(r'^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(extern\s+"C"\s+)?fn\s+(\w+)')
@@ -51,3 +53,5 @@ print(f"files over {FILE_LIMIT} lines (non-test part): {len(long_files)}")
 for n, p in sorted(long_files, reverse=True): print(f"  {n:4} {p}")
 print(f"Result<_, String> in non-test code: {len(res_string)}")
 for p, l in res_string: print(f"  {p}:{l}")
+if check and (long_fns or long_files or res_string):
+    sys.exit(1)
