@@ -130,7 +130,8 @@ CERT_MANAGER = {
 
 # The fields of monitoring.coreos.com/v1 that manifests/monitoring uses (subset of the CRDs).
 MON_META = {"type": "object", "required": ["name"]}
-ENDPOINT = obj({"port": S, "path": S, "interval": {"type": "string", "pattern": r"^[0-9]+(s|m)$"}},
+ENDPOINT = obj({"port": S, "path": S, "interval": {"type": "string", "pattern": r"^[0-9]+(s|m)$"},
+                "honorLabels": {"type": "boolean"}},
                ["port"])
 LABEL_SELECTOR = obj({"matchLabels": {"type": "object", "additionalProperties": S}})
 RULE = {"type": "object", "additionalProperties": False, "required": ["expr"],
