@@ -15,6 +15,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+/// Gauge: the Unix time at which the serving certificate in use expires (`notAfter`). The
+/// alert `PortcullisCertificateExpiresSoon` (manifests/monitoring) fires 14 days before.
+pub const EXPIRY_METRIC: &str = "portcullis_certificate_expiration_timestamp_seconds";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
@@ -130,8 +134,20 @@ impl ReloadingCert {
         self.current.load_full()
     }
 
+    /// When the certificate served now expires (its leaf's `notAfter`), in seconds since the
+    /// Unix epoch; `None` if the leaf cannot be parsed as X.509 (rustls accepted it, so this
+    /// does not happen with a certificate a client would trust).
+    pub fn not_after(&self) -> Option<i64> {
+        let key = self.current.load();
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Poll the files every `interval` until the task is dropped or aborted; each reload is
-    /// counted in the counter `reloads_metric`, labelled `result="ok"|"error"`.
+    /// counted in the counter `reloads_metric`, labelled `result="ok"|"error"`, and the gauge
+    /// [`EXPIRY_METRIC`] says when the certificate in use expires (set on every poll, so it is
+    /// there whenever the metrics recorder was installed).
     pub fn spawn_watcher(
         self: &Arc<Self>,
         interval: Duration,
@@ -141,8 +157,10 @@ impl ReloadingCert {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
+                if let Some(t) = this.not_after() {
+                    metrics::gauge!(EXPIRY_METRIC).set(t as f64);
+                }
                 tick.tick().await;
                 let this = Arc::clone(&this);
                 let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
@@ -177,5 +195,29 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_is_the_leaf_certificates_expiry() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["portcullis-controller".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).expect("cert");
+        let dir = std::env::temp_dir().join(format!("pc-tls-expiry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let loaded = ReloadingCert::load(&cert_path, &key_path, provider);
+        std::fs::remove_dir_all(&dir).ok();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(loaded.expect("load").not_after(), Some(1_936_742_400));
     }
 }
