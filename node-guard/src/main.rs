@@ -1,0 +1,136 @@
+//! `portcullis-node-guard`: see the crate's README.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use portcullis_node_guard::nft;
+use portcullis_node_guard::ruleset::{self, Ruleset};
+use portcullis_node_guard::watch::{Source, Watcher};
+
+/// Binds each local pod's bridge port to its pod IPs and MAC (IPv4 and IPv6 sources, ARP
+/// sender, neighbour discovery link-layer and target addresses) with one nftables `bridge`
+/// table, so that no pod on a bridge-based CNI (Flannel, the bridge plugin) can forge another
+/// pod's or the node's address. Runs on the host network with NET_ADMIN.
+///
+/// The pod list is a JSON file, re-read every --interval:
+///   [{"interface": "veth1a2b3c", "mac": "0a:58:0a:f4:01:05", "ips": ["10.244.1.5", "fd00::5"]}]
+/// `interface` is the pod's port on the bridge (the host-side veth), `mac` the MAC of the
+/// pod's own interface, `ips` its addresses. Write it atomically (write, then rename).
+#[derive(Debug, Parser)]
+#[command(name = "portcullis-node-guard", version, verbatim_doc_comment)]
+struct Args {
+    /// The pod list (JSON). Required unless --cleanup.
+    #[arg(
+        long,
+        env = "PORTCULLIS_GUARD_PODS_FILE",
+        required_unless_present = "cleanup"
+    )]
+    pods_file: Option<PathBuf>,
+
+    /// An address of this node, which pods accept only from the node side (repeat, or
+    /// comma-separated; e.g. the node's InternalIP).
+    #[arg(long, env = "PORTCULLIS_GUARD_NODE_IPS", value_delimiter = ',')]
+    node_ip: Vec<IpAddr>,
+
+    /// The CNI bridge (e.g. cni0): its addresses are the node's too, re-read every --interval.
+    #[arg(long, env = "PORTCULLIS_GUARD_BRIDGE")]
+    bridge: Option<String>,
+
+    /// Accept DHCP discovery and ARP probes from 0.0.0.0 (only for an IPAM that runs DHCP
+    /// inside the pod; Kubernetes' host-local and Flannel's IPAM do not).
+    #[arg(long)]
+    allow_dhcp: bool,
+
+    /// Print the ruleset (`nft -f` input) and exit without applying it.
+    #[arg(long, conflicts_with = "cleanup")]
+    dry_run: bool,
+
+    /// Apply the ruleset once and exit (for an init step or a test) instead of watching.
+    #[arg(long, conflicts_with_all = ["cleanup", "dry_run"])]
+    once: bool,
+
+    /// Remove the table (every rule this program installs) and exit.
+    #[arg(long)]
+    cleanup: bool,
+
+    /// How often the pod list and the bridge's addresses are re-read.
+    #[arg(long, default_value = "1s", value_parser = portcullis_contract::parse_duration)]
+    interval: Duration,
+
+    /// Re-apply the rules this often even when nothing changed (repairs a flushed table).
+    #[arg(long, default_value = "60s", value_parser = portcullis_contract::parse_duration)]
+    resync: Duration,
+
+    /// The nft program.
+    #[arg(long, default_value = "nft")]
+    nft: String,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        tracing::error!(event = "fatal", error = %format!("{e:#}"));
+        eprintln!("portcullis-node-guard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.cleanup {
+        nft::apply(&args.nft, &ruleset::cleanup()).context("removing the table")?;
+        tracing::info!(event = "cleanup", table = ruleset::TABLE);
+        return Ok(());
+    }
+    let pods_file = args.pods_file.clone().context("--pods-file is required")?;
+    let source = Source {
+        pods_file,
+        node_ips: args.node_ip.clone(),
+        bridge: args.bridge.clone(),
+        allow_dhcp: args.allow_dhcp,
+    };
+    if args.dry_run {
+        let rules = ruleset::ruleset(&source.read()?);
+        warn(&rules);
+        print!("{}", rules.install());
+        return Ok(());
+    }
+    let mut watcher = Watcher::new(source, args.nft.clone(), args.resync);
+    if args.once {
+        if let Some(rules) = watcher.step()? {
+            applied(&rules);
+        }
+        return Ok(());
+    }
+    loop {
+        match watcher.step() {
+            Ok(Some(rules)) => applied(&rules),
+            Ok(None) => {}
+            // Keep the rules in place and retry: the writer may be between two versions.
+            Err(e) => tracing::error!(event = "not_applied", error = %e),
+        }
+        std::thread::sleep(args.interval);
+    }
+}
+
+fn warn(rules: &Ruleset) {
+    for w in &rules.warnings {
+        tracing::warn!(event = "address_left_out", detail = %w);
+    }
+}
+
+fn applied(rules: &Ruleset) {
+    warn(rules);
+    let ports = rules.table.matches(": goto pod_").count();
+    tracing::info!(event = "applied", table = ruleset::TABLE, ports);
+}

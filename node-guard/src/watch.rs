@@ -1,0 +1,104 @@
+//! The daemon: re-read the pod list (and the bridge's addresses) every interval, and replace
+//! the table whenever the rules they give differ from the ones last applied, or every `resync`
+//! anyway (someone may have flushed the table). A list that cannot be read or parsed keeps the
+//! rules in place: the last consistent binding is safer than none.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::nft::{self, NftError};
+use crate::node::{self, NodeError};
+use crate::pods::{self, PodError};
+use crate::ruleset::{self, Guard, Ruleset};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("reading the pod list {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the pod list {path}: {source}")]
+    Pods { path: PathBuf, source: PodError },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+}
+
+/// Where the rules come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// A JSON list of `{interface, mac, ips}` (see [`pods::parse`]).
+    pub pods_file: PathBuf,
+    /// The node's addresses given on the command line.
+    pub node_ips: Vec<IpAddr>,
+    /// An interface whose addresses are the node's too (the CNI bridge).
+    pub bridge: Option<String>,
+    pub allow_dhcp: bool,
+}
+
+impl Source {
+    /// Reads the pod list and the node's addresses now.
+    pub fn read(&self) -> Result<Guard, WatchError> {
+        let text = std::fs::read_to_string(&self.pods_file).map_err(|source| WatchError::Read {
+            path: self.pods_file.clone(),
+            source,
+        })?;
+        let pods = pods::parse(&text).map_err(|source| WatchError::Pods {
+            path: self.pods_file.clone(),
+            source,
+        })?;
+        let mut node_ips = self.node_ips.clone();
+        if let Some(bridge) = &self.bridge {
+            for ip in node::addresses(bridge)? {
+                if !node_ips.contains(&ip) {
+                    node_ips.push(ip);
+                }
+            }
+        }
+        Ok(Guard {
+            pods,
+            node_ips,
+            allow_dhcp: self.allow_dhcp,
+        })
+    }
+}
+
+/// The daemon's state: what it applied last, and when.
+pub struct Watcher {
+    pub source: Source,
+    /// The `nft` program.
+    pub nft: String,
+    pub resync: Duration,
+    last: Option<(String, Instant)>,
+}
+
+impl Watcher {
+    pub fn new(source: Source, nft: String, resync: Duration) -> Watcher {
+        Watcher {
+            source,
+            nft,
+            resync,
+            last: None,
+        }
+    }
+
+    /// Reads the sources and applies the rules if they changed (or `resync` passed). Returns
+    /// the ruleset when it applied one.
+    pub fn step(&mut self) -> Result<Option<Ruleset>, WatchError> {
+        let rules = ruleset::ruleset(&self.source.read()?);
+        let install = rules.install();
+        let fresh = match &self.last {
+            Some((text, at)) => *text == install && at.elapsed() < self.resync,
+            None => false,
+        };
+        if fresh {
+            return Ok(None);
+        }
+        nft::apply(&self.nft, &install)?;
+        self.last = Some((install, Instant::now()));
+        Ok(Some(rules))
+    }
+}
