@@ -1,0 +1,622 @@
+//! The node guard against real forged frames: a "node" network namespace holding a bridge (with
+//! the node's own address on it) and three pods on veths into it: a victim server, an allowed
+//! client and an attacker that sends what a pod with `CAP_NET_RAW` can (raw Ethernet frames from
+//! `tests/craft.py`, AF_PACKET). Each attack is shown to work without the guard (so the test
+//! sees it) and to fail with it; legitimate IPv4 and IPv6 traffic (neighbour discovery
+//! included) still flows with it. Needs root; run under `flock /tmp/portcullis-netns.lock`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_testkit::{in_ns, require_root, sh};
+use socket2::{Domain, Socket, Type};
+
+const NODE4: &str = "10.217.0.1";
+const NODE6: &str = "fd00:217::1";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone)]
+struct Pod {
+    ns: String,
+    /// Its port on the bridge (the host-side veth, in the node namespace).
+    port: &'static str,
+    mac: &'static str,
+    v4: &'static str,
+    v6: &'static str,
+}
+
+struct Net {
+    node: String,
+    victim: Pod,
+    client: Pod,
+    attacker: Pod,
+    pods_file: PathBuf,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in [
+            &self.node,
+            &self.victim.ns,
+            &self.client.ns,
+            &self.attacker.ns,
+        ] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_file(&self.pods_file);
+    }
+}
+
+impl Net {
+    fn new() -> Net {
+        require_root("the node guard test builds a bridge in network namespaces");
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let pod = |name: &str, port, mac, v4, v6| Pod {
+            ns: format!("pcng-{tag}-{name}"),
+            port,
+            mac,
+            v4,
+            v6,
+        };
+        let net = Net {
+            node: format!("pcng-{tag}-node"),
+            victim: pod(
+                "victim",
+                "victim",
+                "02:17:00:00:00:10",
+                "10.217.0.10",
+                "fd00:217::10",
+            ),
+            client: pod(
+                "client",
+                "client",
+                "02:17:00:00:00:20",
+                "10.217.0.20",
+                "fd00:217::20",
+            ),
+            attacker: pod(
+                "attacker",
+                "attacker",
+                "02:17:00:00:00:30",
+                "10.217.0.30",
+                "fd00:217::30",
+            ),
+            pods_file: std::env::temp_dir().join(format!("pcng-{tag}.json")),
+        };
+        let node = net.node.as_str();
+        sh(&["ip", "netns", "add", node]);
+        sh(&["ip", "-n", node, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", node, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", node, "link", "set", "br0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{NODE4}/24"),
+            "dev",
+            "br0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{NODE6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        for p in [&net.victim, &net.client, &net.attacker] {
+            let ns = p.ns.as_str();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&[
+                "ip", "-n", node, "link", "add", p.port, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ]);
+            sh(&[
+                "ip", "-n", node, "link", "set", p.port, "master", "br0", "up",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "address", p.mac]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", p.v4),
+                "dev",
+                "eth0",
+            ]);
+            // With duplicate address detection: its neighbour solicitation from `::` must pass.
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/64", p.v6),
+                "dev",
+                "eth0",
+            ]);
+        }
+        net.wait_addresses();
+        net
+    }
+
+    fn pods(&self) -> [&Pod; 3] {
+        [&self.victim, &self.client, &self.attacker]
+    }
+
+    /// Until no IPv6 address is tentative any more (DAD done, link-local ones included).
+    fn wait_addresses(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for p in self.pods() {
+            loop {
+                let out = Command::new("ip")
+                    .args(["-n", &p.ns, "-6", "addr", "show", "tentative"])
+                    .output()
+                    .expect("ip addr");
+                if out.stdout.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: addresses stay tentative",
+                    p.ns
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn pods_json(&self) -> String {
+        let entries: Vec<String> = self
+            .pods()
+            .iter()
+            .map(|p| {
+                format!(
+                    r#"{{"interface": "{}", "mac": "{}", "ips": ["{}", "{}"]}}"#,
+                    p.port, p.mac, p.v4, p.v6
+                )
+            })
+            .collect();
+        format!("[{}]", entries.join(", "))
+    }
+
+    /// Runs the guard binary in the node namespace.
+    fn guard_binary(&self, args: &[&str]) {
+        let file = self.pods_file.to_str().expect("utf-8 path");
+        let mut all = vec![
+            "netns",
+            "exec",
+            &self.node,
+            env!("CARGO_BIN_EXE_portcullis-node-guard"),
+        ];
+        all.extend_from_slice(&["--pods-file", file]);
+        all.extend_from_slice(args);
+        let out = Command::new("ip")
+            .args(&all)
+            .output()
+            .expect("run the guard");
+        assert!(
+            out.status.success(),
+            "portcullis-node-guard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Installs the guard for the three pods, with the bridge's addresses as the node's.
+    fn guard_on(&self) {
+        std::fs::write(&self.pods_file, self.pods_json()).expect("write the pod list");
+        self.guard_binary(&["--bridge", "br0", "--once"]);
+        let listed = nft_list(&self.node);
+        assert!(listed.contains(self.attacker.mac), "{listed}");
+    }
+
+    fn guard_off(&self) {
+        self.guard_binary(&["--cleanup"]);
+        assert_eq!(nft_list(&self.node), "", "the table is gone");
+    }
+
+    fn flush_neighbours(&self) {
+        for ns in [
+            &self.node,
+            &self.victim.ns,
+            &self.client.ns,
+            &self.attacker.ns,
+        ] {
+            sh(&["ip", "-n", ns, "neigh", "flush", "all"]);
+        }
+    }
+
+    /// The attacker sends raw frames (`tests/craft.py` with `args`).
+    fn craft(&self, args: &[&str]) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/craft.py");
+        let mut all = vec!["ip", "netns", "exec", &self.attacker.ns, "python3", script];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+
+    /// Whether a UDP datagram the attacker forges from `src_ip` (Ethernet source `eth_src`)
+    /// reaches the victim's socket with that source.
+    fn forged_udp_delivered(&self, src_ip: &str, eth_src: &str, port: u16) -> bool {
+        let src: IpAddr = src_ip.parse().expect("ip");
+        let dst = if src.is_ipv4() {
+            self.victim.v4
+        } else {
+            self.victim.v6
+        };
+        let sock = udp(
+            &self.victim.ns,
+            SocketAddr::new(dst.parse().expect("ip"), port),
+        );
+        let token = format!("forged-{port}");
+        let (sport, dport) = ("5555".to_string(), port.to_string());
+        self.craft(&[
+            "udp",
+            "eth0",
+            eth_src,
+            self.victim.mac,
+            src_ip,
+            dst,
+            &sport,
+            &dport,
+            &token,
+        ]);
+        received(&sock, Duration::from_millis(700))
+            .iter()
+            .any(|(from, text)| from.ip() == src && *text == token)
+    }
+
+    /// Whether the attacker, claiming `claimed` (the client's or the node's address) by ARP
+    /// replies (IPv4) or unsolicited neighbour advertisements (IPv6) to the victim, completes
+    /// a TCP handshake with the victim as `claimed` and gets its own bytes accepted. `warm` is
+    /// the namespace that really owns `claimed`: it sends first, so that the victim has a
+    /// neighbour entry to poison. Returns whether the victim's neighbour entry for `claimed`
+    /// named the attacker's MAC after the poisoning, and whether the handshake completed.
+    fn poisoned_handshake(&self, claimed: &str, warm: &str, port: u16) -> (bool, bool) {
+        let src: IpAddr = claimed.parse().expect("ip");
+        let victim_ip: IpAddr = if src.is_ipv4() {
+            self.victim.v4
+        } else {
+            self.victim.v6
+        }
+        .parse()
+        .expect("ip");
+        let listener = listen(&self.victim.ns, SocketAddr::new(victim_ip, port));
+        // The real owner talks to the victim first (ARP or ND both ways, a neighbour entry).
+        let sink = udp(&self.victim.ns, SocketAddr::new(victim_ip, port + 1));
+        let (from, to) = (
+            SocketAddr::new(src, 0),
+            SocketAddr::new(victim_ip, port + 1),
+        );
+        in_ns(warm, move || {
+            let s = UdpSocket::bind(from).expect("bind");
+            s.send_to(b"hello", to).expect("send");
+        });
+        assert!(
+            !received(&sink, Duration::from_millis(500)).is_empty(),
+            "warm-up"
+        );
+        // The attacker uses the claimed address with its own stack (what a pod with NET_RAW
+        // does in user space: the frames on the bridge are the same) and poisons the victim.
+        let attacker = &self.attacker;
+        let (a, v) = (attacker.mac, self.victim.mac);
+        let own = format!("{claimed}/{}", if src.is_ipv4() { 32 } else { 128 });
+        sh(&[
+            "ip",
+            "-n",
+            &attacker.ns,
+            "addr",
+            "add",
+            &own,
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        let victim_text = victim_ip.to_string();
+        if src.is_ipv4() {
+            self.craft(&[
+                "arp",
+                "eth0",
+                v,
+                "2",
+                a,
+                claimed,
+                v,
+                &victim_text,
+                "8",
+                "0.25",
+            ]);
+        } else {
+            // From the attacker's own link-local address: only the target gives it away.
+            let ll = "fe80::17:ff:fe00:30";
+            self.craft(&[
+                "na",
+                "eth0",
+                a,
+                v,
+                ll,
+                &victim_text,
+                claimed,
+                a,
+                "8",
+                "0.25",
+            ]);
+        }
+        let neigh = Command::new("ip")
+            .args(["-n", &self.victim.ns, "neigh", "show", claimed])
+            .output()
+            .expect("ip neigh");
+        let poisoned = String::from_utf8_lossy(&neigh.stdout).contains(a);
+        let dst = SocketAddr::new(victim_ip, port);
+        let connected = in_ns(&attacker.ns, move || {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, None).expect("socket");
+            s.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind the claimed address");
+            s.connect_timeout(&dst.into(), Duration::from_secs(3))
+                .and_then(|()| {
+                    let mut t: TcpStream = s.into();
+                    t.write_all(b"attacker").map(|()| t)
+                })
+                .is_ok()
+        });
+        let accepted = accept_within(&listener, Duration::from_secs(2));
+        sh(&["ip", "-n", &attacker.ns, "addr", "del", &own, "dev", "eth0"]);
+        self.flush_neighbours();
+        let Some((mut stream, peer)) = accepted else {
+            return (poisoned, false);
+        };
+        let mut got = [0u8; 8];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let read = stream.read_exact(&mut got).is_ok();
+        let handshake = connected && read && peer.ip() == src && &got == b"attacker";
+        (poisoned, handshake)
+    }
+}
+
+fn nft_list(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "bridge",
+            "portcullis_guard",
+        ])
+        .output()
+        .expect("nft (apt-get install nftables)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn udp(ns: &str, addr: SocketAddr) -> UdpSocket {
+    let s = in_ns(ns, move || UdpSocket::bind(addr)).expect("bind udp");
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    s
+}
+
+/// Every datagram that arrives within `window`.
+fn received(sock: &UdpSocket, window: Duration) -> Vec<(SocketAddr, String)> {
+    let deadline = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            out.push((from, String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+    }
+    out
+}
+
+fn listen(ns: &str, addr: SocketAddr) -> TcpListener {
+    let l = in_ns(ns, move || TcpListener::bind(addr)).expect("listen");
+    l.set_nonblocking(true).expect("nonblocking");
+    l
+}
+
+fn accept_within(l: &TcpListener, window: Duration) -> Option<(TcpStream, SocketAddr)> {
+    let deadline = Instant::now() + window;
+    while Instant::now() < deadline {
+        if let Ok((s, peer)) = l.accept() {
+            s.set_nonblocking(false).expect("blocking");
+            return Some((s, peer));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A TCP exchange from `from_ns` to `to` (served in `to_ns`): the server sees `expect_peer`
+/// and the bytes go both ways.
+fn tcp_works(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) {
+    let l = listen(to_ns, to);
+    let mut c = in_ns(from_ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    })
+    .unwrap_or_else(|e| panic!("{from_ns} → {to}: {e}"));
+    let (mut s, peer) = accept_within(&l, Duration::from_secs(3)).expect("accepted");
+    assert_eq!(peer.ip(), expect_peer);
+    c.write_all(b"ping").expect("write");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).expect("read");
+    s.write_all(b"pong").expect("write back");
+    c.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    c.read_exact(&mut got).expect("read back");
+    assert_eq!(&got, b"pong");
+}
+
+/// A UDP datagram from `from_ns` to `to` arrives from `expect_peer`.
+fn udp_works(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) {
+    let sock = udp(to_ns, to);
+    let unspecified: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("addr");
+    in_ns(from_ns, move || {
+        let s = UdpSocket::bind(unspecified).expect("bind");
+        s.send_to(b"legit", to).expect("send");
+    });
+    let got = received(&sock, Duration::from_millis(1500));
+    assert!(
+        got.iter()
+            .any(|(f, t)| f.ip() == expect_peer && t == "legit"),
+        "{from_ns} → {to}: {got:?}"
+    );
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+#[test]
+fn forged_udp_sources_are_delivered_without_the_guard_and_dropped_with_it() {
+    let net = Net::new();
+    let a = net.attacker.mac;
+    let cases = [
+        ("client's IPv4", net.client.v4, a),
+        ("client's IPv4 and MAC", net.client.v4, net.client.mac),
+        ("node's IPv4", NODE4, a),
+        ("client's IPv6", net.client.v6, a),
+        ("node's IPv6", NODE6, a),
+    ];
+    for (i, (what, src, mac)) in cases.iter().enumerate() {
+        let port = 7000 + i as u16;
+        assert!(
+            net.forged_udp_delivered(src, mac, port),
+            "without the guard: {what}"
+        );
+    }
+    net.guard_on();
+    for (i, (what, src, mac)) in cases.iter().enumerate() {
+        let port = 7100 + i as u16;
+        assert!(
+            !net.forged_udp_delivered(src, mac, port),
+            "with the guard: {what}"
+        );
+    }
+    // The attacker's own source still passes: the guard binds, it does not isolate.
+    assert!(net.forged_udp_delivered(net.attacker.v4, a, 7200));
+    net.guard_off();
+    assert!(
+        net.forged_udp_delivered(net.client.v4, a, 7201),
+        "cleanup removed it all"
+    );
+}
+
+#[test]
+fn poisoned_tcp_handshakes_complete_without_the_guard_and_fail_with_it() {
+    let net = Net::new();
+    let (client, node) = (net.client.ns.clone(), net.node.clone());
+    let cases = [
+        ("ARP, as the client", net.client.v4, &client),
+        ("ARP, as the node", NODE4, &node),
+        (
+            "neighbour advertisement, as the client",
+            net.client.v6,
+            &client,
+        ),
+        ("neighbour advertisement, as the node", NODE6, &node),
+    ];
+    for (i, (what, claimed, warm)) in cases.iter().enumerate() {
+        let port = 8000 + 10 * i as u16;
+        let got = net.poisoned_handshake(claimed, warm, port);
+        assert_eq!(
+            got,
+            (true, true),
+            "without the guard: {what} (poisoned, handshake)"
+        );
+    }
+    net.guard_on();
+    for (i, (what, claimed, warm)) in cases.iter().enumerate() {
+        let port = 8100 + 10 * i as u16;
+        let got = net.poisoned_handshake(claimed, warm, port);
+        assert_eq!(
+            got,
+            (false, false),
+            "with the guard: {what} (poisoned, handshake)"
+        );
+    }
+    // The real owners still reach the victim after the attempts.
+    for (i, (peer, to)) in [
+        (net.client.v4, net.victim.v4),
+        (net.client.v6, net.victim.v6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = SocketAddr::new(ip(to), 8200 + i as u16);
+        tcp_works(&client, &net.victim.ns, at, ip(peer));
+    }
+}
+
+#[test]
+fn legitimate_ipv4_and_ipv6_traffic_flows_through_the_guard() {
+    let net = Net::new();
+    net.guard_on();
+    net.flush_neighbours();
+    let (c, v, n) = (&net.client.ns, &net.victim.ns, &net.node);
+    for (i, (to, from)) in [
+        (net.victim.v4, net.client.v4),
+        (net.victim.v6, net.client.v6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = 9000 + 10 * i as u16;
+        tcp_works(c, v, SocketAddr::new(ip(to), port), ip(from));
+        udp_works(c, v, SocketAddr::new(ip(to), port + 1), ip(from));
+        // The node side is not a pod port: the node's address reaches pods, both ways.
+        tcp_works(
+            n,
+            v,
+            SocketAddr::new(ip(to), port + 2),
+            ip(if i == 0 { NODE4 } else { NODE6 }),
+        );
+        tcp_works(
+            v,
+            n,
+            SocketAddr::new(ip(if i == 0 { NODE4 } else { NODE6 }), port + 3),
+            ip(to),
+        );
+    }
+    // Link-local IPv6 (neighbour discovery's own addresses, derived from the MAC).
+    let scope = in_ns(c, || nix::net::if_::if_nametoindex("eth0")).expect("ifindex");
+    let victim_ll: std::net::Ipv6Addr = "fe80::17:ff:fe00:10".parse().expect("ip");
+    let client_ll: IpAddr = "fe80::17:ff:fe00:20".parse().expect("ip");
+    let vscope = in_ns(v, || nix::net::if_::if_nametoindex("eth0")).expect("ifindex");
+    let sock = udp(
+        v,
+        SocketAddr::V6(SocketAddrV6::new(victim_ll, 9100, 0, vscope)),
+    );
+    in_ns(c, move || {
+        let s = UdpSocket::bind("[::]:0").expect("bind");
+        let to = SocketAddrV6::new(victim_ll, 9100, 0, scope);
+        s.send_to(b"legit", to).expect("send");
+    });
+    let got = received(&sock, Duration::from_millis(1500));
+    assert!(
+        got.iter().any(|(f, t)| f.ip() == client_ll && t == "legit"),
+        "{got:?}"
+    );
+    net.guard_off();
+}
