@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use portcullis_node_guard::nft;
+use portcullis_node_guard::pods::Interface;
 use portcullis_node_guard::ruleset::{self, Ruleset};
 use portcullis_node_guard::watch::{Source, Watcher};
 
@@ -44,6 +45,13 @@ struct Args {
     /// inside the pod; Kubernetes' host-local and Flannel's IPAM do not).
     #[arg(long)]
     allow_dhcp: bool,
+
+    /// Drop frames from bridge ports whose name starts with this prefix (the CNI's pod ports,
+    /// e.g. `veth`) when they are not in the pod list: a pod the list does not know yet sends
+    /// nothing instead of anything, at the cost of its first packets until the list has it.
+    /// Repeat, or comma-separated.
+    #[arg(long, env = "PORTCULLIS_GUARD_DROP_UNLISTED", value_delimiter = ',')]
+    drop_unlisted: Vec<Interface>,
 
     /// Print the ruleset (`nft -f` input) and exit without applying it.
     #[arg(long, conflicts_with = "cleanup")]
@@ -98,6 +106,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         node_ips: args.node_ip.clone(),
         bridge: args.bridge.clone(),
         allow_dhcp: args.allow_dhcp,
+        drop_unlisted: args.drop_unlisted.clone(),
     };
     if args.dry_run {
         let rules = ruleset::ruleset(&source.read()?);
@@ -112,12 +121,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // The same error is logged once, not every interval.
+    let mut failing: Option<String> = None;
     loop {
         match watcher.step() {
-            Ok(Some(rules)) => applied(&rules),
-            Ok(None) => {}
+            Ok(applied_now) => {
+                if failing.take().is_some() {
+                    tracing::info!(event = "recovered");
+                }
+                if let Some(rules) = applied_now {
+                    applied(&rules);
+                }
+            }
             // Keep the rules in place and retry: the writer may be between two versions.
-            Err(e) => tracing::error!(event = "not_applied", error = %e),
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::error!(event = "not_applied", error = %text);
+                    failing = Some(text);
+                }
+            }
         }
         std::thread::sleep(args.interval);
     }

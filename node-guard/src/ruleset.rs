@@ -5,7 +5,8 @@
 //! (priority -300, before `br_netfilter`): every frame that enters the bridge from a pod's port
 //! is checked there, whether it is bridged to another pod or delivered to the node. A verdict
 //! map sends each pod port to its own chain (`pod_N`); frames from other ports (the node side,
-//! an uplink) are not touched. A pod's chain drops the frame unless:
+//! an uplink) are not touched, except unlisted ports named like pod ports
+//! ([`Guard::drop_unlisted`]), which are dropped. A pod's chain drops the frame unless:
 //! - its Ethernet source is the pod's MAC;
 //! - it is ARP, IPv4 or IPv6 (no VLAN tags, no other ether types);
 //! - an ARP packet is an Ethernet/IPv4 request or reply whose sender MAC and IP are the pod's;
@@ -44,6 +45,10 @@ pub struct Guard {
     /// Let pods send DHCP discovery (`0.0.0.0:68 → 255.255.255.255:67`) and ARP probes from
     /// `0.0.0.0`: only for a CNI whose IPAM is DHCP inside the pod.
     pub allow_dhcp: bool,
+    /// Interface name prefixes of pod ports (the CNI's naming, e.g. `veth`): a frame from a
+    /// port with such a name that is not in the list is dropped, so a pod the list does not
+    /// know yet sends nothing (rather than anything). Empty: unlisted ports are not touched.
+    pub drop_unlisted: Vec<Interface>,
 }
 
 /// The generated rules and what was left out of them.
@@ -94,6 +99,9 @@ pub fn ruleset(guard: &Guard) -> Ruleset {
             .map(|(i, p)| format!("\"{}\" : goto pod_{i}", p.interface))
             .collect();
         let _ = writeln!(t, "\t\tiifname vmap {{ {} }}", map.join(", "));
+    }
+    for prefix in &guard.drop_unlisted {
+        let _ = writeln!(t, "\t\tiifname \"{prefix}*\" drop");
     }
     t.push_str("\t}\n");
     common_chain(&mut t);

@@ -9,6 +9,7 @@ fn guard(json: &str, node_ips: &[&str]) -> Guard {
             .map(|s| s.parse().expect("node ip"))
             .collect(),
         allow_dhcp: false,
+        drop_unlisted: Vec::new(),
     }
 }
 
@@ -183,4 +184,22 @@ fn the_order_of_the_list_does_not_change_the_rules() {
     let mut g = guard(TWO_PODS, &["10.0.0.1"]);
     g.pods.reverse();
     assert_eq!(a, ruleset(&g));
+}
+
+#[test]
+fn unlisted_pod_ports_are_dropped_after_the_listed_ones_when_asked() {
+    let mut g = guard(TWO_PODS, &[]);
+    g.drop_unlisted = vec![
+        "veth".parse().expect("prefix"),
+        "cali".parse().expect("prefix"),
+    ];
+    assert_eq!(
+        chain_of(&ruleset(&g).table, "prerouting"),
+        [
+            "type filter hook prerouting priority -300; policy accept;",
+            "iifname vmap { \"vetha\" : goto pod_0, \"vethb\" : goto pod_1 }",
+            "iifname \"veth*\" drop",
+            "iifname \"cali*\" drop",
+        ]
+    );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::nft::{self, NftError};
 use crate::node::{self, NodeError};
-use crate::pods::{self, PodError};
+use crate::pods::{self, Interface, PodError};
 use crate::ruleset::{self, Guard, Ruleset};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,7 @@ pub struct Source {
     /// An interface whose addresses are the node's too (the CNI bridge).
     pub bridge: Option<String>,
     pub allow_dhcp: bool,
+    pub drop_unlisted: Vec<Interface>,
 }
 
 impl Source {
@@ -62,6 +63,7 @@ impl Source {
             pods,
             node_ips,
             allow_dhcp: self.allow_dhcp,
+            drop_unlisted: self.drop_unlisted.clone(),
         })
     }
 }

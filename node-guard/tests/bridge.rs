@@ -71,21 +71,21 @@ impl Net {
             node: format!("pcng-{tag}-node"),
             victim: pod(
                 "victim",
-                "victim",
+                "pod-victim",
                 "02:17:00:00:00:10",
                 "10.217.0.10",
                 "fd00:217::10",
             ),
             client: pod(
                 "client",
-                "client",
+                "pod-client",
                 "02:17:00:00:00:20",
                 "10.217.0.20",
                 "fd00:217::20",
             ),
             attacker: pod(
                 "attacker",
-                "attacker",
+                "pod-attacker",
                 "02:17:00:00:00:30",
                 "10.217.0.30",
                 "fd00:217::30",
@@ -94,64 +94,25 @@ impl Net {
         };
         let node = net.node.as_str();
         sh(&["ip", "netns", "add", node]);
-        sh(&["ip", "-n", node, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", node, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", node, "link", "set", "br0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{NODE4}/24"),
-            "dev",
-            "br0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{NODE6}/64"),
-            "dev",
-            "br0",
-            "nodad",
-        ]);
+        ip_n(node, "link set lo up");
+        ip_n(node, "link add br0 type bridge");
+        ip_n(node, "link set br0 up");
+        ip_n(node, &format!("addr add {NODE4}/24 dev br0"));
+        ip_n(node, &format!("addr add {NODE6}/64 dev br0 nodad"));
         for p in [&net.victim, &net.client, &net.attacker] {
             let ns = p.ns.as_str();
             sh(&["ip", "netns", "add", ns]);
-            sh(&[
-                "ip", "-n", node, "link", "add", p.port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            sh(&[
-                "ip", "-n", node, "link", "set", p.port, "master", "br0", "up",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "address", p.mac]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", p.v4),
-                "dev",
-                "eth0",
-            ]);
+            ip_n(
+                node,
+                &format!("link add {} type veth peer name eth0 netns {ns}", p.port),
+            );
+            ip_n(node, &format!("link set {} master br0 up", p.port));
+            ip_n(ns, &format!("link set eth0 address {}", p.mac));
+            ip_n(ns, "link set lo up");
+            ip_n(ns, "link set eth0 up");
+            ip_n(ns, &format!("addr add {}/24 dev eth0", p.v4));
             // With duplicate address detection: its neighbour solicitation from `::` must pass.
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/64", p.v6),
-                "dev",
-                "eth0",
-            ]);
+            ip_n(ns, &format!("addr add {}/64 dev eth0", p.v6));
         }
         net.wait_addresses();
         net
@@ -184,17 +145,7 @@ impl Net {
     }
 
     fn pods_json(&self) -> String {
-        let entries: Vec<String> = self
-            .pods()
-            .iter()
-            .map(|p| {
-                format!(
-                    r#"{{"interface": "{}", "mac": "{}", "ips": ["{}", "{}"]}}"#,
-                    p.port, p.mac, p.v4, p.v6
-                )
-            })
-            .collect();
-        format!("[{}]", entries.join(", "))
+        pods_json(&self.pods().map(|p| (p.port, p.mac, [p.v4, p.v6])))
     }
 
     /// Runs the guard binary in the node namespace.
@@ -239,7 +190,7 @@ impl Net {
             &self.client.ns,
             &self.attacker.ns,
         ] {
-            sh(&["ip", "-n", ns, "neigh", "flush", "all"]);
+            ip_n(ns, "neigh flush all");
         }
     }
 
@@ -317,17 +268,7 @@ impl Net {
         let attacker = &self.attacker;
         let (a, v) = (attacker.mac, self.victim.mac);
         let own = format!("{claimed}/{}", if src.is_ipv4() { 32 } else { 128 });
-        sh(&[
-            "ip",
-            "-n",
-            &attacker.ns,
-            "addr",
-            "add",
-            &own,
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
+        ip_n(&attacker.ns, &format!("addr add {own} dev eth0 nodad"));
         let victim_text = victim_ip.to_string();
         if src.is_ipv4() {
             self.craft(&[
@@ -376,7 +317,7 @@ impl Net {
                 .is_ok()
         });
         let accepted = accept_within(&listener, Duration::from_secs(2));
-        sh(&["ip", "-n", &attacker.ns, "addr", "del", &own, "dev", "eth0"]);
+        ip_n(&attacker.ns, &format!("addr del {own} dev eth0"));
         self.flush_neighbours();
         let Some((mut stream, peer)) = accepted else {
             return (poisoned, false);
@@ -389,6 +330,13 @@ impl Net {
         let handshake = connected && read && peer.ip() == src && &got == b"attacker";
         (poisoned, handshake)
     }
+}
+
+/// `ip -n {ns} {args}` (words separated by spaces).
+fn ip_n(ns: &str, args: &str) {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend(args.split_whitespace());
+    sh(&all);
 }
 
 fn nft_list(ns: &str) -> String {
@@ -467,7 +415,26 @@ fn tcp_works(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) {
 }
 
 /// A UDP datagram from `from_ns` to `to` arrives from `expect_peer`.
+/// A pod list of (port, MAC, IPs).
+fn pods_json(pods: &[(&str, &str, [&str; 2])]) -> String {
+    let entries: Vec<String> = pods
+        .iter()
+        .map(|(port, mac, [a, b])| {
+            format!(r#"{{"interface": "{port}", "mac": "{mac}", "ips": ["{a}", "{b}"]}}"#)
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
 fn udp_works(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) {
+    assert!(
+        udp_delivered(from_ns, to_ns, to, expect_peer),
+        "{from_ns} → {to}"
+    );
+}
+
+/// Whether a UDP datagram sent by `from_ns`'s own stack to `to` arrives from `expect_peer`.
+fn udp_delivered(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) -> bool {
     let sock = udp(to_ns, to);
     let unspecified: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
@@ -476,12 +443,9 @@ fn udp_works(from_ns: &str, to_ns: &str, to: SocketAddr, expect_peer: IpAddr) {
         let s = UdpSocket::bind(unspecified).expect("bind");
         s.send_to(b"legit", to).expect("send");
     });
-    let got = received(&sock, Duration::from_millis(1500));
-    assert!(
-        got.iter()
-            .any(|(f, t)| f.ip() == expect_peer && t == "legit"),
-        "{from_ns} → {to}: {got:?}"
-    );
+    received(&sock, Duration::from_millis(1500))
+        .iter()
+        .any(|(f, t)| f.ip() == expect_peer && t == "legit")
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -499,21 +463,15 @@ fn forged_udp_sources_are_delivered_without_the_guard_and_dropped_with_it() {
         ("client's IPv6", net.client.v6, a),
         ("node's IPv6", NODE6, a),
     ];
-    for (i, (what, src, mac)) in cases.iter().enumerate() {
-        let port = 7000 + i as u16;
-        assert!(
-            net.forged_udp_delivered(src, mac, port),
-            "without the guard: {what}"
-        );
-    }
+    let run = |base: u16, want: bool, guard: &str| {
+        for (i, (what, src, mac)) in cases.iter().enumerate() {
+            let got = net.forged_udp_delivered(src, mac, base + i as u16);
+            assert_eq!(got, want, "{guard} the guard: {what} delivered");
+        }
+    };
+    run(7000, true, "without");
     net.guard_on();
-    for (i, (what, src, mac)) in cases.iter().enumerate() {
-        let port = 7100 + i as u16;
-        assert!(
-            !net.forged_udp_delivered(src, mac, port),
-            "with the guard: {what}"
-        );
-    }
+    run(7100, false, "with");
     // The attacker's own source still passes: the guard binds, it does not isolate.
     assert!(net.forged_udp_delivered(net.attacker.v4, a, 7200));
     net.guard_off();
@@ -537,25 +495,15 @@ fn poisoned_tcp_handshakes_complete_without_the_guard_and_fail_with_it() {
         ),
         ("neighbour advertisement, as the node", NODE6, &node),
     ];
-    for (i, (what, claimed, warm)) in cases.iter().enumerate() {
-        let port = 8000 + 10 * i as u16;
-        let got = net.poisoned_handshake(claimed, warm, port);
-        assert_eq!(
-            got,
-            (true, true),
-            "without the guard: {what} (poisoned, handshake)"
-        );
-    }
+    let run = |base: u16, want: (bool, bool), guard: &str| {
+        for (i, (what, claimed, warm)) in cases.iter().enumerate() {
+            let got = net.poisoned_handshake(claimed, warm, base + 10 * i as u16);
+            assert_eq!(got, want, "{guard} the guard: {what} (poisoned, handshake)");
+        }
+    };
+    run(8000, (true, true), "without");
     net.guard_on();
-    for (i, (what, claimed, warm)) in cases.iter().enumerate() {
-        let port = 8100 + 10 * i as u16;
-        let got = net.poisoned_handshake(claimed, warm, port);
-        assert_eq!(
-            got,
-            (false, false),
-            "with the guard: {what} (poisoned, handshake)"
-        );
-    }
+    run(8100, (false, false), "with");
     // The real owners still reach the victim after the attempts.
     for (i, (peer, to)) in [
         (net.client.v4, net.victim.v4),
@@ -619,4 +567,87 @@ fn legitimate_ipv4_and_ipv6_traffic_flows_through_the_guard() {
         "{got:?}"
     );
     net.guard_off();
+}
+
+/// The guard running as a daemon in the node namespace; killed when dropped.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Until the node's table `has` (or, with `false`, lacks) `text`.
+fn wait_table(net: &Net, text: &str, has: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nft_list(&net.node).contains(text) != has {
+        assert!(Instant::now() < deadline, "table never {has} for {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_follows_the_pod_list_and_unlisted_pod_ports_send_nothing() {
+    let net = Net::new();
+    let (v, c, a) = (&net.victim, &net.client, &net.attacker);
+    let write = |pods: &[(&str, &str, [&str; 2])]| {
+        let tmp = net.pods_file.with_extension("tmp");
+        std::fs::write(&tmp, pods_json(pods)).expect("write");
+        std::fs::rename(&tmp, &net.pods_file).expect("rename");
+    };
+    write(&[(v.port, v.mac, [v.v4, v.v6]), (c.port, c.mac, [c.v4, c.v6])]);
+    let file = net.pods_file.to_str().expect("utf-8").to_string();
+    let bin = env!("CARGO_BIN_EXE_portcullis-node-guard");
+    let args = [
+        "--bridge",
+        "br0",
+        "--drop-unlisted",
+        "pod-",
+        "--interval",
+        "100ms",
+    ];
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.node, bin, "--pods-file", &file])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the guard");
+    let _daemon = Daemon(child);
+    wait_table(&net, c.mac, true);
+    let to = |port| SocketAddr::new(ip(v.v4), port);
+    // The attacker's port is not listed yet: even its own address sends nothing.
+    assert!(udp_delivered(&c.ns, &v.ns, to(9300), ip(c.v4)));
+    assert!(!udp_delivered(&a.ns, &v.ns, to(9301), ip(a.v4)));
+    // The client is deleted and its addresses handed to the new pod on the attacker's port, in
+    // one version of the list: one transaction unbinds the old port and binds the new one.
+    write(&[(v.port, v.mac, [v.v4, v.v6]), (a.port, a.mac, [c.v4, c.v6])]);
+    wait_table(&net, c.mac, false);
+    wait_table(&net, a.mac, true);
+    sh(&[
+        "ip",
+        "-n",
+        &a.ns,
+        "addr",
+        "add",
+        &format!("{}/32", c.v4),
+        "dev",
+        "eth0",
+    ]);
+    // The old pod (its port unlisted now) no longer sends as that address; the new one does.
+    assert!(!udp_delivered(&c.ns, &v.ns, to(9302), ip(c.v4)));
+    let from_new = SocketAddr::new(ip(c.v4), 0);
+    let sock = udp(&v.ns, to(9303));
+    in_ns(&a.ns, move || {
+        let s = UdpSocket::bind(from_new).expect("bind");
+        s.send_to(b"legit", SocketAddr::new(ip("10.217.0.10"), 9303))
+            .expect("send");
+    });
+    let got = received(&sock, Duration::from_millis(1500));
+    assert!(got.iter().any(|(f, _)| f.ip() == ip(c.v4)), "{got:?}");
+    // A list that does not parse keeps the rules in place.
+    std::fs::write(&net.pods_file, "not json").expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(nft_list(&net.node).contains(a.mac));
 }
