@@ -5,11 +5,13 @@
 //! and Cilium do in their CNIs.
 //!
 //! - [`pods`]: the input (port, MAC, IPs), parsed and validated;
+//! - [`cni`]: the same from the container runtime's CNI result cache;
 //! - [`ruleset`]: the rules, a pure function of the pods and the node's addresses;
 //! - [`nft`]: applying them (`nft -f`, one transaction);
 //! - [`node`]: the node's addresses from an interface;
 //! - [`watch`]: the daemon loop that re-reads the pod list when it changes.
 
+pub mod cni;
 pub mod nft;
 pub mod node;
 pub mod pods;

@@ -10,27 +10,35 @@ use clap::Parser;
 use portcullis_node_guard::nft;
 use portcullis_node_guard::pods::Interface;
 use portcullis_node_guard::ruleset::{self, Ruleset};
-use portcullis_node_guard::watch::{Source, Watcher};
+use portcullis_node_guard::watch::{Pods, Source, Watcher};
 
 /// Binds each local pod's bridge port to its pod IPs and MAC (IPv4 and IPv6 sources, ARP
 /// sender, neighbour discovery link-layer and target addresses) with one nftables `bridge`
 /// table, so that no pod on a bridge-based CNI (Flannel, the bridge plugin) can forge another
 /// pod's or the node's address. Runs on the host network with NET_ADMIN.
 ///
-/// The pod list is a JSON file, re-read every --interval:
+/// The pod list is a JSON file (or the CNI result cache, --cni-results), re-read every
+/// --interval:
 ///   [{"interface": "veth1a2b3c", "mac": "0a:58:0a:f4:01:05", "ips": ["10.244.1.5", "fd00::5"]}]
 /// `interface` is the pod's port on the bridge (the host-side veth), `mac` the MAC of the
 /// pod's own interface, `ips` its addresses. Write it atomically (write, then rename).
 #[derive(Debug, Parser)]
 #[command(name = "portcullis-node-guard", version, verbatim_doc_comment)]
 struct Args {
-    /// The pod list (JSON). Required unless --cleanup.
+    /// The pod list (JSON, above). One of --pods-file or --cni-results is required.
     #[arg(
         long,
         env = "PORTCULLIS_GUARD_PODS_FILE",
-        required_unless_present = "cleanup"
+        required_unless_present_any = ["cleanup", "cni_results"],
+        conflicts_with = "cni_results"
     )]
     pods_file: Option<PathBuf>,
+
+    /// Read the pod list from the container runtime's CNI result cache instead (containerd
+    /// and CRI-O write one file per pod network there: /var/lib/cni/results). Give --bridge
+    /// too, so that the bridge is never taken for a pod's port.
+    #[arg(long, env = "PORTCULLIS_GUARD_CNI_RESULTS")]
+    cni_results: Option<PathBuf>,
 
     /// An address of this node, which pods accept only from the node side (repeat, or
     /// comma-separated; e.g. the node's InternalIP).
@@ -100,16 +108,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(event = "cleanup", table = ruleset::TABLE);
         return Ok(());
     }
-    let pods_file = args.pods_file.clone().context("--pods-file is required")?;
+    let pods = match (&args.pods_file, &args.cni_results) {
+        (Some(file), _) => Pods::File(file.clone()),
+        (None, Some(dir)) => Pods::CniResults(dir.clone()),
+        (None, None) => anyhow::bail!("--pods-file or --cni-results is required"),
+    };
     let source = Source {
-        pods_file,
+        pods,
         node_ips: args.node_ip.clone(),
         bridge: args.bridge.clone(),
         allow_dhcp: args.allow_dhcp,
         drop_unlisted: args.drop_unlisted.clone(),
     };
     if args.dry_run {
-        let rules = ruleset::ruleset(&source.read()?);
+        let (guard, warnings) = source.read()?;
+        let mut rules = ruleset::ruleset(&guard);
+        rules.warnings.extend(warnings);
         warn(&rules);
         print!("{}", rules.install());
         return Ok(());

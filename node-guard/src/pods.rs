@@ -158,25 +158,33 @@ pub fn parse(json: &str) -> Result<Vec<Pod>, PodError> {
     let raw: Vec<RawPod> = serde_json::from_str(json).map_err(|e| PodError::Json(e.to_string()))?;
     let mut pods: Vec<Pod> = Vec::with_capacity(raw.len());
     for r in raw {
-        let interface: Interface = r.interface.parse()?;
-        if pods.iter().any(|p| p.interface == interface) {
+        let pod = Pod::new(&r.interface, &r.mac, &r.ips)?;
+        if pods.iter().any(|p| p.interface == pod.interface) {
             return Err(PodError::DuplicateInterface(r.interface));
         }
-        let mac: Mac = r.mac.parse()?;
-        let mut ips = Vec::with_capacity(r.ips.len());
-        for text in &r.ips {
-            let ip = pod_ip(&interface, text)?;
-            if !ips.contains(&ip) {
-                ips.push(ip);
-            }
-        }
-        pods.push(Pod {
-            interface,
-            mac,
-            ips,
-        });
+        pods.push(pod);
     }
     Ok(pods)
+}
+
+impl Pod {
+    /// Validates one pod: its port name, MAC and addresses (duplicates folded).
+    pub fn new(interface: &str, mac: &str, ips: &[String]) -> Result<Pod, PodError> {
+        let interface: Interface = interface.parse()?;
+        let mac: Mac = mac.parse()?;
+        let mut out = Vec::with_capacity(ips.len());
+        for text in ips {
+            let ip = pod_ip(&interface, text)?;
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        Ok(Pod {
+            interface,
+            mac,
+            ips: out,
+        })
+    }
 }
 
 fn pod_ip(interface: &Interface, text: &str) -> Result<IpAddr, PodError> {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::cni::{self, CniError};
 use crate::nft::{self, NftError};
 use crate::node::{self, NodeError};
 use crate::pods::{self, Interface, PodError};
@@ -22,16 +23,26 @@ pub enum WatchError {
     #[error("the pod list {path}: {source}")]
     Pods { path: PathBuf, source: PodError },
     #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
     Nft(#[from] NftError),
 }
 
+/// Where the pod list comes from.
+#[derive(Debug, Clone)]
+pub enum Pods {
+    /// A JSON list of `{interface, mac, ips}` (see [`pods::parse`]).
+    File(PathBuf),
+    /// The container runtime's CNI result cache (see [`cni`]).
+    CniResults(PathBuf),
+}
+
 /// Where the rules come from.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// A JSON list of `{interface, mac, ips}` (see [`pods::parse`]).
-    pub pods_file: PathBuf,
+    pub pods: Pods,
     /// The node's addresses given on the command line.
     pub node_ips: Vec<IpAddr>,
     /// An interface whose addresses are the node's too (the CNI bridge).
@@ -41,16 +52,22 @@ pub struct Source {
 }
 
 impl Source {
-    /// Reads the pod list and the node's addresses now.
-    pub fn read(&self) -> Result<Guard, WatchError> {
-        let text = std::fs::read_to_string(&self.pods_file).map_err(|source| WatchError::Read {
-            path: self.pods_file.clone(),
-            source,
-        })?;
-        let pods = pods::parse(&text).map_err(|source| WatchError::Pods {
-            path: self.pods_file.clone(),
-            source,
-        })?;
+    /// Reads the pod list and the node's addresses now, with a warning for each pod left out.
+    pub fn read(&self) -> Result<(Guard, Vec<String>), WatchError> {
+        let (pods, warnings) = match &self.pods {
+            Pods::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| WatchError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let pods = pods::parse(&text).map_err(|source| WatchError::Pods {
+                    path: path.clone(),
+                    source,
+                })?;
+                (pods, Vec::new())
+            }
+            Pods::CniResults(dir) => cni::pods(dir, self.bridge.as_deref())?,
+        };
         let mut node_ips = self.node_ips.clone();
         if let Some(bridge) = &self.bridge {
             for ip in node::addresses(bridge)? {
@@ -59,12 +76,13 @@ impl Source {
                 }
             }
         }
-        Ok(Guard {
+        let guard = Guard {
             pods,
             node_ips,
             allow_dhcp: self.allow_dhcp,
             drop_unlisted: self.drop_unlisted.clone(),
-        })
+        };
+        Ok((guard, warnings))
     }
 }
 
@@ -90,7 +108,10 @@ impl Watcher {
     /// Reads the sources and applies the rules if they changed (or `resync` passed). Returns
     /// the ruleset when it applied one.
     pub fn step(&mut self) -> Result<Option<Ruleset>, WatchError> {
-        let rules = ruleset::ruleset(&self.source.read()?);
+        let (guard, mut warnings) = self.source.read()?;
+        let mut rules = ruleset::ruleset(&guard);
+        warnings.append(&mut rules.warnings);
+        rules.warnings = warnings;
         let install = rules.install();
         let fresh = match &self.last {
             Some((text, at)) => *text == install && at.elapsed() < self.resync,

@@ -651,3 +651,42 @@ fn the_daemon_follows_the_pod_list_and_unlisted_pod_ports_send_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(nft_list(&net.node).contains(a.mac));
 }
+
+/// A CNI result as libcni caches it for the bridge plugin: bridge, host veth, pod interface.
+fn cni_result(p: &Pod) -> String {
+    format!(
+        r#"{{"kind": "cniCacheV1", "containerId": "{ns}", "ifName": "eth0", "networkName": "t",
+            "cniArgs": [["K8S_POD_NAMESPACE", "default"], ["K8S_POD_NAME", "{ns}"]],
+            "result": {{"cniVersion": "1.0.0",
+              "interfaces": [{{"name": "br0", "mac": "02:17:00:00:00:01"}},
+                             {{"name": "{port}", "mac": "02:17:00:00:01:01"}},
+                             {{"name": "eth0", "mac": "{mac}", "sandbox": "/var/run/netns/{ns}"}}],
+              "ips": [{{"address": "{v4}/24", "interface": 2}},
+                      {{"address": "{v6}/64", "interface": 2}}]}}}}"#,
+        ns = p.ns,
+        port = p.port,
+        mac = p.mac,
+        v4 = p.v4,
+        v6 = p.v6
+    )
+}
+
+#[test]
+fn the_cni_result_cache_mode_guards_the_same() {
+    let net = Net::new();
+    let dir = net.pods_file.with_extension("d");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for p in net.pods() {
+        std::fs::write(dir.join(format!("t-{}-eth0", p.ns)), cni_result(p)).expect("write");
+    }
+    let bin = env!("CARGO_BIN_EXE_portcullis-node-guard");
+    let d = dir.to_str().expect("utf-8");
+    let ok = ["--cni-results", d, "--bridge", "br0", "--once"];
+    sh(&[&["ip", "netns", "exec", &net.node, bin][..], &ok[..]].concat());
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = net.attacker.mac;
+    assert!(!net.forged_udp_delivered(net.client.v4, a, 9400));
+    assert!(!net.forged_udp_delivered(NODE6, a, 9401));
+    let to = SocketAddr::new(ip(net.victim.v6), 9402);
+    udp_works(&net.client.ns, &net.victim.ns, to, ip(net.client.v6));
+}
