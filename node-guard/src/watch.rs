@@ -125,3 +125,60 @@ impl Watcher {
         Ok(Some(rules))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for `nft` that appends its input to `log`.
+    fn fake_nft(dir: &std::path::Path) -> (String, PathBuf) {
+        let log = dir.join("applied.log");
+        let script = dir.join("nft");
+        let body = format!("#!/bin/sh\ncat >> '{}'\n", log.display());
+        std::fs::write(&script, body).expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (script.display().to_string(), log)
+    }
+
+    #[test]
+    fn applies_on_change_and_on_resync_only_and_keeps_rules_on_a_bad_list() {
+        let dir = std::env::temp_dir().join(format!("pcng-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (nft, log) = fake_nft(&dir);
+        let file = dir.join("pods.json");
+        let pod = |mac: &str| {
+            format!(r#"[{{"interface": "veth0", "mac": "{mac}", "ips": ["10.0.0.2"]}}]"#)
+        };
+        std::fs::write(&file, pod("02:00:00:00:00:01")).expect("write");
+        let source = Source {
+            pods: Pods::File(file.clone()),
+            node_ips: vec!["10.0.0.1".parse().expect("ip")],
+            bridge: None,
+            allow_dhcp: false,
+            drop_unlisted: Vec::new(),
+        };
+        let mut w = Watcher::new(source, nft, Duration::from_secs(3600));
+        assert!(w.step().expect("first").is_some(), "first read applies");
+        assert!(w.step().expect("same").is_none(), "nothing changed");
+        std::fs::write(&file, pod("02:00:00:00:00:02")).expect("write");
+        assert!(w.step().expect("changed").is_some(), "a change applies");
+        std::fs::write(&file, "[{").expect("write");
+        assert!(matches!(w.step(), Err(WatchError::Pods { .. })));
+        std::fs::write(&file, pod("02:00:00:00:00:02")).expect("write");
+        assert!(
+            w.step().expect("back").is_none(),
+            "same rules as before the bad list"
+        );
+        w.resync = Duration::ZERO;
+        assert!(w.step().expect("resync").is_some(), "resync re-applies");
+        let applied = std::fs::read_to_string(&log).expect("log");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(
+            applied
+                .matches("delete table bridge portcullis_guard")
+                .count(),
+            3
+        );
+    }
+}
