@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need_rust
 need_root "the test suite" "$@"
-need_packages ip:iproute2 iptables:iptables setpriv:util-linux dnsmasq:dnsmasq-base python3:python3 haproxy:haproxy conntrack:conntrack setcap:libcap2-bin promtool:prometheus
+need_packages ip:iproute2 iptables:iptables setpriv:util-linux dnsmasq:dnsmasq-base python3:python3 haproxy:haproxy conntrack:conntrack setcap:libcap2-bin promtool:prometheus nft:nftables
 
 say "checking conformance fixtures are expanded from their hand-written truth tables"
 python3 policy/tests/conformance/expand.py --check
