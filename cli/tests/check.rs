@@ -546,9 +546,9 @@ fn forbidden_says_what_was_refused_to_whom_and_which_rbac_is_needed() {
     let text = fails_quickly(port, "forbidden", &[]);
     assert!(text.contains("√ can reach the API server"), "{text}");
     assert!(
-        text.contains(&format!(
+        text.contains(
             "× cannot list namespaces: user \"platform-dev\" of context \"recorded\" (kubeconfig "
-        )),
+        ),
         "{text}"
     );
     assert!(
@@ -632,6 +632,12 @@ fn namespace_flag_checks_and_reads_only_that_namespace() {
     assert!(
         !paths.iter().any(|p| p.contains("/namespaces/payments")),
         "{paths:?}"
+    );
+    let legacy = check("installed", &["-n", "legacy", "-o", "json"]);
+    has(
+        &lines(&legacy),
+        "warn",
+        "namespace legacy is not labelled portcullis.dev/inject=enabled: nothing in it is protected",
     );
     let missing = check("installed", &["-n", "nope", "-o", "json"]);
     has(&lines(&missing), "fail", "namespace nope does not exist");

@@ -172,7 +172,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
 async fn run_within_timeout(args: &CheckArgs) -> Report {
     let overall = args
         .timeout
-        .unwrap_or_else(|| args.wait.unwrap_or_default() + OVERALL_MARGIN);
+        .unwrap_or_else(|| args.wait.unwrap_or_default().saturating_add(OVERALL_MARGIN));
     let start = Instant::now();
     let mut report = Report::default();
     let mut server = None;
@@ -243,6 +243,13 @@ async fn check(args: &CheckArgs, report: &mut Report, server: &mut Option<String
         cluster::webhook(&kube, report).await;
         pod_security::check(&checked, report);
         cluster::meshes(&kube, &checked, report).await;
+        if let (Some(ns), true) = (&args.namespace, checked.is_empty()) {
+            return report.warn(
+                ids::PODS_PROTECTED,
+                format!("namespace {ns} is not labelled portcullis.dev/inject=enabled: nothing in it is protected"),
+                format!("kubectl label namespace {ns} portcullis.dev/inject=enabled, then restart its workloads"),
+            );
+        }
         let pods = pods::data_plane(&kube, &checked, version.as_deref(), report).await;
         if args.proxy {
             proxies::check(&kube, &pods, report).await;
