@@ -767,7 +767,12 @@ fn wait_retries_failing_checks_until_they_pass() {
 #[test]
 #[ignore]
 fn show() {
-    for (scenario, args) in [("installed", vec![]), ("fresh", vec!["--pre"])] {
+    for (scenario, args) in [
+        ("installed", vec![]),
+        ("fresh", vec!["--pre"]),
+        ("hardened+installed", vec!["--pre"]),
+        ("proxies+installed", vec!["--proxy", "-n", "shop"]),
+    ] {
         let mut all = vec!["--color", "never"];
         all.extend(args);
         println!("{}", stdout(&check(scenario, &all)));
