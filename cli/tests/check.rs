@@ -9,6 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -20,25 +21,45 @@ fn recorded(scenario: &str) -> PathBuf {
 
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
-/// Serves `dir`: `GET /a/b/c` answers `a_b_c.json`; a name under a recorded list answers that
-/// item (as the API server's GET of one object); `POST .../selfsubjectaccessreviews` answers the
-/// recorded review whose resourceAttributes are the request's. Anything else: 404 Status.
-fn serve(dir: PathBuf) -> (u16, Seen) {
+/// `(method, path, body)` → `(status, body, content type)`.
+type Handler = dyn Fn(&str, &str, &[u8]) -> (u16, String, &'static str) + Send + Sync;
+
+/// Serves the recorded responses of `dirs`, the first that has one winning (a scenario that
+/// changes a few objects of another lists its own directory first): `GET /a/b/c` answers
+/// `a_b_c.json` (or `a_b_c.txt` as text, `a_b_c.503.txt` with status 503); a name under a
+/// recorded list answers that item (as the API server's GET of one object);
+/// `POST .../selfsubjectaccessreviews` answers the recorded review whose resourceAttributes are
+/// the request's. Anything else: 404 Status.
+fn serve(dirs: Vec<PathBuf>) -> (u16, Seen) {
+    serve_with(Arc::new(move |method, path, body| {
+        for dir in &dirs {
+            if let Some(answer) = answer(dir, method, path, body) {
+                return answer;
+            }
+        }
+        let (code, v) = not_found(path);
+        (code, v.to_string(), JSON)
+    }))
+}
+
+const JSON: &str = "application/json";
+
+fn serve_with(handler: Arc<Handler>) -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
     let log = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let dir = dir.clone();
+            let handler = handler.clone();
             let log = log.clone();
-            std::thread::spawn(move || connection(stream, &dir, &log));
+            std::thread::spawn(move || connection(stream, &*handler, &log));
         }
     });
     (port, seen)
 }
 
-fn connection(stream: TcpStream, dir: &Path, log: &Seen) {
+fn connection(stream: TcpStream, handler: &Handler, log: &Seen) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -67,19 +88,22 @@ fn connection(stream: TcpStream, dir: &Path, log: &Seen) {
         let target = parts.next().unwrap_or("").to_string();
         let path = target.split('?').next().unwrap().to_string();
         log.lock().unwrap().push((method.clone(), path.clone()));
-        let (code, reply) = answer(dir, &method, &path, &body);
-        let text = reply.to_string();
-        let reason = if code == 200 || code == 201 {
-            "OK"
-        } else {
-            "Not Found"
+        let (code, text, content_type) = handler(&method, &path, &body);
+        let reason = match code {
+            200 | 201 => "OK",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            503 => "Service Unavailable",
+            _ => "Not Found",
         };
-        write!(
+        let written = write!(
             out,
-            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()
-        )
-        .unwrap();
+        );
+        if written.is_err() {
+            return;
+        }
     }
 }
 
@@ -89,7 +113,14 @@ fn file(dir: &Path, path: &str) -> Option<Value> {
     Some(serde_json::from_str(&text).expect("recorded JSON"))
 }
 
-fn answer(dir: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+/// The recorded answer of `dir`, if it has one.
+fn answer(
+    dir: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String, &'static str)> {
+    let json = |code: u16, v: Value| Some((code, v.to_string(), JSON));
     if method == "POST" && path.ends_with("/selfsubjectaccessreviews") {
         let asked: Value = serde_json::from_slice(body).unwrap();
         let attrs = &asked["spec"]["resourceAttributes"];
@@ -97,44 +128,46 @@ fn answer(dir: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
             ["verb", "group", "resource", "namespace"]
                 .map(|k| a[k].as_str().unwrap_or("").to_string())
         };
-        let reviews = file(dir, path).expect("recorded reviews");
+        let reviews = file(dir, path)?;
         let found = reviews
             .as_array()
             .unwrap()
             .iter()
             .find(|r| key(&r["spec"]["resourceAttributes"]) == key(attrs));
         return match found {
-            Some(r) => (201, r.clone()),
-            None => not_found(path),
+            Some(r) => json(201, r.clone()),
+            None => json(not_found(path).0, not_found(path).1),
         };
     }
     if method != "GET" {
-        return not_found(path);
+        return None;
     }
     if let Some(v) = file(dir, path) {
-        return (200, v);
+        return json(200, v);
+    }
+    let name = path.trim_matches('/').replace('/', "_");
+    for (suffix, code) in [(".txt", 200), (".503.txt", 503)] {
+        if let Ok(text) = fs::read_to_string(dir.join(format!("{name}{suffix}"))) {
+            return Some((code, text, "text/plain"));
+        }
     }
     // One object of a recorded list.
     let (parent, name) = path.rsplit_once('/').unwrap();
-    if let Some(list) = file(dir, parent) {
-        let kind = list["kind"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("List")
-            .to_string();
-        if let Some(item) = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["metadata"]["name"] == name)
-        {
-            let mut item = item.clone();
-            item["kind"] = json!(kind);
-            item["apiVersion"] = list["apiVersion"].clone();
-            return (200, item);
-        }
-    }
-    not_found(path)
+    let list = file(dir, parent)?;
+    let kind = list["kind"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("List")
+        .to_string();
+    let item = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == name)?;
+    let mut item = item.clone();
+    item["kind"] = json!(kind);
+    item["apiVersion"] = list["apiVersion"].clone();
+    json(200, item)
 }
 
 fn not_found(path: &str) -> (u16, Value) {
@@ -171,7 +204,12 @@ struct Run {
 }
 
 fn check(scenario: &str, extra: &[&str]) -> Run {
-    let (port, seen) = serve(recorded(scenario));
+    // `a+b`: scenario a's recordings over b's.
+    let (port, seen) = serve(scenario.split('+').map(recorded).collect());
+    run_on(port, seen, scenario, extra)
+}
+
+fn run_on(port: u16, seen: Seen, scenario: &str, extra: &[&str]) -> Run {
     let config = kubeconfig(port, scenario);
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("check")
@@ -190,13 +228,16 @@ fn stdout(run: &Run) -> String {
     String::from_utf8_lossy(&run.out.stdout).into_owned()
 }
 
-/// `(status, message)` → hint, from `-o json`.
-fn lines(run: &Run) -> BTreeMap<(String, String), String> {
+/// The `checks` of `-o json`.
+fn checks(run: &Run) -> Vec<Value> {
     let v: Value =
         serde_json::from_slice(&run.out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(run)));
-    v["checks"]
-        .as_array()
-        .unwrap()
+    v["checks"].as_array().unwrap().clone()
+}
+
+/// `(status, message)` → hint, from `-o json`.
+fn lines(run: &Run) -> BTreeMap<(String, String), String> {
+    checks(run)
         .iter()
         .map(|c| {
             (
@@ -357,13 +398,381 @@ fn an_unreachable_api_server_is_a_failed_check_not_a_crash() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("× cannot reach the API server"), "{text}");
     assert!(text.contains("kubectl version should work"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}: Connection refused")),
+        "{text}"
+    );
+}
+
+/// `(id, status, message)` of every line, from `-o json`.
+fn ids(run: &Run) -> Vec<(String, String, String)> {
+    checks(run)
+        .iter()
+        .map(|c| {
+            let field = |k: &str| {
+                c[k].as_str()
+                    .unwrap_or_else(|| panic!("{k} in {c}"))
+                    .to_string()
+            };
+            (field("id"), field("status"), field("message"))
+        })
+        .collect()
+}
+
+/// Runs `check` against the kubeconfig of `port` and returns its output and how long it took.
+fn timed(port: u16, scenario: &str, extra: &[&str]) -> (Output, Duration) {
+    let config = kubeconfig(port, scenario);
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--color", "never", "--kubeconfig"])
+        .arg(&config)
+        .args(extra)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let _ = fs::remove_file(config);
+    (out, took)
+}
+
+/// Runs `check`, which must fail (exit 1) well within the 15 s bound; returns its text.
+fn fails_quickly(port: u16, scenario: &str, extra: &[&str]) -> String {
+    let (out, took) = timed(port, scenario, extra);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    text
+}
+
+/// A server that accepts connections and never answers (nor closes them).
+fn silent_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+fn no_debug_structures(text: &str) {
+    for debug in [
+        "Status {",
+        "ErrorResponse",
+        "HyperError",
+        "ServiceError",
+        "Some(",
+        "ApiError",
+    ] {
+        assert!(!text.contains(debug), "{debug:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_request_timeout_and_names_the_url() {
+    let port = silent_server();
+    let text = fails_quickly(port, "silent", &["--request-timeout", "2s"]);
+    assert!(
+        text.contains(&format!(
+            "× no answer from the API server http://127.0.0.1:{port} within 2s (--request-timeout)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("see docs/checks.md#pc-api-reachable"),
+        "{text}"
+    );
+    no_debug_structures(&text);
+}
+
+#[test]
+fn the_overall_timeout_bounds_the_whole_run() {
+    let port = silent_server();
+    let (out, took) = timed(
+        port,
+        "silent-overall",
+        &["--request-timeout", "1m", "--timeout", "2s", "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let run = Run {
+        out,
+        seen: Vec::new(),
+    };
+    let lines = ids(&run);
+    let (id, status, message) = lines.last().unwrap();
+    assert_eq!((id.as_str(), status.as_str()), ("pc-check-timeout", "fail"));
+    assert!(
+        message.contains(&format!(
+            "did not finish within 2s (--timeout); API server http://127.0.0.1:{port}"
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn unauthorized_names_the_server_the_user_and_the_context() {
+    let (port, _) = serve_with(Arc::new(|_, _, _| {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
+        (401, status.to_string(), JSON)
+    }));
+    let text = fails_quickly(port, "unauthorized", &[]);
+    assert!(
+        text.contains(&format!(
+            "× the API server http://127.0.0.1:{port} refused the credentials of user \"platform-dev\" of context \"recorded\""
+        )),
+        "{text}"
+    );
+    assert!(text.contains("401 Unauthorized (Unauthorized)"), "{text}");
+    assert!(text.contains("log in again"), "{text}");
+    no_debug_structures(&text);
+}
+
+#[test]
+fn forbidden_says_what_was_refused_to_whom_and_which_rbac_is_needed() {
+    let fresh = recorded("fresh");
+    let (port, _) = serve_with(Arc::new(move |method, path, body| {
+        if path == "/api/v1/namespaces" {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": "namespaces is forbidden: User \"platform-dev\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"});
+            return (403, status.to_string(), JSON);
+        }
+        answer(&fresh, method, path, body).unwrap()
+    }));
+    let text = fails_quickly(port, "forbidden", &[]);
+    assert!(text.contains("√ can reach the API server"), "{text}");
+    assert!(
+        text.contains(
+            "× cannot list namespaces: user \"platform-dev\" of context \"recorded\" (kubeconfig "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "may not list namespaces: 403 Forbidden from http://127.0.0.1:{port} (namespaces is forbidden: User \"platform-dev\" cannot list resource"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("`kubectl auth can-i list namespaces` must say yes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("see docs/checks.md#pc-namespaces-readable"),
+        "{text}"
+    );
+    no_debug_structures(&text);
+}
+
+#[test]
+fn every_line_has_a_stable_id_and_warnings_link_to_its_docs() {
+    let run = check("installed", &["-o", "json"]);
+    let lines = ids(&run);
+    assert!(
+        lines.iter().all(|(id, _, _)| id.starts_with("pc-")),
+        "{lines:#?}"
+    );
+    let find = |id: &str, status: &str| {
+        lines
+            .iter()
+            .find(|(i, s, _)| i == id && s == status)
+            .unwrap_or_else(|| panic!("no {status} {id} in {lines:#?}"))
+            .2
+            .clone()
+    };
+    assert_eq!(find("pc-api-reachable", "ok"), "can reach the API server");
+    find("pc-pods-injected", "fail");
+    find("pc-other-meshes", "fail");
+    let text = stdout(&check("installed", &["--color", "never"]));
+    assert!(
+        text.contains("restart to inject: kubectl rollout restart statefulset/redis -n shop (created before the namespace was labelled, or while the injector was down)\n    see docs/checks.md#pc-pods-injected\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_fail_open_webhook_is_a_warning_not_a_pass() {
+    let run = check("installed", &["-o", "json"]);
+    let l = lines(&run);
+    let hint = has(
+        &l,
+        "warn",
+        "webhook inject.portcullis.dev fails open (failurePolicy Ignore): pods created while the injector is down run unprotected",
+    );
+    assert!(hint.contains("failurePolicy: Fail"), "{hint}");
+    assert!(ids(&run)
+        .iter()
+        .any(|(id, s, _)| id == "pc-webhook-fail-open" && s == "warn"));
+}
+
+#[test]
+fn namespace_flag_checks_and_reads_only_that_namespace() {
+    let run = check("installed", &["-n", "shop", "-o", "json"]);
+    assert_eq!(run.out.status.code(), Some(1), "{}", stdout(&run));
+    let l = lines(&run);
+    has(
+        &l,
+        "warn",
+        "namespace shop: 1 of 4 running pods fully protected",
+    );
+    assert!(
+        l.keys().all(|(_, m)| !m.contains("payments")),
+        "payments is not checked: {l:#?}"
+    );
+    let paths: Vec<&str> = run.seen.iter().map(|(_, p)| p.as_str()).collect();
+    assert!(paths.contains(&"/api/v1/namespaces/shop"), "{paths:?}");
+    assert!(
+        !paths.contains(&"/api/v1/namespaces"),
+        "no list of namespaces: {paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p.contains("/namespaces/payments")),
+        "{paths:?}"
+    );
+    let legacy = check("installed", &["-n", "legacy", "-o", "json"]);
+    has(
+        &lines(&legacy),
+        "warn",
+        "namespace legacy is not labelled portcullis.dev/inject=enabled: nothing in it is protected",
+    );
+    let missing = check("installed", &["-n", "nope", "-o", "json"]);
+    has(&lines(&missing), "fail", "namespace nope does not exist");
+}
+
+#[test]
+fn pod_security_enforce_baseline_or_restricted_fails_before_and_after_install() {
+    for pre in [true, false] {
+        let mut args = vec!["-o", "json"];
+        if pre {
+            args.push("--pre");
+        }
+        let run = check("hardened+installed", &args);
+        assert_eq!(run.out.status.code(), Some(1));
+        let l = lines(&run);
+        let hint = has(&l, "fail", "namespace shop enforces Pod Security baseline: every injected pod is rejected: portcullis-init adds NET_ADMIN and NET_RAW (not in baseline's allowed capabilities); portcullis-proxy adds NET_ADMIN (UDP enforcement is on)");
+        assert!(
+            hint.contains("kubectl label namespace shop --overwrite pod-security.kubernetes.io/enforce=privileged"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("portcullis-init still needs NET_ADMIN and NET_RAW"),
+            "{hint}"
+        );
+        let note = l
+            .keys()
+            .find(|(s, m)| {
+                s == "ok"
+                    && m.starts_with(
+                        "namespace payments: Pod Security warn=restricted lets injected pods in",
+                    )
+            })
+            .unwrap_or_else(|| panic!("no warn note for payments: {l:#?}"));
+        assert!(note.1.contains("runs as root"), "{note:?}");
+    }
+}
+
+#[test]
+fn proxy_flag_checks_every_proxy_is_ready_and_current() {
+    let run = check("proxies+installed", &["--proxy", "-o", "json"]);
+    let l = lines(&run);
+    for controller in [
+        "abcde serves table generation 15",
+        "fghij serves table generation 9",
+    ] {
+        has(
+            &l,
+            "ok",
+            &format!("portcullis-controller-7c9d8b6f5-{controller}"),
+        );
+    }
+    let hint = has(
+        &l,
+        "fail",
+        "shop/cart-5b7d9c8f6-q4wnv: proxy is on table generation 12, the controllers serve 15 and 9",
+    );
+    assert!(hint.contains("--wait"), "{hint}");
+    let not_ready = l
+        .keys()
+        .find(|(s, m)| s == "fail" && m.starts_with("shop/api-7f9b6c5d4-m2x8v: proxy not ready"))
+        .unwrap_or_else(|| panic!("{l:#?}"));
+    assert!(
+        not_ready.1.contains("no policy table loaded yet"),
+        "{not_ready:?}"
+    );
+    has(&l, "ok", "namespace shop: 2 of 3 proxies ready");
+    has(
+        &l,
+        "ok",
+        "namespace shop: 1 of 3 proxies on the controller's current table",
+    );
+    has(
+        &l,
+        "ok",
+        "namespace payments: 1 of 1 proxies on the controller's current table",
+    );
+    // Through the API server's pod proxy subresource, on the admin ports.
+    assert!(run
+        .seen
+        .iter()
+        .any(|(_, p)| p
+            == "/api/v1/namespaces/shop/pods/frontend-6d8f7b9c5-x2kqp:4191/proxy/metrics"));
+    assert!(run.seen.iter().any(|(_, p)| p
+        == "/api/v1/namespaces/portcullis-system/pods/portcullis-controller-7c9d8b6f5-abcde:9990/proxy/ready"));
+    // Without --proxy no proxy is asked.
+    let plain = check("proxies+installed", &["-o", "json"]);
+    assert!(!plain.seen.iter().any(|(_, p)| p.contains("/proxy/")));
+}
+
+#[test]
+fn wait_retries_failing_checks_until_they_pass() {
+    let fresh = recorded("fresh");
+    let versions = Arc::new(Mutex::new(0));
+    let count = versions.clone();
+    let (port, seen) = serve_with(Arc::new(move |method, path, body| {
+        if path == "/version" {
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                return (503, "starting".into(), "text/plain");
+            }
+        }
+        answer(&fresh, method, path, body).unwrap()
+    }));
+    let run = run_on(
+        port,
+        seen,
+        "wait",
+        &["--pre", "--wait", "30s", "-o", "json"],
+    );
+    assert_eq!(run.out.status.code(), Some(0), "{}", stdout(&run));
+    assert_eq!(*versions.lock().unwrap(), 2);
+    // And gives up when the time is up.
+    let start = Instant::now();
+    let run = check("installed", &["--wait", "3s", "-o", "json"]);
+    assert_eq!(run.out.status.code(), Some(1));
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let tries = run.seen.iter().filter(|(_, p)| p == "/version").count();
+    assert!(tries >= 2, "{tries} tries");
 }
 
 /// Prints what a user sees (`cargo test -p portcullis --test check -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn show() {
-    for (scenario, args) in [("installed", vec![]), ("fresh", vec!["--pre"])] {
+    for (scenario, args) in [
+        ("installed", vec![]),
+        ("fresh", vec!["--pre"]),
+        ("hardened+installed", vec!["--pre"]),
+        ("proxies+installed", vec!["--proxy", "-n", "shop"]),
+    ] {
         let mut all = vec!["--color", "never"];
         all.extend(args);
         println!("{}", stdout(&check(scenario, &all)));
