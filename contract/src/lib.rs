@@ -104,6 +104,8 @@ pub mod keys {
 /// Environment variables `portcullis-init` and `portcullis-proxy` read (every flag of theirs
 /// reads one), as the injector and the testbed set them.
 pub mod env {
+    /// The prefix of every Portcullis variable (the Downward API's below excepted).
+    pub const PREFIX: &str = "PORTCULLIS_";
     pub const PROXY_UID: &str = "PORTCULLIS_PROXY_UID";
     pub const PROXY_MARK: &str = "PORTCULLIS_PROXY_MARK";
     pub const INBOUND_PORT: &str = "PORTCULLIS_INBOUND_PORT";
