@@ -116,6 +116,10 @@ pub mod env {
     pub const SKIP_OUTBOUND_CIDRS: &str = "PORTCULLIS_SKIP_OUTBOUND_CIDRS";
     pub const ENFORCE_UDP: &str = "PORTCULLIS_ENFORCE_UDP";
     pub const INBOUND_TCP: &str = "PORTCULLIS_INBOUND_TCP";
+    /// `portcullis-init` only: `auto`, `nft` or `legacy`.
+    pub const IPTABLES_BACKEND: &str = "PORTCULLIS_IPTABLES_BACKEND";
+    /// `portcullis-init` only: leave `filter FORWARD` alone.
+    pub const ALLOW_FORWARDING: &str = "PORTCULLIS_ALLOW_FORWARDING";
     pub const NFQUEUE: &str = "PORTCULLIS_NFQUEUE";
     pub const MODE: &str = "PORTCULLIS_MODE";
     pub const LOG: &str = "PORTCULLIS_LOG";
