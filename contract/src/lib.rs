@@ -1,5 +1,5 @@
 //! The contract between Portcullis components: every value that two crates must agree on lives
-//! here, once, with one type. `docs/CONVENTIONS.md` explains them; a test there keeps the
+//! here, once, with one type. `docs/CONVENTIONS.md` explains them; `tests/conventions.rs` keeps the
 //! document and these constants equal.
 //!
 //! - [`PROXY_UID`], [`PROXY_MARK`], [`QUEUED_CONNMARK`], [`NFQUEUE`]: the sidecar's identity in
