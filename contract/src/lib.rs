@@ -1,5 +1,5 @@
 //! The contract between Portcullis components: every value that two crates must agree on lives
-//! here, once, with one type. `docs/CONVENTIONS.md` explains them; a test there keeps the
+//! here, once, with one type. `docs/CONVENTIONS.md` explains them; `tests/conventions.rs` keeps the
 //! document and these constants equal.
 //!
 //! - [`PROXY_UID`], [`PROXY_MARK`], [`QUEUED_CONNMARK`], [`NFQUEUE`]: the sidecar's identity in
@@ -104,6 +104,8 @@ pub mod keys {
 /// Environment variables `portcullis-init` and `portcullis-proxy` read (every flag of theirs
 /// reads one), as the injector and the testbed set them.
 pub mod env {
+    /// The prefix of every Portcullis variable (the Downward API's below excepted).
+    pub const PREFIX: &str = "PORTCULLIS_";
     pub const PROXY_UID: &str = "PORTCULLIS_PROXY_UID";
     pub const PROXY_MARK: &str = "PORTCULLIS_PROXY_MARK";
     pub const INBOUND_PORT: &str = "PORTCULLIS_INBOUND_PORT";
@@ -114,6 +116,10 @@ pub mod env {
     pub const SKIP_OUTBOUND_CIDRS: &str = "PORTCULLIS_SKIP_OUTBOUND_CIDRS";
     pub const ENFORCE_UDP: &str = "PORTCULLIS_ENFORCE_UDP";
     pub const INBOUND_TCP: &str = "PORTCULLIS_INBOUND_TCP";
+    /// `portcullis-init` only: `auto`, `nft` or `legacy`.
+    pub const IPTABLES_BACKEND: &str = "PORTCULLIS_IPTABLES_BACKEND";
+    /// `portcullis-init` only: leave `filter FORWARD` alone.
+    pub const ALLOW_FORWARDING: &str = "PORTCULLIS_ALLOW_FORWARDING";
     pub const NFQUEUE: &str = "PORTCULLIS_NFQUEUE";
     pub const MODE: &str = "PORTCULLIS_MODE";
     pub const LOG: &str = "PORTCULLIS_LOG";

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use portcullis_policy_loader::parse_duration;
+use portcullis_contract::parse_duration;
 
 /// Watches Namespaces, Pods and NetworkPolicies once for the whole cluster, compiles every pod's
 /// policy table incrementally, and streams each Portcullis proxy the table of its own pod.

@@ -202,10 +202,7 @@ impl TableServer {
 
 /// `/v1/tables/{namespace}/{pod}` → (namespace, pod), both non-empty and without further `/`.
 fn table_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/v1/tables/")?;
-    let (namespace, pod) = rest.split_once('/')?;
-    let valid = |s: &str| !s.is_empty() && !s.contains('/');
-    (valid(namespace) && valid(pod)).then_some((namespace, pod))
+    portcullis_wire::parse_table_path(path)
 }
 
 /// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
+use portcullis_contract::{env as var, ports, Mark, NFQUEUE, PROXY_UID};
 
 /// Installs the iptables rules that send the pod's TCP traffic through portcullis-proxy.
 ///
@@ -23,7 +24,7 @@ use ipnet::IpNet;
 #[command(name = "portcullis-init", version, max_term_width = 100)]
 pub struct Config {
     /// UID of portcullis-proxy; its connections are never redirected.
-    #[arg(long, env = "PORTCULLIS_PROXY_UID", default_value_t = 2171)]
+    #[arg(long, env = var::PROXY_UID, default_value_t = PROXY_UID)]
     pub proxy_uid: u32,
 
     /// Packet mark (`0x1000` or `4096`) the proxy sets on its own sockets (its `--proxy-mark`,
@@ -31,45 +32,45 @@ pub struct Config {
     /// this mark is exempt from the redirect and the UDP/SCTP queue. Without it the exemption is
     /// by UID alone: any process that runs as the proxy's UID (an image with `USER 2171`, a debug
     /// container) opens connections that are never checked.
-    #[arg(long, env = "PORTCULLIS_PROXY_MARK", value_parser = parse_mark)]
-    pub proxy_mark: Option<u32>,
+    #[arg(long, env = var::PROXY_MARK)]
+    pub proxy_mark: Option<Mark>,
 
     /// Port of the proxy's inbound listener.
-    #[arg(long, env = "PORTCULLIS_INBOUND_PORT", default_value_t = 4143)]
+    #[arg(long, env = var::INBOUND_PORT, default_value_t = ports::INBOUND)]
     pub inbound_port: u16,
 
     /// Port of the proxy's outbound listener.
-    #[arg(long, env = "PORTCULLIS_OUTBOUND_PORT", default_value_t = 4140)]
+    #[arg(long, env = var::OUTBOUND_PORT, default_value_t = ports::OUTBOUND)]
     pub outbound_port: u16,
 
     /// Port of the proxy's admin listener (metrics, probes); never redirected.
-    #[arg(long, env = "PORTCULLIS_ADMIN_PORT", default_value_t = 4191)]
+    #[arg(long, env = var::ADMIN_PORT, default_value_t = ports::ADMIN)]
     pub admin_port: u16,
 
     /// Inbound destination ports that bypass the proxy, e.g. `22,8000-8100`.
-    #[arg(long, env = "PORTCULLIS_SKIP_INBOUND_PORTS", default_value = "")]
+    #[arg(long, env = var::SKIP_INBOUND_PORTS, default_value = "")]
     pub skip_inbound_ports: PortList,
 
     /// Outbound destination ports that bypass the proxy, e.g. `53,5432`.
-    #[arg(long, env = "PORTCULLIS_SKIP_OUTBOUND_PORTS", default_value = "")]
+    #[arg(long, env = var::SKIP_OUTBOUND_PORTS, default_value = "")]
     pub skip_outbound_ports: PortList,
 
     /// Outbound destinations that bypass the proxy, IPv4 and IPv6 CIDRs, e.g.
     /// `10.96.0.1/32,fd00::/8`.
-    #[arg(long, env = "PORTCULLIS_SKIP_OUTBOUND_CIDRS", default_value = "")]
+    #[arg(long, env = var::SKIP_OUTBOUND_CIDRS, default_value = "")]
     pub skip_outbound_cidrs: CidrList,
 
     /// Leave forwarding alone. By default a `filter FORWARD` drop is installed: a pod is not a
     /// router, and a packet routed through it toward another address would pass unpoliced. Set
     /// it only for pods that route on purpose (VM launchers, VPN gateways).
-    #[arg(long, env = "PORTCULLIS_ALLOW_FORWARDING")]
+    #[arg(long, env = var::ALLOW_FORWARDING)]
     pub allow_forwarding: bool,
 
     /// iptables backend: `auto` uses the one that already holds rules in this network namespace
     /// (as Linkerd and Istio do), `nft` when neither does.
     #[arg(
         long,
-        env = "PORTCULLIS_IPTABLES_BACKEND",
+        env = var::IPTABLES_BACKEND,
         value_enum,
         default_value = "auto"
     )]
@@ -78,7 +79,7 @@ pub struct Config {
     /// Send the first packet of every new UDP and SCTP flow (inbound and outbound) to the
     /// proxy's NFQUEUE for a verdict. `false` installs no queue rules (and removes ours if a
     /// previous run left them): UDP and SCTP then pass unchecked, and the proxy says so.
-    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = var::ENFORCE_UDP, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
     /// How inbound TCP is judged. `queue` (the default when UDP is enforced): the first packet
@@ -89,11 +90,11 @@ pub struct Config {
     /// judges, connects to the application and relays; the only choice with
     /// `--enforce-udp=false` (reading the queue takes the proxy's CAP_NET_ADMIN). Set the same
     /// value on the proxy.
-    #[arg(long, env = "PORTCULLIS_INBOUND_TCP", value_enum)]
+    #[arg(long, env = var::INBOUND_TCP, value_enum)]
     pub inbound_tcp: Option<InboundTcp>,
 
     /// NFQUEUE number the proxy reads (the same `--nfqueue` as the proxy's).
-    #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
+    #[arg(long, env = var::NFQUEUE, default_value_t = NFQUEUE)]
     pub nfqueue: u16,
 
     /// Print the iptables-restore input for each family and change nothing.
@@ -126,31 +127,22 @@ impl Config {
     }
 }
 
-/// A packet mark: `0x1000` (hex) or `4096` (decimal), not 0 (a zero mark matches every packet).
-pub fn parse_mark(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => t.parse::<u32>(),
-    };
-    match parsed {
-        Ok(0) => Err(
-            "the mark must not be 0: `-m mark --mark 0/0` matches every packet, so every process \
-             running as the proxy's UID would be exempt"
-                .to_string(),
-        ),
-        Ok(m) => Ok(m),
-        Err(_) => Err(format!(
-            "`{s}` is not a packet mark (a 32-bit number, hex `0x1000` or decimal `4096`)"
-        )),
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     Auto,
     Nft,
     Legacy,
+}
+
+/// Why a port or CIDR list does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("`{0}` is not a port or a range (1-65535, e.g. `22` or `8000-8100`)")]
+    NotAPort(String),
+    #[error("`{0}`: the range is backwards")]
+    Backwards(String),
+    #[error("`{0}` is not a CIDR (e.g. `10.0.0.0/8`, `fd00::/8`)")]
+    NotACidr(String),
 }
 
 /// A port or an inclusive range.
@@ -176,24 +168,20 @@ impl fmt::Display for PortSpan {
 pub struct PortList(pub Vec<PortSpan>);
 
 impl FromStr for PortList {
-    type Err = String;
+    type Err = ListError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut spans = Vec::new();
         for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let port = |p: &str| -> Result<u16, String> {
-                match p.trim().parse::<u16>() {
-                    Ok(0) | Err(_) => Err(format!(
-                        "`{token}` is not a port or a range (1-65535, e.g. `22` or `8000-8100`)"
-                    )),
-                    Ok(n) => Ok(n),
-                }
+            let port = |p: &str| match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(ListError::NotAPort(token.to_string())),
+                Ok(n) => Ok(n),
             };
             let span = match token.split_once('-') {
                 Some((a, b)) => {
                     let (first, last) = (port(a)?, port(b)?);
                     if first > last {
-                        return Err(format!("`{token}`: the range is backwards"));
+                        return Err(ListError::Backwards(token.to_string()));
                     }
                     PortSpan { first, last }
                 }
@@ -213,7 +201,7 @@ impl FromStr for PortList {
 pub struct CidrList(pub Vec<IpNet>);
 
 impl FromStr for CidrList {
-    type Err = String;
+    type Err = ListError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut nets = Vec::new();
@@ -223,9 +211,7 @@ impl FromStr for CidrList {
                 Err(_) => token
                     .parse::<std::net::IpAddr>()
                     .map(IpNet::from)
-                    .map_err(|_| {
-                        format!("`{token}` is not a CIDR (e.g. `10.0.0.0/8`, `fd00::/8`)")
-                    })?,
+                    .map_err(|_| ListError::NotACidr(token.to_string()))?,
             };
             nets.push(net.trunc());
         }
@@ -246,12 +232,14 @@ mod tests {
         assert!("22,http"
             .parse::<PortList>()
             .unwrap_err()
+            .to_string()
             .contains("`http`"));
         assert!("0".parse::<PortList>().is_err());
         assert!("70000".parse::<PortList>().is_err());
         assert!("90-80"
             .parse::<PortList>()
             .unwrap_err()
+            .to_string()
             .contains("backwards"));
     }
 
@@ -263,11 +251,14 @@ mod tests {
         assert!("10.0.0.0/33"
             .parse::<CidrList>()
             .unwrap_err()
+            .to_string()
             .contains("not a CIDR"));
     }
 
     #[test]
     fn marks_parse_in_hex_and_decimal_and_zero_is_refused() {
+        // The parser is the contract's (`Mark`'s `FromStr`); these are the flag's cases.
+        let parse_mark = |s: &str| s.parse::<Mark>().map(Mark::get).map_err(|e| e.to_string());
         assert_eq!(parse_mark("0x1000"), Ok(0x1000));
         assert_eq!(parse_mark("0X1000"), Ok(0x1000));
         assert_eq!(parse_mark("4096"), Ok(0x1000));
@@ -284,7 +275,7 @@ mod tests {
         assert_eq!(unset.proxy_mark, None);
         let set =
             Config::try_parse_from(["portcullis-init", "--proxy-mark=0x1000"]).expect("parses");
-        assert_eq!(set.proxy_mark, Some(0x1000));
+        assert_eq!(set.proxy_mark, Some(Mark(0x1000)));
         let zero = Config::try_parse_from(["portcullis-init", "--proxy-mark=0"])
             .expect_err("0 is refused");
         assert!(zero.to_string().contains("must not be 0"), "{zero}");

@@ -10,6 +10,8 @@
 //! `-o lo`) is not queued; neither is what the proxy itself sends (its UID, and its mark with
 //! `--proxy-mark`), as for TCP.
 
+use portcullis_contract::QUEUED_CONNMARK;
+
 use crate::config::{Config, InboundTcp};
 use crate::rules::{Jump, Part, Table};
 
@@ -20,12 +22,6 @@ pub const OWNED: [(Table, &str); 2] = [(Table::Filter, UDP_IN), (Table::Filter, 
 
 /// The protocols judged in the queue, as `iptables-save` prints them.
 const PROTOCOLS: [&str; 2] = ["udp", "sctp"];
-
-/// The conntrack mark bit of an inbound TCP connection the queue judged (`--inbound-tcp
-/// queue`): the proxy's revocation looks only at TCP entries that carry it, so connections to
-/// the proxy's own ports, to `--skip-inbound-ports` and from loopback are never touched. The
-/// proxy holds the same value (`docs/CONVENTIONS.md`).
-pub const QUEUED_TCP_CONNMARK: u32 = 0x1000;
 
 /// The queue rules, when `--enforce-udp` (the default); with `--inbound-tcp queue` (the default
 /// then) `PORTCULLIS_UDP_IN` judges inbound TCP too.
@@ -58,7 +54,7 @@ pub fn part(cfg: &Config) -> Part {
             if *p == "tcp" {
                 rules.push(format!(
                     "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
-                     {QUEUED_TCP_CONNMARK:#x}/{QUEUED_TCP_CONNMARK:#x}"
+                     {QUEUED_CONNMARK}/{QUEUED_CONNMARK}"
                 ));
             }
             rules.push(format!(

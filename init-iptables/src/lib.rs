@@ -108,7 +108,7 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
             after = backend::save_all(backend, family)?;
         }
     }
-    rules::verify(cfg, family, &after).map_err(anyhow::Error::msg)?;
+    rules::verify(cfg, family, &after)?;
     let inbound = match cfg.inbound_tcp() {
         InboundTcp::Queue => format!(
             "inbound TCP: first packet of each new connection -> NFQUEUE {}",

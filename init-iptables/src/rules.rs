@@ -276,7 +276,7 @@ pub fn proxy_match(cfg: &Config) -> String {
     match cfg.proxy_mark {
         None => format!("-m owner --uid-owner {}", cfg.proxy_uid),
         Some(m) => format!(
-            "-m owner --uid-owner {} -m mark --mark {m:#x}/{m:#x}",
+            "-m owner --uid-owner {} -m mark --mark {m}/{m}",
             cfg.proxy_uid
         ),
     }
@@ -416,9 +416,20 @@ pub fn owned_chains_left(save: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The ruleset after an install is not the one written: each problem names a chain, rule or jump.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{family} rules are not as written after iptables-restore: missing or wrong: {}",
+    problems.join(", ")
+)]
+pub struct VerifyError {
+    pub family: &'static str,
+    pub problems: Vec<String>,
+}
+
 /// What is wrong with the ruleset after an install, if anything: every chain of ours holds
 /// exactly the rules meant for it, in order, and every jump is there (a "first" jump on top).
-pub fn verify(cfg: &Config, family: Family, after: &str) -> Result<(), String> {
+pub fn verify(cfg: &Config, family: Family, after: &str) -> Result<(), VerifyError> {
     let mut problems = Vec::new();
     for part in ruleset(cfg, family) {
         let table = part.table.name();
@@ -457,11 +468,10 @@ pub fn verify(cfg: &Config, family: Family, after: &str) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{} rules are not as written after iptables-restore: missing or wrong: {}",
-            family.name(),
-            problems.join(", ")
-        ))
+        Err(VerifyError {
+            family: family.name(),
+            problems,
+        })
     }
 }
 

@@ -236,7 +236,9 @@ fn long_port_lists_are_split_for_multiport() {
 #[test]
 fn verify_names_what_is_missing_or_wrong() {
     let cfg = config(&["--inbound-tcp=proxy"]);
-    let err = verify(&cfg, Family::V4, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n").unwrap_err();
+    let err = verify(&cfg, Family::V4, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("chain PORTCULLIS_INBOUND (nat)"), "{err}");
     assert!(err.contains("chain PORTCULLIS_ANTISPOOF (raw)"), "{err}");
     // What install writes, as iptables-save prints it, passes.
@@ -247,7 +249,7 @@ fn verify_names_what_is_missing_or_wrong() {
         "-A PORTCULLIS_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN\n",
         "",
     );
-    let err = verify(&cfg, Family::V4, &no_local).unwrap_err();
+    let err = verify(&cfg, Family::V4, &no_local).unwrap_err().to_string();
     assert!(err.contains("PORTCULLIS_INBOUND (nat) holds"), "{err}");
     assert!(err.contains("--dst-type LOCAL"), "{err}");
     // The loopback drop must be the first rule of raw PREROUTING.
@@ -255,7 +257,9 @@ fn verify_names_what_is_missing_or_wrong() {
         "-A PREROUTING -j PORTCULLIS_ANTISPOOF",
         "-A PREROUTING -j ACCEPT\n-A PREROUTING -j PORTCULLIS_ANTISPOOF",
     );
-    let err = verify(&cfg, Family::V4, &pushed_down).unwrap_err();
+    let err = verify(&cfg, Family::V4, &pushed_down)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("as the first rule"), "{err}");
     // A rule for another family or set of flags is not accepted either.
     let err = verify(
@@ -263,7 +267,8 @@ fn verify_names_what_is_missing_or_wrong() {
         Family::V4,
         &good,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("--dports 22"), "{err}");
 }
 
@@ -310,7 +315,9 @@ fn verify_and_reinstall_switch_between_the_uid_only_and_the_marked_exemption() {
     let marked = config(&["--proxy-mark=0x1000"]);
     let was_plain = saved(&plain, Family::V4);
     // A UID-only exemption left from an earlier run is not what a marked run expects.
-    let err = verify(&marked, Family::V4, &was_plain).unwrap_err();
+    let err = verify(&marked, Family::V4, &was_plain)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--mark 0x1000/0x1000"), "{err}");
     // Reinstalling declares (flushes) the chains and writes the marked rule, nothing added twice.
     let text = install(&marked, Family::V4, &was_plain);

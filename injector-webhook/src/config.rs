@@ -1,32 +1,16 @@
-//! Constants shared with the other components (see `docs/CONVENTIONS.md`) and the injector's
-//! configuration: the defaults that annotations may override.
+//! The injector's own names and its configuration: the defaults that annotations may override.
+//! Values shared with the other components (UID, ports, queue, mark, keys, env names) live in
+//! `portcullis-contract` (`contract/src/lib.rs`).
 
 use crate::values::{CidrList, LogLevel, PolicyMode, PortList, Quantity, SidecarMode, Switch};
 
-/// The proxy's UID and GID (default of `InjectorConfig::proxy_uid`). Its traffic is exempt from
-/// the outbound redirect, so no other container may run as this UID.
-pub const PROXY_UID: i64 = 2171;
-/// The NFQUEUE number on which the proxy reads the first packet of each UDP/SCTP flow
-/// (`PORTCULLIS_NFQUEUE`).
-pub const NFQUEUE: u16 = 4171;
-/// The packet mark (`PORTCULLIS_PROXY_MARK`) the proxy sets on its sockets when it has
-/// NET_ADMIN (UDP enforced), and without which portcullis-init does not exempt UID 2171. Bit 12:
-/// why it is safe beside the marks of Kubernetes and CNIs is in `docs/CONVENTIONS.md`.
-pub const PROXY_MARK: u32 = 0x1000;
-/// Proxy inbound listener.
-pub const INBOUND_PORT: i32 = 4143;
-/// Proxy outbound listener (loopback only).
-pub const OUTBOUND_PORT: i32 = 4140;
-/// Proxy admin listener: `/metrics`, `/ready`, `/live`, `/policy`.
-pub const ADMIN_PORT: i32 = 4191;
-
 pub const INIT_CONTAINER_NAME: &str = "portcullis-init";
 pub const PROXY_CONTAINER_NAME: &str = "portcullis-proxy";
-/// Projected service-account token for the proxy, audience [`TOKEN_AUDIENCE`].
+/// Projected service-account token for the proxy, audience
+/// [`portcullis_contract::stream::TOKEN_AUDIENCE`].
 pub const TOKEN_VOLUME_NAME: &str = "portcullis-token";
 /// Writable `/run` for `portcullis-init` (the xtables lock), whose root filesystem is read-only.
 pub const INIT_RUN_VOLUME_NAME: &str = "portcullis-init-run";
-pub const TOKEN_AUDIENCE: &str = "portcullis";
 pub const TOKEN_DIR: &str = "/var/run/secrets/portcullis.dev/token";
 pub const TOKEN_FILE: &str = "/var/run/secrets/portcullis.dev/token/token";
 
@@ -36,40 +20,16 @@ pub const ADMIN_PORT_NAME: &str = "pc-admin";
 
 pub const DEFAULT_CONTROLLER_URL: &str = "https://portcullis-controller.portcullis-system.svc:8443";
 
-/// Annotation keys. Every key is read on the pod first, then on its namespace.
+/// Annotation keys. Every key is read on the pod first, then on its namespace. The Portcullis keys
+/// are the contract's ([`portcullis_contract::keys`]); the others belong to Prometheus and kubectl.
 pub mod annotations {
-    /// `disabled` opts a pod (or, on the namespace, all its pods by default) out.
-    pub const INJECT: &str = "portcullis.dev/inject";
-    pub const SKIP_INBOUND_PORTS: &str = "portcullis.dev/skip-inbound-ports";
-    pub const SKIP_OUTBOUND_PORTS: &str = "portcullis.dev/skip-outbound-ports";
-    pub const SKIP_OUTBOUND_CIDRS: &str = "portcullis.dev/skip-outbound-cidrs";
-    /// `enforce` or `audit`.
-    pub const POLICY_MODE: &str = "portcullis.dev/policy-mode";
-    /// `native` or `classic`.
-    pub const SIDECAR_MODE: &str = "portcullis.dev/sidecar-mode";
-    pub const LOG_LEVEL: &str = "portcullis.dev/log-level";
-    pub const PROXY_CPU_REQUEST: &str = "portcullis.dev/proxy-cpu-request";
-    pub const PROXY_CPU_LIMIT: &str = "portcullis.dev/proxy-cpu-limit";
-    pub const PROXY_MEMORY_REQUEST: &str = "portcullis.dev/proxy-memory-request";
-    pub const PROXY_MEMORY_LIMIT: &str = "portcullis.dev/proxy-memory-limit";
-    /// `true` or `false`: whether the proxy enforces UDP and SCTP (NFQUEUE, needs NET_ADMIN).
-    pub const ENFORCE_UDP: &str = "portcullis.dev/enforce-udp";
-    /// `true` (default) or `false`: drop NET_RAW from application containers that do not add
-    /// it themselves.
-    pub const DROP_NET_RAW: &str = "portcullis.dev/drop-net-raw";
-    /// Namespace only: `true` lets the pods of the namespace weaken their own enforcement with
-    /// the annotations above (see `overrides`). Read on the namespace, never on the pod.
-    pub const ALLOW_POD_OVERRIDES: &str = "portcullis.dev/allow-pod-overrides";
-    /// Namespace only: ephemeral containers (`kubectl debug`) that could get around the proxy
-    /// (NET_ADMIN, NET_RAW, privileged, the proxy's UID) are admitted, with a warning.
-    pub const ALLOW_PRIVILEGED_DEBUG: &str = "portcullis.dev/allow-privileged-debug";
+    pub use portcullis_contract::keys::{
+        ALLOW_POD_OVERRIDES, ALLOW_PRIVILEGED_DEBUG, DROP_NET_RAW, ENFORCE_UDP, EXEMPTIONS, INJECT,
+        INJECTED_VERSION, LOG_LEVEL, POLICY_MODE, PROXY_CPU_LIMIT, PROXY_CPU_REQUEST,
+        PROXY_MEMORY_LIMIT, PROXY_MEMORY_REQUEST, SIDECAR_MODE, SKIP_INBOUND_PORTS,
+        SKIP_OUTBOUND_CIDRS, SKIP_OUTBOUND_PORTS,
+    };
 
-    /// Written by the injector: every exemption from enforcement in force for the pod,
-    /// `;`-separated `name` or `name=value` items (see `exemptions`). Absent: none.
-    pub const EXEMPTIONS: &str = "portcullis.dev/exemptions";
-
-    /// Written by the injector: the version of Portcullis that was injected.
-    pub const INJECTED_VERSION: &str = "portcullis.dev/injected-version";
     pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
     pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
@@ -154,9 +114,27 @@ impl Default for InjectorConfig {
             skip_inbound_ports: PortList::default(),
             skip_outbound_ports: PortList::default(),
             skip_outbound_cidrs: CidrList::default(),
-            proxy_uid: PROXY_UID,
+            proxy_uid: i64::from(portcullis_contract::PROXY_UID),
             enforce_udp: Switch(true),
             drop_net_raw: Switch(true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_contract::{keys, ports};
+
+    #[test]
+    fn the_default_controller_url_is_the_contracts_service_and_port() {
+        assert_eq!(
+            DEFAULT_CONTROLLER_URL,
+            format!(
+                "https://portcullis-controller.{}.svc:{}",
+                keys::SYSTEM_NAMESPACE,
+                ports::CONTROLLER_STREAM
+            )
+        );
     }
 }

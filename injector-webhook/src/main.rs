@@ -204,7 +204,7 @@ struct Args {
     /// UID (and GID) of the proxy. Its connections are exempt from the outbound redirect, so
     /// pods that set this runAsUser on any container (or the pod) are refused. Must match what
     /// the proxy image expects; not 0.
-    #[arg(long, env = "PORTCULLIS_INJECTOR_PROXY_UID", default_value_t = 2171,
+    #[arg(long, env = "PORTCULLIS_INJECTOR_PROXY_UID", default_value_t = i64::from(portcullis_contract::PROXY_UID),
           value_parser = clap::value_parser!(i64).range(1..=2147483647))]
     proxy_uid: i64,
 

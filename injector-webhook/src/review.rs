@@ -36,6 +36,40 @@ pub enum ParseError {
     EmptyUid,
 }
 
+/// Why a patch cannot be sent: it would not apply as the API server applies it, or would not
+/// leave the pod as the injector means to.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("patch does not apply: {0}")]
+    Apply(#[from] json_patch::PatchError),
+    #[error("patched object is not a Pod: {0}")]
+    NotAPod(#[source] serde_json::Error),
+    #[error("patched pod has no spec")]
+    NoSpec,
+    #[error("{INIT_CONTAINER_NAME} is not the first init container")]
+    InitNotFirst,
+    #[error("{PROXY_CONTAINER_NAME} is not where {0} mode puts it")]
+    ProxyMisplaced(SidecarMode),
+    #[error("cannot encode the patch: {0}")]
+    Encode(#[from] kube_core::admission::SerializePatchError),
+}
+
+/// Why an object in a request is not a pod.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object cannot be re-encoded: {0}")]
+    Reencode(#[source] serde_json::Error),
+    #[error("object is not a valid Pod: {0}")]
+    NotAPod(#[source] serde_json::Error),
+}
+
+/// The object as JSON (the document a patch applies to) and as a typed pod.
+fn decode_pod(object: &DynamicObject) -> Result<(Value, Pod), ObjectError> {
+    let value = serde_json::to_value(object).map_err(ObjectError::Reencode)?;
+    let pod = serde_json::from_value::<Pod>(value.clone()).map_err(ObjectError::NotAPod)?;
+    Ok((value, pod))
+}
+
 /// What the request is about.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -134,36 +168,25 @@ fn classify(req: &AdmissionRequest<DynamicObject>) -> Target {
     let Some(object) = req.object.as_ref() else {
         return Target::Invalid("Pod CREATE request without an object".to_string());
     };
-    let object = match serde_json::to_value(object) {
-        Ok(v) => v,
-        Err(e) => return Target::Invalid(format!("object cannot be re-encoded: {e}")),
-    };
-    match serde_json::from_value::<Pod>(object.clone()) {
-        Ok(pod) => Target::Pod {
+    match decode_pod(object) {
+        Ok((object, pod)) => Target::Pod {
             pod: Box::new(pod),
             object,
         },
-        Err(e) => Target::Invalid(format!("object is not a valid Pod: {e}")),
+        Err(why) => Target::Invalid(why.to_string()),
     }
 }
 
-/// What was done, for logs and metrics.
 /// `kubectl debug` adding ephemeral containers: the pod as it will be, and the names it had.
 fn classify_ephemeral(req: &AdmissionRequest<DynamicObject>) -> Target {
     let Some(object) = req.object.as_ref() else {
         return Target::Invalid("ephemeralcontainers UPDATE without an object".to_string());
     };
-    let decode = |o: &DynamicObject| -> Result<(Value, Pod), String> {
-        let v = serde_json::to_value(o).map_err(|e| format!("object cannot be re-encoded: {e}"))?;
-        let pod = serde_json::from_value::<Pod>(v.clone())
-            .map_err(|e| format!("object is not a valid Pod: {e}"))?;
-        Ok((v, pod))
-    };
-    let (object, pod) = match decode(object) {
+    let (object, pod) = match decode_pod(object) {
         Ok(d) => d,
-        Err(why) => return Target::Invalid(why),
+        Err(why) => return Target::Invalid(why.to_string()),
     };
-    let existing = match req.old_object.as_ref().map(decode) {
+    let existing = match req.old_object.as_ref().map(decode_pod) {
         Some(Ok((_, old))) => old
             .spec
             .and_then(|s| s.ephemeral_containers)
@@ -181,6 +204,7 @@ fn classify_ephemeral(req: &AdmissionRequest<DynamicObject>) -> Target {
     }
 }
 
+/// What was done, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewResult {
     Injected(SidecarMode),
@@ -251,66 +275,79 @@ pub fn respond(
         Target::Pod { pod, object } => (pod, object),
     };
 
+    respond_pod(base, pod, object, namespace, cfg, fail_closed)
+}
+
+/// Answer a Pod creation: inject, skip (perhaps recording `not-injected`) or refuse it.
+fn respond_pod(
+    base: AdmissionResponse,
+    pod: &Pod,
+    object: &Value,
+    namespace: &NamespaceDefaults,
+    cfg: &InjectorConfig,
+    fail_closed: bool,
+) -> Reply {
     let decision = decide(pod, namespace, cfg);
     let mut warnings = decision.warnings;
-    let (ignored_overrides, exemptions) = (decision.ignored_overrides, decision.exemptions);
-    let reply = |resp: AdmissionResponse, result: ReviewResult, warnings: Vec<String>| Reply {
-        review: with_warnings(resp, &warnings).into_review(),
-        result,
-        warnings,
-        ignored_overrides: ignored_overrides.clone(),
-        exemptions: exemptions.clone(),
-    };
-    let (patch, mode) = match decision.outcome {
+    let (mut resp, result) = match decision.outcome {
         Outcome::Deny(message) => {
-            let mut resp = base.deny(message.clone());
-            resp.audit_annotations = audit("denied", "proxy_uid");
-            return reply(resp, ReviewResult::Denied(message), warnings);
+            let resp = base.deny(message.clone());
+            (
+                audited(resp, "denied", "proxy_uid"),
+                ReviewResult::Denied(message),
+            )
         }
         Outcome::Skip { reason, patch } => {
-            let mut resp = base.clone();
-            if let Some(patch) = patch {
-                // Only the exemptions annotation: check that it applies, as for injections.
-                let mut doc = object.clone();
-                if let Err(e) = json_patch::patch(&mut doc, &patch) {
-                    return failure(
-                        base,
-                        format!("patch does not apply: {e}"),
-                        warnings,
-                        fail_closed,
-                    );
-                }
-                resp = match base.clone().with_patch(patch) {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        let why = format!("cannot encode the patch: {e}");
-                        return failure(base, why, warnings, fail_closed);
-                    }
-                };
-            }
-            resp.audit_annotations = audit("skipped", reason.label());
-            return reply(resp, ReviewResult::Skipped(reason), warnings);
+            // Only the exemptions annotation: check that it applies, as for injections.
+            let resp = match patch.map(|p| with_checked_patch(&base, object, p, None)) {
+                None => base,
+                Some(Ok(resp)) => resp,
+                Some(Err(why)) => return failure(base, why.to_string(), warnings, fail_closed),
+            };
+            let resp = audited(resp, "skipped", reason.label());
+            (resp, ReviewResult::Skipped(reason))
         }
-        Outcome::Inject { patch, settings } => (patch, settings.sidecar_mode),
-    };
-
-    if let Err(why) = verify_patch(object, &patch, mode) {
-        return failure(base, why, warnings, fail_closed);
-    }
-    let mut resp = match base.clone().with_patch(patch) {
-        Ok(resp) => resp,
-        Err(e) => {
-            return failure(
-                base,
-                format!("cannot encode the patch: {e}"),
-                warnings,
-                fail_closed,
+        Outcome::Inject { patch, settings } => {
+            let mode = settings.sidecar_mode;
+            let resp = match with_checked_patch(&base, object, patch, Some(mode)) {
+                Ok(resp) => resp,
+                Err(why) => return failure(base, why.to_string(), warnings, fail_closed),
+            };
+            warnings.truncate(MAX_WARNINGS);
+            (
+                audited(resp, "injected", mode.as_str()),
+                ReviewResult::Injected(mode),
             )
         }
     };
-    resp.audit_annotations = audit("injected", mode.as_str());
-    warnings.truncate(MAX_WARNINGS);
-    reply(resp, ReviewResult::Injected(mode), warnings)
+    resp = with_warnings(resp, &warnings);
+    Reply {
+        review: resp.into_review(),
+        result,
+        warnings,
+        ignored_overrides: decision.ignored_overrides,
+        exemptions: decision.exemptions,
+    }
+}
+
+/// `base` with `patch`, once the patch is checked to apply to `object` as the API server will
+/// apply it and, for an injection in `mode`, to put the containers where that mode puts them.
+fn with_checked_patch(
+    base: &AdmissionResponse,
+    object: &Value,
+    patch: json_patch::Patch,
+    mode: Option<SidecarMode>,
+) -> Result<AdmissionResponse, PatchError> {
+    match mode {
+        Some(mode) => verify_patch(object, &patch, mode)?,
+        None => json_patch::patch(&mut object.clone(), &patch)?,
+    }
+    Ok(base.clone().with_patch(patch)?)
+}
+
+fn audited(mut resp: AdmissionResponse, outcome: &str, detail: &str) -> AdmissionResponse {
+    resp.audit_annotations = audit(outcome, detail);
+    resp
 }
 
 /// Ephemeral containers added to a pod that runs the proxy: refused when they could get around
@@ -474,12 +511,11 @@ pub fn verify_patch(
     object: &Value,
     patch: &json_patch::Patch,
     mode: SidecarMode,
-) -> Result<(), String> {
+) -> Result<(), PatchError> {
     let mut doc = object.clone();
-    json_patch::patch(&mut doc, patch).map_err(|e| format!("patch does not apply: {e}"))?;
-    let pod: Pod =
-        serde_json::from_value(doc).map_err(|e| format!("patched object is not a Pod: {e}"))?;
-    let spec = pod.spec.as_ref().ok_or("patched pod has no spec")?;
+    json_patch::patch(&mut doc, patch)?;
+    let pod: Pod = serde_json::from_value(doc).map_err(PatchError::NotAPod)?;
+    let spec = pod.spec.as_ref().ok_or(PatchError::NoSpec)?;
     let inits: Vec<&str> = spec
         .init_containers
         .iter()
@@ -487,9 +523,7 @@ pub fn verify_patch(
         .map(|c| c.name.as_str())
         .collect();
     if inits.first() != Some(&INIT_CONTAINER_NAME) {
-        return Err(format!(
-            "{INIT_CONTAINER_NAME} is not the first init container"
-        ));
+        return Err(PatchError::InitNotFirst);
     }
     let proxy_ok = match mode {
         SidecarMode::Native => inits.get(1) == Some(&PROXY_CONTAINER_NAME),
@@ -498,9 +532,7 @@ pub fn verify_patch(
         }
     };
     if !proxy_ok {
-        return Err(format!(
-            "{PROXY_CONTAINER_NAME} is not where {mode} mode puts it"
-        ));
+        return Err(PatchError::ProxyMisplaced(mode));
     }
     Ok(())
 }

@@ -315,11 +315,11 @@ fn verify_patch_catches_patches_that_do_not_fit() {
     };
     // The typed pod has (default) metadata, the JSON object has none: the patch cannot apply.
     let err = verify_patch(&object, &patch, SidecarMode::Native).expect_err("must fail");
-    assert!(err.contains("does not apply"), "{err}");
+    assert!(err.to_string().contains("does not apply"), "{err}");
     // And a patch that applies but puts the proxy elsewhere is refused too.
     let with_meta = json!({"metadata": {}, "spec": {"containers": [{"name": "a"}]}});
     let err = verify_patch(&with_meta, &patch, SidecarMode::Classic).expect_err("must fail");
-    assert!(err.contains("classic"), "{err}");
+    assert!(err.to_string().contains("classic"), "{err}");
     verify_patch(&with_meta, &patch, SidecarMode::Native).expect("fits");
 }
 

@@ -65,7 +65,7 @@ fn load(paths: &[PathBuf], lint: bool) -> Loaded {
         }
         let mut files = Vec::new();
         if let Err(e) = collect_files(path, &mut files, true) {
-            loaded.errors.push(e);
+            loaded.errors.push(e.to_string());
             continue;
         }
         for file in files {
@@ -90,11 +90,32 @@ fn load(paths: &[PathBuf], lint: bool) -> Loaded {
     loaded
 }
 
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>, explicit: bool) -> Result<(), String> {
-    let meta = fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+/// Why a path given to [`load_paths`] could not be walked.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot list directory: {source}", path.display())]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>, explicit: bool) -> Result<(), WalkError> {
+    let meta = fs::metadata(path).map_err(|source| WalkError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(|e| format!("{}: cannot list directory: {e}", path.display()))?
+            .map_err(|source| WalkError::List {
+                path: path.to_path_buf(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
@@ -117,28 +138,6 @@ pub fn is_manifest(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")
     )
-}
-
-/// `250ms`, `2s`, `1m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 2s, 1m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
-    }
-    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// A cheap summary of a directory's state, for polling it: names, sizes, times and inodes of

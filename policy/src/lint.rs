@@ -31,7 +31,7 @@ use crate::verdict::Direction;
 /// The namespace label that opts a namespace in to injection (docs/CONVENTIONS.md).
 pub const INJECT_LABEL: (&str, &str) = (crate::protection::INJECT_LABEL, "enabled");
 /// Ports the injected proxy listens on (docs/CONVENTIONS.md); an application must not use them.
-pub const PROXY_PORTS: [(u16, &str); 3] = [(4143, "inbound"), (4140, "outbound"), (4191, "admin")];
+pub const PROXY_PORTS: [(u16, &str); 3] = portcullis_contract::ports::PROXY;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

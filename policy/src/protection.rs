@@ -8,16 +8,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use portcullis_contract::keys;
 use serde::Serialize;
 
 /// Namespace label that opts a namespace in (`docs/CONVENTIONS.md`).
-pub const INJECT_LABEL: &str = "portcullis.dev/inject";
+pub const INJECT_LABEL: &str = keys::INJECT;
 /// Name of the injected sidecar container.
 pub const PROXY_CONTAINER: &str = "portcullis-proxy";
 /// Pod annotation the injector writes: every exemption in force, `;`-separated `name[=value]`.
-pub const EXEMPTIONS_ANNOTATION: &str = "portcullis.dev/exemptions";
+pub const EXEMPTIONS_ANNOTATION: &str = keys::EXEMPTIONS;
 /// Pod annotation the injector writes: the injector's version.
-pub const INJECTED_VERSION_ANNOTATION: &str = "portcullis.dev/injected-version";
+pub const INJECTED_VERSION_ANNOTATION: &str = keys::INJECTED_VERSION;
 
 /// Whether a namespace asks for the sidecar.
 pub fn opted_in(ns: &Namespace) -> bool {
@@ -25,7 +26,7 @@ pub fn opted_in(ns: &Namespace) -> bool {
         .labels
         .as_ref()
         .and_then(|l| l.get(INJECT_LABEL))
-        .is_some_and(|v| v == "enabled")
+        .is_some_and(|v| v == keys::ENABLED)
 }
 
 /// One reason a pod is not fully protected. The variant names are the bounded `reason` label

@@ -1,5 +1,8 @@
 //! The controller → proxy stream (`GET /v1/tables/{namespace}/{pod}`), defined once.
 //!
+//! The path is the contract's ([`portcullis_contract::stream`]), re-exported here as
+//! [`table_path`] (the proxy's request) and [`parse_table_path`] (the controller's routing).
+//!
 //! The body is newline-delimited JSON. Every line is one [`Line`], an object with exactly one
 //! key naming its kind:
 //!
@@ -34,6 +37,8 @@ use std::sync::Arc;
 use portcullis_policy::service::ResolvedService;
 use portcullis_policy::PodTable;
 use serde::{Deserialize, Serialize};
+
+pub use portcullis_contract::stream::{parse_table_path, table_path, TABLES_PATH};
 
 /// The version of the line types this crate defines.
 pub const VERSION: u32 = 1;

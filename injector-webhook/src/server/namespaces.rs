@@ -2,7 +2,7 @@
 //! with a short timeout and a small time-bounded cache. Needs RBAC `get` on `namespaces`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -41,7 +41,17 @@ impl NamespaceSource {
     }
 }
 
-type CacheEntry = (Instant, Result<BTreeMap<String, String>, String>);
+/// Why a namespace's annotations could not be read (cached briefly, like an answer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("reading namespace {ns}: {error}")]
+    Api { ns: String, error: Arc<kube::Error> },
+    #[error("reading namespace {ns}: timed out after {timeout:?}")]
+    Timeout { ns: String, timeout: Duration },
+}
+
+type Lookup = Result<BTreeMap<String, String>, LookupError>;
+type CacheEntry = (Instant, Lookup);
 
 /// `GET /api/v1/namespaces/{name}` (metadata only), cached.
 pub struct ApiNamespaces {
@@ -66,7 +76,7 @@ impl ApiNamespaces {
         }
     }
 
-    fn cached(&self, ns: &str) -> Option<Result<BTreeMap<String, String>, String>> {
+    fn cached(&self, ns: &str) -> Option<Lookup> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let (at, value) = cache.get(ns)?;
         let ttl = if value.is_ok() {
@@ -77,7 +87,7 @@ impl ApiNamespaces {
         (at.elapsed() < ttl).then(|| value.clone())
     }
 
-    fn store(&self, ns: &str, value: Result<BTreeMap<String, String>, String>) {
+    fn store(&self, ns: &str, value: Lookup) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
@@ -106,16 +116,19 @@ impl ApiNamespaces {
                         .unwrap_or_default()
                         .into_iter()
                         // Only ours: keeps the cache small (no last-applied-configuration).
-                        .filter(|(k, _)| k.starts_with("portcullis.dev/"))
+                        .filter(|(k, _)| k.starts_with(portcullis_contract::keys::PREFIX))
                         .collect()),
                     // The pod's namespace exists (the API server checked); a 404 here means a
                     // race with deletion: no defaults.
                     Ok(Err(kube::Error::Api(status))) if status.code == 404 => Ok(BTreeMap::new()),
-                    Ok(Err(e)) => Err(format!("reading namespace {ns}: {e}")),
-                    Err(_) => Err(format!(
-                        "reading namespace {ns}: timed out after {:?}",
-                        self.timeout
-                    )),
+                    Ok(Err(e)) => Err(LookupError::Api {
+                        ns: ns.to_string(),
+                        error: Arc::new(e),
+                    }),
+                    Err(_) => Err(LookupError::Timeout {
+                        ns: ns.to_string(),
+                        timeout: self.timeout,
+                    }),
                 };
                 let label = if fetched.is_ok() { "fetched" } else { "error" };
                 metrics::counter!(crate::server::metrics::NAMESPACE_LOOKUPS, "result" => label)
@@ -129,7 +142,7 @@ impl ApiNamespaces {
         };
         match result {
             Ok(map) => NamespaceDefaults::Annotations(map),
-            Err(e) => NamespaceDefaults::Unavailable(e),
+            Err(e) => NamespaceDefaults::Unavailable(e.to_string()),
         }
     }
 }

@@ -194,7 +194,7 @@ impl ControllerSource {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(connection);
-        let path = format!("/v1/tables/{}/{}", pod.namespace, pod.name);
+        let path = portcullis_wire::table_path(&pod.namespace, &pod.name);
         let mut request = Request::get(path).header(
             hyper::header::HOST,
             self.url.authority().map(|a| a.as_str()).unwrap_or_default(),

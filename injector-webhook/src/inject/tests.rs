@@ -1,10 +1,13 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::config::InjectorConfig;
+use crate::values::SidecarMode;
 
 fn pod(v: Value) -> Pod {
     serde_json::from_value(v).expect("test pod")
