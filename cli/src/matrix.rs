@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use portcullis_policy::matrix::{default_probes, Probe};
-use portcullis_policy::ports::parse_port_protocol;
+use portcullis_policy::ports::{parse_port_protocol, PortProtocolError};
 use portcullis_policy::{compile, Matrix};
 
 use crate::render::{grids, ColorChoice};
@@ -39,7 +39,7 @@ pub struct MatrixArgs {
     pub verbose: bool,
 }
 
-pub fn parse_probe(s: &str) -> Result<Probe, String> {
+pub fn parse_probe(s: &str) -> Result<Probe, PortProtocolError> {
     parse_port_protocol(s).map(|(port, protocol)| Probe { port, protocol })
 }
 

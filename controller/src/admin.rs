@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::hub::Hub;
 use crate::protection::Protection;
 
-use portcullis_serve_guard::{reset, Guard};
+use portcullis_serve_guard::{accept_loop, Guard, Plain};
 
 pub struct Admin {
     pub hub: Arc<Hub>,
@@ -27,36 +27,22 @@ pub struct Admin {
     pub draining: AtomicBool,
 }
 
+/// Serves the admin endpoints until `shutdown` turns true (the guarded accept loop of
+/// [`portcullis_serve_guard`]).
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
     guard: Arc<Guard>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(admission) = guard.admit(peer.ip()) else {
-            reset(stream);
-            continue;
-        };
+    let make_service = move |_peer| {
         let admin = admin.clone();
-        let guard = guard.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(respond(&admin, &req)) }
-            });
-            let _ = guard.serve(stream, service).await;
-            drop(admission);
-        });
-    }
+        hyper::service::service_fn(move |req| {
+            let response = respond(&admin, &req);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    accept_loop(listener, guard, Plain, make_service, shutdown).await;
 }
 
 pub fn respond<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {

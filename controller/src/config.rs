@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use portcullis_contract::parse_duration;
+use portcullis_contract::stream::TOKEN_AUDIENCE;
+use portcullis_contract::{parse_duration, ports};
 
 /// Watches Namespaces, Pods and NetworkPolicies once for the whole cluster, compiles every pod's
 /// policy table incrementally, and streams each Portcullis proxy the table of its own pod.
@@ -21,7 +22,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PORTCULLIS_CONTROLLER_LISTEN",
-        default_value = "0.0.0.0:8443"
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::CONTROLLER_STREAM))
     )]
     pub listen: SocketAddr,
 
@@ -38,7 +39,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PORTCULLIS_CONTROLLER_ADMIN_LISTEN",
-        default_value = "0.0.0.0:9990"
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::CONTROLLER_ADMIN))
     )]
     pub admin_listen: SocketAddr,
 
@@ -55,7 +56,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PORTCULLIS_CONTROLLER_TOKEN_AUDIENCE",
-        default_value = "portcullis"
+        default_value = TOKEN_AUDIENCE
     )]
     pub token_audience: String,
 

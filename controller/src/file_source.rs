@@ -14,10 +14,21 @@ use tokio::sync::watch;
 use crate::hub::Hub;
 use crate::state::Change;
 
-/// Reads the directory once into relist changes, or says why it could not.
-pub fn read(dir: &Path) -> Result<(Vec<Change>, Vec<String>), String> {
+/// Why the directory's contents were not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// Objects that did not load, once tables are served: the change is refused whole.
+    #[error("{}", .0.join("; "))]
+    Rejected(Vec<String>),
+}
+
+/// Reads the directory once into relist changes and the problems of the objects that did not
+/// load, or says why it could not.
+pub fn read(dir: &Path) -> Result<(Vec<Change>, Vec<String>), ReadError> {
     if !dir.is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
+        return Err(ReadError::NotADirectory(dir.to_path_buf()));
     }
     let loaded = portcullis_policy_loader::load_paths(&[dir.to_path_buf()]);
     let namespaces: Vec<NamespaceInfo> = loaded.cluster.namespaces.into_values().collect();
@@ -97,14 +108,14 @@ pub async fn run(
             // A file that does not parse would look like its objects were deleted: once tables
             // are served, such a change is refused whole, as the proxy's own --policy-dir does.
             if !problems.is_empty() && hub2.is_ready() {
-                return Err(problems.join("; "));
+                return Err(ReadError::Rejected(problems));
             }
             for p in &problems {
                 tracing::error!(event = "object_rejected", error = %p);
             }
             let started = std::time::Instant::now();
             let applied = hub2.apply(changes);
-            Ok::<_, String>((applied, started.elapsed()))
+            Ok::<_, ReadError>((applied, started.elapsed()))
         })
         .await;
         match outcome {

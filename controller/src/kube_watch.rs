@@ -240,8 +240,40 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(&'static str, Batch)>(1024);
+    let tasks = spawn_watchers(client, tx, protection);
+    let mut listed = Listed::default();
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(first) = first else { break };
+        // Whatever else is already queued goes into the same batch: one recompile for a burst.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        apply_batch(&hub, batch, &mut listed).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Messages applied in one recompile at most.
+const MAX_BATCH: usize = 256;
+
+/// One watcher task per kind, each sending its changes on `tx`.
+fn spawn_watchers(
+    client: Client,
+    tx: mpsc::Sender<(&'static str, Batch)>,
+    protection: Arc<Protection>,
+) -> [tokio::task::JoinHandle<()>; 5] {
     let config = watcher::Config::default();
-    let tasks = [
+    [
         tokio::spawn(forward(
             watcher::watcher(Api::<Namespace>::all(client.clone()), config.clone()),
             tx.clone(),
@@ -267,55 +299,41 @@ pub async fn run(
             tx,
             protection,
         )),
-    ];
-    let mut listed = Listed::default();
-    loop {
-        let first = tokio::select! {
-            m = rx.recv() => m,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let Some(first) = first else { break };
-        // Whatever else is already queued goes into the same batch: one recompile for a burst.
-        let mut batch = vec![first];
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+    ]
+}
+
+/// Applies one batch to the hub (off the runtime's threads), and marks the hub ready once every
+/// kind has been listed.
+async fn apply_batch(hub: &Arc<Hub>, batch: Vec<(&'static str, Batch)>, listed: &mut Listed) {
+    let mut changes = Vec::new();
+    for (kind, b) in batch {
+        match b {
+            Batch::Change(c) => changes.push(c),
+            Batch::Listed(c) => {
+                changes.push(c);
+                listed.set(kind);
             }
-        }
-        let mut changes = Vec::new();
-        for (kind, b) in batch {
-            match b {
-                Batch::Change(c) => changes.push(c),
-                Batch::Listed(c) => {
-                    changes.push(c);
-                    listed.set(kind);
-                }
-            }
-        }
-        let hub2 = hub.clone();
-        let started = std::time::Instant::now();
-        let applied = tokio::task::spawn_blocking(move || hub2.apply(changes)).await;
-        metrics::histogram!(telemetry::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
-        if let Err(e) = applied {
-            tracing::error!(error = %e, "applying changes failed");
-        }
-        if !hub.is_ready() && listed.all() {
-            let (namespaces, pods, policies, tables) = hub.sizes();
-            tracing::info!(
-                event = "cluster_listed",
-                namespaces,
-                pods,
-                policies,
-                services = hub.service_count(),
-                tables,
-                "every kind is listed; serving tables"
-            );
-            hub.mark_ready();
         }
     }
-    for t in tasks {
-        t.abort();
+    let hub2 = hub.clone();
+    let started = std::time::Instant::now();
+    let applied = tokio::task::spawn_blocking(move || hub2.apply(changes)).await;
+    metrics::histogram!(telemetry::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
+    if let Err(e) = applied {
+        tracing::error!(error = %e, "applying changes failed");
+    }
+    if !hub.is_ready() && listed.all() {
+        let (namespaces, pods, policies, tables) = hub.sizes();
+        tracing::info!(
+            event = "cluster_listed",
+            namespaces,
+            pods,
+            policies,
+            services = hub.service_count(),
+            tables,
+            "every kind is listed; serving tables"
+        );
+        hub.mark_ready();
     }
 }
 

@@ -28,12 +28,18 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::serve::{ServeOptions, TableServer};
 use crate::token_review::{Authenticator, TokenReviewer};
 use portcullis_serve_guard::{Guard, Limits};
+
+/// How often the serving certificate's files are checked for a new certificate.
+const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the metrics recorder's upkeep and the hub's pruning run.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs until SIGTERM or SIGINT: then /ready turns 503, and after --shutdown-delay the streams
 /// end (proxies reconnect to another replica) and the process exits.
@@ -44,67 +50,9 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Arc::new(Hub::new());
     let protection = Arc::new(protection::Protection::default());
-
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let reloading =
-                portcullis_tls::ReloadingCert::load(cert.clone(), key.clone(), provider)
-                    .context("loading the serving certificate")?;
-            reloading.spawn_watcher(Duration::from_secs(10), telemetry::CERT_RELOADS);
-            Some(tokio_rustls::TlsAcceptor::from(reloading.server_config()?))
-        }
-        _ => None,
-    };
-
-    let (auth, source) = match &config.policy_dir {
-        Some(dir) => {
-            tracing::warn!(
-                event = "authentication_disabled",
-                policy_dir = %dir.display(),
-                "file mode: tables are served to anyone who asks, without token review; for local testbeds only"
-            );
-            let source = tokio::spawn(file_source::run(
-                dir.clone(),
-                config.poll_interval,
-                hub.clone(),
-                stop_rx.clone(),
-            ));
-            (Authenticator::Disabled, source)
-        }
-        None => {
-            let client = kube_watch::client().await?;
-            let reviewer = TokenReviewer::new(
-                client.clone(),
-                config.token_audience.clone(),
-                config.token_cache,
-            );
-            let source = tokio::spawn(kube_watch::run(
-                client,
-                hub.clone(),
-                protection.clone(),
-                stop_rx.clone(),
-            ));
-            (Authenticator::TokenReview(Box::new(reviewer)), source)
-        }
-    };
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the table API to {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin endpoints to {}", config.admin_listen))?;
-    tracing::info!(
-        event = "started",
-        listen = %config.listen,
-        tls = tls.is_some(),
-        admin = %config.admin_listen,
-        mode = if config.policy_dir.is_some() { "file" } else { "kube" },
-    );
-    if tls.is_none() {
-        tracing::warn!("no --tls-cert/--tls-key: the table API is plain HTTP");
-    }
+    let tls = tls_acceptor(&config)?;
+    let (auth, source) = start_source(&config, &hub, &protection, &stop_rx).await?;
+    let (listener, admin_listener) = bind(&config, tls.is_some()).await?;
 
     let server = TableServer::new(
         hub.clone(),
@@ -129,16 +77,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
         admin_guard,
         admin_stop_rx,
     ));
-    let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            tick.tick().await;
-            if let Some(p) = &prometheus {
-                p.run_upkeep();
-            }
-            hub.prune();
-        }
-    });
+    let upkeep = spawn_upkeep(prometheus, hub);
 
     tokio::select! {
         _ = sigterm.recv() => {}
@@ -158,6 +97,93 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let _ = admin_task.await;
     tracing::info!(event = "stopped");
     Ok(())
+}
+
+/// The table API's TLS acceptor, with a certificate reloaded when its files change; `None`
+/// without --tls-cert/--tls-key.
+fn tls_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let reloading = portcullis_tls::ReloadingCert::load(cert.clone(), key.clone(), provider)
+        .context("loading the serving certificate")?;
+    reloading.spawn_watcher(CERT_RELOAD_INTERVAL, telemetry::CERT_RELOADS);
+    Ok(Some(tokio_rustls::TlsAcceptor::from(
+        reloading.server_config()?,
+    )))
+}
+
+/// Starts what feeds the hub (the policy directory, or the API server's watches) and says who
+/// may read tables.
+async fn start_source(
+    config: &Config,
+    hub: &Arc<Hub>,
+    protection: &Arc<protection::Protection>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Authenticator, JoinHandle<()>)> {
+    if let Some(dir) = &config.policy_dir {
+        tracing::warn!(
+            event = "authentication_disabled",
+            policy_dir = %dir.display(),
+            "file mode: tables are served to anyone who asks, without token review; for local testbeds only"
+        );
+        let source = tokio::spawn(file_source::run(
+            dir.clone(),
+            config.poll_interval,
+            hub.clone(),
+            stop.clone(),
+        ));
+        return Ok((Authenticator::Disabled, source));
+    }
+    let client = kube_watch::client().await?;
+    let reviewer = TokenReviewer::new(
+        client.clone(),
+        config.token_audience.clone(),
+        config.token_cache,
+    );
+    let source = tokio::spawn(kube_watch::run(
+        client,
+        hub.clone(),
+        protection.clone(),
+        stop.clone(),
+    ));
+    Ok((Authenticator::TokenReview(Box::new(reviewer)), source))
+}
+
+/// Binds the table API and the admin port, and says so.
+async fn bind(config: &Config, tls: bool) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the table API to {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoints to {}", config.admin_listen))?;
+    tracing::info!(
+        event = "started",
+        listen = %config.listen,
+        tls,
+        admin = %config.admin_listen,
+        mode = if config.policy_dir.is_some() { "file" } else { "kube" },
+    );
+    if !tls {
+        tracing::warn!("no --tls-cert/--tls-key: the table API is plain HTTP");
+    }
+    Ok((listener, admin_listener))
+}
+
+/// Every [`UPKEEP_INTERVAL`]: the Prometheus recorder's upkeep and the hub's pruning.
+fn spawn_upkeep(prometheus: Option<PrometheusHandle>, hub: Arc<Hub>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Some(p) = &prometheus {
+                p.run_upkeep();
+            }
+            hub.prune();
+        }
+    })
 }
 
 /// The table API's and the admin port's connection caps and timeouts; the table API's cap fitted

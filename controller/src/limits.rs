@@ -6,6 +6,10 @@
 //! watches and reviews, certificate files, listeners, epoll) and the admin port's share, so that
 //! neither server can take the descriptors the other, or the controller itself, needs.
 
+use portcullis_serve_guard::Descriptors;
+
+pub use portcullis_serve_guard::{nofile_limit, raise_nofile_limit};
+
 /// The controller's own descriptors, with room to spare.
 pub const RESERVED_FDS: u64 = 256;
 
@@ -17,34 +21,15 @@ pub fn fit_api_connections(
     nofile: u64,
     admin_connections: usize,
 ) -> (usize, bool) {
-    let set_aside = RESERVED_FDS + admin_connections as u64 + 2;
-    let capacity = usize::try_from(nofile.saturating_sub(set_aside))
-        .unwrap_or(usize::MAX)
-        .max(1);
-    if requested > capacity {
-        (capacity, true)
-    } else {
-        (requested, false)
-    }
-}
-
-/// The soft `RLIMIT_NOFILE` (`None` when unlimited or unreadable).
-pub fn nofile_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
-        _ => None,
-    }
-}
-
-/// Lifts the soft descriptor limit to the hard one, as servers holding many connections do.
-pub fn raise_nofile_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
+    let descriptors = Descriptors {
+        // The table API's own connection being reset beyond its cap.
+        reserved: RESERVED_FDS + 1,
+        other_servers: admin_connections,
+        per_connection: 1,
+        headroom_divisor: 0,
+    };
+    let fitted = descriptors.fit(requested, nofile);
+    (fitted.max_connections, fitted.lowered)
 }
 
 #[cfg(test)]

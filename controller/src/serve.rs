@@ -31,12 +31,13 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use portcullis_serve_guard::{reset, ConnectionEnd, Guard, Limits};
+// `{TABLES_PATH}{namespace}/{pod}` → (namespace, pod), both non-empty and without further `/`.
+use portcullis_contract::stream::{parse_table_path as table_path, TABLES_PATH};
+use portcullis_serve_guard::{accept_loop, Guard, Limits, Plain};
 use portcullis_wire::{Heartbeat, Hello, Line, TableUpdate};
 
 use crate::hub::{peers_line, services_line, Hub, Versioned};
@@ -85,73 +86,29 @@ impl TableServer {
         })
     }
 
-    /// Accepts connections until `shutdown` turns true; then stops accepting and ends every
-    /// stream (each connection finishes the line it is writing).
+    /// Accepts connections until `shutdown` turns true (the guarded accept loop of
+    /// [`portcullis_serve_guard`]); then stops accepting and ends every stream (each connection
+    /// finishes the line it is writing).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let mut stop = shutdown.clone();
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // Beyond the cap: reset at once, holding nothing (counted by the guard).
-            let Ok(admission) = self.guard.admit(peer.ip()) else {
-                reset(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let this = self.clone();
-            let tls = tls.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                match tls {
-                    Some(acceptor) => match this.guard.handshake(acceptor.accept(tcp)).await {
-                        Ok(stream) => this.serve_connection(stream, peer, shutdown).await,
-                        Err(e) => tracing::debug!(%peer, error = ?e, "TLS handshake failed"),
-                    },
-                    None => this.serve_connection(tcp, peer, shutdown).await,
-                }
-                drop(admission);
-            });
-        }
-    }
-
-    async fn serve_connection<S>(
-        self: Arc<Self>,
-        io: S,
-        peer: SocketAddr,
-        shutdown: watch::Receiver<bool>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
         let guard = self.guard.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let streams_end = shutdown.clone();
+        let make_service = move |peer: SocketAddr| {
             let this = self.clone();
-            let shutdown = shutdown.clone();
-            async move { Ok::<_, Infallible>(this.route(req, peer, shutdown).await) }
-        });
-        match guard.serve(io, service).await {
-            Ok(()) => {}
-            Err(ConnectionEnd::TimedOut) => {
-                tracing::debug!(%peer, "connection closed: no complete request in time, or idle")
-            }
-            Err(ConnectionEnd::Failed(e)) => {
-                tracing::debug!(%peer, error = %e, "connection ended with an error")
-            }
+            let shutdown = streams_end.clone();
+            hyper::service::service_fn(move |req| {
+                let this = this.clone();
+                let shutdown = shutdown.clone();
+                async move { Ok::<_, Infallible>(this.route(req, peer, shutdown).await) }
+            })
+        };
+        match tls {
+            Some(acceptor) => accept_loop(listener, guard, acceptor, make_service, shutdown).await,
+            None => accept_loop(listener, guard, Plain, make_service, shutdown).await,
         }
     }
 
@@ -168,7 +125,7 @@ impl TableServer {
         let Some((namespace, pod)) = table_path(&path) else {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found; tables are at /v1/tables/{namespace}/{pod}\n",
+                &format!("not found; tables are at {TABLES_PATH}{{namespace}}/{{pod}}\n"),
             );
         };
         let token = req
@@ -198,11 +155,6 @@ impl TableServer {
         );
         response
     }
-}
-
-/// `/v1/tables/{namespace}/{pod}` → (namespace, pod), both non-empty and without further `/`.
-fn table_path(path: &str) -> Option<(&str, &str)> {
-    portcullis_wire::parse_table_path(path)
 }
 
 /// Peer-name updates go out at most this often per stream: a burst of pod churn becomes one

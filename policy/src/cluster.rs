@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectError, ObjectRef};
-use crate::ports::Protocol;
+use crate::ports::{Protocol, UnsupportedProtocol};
 use crate::selector::Labels;
 
 /// Every namespace carries this label, set by the API server to the namespace's name.
@@ -134,26 +134,7 @@ impl PodInfo {
         {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
                 let field = format!("spec.containers[{ci}].ports[{pi}]");
-                let port = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        err(
-                            &format!("{field}.containerPort"),
-                            format!("{} is not a port number (1-65535)", p.container_port),
-                        )
-                    })?;
-                let protocol = match &p.protocol {
-                    Some(s) => s
-                        .parse()
-                        .map_err(|m| err(&format!("{field}.protocol"), m))?,
-                    None => Protocol::Tcp,
-                };
-                ports.push(ContainerPort {
-                    name: p.name.clone(),
-                    port,
-                    protocol,
-                });
+                ports.push(container_port(&field, p, &err)?);
             }
         }
         Ok(PodInfo {
@@ -267,4 +248,32 @@ impl Cluster {
         }
         assigned
     }
+}
+
+/// One of a container's `ports` (at `field`).
+fn container_port(
+    field: &str,
+    p: &k8s_openapi::api::core::v1::ContainerPort,
+    err: &impl Fn(&str, String) -> ObjectError,
+) -> Result<ContainerPort, ObjectError> {
+    let port = u16::try_from(p.container_port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            err(
+                &format!("{field}.containerPort"),
+                format!("{} is not a port number (1-65535)", p.container_port),
+            )
+        })?;
+    let protocol = match &p.protocol {
+        Some(s) => s
+            .parse()
+            .map_err(|e: UnsupportedProtocol| err(&format!("{field}.protocol"), e.to_string()))?,
+        None => Protocol::Tcp,
+    };
+    Ok(ContainerPort {
+        name: p.name.clone(),
+        port,
+        protocol,
+    })
 }

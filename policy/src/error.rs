@@ -29,7 +29,8 @@ impl fmt::Display for ObjectRef {
 }
 
 /// An object that could not be used, with the field at fault and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{object}: {at}{message}", at = field_prefix(.field))]
 pub struct ObjectError {
     pub object: Box<ObjectRef>,
     /// JSON path of the offending field, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
@@ -37,14 +38,11 @@ pub struct ObjectError {
     pub message: String,
 }
 
-impl fmt::Display for ObjectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}: {}", self.object, self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.object, self.field, self.message)
-        }
+/// `field: `, or nothing when the whole object is at fault.
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
     }
 }
-
-impl std::error::Error for ObjectError {}

@@ -1,8 +1,6 @@
 //! Kubernetes manifests (YAML, multi-document YAML, JSON, `List` objects) → [`Cluster`] objects.
 //! Text in, objects and errors out: reading files is the caller's business.
 
-use std::fmt;
-
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -15,26 +13,33 @@ use crate::error::{ObjectError, ObjectRef};
 use crate::service::{EndpointSliceInfo, ServiceInfo};
 
 /// What went wrong reading a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
-    /// The text is not YAML/JSON at all.
-    Syntax { source: String, message: String },
+    /// The text is not YAML/JSON at all. `location` is the file (and document) it was read from.
+    #[error("{location}: not valid YAML/JSON: {message}")]
+    Syntax { location: String, message: String },
     /// One object is malformed or invalid; the others were still read.
+    #[error(transparent)]
     Object(ObjectError),
 }
 
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadError::Syntax { source, message } => {
-                write!(f, "{source}: not valid YAML/JSON: {message}")
-            }
-            LoadError::Object(e) => e.fmt(f),
-        }
-    }
+/// Why a document did not decode into the type its `kind` calls for (the decoder's own words).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0}")]
+    Yaml(#[from] serde_saphyr::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
 }
 
-impl std::error::Error for LoadError {}
+/// An `apiVersion` this loader does not read for a kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("apiVersion {api_version:?} is not supported for {kind} (expected {expected})")]
+pub struct UnsupportedApiVersion {
+    pub api_version: String,
+    pub kind: String,
+    pub expected: &'static str,
+}
 
 /// What a load found besides errors.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,8 +57,8 @@ pub fn load_into(cluster: &mut Cluster, text: &str, source: &str) -> LoadReport 
         Ok(docs) => docs,
         Err(message) => {
             report.errors.push(LoadError::Syntax {
-                source: source.to_string(),
-                message,
+                location: source.to_string(),
+                message: message.to_string(),
             });
             return report;
         }
@@ -80,10 +85,10 @@ pub(crate) enum Document<'a> {
 }
 
 impl Document<'_> {
-    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         match self {
-            Document::Yaml(text) => serde_saphyr::from_str(text).map_err(|e| e.to_string()),
-            Document::Json(v) => T::deserialize(v).map_err(|e| e.to_string()),
+            Document::Yaml(text) => Ok(serde_saphyr::from_str(text)?),
+            Document::Json(v) => Ok(T::deserialize(v)?),
         }
     }
 
@@ -124,12 +129,12 @@ struct ListItems {
 }
 
 /// Splits a stream into documents the way kubectl does: on lines that start with `---`.
-pub(crate) fn split_documents(text: &str) -> Result<Vec<Document<'_>>, String> {
+pub(crate) fn split_documents(text: &str) -> Result<Vec<Document<'_>>, serde_json::Error> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut out = Vec::new();
         for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            match v.map_err(|e| e.to_string())? {
+            match v? {
                 Value::Array(items) => out.extend(items.into_iter().map(Document::Json)),
                 v => out.push(Document::Json(v)),
             }
@@ -152,148 +157,186 @@ pub(crate) fn split_documents(text: &str) -> Result<Vec<Document<'_>>, String> {
     Ok(docs.into_iter().filter(|d| !d.is_empty()).collect())
 }
 
+/// Where a document was read from and what its head says: enough to name it in errors.
+struct Here<'a> {
+    source: &'a str,
+    kind: String,
+    api_version: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+impl Here<'_> {
+    fn object(&self, kind: &str, namespace: Option<String>) -> ObjectRef {
+        ObjectRef {
+            kind: kind.to_string(),
+            namespace,
+            name: if self.name.is_empty() {
+                "<unnamed>".into()
+            } else {
+                self.name.clone()
+            },
+            source: Some(self.source.to_string()),
+        }
+    }
+
+    fn error(
+        &self,
+        kind: &str,
+        namespace: Option<String>,
+        field: &str,
+        message: String,
+    ) -> LoadError {
+        LoadError::Object(ObjectError {
+            object: Box::new(self.object(kind, namespace)),
+            field: field.to_string(),
+            message,
+        })
+    }
+
+    /// The object's namespace, `default` when it names none.
+    fn namespace_or_default(&self) -> Option<String> {
+        Some(self.namespace.clone().unwrap_or_else(|| "default".into()))
+    }
+
+    /// Decodes the document as a `T` of `expected` apiVersion, named under `namespace` in errors;
+    /// `None` (and the error reported) when it is another apiVersion or does not decode.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        doc: &Document<'_>,
+        expected: &'static str,
+        namespace: Option<String>,
+        report: &mut LoadReport,
+    ) -> Option<T> {
+        if self.api_version != expected {
+            let e = UnsupportedApiVersion {
+                api_version: self.api_version.clone(),
+                kind: self.kind.clone(),
+                expected,
+            };
+            report
+                .errors
+                .push(self.error(&self.kind, namespace, "apiVersion", e.to_string()));
+            return None;
+        }
+        match doc.parse::<T>() {
+            Ok(object) => Some(object),
+            Err(e) => {
+                report
+                    .errors
+                    .push(self.error(&self.kind, namespace, "", e.to_string()));
+                None
+            }
+        }
+    }
+}
+
 fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &mut LoadReport) {
     let head: Head = match doc.parse() {
         Ok(h) => h,
-        Err(message) => {
+        Err(e) => {
             report.errors.push(LoadError::Syntax {
-                source: source.to_string(),
-                message,
+                location: source.to_string(),
+                message: e.to_string(),
             });
             return;
         }
     };
-    let kind = head.kind.unwrap_or_default();
-    let api_version = head.api_version.unwrap_or_default();
     let meta = head.metadata.unwrap_or_default();
-    let name = meta.name.unwrap_or_default();
-    let namespace = meta.namespace;
-    let object = |kind: &str, namespace: Option<String>| ObjectRef {
-        kind: kind.to_string(),
-        namespace,
-        name: if name.is_empty() {
-            "<unnamed>".into()
-        } else {
-            name.clone()
-        },
-        source: Some(source.to_string()),
+    let here = Here {
+        source,
+        kind: head.kind.unwrap_or_default(),
+        api_version: head.api_version.unwrap_or_default(),
+        name: meta.name.unwrap_or_default(),
+        namespace: meta.namespace,
     };
-    let error = |kind: &str, namespace: Option<String>, field: &str, message: String| {
-        LoadError::Object(ObjectError {
-            object: Box::new(object(kind, namespace)),
-            field: field.to_string(),
-            message,
-        })
-    };
-
-    if kind.ends_with("List") {
-        match doc.parse::<ListItems>() {
-            Ok(ListItems { items: Some(items) }) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    let here = format!("{source}, items[{i}]");
-                    add_object(cluster, Document::Json(item), &here, report);
-                }
-            }
-            Ok(_) => report.errors.push(error(
-                &kind,
-                None,
-                "items",
-                "a List needs an items array".into(),
-            )),
-            Err(e) => report.errors.push(error(&kind, None, "items", e)),
-        }
-        return;
+    if here.kind.ends_with("List") {
+        return add_list(cluster, &doc, &here, report);
     }
-    let ns_or_default = || Some(namespace.clone().unwrap_or_else(|| "default".into()));
-    let expect_api = |wanted: &str| -> Result<(), String> {
-        if api_version == wanted {
-            Ok(())
-        } else {
-            Err(format!(
-                "apiVersion {api_version:?} is not supported for {kind} (expected {wanted})"
-            ))
-        }
-    };
-    match kind.as_str() {
-        "Namespace" => {
-            if let Err(m) = expect_api("v1") {
-                return report.errors.push(error(&kind, None, "apiVersion", m));
-            }
-            match doc.parse::<Namespace>() {
-                Ok(ns) if ns.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
-                    cluster.add_namespace(NamespaceInfo::from_k8s(&ns))
-                }
-                Ok(_) => {
-                    report
-                        .errors
-                        .push(error(&kind, None, "metadata.name", "is required".into()))
-                }
-                Err(e) => report.errors.push(error(&kind, None, "", e)),
-            }
-        }
+    let namespaced = here.namespace_or_default();
+    match here.kind.as_str() {
+        "Namespace" => add_namespace(cluster, &doc, &here, report),
         "Pod" => {
-            if let Err(m) = expect_api("v1") {
-                return report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "apiVersion", m));
-            }
-            match doc.parse::<Pod>() {
-                Ok(pod) => match PodInfo::from_k8s(&pod, Some(source)) {
+            if let Some(pod) = here.decode::<Pod>(&doc, "v1", namespaced, report) {
+                match PodInfo::from_k8s(&pod, Some(source)) {
                     Ok(info) => cluster.add_pod(info),
                     Err(e) => report.errors.push(LoadError::Object(e)),
-                },
-                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+                }
             }
         }
         "NetworkPolicy" => {
-            if let Err(m) = expect_api("networking.k8s.io/v1") {
-                return report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "apiVersion", m));
-            }
-            match doc.parse::<NetworkPolicy>() {
-                Ok(np) => cluster.add_policy(np, Some(source.to_string())),
-                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+            let expected = "networking.k8s.io/v1";
+            if let Some(np) = here.decode::<NetworkPolicy>(&doc, expected, namespaced, report) {
+                cluster.add_policy(np, Some(source.to_string()))
             }
         }
         "Service" => {
-            if let Err(m) = expect_api("v1") {
-                return report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "apiVersion", m));
-            }
-            match doc.parse::<Service>() {
-                Ok(svc) => match ServiceInfo::from_k8s(&svc, Some(source)) {
+            if let Some(svc) = here.decode::<Service>(&doc, "v1", namespaced, report) {
+                match ServiceInfo::from_k8s(&svc, Some(source)) {
                     Ok(info) => cluster.add_service(info),
                     Err(e) => report.errors.push(LoadError::Object(e)),
-                },
-                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+                }
             }
         }
         "EndpointSlice" => {
-            if let Err(m) = expect_api("discovery.k8s.io/v1") {
-                return report
-                    .errors
-                    .push(error(&kind, ns_or_default(), "apiVersion", m));
-            }
-            match doc.parse::<EndpointSlice>() {
-                Ok(slice) => match EndpointSliceInfo::from_k8s(&slice, Some(source)) {
+            let expected = "discovery.k8s.io/v1";
+            if let Some(slice) = here.decode::<EndpointSlice>(&doc, expected, namespaced, report) {
+                match EndpointSliceInfo::from_k8s(&slice, Some(source)) {
                     Ok(info) => cluster.add_endpoint_slice(info),
                     Err(e) => report.errors.push(LoadError::Object(e)),
-                },
-                Err(e) => report.errors.push(error(&kind, ns_or_default(), "", e)),
+                }
             }
         }
-        "" => report.errors.push(error(
+        "" => report.errors.push(here.error(
             "<no kind>",
-            namespace.clone(),
+            here.namespace.clone(),
             "kind",
             "is required (expected a Kubernetes object with apiVersion and kind)".into(),
         )),
         other => report.ignored.push(format!(
             "{other} {} ({source})",
-            object(other, namespace.clone()).name
+            here.object(other, here.namespace.clone()).name
         )),
+    }
+}
+
+/// A Namespace: it needs a name (it has no namespace to be named under).
+fn add_namespace(
+    cluster: &mut Cluster,
+    doc: &Document<'_>,
+    here: &Here<'_>,
+    report: &mut LoadReport,
+) {
+    let Some(ns) = here.decode::<Namespace>(doc, "v1", None, report) else {
+        return;
+    };
+    if ns.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) {
+        cluster.add_namespace(NamespaceInfo::from_k8s(&ns))
+    } else {
+        report
+            .errors
+            .push(here.error(&here.kind, None, "metadata.name", "is required".into()))
+    }
+}
+
+/// A `List` (or `PodList`, ...): each of its items, named by its index.
+fn add_list(cluster: &mut Cluster, doc: &Document<'_>, here: &Here<'_>, report: &mut LoadReport) {
+    match doc.parse::<ListItems>() {
+        Ok(ListItems { items: Some(items) }) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let item_source = format!("{}, items[{i}]", here.source);
+                add_object(cluster, Document::Json(item), &item_source, report);
+            }
+        }
+        Ok(_) => report.errors.push(here.error(
+            &here.kind,
+            None,
+            "items",
+            "a List needs an items array".into(),
+        )),
+        Err(e) => report
+            .errors
+            .push(here.error(&here.kind, None, "items", e.to_string())),
     }
 }
 

@@ -30,8 +30,13 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A protocol NetworkPolicy does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported protocol {0:?} (expected TCP, UDP or SCTP)")]
+pub struct UnsupportedProtocol(pub String);
+
 impl FromStr for Protocol {
-    type Err = String;
+    type Err = UnsupportedProtocol;
 
     /// Kubernetes spells protocols in upper case; accept any case from people typing flags.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -39,9 +44,7 @@ impl FromStr for Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(format!(
-                "unsupported protocol {s:?} (expected TCP, UDP or SCTP)"
-            )),
+            _ => Err(UnsupportedProtocol(s.to_string())),
         }
     }
 }
@@ -91,18 +94,29 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// Why a text is not a `port/protocol` probe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortProtocolError {
+    #[error(transparent)]
+    Protocol(#[from] UnsupportedProtocol),
+    #[error("invalid port {port:?} in {text:?} (expected e.g. 80/TCP)")]
+    Port { port: String, text: String },
+    #[error("port 0 in {0:?} is not a valid port")]
+    Zero(String),
+}
+
 /// Parses `80/TCP`, `81/udp` or a bare `80` (TCP), as people write probes on the command line.
-pub fn parse_port_protocol(s: &str) -> Result<(u16, Protocol), String> {
+pub fn parse_port_protocol(s: &str) -> Result<(u16, Protocol), PortProtocolError> {
     let (port, protocol) = match s.split_once('/') {
         Some((port, protocol)) => (port, protocol.parse::<Protocol>()?),
         None => (s, Protocol::Tcp),
     };
-    let port: u16 = port
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid port {port:?} in {s:?} (expected e.g. 80/TCP)"))?;
+    let port: u16 = port.trim().parse().map_err(|_| PortProtocolError::Port {
+        port: port.to_string(),
+        text: s.to_string(),
+    })?;
     if port == 0 {
-        return Err(format!("port 0 in {s:?} is not a valid port"));
+        return Err(PortProtocolError::Zero(s.to_string()));
     }
     Ok((port, protocol))
 }

@@ -35,13 +35,13 @@ impl Selector {
         let mut requirements = Vec::new();
         if let Some(labels) = &sel.match_labels {
             for (k, v) in labels {
-                validate_key(k).map_err(|m| (format!("{field}.matchLabels"), m))?;
+                validate_key(k).map_err(|e| (format!("{field}.matchLabels"), e.to_string()))?;
                 requirements.push(Requirement::In(k.clone(), vec![v.clone()]));
             }
         }
         for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
             let here = format!("{field}.matchExpressions[{i}]");
-            validate_key(&expr.key).map_err(|m| (format!("{here}.key"), m))?;
+            validate_key(&expr.key).map_err(|e| (format!("{here}.key"), e.to_string()))?;
             let values = expr.values.clone().unwrap_or_default();
             let key = expr.key.clone();
             let req = match expr.operator.as_str() {
@@ -86,14 +86,25 @@ impl Selector {
     }
 }
 
-fn validate_key(key: &str) -> Result<(), String> {
+/// Why a text is not a label key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelKeyError {
+    #[error("label key must not be empty")]
+    Empty,
+    #[error("label key {0:?} has an invalid prefix")]
+    Prefix(String),
+    #[error("invalid label key {0:?}")]
+    Invalid(String),
+}
+
+fn validate_key(key: &str) -> Result<(), LabelKeyError> {
     if key.is_empty() {
-        return Err("label key must not be empty".into());
+        return Err(LabelKeyError::Empty);
     }
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
             if prefix.is_empty() || prefix.len() > 253 {
-                return Err(format!("label key {key:?} has an invalid prefix"));
+                return Err(LabelKeyError::Prefix(key.to_string()));
             }
             name
         }
@@ -109,7 +120,7 @@ fn validate_key(key: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid label key {key:?}"))
+        Err(LabelKeyError::Invalid(key.to_string()))
     }
 }
 

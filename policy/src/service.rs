@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, PodInfo};
 use crate::error::{ObjectError, ObjectRef};
-use crate::ports::Protocol;
+use crate::ports::{Protocol, UnsupportedProtocol};
 use crate::selector::Labels;
 use crate::table::{canonical, PodTable};
 use crate::verdict::{Direction, Verdict};
@@ -43,16 +43,19 @@ pub enum ServiceType {
     ExternalName,
 }
 
+/// A `spec.type` this enforcer does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported type {0:?} (expected ClusterIP, NodePort, LoadBalancer or ExternalName)")]
+pub struct UnsupportedServiceType(pub String);
+
 impl ServiceType {
-    fn parse(s: Option<&str>) -> Result<Self, String> {
+    fn parse(s: Option<&str>) -> Result<Self, UnsupportedServiceType> {
         match s.unwrap_or("ClusterIP") {
             "ClusterIP" => Ok(ServiceType::ClusterIP),
             "NodePort" => Ok(ServiceType::NodePort),
             "LoadBalancer" => Ok(ServiceType::LoadBalancer),
             "ExternalName" => Ok(ServiceType::ExternalName),
-            other => Err(format!(
-                "unsupported type {other:?} (expected ClusterIP, NodePort, LoadBalancer or ExternalName)"
-            )),
+            other => Err(UnsupportedServiceType(other.to_string())),
         }
     }
 }
@@ -117,66 +120,19 @@ impl ServiceInfo {
             return Err(err("metadata.name", "is required".into()));
         }
         let spec = svc.spec.clone().unwrap_or_default();
-        let service_type =
-            ServiceType::parse(spec.type_.as_deref()).map_err(|m| err("spec.type", m))?;
-        let mut cluster_ips = Vec::new();
-        let mut headless = false;
-        let listed = spec
-            .cluster_ip
-            .iter()
-            .map(|ip| ("spec.clusterIP", ip))
-            .chain(
-                spec.cluster_ips
-                    .iter()
-                    .flatten()
-                    .map(|ip| ("spec.clusterIPs", ip)),
-            );
-        for (field, ip) in listed {
-            match ip.as_str() {
-                "None" => headless = true,
-                "" => {}
-                s => {
-                    let ip: IpAddr = s
-                        .parse()
-                        .map_err(|_| err(field, format!("invalid IP address {s:?}")))?;
-                    if !cluster_ips.contains(&ip) {
-                        cluster_ips.push(ip);
-                    }
-                }
-            }
-        }
+        let service_type = ServiceType::parse(spec.type_.as_deref())
+            .map_err(|e| err("spec.type", e.to_string()))?;
+        let (mut cluster_ips, headless) = cluster_ips(&spec, &err)?;
         if headless || service_type == ServiceType::ExternalName {
             cluster_ips.clear();
         }
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().flatten().enumerate() {
-            let field = format!("spec.ports[{i}]");
-            let port = port_number(p.port)
-                .ok_or_else(|| err(&format!("{field}.port"), bad_port(p.port)))?;
-            let protocol = parse_protocol(p.protocol.as_deref())
-                .map_err(|m| err(&format!("{field}.protocol"), m))?;
-            let target_port = match &p.target_port {
-                None => TargetPort::Number(port),
-                Some(IntOrString::Int(n)) => TargetPort::Number(
-                    port_number(*n)
-                        .ok_or_else(|| err(&format!("{field}.targetPort"), bad_port(*n)))?,
-                ),
-                Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                    Ok(n) => TargetPort::Number(
-                        port_number(n)
-                            .ok_or_else(|| err(&format!("{field}.targetPort"), bad_port(n)))?,
-                    ),
-                    Err(_) if s.is_empty() => TargetPort::Number(port),
-                    Err(_) => TargetPort::Name(s.clone()),
-                },
-            };
-            ports.push(ServicePort {
-                name: p.name.clone().filter(|n| !n.is_empty()),
-                protocol,
-                port,
-                target_port,
-            });
-        }
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| service_port(&format!("spec.ports[{i}]"), p, &err))
+            .collect::<Result<_, _>>()?;
         Ok(ServiceInfo {
             namespace,
             name,
@@ -187,6 +143,72 @@ impl ServiceInfo {
             ports,
         })
     }
+}
+
+/// `spec.clusterIP` and `spec.clusterIPs`, without repeats, and whether the Service is headless
+/// (`None`).
+fn cluster_ips(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    err: &impl Fn(&str, String) -> ObjectError,
+) -> Result<(Vec<IpAddr>, bool), ObjectError> {
+    let mut cluster_ips = Vec::new();
+    let mut headless = false;
+    let listed = spec
+        .cluster_ip
+        .iter()
+        .map(|ip| ("spec.clusterIP", ip))
+        .chain(
+            spec.cluster_ips
+                .iter()
+                .flatten()
+                .map(|ip| ("spec.clusterIPs", ip)),
+        );
+    for (field, ip) in listed {
+        match ip.as_str() {
+            "None" => headless = true,
+            "" => {}
+            s => {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| err(field, format!("invalid IP address {s:?}")))?;
+                if !cluster_ips.contains(&ip) {
+                    cluster_ips.push(ip);
+                }
+            }
+        }
+    }
+    Ok((cluster_ips, headless))
+}
+
+/// One of `spec.ports` (at `field`).
+fn service_port(
+    field: &str,
+    p: &k8s_openapi::api::core::v1::ServicePort,
+    err: &impl Fn(&str, String) -> ObjectError,
+) -> Result<ServicePort, ObjectError> {
+    let port =
+        port_number(p.port).ok_or_else(|| err(&format!("{field}.port"), bad_port(p.port)))?;
+    let protocol = parse_protocol(p.protocol.as_deref())
+        .map_err(|e| err(&format!("{field}.protocol"), e.to_string()))?;
+    let target_port = match &p.target_port {
+        None => TargetPort::Number(port),
+        Some(IntOrString::Int(n)) => TargetPort::Number(
+            port_number(*n).ok_or_else(|| err(&format!("{field}.targetPort"), bad_port(*n)))?,
+        ),
+        Some(IntOrString::String(s)) => match s.parse::<i32>() {
+            Ok(n) => TargetPort::Number(
+                port_number(n).ok_or_else(|| err(&format!("{field}.targetPort"), bad_port(n)))?,
+            ),
+            Err(_) if s.is_empty() => TargetPort::Number(port),
+            Err(_) => TargetPort::Name(s.clone()),
+        },
+    };
+    Ok(ServicePort {
+        name: p.name.clone().filter(|n| !n.is_empty()),
+        protocol,
+        port,
+        target_port,
+    })
 }
 
 /// `ports[]` of an EndpointSlice: the resolved number of a Service port for this slice's endpoints.
@@ -269,7 +291,7 @@ impl EndpointSliceInfo {
             let port = port_number(number)
                 .ok_or_else(|| err(&format!("{field}.port"), bad_port(number)))?;
             let protocol = parse_protocol(p.protocol.as_deref())
-                .map_err(|m| err(&format!("{field}.protocol"), m))?;
+                .map_err(|e| err(&format!("{field}.protocol"), e.to_string()))?;
             ports.push(EndpointPort {
                 name: p.name.clone().filter(|n| !n.is_empty()),
                 protocol,
@@ -278,35 +300,9 @@ impl EndpointSliceInfo {
         }
         let mut endpoints = Vec::new();
         for (i, e) in slice.endpoints.iter().enumerate() {
-            let Some(first) = e.addresses.first() else {
-                continue;
-            };
-            let ip: IpAddr = first.parse().map_err(|_| {
-                err(
-                    &format!("endpoints[{i}].addresses[0]"),
-                    format!("invalid IP address {first:?}"),
-                )
-            })?;
-            let c = e.conditions.clone().unwrap_or_default();
-            // API reference: a nil `ready` means ready; a nil `serving` defers to `ready`.
-            let ready = c.ready.unwrap_or(true);
-            let pod = e
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    let name = r.name.as_deref()?;
-                    let ns = r.namespace.as_deref().unwrap_or(&namespace);
-                    Some(format!("{ns}/{name}"))
-                });
-            endpoints.push(Endpoint {
-                ip: canonical(ip),
-                ready,
-                serving: c.serving.unwrap_or(ready),
-                terminating: c.terminating.unwrap_or(false),
-                pod,
-                node: e.node_name.clone(),
-            });
+            if let Some(endpoint) = endpoint(i, e, &namespace, &err)? {
+                endpoints.push(endpoint);
+            }
         }
         Ok(EndpointSliceInfo {
             namespace,
@@ -316,6 +312,44 @@ impl EndpointSliceInfo {
             endpoints,
         })
     }
+}
+
+/// `endpoints[i]` of a slice in `namespace`; `None` when it has no address.
+fn endpoint(
+    i: usize,
+    e: &k8s_openapi::api::discovery::v1::Endpoint,
+    namespace: &str,
+    err: &impl Fn(&str, String) -> ObjectError,
+) -> Result<Option<Endpoint>, ObjectError> {
+    let Some(first) = e.addresses.first() else {
+        return Ok(None);
+    };
+    let ip: IpAddr = first.parse().map_err(|_| {
+        err(
+            &format!("endpoints[{i}].addresses[0]"),
+            format!("invalid IP address {first:?}"),
+        )
+    })?;
+    let c = e.conditions.clone().unwrap_or_default();
+    // API reference: a nil `ready` means ready; a nil `serving` defers to `ready`.
+    let ready = c.ready.unwrap_or(true);
+    let pod = e
+        .target_ref
+        .as_ref()
+        .filter(|r| r.kind.as_deref() == Some("Pod"))
+        .and_then(|r| {
+            let name = r.name.as_deref()?;
+            let ns = r.namespace.as_deref().unwrap_or(namespace);
+            Some(format!("{ns}/{name}"))
+        });
+    Ok(Some(Endpoint {
+        ip: canonical(ip),
+        ready,
+        serving: c.serving.unwrap_or(ready),
+        terminating: c.terminating.unwrap_or(false),
+        pod,
+        node: e.node_name.clone(),
+    }))
 }
 
 /// The slices the EndpointSlice controller would write for `service`, from `pods`: pods of the
@@ -646,7 +680,7 @@ fn bad_port(n: i32) -> String {
     format!("{n} is not a port number (1-65535)")
 }
 
-fn parse_protocol(s: Option<&str>) -> Result<Protocol, String> {
+fn parse_protocol(s: Option<&str>) -> Result<Protocol, UnsupportedProtocol> {
     match s {
         None => Ok(Protocol::Tcp),
         Some(s) => s.parse(),

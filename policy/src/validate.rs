@@ -107,28 +107,9 @@ pub fn validate_policy(
 
     let ingress_rules = spec.ingress.as_deref().unwrap_or(&[]);
     let egress_rules = spec.egress.as_deref().unwrap_or(&[]);
-    let (isolates_ingress, isolates_egress) = match spec.policy_types.as_deref() {
-        // The API server defaults an absent (or empty) list: Ingress always, Egress only when
-        // there are egress rules.
-        None | Some([]) => (true, !egress_rules.is_empty()),
-        Some(types) => {
-            let mut ingress = false;
-            let mut egress = false;
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ingress = true,
-                    "Egress" => egress = true,
-                    other => {
-                        return Err(fail(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
-                        ))
-                    }
-                }
-            }
-            (ingress, egress)
-        }
-    };
+    let (isolates_ingress, isolates_egress) =
+        isolation(spec.policy_types.as_deref(), !egress_rules.is_empty())
+            .map_err(|(f, m)| fail(f, m))?;
 
     let mut ingress = Vec::with_capacity(ingress_rules.len());
     for (i, r) in ingress_rules.iter().enumerate() {
@@ -158,6 +139,32 @@ pub fn validate_policy(
 }
 
 type FieldError = (String, String);
+
+/// Which directions a policy isolates: `(ingress, egress)`, from `spec.policyTypes`.
+fn isolation(types: Option<&[String]>, has_egress_rules: bool) -> Result<(bool, bool), FieldError> {
+    match types {
+        // The API server defaults an absent (or empty) list: Ingress always, Egress only when
+        // there are egress rules.
+        None | Some([]) => Ok((true, has_egress_rules)),
+        Some(types) => {
+            let mut ingress = false;
+            let mut egress = false;
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress = true,
+                    "Egress" => egress = true,
+                    other => {
+                        return Err((
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
+                        ))
+                    }
+                }
+            }
+            Ok((ingress, egress))
+        }
+    }
+}
 
 fn validate_rule(
     peers: Option<&[NetworkPolicyPeer]>,
@@ -305,7 +312,7 @@ fn validate_port(p: &NetworkPolicyPort, field: &str) -> Result<PortSpec, FieldEr
                     format!("endPort cannot be used with a named port ({name:?})"),
                 ));
             }
-            validate_port_name(name).map_err(|m| (format!("{field}.port"), m))?;
+            validate_port_name(name).map_err(|e| (format!("{field}.port"), e.to_string()))?;
             Ok(PortSpec::Named {
                 name: name.clone(),
                 protocol,
@@ -323,8 +330,16 @@ fn port_number(n: i32, field: &str) -> Result<u16, FieldError> {
     })
 }
 
+/// A named port that breaks the IANA service name rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is neither a port number nor a valid port name (1-15 lowercase letters, digits and \
+     '-', with at least one letter)"
+)]
+pub struct InvalidPortName(pub String);
+
 /// IANA service name rules, which Kubernetes applies to port names.
-fn validate_port_name(name: &str) -> Result<(), String> {
+fn validate_port_name(name: &str) -> Result<(), InvalidPortName> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name
@@ -337,10 +352,7 @@ fn validate_port_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is neither a port number nor a valid port name (1-15 lowercase letters, \
-             digits and '-', with at least one letter)"
-        ))
+        Err(InvalidPortName(name.to_string()))
     }
 }
 

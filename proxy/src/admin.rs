@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use portcullis_policy::table::canonical;
-use portcullis_serve_guard::{reset, Guard};
+use portcullis_serve_guard::{accept_loop, Guard, Plain};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -46,37 +46,22 @@ impl AdminState {
     }
 }
 
+/// Serves the admin endpoints until `shutdown` turns true (the guarded accept loop of
+/// [`portcullis_serve_guard`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     guard: Arc<Guard>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        // Beyond the cap: reset at once, holding nothing (counted by the guard).
-        let Ok(admission) = guard.admit(peer.ip()) else {
-            reset(stream);
-            continue;
-        };
+    let make_service = move |peer: SocketAddr| {
         let state = state.clone();
-        let guard = guard.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req, peer)) }
-            });
-            let _ = guard.serve(stream, service).await;
-            drop(admission);
-        });
-    }
+        hyper::service::service_fn(move |req| {
+            let response = respond(&state, &req, peer);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    accept_loop(listener, guard, Plain, make_service, shutdown).await;
 }
 
 /// `/policy` shows the pod's whole table: only to a peer inside the pod.

@@ -6,7 +6,11 @@
 //! middle of established traffic; instead it accepts fewer connections at once and refuses
 //! (resets) the rest, the same way it refuses beyond `--max-connections`.
 
+use portcullis_serve_guard::Descriptors;
+
 use crate::relay::POOL_PER_THREAD;
+
+pub use portcullis_serve_guard::nofile_limit;
 
 /// Descriptors every connection holds: the accepted socket and the upstream one.
 pub const FDS_PER_CONNECTION: u64 = 2;
@@ -15,23 +19,28 @@ pub const FDS_PER_CONNECTION: u64 = 2;
 /// signal pipes, policy files and the controller stream, with room to spare.
 pub const RESERVED_FDS: u64 = 64;
 
-/// Connections that `nofile` descriptors can hold with `worker_threads` runtime threads, next to
-/// an admin listener that holds at most `admin_connections`.
+/// What the data path's connections share `RLIMIT_NOFILE` with, with `worker_threads` runtime
+/// threads and an admin listener that holds at most `admin_connections`.
 ///
 /// Set aside first: [`RESERVED_FDS`], the admin listener's share (its cap, plus the one
 /// connection it accepts and resets at a time beyond the cap), and the pipe pools (one per
-/// runtime thread, and one for the thread that runs the runtime). Of the rest, an eighth is kept for pipes that are carrying
-/// data right now (when those run out a direction copies through user space instead, so this is
-/// headroom, not a hard requirement); the remainder is two descriptors per connection. Never
-/// less than one.
-pub fn connection_capacity(nofile: u64, worker_threads: usize, admin_connections: usize) -> usize {
+/// runtime thread, and one for the thread that runs the runtime). Of the rest, an eighth is kept
+/// for pipes that are carrying data right now (when those run out a direction copies through
+/// user space instead, so this is headroom, not a hard requirement); the remainder is two
+/// descriptors per connection.
+pub fn descriptors(worker_threads: usize, admin_connections: usize) -> Descriptors {
     let pools = 2 * POOL_PER_THREAD as u64 * (worker_threads.max(1) as u64 + 1);
-    let admin = admin_connections as u64 + 1;
-    let budget = nofile.saturating_sub(RESERVED_FDS + admin + pools);
-    let for_sockets = budget - budget / 8;
-    usize::try_from(for_sockets / FDS_PER_CONNECTION)
-        .unwrap_or(usize::MAX)
-        .max(1)
+    Descriptors {
+        reserved: RESERVED_FDS + pools,
+        other_servers: admin_connections,
+        per_connection: FDS_PER_CONNECTION,
+        headroom_divisor: 8,
+    }
+}
+
+/// Connections that `nofile` descriptors can hold (see [`descriptors`]). Never less than one.
+pub fn connection_capacity(nofile: u64, worker_threads: usize, admin_connections: usize) -> usize {
+    descriptors(worker_threads, admin_connections).capacity(nofile)
 }
 
 /// The limit on connections at once: `requested` (`--max-connections`), or less when `nofile`
@@ -42,21 +51,8 @@ pub fn effective_max_connections(
     worker_threads: usize,
     admin_connections: usize,
 ) -> (usize, bool) {
-    let capacity = connection_capacity(nofile, worker_threads, admin_connections);
-    if requested > capacity {
-        (capacity, true)
-    } else {
-        (requested, false)
-    }
-}
-
-/// The soft `RLIMIT_NOFILE` of this process (`None` when it cannot be read or is unlimited).
-pub fn nofile_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
-        _ => None,
-    }
+    let fitted = descriptors(worker_threads, admin_connections).fit(requested, nofile);
+    (fitted.max_connections, fitted.lowered)
 }
 
 #[cfg(test)]

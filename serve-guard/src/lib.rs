@@ -14,6 +14,15 @@
 //! - an idle timeout: a connection that moves no byte either way for that long is closed (a
 //!   client that stops reading a response, a stream that went quiet);
 //! - a small request-head buffer, so a held connection costs little memory.
+//!
+//! [`accept_loop`] is the one accept loop of all three servers (plain or TLS, any service), and
+//! [`Descriptors`] fits a server's cap to the descriptor limit.
+
+mod accept;
+mod descriptors;
+
+pub use accept::{accept_loop, Handshake, Plain, ACCEPT_BACKOFF};
+pub use descriptors::{nofile_limit, raise_nofile_limit, Descriptors, Fitted};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,0 +1,332 @@
+//! Lint: what the API server would reject although the policy engine reads it (unknown fields,
+//! as under strict field validation), and what is valid but probably not what the author meant
+//! (a policy that selects no pod, a peer that selects nothing, a port nobody serves, no DNS...).
+//!
+//! Pure: manifest text and a [`Cluster`] in, [`Finding`]s out. Parsing for the engine is not
+//! touched: unknown fields are found by decoding each object a second time into the same typed
+//! k8s-openapi object through `serde_ignored`, which reports every key the type does not know,
+//! with its path.
+//!
+//! Layout: the finding types here; `unknown.rs` (fields the API server would reject),
+//! `policies.rs` (what a policy selects and whom it names), `rules.rs` (each rule's peers and
+//! ports), `dns.rs` (egress that leaves pods without DNS), `proxy_ports.rs` (application ports
+//! that collide with the proxy's).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::{ObjectError, ObjectRef};
+
+mod dns;
+mod policies;
+mod proxy_ports;
+mod rules;
+mod unknown;
+
+pub use policies::check_cluster;
+pub use unknown::unknown_fields;
+
+/// The namespace label that opts a namespace in to injection (docs/CONVENTIONS.md).
+pub const INJECT_LABEL: (&str, &str) = (crate::protection::INJECT_LABEL, "enabled");
+/// Ports the injected proxy listens on (docs/CONVENTIONS.md); an application must not use them.
+pub const PROXY_PORTS: [(u16, &str); 3] = portcullis_contract::ports::PROXY;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+    Note,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        })
+    }
+}
+
+/// Which check found something; stable names for CI filters (`-o json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// Not YAML/JSON, or an object the API server would reject.
+    Invalid,
+    UnknownField,
+    SelectsNoPod,
+    PeerSelectsNothing,
+    NamedPortUndeclared,
+    PortNotDeclared,
+    NoDns,
+    OverlappingExcept,
+    IgnoredRules,
+    HostNetworkSelected,
+    NotEnforced,
+    ProxyPortConflict,
+    NoPods,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Invalid => "invalid",
+            Check::UnknownField => "unknown-field",
+            Check::SelectsNoPod => "selects-no-pod",
+            Check::PeerSelectsNothing => "peer-selects-nothing",
+            Check::NamedPortUndeclared => "named-port-undeclared",
+            Check::PortNotDeclared => "port-not-declared",
+            Check::NoDns => "no-dns",
+            Check::OverlappingExcept => "overlapping-except",
+            Check::IgnoredRules => "ignored-rules",
+            Check::HostNetworkSelected => "host-network-selected",
+            Check::NotEnforced => "not-enforced",
+            Check::ProxyPortConflict => "proxy-port-conflict",
+            Check::NoPods => "no-pods",
+        }
+    }
+}
+
+/// One thing lint found: how bad, which check, which object and field, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub check: Check,
+    /// None for problems that are not about one object (a file that is not YAML).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+    /// JSON path, e.g. `spec.ingress[0].from[1]`; empty for the whole object.
+    pub field: String,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(severity: Severity, check: Check, object: &ObjectRef, field: &str, msg: String) -> Self {
+        Finding {
+            severity,
+            check,
+            object: Some(object.clone()),
+            field: field.to_string(),
+            message: msg,
+        }
+    }
+
+    /// An object the engine or the API server rejects.
+    pub fn invalid(e: &ObjectError) -> Self {
+        Finding {
+            severity: Severity::Error,
+            check: Check::Invalid,
+            object: Some((*e.object).clone()),
+            field: e.field.clone(),
+            message: e.message.clone(),
+        }
+    }
+
+    /// A problem known only as text (unreadable file, not YAML).
+    pub fn invalid_text(message: String) -> Self {
+        Finding {
+            severity: Severity::Error,
+            check: Check::Invalid,
+            object: None,
+            field: String::new(),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.severity)?;
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {} [{}]", self.message, self.check.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::load_into;
+    use crate::Cluster;
+
+    fn lint(text: &str) -> Vec<Finding> {
+        let mut cluster = Cluster::new();
+        let report = load_into(&mut cluster, text, "t.yaml");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let declared = cluster.namespaces.keys().cloned().collect();
+        cluster.ensure_implied_namespaces();
+        let mut out = unknown_fields(text, "t.yaml");
+        out.extend(check_cluster(&cluster, &declared));
+        out
+    }
+
+    fn checks(findings: &[Finding]) -> Vec<(Check, String)> {
+        findings
+            .iter()
+            .map(|f| (f.check, f.field.clone()))
+            .collect()
+    }
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app, labels: {portcullis.dev/inject: enabled}}\n---\n";
+
+    fn pod(name: &str, labels: &str, ports: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: app, labels: {labels}}}\n\
+             spec: {{containers: [{{name: c, image: i, ports: {ports}}}]}}\nstatus: {{podIP: 10.0.0.{}}}\n",
+            name.len()
+        )
+    }
+
+    #[test]
+    fn ingres_typo_is_an_unknown_field_error_with_its_path() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: app}\n\
+                    spec:\n  podSelector: {}\n  ingres:\n  - from: [{podSelector: {}}]\n";
+        let found = unknown_fields(text, "typo.yaml");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.severity, f.check),
+            (Severity::Error, Check::UnknownField)
+        );
+        assert_eq!(f.field, "spec.ingres");
+        assert_eq!(
+            f.object.as_ref().unwrap().to_string(),
+            "NetworkPolicy app/web (in typo.yaml)"
+        );
+        assert!(
+            f.message.contains("did you mean \"ingress\""),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_deep_in_lists_and_in_json_lists() {
+        let text = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"x"},
+             "spec":{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"10.0.0.0/8","exept":["10.1.0.0/16"]}}]}]}},
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"q","namespace":"x","lables":{"a":"b"}}}]}"#;
+        let fields: Vec<String> = unknown_fields(text, "l.json")
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["spec.egress[0].to[0].ipBlock.exept", "metadata.lables"]
+        );
+    }
+
+    #[test]
+    fn known_fields_of_every_kind_are_clean_and_yaml_booleans_do_not_matter() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, labels: {on: off}}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers: [{name: c, image: i, ports: [{containerPort: 80}]}]\n\
+                    ---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {anything: 1}\n";
+        assert_eq!(unknown_fields(text, "d.yaml"), vec![]);
+        let typo = text.replace("containers:", "container:");
+        assert_eq!(
+            unknown_fields(&typo, "d.yaml")[0].field,
+            "spec.template.spec.container"
+        );
+    }
+
+    #[test]
+    fn selection_peers_and_ports() {
+        let text = format!(
+            "{NS}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: app}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: nobody}}}}}}, {{podSelector: {{}}}}]\n    ports: [{{port: http}}, {{port: grpc}}, {{port: 8080}}, {{port: 80}}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: none, namespace: app}}\nspec: {{podSelector: {{matchLabels: {{app: ghost}}}}}}\n{}{}",
+            pod("web", "{app: web}", "[{name: http, containerPort: 80}]"),
+            pod("client", "{app: client}", "[]"),
+        );
+        let found = lint(&text);
+        assert_eq!(
+            checks(&found),
+            vec![
+                (Check::PeerSelectsNothing, "spec.ingress[0].from[0]".into()),
+                (
+                    Check::NamedPortUndeclared,
+                    "spec.ingress[0].ports[1]".into()
+                ),
+                (Check::PortNotDeclared, "spec.ingress[0].ports[2]".into()),
+                (Check::SelectsNoPod, "spec.podSelector".into()),
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found[2].message.contains("optional"),
+            "{}",
+            found[2].message
+        );
+    }
+
+    #[test]
+    fn dns_is_judged_per_pod_over_every_policy() {
+        let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: app}\nspec: {podSelector: {}, policyTypes: [Egress]}\n";
+        let udp_only = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: dns, namespace: app}\nspec: {podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}]}]}\n";
+        let both = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: dns, namespace: app}\nspec: {podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}]}\n";
+        let web = pod("web", "{app: web}", "[]");
+        let found = lint(&format!("{NS}{deny}{web}"));
+        assert_eq!(checks(&found), vec![(Check::NoDns, "spec.egress".into())]);
+        assert!(
+            found[0]
+                .message
+                .contains("53/UDP and 53/TCP for pod(s) app/web"),
+            "{}",
+            found[0].message
+        );
+        let found = lint(&format!("{NS}{deny}{udp_only}{web}"));
+        assert!(
+            found
+                .iter()
+                .all(|f| f.check == Check::NoDns && f.message.contains("DNS 53/TCP")),
+            "{found:#?}"
+        );
+        assert_eq!(lint(&format!("{NS}{deny}{both}{web}")), vec![]);
+        // Without pods, a namespace-wide DNS policy still counts.
+        assert_eq!(
+            checks(&lint(&format!("{NS}{deny}{both}"))),
+            vec![(Check::NoPods, String::new())]
+        );
+    }
+
+    #[test]
+    fn except_overlaps_ignored_rules_host_network_and_enforcement() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\n\
+            apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: app}\n\
+            spec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.1.2.0/24, 10.2.0.0/16]}}]}]\n  egress: [{}]\n\
+            ---\napiVersion: v1\nkind: Pod\nmetadata: {name: node-agent, namespace: app}\nspec: {hostNetwork: true, containers: [{name: c, image: i}]}\nstatus: {podIP: 172.18.0.2}\n\
+            ---\napiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: app}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.9}\n";
+        let found = lint(text);
+        assert_eq!(
+            checks(&found),
+            vec![
+                (Check::IgnoredRules, "spec.egress".into()),
+                (Check::NotEnforced, "metadata.namespace".into()),
+                (
+                    Check::OverlappingExcept,
+                    "spec.ingress[0].from[0].ipBlock.except[1]".into()
+                ),
+                (Check::HostNetworkSelected, "spec.podSelector".into()),
+            ],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn proxy_ports_in_opted_in_namespaces() {
+        let found = lint(&format!(
+            "{NS}{}",
+            pod("admin", "{a: b}", "[{containerPort: 4191}]")
+        ));
+        assert_eq!(
+            checks(&found),
+            vec![(Check::ProxyPortConflict, "spec.containers[].ports".into())]
+        );
+    }
+}
