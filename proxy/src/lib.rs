@@ -22,6 +22,7 @@ pub mod context;
 pub mod datagram;
 pub mod dataplane;
 pub mod inbound;
+pub mod kernel;
 pub mod limits;
 pub mod listener;
 pub mod mark;

@@ -6,18 +6,15 @@
 //! the same decision as TCP (`authorize::decide_protocol` → `PodTable::check` with the packet's
 //! protocol, peer and destination port). Later packets of an accepted flow are `ESTABLISHED`
 //! and never leave the kernel. [`revoke`] deletes the conntrack entries of flows a new table
-//! denies. [`packet`] reads the bytes; [`conntrack`] speaks ctnetlink.
+//! denies. [`packet`] reads the bytes; [`crate::kernel::conntrack`] speaks ctnetlink.
 //!
 //! Fail closed everywhere: no reader → the kernel drops (no `--queue-bypass`); no table yet,
 //! a packet that cannot be read, an unknown hook → drop.
 
-pub mod caps;
-pub mod conntrack;
 pub mod flow;
 pub mod packet;
 pub mod queue;
 pub mod revoke;
-pub mod sockdiag;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -13,10 +13,10 @@ use std::time::Duration;
 use portcullis_policy::table::canonical;
 use portcullis_policy::{Direction, Protocol};
 
-use super::conntrack::{Conntrack, Entry};
 use super::flow::decide_flow;
-use super::sockdiag;
 use crate::audit::{AuditEvent, AuditRecord};
+use crate::kernel::conntrack::{Conntrack, Entry};
+use crate::kernel::sockdiag;
 use crate::telemetry::{count_flow_terminated, QUEUE_ERRORS};
 use crate::Context;
 
@@ -207,7 +207,7 @@ fn own_udp_ports() -> HashSet<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datagram::conntrack::Tuple;
+    use crate::kernel::conntrack::Tuple;
     use portcullis_policy::Protocol;
 
     fn entry(src: &str, dst: &str, reply_src: &str) -> Entry {
