@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::audit::{AuditEvent, AuditRecord, ServiceNote, REFUSED_LISTED};
 use crate::authorize::{decide, Decision};
 use crate::balance::Active;
-use crate::config::{Mode, OnPolicyChange};
+use crate::config::Mode;
 use crate::relay::{relay, ByteCounters};
 use crate::route::Route;
 use crate::store::Snapshot;
@@ -314,27 +314,11 @@ async fn relay_until_revoked(
         Direction::Ingress => (route.source.ip(), route.destination.port()),
         Direction::Egress => (target.destination.ip(), target.destination.port()),
     };
-    let revocable = ctx.on_policy_change == OnPolicyChange::Close && ctx.mode == Mode::Enforce;
-    let mut policy_changes = ctx.store.subscribe();
-    let result = {
-        let transfer = relay(&mut client, &mut upstream, &counters, ctx.relay);
-        tokio::pin!(transfer);
-        loop {
-            tokio::select! {
-                result = &mut transfer => break Ok(result),
-                changed = policy_changes.changed(), if revocable => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    if let Some(new) = ctx.store.current() {
-                        let d = decide(&new.table, ctx.mode, route.direction, peer, port);
-                        if !d.lets_through() {
-                            break Err((new, d));
-                        }
-                    }
-                }
-            }
-        }
+    let revoked = crate::revoke::relayed::until_denied(ctx, route.direction, peer, port);
+    let transfer = relay(&mut client, &mut upstream, &counters, ctx.relay);
+    let result = tokio::select! {
+        finished = transfer => Ok(finished),
+        denied = revoked => Err(denied),
     };
     match result {
         Ok(finished) => {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::config::{Config, InboundTcp};
 use crate::context::Context;
 use crate::source::{PodIdentity, PolicySource};
-use crate::{admin, datagram, dataplane, limits, listener, mark, telemetry};
+use crate::{admin, dataplane, limits, listener, mark, queue, revoke, telemetry};
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
@@ -166,7 +166,8 @@ fn admin_guard(config: &Config) -> Arc<portcullis_serve_guard::Guard> {
 fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Result<()> {
     telemetry::set_enforced_protocols(config.enforce_udp);
     if config.enforce_udp {
-        datagram::start(ctx.clone(), config)?;
+        queue::start(ctx, config)?;
+        revoke::start_sweep(ctx, config);
         tracing::info!(
             event = "udp_enforced",
             nfqueue = config.nfqueue,
