@@ -9,9 +9,10 @@ use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
 use crate::config::{Config, Mode, OnPolicyChange};
+use crate::inbound::relay::PodAddresses;
+use crate::outbound::balance::Balancer;
 use crate::store::PolicyStore;
 use crate::telemetry::DirectionMetrics;
-use crate::{balance, inbound};
 
 /// What every connection task shares.
 pub struct Context {
@@ -26,9 +27,9 @@ pub struct Context {
     pub audit: AuditLog,
     pub connection_slots: Arc<Semaphore>,
     /// `POD_IPS`: the only destinations inbound connections are forwarded to.
-    pub pod_addresses: inbound::PodAddresses,
+    pub pod_addresses: PodAddresses,
     /// Active connections per Service backend, to spread new ones.
-    pub balancer: balance::Balancer,
+    pub balancer: Balancer,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -56,8 +57,8 @@ impl Context {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             // Fail closed: without the pod's own addresses the inbound proxy cannot tell this
             // pod from a neighbour it is asked to relay to.
-            pod_addresses: inbound::PodAddresses::new(&config.pod_ips)?,
-            balancer: balance::Balancer::new(),
+            pod_addresses: PodAddresses::new(&config.pod_ips)?,
+            balancer: Balancer::new(),
             ingress: DirectionMetrics::new(Direction::Ingress),
             egress: DirectionMetrics::new(Direction::Egress),
         })

@@ -1,35 +1,36 @@
 //! `portcullis-proxy`: the per-pod sidecar that enforces Kubernetes NetworkPolicy on every TCP
-//! connection.
+//! connection and every UDP/SCTP flow.
 //!
-//! Where to look:
+//! Laid out by direction, then mechanism. Where to look:
+//! - what happens to an inbound SYN or datagram: [`inbound`]; to an outbound one: [`outbound`];
+//! - the relayed TCP path both directions share (listeners, original destination, plan → open
+//!   → relay → report, splice): [`relay`];
+//! - the NFQUEUE path both directions share (first packet of each UDP/SCTP flow and of each
+//!   queued inbound TCP connection): [`queue`];
+//! - ending what a new table denies, relayed or queued: [`revoke`];
+//! - the kernel beyond sockets (conntrack, `SOCK_DESTROY`, one netlink framing, capabilities):
+//!   [`kernel`]; the proxy's own socket mark: [`mark`];
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
-//! - what happens to one connection: [`connection`] (plan → open → relay → report; a
-//!   connection to a Service's ClusterIP is judged on its backends there); who the peer is:
-//!   [`route`]; which backend of a Service: [`balance`];
-//! - where inbound connections may go (only this pod's addresses): [`inbound`];
-//! - UDP and SCTP (verdicts on the first packet of each flow, from NFQUEUE): [`datagram`];
-//! - moving bytes: [`relay`] (splice); audit lines: [`audit`]; metrics: [`telemetry`];
-//! - policy tables: [`store`] (arc-swap) fed by a [`source`];
-//! - `/metrics`, `/ready`, `/live`, `/policy`: [`admin`]; descriptor budget: [`limits`].
+//! - policy tables: [`store`] (arc-swap) fed by a [`source`] (directory or controller stream,
+//!   the controller's name resolved by [`resolve`]);
+//! - what every task shares: [`context`]; start and drain: [`run`]; flags: [`config`];
+//! - audit lines: [`audit`]; metrics: [`telemetry`]; `/metrics`, `/ready`, `/live`, `/policy`:
+//!   [`admin`]; descriptor budget: [`limits`].
 
 pub mod admin;
 pub mod audit;
 pub mod authorize;
-pub mod balance;
 pub mod config;
-pub mod connection;
 pub mod context;
-pub mod dataplane;
 pub mod inbound;
 pub mod kernel;
 pub mod limits;
-pub mod listener;
 pub mod mark;
+pub mod outbound;
 pub mod queue;
 pub mod relay;
 pub mod resolve;
 pub mod revoke;
-pub mod route;
 mod run;
 pub mod source;
 pub mod store;

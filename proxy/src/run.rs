@@ -8,10 +8,11 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
-use crate::config::{Config, InboundTcp};
+use crate::config::Config;
 use crate::context::Context;
+use crate::relay::{dataplane, listener};
 use crate::source::{PodIdentity, PolicySource};
-use crate::{admin, dataplane, limits, listener, mark, queue, revoke, telemetry};
+use crate::{admin, inbound, limits, mark, queue, revoke, telemetry};
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> anyhow::Result<()> {
@@ -174,15 +175,7 @@ fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Re
             "UDP and SCTP flows are decided on their first packet from NFQUEUE {}",
             config.nfqueue
         );
-        if config.inbound_tcp() == InboundTcp::Queue {
-            tracing::info!(
-                event = "inbound_tcp_queued",
-                nfqueue = config.nfqueue,
-                "inbound TCP connections are decided on their first packet from NFQUEUE {} and \
-                 then carried by the kernel (--inbound-tcp queue)",
-                config.nfqueue
-            );
-        }
+        inbound::log_mode(config);
     } else {
         tracing::warn!(
             event = "udp_not_enforced",
