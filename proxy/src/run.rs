@@ -19,7 +19,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     // Before anything can report ready: a SIGTERM must always mean "drain", never the default
     // action of dying on the spot.
     let shutdown_signal = ShutdownSignal::install()?;
-    config.check().map_err(anyhow::Error::msg)?;
+    config.check()?;
     // Before any connection: an unmarked proxy would be redirected into itself.
     mark::install(config.proxy_mark)?;
     fit_max_connections(&mut config);

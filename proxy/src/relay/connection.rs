@@ -160,12 +160,7 @@ async fn open<'c>(
     open_service(ctx, route, service, &mut target.destination).await
 }
 
-pub fn connect_failed(
-    route: &Route,
-    to: SocketAddr,
-    service: Option<&str>,
-    e: &std::io::Error,
-) {
+pub fn connect_failed(route: &Route, to: SocketAddr, service: Option<&str>, e: &std::io::Error) {
     tracing::info!(
         event = "connect_failed",
         direction = route.direction.as_str(),
