@@ -105,6 +105,10 @@ struct Window {
 }
 
 /// Flood control, as plain state: the caller supplies the clock.
+///
+/// Not a TTL cache crate (`moka`): when a window ends it must *write* a summary line, on the
+/// caller's flush tick and clock (tests drive both); moka expires entries lazily on its own clock
+/// and offers no ordered, synchronous "window closed" hook to write from.
 pub struct Aggregator {
     window: Duration,
     capacity: usize,

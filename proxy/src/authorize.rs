@@ -53,7 +53,7 @@ pub fn decide(
 }
 
 /// Decides one flow of any protocol: TCP connections, and the first packet of each UDP or SCTP
-/// flow (`crate::datagram`).
+/// flow (`crate::queue`).
 #[inline]
 pub fn decide_protocol(
     table: &PodTable,

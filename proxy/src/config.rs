@@ -1,11 +1,12 @@
 //! Command line and environment: everything the proxy can be told, with defaults that match the
 //! injector and `docs/CONVENTIONS.md`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use portcullis_contract::{env, ports};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -33,25 +34,25 @@ pub enum OnPolicyChange {
 #[command(name = "portcullis-proxy", version, max_term_width = 100)]
 pub struct Config {
     /// Name of this pod (downward API `metadata.name`).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: String,
 
     /// Namespace of this pod (downward API `metadata.namespace`).
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: String,
 
     /// This pod's IPs, comma separated (downward API `status.podIPs`). Required: the inbound
     /// proxy forwards only to these addresses (any port) and refuses connections addressed
     /// anywhere else; the proxy does not start without them.
-    #[arg(long, env = "POD_IPS", value_delimiter = ',')]
+    #[arg(long, env = env::POD_IPS, value_delimiter = ',')]
     pub pod_ips: Vec<IpAddr>,
 
     /// The node's IP (downward API `status.hostIP`); traffic with the node is always allowed.
-    #[arg(long, env = "HOST_IP")]
+    #[arg(long, env = env::HOST_IP)]
     pub host_ip: Option<IpAddr>,
 
     /// `enforce` refuses denied connections; `audit` allows them and logs `connection_would_deny`.
-    #[arg(long, env = "PORTCULLIS_MODE", value_enum, default_value = "enforce")]
+    #[arg(long, env = env::MODE, value_enum, default_value = "enforce")]
     pub mode: Mode,
 
     /// Directory of Kubernetes YAML/JSON manifests (Namespaces, Pods, NetworkPolicies), the same
@@ -59,7 +60,7 @@ pub struct Config {
     /// load cleanly is logged and the last good table stays.
     #[arg(
         long,
-        env = "PORTCULLIS_POLICY_DIR",
+        env = env::POLICY_DIR,
         required_unless_present = "controller"
     )]
     pub policy_dir: Option<PathBuf>,
@@ -70,13 +71,13 @@ pub struct Config {
 
     /// URL of portcullis-controller (`https://portcullis-controller.portcullis-system:8443`);
     /// the pod's table is streamed from it. Alternative to `--policy-dir`.
-    #[arg(long, env = "PORTCULLIS_CONTROLLER", conflicts_with = "policy_dir")]
+    #[arg(long, env = env::CONTROLLER, conflicts_with = "policy_dir")]
     pub controller: Option<String>,
 
     /// Projected service-account token (audience `portcullis`) sent to the controller.
     #[arg(
         long,
-        env = "PORTCULLIS_TOKEN_FILE",
+        env = env::TOKEN_FILE,
         default_value = "/var/run/secrets/portcullis.dev/token/token"
     )]
     pub token_file: PathBuf,
@@ -91,7 +92,7 @@ pub struct Config {
 
     /// The controller's CA as PEM text, instead of `--controller-ca` (the injector can pass it
     /// inline, since pods cannot mount a ConfigMap from another namespace).
-    #[arg(long, env = "PORTCULLIS_CONTROLLER_CA_PEM", hide_env_values = true)]
+    #[arg(long, env = env::CONTROLLER_CA_PEM, hide_env_values = true)]
     pub controller_ca_pem: Option<String>,
 
     /// What happens to established connections that a new policy table denies.
@@ -115,7 +116,7 @@ pub struct Config {
         long,
         env = "PORTCULLIS_INBOUND_LISTEN",
         value_delimiter = ',',
-        default_value = "0.0.0.0:4143,[::]:4143"
+        default_values_t = listen_on_all(ports::INBOUND)
     )]
     pub inbound_listen: Vec<SocketAddr>,
 
@@ -124,12 +125,12 @@ pub struct Config {
         long,
         env = "PORTCULLIS_OUTBOUND_LISTEN",
         value_delimiter = ',',
-        default_value = "127.0.0.1:4140,[::1]:4140"
+        default_values_t = listen_on_loopback(ports::OUTBOUND)
     )]
     pub outbound_listen: Vec<SocketAddr>,
 
     /// Admin listener: `/metrics`, `/ready`, `/live`, `/policy`.
-    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports::ADMIN)))]
     pub admin_listen: SocketAddr,
 
     /// Connections the admin listener holds at once; more are reset and counted
@@ -188,7 +189,7 @@ pub struct Config {
     /// Enforce policy on UDP and SCTP: read the first packet of each new flow from NFQUEUE
     /// `--nfqueue` (needs CAP_NET_ADMIN). `false`: no queue is read, and the proxy says at start,
     /// in `/policy` and in `portcullis_enforced_protocols` that UDP and SCTP are not enforced.
-    #[arg(long, env = "PORTCULLIS_ENFORCE_UDP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = env::ENFORCE_UDP, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
     /// Packet mark (`0x1000` or `4096`) set with SO_MARK on every socket the proxy connects with
@@ -196,7 +197,7 @@ pub struct Config {
     /// portcullis-init's, whose rules then exempt only the proxy's UID *with* this mark, so that
     /// another process running as the proxy's UID is redirected and checked like any other.
     /// Needs CAP_NET_ADMIN: the proxy refuses to start when it cannot set it.
-    #[arg(long, env = "PORTCULLIS_PROXY_MARK", value_parser = crate::mark::parse_mark)]
+    #[arg(long, env = env::PROXY_MARK, value_parser = crate::mark::parse_mark)]
     pub proxy_mark: Option<u32>,
 
     /// Where inbound TCP is judged; the same value as portcullis-init's `--inbound-tcp`.
@@ -206,15 +207,15 @@ pub struct Config {
     /// one is dropped, and revocation deletes its conntrack entry and resets its socket.
     /// `proxy`: inbound connections are redirected to the inbound listener and relayed (the only
     /// choice with `--enforce-udp=false`).
-    #[arg(long, env = "PORTCULLIS_INBOUND_TCP", value_enum)]
+    #[arg(long, env = env::INBOUND_TCP, value_enum)]
     pub inbound_tcp: Option<InboundTcp>,
 
     /// NFQUEUE number that portcullis-init's UDP/SCTP rules send new flows to.
-    #[arg(long, env = "PORTCULLIS_NFQUEUE", default_value_t = 4171)]
+    #[arg(long, env = env::NFQUEUE, default_value_t = portcullis_contract::NFQUEUE)]
     pub nfqueue: u16,
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `debug`, `portcullis_proxy=debug`).
-    #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
+    #[arg(long, env = env::LOG, default_value = "info")]
     pub log: String,
 }
 
@@ -251,14 +252,38 @@ impl Config {
     }
 
     /// Flag combinations that cannot work, as a start error.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.inbound_tcp() == InboundTcp::Queue && !self.enforce_udp {
-            return Err("--inbound-tcp queue needs the queue (--enforce-udp, with \
-                        CAP_NET_ADMIN); with --enforce-udp=false use --inbound-tcp proxy"
-                .into());
+            return Err(ConfigError::QueueWithoutQueue);
         }
         Ok(())
     }
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--inbound-tcp queue needs the queue (--enforce-udp, with CAP_NET_ADMIN); with \
+         --enforce-udp=false use --inbound-tcp proxy"
+    )]
+    QueueWithoutQueue,
+}
+
+/// `0.0.0.0:port` and `[::]:port`.
+fn listen_on_all(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    ]
+}
+
+/// `127.0.0.1:port` and `[::1]:port`.
+fn listen_on_loopback(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    ]
 }
 
 pub use portcullis_contract::parse_duration;

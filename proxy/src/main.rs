@@ -21,7 +21,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     if config.enforce_udp || config.proxy_mark.is_some() {
         // Before any thread exists: threads inherit the capabilities of their creator. The
         // NFQUEUE and SO_MARK (`--proxy-mark`) both need CAP_NET_ADMIN.
-        if let Err(e) = portcullis_proxy::datagram::caps::raise_net_admin() {
+        if let Err(e) = portcullis_proxy::kernel::caps::raise_net_admin() {
             tracing::warn!(event = "capability_raise_failed", error = %e);
         }
     }

@@ -54,19 +54,9 @@ impl std::error::Error for MarkError {}
 
 /// A packet mark: `0x1000` (hex) or `4096` (decimal), not 0 (the same rules as
 /// `portcullis-init --proxy-mark`).
-pub fn parse_mark(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => t.parse::<u32>(),
-    };
-    match parsed {
-        Ok(0) => Err("the mark must not be 0 (SO_MARK 0 is no mark)".to_string()),
-        Ok(m) => Ok(m),
-        Err(_) => Err(format!(
-            "`{s}` is not a packet mark (a 32-bit number, hex `0x1000` or decimal `4096`)"
-        )),
-    }
+pub fn parse_mark(s: &str) -> Result<u32, portcullis_contract::MarkError> {
+    s.parse::<portcullis_contract::Mark>()
+        .map(portcullis_contract::Mark::get)
 }
 
 /// Checks that the mark can be set (on a throwaway socket) and makes it the mark of every
@@ -158,9 +148,15 @@ mod tests {
         assert_eq!(parse_mark("0x1000"), Ok(0x1000));
         assert_eq!(parse_mark("4096"), Ok(0x1000));
         assert_eq!(parse_mark("0xFFFFFFFF"), Ok(u32::MAX));
-        assert!(parse_mark("0").unwrap_err().contains("must not be 0"));
+        assert!(parse_mark("0")
+            .unwrap_err()
+            .to_string()
+            .contains("must not be 0"));
         for bad in ["", "0x", "mark", "0x100000000", "-1"] {
-            assert!(parse_mark(bad).unwrap_err().contains("not a packet mark"));
+            assert!(parse_mark(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not a packet mark"));
         }
     }
 

@@ -8,6 +8,13 @@
 //! does), from a socket that carries the mark. Only the controller client uses it. Messages are
 //! encoded and decoded by `hickory-proto` (the DNS library of the Rust ecosystem); the socket,
 //! the mark and `resolv.conf` are ours. A bad answer is an error, never a panic.
+//!
+//! Not `hickory-resolver` (yet): it could send from a marked socket through a custom
+//! `RuntimeProvider` whose `bind_udp` sets `SO_MARK`, and would bring `resolv.conf` parsing and
+//! TCP fallback. Kept because that provider (Handle, Timer, Udp and Tcp types), the resolver's
+//! own option mapping and its dependency tree are larger than this file's one job (A/AAAA over
+//! UDP for one host name at start and on reconnect), and the switch needs the netns tests that
+//! exercise the marked lookup; it is a listed follow-up.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

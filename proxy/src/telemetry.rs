@@ -34,6 +34,14 @@ pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
 pub const SERVICE_LABELS_MAX: usize = 64;
 
 pub fn describe() {
+    describe_connections();
+    describe_policy();
+    describe_admin();
+    describe_queue_and_services();
+}
+
+/// The data path: decisions, refusals, terminations, bytes.
+fn describe_connections() {
     describe_counter!(
         CONNECTIONS,
         "Connections (TCP) and new flows (UDP, SCTP) decided, by direction, protocol, verdict \
@@ -67,6 +75,10 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes proxied, by direction and flow (from_peer, to_peer)."
     );
+}
+
+/// The policy table and its source.
+fn describe_policy() {
     describe_gauge!(POLICY_GENERATION, "Generation of the policy table in use.");
     describe_gauge!(
         POLICY_LAST_RELOAD,
@@ -77,6 +89,20 @@ pub fn describe() {
         POLICY_RELOAD_FAILURES,
         "Policy changes that did not load (the previous table stayed in use)."
     );
+    describe_gauge!(
+        POLICY_STALE,
+        "1 while the policy source is unreachable and the last good table is served."
+    );
+    describe_counter!(
+        STREAM_REJECTED,
+        "Controller streams ended because of a line this proxy cannot read, by reason \
+         (version, unknown_kind, unknown_field, invalid, not_json, no_hello, repeated_hello, \
+         too_long); the last good table stayed in use."
+    );
+}
+
+/// The admin listener.
+fn describe_admin() {
     describe_gauge!(
         ADMIN_CONNECTIONS,
         "Connections the admin listener holds now (at most --admin-max-connections)."
@@ -89,10 +115,10 @@ pub fn describe() {
         ADMIN_CONNECTIONS_TIMED_OUT,
         "Admin connections closed for not sending a request head in time or moving no byte."
     );
-    describe_gauge!(
-        POLICY_STALE,
-        "1 while the policy source is unreachable and the last good table is served."
-    );
+}
+
+/// The queue (UDP, SCTP, queued inbound TCP) and Services.
+fn describe_queue_and_services() {
     describe_gauge!(
         ENFORCED_PROTOCOLS,
         "1 for each protocol (TCP, UDP, SCTP) this proxy enforces policy on, 0 when it does not \
@@ -115,12 +141,6 @@ pub fn describe() {
         SERVICE_CONNECTIONS,
         "Connections to a Service's virtual IP, by service (namespace/name; at most 64 distinct, \
          then _other) and outcome (allow, deny, audit, no_endpoints, connect_failed)."
-    );
-    describe_counter!(
-        STREAM_REJECTED,
-        "Controller streams ended because of a line this proxy cannot read, by reason \
-         (version, unknown_kind, unknown_field, invalid, not_json, no_hello, repeated_hello, \
-         too_long); the last good table stayed in use."
     );
 }
 

@@ -18,12 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use portcullis_wire::{Decoder, Line, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{AnyDelimiterCodec, Decoder as _};
 
 use super::PodIdentity;
 use crate::store::{PolicyStore, Services};
@@ -94,8 +97,8 @@ impl ControllerSource {
     }
 
     pub async fn run(self, pod: PodIdentity, store: Arc<PolicyStore>) {
-        let mut backoff = BACKOFF_MIN;
-        let mut rejections = 0u32;
+        let mut backoff = backoff_from(BACKOFF_MIN);
+        let mut rejected_backoff = backoff_from(REJECTED_BACKOFF_MIN);
         loop {
             let mut session = Session::default();
             let result = self.stream_once(&pod, &store, &mut session).await;
@@ -103,11 +106,10 @@ impl ControllerSource {
                 store.set_stale(true);
             }
             if session.synced() {
-                backoff = BACKOFF_MIN;
+                backoff = backoff_from(BACKOFF_MIN);
             }
             let wait = match result {
                 Ok(StreamEnd::Rejected(e)) => {
-                    rejections += 1;
                     metrics::counter!(STREAM_REJECTED, "reason" => e.reason()).increment(1);
                     tracing::error!(
                         event = "stream_rejected",
@@ -118,22 +120,20 @@ impl ControllerSource {
                         "the controller sent a line this proxy cannot read; nothing of it is \
                          applied, the last good table stays in use (stale)"
                     );
-                    REJECTED_BACKOFF_MIN
-                        .saturating_mul(1 << rejections.min(6).saturating_sub(1))
-                        .min(BACKOFF_MAX)
+                    rejected_backoff.next().unwrap_or(BACKOFF_MAX)
                 }
                 Ok(StreamEnd::Closed) => {
-                    rejections = 0;
+                    rejected_backoff = backoff_from(REJECTED_BACKOFF_MIN);
                     tracing::warn!(
                         event = "controller_disconnected",
                         controller = %self.url,
                         generation = store.generation(),
                         "the controller closed the stream; the last good table stays in use"
                     );
-                    next_backoff(&mut backoff)
+                    backoff.next().unwrap_or(BACKOFF_MAX)
                 }
                 Err(e) => {
-                    rejections = 0;
+                    rejected_backoff = backoff_from(REJECTED_BACKOFF_MIN);
                     tracing::warn!(
                         event = "controller_unreachable",
                         controller = %self.url,
@@ -141,7 +141,7 @@ impl ControllerSource {
                         error = %format!("{e:#}"),
                         "the last good table stays in use (stale) until the controller answers"
                     );
-                    next_backoff(&mut backoff)
+                    backoff.next().unwrap_or(BACKOFF_MAX)
                 }
             };
             tokio::time::sleep(with_jitter(wait)).await;
@@ -194,7 +194,7 @@ impl ControllerSource {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(connection);
-        let path = portcullis_wire::table_path(&pod.namespace, &pod.name);
+        let path = portcullis_contract::stream::table_path(&pod.namespace, &pod.name);
         let mut request = Request::get(path).header(
             hyper::header::HOST,
             self.url.authority().map(|a| a.as_str()).unwrap_or_default(),
@@ -227,38 +227,64 @@ impl ControllerSource {
                 String::from_utf8_lossy(&body).trim()
             );
         }
-        let source = self.url.to_string();
-        let mut body = response.into_body();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut decoder = Decoder::new();
-        // A new stream starts with the whole maps; deltas apply to them.
-        let mut maps = Maps::default();
+        read_stream(
+            response.into_body(),
+            &self.url.to_string(),
+            pod,
+            store,
+            session,
+        )
+        .await
+    }
+}
+
+/// Reads the table stream line by line until it ends, falls silent for [`SILENCE_LIMIT`], or
+/// sends a line this proxy cannot read. Lines are split by tokio-util's `AnyDelimiterCodec` (its
+/// `LinesCodec` on bytes: a line that is not UTF-8 is then named by the wire decoder, as before,
+/// rather than by the splitter), bounded by `MAX_LINE_BYTES`.
+async fn read_stream(
+    mut body: hyper::body::Incoming,
+    source: &str,
+    pod: &PodIdentity,
+    store: &PolicyStore,
+    session: &mut Session,
+) -> anyhow::Result<StreamEnd> {
+    let mut lines = AnyDelimiterCodec::new_with_max_length(
+        b"\n".to_vec(),
+        b"\n".to_vec(),
+        portcullis_wire::MAX_LINE_BYTES,
+    );
+    let mut pending = BytesMut::new();
+    let mut decoder = Decoder::new();
+    // A new stream starts with the whole maps; deltas apply to them.
+    let mut maps = Maps::default();
+    loop {
+        let frame = match tokio::time::timeout(SILENCE_LIMIT, body.frame()).await {
+            Err(_) => bail!("no data or heartbeat for {SILENCE_LIMIT:?}"),
+            Ok(None) => return Ok(StreamEnd::Closed),
+            Ok(Some(frame)) => frame?,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
         loop {
-            let frame = match tokio::time::timeout(SILENCE_LIMIT, body.frame()).await {
-                Err(_) => bail!("no data or heartbeat for {SILENCE_LIMIT:?}"),
-                Ok(None) => return Ok(StreamEnd::Closed),
-                Ok(Some(frame)) => frame?,
+            let line = match lines.decode(&mut pending) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                // The only error a decode can give: no newline within MAX_LINE_BYTES.
+                Err(_) => return Ok(StreamEnd::Rejected(WireError::TooLong)),
             };
-            let Ok(data) = frame.into_data() else {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
-            };
-            pending.extend_from_slice(&data);
-            if pending.len() > portcullis_wire::MAX_LINE_BYTES && !pending.contains(&b'\n') {
-                return Ok(StreamEnd::Rejected(WireError::TooLong));
             }
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let line = match decoder.decode(&line) {
-                    Ok(line) => line,
-                    Err(e) => return Ok(StreamEnd::Rejected(e)),
-                };
-                apply_line(line, session, &mut maps, store, &source, pod);
-                if session.synced() {
-                    store.set_stale(false);
-                }
+            let line = match decoder.decode(&line) {
+                Ok(line) => line,
+                Err(e) => return Ok(StreamEnd::Rejected(e)),
+            };
+            apply_line(line, session, &mut maps, store, source, pod);
+            if session.synced() {
+                store.set_stale(false);
             }
         }
     }
@@ -336,10 +362,15 @@ fn apply_line(
 }
 
 /// The wait before the next attempt, doubling the one after it.
-fn next_backoff(backoff: &mut Duration) -> Duration {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    wait
+/// Reconnect delays: `min`, doubling up to [`BACKOFF_MAX`], for as long as it takes (backon's
+/// exponential backoff). Its own jitter adds up to +100%; [`with_jitter`]'s ±25% is kept instead.
+fn backoff_from(min: Duration) -> backon::ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(min)
+        .with_max_delay(BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 fn tls_connector(trust: &TrustAnchor) -> anyhow::Result<tokio_rustls::TlsConnector> {
@@ -398,6 +429,20 @@ mod tests {
             .err()
             .expect("error");
         assert!(bad.to_string().contains("http://"), "{bad}");
+    }
+
+    #[test]
+    fn reconnects_back_off_doubling_to_the_cap() {
+        let waits: Vec<Duration> = backoff_from(BACKOFF_MIN).take(9).collect();
+        assert_eq!(waits[0], Duration::from_millis(250));
+        assert_eq!(waits[1], Duration::from_millis(500));
+        assert_eq!(waits[7], BACKOFF_MAX);
+        assert_eq!(waits[8], BACKOFF_MAX);
+        let rejected: Vec<u64> = backoff_from(REJECTED_BACKOFF_MIN)
+            .take(7)
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(rejected, [1, 2, 4, 8, 16, 30, 30]);
     }
 
     #[test]

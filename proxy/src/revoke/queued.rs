@@ -1,4 +1,4 @@
-//! Revocation: when a new table denies a UDP or SCTP flow, or an inbound TCP connection the
+//! Revocation of queued flows: when a new table denies a UDP or SCTP flow, or an inbound TCP connection the
 //! queue let through (`--inbound-tcp queue`), that is already established, its conntrack entry
 //! is deleted, so its next packet is `NEW` again, goes to the queue, and meets the new table; a
 //! TCP connection's socket is reset first, so that both ends see it end. One
@@ -13,12 +13,12 @@ use std::time::Duration;
 use portcullis_policy::table::canonical;
 use portcullis_policy::{Direction, Protocol};
 
-use super::conntrack::{Conntrack, Entry};
-use super::flow::decide_flow;
-use super::sockdiag;
 use crate::audit::{AuditEvent, AuditRecord};
+use crate::context::Context;
+use crate::kernel::conntrack::{Conntrack, Entry};
+use crate::kernel::sockdiag;
+use crate::queue::flow::decide_flow;
 use crate::telemetry::{count_flow_terminated, QUEUE_ERRORS};
-use crate::Context;
 
 /// How a conntrack entry looks from the pod: its direction, peer and policy port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,7 @@ fn own_udp_ports() -> HashSet<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datagram::conntrack::Tuple;
+    use crate::kernel::conntrack::Tuple;
     use portcullis_policy::Protocol;
 
     fn entry(src: &str, dst: &str, reply_src: &str) -> Entry {

@@ -1,5 +1,5 @@
 //! The NFQUEUE reader: one OS thread of its own, blocking on netlink, answering accept or drop
-//! for the first packet of each new UDP/SCTP flow. It never touches the async runtime, so a
+//! for the first packet of each new UDP/SCTP flow and each queued inbound TCP SYN. It never touches the async runtime, so a
 //! busy queue cannot slow the TCP data path, and a stalled runtime cannot hold up verdicts.
 //!
 //! Crate: `nfq` 0.2 (pure Rust over libc, MIT/Apache): it binds the queue, receives packets with
@@ -16,10 +16,10 @@ use super::flow::{decide_flow, FlowDecision};
 use super::packet::{self, Flow};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::authorize::Decision;
+use crate::context::Context;
 use crate::telemetry::{
     count_flow_decision, count_flow_refused, DATAGRAMS_MALFORMED, QUEUE_ERRORS,
 };
-use crate::Context;
 
 /// Netfilter hooks (`enum nf_inet_hooks`), as each queued packet reports where it was queued.
 const NF_INET_LOCAL_IN: u8 = 1;

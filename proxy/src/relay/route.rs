@@ -9,7 +9,7 @@
 //!   pods, and one bound only to the pod IP still works. The proxy's own connections are exempt
 //!   from redirection by its UID, so this does not loop. Their source is 127.0.0.6 (IPv4), as
 //!   with Istio's sidecar, so that TIME_WAIT ports can be reused (see `connection::connect`).
-//!   Only the pod's own addresses qualify ([`crate::inbound`]): anything else is a relay or a
+//!   Only the pod's own addresses qualify ([`crate::inbound::relay`]): anything else is a relay or a
 //!   crafted packet and is refused here, before any policy decision.
 //! - Outbound: the peer is the original destination, and the connection goes there.
 //!
@@ -24,7 +24,7 @@ use portcullis_policy::Direction;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-use crate::inbound::{ForeignDestination, PodAddresses};
+use crate::inbound::relay::{ForeignDestination, PodAddresses};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {

@@ -10,11 +10,11 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::connection::{reset, serve};
-use crate::inbound::FOREIGN_DESTINATION_LOG;
-use crate::route::{route, RouteError};
+use super::connection::{reset, serve};
+use super::route::{route, RouteError};
+use crate::context::Context;
+use crate::inbound::relay::FOREIGN_DESTINATION_LOG;
 use crate::telemetry::count_refused;
-use crate::Context;
 
 /// Binds every address; IPv6 ones that the pod cannot bind (no IPv6) are skipped with a warning.
 /// Fails when none of them can be bound.

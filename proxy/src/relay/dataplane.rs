@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use portcullis_policy::Direction;
 use tokio::sync::{mpsc, watch};
 
-use crate::listener;
-use crate::Context;
+use super::listener;
+use crate::context::Context;
 
 /// The listening sockets of one worker thread.
 pub struct WorkerListeners {

@@ -2,32 +2,23 @@
 //! the entries the queue judged (UDP, SCTP, and inbound TCP marked [`QUEUED_TCP_CONNMARK`]),
 //! delete one. Needs `CAP_NET_ADMIN` in the pod's network namespace.
 //!
-//! Hand-written rather than a crate: two messages (a dump request and a delete by tuple and id)
-//! and the few attributes they carry; the netlink crates that speak ctnetlink pull in a large
-//! generic framework (or are GPL, or bind libnetfilter_conntrack). Every read is bounds-checked.
-//! Blocking: run it off the async runtime (`spawn_blocking`).
+//! Two messages (a dump request and a delete by tuple and id) and the few attributes they carry,
+//! framed by [`super::netlink`] (why not a netlink crate: see there). Every read is
+//! bounds-checked. Blocking: run it off the async runtime (`spawn_blocking`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
-};
-use nix::sys::time::TimeVal;
+use nix::sys::socket::{AddressFamily, SockProtocol};
 use portcullis_policy::Protocol;
+
+#[cfg(test)]
+use super::netlink::NLA_F_NESTED;
+use super::netlink::{self, find, put_attr, put_nested, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -43,7 +34,7 @@ const TCP_CONNTRACK_CLOSE: u8 = 8;
 /// The conntrack mark bit portcullis-init's `--inbound-tcp queue` rules set on each inbound TCP
 /// connection they queue (`docs/CONVENTIONS.md`): only those are the queue's to revoke; TCP to
 /// the proxy's own ports, to skipped ports, and everything the proxy relays carry no such bit.
-pub const QUEUED_TCP_CONNMARK: u32 = 0x1000;
+pub const QUEUED_TCP_CONNMARK: u32 = portcullis_contract::QUEUED_CONNMARK.0;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -76,23 +67,13 @@ pub struct Entry {
 
 /// A ctnetlink socket in the current network namespace.
 pub struct Conntrack {
-    fd: OwnedFd,
-    seq: u32,
+    socket: netlink::Socket,
 }
 
 impl Conntrack {
     pub fn open() -> io::Result<Conntrack> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        // A kernel that does not answer must not hang the caller.
-        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(2, 0))?;
-        setsockopt(&fd, sockopt::RcvBuf, &(1 << 20))?;
-        Ok(Conntrack { fd, seq: 1 })
+        let socket = netlink::Socket::open(SockProtocol::NetlinkNetFilter, Some(1 << 20))?;
+        Ok(Conntrack { socket })
     }
 
     /// Every UDP and SCTP entry and every live queued TCP connection, IPv4 and IPv6.
@@ -103,11 +84,11 @@ impl Conntrack {
                 IPCTNL_MSG_CT_GET,
                 NLM_F_REQUEST | NLM_F_DUMP,
                 family,
-                self.next_seq(),
+                self.socket.next_seq(),
                 &[],
             );
-            self.send(&request)?;
-            self.receive(|payload| {
+            self.socket.send(&request)?;
+            self.socket.receive(|payload| {
                 if let Some(e) = parse_entry(payload) {
                     entries.push(e);
                 }
@@ -135,66 +116,14 @@ impl Conntrack {
             IPCTNL_MSG_CT_DELETE,
             NLM_F_REQUEST | NLM_F_ACK,
             family,
-            self.next_seq(),
+            self.socket.next_seq(),
             &attrs,
         );
-        self.send(&request)?;
-        match self.receive(|_| {}) {
+        self.socket.send(&request)?;
+        match self.socket.receive(|_| {}) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
-        }
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    fn send(&self, request: &[u8]) -> io::Result<()> {
-        sendto(
-            self.fd.as_raw_fd(),
-            request,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )?;
-        Ok(())
-    }
-
-    /// Reads answers until `NLMSG_DONE` or an `NLMSG_ERROR` (an ack when its code is 0), handing
-    /// the payload of every other message to `each`.
-    fn receive(&self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            let mut rest = buf.get(..n).unwrap_or(&[]);
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                if len < 16 || len > rest.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bad netlink length",
-                    ));
-                }
-                let payload = &rest[16..len];
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-nix::libc::EPROTO);
-                        return if code == 0 {
-                            Ok(())
-                        } else {
-                            Err(io::Error::from_raw_os_error(-code))
-                        };
-                    }
-                    _ => each(payload),
-                }
-                rest = rest.get(align(len)..).unwrap_or(&[]);
-            }
         }
     }
 }
@@ -203,34 +132,12 @@ fn libc_af(family: AddressFamily) -> u8 {
     family as i32 as u8
 }
 
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
+/// `nlmsghdr` + `nfgenmsg` (family, version 0, resource id 0) + `attrs`.
 fn message(kind: u16, flags: u16, family: u8, seq: u32, attrs: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family, version 0, resource id 0.
-    m.extend_from_slice(&[family, 0, 0, 0]);
-    m.extend_from_slice(attrs);
-    m
-}
-
-fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(align(out.len()), 0);
-}
-
-fn put_nested(out: &mut Vec<u8>, kind: u16, inner: &[u8]) {
-    put_attr(out, kind | NLA_F_NESTED, inner);
+    let mut body = Vec::with_capacity(4 + attrs.len());
+    body.extend_from_slice(&[family, 0, 0, 0]);
+    body.extend_from_slice(attrs);
+    netlink::message((NFNL_SUBSYS_CTNETLINK << 8) | kind, flags, seq, &body)
 }
 
 fn put_tuple(out: &mut Vec<u8>, kind: u16, protocol: Protocol, t: &Tuple) {
@@ -276,23 +183,6 @@ fn protocol_number(p: Protocol) -> u8 {
         Protocol::Udp => 17,
         Protocol::Sctp => 132,
     }
-}
-
-/// The attributes of one netlink message payload (after its 4-byte nfgenmsg), or of a nested
-/// attribute: `(type, value)`, stopping at the first one that does not fit.
-fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let head = data.get(..4)?;
-        let len = usize::from(u16::from_ne_bytes([head[0], head[1]]));
-        let kind = u16::from_ne_bytes([head[2], head[3]]) & NLA_TYPE_MASK;
-        let value = data.get(4..len)?;
-        data = data.get(align(len)..).unwrap_or(&[]);
-        Some((kind, value))
-    })
-}
-
-fn find(data: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(data).find(|(k, _)| *k == kind).map(|(_, v)| v)
 }
 
 fn be16(v: &[u8]) -> Option<u16> {

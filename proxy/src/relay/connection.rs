@@ -4,21 +4,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_policy::service::{judge, BackendVerdict, Frontend};
 use portcullis_policy::{Direction, Verdict};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::audit::{AuditEvent, AuditRecord, ServiceNote, REFUSED_LISTED};
+use super::route::Route;
+use super::splice::{relay, ByteCounters, Transferred};
+use crate::audit::{AuditEvent, AuditRecord, ServiceNote};
 use crate::authorize::{decide, Decision};
-use crate::balance::Active;
-use crate::config::{Mode, OnPolicyChange};
-use crate::relay::{relay, ByteCounters};
-use crate::route::Route;
+use crate::context::Context;
+use crate::outbound::balance::Active;
+use crate::outbound::service::{open_service, plan_service, ServiceTarget};
 use crate::store::Snapshot;
-use crate::telemetry::{count_decision, count_refused, count_service};
-use crate::Context;
+use crate::telemetry::{count_decision, count_refused};
 
 /// Resets the connection: the peer sees RST at once, never a hang or a clean close it could
 /// mistake for an empty answer.
@@ -74,17 +73,6 @@ pub struct Target {
     pub service: Option<ServiceTarget>,
 }
 
-/// A connection to a Service's virtual IP: the backends it may still try.
-pub struct ServiceTarget {
-    /// `namespace/name`.
-    pub name: String,
-    /// Backends this pod's egress allows (in audit mode, when none is allowed, the refused ones).
-    pub candidates: Vec<SocketAddr>,
-}
-
-/// How many backends a connection to a Service tries before it gives up.
-pub const SERVICE_CONNECT_ATTEMPTS: usize = 3;
-
 /// Decides where the connection may go; `None` when it is refused (already logged and counted).
 fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
     if route.direction == Direction::Egress {
@@ -117,7 +105,7 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
 }
 
 /// Writes the audit line a decision calls for; false when the connection is refused.
-fn admit(
+pub fn admit(
     ctx: &Context,
     route: &Route,
     snapshot: &Snapshot,
@@ -151,92 +139,8 @@ fn admit(
     decision.lets_through()
 }
 
-/// A connection to `ClusterIP:port`: judged on every backend kube-proxy could pick (the egress
-/// table on the backend's IP and target port, as a CNI judges it after the DNAT), and sent only
-/// to an allowed one.
-fn plan_service(
-    ctx: &Context,
-    route: &Route,
-    snapshot: &Snapshot,
-    frontend: Frontend<'_>,
-) -> Option<Target> {
-    let service = frontend.service.to_string();
-    let namespace = service.split_once('/').map(|s| s.0);
-    let judgement = judge(&snapshot.table, frontend.port);
-    if judgement.no_endpoints() {
-        count_service(&service, "no_endpoints");
-        let mut record = audit_record(ctx, route, snapshot, None, AuditEvent::NoEndpoints);
-        record.service = Some(ServiceNote {
-            service,
-            backend: None,
-            refused: Vec::new(),
-        });
-        ctx.audit.record(record);
-        return None;
-    }
-    let addr = |b: &BackendVerdict<'_>| SocketAddr::new(b.backend.ip, b.backend.port);
-    let (decision, candidates) = match (judgement.allowed.first(), judgement.denied.first()) {
-        (Some(first), _) => (
-            Decision::Allow(first.verdict.clone()),
-            judgement.allowed.iter().map(addr).collect(),
-        ),
-        (None, Some(first)) if ctx.mode == Mode::Audit => (
-            Decision::AuditAllow(first.verdict.clone()),
-            judgement.denied.iter().map(addr).collect(),
-        ),
-        (None, Some(first)) => (Decision::Deny(first.verdict.clone()), Vec::new()),
-        // Excluded by `no_endpoints` above.
-        (None, None) => return None,
-    };
-    count_decision(route.direction, decision.label(), namespace);
-    count_service(&service, decision.label());
-    let note = ServiceNote {
-        service: service.clone(),
-        backend: None,
-        // Only a denial or an audit line lists them: an allowed connection formats nothing.
-        refused: match decision {
-            Decision::Allow(_) => Vec::new(),
-            _ => refused_list(&judgement.denied),
-        },
-    };
-    if !admit(ctx, route, snapshot, &decision, Some(note)) {
-        return None;
-    }
-    Some(Target {
-        decision,
-        // Replaced by the backend `open` picks.
-        destination: route.destination,
-        service: Some(ServiceTarget {
-            name: service,
-            candidates,
-        }),
-    })
-}
-
-/// `ip:port (ns/pod): reason` for the first refused backends, then how many more.
-pub(crate) fn refused_list(denied: &[BackendVerdict<'_>]) -> Vec<String> {
-    let mut out: Vec<String> = denied
-        .iter()
-        .take(REFUSED_LISTED)
-        .map(|d| {
-            let b = d.backend;
-            let pod = b
-                .pod
-                .as_deref()
-                .map(|p| format!(" ({p})"))
-                .unwrap_or_default();
-            format!("{}{pod}: {}", SocketAddr::new(b.ip, b.port), d.verdict)
-        })
-        .collect();
-    if denied.len() > REFUSED_LISTED {
-        out.push(format!("and {} more", denied.len() - REFUSED_LISTED));
-    }
-    out
-}
-
-/// Connects upstream. For a Service, picks among the allowed backends and, when a connect
-/// fails, tries another one, at most [`SERVICE_CONNECT_ATTEMPTS`] in all. `None` when nothing
-/// could be reached (logged and counted).
+/// Connects upstream: to the original destination, or, for a Service, to one of its allowed
+/// backends ([`open_service`]). `None` when nothing could be reached (logged and counted).
 async fn open<'c>(
     ctx: &'c Context,
     route: &Route,
@@ -253,28 +157,10 @@ async fn open<'c>(
             }
         };
     };
-    for _ in 0..SERVICE_CONNECT_ATTEMPTS {
-        let Some(backend) = ctx.balancer.pick(&service.candidates) else {
-            break;
-        };
-        let active = ctx.balancer.track(backend);
-        match connect(route.direction, backend, ctx.connect_timeout).await {
-            Ok(s) => {
-                target.destination = backend;
-                return Some((s, Some(active)));
-            }
-            Err(e) => {
-                metrics.connect_errors.increment(1);
-                connect_failed(route, backend, Some(&service.name), &e);
-                service.candidates.retain(|c| *c != backend);
-            }
-        }
-    }
-    count_service(&service.name, "connect_failed");
-    None
+    open_service(ctx, route, service, &mut target.destination).await
 }
 
-fn connect_failed(route: &Route, to: SocketAddr, service: Option<&str>, e: &std::io::Error) {
+pub fn connect_failed(route: &Route, to: SocketAddr, service: Option<&str>, e: &std::io::Error) {
     tracing::info!(
         event = "connect_failed",
         direction = route.direction.as_str(),
@@ -314,27 +200,11 @@ async fn relay_until_revoked(
         Direction::Ingress => (route.source.ip(), route.destination.port()),
         Direction::Egress => (target.destination.ip(), target.destination.port()),
     };
-    let revocable = ctx.on_policy_change == OnPolicyChange::Close && ctx.mode == Mode::Enforce;
-    let mut policy_changes = ctx.store.subscribe();
-    let result = {
-        let transfer = relay(&mut client, &mut upstream, &counters, ctx.relay);
-        tokio::pin!(transfer);
-        loop {
-            tokio::select! {
-                result = &mut transfer => break Ok(result),
-                changed = policy_changes.changed(), if revocable => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    if let Some(new) = ctx.store.current() {
-                        let d = decide(&new.table, ctx.mode, route.direction, peer, port);
-                        if !d.lets_through() {
-                            break Err((new, d));
-                        }
-                    }
-                }
-            }
-        }
+    let revoked = crate::revoke::relayed::until_denied(ctx, route.direction, peer, port);
+    let transfer = relay(&mut client, &mut upstream, &counters, ctx.relay);
+    let result = tokio::select! {
+        finished = transfer => Ok(finished),
+        denied = revoked => Err(denied),
     };
     match result {
         Ok(finished) => {
@@ -402,34 +272,19 @@ fn report(ctx: &Context, route: &Route, target: &Target, outcome: Outcome, start
 }
 
 enum Outcome {
-    Finished(std::io::Result<crate::relay::Transferred>),
+    Finished(std::io::Result<Transferred>),
     Revoked(Arc<Snapshot>, Decision),
 }
 
-/// Source address of the inbound proxy's connections to the application (IPv4), as Istio's
-/// sidecar uses: a loopback source lets the kernel reuse TIME_WAIT ports (`tcp_tw_reuse`'s
-/// default covers loopback only). The proxy usually closes first toward the application, so with
-/// the pod IP as source every short inbound connection left a TIME_WAIT on the one
-/// (pod IP → app port) pair, and a few hundred new connections a second ran out of ports.
-pub const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
-
-async fn connect(
+pub async fn connect(
     direction: Direction,
     destination: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     // With `--proxy-mark`, marked: only then do portcullis-init's rules let it out unredirected.
     let socket = crate::mark::socket_for(destination)?;
-    if direction == Direction::Ingress && destination.is_ipv4() {
-        // The port is chosen at connect time, per destination, not at bind time per source.
-        let _ = nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::IpBindAddressNoPort,
-            &true,
-        );
-        if let Err(e) = socket.bind(SocketAddr::from((INBOUND_SOURCE_V4, 0))) {
-            tracing::debug!(error = %e, "cannot bind the upstream to {INBOUND_SOURCE_V4}; using the default source");
-        }
+    if direction == Direction::Ingress {
+        crate::inbound::relay::bind_source(&socket, destination);
     }
     let connecting = socket.connect(destination);
     tokio::pin!(connecting);
@@ -450,7 +305,7 @@ async fn connect(
     }
 }
 
-fn audit_record(
+pub fn audit_record(
     ctx: &Context,
     route: &Route,
     snapshot: &Snapshot,

@@ -199,6 +199,28 @@ impl RefusalThrottle {
 /// Shared by both inbound listeners.
 pub static FOREIGN_DESTINATION_LOG: RefusalThrottle = RefusalThrottle::new(Duration::from_secs(1));
 
+/// Source address of the inbound proxy's connections to the application (IPv4), as Istio's
+/// sidecar uses: a loopback source lets the kernel reuse TIME_WAIT ports (`tcp_tw_reuse`'s
+/// default covers loopback only). The proxy usually closes first toward the application, so with
+/// the pod IP as source every short inbound connection left a TIME_WAIT on the one
+/// (pod IP → app port) pair, and a few hundred new connections a second ran out of ports.
+pub const INBOUND_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+/// Binds an inbound upstream socket to [`INBOUND_SOURCE_V4`] (IPv4 destinations only).
+pub fn bind_source(socket: &tokio::net::TcpSocket, destination: SocketAddr) {
+    if destination.is_ipv4() {
+        // The port is chosen at connect time, per destination, not at bind time per source.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
+        if let Err(e) = socket.bind(SocketAddr::from((INBOUND_SOURCE_V4, 0))) {
+            tracing::debug!(error = %e, "cannot bind the upstream to {INBOUND_SOURCE_V4}; using the default source");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use portcullis_policy::{Direction, Protocol};
 use crate::audit::ServiceNote;
 use crate::authorize::{decide_protocol, Decision};
 use crate::config::Mode;
-use crate::connection::refused_list;
+use crate::outbound::service::refused_list;
 use crate::store::{Services, Snapshot};
 
 /// What the table says about a flow, and the Service it was for, if any.

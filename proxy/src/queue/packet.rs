@@ -4,6 +4,14 @@
 //! Everything here reads bytes a peer (or an application in the pod) chose: every length is
 //! checked, nothing panics, and anything that is not exactly an unfragmented first IP packet
 //! carrying UDP or SCTP ports is [`Malformed`], which the reader drops and counts.
+//!
+//! Hand-written rather than `etherparse`, measured side by side (`benches/packet.rs`, criterion,
+//! release, 2 busy cores): UDP/IPv4 64 B 123 ns vs 126 ns; a 256-byte copy of a 1400-byte
+//! UDP/IPv4 packet 116 vs 147 ns; the same over IPv6 with a hop-by-hop header 164 vs 212 ns;
+//! both read the same flows. Beyond speed: the queue copies only the first 256 bytes, which
+//! etherparse's strict `SlicedPacket` refuses (its lax slicer is needed); it has no SCTP header
+//! (the ports would still be read by hand); and this parser's errors are the metric's labels.
+//! Safety is even: both bounds-check every read, and the tests below feed every truncation.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

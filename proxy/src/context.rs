@@ -1,0 +1,66 @@
+//! What every connection task shares: the policy store, the audit log, the connection slots,
+//! the pod's own addresses and the metrics of each direction. Built once by [`crate::run`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_policy::Direction;
+use tokio::sync::Semaphore;
+
+use crate::audit::AuditLog;
+use crate::config::{Config, Mode, OnPolicyChange};
+use crate::inbound::relay::PodAddresses;
+use crate::outbound::balance::Balancer;
+use crate::store::PolicyStore;
+use crate::telemetry::DirectionMetrics;
+
+/// What every connection task shares.
+pub struct Context {
+    /// `namespace/name` of this pod.
+    pub pod: String,
+    pub mode: Mode,
+    pub on_policy_change: OnPolicyChange,
+    pub relay: crate::relay::RelayMode,
+    pub connect_timeout: Duration,
+    pub log_allowed: bool,
+    pub store: Arc<PolicyStore>,
+    pub audit: AuditLog,
+    pub connection_slots: Arc<Semaphore>,
+    /// `POD_IPS`: the only destinations inbound connections are forwarded to.
+    pub pod_addresses: PodAddresses,
+    /// Active connections per Service backend, to spread new ones.
+    pub balancer: Balancer,
+    ingress: DirectionMetrics,
+    egress: DirectionMetrics,
+}
+
+impl Context {
+    pub fn metrics(&self, direction: Direction) -> &DirectionMetrics {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+impl Context {
+    pub(crate) fn new(config: &Config, pod: String) -> anyhow::Result<Context> {
+        Ok(Context {
+            pod,
+            mode: config.mode,
+            on_policy_change: config.on_policy_change,
+            relay: config.relay,
+            connect_timeout: config.connect_timeout,
+            log_allowed: config.log_allowed,
+            store: Arc::new(PolicyStore::new()),
+            audit: AuditLog::new(config.audit_window),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            // Fail closed: without the pod's own addresses the inbound proxy cannot tell this
+            // pod from a neighbour it is asked to relay to.
+            pod_addresses: PodAddresses::new(&config.pod_ips)?,
+            balancer: Balancer::new(),
+            ingress: DirectionMetrics::new(Direction::Ingress),
+            egress: DirectionMetrics::new(Direction::Egress),
+        })
+    }
+}
