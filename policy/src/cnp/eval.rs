@@ -108,13 +108,12 @@ pub fn decide<'c, F: Facts>(
     facts: &F,
     network_policy: Option<bool>,
 ) -> Decision<'c> {
-    let v1 = |admin_pass| match network_policy {
-        Some(allowed) => Some(Decision {
+    let v1 = |admin_pass| {
+        network_policy.map(|allowed| Decision {
             allowed,
             by: DecidedBy::NetworkPolicy,
             admin_pass,
-        }),
-        None => None,
+        })
     };
     let none = |admin_pass| Decision {
         allowed: true,

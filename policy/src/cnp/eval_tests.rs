@@ -57,7 +57,7 @@ impl Facts for World {
         networks.iter().any(|n| n.contains(&e.ip))
     }
     fn named_port(&self, d: &Ep, name: &str, protocol: Protocol, port: u16) -> bool {
-        d.ports.iter().any(|p| *p == (name, protocol, port))
+        d.ports.contains(&(name, protocol, port))
     }
 }
 

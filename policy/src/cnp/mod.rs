@@ -16,5 +16,5 @@ pub mod validate;
 
 pub use error::CnpError;
 pub use model::{Action, Peer, PodSet, PortMatch, Rule, Tier, ValidCnp};
-pub use types::{parse, ClusterNetworkPolicy, API_VERSION, KIND};
+pub use types::{parse, ClusterNetworkPolicy, ParseError, API_VERSION, KIND};
 pub use validate::{validate, Mode};

@@ -200,11 +200,18 @@ impl LabelSelector {
     }
 }
 
+/// A document that is not a ClusterNetworkPolicy of this version's shape: malformed YAML/JSON, a
+/// value of the wrong type, or an unknown field (serde's message names it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid ClusterNetworkPolicy: {0}")]
+pub struct ParseError(pub String);
+
 /// Parses one ClusterNetworkPolicy from YAML or JSON text (one document).
-pub fn parse(text: &str) -> Result<ClusterNetworkPolicy, String> {
-    if text.trim_start().starts_with('{') {
+pub fn parse(text: &str) -> Result<ClusterNetworkPolicy, ParseError> {
+    let parsed = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| e.to_string())
     } else {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
-    }
+    };
+    parsed.map_err(ParseError)
 }

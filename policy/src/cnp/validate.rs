@@ -110,8 +110,14 @@ impl Validator {
         match cnp.metadata.name.as_deref() {
             None | Some("") => self.required("metadata.name"),
             Some(name) => {
-                if let Err(reason) = dns_subdomain(name) {
-                    self.invalid("metadata.name", reason);
+                if !dns_subdomain(name) {
+                    self.invalid(
+                        "metadata.name",
+                        format!(
+                            "{name:?}: a lowercase RFC 1123 subdomain of at most 253 characters \
+                             is required"
+                        ),
+                    );
                 }
             }
         }
@@ -555,22 +561,15 @@ fn domain_label(l: &str) -> bool {
 }
 
 /// A DNS subdomain (RFC 1123), as Kubernetes requires of cluster-scoped object names.
-fn dns_subdomain(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 253
+fn dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
         && name.split('.').all(|l| {
             !l.is_empty()
                 && l.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?}: a lowercase RFC 1123 subdomain of at most 253 characters is required"
-        ))
-    }
+        })
 }
 
 #[cfg(test)]
