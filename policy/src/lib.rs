@@ -10,6 +10,7 @@
 //! `validate.rs`.
 
 pub mod cluster;
+pub mod cnp;
 pub mod compile;
 pub mod error;
 pub mod ipset;
