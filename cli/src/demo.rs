@@ -10,9 +10,9 @@ use clap::Args;
 use portcullis_policy::Protocol;
 
 use crate::render::{paint, ColorChoice};
-use crate::testbed::probe::ServiceClients;
-use crate::testbed::{self, Binaries, State, UpOptions};
 use crate::testbed_cli::{observe, report};
+use portcullis_testbed::probe::ServiceClients;
+use portcullis_testbed::{self as testbed, Binaries, State, UpOptions};
 
 #[derive(Args)]
 pub struct DemoArgs {

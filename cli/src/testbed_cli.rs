@@ -1,5 +1,5 @@
 //! `portcullis testbed ...` and `portcullis demo`: argument parsing and printing around
-//! [`crate::testbed`].
+//! [`portcullis_testbed`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use portcullis_policy::Protocol;
 
 use crate::matrix::parse_probe;
 use crate::render::{grids, paint, ColorChoice};
-use crate::testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
-use crate::testbed::{self, Binaries, State, UpOptions};
+use portcullis_testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
+use portcullis_testbed::{self as testbed, Binaries, State, UpOptions};
 
 #[derive(Args)]
 pub struct TestbedArgs {
