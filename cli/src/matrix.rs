@@ -39,8 +39,11 @@ pub struct MatrixArgs {
     pub verbose: bool,
 }
 
-pub fn parse_probe(s: &str) -> Result<Probe, String> {
-    parse_port_protocol(s).map(|(port, protocol)| Probe { port, protocol })
+/// A `--probe` value (`80/TCP`); the error is clap's to print.
+pub fn parse_probe(s: &str) -> anyhow::Result<Probe> {
+    parse_port_protocol(s)
+        .map(|(port, protocol)| Probe { port, protocol })
+        .map_err(anyhow::Error::msg)
 }
 
 /// Loads, compiles and computes the matrix; reports problems on stderr. Shared with the testbed.

@@ -343,7 +343,7 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
 }
 
 /// Pods without Portcullis: x is opted in by its label, y is not (so y/c has no proxy), and x/b
-/// opts out by annotation. A pod without a proxy enforces neither its egress nor its ingress;
+/// opts out by annotation (which counts because x allows pod overrides, as in the webhook). A pod without a proxy enforces neither its egress nor its ingress;
 /// its peers' proxies still enforce theirs. The prediction says so, and the sockets agree.
 #[test]
 fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
@@ -357,7 +357,10 @@ fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
     let manifests = "
 apiVersion: v1
 kind: Namespace
-metadata: {name: x, labels: {portcullis.dev/inject: enabled}}
+metadata:
+  name: x
+  labels: {portcullis.dev/inject: enabled}
+  annotations: {portcullis.dev/allow-pod-overrides: 'true'}
 ---
 apiVersion: v1
 kind: Namespace

@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use portcullis_contract::ports::{CONTROLLER_ADMIN, CONTROLLER_STREAM};
+
 use crate::queries::{admin_get, http_get_in};
 use crate::sidecars::spawn_in;
 use crate::{ControllerState, State, UpOptions};
-
-/// The controller's table API and admin ports inside the node namespace.
-pub const CONTROLLER_PORT: u16 = 8443;
-pub const CONTROLLER_ADMIN_PORT: u16 = 9990;
 
 /// Starts portcullis-controller in file mode in the node namespace and waits until it serves.
 pub(crate) fn start_controller(
@@ -30,9 +28,9 @@ pub(crate) fn start_controller(
         "--policy-dir",
         &policy_dir.to_string_lossy(),
         "--listen",
-        &format!("0.0.0.0:{CONTROLLER_PORT}"),
+        &format!("0.0.0.0:{CONTROLLER_STREAM}"),
         "--admin-listen",
-        &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+        &format!("0.0.0.0:{CONTROLLER_ADMIN}"),
         "--poll-interval",
         "100ms",
         "--shutdown-delay",
@@ -43,10 +41,7 @@ pub(crate) fn start_controller(
     .collect();
     let pid = spawn_in(node, binary, &args, &[], &log, None)?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        http_get_in(node, CONTROLLER_ADMIN_PORT, "/ready"),
-        Ok((200, _))
-    ) {
+    while !matches!(http_get_in(node, CONTROLLER_ADMIN, "/ready"), Ok((200, _))) {
         if Instant::now() > deadline {
             let text = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(10).collect();

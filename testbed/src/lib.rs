@@ -22,7 +22,7 @@ pub mod services;
 mod sidecars;
 pub mod state;
 
-pub use controller::{stop_controller, CONTROLLER_ADMIN_PORT, CONTROLLER_PORT};
+pub use controller::stop_controller;
 pub use lifecycle::{apply, down, up, wait_converged};
 pub use options::{Binaries, PolicySource, UpOptions};
 pub use queries::{admin_get, audit_lines, connect_from, http_get_in, metrics, policy, resolve};
@@ -30,11 +30,6 @@ pub use state::{state_dir, ControllerState, DnsState, PodState, Snapshot, State}
 
 /// Every name the testbed creates starts with this.
 pub const PREFIX: &str = "pc-tb-";
-pub const PROXY_UID: u32 = 2171;
-/// The proxy's packet mark, as the injector sets it when the proxy has NET_ADMIN (UDP
-/// enforced): `PORTCULLIS_PROXY_MARK` for init and proxy (docs/CONVENTIONS.md).
-pub const PROXY_MARK: &str = "0x1000";
-pub const ADMIN_PORT: u16 = 4191;
 /// The node's address on the bridge for pods without a `status.hostIP`.
 pub(crate) const FALLBACK_GATEWAY: &str = "169.254.1.1";
 

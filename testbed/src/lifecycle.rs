@@ -7,7 +7,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use portcullis_injector::decision::Sidecars;
+use portcullis_injector::values::Switch;
+use portcullis_injector::InjectorConfig;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::{compile, PodInfo};
 
@@ -18,7 +21,7 @@ use crate::manifests::{
 };
 use crate::pods::{create_node, plumb_pod, testbed_pods};
 use crate::queries::admin_get;
-use crate::sidecars::{sidecar_env, start_proxy, start_server};
+use crate::sidecars::start_pod;
 use crate::state::load_cluster;
 use crate::{
     dns, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
@@ -61,7 +64,11 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
     let dns_added = add_cluster_dns(&policy_dir)?;
     let cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
-    let annotations = inject::Annotations::read(std::slice::from_ref(&policy_dir));
+    let manifests = inject::Manifests::read(std::slice::from_ref(&policy_dir));
+    let injector = InjectorConfig {
+        enforce_udp: Switch(opts.enforce_udp),
+        ..InjectorConfig::default()
+    };
     let node = format!("{}node", prefix(&opts.name));
     create_node(&node)?;
     let mut state = State {
@@ -77,13 +84,20 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
     let mut gateways: BTreeSet<String> = BTreeSet::new();
+    let mut sidecars = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
         let mut ps = plumb_pod(&node, &prefix(&opts.name), i, pod, &mut gateways, &dir)?;
-        if let Err(why) = inject::decide(&cluster, &annotations, &pod.namespace, &ps.key) {
-            ps.injected = false;
-            ps.not_injected = Some(why);
+        match inject::decide(&cluster, &manifests, &injector, &pod.namespace, &ps.key) {
+            Sidecars::Injected(env) => {
+                ps.enforces_udp = env.enforce_udp;
+                sidecars.push(Some(env));
+            }
+            Sidecars::NotInjected(why) => {
+                ps.injected = false;
+                ps.not_injected = Some(why);
+                sidecars.push(None);
+            }
         }
-        ps.enforces_udp = ps.injected && opts.enforce_udp;
         ps.system = dns_added && ps.key == dns::POD_KEY;
         if dns_added {
             dns::write_resolv_conf(&ps.netns, &pod.namespace)?;
@@ -110,22 +124,15 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
         state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
         state.save()?;
     }
-    for (pod, info) in state.pods.iter_mut().zip(&pods) {
-        if pod.injected {
-            // Through env(1): the init container reads its settings from the environment.
-            let mut init_env = vec![format!("PORTCULLIS_ENFORCE_UDP={}", opts.enforce_udp)];
-            init_env.extend(sidecar_env(opts).iter().map(|(k, v)| format!("{k}={v}")));
-            init_env.push(opts.binaries.init.to_string_lossy().into_owned());
-            let init_env: Vec<&str> = init_env.iter().map(String::as_str).collect();
-            netns::exec_in(&pod.netns, "env", &init_env)
-                .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
-        }
-        let pid = start_server(pod, &state.wanted_ports)?;
-        pod.pids.push(pid);
-        if pod.injected {
-            let pid = start_proxy(opts, pod, info, &policy_dir)?;
-            pod.pids.push(pid);
-        }
+    for ((pod, info), env) in state.pods.iter_mut().zip(&pods).zip(&sidecars) {
+        start_pod(
+            opts,
+            pod,
+            info,
+            env.as_ref(),
+            &state.wanted_ports,
+            &policy_dir,
+        )?;
     }
     state.save()?;
     wait_ready(&state, Duration::from_secs(30))?;

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{netns, serve, PodState, State, ADMIN_PORT};
+use portcullis_contract::ports::ADMIN;
+
+use crate::{netns, serve, PodState, State};
 
 /// `GET path` on the proxy's admin port, from inside the pod. Returns (status, body).
 pub fn admin_get(ns: &str, path: &str) -> Result<(u16, String)> {
-    http_get_in(ns, ADMIN_PORT, path)
+    http_get_in(ns, ADMIN, path)
 }
 
 /// `GET path` on `127.0.0.1:port` inside `ns`. Returns (status, body).

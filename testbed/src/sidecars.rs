@@ -12,7 +12,11 @@ use anyhow::{Context, Result};
 use portcullis_policy::PodInfo;
 
 use crate::pods::gateway_of;
-use crate::{PodState, PolicySource, UpOptions, CONTROLLER_PORT, PROXY_MARK, PROXY_UID};
+use portcullis_contract::ports::CONTROLLER_STREAM;
+use portcullis_contract::{env, PROXY_UID};
+use portcullis_injector::decision::SidecarEnv;
+
+use crate::{netns, PodState, PolicySource, UpOptions};
 
 /// The pod's application: `portcullis testbed serve` on the ports of `wanted`.
 pub(crate) fn start_server(pod: &PodState, wanted: &Path) -> Result<u32> {
@@ -36,31 +40,71 @@ pub(crate) fn start_server(pod: &PodState, wanted: &Path) -> Result<u32> {
     )
 }
 
-/// The pod's portcullis-proxy, as its own user, with the Downward API environment.
-pub(crate) fn start_proxy(
+/// A pod's processes: when the injector gives it Portcullis, `portcullis-init` to completion
+/// first, then its server, then the proxy; else only its server.
+pub(crate) fn start_pod(
+    opts: &UpOptions,
+    pod: &mut PodState,
+    info: &PodInfo,
+    sidecars: Option<&SidecarEnv>,
+    wanted: &Path,
+    policy_dir: &Path,
+) -> Result<()> {
+    if let Some(env) = sidecars {
+        run_init(opts, pod, env)?;
+    }
+    pod.pids.push(start_server(pod, wanted)?);
+    if let Some(env) = sidecars {
+        pod.pids
+            .push(start_proxy(opts, pod, info, env, policy_dir)?);
+    }
+    Ok(())
+}
+
+/// `portcullis-init` in the pod's namespace, with the environment the injector gives it
+/// (through env(1): it reads its settings from the environment).
+fn run_init(opts: &UpOptions, pod: &PodState, sidecars: &SidecarEnv) -> Result<()> {
+    let mut args: Vec<String> = sidecars
+        .init
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    args.push(opts.binaries.init.to_string_lossy().into_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    netns::exec_in(&pod.netns, "env", &args)
+        .with_context(|| format!("portcullis-init failed in {}", pod.key))?;
+    Ok(())
+}
+
+/// The injector's proxy variables that only make sense in a cluster: the testbed gives the
+/// proxy its table source as an argument (`--controller` over plain HTTP, or `--policy-dir`)
+/// and no service-account token.
+const CLUSTER_ONLY: [&str; 3] = [env::CONTROLLER, env::CONTROLLER_CA_PEM, env::TOKEN_FILE];
+
+/// The pod's portcullis-proxy, as its own user, with the injector's environment and the
+/// Downward API's.
+fn start_proxy(
     opts: &UpOptions,
     pod: &PodState,
     info: &PodInfo,
+    sidecars: &SidecarEnv,
     policy_dir: &Path,
 ) -> Result<u32> {
     let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
-    let mut env = vec![
-        ("POD_NAME".to_string(), info.name.clone()),
-        ("POD_NAMESPACE".to_string(), info.namespace.clone()),
-        ("POD_IPS".to_string(), ips.join(",")),
-        ("PORTCULLIS_LOG".to_string(), "info".to_string()),
-        (
-            "PORTCULLIS_ENFORCE_UDP".to_string(),
-            opts.enforce_udp.to_string(),
-        ),
+    let mut vars = vec![
+        (env::POD_NAME.to_string(), info.name.clone()),
+        (env::POD_NAMESPACE.to_string(), info.namespace.clone()),
+        (env::POD_IPS.to_string(), ips.join(",")),
     ];
     if let Some(h) = info.host_ip {
-        env.push(("HOST_IP".into(), h.to_string()));
+        vars.push((env::HOST_IP.into(), h.to_string()));
     }
-    env.extend(
-        sidecar_env(opts)
+    vars.extend(
+        sidecars
+            .proxy
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
+            .filter(|(k, _)| !CLUSTER_ONLY.contains(&k.as_str()))
+            .cloned(),
     );
     let mut args = match opts.policy_source {
         PolicySource::Dir => vec![
@@ -70,37 +114,22 @@ pub(crate) fn start_proxy(
         // The node's address on the pod's side of the bridge, as a Service would route it.
         PolicySource::Controller => vec![
             "--controller".to_string(),
-            format!("http://{}:{CONTROLLER_PORT}", gateway_of(info)),
+            format!("http://{}:{CONTROLLER_STREAM}", gateway_of(info)),
         ],
     };
     args.extend(opts.proxy_args.iter().cloned());
     let user = User {
         uid: PROXY_UID,
-        net_admin: opts.enforce_udp,
+        net_admin: sidecars.enforce_udp,
     };
     spawn_in(
         &pod.netns,
         &opts.binaries.proxy,
         &args,
-        &env,
+        &vars,
         &pod.proxy_log,
         Some(user),
     )
-}
-
-/// What the injector sets on both init and proxy besides `PORTCULLIS_ENFORCE_UDP`:
-/// `PORTCULLIS_PROXY_MARK` only when the proxy has CAP_NET_ADMIN (UDP enforced), without which
-/// it cannot mark its sockets, and `PORTCULLIS_INBOUND_TCP`: judged in the queue when the proxy
-/// reads one, else relayed.
-pub(crate) fn sidecar_env(opts: &UpOptions) -> Vec<(&'static str, &'static str)> {
-    if opts.enforce_udp {
-        vec![
-            ("PORTCULLIS_PROXY_MARK", PROXY_MARK),
-            ("PORTCULLIS_INBOUND_TCP", "queue"),
-        ]
-    } else {
-        vec![("PORTCULLIS_INBOUND_TCP", "proxy")]
-    }
 }
 
 /// Whom a process runs as: an unprivileged UID, with CAP_NET_ADMIN (ambient) or no capability.
