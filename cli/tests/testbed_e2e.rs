@@ -41,13 +41,15 @@ impl Drop for Testbed {
 }
 
 fn require_root() {
-    portcullis_testkit::require_root("this test builds network namespaces and iptables rules");
+    portcullis_netns::testing::require_root(
+        "this test builds network namespaces and iptables rules",
+    );
 }
 
 /// The proxy and init binaries the testbed runs sit next to `portcullis`; make sure they are
 /// built and current even when only this package's tests were asked for.
 fn build_components() {
-    portcullis_testkit::build_testbed_components(env!("CARGO"), &repo());
+    portcullis_netns::testing::build_testbed_components(env!("CARGO"), &repo());
 }
 
 type Cells = BTreeMap<(String, String, u64, String), bool>;

@@ -55,11 +55,11 @@ pub(crate) fn start_dns(state: &State, snapshot: &Snapshot, dir: &Path) -> Resul
     loop {
         let ns = ns.clone();
         let up = netns::within(&ns, || {
-            Ok(TcpStream::connect_timeout(
+            TcpStream::connect_timeout(
                 &SocketAddr::from(([127, 0, 0, 1], 53)),
                 Duration::from_millis(200),
             )
-            .is_ok())
+            .is_ok()
         })?;
         if up {
             break;

@@ -11,7 +11,7 @@ mod dnsmasq;
 pub mod inject;
 pub mod lifecycle;
 mod manifests;
-pub mod netns;
+pub use portcullis_netns as netns;
 pub mod options;
 mod pods;
 pub mod ports;

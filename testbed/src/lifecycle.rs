@@ -275,19 +275,8 @@ pub fn down(name: &str) -> Vec<String> {
         }
     }
     for ns in netns::list_with_prefix(&prefix(name)) {
-        // Processes still inside the namespace (e.g. after a crash of `up`).
-        if let Ok(pids) = netns::ip(&["netns", "pids", &ns]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        netns::delete(&ns);
+        // With the processes still inside (e.g. after a crash of `up`).
+        netns::purge(&ns);
         let _ = fs::remove_dir_all(dns::etc_dir(&ns));
         removed.push(ns);
     }

@@ -21,7 +21,7 @@ pub fn admin_get(ns: &str, path: &str) -> Result<(u16, String)> {
 /// `GET path` on `127.0.0.1:port` inside `ns`. Returns (status, body).
 pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
     let path = path.to_string();
-    netns::within(ns, move || {
+    netns::within(ns, move || -> Result<(u16, String)> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -39,7 +39,7 @@ pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
             .and_then(|s| s.parse().ok())
             .context("malformed HTTP response")?;
         Ok((status, body.to_string()))
-    })
+    })?
 }
 
 /// The proxy's audit lines (`"event":"connection_*"`) of one pod.
@@ -93,11 +93,11 @@ pub fn connect_from(
     n: usize,
 ) -> Result<Vec<Result<String, serve::NoAnswer>>> {
     let pod = state.pod(pod)?;
-    netns::within(&pod.netns, move || {
-        Ok((0..n)
+    Ok(netns::within(&pod.netns, move || {
+        (0..n)
             .map(|_| serve::probe(addr, protocol, Duration::from_secs(2)))
-            .collect())
-    })
+            .collect()
+    })?)
 }
 
 /// A pod's proxy's view of its table (`/policy` on the admin port: generation, staleness,
