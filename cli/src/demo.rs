@@ -10,9 +10,9 @@ use clap::Args;
 use portcullis_policy::Protocol;
 
 use crate::render::{paint, ColorChoice};
-use crate::testbed::probe::ServiceClients;
-use crate::testbed::{self, Binaries, State, UpOptions};
-use crate::testbed_cli::{observe, report};
+use crate::testbed_cli::{observe, report, BinaryArgs};
+use portcullis_testbed::probe::ServiceClients;
+use portcullis_testbed::{self as testbed, State, UpOptions};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -22,12 +22,8 @@ pub struct DemoArgs {
     /// The policy change applied while it runs.
     #[arg(long, default_value = "manifests/examples/kangaroo-change")]
     pub change: PathBuf,
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
-    #[arg(long)]
-    pub init_bin: Option<PathBuf>,
-    #[arg(long)]
-    pub controller_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub binaries: BinaryArgs,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
     /// Leave the testbed up at the end (remove it with `portcullis testbed down --name demo`).
@@ -54,11 +50,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             );
         }
     }
-    let binaries = Binaries::locate(
-        args.proxy_bin.clone(),
-        args.init_bin.clone(),
-        args.controller_bin.clone(),
-    )?;
+    let binaries = args.binaries.clone().locate()?;
     // A leftover of an interrupted demo would block `up`.
     testbed::down(NAME);
     step(

@@ -143,38 +143,44 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         egress,
         ingress,
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
-    } else {
-        let color = args.color.enabled();
-        println!(
-            "{} -> {} on {}/{}: {}",
-            explanation.from,
-            explanation.to,
-            port,
-            protocol,
-            allowed_word(allowed, color)
-        );
-        match &explanation.egress {
-            Some(v) => println!("  egress of {}: {v}", explanation.from),
-            None => println!(
-                "  egress: {} is outside the cluster; no policy governs it",
-                explanation.from
-            ),
-        }
-        match &explanation.ingress {
-            Some(v) => println!("  ingress of {}: {v}", explanation.to),
-            None => println!(
-                "  ingress: {} is outside the cluster; no policy governs it",
-                explanation.to
-            ),
-        }
-    }
+    print_explanation(&explanation, &args)?;
     Ok(if failed || !compiled.errors.is_empty() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The explanation as JSON, or in words.
+fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()> {
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(explanation)?);
+        return Ok(());
+    }
+    let color = args.color.enabled();
+    println!(
+        "{} -> {} on {}/{}: {}",
+        explanation.from,
+        explanation.to,
+        explanation.port,
+        explanation.protocol,
+        allowed_word(explanation.allowed, color)
+    );
+    match &explanation.egress {
+        Some(v) => println!("  egress of {}: {v}", explanation.from),
+        None => println!(
+            "  egress: {} is outside the cluster; no policy governs it",
+            explanation.from
+        ),
+    }
+    match &explanation.ingress {
+        Some(v) => println!("  ingress of {}: {v}", explanation.to),
+        None => println!(
+            "  ingress: {} is outside the cluster; no policy governs it",
+            explanation.to
+        ),
+    }
+    Ok(())
 }
 
 fn is_host_network(compiled: &portcullis_policy::CompiledCluster, t: &PodTable) -> bool {

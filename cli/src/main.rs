@@ -8,7 +8,6 @@ mod lint;
 
 mod matrix;
 mod render;
-mod testbed;
 mod testbed_cli;
 
 use std::process::ExitCode;

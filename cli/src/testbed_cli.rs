@@ -1,5 +1,5 @@
 //! `portcullis testbed ...` and `portcullis demo`: argument parsing and printing around
-//! [`crate::testbed`].
+//! [`portcullis_testbed`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use portcullis_policy::Protocol;
 
 use crate::matrix::parse_probe;
 use crate::render::{grids, paint, ColorChoice};
-use crate::testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
-use crate::testbed::{self, Binaries, State, UpOptions};
+use portcullis_testbed::probe::{Cell, Outcome, ServiceCell, ServiceClients};
+use portcullis_testbed::{self as testbed, Binaries, State, UpOptions};
 
 #[derive(Args)]
 pub struct TestbedArgs {
@@ -29,12 +29,83 @@ pub struct Name {
     pub name: String,
 }
 
-fn parse_name(s: &str) -> Result<String, String> {
+fn parse_name(s: &str) -> Result<String> {
     if !s.is_empty() && s.len() <= 12 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         Ok(s.to_string())
     } else {
-        Err("use 1-12 letters, digits or '-'".into())
+        bail!("use 1-12 letters, digits or '-'")
     }
+}
+
+/// Where the binaries the testbed runs are, when not found by themselves.
+#[derive(Args, Clone)]
+pub struct BinaryArgs {
+    /// portcullis-proxy binary (default: next to this one, then PATH).
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// portcullis-init binary (default: next to this one, then PATH).
+    #[arg(long)]
+    pub init_bin: Option<PathBuf>,
+    /// portcullis-controller binary (default: next to this one, then PATH).
+    #[arg(long)]
+    pub controller_bin: Option<PathBuf>,
+}
+
+impl BinaryArgs {
+    pub fn locate(self) -> Result<Binaries> {
+        Binaries::locate(self.proxy_bin, self.init_bin, self.controller_bin)
+    }
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: Name,
+    /// Manifests (the same as `portcullis matrix` reads).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub binaries: BinaryArgs,
+    /// Where proxies get their tables: from portcullis-controller (file mode, in the node
+    /// namespace), as in a cluster; or each proxy from the policy directory itself.
+    #[arg(long, value_enum, default_value_t = testbed::PolicySource::Controller)]
+    pub policy_source: testbed::PolicySource,
+    /// Extra arguments for every proxy, e.g. `--proxy-arg=--mode=audit`.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    pub proxy_args: Vec<String>,
+    /// Ports every pod serves on top of those the manifests name (and that `probe` probes by
+    /// default), e.g. `80/TCP,53/UDP`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+    pub probe: Vec<Probe>,
+    /// PORTCULLIS_ENFORCE_UDP for every init container and proxy (UDP/SCTP through the
+    /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient) and init and proxy the
+    /// proxy's packet mark (PORTCULLIS_PROXY_MARK), as the injector does. The prediction
+    /// treats UDP/SCTP as unenforced when false.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enforce_udp: bool,
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub name: Name,
+    /// Probes, e.g. `80/TCP,53/UDP` (default: every port the pods serve: `up --probe`,
+    /// declared containerPorts, numeric ports of policies; UDP ones only if the testbed's
+    /// proxies enforce UDP). UDP probes send a datagram and expect the pod's name back.
+    #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
+    pub probe: Vec<Probe>,
+    #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
+    pub output: crate::matrix::Output,
+    /// How long one probe may take before it counts as denied.
+    #[arg(long, default_value = "2s", value_parser = portcullis_contract::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Which pods probe every Service port (ClusterIP:port, for the probes' protocols).
+    /// Every pod by default; `unenforced`: only pods without a proxy (their connections
+    /// reach the node's kube-proxy rules).
+    #[arg(long, value_enum, default_value_t = ServiceClients::All)]
+    pub service_clients: ServiceClients,
 }
 
 #[derive(Subcommand)]
@@ -43,62 +114,10 @@ pub enum TestbedCommand {
     /// per pod running portcullis-init, portcullis-proxy (unless the pod is not injected) and a
     /// server that answers with the pod's name on every port it could be probed on (TCP and UDP):
     /// every --probe port, every declared containerPort, every numeric port of any policy.
-    Up {
-        #[command(flatten)]
-        name: Name,
-        /// Manifests (the same as `portcullis matrix` reads).
-        #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
-        files: Vec<PathBuf>,
-        /// portcullis-proxy binary (default: next to this one, then PATH).
-        #[arg(long)]
-        proxy_bin: Option<PathBuf>,
-        /// portcullis-init binary (default: next to this one, then PATH).
-        #[arg(long)]
-        init_bin: Option<PathBuf>,
-        /// portcullis-controller binary (default: next to this one, then PATH).
-        #[arg(long)]
-        controller_bin: Option<PathBuf>,
-        /// Where proxies get their tables: from portcullis-controller (file mode, in the node
-        /// namespace), as in a cluster; or each proxy from the policy directory itself.
-        #[arg(long, value_enum, default_value_t = testbed::PolicySource::Controller)]
-        policy_source: testbed::PolicySource,
-        /// Extra arguments for every proxy, e.g. `--proxy-arg=--mode=audit`.
-        #[arg(long = "proxy-arg", allow_hyphen_values = true)]
-        proxy_args: Vec<String>,
-        /// Ports every pod serves on top of those the manifests name (and that `probe` probes by
-        /// default), e.g. `80/TCP,53/UDP`.
-        #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
-        probe: Vec<Probe>,
-        /// PORTCULLIS_ENFORCE_UDP for every init container and proxy (UDP/SCTP through the
-        /// NFQUEUE); true gives each proxy CAP_NET_ADMIN (ambient) and init and proxy the
-        /// proxy's packet mark (PORTCULLIS_PROXY_MARK), as the injector does. The prediction
-        /// treats UDP/SCTP as unenforced when false.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        enforce_udp: bool,
-    },
+    Up(UpArgs),
     /// Connect from every pod to every pod on every probe and compare with the engine's
     /// prediction; exits 1 on any difference.
-    Probe {
-        #[command(flatten)]
-        name: Name,
-        /// Probes, e.g. `80/TCP,53/UDP` (default: every port the pods serve: `up --probe`,
-        /// declared containerPorts, numeric ports of policies; UDP ones only if the testbed's
-        /// proxies enforce UDP). UDP probes send a datagram and expect the pod's name back.
-        #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
-        probe: Vec<Probe>,
-        #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
-        output: crate::matrix::Output,
-        /// How long one probe may take before it counts as denied.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        timeout: Duration,
-        #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
-        color: ColorChoice,
-        /// Which pods probe every Service port (ClusterIP:port, for the probes' protocols).
-        /// Every pod by default; `unenforced`: only pods without a proxy (their connections
-        /// reach the node's kube-proxy rules).
-        #[arg(long, value_enum, default_value_t = ServiceClients::All)]
-        service_clients: ServiceClients,
-    },
+    Probe(ProbeArgs),
     /// Add manifests (new or changed policies) to the running testbed; the proxies pick them
     /// up without a restart. Waits until every proxy serves the new tables.
     Apply {
@@ -157,23 +176,6 @@ pub enum TestbedCommand {
         #[arg(long)]
         bound: PathBuf,
     },
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 2s)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// What `probe` saw: pod to pod, and through Services.
@@ -361,69 +363,47 @@ fn print_up(state: &State) {
     }
 }
 
-/// `testbed probe`: observe, print (grids, or JSON with the summary on stderr); whether observed
-/// equals predicted.
-fn probe_command(
-    state: &State,
-    probe: &[Probe],
-    output: crate::matrix::Output,
-    timeout: Duration,
-    color: bool,
-    service_clients: ServiceClients,
-) -> Result<bool> {
-    let obs = observe(state, probe, service_clients, timeout)?;
-    match output {
+/// `testbed up`: brings the testbed up and prints its pods.
+fn up_command(args: UpArgs) -> Result<ExitCode> {
+    let binaries = args.binaries.locate()?;
+    let state = testbed::up(&UpOptions {
+        name: args.name.name,
+        files: args.files,
+        binaries,
+        proxy_args: args.proxy_args,
+        policy_source: args.policy_source,
+        extra_probes: args.probe,
+        enforce_udp: args.enforce_udp,
+    })?;
+    print_up(&state);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `testbed probe`: observe, print (grids, or JSON with the summary on stderr); exits 1 when
+/// what was observed differs from the prediction.
+fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
+    let state = State::load(&args.name.name)?;
+    let obs = observe(&state, &args.probe, args.service_clients, args.timeout)?;
+    let same = match args.output {
         crate::matrix::Output::Json => {
             println!("{}", serde_json::to_string_pretty(&obs)?);
-            report(&obs, false, false, &mut std::io::stderr())
+            report(&obs, false, false, &mut std::io::stderr())?
         }
-        crate::matrix::Output::Table => report(&obs, color, true, &mut std::io::stdout()),
-    }
+        crate::matrix::Output::Table => {
+            report(&obs, args.color.enabled(), true, &mut std::io::stdout())?
+        }
+    };
+    Ok(if same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn run(args: TestbedArgs) -> Result<ExitCode> {
     match args.command {
-        TestbedCommand::Up {
-            name,
-            files,
-            proxy_bin,
-            init_bin,
-            controller_bin,
-            policy_source,
-            proxy_args,
-            probe,
-            enforce_udp,
-        } => {
-            let binaries = Binaries::locate(proxy_bin, init_bin, controller_bin)?;
-            let state = testbed::up(&UpOptions {
-                name: name.name,
-                files,
-                binaries,
-                proxy_args,
-                policy_source,
-                extra_probes: probe,
-                enforce_udp,
-            })?;
-            print_up(&state);
-            Ok(ExitCode::SUCCESS)
-        }
-        TestbedCommand::Probe {
-            name,
-            probe,
-            output,
-            timeout,
-            color,
-            service_clients,
-        } => {
-            let state = State::load(&name.name)?;
-            let color = color.enabled();
-            let same = probe_command(&state, &probe, output, timeout, color, service_clients)?;
-            Ok(if same {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        TestbedCommand::Up(up) => up_command(up),
+        TestbedCommand::Probe(probe) => probe_command(probe),
         TestbedCommand::Apply {
             name,
             files,

@@ -79,13 +79,13 @@ fn text(b: &[u8]) -> String {
 }
 
 fn require_root() {
-    portcullis_testkit::require_root(
+    portcullis_netns::testing::require_root(
         "the bypass suite builds network namespaces and iptables rules",
     );
 }
 
 fn build_components() {
-    portcullis_testkit::build_testbed_components(env!("CARGO"), &repo());
+    portcullis_netns::testing::build_testbed_components(env!("CARGO"), &repo());
 }
 
 /// A running testbed of `BYPASS`, taken down when dropped (also on panic).

@@ -41,13 +41,15 @@ impl Drop for Testbed {
 }
 
 fn require_root() {
-    portcullis_testkit::require_root("this test builds network namespaces and iptables rules");
+    portcullis_netns::testing::require_root(
+        "this test builds network namespaces and iptables rules",
+    );
 }
 
 /// The proxy and init binaries the testbed runs sit next to `portcullis`; make sure they are
 /// built and current even when only this package's tests were asked for.
 fn build_components() {
-    portcullis_testkit::build_testbed_components(env!("CARGO"), &repo());
+    portcullis_netns::testing::build_testbed_components(env!("CARGO"), &repo());
 }
 
 type Cells = BTreeMap<(String, String, u64, String), bool>;
@@ -343,7 +345,7 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
 }
 
 /// Pods without Portcullis: x is opted in by its label, y is not (so y/c has no proxy), and x/b
-/// opts out by annotation. A pod without a proxy enforces neither its egress nor its ingress;
+/// opts out by annotation (which counts because x allows pod overrides, as in the webhook). A pod without a proxy enforces neither its egress nor its ingress;
 /// its peers' proxies still enforce theirs. The prediction says so, and the sockets agree.
 #[test]
 fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
@@ -357,7 +359,10 @@ fn pods_without_the_sidecar_enforce_nothing_and_their_peers_still_do() {
     let manifests = "
 apiVersion: v1
 kind: Namespace
-metadata: {name: x, labels: {portcullis.dev/inject: enabled}}
+metadata:
+  name: x
+  labels: {portcullis.dev/inject: enabled}
+  annotations: {portcullis.dev/allow-pod-overrides: 'true'}
 ---
 apiVersion: v1
 kind: Namespace

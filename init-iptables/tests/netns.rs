@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_testkit::{in_ns, restore, sh};
+use portcullis_netns::testing::{in_ns, restore, sh};
 use socket2::SockRef;
 
 const POD4: &str = "10.215.0.1";

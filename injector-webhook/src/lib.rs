@@ -10,6 +10,7 @@
 
 pub mod app_security;
 pub mod config;
+pub mod decision;
 pub mod exemptions;
 pub mod inject;
 pub mod overrides;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
+use portcullis_contract::ports::ADMIN;
 
 use crate::report::ToolResults;
 use crate::tools;
@@ -66,24 +67,23 @@ pub fn plan(
     latency_rounds: usize,
 ) -> Result<Plan> {
     let mut notes = Vec::new();
-    let mut decide = |what: &str,
-                      toggle: Toggle,
-                      available: Result<(), String>,
-                      smoke_off: bool| match (toggle, available) {
+    let mut decide = |what: &str, toggle: Toggle, missing: Option<String>, smoke_off: bool| match (
+        toggle, missing,
+    ) {
         (Toggle::Off, _) => Ok(false),
-        (Toggle::On, Ok(())) => Ok(true),
-        (Toggle::On, Err(why)) => bail!("--{what}=on, but {why}"),
-        (Toggle::Auto, Ok(())) if smoke && smoke_off => Ok(false),
-        (Toggle::Auto, Ok(())) => Ok(true),
-        (Toggle::Auto, Err(why)) => {
+        (Toggle::On, None) => Ok(true),
+        (Toggle::On, Some(why)) => bail!("--{what}=on, but {why}"),
+        (Toggle::Auto, None) if smoke && smoke_off => Ok(false),
+        (Toggle::Auto, None) => Ok(true),
+        (Toggle::Auto, Some(why)) => {
             notes.push(format!("{what} skipped: {why}."));
             Ok(false)
         }
     };
     let installed = |cmd: &str, package: &str| {
         crate::which(cmd)
-            .map(|_| ())
-            .ok_or_else(|| format!("`{cmd}` is not installed (apt-get install {package})"))
+            .is_none()
+            .then(|| format!("`{cmd}` is not installed (apt-get install {package})"))
     };
     let sockperf = decide(
         "sockperf",
@@ -93,17 +93,17 @@ pub fn plan(
     )?;
     let iperf3 = decide("iperf3", w.iperf3, installed("iperf3", "iperf3"), true)?;
     let enforces = if proxy_has_enforce_udp(proxy) {
-        Ok(())
+        None
     } else {
-        Err(format!(
+        Some(format!(
             "{} has no --enforce-udp, so no pod path enforces UDP and there is nothing to \
              compare the direct path with",
             proxy.display()
         ))
     };
     let udp = decide("udp", w.udp, enforces.clone(), false)?;
-    let dns_ok = enforces.and_then(|()| installed("dnsmasq", "dnsmasq-base"));
-    let dns = decide("dns", w.dns, dns_ok, false)?;
+    let dns_missing = enforces.or_else(|| installed("dnsmasq", "dnsmasq-base"));
+    let dns = decide("dns", w.dns, dns_missing, false)?;
     Ok(Plan {
         sockperf,
         iperf3,
@@ -131,8 +131,7 @@ impl Plan {
         for &(what, ns) in proxies {
             if enforced_udp(ns) != Some(true) {
                 let why = format!(
-                    "the {what} proxy does not report UDP enforced \
-                     (portcullis_enforced_protocols{{protocol=\"UDP\"}} is not 1)"
+                    "the {what} proxy does not report UDP enforced ({UDP_ENFORCED} is not 1)"
                 );
                 if self.udp_required {
                     bail!("--udp/--dns=on, but {why}");
@@ -147,11 +146,16 @@ impl Plan {
     }
 }
 
-/// `portcullis_enforced_protocols{protocol="UDP"}` of the proxy whose admin port is in `ns`.
+/// The proxy's metric that says whether it enforces UDP.
+const UDP_ENFORCED: &str = r#"portcullis_enforced_protocols{protocol="UDP"}"#;
+
+/// [`UDP_ENFORCED`] of the proxy whose admin port is in `ns`.
 fn enforced_udp(ns: &str) -> Option<bool> {
-    let (_, body) = workload::http_get(ns, 4191, "/metrics").ok()?;
+    let (_, body) = workload::http_get(ns, ADMIN, "/metrics").ok()?;
     body.lines()
-        .find(|l| l.starts_with("portcullis_enforced_protocols{") && l.contains("protocol=\"UDP\""))
+        .find(|l| {
+            l.starts_with("portcullis_enforced_protocols{") && l.contains(r#"protocol="UDP""#)
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v == 1.0)
@@ -159,7 +163,7 @@ fn enforced_udp(ns: &str) -> Option<bool> {
 
 /// UDP flows the proxy in `ns` has allowed inbound (`portcullis_connections_total`).
 fn udp_allowed_inbound(ns: &str) -> Option<u64> {
-    let (_, body) = workload::http_get(ns, 4191, "/metrics").ok()?;
+    let (_, body) = workload::http_get(ns, ADMIN, "/metrics").ok()?;
     let lines = body.lines().filter(|l| {
         l.starts_with("portcullis_connections_total{")
             && l.contains("protocol=\"UDP\"")

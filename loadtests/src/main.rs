@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use portcullis_contract::ports::ADMIN;
 
 use report::{MemoryResult, PathResult, Report, SoakResult};
 use topology::*;
@@ -117,14 +118,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+impl Args {
+    /// `--smoke`: one short round of everything, to check that it runs.
+    fn shrink_for_smoke(&mut self) {
+        self.seconds = 0.3;
+        self.rounds = 1;
+        self.latency_rounds = 300;
+        self.idle = vec![100];
+        self.swaps = 10;
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        args.seconds = 0.3;
-        args.rounds = 1;
-        args.latency_rounds = 300;
-        args.idle = vec![100];
-        args.swaps = 10;
+        args.shrink_for_smoke();
     }
     raise_fd_limit();
     let proxy = locate(args.proxy_bin.clone(), "portcullis-proxy")?;
@@ -133,19 +141,7 @@ fn main() -> Result<()> {
     if haproxy && which("haproxy").is_none() {
         bail!("haproxy is not installed (apt-get install haproxy), or pass --no-haproxy");
     }
-    let wanted = extra::Wanted {
-        sockperf: args.sockperf,
-        iperf3: args.iperf3,
-        udp: args.udp,
-        dns: args.dns,
-    };
-    let mut plan = extra::plan(
-        &wanted,
-        &proxy,
-        args.smoke,
-        args.seconds,
-        args.latency_rounds,
-    )?;
+    let mut plan = make_plan(&args, &proxy)?;
 
     let mut topo = Topology::create()?;
     workload::start_servers(
@@ -153,20 +149,7 @@ fn main() -> Result<()> {
         &[(SINK_PORT, ECHO_PORT), (DIRECT_SINK_PORT, DIRECT_ECHO_PORT)],
     )?;
     start_optional_servers(&mut topo, &plan)?;
-    if args.direct_conntrack {
-        topo.track_direct_connections()?;
-        plan.notes.push(
-            "--direct-conntrack: the direct-server namespace tracks connections (conntrack on, \
-             no queue), so UDP ratios show the queue's cost without conntrack's."
-                .into(),
-        );
-    } else if plan.any_udp() {
-        plan.notes.push(
-            "The direct-server namespace has no netfilter rules, so no conntrack; the enforcing \
-             pods track every flow (--direct-conntrack turns it on there to separate the two)."
-                .into(),
-        );
-    }
+    note_conntrack(&topo, &args, &mut plan)?;
     topo.write_policy(0)?;
     let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
     let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());
@@ -196,13 +179,6 @@ fn main() -> Result<()> {
     } else {
         None
     };
-    if haproxy && plan.any_udp() {
-        plan.notes.push(
-            "HAProxy has no UDP figures: it runs in TCP mode here, and UDP through a pod is not \
-             proxied (the enforcing pod is compared with the direct path)."
-                .into(),
-        );
-    }
 
     let paths = path_specs(&topo, haproxy, &inbound);
     let results = run_rounds(&paths, &args, &plan)?;
@@ -216,6 +192,72 @@ fn main() -> Result<()> {
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
 
+    let notes = report_notes(&topo, &paths, &inbound, haproxy, &mut plan);
+    let report = Report {
+        machine: machine(),
+        notes,
+        rounds: args.rounds,
+        seconds_per_run: args.seconds,
+        paths: results,
+        memory,
+        soak: Some(soak),
+    };
+    write_report(&report, &args)
+}
+
+/// What runs, from the flags and the tools installed.
+fn make_plan(args: &Args, proxy: &std::path::Path) -> Result<extra::Plan> {
+    let wanted = extra::Wanted {
+        sockperf: args.sockperf,
+        iperf3: args.iperf3,
+        udp: args.udp,
+        dns: args.dns,
+    };
+    extra::plan(
+        &wanted,
+        proxy,
+        args.smoke,
+        args.seconds,
+        args.latency_rounds,
+    )
+}
+
+/// `--direct-conntrack`: conntrack on in the direct-server namespace; either way a note says
+/// what the UDP ratios compare.
+fn note_conntrack(topo: &Topology, args: &Args, plan: &mut extra::Plan) -> Result<()> {
+    if args.direct_conntrack {
+        topo.track_direct_connections()?;
+        plan.notes.push(
+            "--direct-conntrack: the direct-server namespace tracks connections (conntrack on, \
+             no queue), so UDP ratios show the queue's cost without conntrack's."
+                .into(),
+        );
+    } else if plan.any_udp() {
+        plan.notes.push(
+            "The direct-server namespace has no netfilter rules, so no conntrack; the enforcing \
+             pods track every flow (--direct-conntrack turns it on there to separate the two)."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The report's notes: descriptor limit, inbound mode, what the memory figures mean, the
+/// proxies' own notes and the plan's.
+fn report_notes(
+    topo: &Topology,
+    paths: &[PathSpec],
+    inbound: &str,
+    haproxy: bool,
+    plan: &mut extra::Plan,
+) -> Vec<String> {
+    if haproxy && plan.any_udp() {
+        plan.notes.push(
+            "HAProxy has no UDP figures: it runs in TCP mode here, and UDP through a pod is not \
+             proxied (the enforcing pod is compared with the direct path)."
+                .into(),
+        );
+    }
     let mut notes = vec![
         format!(
             "Descriptor limit (RLIMIT_NOFILE, inherited by both proxies and HAProxy): {}.",
@@ -245,22 +287,13 @@ fn main() -> Result<()> {
         }
     }
     notes.append(&mut plan.notes);
-    let report = Report {
-        machine: machine(),
-        notes,
-        rounds: args.rounds,
-        seconds_per_run: args.seconds,
-        paths: results,
-        memory,
-        soak: Some(soak),
-    };
-    write_report(&report, &args)
+    notes
 }
 
 /// Where the server pod's proxy judges inbound TCP, as its `/policy` says (`proxy` for a
 /// binary too old to say).
 fn inbound_mode(server_ns: &str) -> String {
-    workload::http_get(server_ns, 4191, "/policy")
+    workload::http_get(server_ns, ADMIN, "/policy")
         .ok()
         .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
         .and_then(|v| v["inbound_tcp"].as_str().map(str::to_string))
@@ -533,7 +566,7 @@ fn sample_idle(
 fn run_soak(topo: &Topology, swaps: usize) -> Result<SoakResult> {
     let server_ns = topo.server.clone();
     let generation = |ns: &str| -> u64 {
-        workload::http_get(ns, 4191, "/policy")
+        workload::http_get(ns, ADMIN, "/policy")
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
             .and_then(|v| v.get("generation").and_then(|g| g.as_u64()))
@@ -587,7 +620,7 @@ fn write_report(report: &Report, args: &Args) -> Result<()> {
 
 /// `portcullis_connections_refused_total` of the proxy whose admin port is in `ns`, by reason.
 fn refused_counts(ns: &str) -> Vec<(String, f64)> {
-    let Ok((_, body)) = workload::http_get(ns, 4191, "/metrics") else {
+    let Ok((_, body)) = workload::http_get(ns, ADMIN, "/metrics") else {
         return Vec::new();
     };
     let mut out: Vec<(String, f64)> = Vec::new();

@@ -123,6 +123,22 @@ impl Report {
             "Machine: {}; median of {} rounds, {:.1}s per run, all paths interleaved in one run.\n",
             self.machine, self.rounds, self.seconds_per_run
         );
+        self.paths_markdown(&mut s);
+        self.ratios_markdown(&mut s);
+        self.tools_markdown(&mut s);
+        self.memory_markdown(&mut s);
+        self.soak_markdown(&mut s);
+        if !self.notes.is_empty() {
+            let _ = writeln!(s);
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+
+    /// The main table: throughput, latency and connection rate per path, then failures.
+    fn paths_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "| path | 1 stream Gbit/s | 16 streams Gbit/s | p50 µs | p99 µs | p99.9 µs | conn/s | failed |");
         let _ = writeln!(
             s,
@@ -150,6 +166,10 @@ impl Report {
                 reasons(&p.failure_reasons)
             );
         }
+    }
+
+    /// Each path against its baseline, with the targets.
+    fn ratios_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\nRatios (target in brackets):\n");
         let _ = writeln!(
             s,
@@ -185,7 +205,10 @@ impl Report {
                 );
             }
         }
-        self.tools_markdown(&mut s);
+    }
+
+    /// Idle connections held per path: memory and descriptors per connection.
+    fn memory_markdown(&self, s: &mut String) {
         if !self.memory.is_empty() {
             let _ = writeln!(
                 s,
@@ -248,6 +271,10 @@ impl Report {
                 let _ = writeln!(s, "{line}");
             }
         }
+    }
+
+    /// The policy-swap soak, when it ran.
+    fn soak_markdown(&self, s: &mut String) {
         if let Some(soak) = &self.soak {
             let _ = writeln!(
                 s,
@@ -258,13 +285,6 @@ impl Report {
                 let _ = writeln!(s, "Soak failures: {}.", reasons(&soak.failure_reasons));
             }
         }
-        if !self.notes.is_empty() {
-            let _ = writeln!(s);
-            for n in &self.notes {
-                let _ = writeln!(s, "- {n}");
-            }
-        }
-        s
     }
 
     /// The standard tools and UDP: a table of figures, then the ratios against direct (and
@@ -387,67 +407,78 @@ impl Report {
         }
     }
 
-    /// Two bar charts: throughput per path, latency percentiles per path.
-    pub fn svg(&self) -> String {
+    /// One bar chart of `series` (one bar per path and series) at `x0`.
+    fn svg_panel(
+        &self,
+        s: &mut String,
+        x0: f64,
+        title: &str,
+        unit: &str,
+        series: &[(&str, Vec<f64>)],
+    ) {
         let colors = ["#4e79a7", "#f28e2b", "#59a14f"];
-        let (w, h) = (900.0, 420.0);
-        let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
-        let panel = |s: &mut String,
-                     x0: f64,
-                     title: &str,
-                     unit: &str,
-                     series: &[(&str, Vec<f64>)]| {
-            let (pw, ph, top) = (400.0, 300.0, 50.0);
-            let max = series
-                .iter()
-                .flat_map(|(_, v)| v.iter().copied())
-                .fold(0.0f64, f64::max)
-                .max(1e-9);
+        let (pw, ph, top) = (400.0, 300.0, 50.0);
+        let max = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='25' font-size='15' font-weight='bold'>{title}</text>",
+            x0
+        );
+        let _ = writeln!(
+            s,
+            "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+            top + ph,
+            x0 + pw,
+            top + ph
+        );
+        let groups = self.paths.len().max(1) as f64;
+        let gw = pw / groups;
+        let bw = gw * 0.8 / series.len() as f64;
+        for (gi, p) in self.paths.iter().enumerate() {
+            let gx = x0 + gi as f64 * gw;
             let _ = writeln!(
                 s,
-                "<text x='{}' y='25' font-size='15' font-weight='bold'>{title}</text>",
-                x0
+                "<text x='{}' y='{}' text-anchor='middle'>{}</text>",
+                gx + gw / 2.0,
+                top + ph + 16.0,
+                p.path
             );
-            let _ = writeln!(
-                s,
-                "<line x1='{x0}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
-                top + ph,
-                x0 + pw,
-                top + ph
-            );
-            let groups = self.paths.len().max(1) as f64;
-            let gw = pw / groups;
-            let bw = gw * 0.8 / series.len() as f64;
-            for (gi, p) in self.paths.iter().enumerate() {
-                let gx = x0 + gi as f64 * gw;
+            for (si, (_, values)) in series.iter().enumerate() {
+                let v = values.get(gi).copied().unwrap_or(0.0);
+                let bh = v / max * (ph - 20.0);
+                let bx = gx + gw * 0.1 + si as f64 * bw;
                 let _ = writeln!(
                     s,
-                    "<text x='{}' y='{}' text-anchor='middle'>{}</text>",
-                    gx + gw / 2.0,
-                    top + ph + 16.0,
-                    p.path
+                    "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{}'/>",
+                    top + ph - bh,
+                    bw - 2.0,
+                    colors[si % 3]
                 );
-                for (si, (_, values)) in series.iter().enumerate() {
-                    let v = values.get(gi).copied().unwrap_or(0.0);
-                    let bh = v / max * (ph - 20.0);
-                    let bx = gx + gw * 0.1 + si as f64 * bw;
-                    let _ = writeln!(
-                        s,
-                        "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{}'/>",
-                        top + ph - bh,
-                        bw - 2.0,
-                        colors[si % 3]
-                    );
-                    let _ = writeln!(s, "<text x='{:.1}' y='{:.1}' text-anchor='middle' font-size='10'>{:.1}</text>", bx + bw / 2.0, top + ph - bh - 3.0, v);
-                }
+                let _ = writeln!(
+                    s,
+                    "<text x='{:.1}' y='{:.1}' text-anchor='middle' font-size='10'>{:.1}</text>",
+                    bx + bw / 2.0,
+                    top + ph - bh - 3.0,
+                    v
+                );
             }
-            for (si, (name, _)) in series.iter().enumerate() {
-                let ly = top + ph + 40.0 + si as f64 * 16.0;
-                let _ = writeln!(s, "<rect x='{x0}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}'>{name} ({unit})</text>", ly - 9.0, colors[si % 3], x0 + 14.0, ly);
-            }
-        };
+        }
+        for (si, (name, _)) in series.iter().enumerate() {
+            let ly = top + ph + 40.0 + si as f64 * 16.0;
+            let _ = writeln!(s, "<rect x='{x0}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}'>{name} ({unit})</text>", ly - 9.0, colors[si % 3], x0 + 14.0, ly);
+        }
+    }
+
+    /// Two bar charts: throughput per path, latency percentiles per path.
+    pub fn svg(&self) -> String {
+        let (w, h) = (900.0, 420.0);
+        let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
         let col = |f: &dyn Fn(&PathResult) -> f64| self.paths.iter().map(f).collect::<Vec<_>>();
-        panel(
+        self.svg_panel(
             &mut s,
             30.0,
             "Bulk throughput",
@@ -457,7 +488,7 @@ impl Report {
                 ("16 streams", col(&|p| p.throughput_16_gbps)),
             ],
         );
-        panel(
+        self.svg_panel(
             &mut s,
             480.0,
             "1-byte request/response latency",

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use portcullis_contract::{env, ports, PROXY_UID};
+use portcullis_netns as netns;
 
 pub const SERVER_IP_PLAIN: &str = "10.210.1.2";
 pub const CLIENT_IP_PLAIN: &str = "10.210.1.1";
@@ -45,7 +47,6 @@ pub const UDP_ECHO_PORTS: u16 = 16;
 pub const DNS_PORT: u16 = 53;
 /// The name the DNS load asks for (answered by dnsmasq from its own configuration).
 pub const DNS_NAME: &str = "api.lt.svc.cluster.local";
-pub const PROXY_UID: u32 = 2171;
 
 pub struct Topology {
     pub server: String,
@@ -58,57 +59,8 @@ pub struct Topology {
     pub haproxy_pid: Option<u32>,
 }
 
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {program} (is it installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run("ip", &all)
-}
-
 fn sysctl(ns: &str, kv: &str) -> Result<()> {
-    run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv])
-}
-
-/// A veth pair: `server_if` in `server` (with `server_ip`), `client_if` in `client`.
-fn link(
-    server: &str,
-    server_if: &str,
-    server_ip: &str,
-    client: &str,
-    client_if: &str,
-    client_ip: &str,
-) -> Result<()> {
-    ip_in(
-        server,
-        &[
-            "link", "add", server_if, "type", "veth", "peer", "name", client_if, "netns", client,
-        ],
-    )?;
-    ip_in(
-        server,
-        &["addr", "add", &format!("{server_ip}/24"), "dev", server_if],
-    )?;
-    ip_in(server, &["link", "set", server_if, "up"])?;
-    ip_in(
-        client,
-        &["addr", "add", &format!("{client_ip}/24"), "dev", client_if],
-    )?;
-    ip_in(client, &["link", "set", client_if, "up"])?;
+    netns::exec_in(ns, "sysctl", &["-qw", kv])?;
     Ok(())
 }
 
@@ -123,7 +75,7 @@ impl Topology {
     }
 
     pub fn create() -> Result<Topology> {
-        if !nix::unistd::geteuid().is_root() {
+        if !netns::is_root() {
             bail!("the load tests need root: they build network namespaces and iptables rules (run with sudo)");
         }
         let tag = std::process::id();
@@ -139,38 +91,37 @@ impl Topology {
             haproxy_pid: None,
         };
         for ns in t.namespaces() {
-            run("ip", &["netns", "add", ns])?;
-            ip_in(ns, &["link", "set", "lo", "up"])?;
+            netns::add(ns)?;
         }
         let server = t.server.clone();
         let direct = t.direct_server.clone();
-        link(
+        netns::veth(
             &server,
             "vc",
-            SERVER_IP_PLAIN,
+            &format!("{SERVER_IP_PLAIN}/24"),
             &t.client,
             "eth0",
-            CLIENT_IP_PLAIN,
+            &format!("{CLIENT_IP_PLAIN}/24"),
         )?;
-        link(
+        netns::veth(
             &server,
             "vm",
-            SERVER_IP_MESH,
+            &format!("{SERVER_IP_MESH}/24"),
             &t.mesh_client,
             "eth0",
-            CLIENT_IP_MESH,
+            &format!("{CLIENT_IP_MESH}/24"),
         )?;
-        link(
+        netns::veth(
             &direct,
             "vd",
-            DIRECT_SERVER_IP,
+            &format!("{DIRECT_SERVER_IP}/24"),
             &t.client,
             "eth1",
-            CLIENT_IP_DIRECT,
+            &format!("{CLIENT_IP_DIRECT}/24"),
         )?;
         // The Service range is routed (as a node's pod network would): the outbound proxy's
         // REDIRECT happens after the routing decision, and no kube-proxy is needed behind it.
-        ip_in(
+        netns::ip_in(
             &t.mesh_client,
             &["route", "add", "10.96.0.0/12", "dev", "eth0"],
         )?;
@@ -247,9 +198,9 @@ impl Topology {
              {HAPROXY_SOCKPERF_PORT},{HAPROXY_IPERF_PORT}"
         );
         let init = init.to_string_lossy();
-        let mut args = vec!["netns", "exec", ns, &init, "--skip-inbound-ports", &skip];
+        let mut args = vec!["--skip-inbound-ports", &skip];
         args.extend(init_args.iter().map(String::as_str));
-        run("ip", &args).with_context(|| format!("portcullis-init in {ns}"))?;
+        netns::exec_in(ns, &init, &args).with_context(|| format!("portcullis-init in {ns}"))?;
         let policy_dir = self.dir.join("policy");
         let log = self.dir.join(format!("{pod}.proxy.log"));
         let out = File::create(&log)?;
@@ -276,10 +227,10 @@ impl Topology {
             // swaps, not the poll interval.
             .args(["--policy-poll-interval", "20ms"])
             .args(proxy_args)
-            .env("POD_NAME", pod)
-            .env("POD_NAMESPACE", "lt")
-            .env("POD_IPS", pod_ips)
-            .env("PORTCULLIS_LOG", "warn")
+            .env(env::POD_NAME, pod)
+            .env(env::POD_NAMESPACE, "lt")
+            .env(env::POD_IPS, pod_ips)
+            .env(env::LOG, "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -287,13 +238,13 @@ impl Topology {
             .context("cannot start portcullis-proxy")?;
         self.children.push(child);
         self.wait_ready(ns, &log)?;
-        pid_of_listener(ns, 4143).context("cannot find the proxy's process")
+        pid_of_listener(ns, ports::INBOUND).context("cannot find the proxy's process")
     }
 
     fn wait_ready(&self, ns: &str, log: &Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = crate::workload::http_get(ns, 4191, "/ready")
+            let ok = crate::workload::http_get(ns, ports::ADMIN, "/ready")
                 .map(|(status, _)| status == 200)
                 .unwrap_or(false);
             if ok {
@@ -354,13 +305,10 @@ impl Topology {
     /// Connection tracking in the direct-server namespace: a rule that needs conntrack (and
     /// drops only what conntrack cannot place, which this load never sends).
     pub fn track_direct_connections(&self) -> Result<()> {
-        run(
-            "ip",
+        netns::exec_in(
+            &self.direct_server,
+            "iptables",
             &[
-                "netns",
-                "exec",
-                &self.direct_server,
-                "iptables",
                 "-A",
                 "INPUT",
                 "-m",
@@ -371,7 +319,8 @@ impl Topology {
                 "DROP",
             ],
         )
-        .context("conntrack in the direct-server namespace")
+        .context("conntrack in the direct-server namespace")?;
+        Ok(())
     }
 
     /// Starts `program args` in `ns` as a child that lives as long as the topology, its output
@@ -406,18 +355,7 @@ impl Drop for Topology {
         }
         for ns in self.namespaces() {
             // Whatever still runs inside (setpriv's child), then the namespace.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+            netns::purge(ns);
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

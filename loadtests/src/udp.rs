@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::topology::{Topology, DNS_NAME, DNS_PORT, UDP_ECHO_PORT, UDP_ECHO_PORTS};
-use crate::workload::{enter, within, Failures, Latency};
+use crate::workload::{enter, within, Failures, Latency, StepFailed};
 
 /// How long a datagram may go unanswered before it counts as lost.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -171,21 +171,13 @@ pub fn new_flows(
 
 /// One flow: `Ok(false)` when the source port is in use (skipped), `Err(step: why)` when the
 /// datagram went unanswered or a call failed.
-fn one_flow(ip: IpAddr, src: u16, dst: u16) -> std::result::Result<bool, String> {
+fn one_flow(ip: IpAddr, src: u16, dst: u16) -> std::result::Result<bool, StepFailed> {
     let s = match UdpSocket::bind(SocketAddr::new(unspecified(ip), src)) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(false),
-        Err(e) => return Err(format!("bind: {e}")),
+        Err(e) => return Err(StepFailed::new("bind", e)),
     };
-    let step = |what: &'static str| {
-        move |e: std::io::Error| {
-            if is_timeout(&e) {
-                format!("{what}: no answer within {ANSWER_TIMEOUT:?}")
-            } else {
-                format!("{what}: {e}")
-            }
-        }
-    };
+    let step = |what: &'static str| move |e: std::io::Error| io_failure(what, &e);
     s.connect(SocketAddr::new(ip, dst))
         .map_err(step("connect"))?;
     s.set_read_timeout(Some(ANSWER_TIMEOUT))
@@ -248,33 +240,38 @@ pub fn dns_query(id: u16) -> Vec<u8> {
 }
 
 /// Whether `answer` answers query `id` with at least one record and no error.
-pub fn dns_answer_ok(answer: &[u8], id: u16) -> std::result::Result<(), String> {
+pub fn dns_answer_ok(answer: &[u8], id: u16) -> std::result::Result<(), StepFailed> {
+    let wrong = |why: &str| Err(StepFailed::new("answer", why));
     if answer.len() < 12 {
-        return Err("answer: shorter than a DNS header".into());
+        return wrong("shorter than a DNS header");
     }
     if answer[0..2] != id.to_be_bytes() || answer[2] & 0x80 == 0 {
-        return Err("answer: not a response to this query".into());
+        return wrong("not a response to this query");
     }
     let rcode = answer[3] & 0x0f;
     if rcode != 0 {
-        return Err(format!("answer: rcode {rcode}"));
+        return wrong(&format!("rcode {rcode}"));
     }
     if u16::from_be_bytes([answer[6], answer[7]]) == 0 {
-        return Err("answer: no record".into());
+        return wrong("no record");
     }
     Ok(())
 }
 
-fn query(s: &UdpSocket, id: u16) -> std::result::Result<(), String> {
-    s.send(&dns_query(id)).map_err(|e| format!("send: {e}"))?;
+/// A failed step of a UDP exchange: a timeout says how long it waited.
+fn io_failure(step: &'static str, e: &std::io::Error) -> StepFailed {
+    if is_timeout(e) {
+        StepFailed::new(step, format_args!("no answer within {ANSWER_TIMEOUT:?}"))
+    } else {
+        StepFailed::new(step, e)
+    }
+}
+
+fn query(s: &UdpSocket, id: u16) -> std::result::Result<(), StepFailed> {
+    s.send(&dns_query(id))
+        .map_err(|e| StepFailed::new("send", e))?;
     let mut buf = [0u8; 512];
-    let n = s.recv(&mut buf).map_err(|e| {
-        if is_timeout(&e) {
-            format!("receive: no answer within {ANSWER_TIMEOUT:?}")
-        } else {
-            format!("receive: {e}")
-        }
-    })?;
+    let n = s.recv(&mut buf).map_err(|e| io_failure("receive", &e))?;
     dns_answer_ok(&buf[..n], id)
 }
 
@@ -346,7 +343,10 @@ mod tests {
         assert_eq!(dns_answer_ok(&a, 0x1234), Ok(()));
         assert!(dns_answer_ok(&a, 0x1235).is_err());
         a[3] = 3; // NXDOMAIN
-        assert_eq!(dns_answer_ok(&a, 0x1234), Err("answer: rcode 3".into()));
+        assert_eq!(
+            dns_answer_ok(&a, 0x1234).map_err(|e| e.to_string()),
+            Err("answer: rcode 3".into())
+        );
         assert!(
             dns_answer_ok(&q, 0x1234).is_err(),
             "a query is not an answer"

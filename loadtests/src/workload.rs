@@ -2,7 +2,6 @@
 //! this process placed in the right network namespace with setns(2).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,22 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-/// Moves the calling thread into network namespace `ns` (per-thread; other threads stay put).
-pub fn enter(ns: &str) -> Result<()> {
-    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("no namespace {ns}"))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-    Ok(())
-}
+pub use portcullis_netns::enter;
 
 /// Runs `f` on a fresh thread inside `ns` and returns its result.
 pub fn within<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || enter(&ns).and_then(|_| f()))
-        .join()
-        .map_err(|_| anyhow::anyhow!("worker thread panicked"))?
+    portcullis_netns::within(ns, f)?
 }
 
 pub fn http_get(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
@@ -175,9 +166,9 @@ pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
 pub struct Failures(Mutex<BTreeMap<String, u64>>);
 
 impl Failures {
-    pub fn record(&self, reason: String) {
+    pub fn record(&self, reason: StepFailed) {
         if let Ok(mut m) = self.0.lock() {
-            *m.entry(reason).or_default() += 1;
+            *m.entry(reason.to_string()).or_default() += 1;
         }
     }
 
@@ -231,16 +222,33 @@ pub fn connection_rate(
     Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Which step of one exchange failed, and how: what [`Failures`] counts and reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step}: {why}")]
+pub struct StepFailed {
+    pub step: &'static str,
+    pub why: String,
+}
+
+impl StepFailed {
+    pub fn new(step: &'static str, why: impl std::fmt::Display) -> StepFailed {
+        StepFailed {
+            step,
+            why: why.to_string(),
+        }
+    }
+}
+
 /// One short connection with a 1-byte exchange; on failure, which step failed and how.
-fn one_exchange(addr: SocketAddr) -> std::result::Result<(), String> {
+fn one_exchange(addr: SocketAddr) -> std::result::Result<(), StepFailed> {
     let timeout = Duration::from_secs(2);
     let step = |what: &'static str| {
         move |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                format!("{what}: no progress within {timeout:?}")
+                StepFailed::new(what, format_args!("no progress within {timeout:?}"))
             }
-            std::io::ErrorKind::UnexpectedEof => format!("{what}: closed without an answer"),
-            _ => format!("{what}: {e}"),
+            std::io::ErrorKind::UnexpectedEof => StepFailed::new(what, "closed without an answer"),
+            _ => StepFailed::new(what, e),
         }
     };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(step("connect"))?;

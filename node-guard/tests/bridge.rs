@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_testkit::{in_ns, require_root, sh};
+use portcullis_netns::testing::{in_ns, require_root, sh};
 use socket2::{Domain, Socket, Type};
 
 const NODE4: &str = "10.217.0.1";

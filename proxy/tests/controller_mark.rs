@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use portcullis_testkit::{in_ns, sh};
+use portcullis_netns::testing::{in_ns, sh};
 
 const POD_IP: &str = "10.218.0.1";
 const PEER_IP: &str = "10.218.0.2";

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use portcullis_testkit::{admin, in_ns, restore, sh};
+use portcullis_netns::testing::{admin, in_ns, restore, sh};
 use socket2::{Domain, Socket, Type};
 
 const POD_IP: &str = "10.216.0.1";

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_testkit::{admin, in_ns, sh};
+use portcullis_netns::testing::{admin, in_ns, sh};
 
 const POD_IP: &str = "10.214.0.1";
 const PEER_IP: &str = "10.214.0.2";
@@ -87,7 +87,9 @@ spec:
 "#;
 
 fn require_root() {
-    portcullis_testkit::require_root("these tests create network namespaces and iptables rules");
+    portcullis_netns::testing::require_root(
+        "these tests create network namespaces and iptables rules",
+    );
 }
 
 /// A pod namespace with the proxy, a peer namespace, and everything removed on drop.
@@ -227,7 +229,7 @@ impl Setup {
                  -A OUTPUT -p tcp -j REDIRECT --to-ports 4140\n\
                  COMMIT\n"
             );
-            portcullis_testkit::restore(&pod, restore, &rules);
+            portcullis_netns::testing::restore(&pod, restore, &rules);
         }
 
         setup.write_policy("000-base.yaml", BASE);

@@ -18,8 +18,8 @@ use portcullis_policy::{
 };
 use serde::Serialize;
 
-use super::serve::{self, NoAnswer};
-use super::{netns, PodState, Snapshot, State};
+use crate::serve::{self, NoAnswer};
+use crate::{netns, PodState, Snapshot, State};
 
 /// What a probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

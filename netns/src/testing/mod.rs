@@ -1,5 +1,6 @@
 //! Helpers for the tests that build real network namespaces (proxy, init, testbed), in one place
-//! instead of a copy per test file. Test-only: no crate depends on it outside `[dev-dependencies]`.
+//! instead of a copy per test file (feature `testing`, for `[dev-dependencies]`). They panic
+//! with the failure, which is what a test wants.
 //!
 //! - [`sh`], [`restore`]: run a command (or `iptables-restore --noflush`) and fail the test with
 //!   its stderr;
@@ -7,8 +8,7 @@
 //! - [`admin`]: what a test reads from a proxy's admin port (`/ready`, `/policy`, `/metrics`),
 //!   its JSON log lines, and waiting for a condition.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 pub mod admin;
 
@@ -36,14 +36,7 @@ pub fn require_root(why: &str) {
 /// Runs `f` on a new thread that has joined the network namespace `/run/netns/{ns}`, and
 /// returns what it returns. Sockets it creates stay in that namespace.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
+    crate::within(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Builds what the testbed runs beside `portcullis` (the proxy, init and the controller) with
@@ -66,16 +59,5 @@ pub fn build_testbed_components(cargo: &str, repo: &std::path::Path) {
 
 /// Feeds `input` to `ip netns exec {ns} {program} --noflush` (an `iptables-restore`).
 pub fn restore(ns: &str, program: &str, input: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, program, "--noflush"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore (apt-get install iptables)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write rules");
-    assert!(child.wait().expect("wait").success(), "{program} failed");
+    crate::restore(ns, program, input).unwrap_or_else(|e| panic!("{e} (apt-get install iptables)"));
 }

@@ -1,19 +1,19 @@
 //! A proxy's admin port and log, as a test reads them.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::in_ns;
+use super::in_ns;
 
-/// `GET {path}` on the admin port (127.0.0.1:4191) inside `ns`: the status and the body, or
+/// `GET {path}` on the admin port (127.0.0.1:4191, `portcullis_contract::ports::ADMIN`) inside `ns`: the status and the body, or
 /// `(0, "")` when nothing answers.
 pub fn get(ns: &str, path: &str) -> (u16, String) {
     let path = path.to_string();
     in_ns(ns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&"127.0.0.1:4191".parse().unwrap(), Duration::from_secs(2))?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], portcullis_contract::ports::ADMIN));
+        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut raw = String::new();

@@ -1,43 +1,29 @@
-//! Which testbed pods get Portcullis (the init rules and the proxy), as the injector webhook
-//! would decide in a cluster:
+//! Which testbed pods get Portcullis (the init rules and the proxy), and with which
+//! environment, as in a cluster:
 //!
-//! 1. Pods in `kube-system`, `kube-public`, `kube-node-lease` and `portcullis-system` never do
-//!    (the webhook's namespaceSelector leaves these namespaces out).
-//! 2. If any Namespace of the manifests carries the label `portcullis.dev/inject` at all, the
-//!    manifests describe an opt-in cluster: only pods of namespaces labelled
-//!    `portcullis.dev/inject=enabled` are injected. Without any such label (test suites, most
-//!    examples), every namespace counts as opted in.
-//! 3. In an opted-in namespace, the annotation `portcullis.dev/inject: enabled|disabled` of the pod
-//!    decides, else that of its namespace, else the pod is injected.
+//! 1. The webhook's `namespaceSelector` (`manifests/base/injector/`): pods in
+//!    [`NEVER_INJECTED_NAMESPACES`] never reach it; if any Namespace of the manifests carries
+//!    the label `portcullis.dev/inject` at all, the manifests describe an opt-in cluster and
+//!    only pods of namespaces labelled `portcullis.dev/inject=enabled` do. Without any such
+//!    label (test suites, most examples), every namespace counts as opted in.
+//! 2. For those, the webhook's own decision ([`portcullis_injector::decision::sidecars`]) on
+//!    the Pod as the manifests write it and its namespace's annotations: whether it is
+//!    injected, and the environment of `portcullis-init` and `portcullis-proxy`.
 //!
 //! (hostNetwork pods are never part of the testbed.) The policy engine's `PodInfo` carries no
-//! annotations, so they are read here from the manifest files themselves.
+//! annotations nor containers, so the Pods and Namespaces are read here from the manifest
+//! files themselves.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::{Container, Pod};
+use portcullis_contract::keys::{ENABLED, INJECT, NEVER_INJECTED_NAMESPACES};
+use portcullis_injector::decision::{sidecars, Sidecars};
+use portcullis_injector::{InjectorConfig, NamespaceDefaults};
 use portcullis_policy::Cluster;
 use serde::Deserialize;
-
-pub const INJECT: &str = "portcullis.dev/inject";
-/// Namespaces the webhook never sees.
-pub const NEVER_INJECTED: [&str; 4] = [
-    "kube-system",
-    "kube-public",
-    "kube-node-lease",
-    "portcullis-system",
-];
-
-#[derive(Debug, Default, Deserialize)]
-struct Object {
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Meta,
-    #[serde(default)]
-    items: Option<Vec<Object>>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct Meta {
@@ -49,18 +35,18 @@ struct Meta {
     annotations: Option<BTreeMap<String, String>>,
 }
 
-/// The `portcullis.dev/inject` annotations of Pods (by `ns/name`) and Namespaces (by name).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Annotations {
-    pub pods: BTreeMap<String, String>,
-    pub namespaces: BTreeMap<String, String>,
+/// The Pods (by `ns/name`) and the annotations of the Namespaces (by name) of the manifests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Manifests {
+    pub pods: BTreeMap<String, Pod>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-impl Annotations {
+impl Manifests {
     /// Reads every manifest file under `paths` (errors in files are the loader's to report: a
     /// document this reader cannot decode is skipped).
-    pub fn read(paths: &[PathBuf]) -> Annotations {
-        let mut out = Annotations::default();
+    pub fn read(paths: &[PathBuf]) -> Manifests {
+        let mut out = Manifests::default();
         let mut files = Vec::new();
         for p in paths {
             walk(p, &mut files);
@@ -75,33 +61,40 @@ impl Annotations {
         out
     }
 
-    fn add(&mut self, obj: Object) {
-        if let Some(items) = obj.items {
+    fn add(&mut self, obj: serde_json::Value) {
+        if let Some(items) = obj.get("items").and_then(|i| i.as_array()) {
             for item in items {
-                self.add(item);
+                self.add(item.clone());
             }
             return;
         }
-        let Some(value) = obj
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(INJECT))
-        else {
-            return;
-        };
-        let name = obj.metadata.name.clone().unwrap_or_default();
-        match obj.kind.as_deref() {
+        let meta: Meta = obj
+            .get("metadata")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        match obj.get("kind").and_then(|k| k.as_str()) {
             Some("Pod") => {
-                let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
-                self.pods.insert(format!("{ns}/{name}"), value.clone());
+                let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+                let pod = serde_json::from_value(obj).unwrap_or_else(|_| pod_of(&meta));
+                self.pods.insert(format!("{ns}/{name}"), pod);
             }
             Some("Namespace") => {
-                self.namespaces.insert(name, value.clone());
+                self.namespaces
+                    .insert(name, meta.annotations.unwrap_or_default());
             }
             _ => {}
         }
     }
+}
+
+/// A Pod with only the metadata a manifest gave, when the rest does not decode.
+fn pod_of(meta: &Meta) -> Pod {
+    let mut pod = Pod::default();
+    pod.metadata.name = meta.name.clone();
+    pod.metadata.namespace = meta.namespace.clone();
+    pod.metadata.annotations = meta.annotations.clone();
+    pod
 }
 
 fn walk(path: &Path, out: &mut Vec<PathBuf>) {
@@ -124,7 +117,7 @@ fn walk(path: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn documents(text: &str) -> Vec<Object> {
+fn documents(text: &str) -> Vec<serde_json::Value> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut out = Vec::new();
@@ -133,12 +126,8 @@ fn documents(text: &str) -> Vec<Object> {
             .flatten()
         {
             match v {
-                serde_json::Value::Array(items) => out.extend(
-                    items
-                        .into_iter()
-                        .filter_map(|i| serde_json::from_value(i).ok()),
-                ),
-                v => out.extend(serde_json::from_value(v).ok()),
+                serde_json::Value::Array(items) => out.extend(items),
+                v => out.push(v),
             }
         }
         return out;
@@ -154,19 +143,21 @@ fn documents(text: &str) -> Vec<Object> {
     }
     docs.iter()
         .filter(|d| !d.trim().is_empty())
-        .filter_map(|d| serde_saphyr::from_str::<Object>(d).ok())
+        .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
         .collect()
 }
 
-/// Whether pod `namespace/name` gets Portcullis, by the rules above; with the reason when not.
+/// Whether pod `key` in `namespace` gets Portcullis, and its containers' environment: the
+/// namespace selection above, then the injector's decision with `cfg`.
 pub fn decide(
     cluster: &Cluster,
-    annotations: &Annotations,
+    manifests: &Manifests,
+    cfg: &InjectorConfig,
     namespace: &str,
     key: &str,
-) -> Result<(), String> {
-    if NEVER_INJECTED.contains(&namespace) {
-        return Err(format!(
+) -> Sidecars {
+    if NEVER_INJECTED_NAMESPACES.contains(&namespace) {
+        return Sidecars::NotInjected(format!(
             "namespace {namespace} is never injected (the webhook leaves it out)"
         ));
     }
@@ -178,24 +169,37 @@ pub fn decide(
         .namespaces
         .get(namespace)
         .and_then(|n| n.labels.get(INJECT))
-        .is_some_and(|v| v == "enabled");
+        .is_some_and(|v| v == ENABLED);
     if opt_in_cluster && !labelled {
-        return Err(format!(
-            "namespace {namespace} lacks the label {INJECT}=enabled"
+        return Sidecars::NotInjected(format!(
+            "namespace {namespace} lacks the label {INJECT}={ENABLED}"
         ));
     }
-    let layers = [
-        (annotations.pods.get(key), "pod"),
-        (annotations.namespaces.get(namespace), "namespace"),
-    ];
-    for (value, whose) in layers {
-        match value.map(|v| v.trim()) {
-            Some("disabled") => return Err(format!("{whose} annotation {INJECT}: disabled")),
-            Some("enabled") => return Ok(()),
-            _ => {}
-        }
+    let mut pod = manifests.pods.get(key).cloned().unwrap_or_else(|| {
+        let (ns, name) = key.split_once('/').unwrap_or((namespace, key));
+        pod_of(&Meta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            annotations: None,
+        })
+    });
+    // The testbed runs its own server as the application: a pod written without containers
+    // still gets one, as the API server would insist on.
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    if spec.containers.is_empty() {
+        spec.containers.push(Container {
+            name: "app".to_string(),
+            ..Container::default()
+        });
     }
-    Ok(())
+    let defaults = NamespaceDefaults::Annotations(
+        manifests
+            .namespaces
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    sidecars(&pod, &defaults, cfg)
 }
 
 #[cfg(test)]
@@ -209,6 +213,7 @@ kind: Namespace
 metadata:
   name: shop
   labels: {portcullis.dev/inject: enabled}
+  annotations: {portcullis.dev/allow-pod-overrides: 'true'}
 ---
 apiVersion: v1
 kind: Namespace
@@ -234,15 +239,23 @@ metadata:
 spec: {containers: [{name: c, image: i}]}
 ";
 
-    fn setup(text: &str) -> (Cluster, Annotations) {
+    fn setup(text: &str) -> (Cluster, Manifests) {
         let mut cluster = Cluster::new();
         load_into(&mut cluster, text, "t");
         cluster.ensure_implied_namespaces();
-        let mut ann = Annotations::default();
+        let mut m = Manifests::default();
         for obj in documents(text) {
-            ann.add(obj);
+            m.add(obj);
         }
-        (cluster, ann)
+        (cluster, m)
+    }
+
+    /// Why the pod is not injected; `Ok` when it is.
+    fn decide(c: &Cluster, m: &Manifests, ns: &str, key: &str) -> Result<(), String> {
+        match super::decide(c, m, &InjectorConfig::default(), ns, key) {
+            Sidecars::Injected(_) => Ok(()),
+            Sidecars::NotInjected(why) => Err(why),
+        }
     }
 
     #[test]
@@ -274,10 +287,17 @@ spec: {containers: [{name: c, image: i}]}
     #[test]
     fn json_lists_are_read() {
         let text = r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"p","namespace":"n","annotations":{"portcullis.dev/inject":"disabled"}}}]}"#;
-        let mut a = Annotations::default();
+        let mut m = Manifests::default();
         for obj in documents(text) {
-            a.add(obj);
+            m.add(obj);
         }
-        assert_eq!(a.pods.get("n/p").map(String::as_str), Some("disabled"));
+        let annotations = m
+            .pods
+            .get("n/p")
+            .and_then(|p| p.metadata.annotations.as_ref());
+        assert_eq!(
+            annotations.and_then(|a| a.get(INJECT)).map(String::as_str),
+            Some("disabled")
+        );
     }
 }

@@ -38,7 +38,7 @@ impl Bound {
 /// Serves `identity` on every port listed in `wanted`, forever; reports in `bound`.
 pub fn serve(identity: &str, wanted: &Path, bound: &Path) -> Result<()> {
     let identity: Arc<str> = Arc::from(identity);
-    let mut tried: BTreeMap<Probe, Result<u16, String>> = BTreeMap::new();
+    let mut tried: BTreeMap<Probe, io::Result<u16>> = BTreeMap::new();
     let mut first = true;
     loop {
         let list: Vec<Probe> = match fs::read(wanted) {
@@ -75,7 +75,7 @@ pub fn serve(identity: &str, wanted: &Path, bound: &Path) -> Result<()> {
                     .collect(),
                 failed: tried
                     .iter()
-                    .filter_map(|(p, r)| r.as_ref().err().map(|e| (*p, e.clone())))
+                    .filter_map(|(p, r)| r.as_ref().err().map(|e| (*p, e.to_string())))
                     .collect(),
             };
             write_atomically(bound, &serde_json::to_vec(&report)?)?;
@@ -94,11 +94,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Starts answering on `probe` (port 0: a free port) in a background thread; returns the port.
-pub fn listen(identity: Arc<str>, probe: Probe) -> Result<u16, String> {
+pub fn listen(identity: Arc<str>, probe: Probe) -> io::Result<u16> {
     match probe.protocol {
         Protocol::Tcp => {
-            let listener = bind_tcp(probe.port).map_err(|e| e.to_string())?;
-            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let listener = bind_tcp(probe.port)?;
+            let port = listener.local_addr()?.port();
             std::thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let identity = identity.clone();
@@ -108,12 +108,15 @@ pub fn listen(identity: Arc<str>, probe: Probe) -> Result<u16, String> {
             Ok(port)
         }
         Protocol::Udp => {
-            let socket = bind_udp(probe.port).map_err(|e| e.to_string())?;
-            let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+            let socket = bind_udp(probe.port)?;
+            let port = socket.local_addr()?.port();
             std::thread::spawn(move || answer_udp(&socket, &identity));
             Ok(port)
         }
-        Protocol::Sctp => Err("this kernel has no SCTP sockets".into()),
+        Protocol::Sctp => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no SCTP sockets",
+        )),
     }
 }
 

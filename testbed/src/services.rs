@@ -31,7 +31,7 @@ use portcullis_policy::service::{ResolvedPort, ServiceMap};
 use portcullis_policy::{Cluster, Protocol};
 use serde_json::Value;
 
-use super::netns;
+use crate::netns;
 
 /// The Service CIDR of the testbed (kubeadm's default).
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
