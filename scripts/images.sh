@@ -57,7 +57,7 @@ dockerfile_value() { sed -n "s/^$2 //p" "$1/Dockerfile" | tail -n1; }
 make_base_cc() {
     local tar=$work/base-cc.tar
     say "making $base_cc from Debian packages (mmdebstrap)"
-    mmdebstrap --quiet --variant=extract \
+    quietly "$work/base-cc.log" mmdebstrap --variant=extract \
         --include=base-files,netbase,tzdata,libc6,libgcc-s1,gcc-12-base,libssl3,libstdc++6,libgomp1,ca-certificates \
         --customize-hook="$(pwd)/scripts/images/distroless-hook.sh \"\$1\"" \
         bookworm "$tar" "${debian_sources[@]}"
@@ -69,12 +69,15 @@ make_base_cc() {
     rm -f "$tar"
 }
 
-# debian:bookworm-slim is itself made from Debian's packages (debuerreotype): minbase, without
-# documentation and locales.
+# debian:bookworm-slim is itself made from Debian's packages (debuerreotype): minbase, merged
+# /usr (without the usrmerge package, which pulls perl), without documentation and locales, with
+# the official image's apt settings.
 make_base_debian() {
     local tar=$work/base-debian.tar
     say "making $base_debian from Debian packages (mmdebstrap)"
-    mmdebstrap --quiet --variant=minbase --dpkgopt=force-unsafe-io \
+    quietly "$work/base-debian.log" mmdebstrap --variant=minbase --dpkgopt=force-unsafe-io \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+        --customize-hook="$(pwd)/scripts/images/debian-hook.sh \"\$1\"" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         bookworm "$tar" "${debian_sources[@]}"
@@ -83,6 +86,13 @@ make_base_debian() {
 }
 
 have_image() { "${podman[@]}" image exists "$1"; }
+
+# quietly LOG CMD...: runs CMD with its output in LOG, shown only when it fails.
+quietly() {
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 || { tail -n 30 "$log" >&2; die "$1 failed (log: $log)"; }
+}
 
 # --- build ------------------------------------------------------------------------------------
 
@@ -111,9 +121,9 @@ cmd_build() {
         IFS=: read -r dir bin base <<<"$entry"
         say "building $(image_name "$bin") from $dir/Dockerfile (BINARY=prebuilt, BASE=$base)"
         # --network host: portcullis-init's apt-get reaches the Debian mirror.
-        "${podman[@]}" build --quiet --pull=never --network host "${run_flags[@]}" \
-            -f "$dir/Dockerfile" --build-arg BINARY=prebuilt --build-arg "BASE=$base" \
-            -t "$(image_name "$bin")" "$work/context" >/dev/null
+        quietly "$work/build-$bin.log" "${podman[@]}" build --pull=never --network host \
+            "${run_flags[@]}" -f "$dir/Dockerfile" --build-arg BINARY=prebuilt \
+            --build-arg "BASE=$base" -t "$(image_name "$bin")" "$work/context"
     done
     "${podman[@]}" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep portcullis-
 }

@@ -39,6 +39,11 @@ CRI_DEFAULT_CAPS = [
     "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
     "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
 ]
+CAP_BITS = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+    "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_ADMIN": 12, "NET_RAW": 13,
+    "SYS_CHROOT": 18, "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31,
+}
 # Marks containers for the precreate hook (kubelet-caps.py) that empties the ambient and
 # inheritable sets, as the CRI does: a non-root process keeps capabilities in its bounding set
 # only (podman would make them ambient).
@@ -330,6 +335,68 @@ class Kubelet:
             raise SystemExit(f"pod: seccomp {seccomp} is not supported here")
         return flags
 
+    def expected(self, c):
+        """What /proc/PID/status must say of the container's process (securityContext)."""
+        psc = self.pod["spec"].get("securityContext", {})
+        sc = c.get("securityContext", {})
+        uid = sc.get("runAsUser", psc.get("runAsUser"))
+        gid = sc.get("runAsGroup", psc.get("runAsGroup"))
+        if uid is None:
+            uid, _, g = self.image_user(c["image"]).partition(":")
+            gid = gid if gid is not None else (g or uid or 0)
+        caps = sc.get("capabilities", {})
+        drop = [x.upper() for x in caps.get("drop", [])]
+        keep = [] if "ALL" in drop else [x for x in CRI_DEFAULT_CAPS if x not in drop]
+        bounding = sum(1 << CAP_BITS[x] for x in set(keep + [a.upper() for a in caps.get("add", [])]))
+        return {
+            "Uid": int(uid), "Gid": int(gid),
+            "NoNewPrivs": 0 if sc.get("allowPrivilegeEscalation", True) else 1,
+            "CapBnd": bounding, "CapAmb": 0,
+        }
+
+    def verify(self, c, status_text, read_only_root):
+        """Compares a process's status with the securityContext; returns what differs."""
+        got = {}
+        for line in status_text.splitlines():
+            key, _, value = line.partition(":")
+            fields = value.split()
+            if key in ("Uid", "Gid") and fields:
+                got[key] = int(fields[0])
+            elif key == "NoNewPrivs" and fields:
+                got[key] = int(fields[0])
+            elif key.startswith("Cap") and fields:
+                got[key] = int(fields[0], 16)
+        want = self.expected(c)
+        diff = [f"{k}: got {got.get(k)!r}, want {v!r}" for k, v in want.items() if got.get(k) != v]
+        if got.get("CapPrm", 0) & ~want["CapBnd"]:
+            diff.append(f"CapPrm {got['CapPrm']:#x} outside the bounding set")
+        ro = c.get("securityContext", {}).get("readOnlyRootFilesystem", False)
+        if read_only_root != ro:
+            diff.append(f"read-only root: got {read_only_root}, want {ro}")
+        log(f"{c['name']}: " + ", ".join(
+            f"{k}={got.get(k):#x}" if k.startswith("Cap") else f"{k}={got.get(k)}"
+            for k in ("Uid", "Gid", "NoNewPrivs", "CapBnd", "CapPrm", "CapEff", "CapAmb"))
+            + f", read-only root={read_only_root}")
+        return diff
+
+    def verify_running(self, c, name):
+        pid = run(self.podman + ["inspect", "--format", "{{.State.Pid}}", name],
+                  capture=True).stdout.strip()
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/mountinfo") as f:
+            root = next(line.split() for line in f if line.split()[4] == "/")
+        return self.verify(c, status, "ro" in root[5].split(","))
+
+    def file_capability_used(self, name):
+        pid = run(self.podman + ["inspect", "--format", "{{.State.Pid}}", name],
+                  capture=True).stdout.strip()
+        with open(f"/proc/{pid}/status") as f:
+            prm = next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+        if prm & (1 << CAP_BITS["NET_ADMIN"]):
+            return []
+        return [f"{name}: NET_ADMIN not permitted (file capability lost?)"]
+
     def image_user(self, image):
         out = run(self.podman + ["image", "inspect", "--format", "{{.Config.User}}", image],
                   capture=True).stdout.strip()
@@ -471,6 +538,7 @@ def cmd_run(args):
 def run_pod(k):
     """The kubelet's order: init containers in turn (sidecars until started), then the app."""
     spec = k.pod["spec"]
+    problems = []
     for c in spec.get("initContainers", []):
         name = k.create(c)
         if c.get("restartPolicy") == "Always":
@@ -480,6 +548,11 @@ def run_pod(k):
                 logs = run(k.podman + ["logs", name], capture=True, check=False)
                 raise SystemExit(f"pod: {name}: startupProbe failed\n{logs.stdout}{logs.stderr}")
             log(f"{c['name']} (native sidecar) started: startupProbe passed after {tries} tries")
+            problems += k.verify_running(c, name)
+            if c["name"] == "portcullis-proxy" and ("PORTCULLIS_ENFORCE_UDP", "true") in k.env(c):
+                # Non-root, no ambient capability: NET_ADMIN can only come from the binary's
+                # file capability (cap_net_admin=p), which must have survived into the layer.
+                problems += k.file_capability_used(name)
         else:
             res = run(k.podman + ["start", "--attach", name], capture=True, check=False)
             code = run(k.podman + ["inspect", "--format", "{{.State.ExitCode}}", name],
@@ -493,6 +566,11 @@ def run_pod(k):
         run(k.podman + ["start", "--attach", name], capture=True, check=False)
         outputs[c["name"]] = run(k.podman + ["logs", name], capture=True).stdout
         log(f"{c['name']} said:\n{outputs[c['name']]}")
+        # The sample app reports its own /proc/self/status and whether it can write to /.
+        problems += k.verify(c, outputs[c["name"]], "root writable" not in outputs[c["name"]])
+    if problems:
+        raise SystemExit("pod: the processes do not run as their securityContext says:\n  "
+                         + "\n  ".join(problems))
     return outputs
 
 
