@@ -157,6 +157,8 @@ check_capability() {
     local image archive dir layer found=""
     image=$(image_name portcullis-proxy)
     dir=$(mktemp -d "$work/cap.XXXXXX")
+    cap_dir=$dir
+    trap 'rm -rf "$cap_dir"' EXIT
     archive=$dir/image.tar
     "${podman[@]}" save --quiet --format oci-archive -o "$archive" "$image"
     mkdir "$dir/oci" "$dir/root"
@@ -177,6 +179,7 @@ check_capability() {
 check_init_backends() {
     local ns=pc-img-check backend image rules
     image=$(image_name portcullis-init)
+    trap 'ip netns del pc-img-check 2>/dev/null || true' EXIT
     for backend in nft legacy; do
         ip netns del "$ns" 2>/dev/null || true
         ip netns add "$ns"
