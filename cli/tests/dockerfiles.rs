@@ -1,6 +1,7 @@
 //! Every image's Dockerfile agrees with the crate it builds, docs/CONVENTIONS.md and the
-//! manifests: binary names, USER, EXPOSEd ports, image names. Images cannot be built on the
-//! development machines (no container engine), so this is what keeps the Dockerfiles honest.
+//! manifests: binary names, USER, EXPOSEd ports, image names, and the shape scripts/images.sh
+//! relies on (build arguments BASE and BINARY). `scripts/images.sh build check` then builds the
+//! images and checks that they carry what the Dockerfiles say (CI does).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -119,8 +120,12 @@ fn deployment(rel: &str) -> serde_json::Value {
     serde_saphyr::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
+const DISTROLESS: &str = "gcr.io/distroless/cc-debian12:nonroot";
+
 struct Image {
     dir: &'static str,
+    /// The runtime base a real build pulls (`ARG BASE`).
+    base: &'static str,
     user: Option<(u16, u16)>,
     ports: Vec<u16>,
 }
@@ -152,6 +157,7 @@ fn images() -> Vec<Image> {
     vec![
         Image {
             dir: "proxy",
+            base: DISTROLESS,
             user: Some((proxy_uid, proxy_uid)),
             ports: vec![
                 port("proxy inbound listener"),
@@ -161,17 +167,20 @@ fn images() -> Vec<Image> {
         },
         Image {
             dir: "controller",
+            base: DISTROLESS,
             user: Some(controller_user),
             ports: controller_ports,
         },
         Image {
             dir: "injector-webhook",
+            base: DISTROLESS,
             user: Some(injector_user),
             ports: injector_ports,
         },
         // Root with NET_ADMIN/NET_RAW (set by the injector): it installs iptables rules and exits.
         Image {
             dir: "init-iptables",
+            base: "debian:bookworm-slim",
             user: None,
             ports: vec![],
         },
@@ -201,10 +210,23 @@ fn dockerfiles_build_the_same_way_and_match_conventions_and_manifests() {
         let (package, bin) = crate_names(img.dir);
         assert!(bin.starts_with("portcullis-"), "{path}: binary {bin}");
 
+        // Stages: `build` (cargo, the default), `prebuilt` (the binary from the build context,
+        // what scripts/images.sh builds with), `binary` (the one BINARY names), then the runtime
+        // image on BASE. Users and the tests build the same file; only build arguments differ.
         let froms = one(&ins, "FROM", &path);
-        assert_eq!(froms.len(), 2, "{path}: a build stage and a runtime stage");
+        assert_eq!(
+            froms[1..],
+            ["scratch AS prebuilt", "${BINARY} AS binary", "${BASE}"],
+            "{path}: build, prebuilt, binary and runtime stages"
+        );
         builders.insert(froms[0].to_string());
         assert!(froms[0].ends_with(" AS build"), "{path}: {}", froms[0]);
+        let args = one(&ins, "ARG", &path);
+        assert_eq!(
+            args,
+            [format!("BASE={}", img.base), "BINARY=build".to_string()],
+            "{path}: the runtime base and the build stage by default"
+        );
         let runs = one(&ins, "RUN", &path);
         let run = runs[0];
         assert_eq!(
@@ -212,15 +234,20 @@ fn dockerfiles_build_the_same_way_and_match_conventions_and_manifests() {
             format!("cargo build --release --locked -p {package} --bin {bin}"),
             "{path}"
         );
+        let built = format!("/src/target/release/{bin}");
         assert_eq!(
-            one(&ins, "COPY", &path)[1],
-            format!("--from=build /src/target/release/{bin} /usr/local/bin/{bin}"),
-            "{path}"
+            one(&ins, "COPY", &path)[1..],
+            [
+                format!("{bin} {built}"),
+                format!("--from=binary {built} /usr/local/bin/{bin}")
+            ],
+            "{path}: the prebuilt binary where the build stage leaves its own"
         );
-        assert_eq!(
-            one(&ins, "ENTRYPOINT", &path),
-            vec![format!("[\"/usr/local/bin/{bin}\"]")],
-            "{path}"
+        // scripts/images.sh builds this Dockerfile, for this binary, on a stand-in for BASE.
+        let script = read("scripts/images.sh");
+        assert!(
+            script.contains(&format!("    {}:{bin}:$base_", img.dir)),
+            "scripts/images.sh does not build {path}"
         );
         // The proxy's file capability (CONVENTIONS: `setcap cap_net_admin+p`, never +ep).
         let setcap = runs
