@@ -25,7 +25,9 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(event = "capability_raise_failed", error = %e);
         }
     }
-    raise_fd_limit();
+    // Each proxied connection holds two sockets (and, while data flows, pipes): lift the soft
+    // file limit to the hard one, as proxies do; `--max-connections` is then fitted to it.
+    portcullis_serve_guard::raise_nofile_limit();
     // One TLS provider for the controller client, chosen explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let prometheus = PrometheusBuilder::new()
@@ -46,14 +48,3 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))
 }
 
-/// Each proxied connection holds two sockets (and, while data flows, pipes): lift the soft file
-/// limit to the hard one, as proxies do. `--max-connections` is then fitted to it
-/// (`limits::effective_max_connections`).
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-}
