@@ -187,6 +187,9 @@ fn images() -> Vec<Image> {
     ]
 }
 
+/// Directories of optional components with a Dockerfile that scripts/images.sh does not build.
+const OPTIONAL: &[&str] = &["node-guard"];
+
 #[test]
 fn every_binary_that_runs_in_the_cluster_has_a_dockerfile() {
     let mut found = BTreeSet::new();
@@ -196,7 +199,10 @@ fn every_binary_that_runs_in_the_cluster_has_a_dockerfile() {
             found.insert(dir.file_name().unwrap().to_string_lossy().into_owned());
         }
     }
-    let expected: BTreeSet<String> = images().iter().map(|i| i.dir.to_string()).collect();
+    let mut expected: BTreeSet<String> = images().iter().map(|i| i.dir.to_string()).collect();
+    // Optional components, whose images users build from their Dockerfile as it is; not yet
+    // built and run by scripts/images.sh (docs/images.md says so).
+    expected.extend(OPTIONAL.iter().map(|d| d.to_string()));
     assert_eq!(found, expected);
 }
 
