@@ -47,4 +47,3 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(portcullis_proxy::run(config, Some(prometheus)))
 }
-
