@@ -105,27 +105,27 @@ impl Document<'_> {
 /// The fields every object has, read before the object itself.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Head {
+pub(crate) struct Head {
     #[serde(default)]
-    api_version: Option<String>,
+    pub(crate) api_version: Option<String>,
     #[serde(default)]
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     #[serde(default)]
-    metadata: Option<HeadMeta>,
+    pub(crate) metadata: Option<HeadMeta>,
 }
 
 #[derive(Deserialize, Default)]
-struct HeadMeta {
+pub(crate) struct HeadMeta {
     #[serde(default)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 /// A `List`'s items, each kept as YAML-free JSON so that it can be decoded by kind.
 #[derive(Deserialize)]
-struct ListItems {
-    items: Option<Vec<Value>>,
+pub(crate) struct ListItems {
+    pub(crate) items: Option<Vec<Value>>,
 }
 
 /// Splits a stream into documents the way kubectl does: on lines that start with `---`.

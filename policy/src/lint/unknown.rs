@@ -7,36 +7,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAcco
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::Value;
 
 use super::{Check, Finding, Severity};
 use crate::error::ObjectRef;
-use crate::manifest::{split_documents, Document};
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Head {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<HeadMeta>,
-}
-
-#[derive(Deserialize, Default)]
-struct HeadMeta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ListItems {
-    items: Option<Vec<Value>>,
-}
+use crate::manifest::{split_documents, Document, Head, ListItems};
 
 /// Every field of every object in `text` that its Kubernetes type does not know, as the API
 /// server's strict field validation reports them (`kubectl apply --validate=strict`, the default
