@@ -92,7 +92,7 @@ fn build_components() {
 struct Bed {
     name: String,
     state: serde_json::Value,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 struct TempDir(PathBuf);
@@ -124,7 +124,7 @@ impl Bed {
         let mut bed = Bed {
             name,
             state: serde_json::Value::Null,
-            _dir: TempDir(dir),
+            dir: TempDir(dir),
         };
         assert!(
             up.status.success(),
@@ -419,4 +419,150 @@ fn a_process_running_as_the_proxy_uid_is_checked_like_any_other() {
     // up and enforcing from the controller's tables).
     let allowed = bed.python(RELAY, None, CONNECT, &[&target_ip.to_string(), "443"]);
     assert_eq!(answer(&allowed).as_deref(), Some(TARGET));
+}
+
+/// A UDP flow that lives across a policy change: sends once and waits for the answer (the flow is
+/// established), prints `ESTABLISHED`, waits for a line on stdin, then sends a probe every 0.3 s
+/// for 3 s on the same socket and prints how many were answered.
+const LONG_FLOW: &str = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.3)
+peer = (sys.argv[1], int(sys.argv[2]))
+s.sendto(b"probe\n", peer)
+try:
+    s.recv(200)
+    print("ESTABLISHED", flush=True)
+except Exception as e:
+    print("FAILED", e, flush=True)
+    sys.exit(0)
+sys.stdin.readline()
+answered = 0
+for _ in range(10):
+    s.sendto(b"probe\n", peer)
+    try:
+        s.recv(200)
+        answered += 1
+    except Exception:
+        pass
+print("ANSWERED", answered, flush=True)
+"#;
+
+/// Issue 20 §4: revocation skipped the UDP flows of every socket owned by the proxy's UID (it
+/// took them for the proxy's own lookups), so an application running as 2171 kept a flow the new
+/// policy denied. Now the proxy's own sockets are recognised as its own descriptors, and the
+/// application's flow is cut like any other.
+#[test]
+fn a_flow_of_an_app_running_as_the_proxy_uid_is_revoked_like_any_other() {
+    use std::io::{BufRead, BufReader, Write};
+    let bed = Bed::up("r");
+    let (target_ns, _) = bed.pod(TARGET);
+    let (_, relay_ip) = bed.pod(RELAY);
+    let relay = relay_ip.to_string();
+    let program = format!(
+        "import os, socket, sys\nos.setgroups([])\nos.setgid(2171)\nos.setuid(2171)\n{LONG_FLOW}"
+    );
+    let mut app = Command::new("ip")
+        .args(["netns", "exec", &target_ns, "python3", "-c", &program])
+        .args([relay.as_str(), "5353"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(app.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("first line");
+    assert_eq!(
+        line.trim(),
+        "ESTABLISHED",
+        "tgt/target's egress is open: its flow to {relay}:5353 should be answered"
+    );
+
+    // The policy change: tgt/target may send nothing any more.
+    let deny = bed.dir.0.join("deny-egress.yaml");
+    fs::write(
+        &deny,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: no-egress, namespace: tgt}\n\
+         spec: {podSelector: {}, policyTypes: [Egress]}\n",
+    )
+    .unwrap();
+    let applied = portcullis(&[
+        "testbed",
+        "apply",
+        "--name",
+        &bed.name,
+        "-f",
+        deny.to_str().unwrap(),
+    ]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    // The sweep runs when the table changes (twice, 200 ms apart): give it a moment.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    writeln!(app.stdin.as_mut().expect("stdin"), "go").expect("signal");
+    line.clear();
+    out.read_line(&mut line).expect("result line");
+    let _ = app.wait();
+    assert_eq!(
+        line.trim(),
+        "ANSWERED 0",
+        "an application running as UID 2171 kept a UDP flow the new policy denies"
+    );
+    let log = bed.proxy_log(TARGET);
+    assert!(
+        log.lines().any(|l| l.contains("connection_terminated")
+            && l.contains(&format!("{relay}:5353"))
+            && l.contains("UDP")),
+        "no connection_terminated line for the app's flow to {relay}:5353:\n{log}"
+    );
+}
+
+/// Sends one UDP datagram to argv[1] on every port from argv[2] to argv[3], as fast as it can.
+const UDP_SCAN: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(int(sys.argv[2]), int(sys.argv[3])):
+    s.sendto(b"x", (sys.argv[1], port))
+print("ANSWER sent")
+"#;
+
+/// The `connection_denied` lines of a proxy log, parsed.
+fn denied_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "connection_denied")
+        .collect()
+}
+
+/// Issue 20 §6: the audit log could be flooded: every (peer, port) is a new key to the windows
+/// that sum repeats, so forged sources, or a scan of many ports, cost one line each (4,096 per
+/// 10 s). Now each event kind has a budget of lines per second (20, bursts of 100); the rest is
+/// summed into one `rate_limited` line per second with its count, so nothing goes uncounted.
+#[test]
+fn a_scan_cannot_flood_the_audit_log() {
+    let bed = Bed::up("a");
+    let (_, target_ip) = bed.pod(TARGET);
+    let scan = bed.python(
+        ATTACKER,
+        None,
+        UDP_SCAN,
+        &[&target_ip.to_string(), "20000", "23000"],
+    );
+    assert!(answer(&scan).is_some(), "{}", text(&scan.stderr));
+    // Two flush ticks: the folded line is written at the next one.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let lines = denied_lines(&bed.proxy_log(ATTACKER));
+    let counted: u64 = lines.iter().filter_map(|l| l["count"].as_u64()).sum();
+    assert!(
+        counted >= 2_700,
+        "only {counted} of 3,000 denials are counted in {} lines",
+        lines.len()
+    );
+    assert!(
+        lines.len() <= 160,
+        "{} connection_denied lines for one scan of 3,000 ports",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| l["rate_limited"] == true),
+        "no rate_limited line sums what the budget folded"
+    );
 }

@@ -714,12 +714,21 @@ fn proxy_flag_checks_every_proxy_is_ready_and_current() {
         "ok",
         "namespace payments: 1 of 1 proxies on the controller's current table",
     );
-    // Through the API server's pod proxy subresource, on the admin ports.
-    assert!(run
+    // Through the API server's pod proxy subresource, on the admin ports: a proxy's `/ready`
+    // says its generation (`/metrics` may be closed to the API server by the pod's ingress
+    // policy); a proxy older than the CLI says only `ready`, and its `/metrics` is read.
+    assert!(run.seen.iter().any(
+        |(_, p)| p == "/api/v1/namespaces/shop/pods/frontend-6d8f7b9c5-x2kqp:4191/proxy/ready"
+    ));
+    assert!(!run
         .seen
         .iter()
         .any(|(_, p)| p
             == "/api/v1/namespaces/shop/pods/frontend-6d8f7b9c5-x2kqp:4191/proxy/metrics"));
+    assert!(run
+        .seen
+        .iter()
+        .any(|(_, p)| p == "/api/v1/namespaces/shop/pods/cart-5b7d9c8f6-q4wnv:4191/proxy/metrics"));
     assert!(run.seen.iter().any(|(_, p)| p
         == "/api/v1/namespaces/portcullis-system/pods/portcullis-controller-7c9d8b6f5-abcde:9990/proxy/ready"));
     // Without --proxy no proxy is asked.

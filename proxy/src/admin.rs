@@ -4,8 +4,15 @@
 //! ([`portcullis_serve_guard`]): at most `--admin-max-connections` at once
 //! (`--admin-max-connections-per-peer` from one address), a header-read and an idle timeout;
 //! the descriptors it may hold are set aside from the data path's budget ([`crate::limits`]).
-//! `/policy` (the pod's whole table) answers loopback peers only, which is what
-//! `kubectl port-forward` is; `/metrics`, `/ready` and `/live` stay open to scrapers and kubelet.
+//! Who may read what:
+//! - `/ready` and `/live` answer everyone: kubelet probes them, and they say nothing.
+//! - `/metrics` names the pod's peers (their namespaces, Services): it answers the peers the
+//!   pod's own **ingress policy** admits on the admin port (TCP), as it would on any port, and
+//!   loopback and the node (`kubectl port-forward`, probes). Under a default deny, Prometheus
+//!   needs a rule admitting its pods on the admin port (docs/operations.md); a refused scrape gets
+//!   403 with the reason, and the pod's log a `connection_denied` line.
+//! - `/policy` (the pod's whole table) answers loopback peers only, which is what
+//!   `kubectl port-forward` is.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +28,11 @@ use portcullis_serve_guard::{accept_loop, Guard, Plain};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use portcullis_policy::{Direction, Protocol};
+
+use crate::audit::{AuditEvent, AuditLog, AuditRecord};
+use crate::authorize::{decide_protocol, Decision};
+use crate::config::Mode;
 use crate::store::PolicyStore;
 
 pub struct AdminState {
@@ -33,6 +45,11 @@ pub struct AdminState {
     pub udp_enforced: bool,
     /// Where inbound TCP is judged (`--inbound-tcp`).
     pub inbound_tcp: crate::config::InboundTcp,
+    /// Enforce or audit: `/metrics` is judged as any inbound connection.
+    pub mode: Mode,
+    /// The port `/metrics` is judged on.
+    pub admin_port: u16,
+    pub audit: Arc<AuditLog>,
 }
 
 impl AdminState {
@@ -81,8 +98,18 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
         "/ready" => {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if state.store.current().is_some() {
-                text(StatusCode::OK, "ready\n")
+            } else if let Some(snapshot) = state.store.current() {
+                // The generation, as the controller's `/ready` says its own: `portcullis check
+                // --proxy` reads it here (everyone may ask), not from `/metrics`.
+                let freshness = if state.store.is_stale() {
+                    "stale: no controller connected, enforcing its last table"
+                } else {
+                    "current"
+                };
+                owned(
+                    StatusCode::OK,
+                    format!("ready: generation {}, {freshness}\n", snapshot.generation),
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -115,6 +142,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                 }),
             ),
         },
+        "/metrics" if !metrics_allowed(state, peer) => text(StatusCode::FORBIDDEN, METRICS_REFUSED),
         "/metrics" => match &state.prometheus {
             Some(handle) => Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
@@ -127,6 +155,56 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
             "not found; try /metrics, /ready, /live or /policy\n",
         ),
     }
+}
+
+/// `/metrics` is refused to a peer the pod's ingress policy does not admit on the admin port.
+pub const METRICS_REFUSED: &str = "this pod's ingress policy does not admit you on the admin \
+    port (TCP): /metrics names the pod's peers, so it answers whom the pod's NetworkPolicies \
+    admit on that port, the node and loopback; allow your Prometheus there (see \
+    docs/operations.md), or use `kubectl port-forward`\n";
+
+/// Whether `peer` may read `/metrics`: as an inbound TCP connection to the admin port, judged by
+/// the pod's table (loopback and the node are allowed there). No table yet: loopback only.
+fn metrics_allowed(state: &AdminState, peer: SocketAddr) -> bool {
+    let ip = canonical(peer.ip());
+    let Some(snapshot) = state.store.current() else {
+        return ip.is_loopback();
+    };
+    let decision = decide_protocol(
+        &snapshot.table,
+        state.mode,
+        Direction::Ingress,
+        ip,
+        state.admin_port,
+        Protocol::Tcp,
+    );
+    let event = match &decision {
+        Decision::Allow(_) => return true,
+        Decision::Deny(_) => AuditEvent::Denied,
+        Decision::AuditAllow(_) => AuditEvent::WouldDeny,
+    };
+    state.audit.record(AuditRecord {
+        event,
+        direction: Direction::Ingress,
+        source: peer,
+        destination: SocketAddr::new(
+            snapshot.table.ips.first().copied().unwrap_or(ip),
+            state.admin_port,
+        ),
+        peer_pod: state.store.peer_name(&snapshot.table, ip),
+        pod: state.pod.clone(),
+        verdict: Some(decision.verdict().clone()),
+        generation: snapshot.generation,
+        protocol: Protocol::Tcp,
+        service: None,
+    });
+    decision.lets_through()
+}
+
+fn owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -169,16 +247,110 @@ mod tests {
         String::from_utf8_lossy(&collected.to_bytes()).into_owned()
     }
 
-    #[test]
-    fn the_table_answers_loopback_only_and_the_probes_answer_everyone() {
-        let state = AdminState {
+    fn state(prometheus: Option<PrometheusHandle>) -> AdminState {
+        AdminState {
             store: Arc::new(PolicyStore::new()),
-            prometheus: None,
+            prometheus,
             draining: Default::default(),
             pod: "x/web".into(),
             udp_enforced: true,
             inbound_tcp: crate::config::InboundTcp::Queue,
-        };
+            mode: Mode::Enforce,
+            admin_port: 4191,
+            audit: Arc::new(AuditLog::new(
+                std::time::Duration::from_secs(10),
+                crate::audit::LineBudget::UNLIMITED,
+            )),
+        }
+    }
+
+    /// `x/web` admits only the `monitoring` namespace on the admin port, and `x/client` on 80.
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: monitoring, labels: {kubernetes.io/metadata.name: monitoring}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+status: {podIP: 10.0.0.1, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+status: {podIP: 10.0.0.2, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: prometheus, namespace: monitoring, labels: {app: prometheus}}
+status: {podIP: 10.0.0.3, hostIP: 192.168.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 80}]
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+    ports: [{port: 4191}]
+"#;
+
+    #[test]
+    fn metrics_answer_whom_the_ingress_policy_admits_on_the_admin_port() {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let state = state(Some(handle));
+        // No table yet: loopback only.
+        assert_eq!(
+            get(&state, "/metrics", "10.0.0.3:1").0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(get(&state, "/metrics", "127.0.0.1:1").0, StatusCode::OK);
+        let mut cluster = portcullis_policy::Cluster::new();
+        let report = portcullis_policy::manifest::load_into(&mut cluster, CLUSTER, "t.yaml");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        cluster.ensure_implied_namespaces();
+        let table = portcullis_policy::compile(&cluster)
+            .table("x/web")
+            .expect("table")
+            .clone();
+        state.store.publish(table, "test", None);
+        assert_eq!(
+            get(&state, "/metrics", "10.0.0.3:1").0,
+            StatusCode::OK,
+            "Prometheus"
+        );
+        assert_eq!(
+            get(&state, "/metrics", "192.168.0.1:1").0,
+            StatusCode::OK,
+            "the node"
+        );
+        assert_eq!(
+            get(&state, "/metrics", "[::1]:1").0,
+            StatusCode::OK,
+            "loopback"
+        );
+        let (status, body) = get(&state, "/metrics", "10.0.0.2:1");
+        assert_eq!(status, StatusCode::FORBIDDEN, "a pod admitted on 80 only");
+        assert!(body.contains("ingress policy"), "{body}");
+        assert_eq!(
+            get(&state, "/metrics", "10.9.9.9:1").0,
+            StatusCode::FORBIDDEN
+        );
+        // The probes answer everyone.
+        assert_eq!(get(&state, "/live", "10.9.9.9:1").0, StatusCode::OK);
+        assert_eq!(
+            get(&state, "/ready", "10.9.9.9:1"),
+            (StatusCode::OK, "ready: generation 1, current\n".into())
+        );
+    }
+
+    #[test]
+    fn the_table_answers_loopback_only_and_the_probes_answer_everyone() {
+        let state = state(None);
         let (status, body) = get(&state, "/policy", "10.0.0.2:40000");
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(body.contains("kubectl port-forward"), "{body}");
@@ -198,7 +370,7 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            get(&state, "/metrics", "10.0.0.2:1").0,
+            get(&state, "/metrics", "127.0.0.1:1").0,
             StatusCode::NOT_FOUND
         );
     }

@@ -174,6 +174,14 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_AUDIT_WINDOW", default_value = "10s", value_parser = parse_duration)]
     pub audit_window: Duration,
 
+    /// Audit lines each event kind (`connection_denied`, `connection_terminated`, ...) may write
+    /// per second, with bursts of five times as many: whatever the sources (forged addresses make
+    /// every denial new to the window), the rest is summed into one `rate_limited` line per kind
+    /// and second, with the count of connections it stands for.
+    #[arg(long, env = "PORTCULLIS_AUDIT_LINES_PER_SECOND", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_lines_per_second: u32,
+
     /// Also log every allowed connection when it closes (bytes, duration) at info level.
     #[arg(long, env = "PORTCULLIS_LOG_ALLOWED")]
     pub log_allowed: bool,
@@ -240,6 +248,15 @@ impl InboundTcp {
 impl Config {
     pub fn pod_key(&self) -> String {
         format!("{}/{}", self.pod_namespace, self.pod_name)
+    }
+
+    /// `--audit-lines-per-second`, with its burst.
+    pub fn audit_budget(&self) -> crate::audit::LineBudget {
+        let per_second = f64::from(self.audit_lines_per_second);
+        crate::audit::LineBudget {
+            per_second,
+            burst: per_second * 5.0,
+        }
     }
 
     /// `--inbound-tcp`, or its default: `queue` when the queue is read, `proxy` otherwise.

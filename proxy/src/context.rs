@@ -24,7 +24,7 @@ pub struct Context {
     pub connect_timeout: Duration,
     pub log_allowed: bool,
     pub store: Arc<PolicyStore>,
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
     pub connection_slots: Arc<Semaphore>,
     /// `POD_IPS`: the only destinations inbound connections are forwarded to.
     pub pod_addresses: PodAddresses,
@@ -53,7 +53,7 @@ impl Context {
             connect_timeout: config.connect_timeout,
             log_allowed: config.log_allowed,
             store: Arc::new(PolicyStore::new()),
-            audit: AuditLog::new(config.audit_window),
+            audit: Arc::new(AuditLog::new(config.audit_window, config.audit_budget())),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             // Fail closed: without the pod's own addresses the inbound proxy cannot tell this
             // pod from a neighbour it is asked to relay to.

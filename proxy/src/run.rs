@@ -55,6 +55,9 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         pod: ctx.pod.clone(),
         udp_enforced: config.enforce_udp,
         inbound_tcp: config.inbound_tcp(),
+        mode: config.mode,
+        admin_port: config.admin_listen.port(),
+        audit: ctx.audit.clone(),
     });
     // The admin port outlives the listeners: it answers /ready with 503 while draining.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);

@@ -27,6 +27,7 @@ pub const ADMIN_CONNECTIONS_TIMED_OUT: &str = "portcullis_admin_connections_time
 pub const ENFORCED_PROTOCOLS: &str = "portcullis_enforced_protocols";
 pub const DATAGRAMS_MALFORMED: &str = "portcullis_datagrams_malformed_total";
 pub const QUEUE_ERRORS: &str = "portcullis_queue_errors_total";
+pub const AUDIT_LINES_FOLDED: &str = "portcullis_audit_lines_folded_total";
 pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
 pub const SERVICES: &str = "portcullis_services";
 pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
@@ -127,6 +128,12 @@ fn describe_queue_and_services() {
     describe_counter!(
         DATAGRAMS_MALFORMED,
         "Queued UDP/SCTP packets dropped because they could not be read, by reason."
+    );
+    describe_counter!(
+        AUDIT_LINES_FOLDED,
+        "Audit lines not written because their event kind's budget (--audit-lines-per-second) \
+         was spent, by event; what they stood for is summed into one rate_limited line per kind \
+         and second."
     );
     describe_counter!(
         QUEUE_ERRORS,

@@ -1,7 +1,9 @@
 //! `--proxy`: every injected pod's proxy, asked through the API server's pod proxy subresource
 //! (`GET /api/v1/namespaces/NS/pods/NAME:4191/proxy/...`, RBAC `get pods/proxy`):
-//! `/ready` (200 once a table is loaded) and `/metrics` (`portcullis_policy_generation`,
-//! `portcullis_policy_stale`; `/policy` answers loopback only, so it is not used). The
+//! `/ready` (200 once a table is loaded; `ready: generation N, current` or `..., stale ...`).
+//! Proxies older than this CLI say only `ready`: then `/metrics` (`portcullis_policy_generation`,
+//! `portcullis_policy_stale`), which the pod's ingress policy may close to the API server;
+//! `/policy` answers loopback only, so it is not used. The
 //! controllers' current generation comes from their `/ready` (`ready: generation N, ...`) on the
 //! admin port, the same way. Replicas count generations apart, so a proxy is current when its
 //! generation is one a ready controller serves now (or newer than all: it moved on since).
@@ -66,11 +68,18 @@ fn is_injected(pod: &Pod) -> bool {
         .any(|g| matches!(g, Gap::NotInjected))
 }
 
-/// `/ready` (an error unless 200), then the generation and staleness from `/metrics`.
+/// `/ready` (an error unless 200) with the generation and staleness, or from `/metrics` when
+/// `/ready` does not say them (an older proxy).
 async fn proxy(kube: &Kube, ns: &str, name: &str) -> Result<ProxyState, super::api::ApiError> {
     let base = format!("/api/v1/namespaces/{ns}/pods/{name}:{}/proxy", ports::ADMIN);
     let what = format!("get pods/proxy -n {ns}");
-    kube.get_text(&what, &format!("{base}/ready")).await?;
+    let ready = kube.get_text(&what, &format!("{base}/ready")).await?;
+    if let Some(generation) = ready_generation(&ready) {
+        return Ok(ProxyState {
+            generation: Some(generation),
+            stale: ready.contains(", stale"),
+        });
+    }
     let metrics = kube.get_text(&what, &format!("{base}/metrics")).await?;
     Ok(ProxyState {
         generation: metric(&metrics, "portcullis_policy_generation").map(|v| v as u64),

@@ -30,7 +30,7 @@ pub struct Judged {
 
 /// Places an entry, or `None` for flows the queue never judges: loopback, the pod talking to
 /// itself, traffic that is neither from nor to the pod, and the proxy's own flows (`own_ports`:
-/// local UDP ports of the proxy's sockets, exempt from the queue by UID).
+/// local UDP ports of the proxy's own sockets, exempt from the queue by their mark).
 pub fn place(entry: &Entry, local: &HashSet<IpAddr>, own_ports: &HashSet<u16>) -> Option<Judged> {
     let from = canonical(entry.original.source.ip());
     // Where the first packet really went: the source of the replies (after any DNAT).
@@ -178,30 +178,56 @@ fn local_addresses(pod_ips: &[IpAddr]) -> HashSet<IpAddr> {
     local
 }
 
-/// Local ports of the UDP sockets this process's UID owns (`/proc/net/udp`, `udp6`): the
-/// proxy's own lookups, which the queue never judged.
+/// Local ports of this process's own UDP sockets: the proxy's own lookups, which the queue never
+/// judged (they carry the proxy's mark). Recognised by the socket itself, never by UID: an
+/// application of the pod running as the proxy's UID owns sockets with that UID too, and its
+/// flows are judged and revoked like any other. A socket is the proxy's when its inode is one of
+/// this process's descriptors (`/proc/self/fd`); `/proc/net/udp` and `udp6` give each socket's
+/// local port and inode.
 fn own_udp_ports() -> HashSet<u16> {
-    let uid = nix::unistd::geteuid().as_raw();
+    let inodes = own_socket_inodes();
     let mut ports = HashSet::new();
     for file in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        for line in text.lines().skip(1) {
+        ports.extend(ports_of_sockets(&text, &inodes));
+    }
+    ports
+}
+
+/// The inodes of the sockets this process holds open (`/proc/self/fd/N -> socket:[inode]`).
+fn own_socket_inodes() -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The local ports of the rows of a `/proc/net/udp`-style table whose inode is in `inodes`.
+fn ports_of_sockets(table: &str, inodes: &HashSet<u64>) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let port = f
                 .get(1)
                 .and_then(|local| local.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            let owner = f.get(7).and_then(|u| u.parse::<u32>().ok());
-            if let (Some(port), Some(owner)) = (port, owner) {
-                if owner == uid {
-                    ports.insert(port);
-                }
-            }
-        }
-    }
-    ports
+                .and_then(|p| u16::from_str_radix(p, 16).ok())?;
+            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok())?;
+            inodes.contains(&inode).then_some(port)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -292,5 +318,49 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn own_ports_are_this_process_s_sockets_whatever_their_uid() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 00000000:0FA0 00000000:0000 07 00000000:00000000 00:00000000 00000000  2171        0 111 2 0000000000000000 0
+  2: 00000000:0FA1 00000000:0000 07 00000000:00000000 00:00000000 00000000  2171        0 222 2 0000000000000000 0
+";
+        let mine: HashSet<u64> = [222].into();
+        assert_eq!(ports_of_sockets(table, &mine), vec![4001]);
+        assert!(ports_of_sockets("header only\n", &mine).is_empty());
+        assert!(ports_of_sockets(&format!("{table}garbage: line\n"), &mine).len() == 1);
+    }
+
+    #[test]
+    fn a_socket_this_process_opens_is_its_own_and_another_process_s_is_not() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = sock.local_addr().expect("addr").port();
+        assert!(own_udp_ports().contains(&port), "our socket on {port}");
+        // A child process of the same UID binds another port: not the proxy's.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.bind(('127.0.0.1',0))\nprint(s.getsockname()[1],flush=True)\ntime.sleep(5)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("child port");
+        let theirs: u16 = line.trim().parse().expect("port");
+        let own = own_udp_ports();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            !own.contains(&theirs),
+            "a same-UID child's socket on {theirs} counted as the proxy's"
+        );
+        assert!(own.contains(&port));
     }
 }
