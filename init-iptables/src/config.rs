@@ -97,6 +97,13 @@ pub struct Config {
     #[arg(long, env = var::NFQUEUE, default_value_t = NFQUEUE)]
     pub nfqueue: u16,
 
+    /// New inbound flows and connections per second one source address may send to the queue;
+    /// beyond that (bursts of twice as many), the kernel drops its new flows before they reach
+    /// the queue, so one flooding peer cannot crowd out the first packets of the others. Counted
+    /// by the rule (`iptables -t filter -vL PORTCULLIS_UDP_IN` in the pod). 0: no limit.
+    #[arg(long, env = "PORTCULLIS_NEW_FLOWS_PER_SOURCE", default_value_t = 5000)]
+    pub new_flows_per_source: u32,
+
     /// Print the iptables-restore input for each family and change nothing.
     #[arg(long, env = "PORTCULLIS_DRY_RUN")]
     pub dry_run: bool,

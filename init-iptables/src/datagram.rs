@@ -9,6 +9,10 @@
 //! (`INVALID`, `UNTRACKED`) are dropped rather than let through unjudged. Loopback (`-i lo`,
 //! `-o lo`) is not queued; neither is what the proxy itself sends (its UID, and its mark with
 //! `--proxy-mark`), as for TCP.
+//!
+//! Floods: a peer sending new flows or SYNs faster than `--new-flows-per-source` (per source
+//! address, `hashlimit`) has the excess dropped in the kernel before the queue, so the queue's
+//! netlink socket does not overflow and other peers' first packets still get their verdict.
 
 use portcullis_contract::QUEUED_CONNMARK;
 
@@ -50,6 +54,9 @@ pub fn part(cfg: &Config) -> Part {
                 "-A {chain} -p {p} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
             ));
         }
+        if chain == UDP_IN {
+            rules.extend(flood_limit(cfg).map(|r| format!("-A {chain} {r}")));
+        }
         for p in protocols {
             if *p == "tcp" {
                 rules.push(format!(
@@ -81,6 +88,20 @@ pub fn part(cfg: &Config) -> Part {
             },
         ],
     }
+}
+
+/// The per-source limit on new inbound flows, before the queue rules (none with 0). The same
+/// hashlimit name in both families: the kernel keeps one table per name and family.
+fn flood_limit(cfg: &Config) -> Option<String> {
+    let rate = cfg.new_flows_per_source;
+    (rate > 0).then(|| {
+        format!(
+            "-m conntrack --ctstate NEW -m hashlimit --hashlimit-above {rate}/sec \
+             --hashlimit-burst {} --hashlimit-mode srcip --hashlimit-name portcullis-in \
+             --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
+            rate.saturating_mul(2)
+        )
+    })
 }
 
 /// What `PORTCULLIS_UDP_IN` never queues: loopback and, when it judges inbound TCP, the
@@ -144,6 +165,7 @@ mod tests {
                 "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
                 "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
@@ -190,6 +212,7 @@ mod tests {
                 "-A PORTCULLIS_UDP_IN -i lo -j RETURN",
                 "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
                 "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
@@ -275,5 +298,24 @@ mod tests {
                 "COMMIT",
             ]
         );
+    }
+
+    #[test]
+    fn the_flood_limit_is_per_source_configurable_and_can_be_off() {
+        let text = |args: &[&str]| install(&config(args), Family::V4, "");
+        let limited = text(&["--new-flows-per-source=300"]);
+        assert!(limited.contains(
+            "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above \
+             300/sec --hashlimit-burst 600 --hashlimit-mode srcip"
+        ));
+        // Before the queue rules, after loopback's exemption; never on the way out.
+        let at = |needle: &str| limited.find(needle).expect(needle);
+        assert!(at("hashlimit") > at("-A PORTCULLIS_UDP_IN -i lo -j RETURN"));
+        assert!(
+            at("hashlimit")
+                < at("-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE")
+        );
+        assert!(!limited.contains("-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -m hashlimit"));
+        assert!(!text(&["--new-flows-per-source=0"]).contains("hashlimit"));
     }
 }
