@@ -2,6 +2,7 @@
 //! in one run, in network namespaces this program creates (and removes). See loadtests/README.md.
 
 mod extra;
+mod flood;
 mod report;
 mod tools;
 mod topology;
@@ -84,6 +85,14 @@ struct Args {
     /// the ratio then shows the queue's cost alone.
     #[arg(long)]
     direct_conntrack: bool,
+    /// Seconds per phase of the flood test (no flood; a flood of new denied UDP flows from one
+    /// peer with the init rules as installed; the same without the per-source limit), measuring
+    /// a legitimate peer's first-packet success and the proxy's CPU. Runs with `--udp`; 0: off.
+    #[arg(long, default_value_t = 3.0)]
+    flood_seconds: f64,
+    /// Datagrams per second of the flood.
+    #[arg(long, default_value_t = 100_000)]
+    flood_pps: u64,
 }
 
 fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -126,6 +135,8 @@ impl Args {
         self.latency_rounds = 300;
         self.idle = vec![100];
         self.swaps = 10;
+        self.flood_seconds = self.flood_seconds.min(0.5);
+        self.flood_pps = self.flood_pps.min(20_000);
     }
 }
 
@@ -191,6 +202,11 @@ fn main() -> Result<()> {
     };
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
+    let flood = if plan.udp && args.flood_seconds > 0.0 {
+        flood::run(&topo, on.server_proxy, args.flood_seconds, args.flood_pps)?
+    } else {
+        Vec::new()
+    };
 
     let notes = report_notes(&topo, &paths, &inbound, haproxy, &mut plan);
     let report = Report {
@@ -201,6 +217,7 @@ fn main() -> Result<()> {
         paths: results,
         memory,
         soak: Some(soak),
+        flood,
     };
     write_report(&report, &args)
 }

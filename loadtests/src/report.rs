@@ -102,6 +102,8 @@ pub struct Report {
     pub paths: Vec<PathResult>,
     pub memory: Vec<MemoryResult>,
     pub soak: Option<SoakResult>,
+    /// The flood test's phases, when it ran.
+    pub flood: Vec<crate::flood::FloodPhase>,
 }
 
 fn reasons(r: &[(String, u64)]) -> String {
@@ -128,6 +130,7 @@ impl Report {
         self.tools_markdown(&mut s);
         self.memory_markdown(&mut s);
         self.soak_markdown(&mut s);
+        self.flood_markdown(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s);
             for n in &self.notes {
@@ -270,6 +273,31 @@ impl Report {
             for line in shortfalls {
                 let _ = writeln!(s, "{line}");
             }
+        }
+    }
+
+    /// The flood test, when it ran: one row per phase, same run.
+    fn flood_markdown(&self, s: &mut String) {
+        if self.flood.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nFlood of new denied UDP flows from one peer at the enforcing pod, while a legitimate \
+             peer opens new UDP flows (target: at least 99.9% answered on their first datagram):\n\n\
+             | phase | flood sent (datagrams/s) | legitimate flows | answered on the first datagram | server proxy CPU |\n\
+             | --- | ---: | ---: | ---: | ---: |"
+        );
+        for p in &self.flood {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {:.2}% | {:.0}% |",
+                p.phase,
+                p.flood_pps,
+                p.legit_flows,
+                p.success_percent(),
+                p.proxy_cpu_percent
+            );
         }
     }
 

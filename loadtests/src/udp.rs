@@ -108,6 +108,11 @@ fn is_timeout(e: &std::io::Error) -> bool {
 pub struct FlowCounter(AtomicU64);
 
 impl FlowCounter {
+    /// A counter whose first flow is the `n`th of the cycle.
+    pub fn starting_at(n: u64) -> FlowCounter {
+        FlowCounter(AtomicU64::new(n))
+    }
+
     fn next(&self) -> (u16, u16) {
         let n = self.0.fetch_add(1, Ordering::Relaxed);
         let dst = UDP_ECHO_PORT + (n % UDP_ECHO_PORTS as u64) as u16;

@@ -105,6 +105,19 @@ fn optional_workloads_ran_or_were_explained(json: &serde_json::Value, proxy: &Pa
         assert!(paths.iter().all(|p| p["tools"]["udp_rr"].is_null()));
         return;
     }
+    // The flood test's three phases ran (its figures are the report's, not a pass mark here).
+    let flood = json["flood"].as_array().expect("flood phases");
+    assert_eq!(flood.len(), 3, "{flood:?}");
+    assert!(
+        flood.iter().all(|p| p["legit_flows"].as_u64() > Some(0)),
+        "{flood:?}"
+    );
+    assert!(
+        flood[1..]
+            .iter()
+            .all(|p| p["flood_pps"].as_f64() > Some(0.0)),
+        "{flood:?}"
+    );
     let dnsmasq = Command::new("sh")
         .args(["-c", "command -v dnsmasq"])
         .output()
