@@ -24,7 +24,7 @@ use crate::queries::admin_get;
 use crate::sidecars::start_pod;
 use crate::state::load_cluster;
 use crate::{
-    dns, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
+    dns, guard, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
 };
 
 pub(crate) fn require_root() -> Result<()> {
@@ -81,6 +81,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
         extra_probes: opts.extra_probes.clone(),
         enforce_udp: opts.enforce_udp,
         dns: None,
+        node_guard: None,
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
     let mut gateways: BTreeSet<String> = BTreeSet::new();
@@ -120,6 +121,12 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let wanted: Vec<Probe> = set.ports.iter().copied().collect();
     serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
+    // Before any process of a pod runs: every pod port is bound (and an unlisted one mute)
+    // from the pods' first packet on, as on a node where the guard runs before the pods.
+    if opts.node_guard {
+        state.node_guard = Some(guard::start(opts, &state, &dir)?);
+        state.save()?;
+    }
     if opts.policy_source == PolicySource::Controller {
         state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
         state.save()?;
@@ -263,15 +270,15 @@ pub(crate) fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
 pub fn down(name: &str) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(state) = State::load(name) {
-        let controller = state.controller.iter().map(|c| &c.pid);
-        for pod in &state.pods {
-            for pid in pod.pids.iter().chain(controller.clone()) {
-                // Negative pid: the whole process group (ip netns exec, setpriv and the child).
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(-(*pid as i32)),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        // The node's processes (controller, node guard), then every pod's.
+        let node = state.controller.iter().map(|c| &c.pid);
+        let node = node.chain(state.node_guard.iter().map(|g| &g.pid));
+        for pid in node.chain(state.pods.iter().flat_map(|p| &p.pids)) {
+            // Negative pid: the whole process group (ip netns exec, setpriv and the child).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(*pid as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     for ns in netns::list_with_prefix(&prefix(name)) {
