@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -121,16 +121,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let wanted: Vec<Probe> = set.ports.iter().copied().collect();
     serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
-    // Before any process of a pod runs: every pod port is bound (and an unlisted one mute)
-    // from the pods' first packet on, as on a node where the guard runs before the pods.
-    if opts.node_guard {
-        state.node_guard = Some(guard::start(opts, &state, &dir)?);
-        state.save()?;
-    }
-    if opts.policy_source == PolicySource::Controller {
-        state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
-        state.save()?;
-    }
+    start_node_processes(opts, &mut state, &dir)?;
     for ((pod, info), env) in state.pods.iter_mut().zip(&pods).zip(&sidecars) {
         start_pod(
             opts,
@@ -145,6 +136,22 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     wait_ready(&state, Duration::from_secs(30))?;
     state.ensure_served(&wanted)?;
     Ok(state)
+}
+
+/// The node's own processes, before any process of a pod runs: the node guard (every pod
+/// port bound, an unlisted one mute, from the pods' first packet on, as on a node where the
+/// guard runs before the pods) and the controller.
+fn start_node_processes(opts: &UpOptions, state: &mut State, dir: &Path) -> Result<()> {
+    if opts.node_guard {
+        state.node_guard = Some(guard::start(opts, state, dir)?);
+        state.save()?;
+    }
+    if opts.policy_source == PolicySource::Controller {
+        let controller = start_controller(opts, &state.node_netns, &state.policy_dir, dir)?;
+        state.controller = Some(controller);
+        state.save()?;
+    }
+    Ok(())
 }
 
 /// Adds manifests to the proxies' policy directory (`replace`: drop earlier applied ones first).
