@@ -69,6 +69,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         policy_source: testbed::PolicySource::Controller,
         extra_probes: Vec::new(),
         enforce_udp: true,
+        node_guard: false,
     })?;
     let result = tour(&state, &args, color);
     if args.keep {

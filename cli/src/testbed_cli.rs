@@ -49,11 +49,20 @@ pub struct BinaryArgs {
     /// portcullis-controller binary (default: next to this one, then PATH).
     #[arg(long)]
     pub controller_bin: Option<PathBuf>,
+    /// portcullis-node-guard binary, for `up --node-guard` (default: next to this one, then
+    /// PATH).
+    #[arg(long)]
+    pub node_guard_bin: Option<PathBuf>,
 }
 
 impl BinaryArgs {
     pub fn locate(self) -> Result<Binaries> {
-        Binaries::locate(self.proxy_bin, self.init_bin, self.controller_bin)
+        Binaries::locate(
+            self.proxy_bin,
+            self.init_bin,
+            self.controller_bin,
+            self.node_guard_bin,
+        )
     }
 }
 
@@ -83,6 +92,12 @@ pub struct UpArgs {
     /// treats UDP/SCTP as unenforced when false.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub enforce_udp: bool,
+    /// Run portcullis-node-guard on the node, as its optional DaemonSet would
+    /// (`manifests/node-guard/`): each pod's bridge port bound to its MAC and IP, so that no
+    /// pod can forge another's source (or the node's) on the bridge. Off by default, as in the
+    /// default install (see docs/testbed.md). Needs nft (Debian: nftables).
+    #[arg(long)]
+    pub node_guard: bool,
 }
 
 #[derive(Args)]
@@ -348,6 +363,13 @@ fn print_up(state: &State) {
         ),
         None => println!("  every proxy reads {} itself", state.policy_dir.display()),
     }
+    if let Some(g) = &state.node_guard {
+        println!(
+            "  portcullis-node-guard (pid {}, log {}) binds every pod's bridge port to its MAC and IP",
+            g.pid,
+            g.log.display()
+        );
+    }
     for p in &state.pods {
         let proxy = match &p.not_injected {
             None => "proxy".to_string(),
@@ -374,6 +396,7 @@ fn up_command(args: UpArgs) -> Result<ExitCode> {
         policy_source: args.policy_source,
         extra_probes: args.probe,
         enforce_udp: args.enforce_udp,
+        node_guard: args.node_guard,
     })?;
     print_up(&state);
     Ok(ExitCode::SUCCESS)

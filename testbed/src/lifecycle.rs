@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -24,7 +24,7 @@ use crate::queries::admin_get;
 use crate::sidecars::start_pod;
 use crate::state::load_cluster;
 use crate::{
-    dns, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
+    dns, guard, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
 };
 
 pub(crate) fn require_root() -> Result<()> {
@@ -81,6 +81,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
         extra_probes: opts.extra_probes.clone(),
         enforce_udp: opts.enforce_udp,
         dns: None,
+        node_guard: None,
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
     let mut gateways: BTreeSet<String> = BTreeSet::new();
@@ -120,10 +121,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let wanted: Vec<Probe> = set.ports.iter().copied().collect();
     serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
-    if opts.policy_source == PolicySource::Controller {
-        state.controller = Some(start_controller(opts, &node, &policy_dir, &dir)?);
-        state.save()?;
-    }
+    start_node_processes(opts, &mut state, &dir)?;
     for ((pod, info), env) in state.pods.iter_mut().zip(&pods).zip(&sidecars) {
         start_pod(
             opts,
@@ -138,6 +136,22 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     wait_ready(&state, Duration::from_secs(30))?;
     state.ensure_served(&wanted)?;
     Ok(state)
+}
+
+/// The node's own processes, before any process of a pod runs: the node guard (every pod
+/// port bound, an unlisted one mute, from the pods' first packet on, as on a node where the
+/// guard runs before the pods) and the controller.
+fn start_node_processes(opts: &UpOptions, state: &mut State, dir: &Path) -> Result<()> {
+    if opts.node_guard {
+        state.node_guard = Some(guard::start(opts, state, dir)?);
+        state.save()?;
+    }
+    if opts.policy_source == PolicySource::Controller {
+        let controller = start_controller(opts, &state.node_netns, &state.policy_dir, dir)?;
+        state.controller = Some(controller);
+        state.save()?;
+    }
+    Ok(())
 }
 
 /// Adds manifests to the proxies' policy directory (`replace`: drop earlier applied ones first).
@@ -263,15 +277,15 @@ pub(crate) fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
 pub fn down(name: &str) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(state) = State::load(name) {
-        let controller = state.controller.iter().map(|c| &c.pid);
-        for pod in &state.pods {
-            for pid in pod.pids.iter().chain(controller.clone()) {
-                // Negative pid: the whole process group (ip netns exec, setpriv and the child).
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(-(*pid as i32)),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        // The node's processes (controller, node guard), then every pod's.
+        let node = state.controller.iter().map(|c| &c.pid);
+        let node = node.chain(state.node_guard.iter().map(|g| &g.pid));
+        for pid in node.chain(state.pods.iter().flat_map(|p| &p.pids)) {
+            // Negative pid: the whole process group (ip netns exec, setpriv and the child).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(*pid as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     for ns in netns::list_with_prefix(&prefix(name)) {

@@ -12,6 +12,8 @@ pub struct Binaries {
     pub init: PathBuf,
     /// Needed only when the proxies get their tables from the controller.
     pub controller: Option<PathBuf>,
+    /// Needed only with `--node-guard`.
+    pub node_guard: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -20,6 +22,7 @@ impl Binaries {
         proxy: Option<PathBuf>,
         init: Option<PathBuf>,
         controller: Option<PathBuf>,
+        node_guard: Option<PathBuf>,
     ) -> Result<Binaries> {
         let find = |explicit: Option<PathBuf>, name: &str| -> Result<PathBuf> {
             if let Some(p) = explicit {
@@ -43,6 +46,7 @@ impl Binaries {
             proxy: find(proxy, "portcullis-proxy")?,
             init: find(init, "portcullis-init")?,
             controller: find(controller, "portcullis-controller").ok(),
+            node_guard: find(node_guard, "portcullis-node-guard").ok(),
         })
     }
 }
@@ -59,6 +63,9 @@ pub struct UpOptions {
     /// `PORTCULLIS_ENFORCE_UDP` for every init container and proxy; when true the proxy gets
     /// CAP_NET_ADMIN (ambient, as the injector gives it) to read the UDP/SCTP queue.
     pub enforce_udp: bool,
+    /// Run `portcullis-node-guard` on the node (`guard.rs`): every pod's bridge port bound to
+    /// its MAC and IP, the node's addresses accepted only from the node side.
+    pub node_guard: bool,
 }
 
 /// Where the testbed's proxies get their tables.

@@ -1,7 +1,7 @@
 //! The node namespace with its bridge, and each pod's namespace, veth, address and routes.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -68,6 +68,9 @@ pub(crate) fn plumb_pod(
         ],
     )?;
     netns::ip_in(node, &["link", "set", &host_end, "master", "br0", "up"])?;
+    // Before the link comes up, so that its IPv6 link-local address derives from it.
+    let mac = mac_of(ip);
+    netns::ip_in(&ns, &["link", "set", "eth0", "address", &mac])?;
     netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
     netns::ip_in(&ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
     netns::ip_in(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
@@ -94,6 +97,8 @@ pub(crate) fn plumb_pod(
         key: pod.key(),
         netns: ns,
         ip: IpAddr::V4(ip),
+        port: host_end,
+        mac,
         pids: Vec::new(),
         proxy_log: file("proxy.log"),
         injected: true,
@@ -102,6 +107,12 @@ pub(crate) fn plumb_pod(
         bound: file("server.json"),
         system: false,
     })
+}
+
+/// The pod's MAC, as the bridge plugin (and Flannel) derive it: `0a:58:` and the IPv4 address.
+pub(crate) fn mac_of(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// The node's address on the pod's side: its hostIP, else a link-local address.

@@ -556,6 +556,8 @@ mod tests {
             key: key.into(),
             netns: String::new(),
             ip: ip.parse().unwrap(),
+            port: String::new(),
+            mac: String::new(),
             pids: Vec::new(),
             proxy_log: Default::default(),
             injected,
@@ -693,6 +695,7 @@ spec:
             extra_probes: Vec::new(),
             dns: None,
             enforce_udp: true,
+            node_guard: None,
         };
         (snapshot, state)
     }

@@ -13,6 +13,7 @@ use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{compile, Cluster, CompiledCluster};
 use serde::{Deserialize, Serialize};
 
+use crate::guard::GuardState;
 use crate::{ports, serve, services, SYSTEM_SERVICES};
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
@@ -26,6 +27,12 @@ pub struct PodState {
     pub key: String,
     pub netns: String,
     pub ip: IpAddr,
+    /// Its port on the node's bridge (the host-side veth) and the MAC of its `eth0`, as the
+    /// CNI set them up (empty in a state written before they were recorded).
+    #[serde(default)]
+    pub port: String,
+    #[serde(default)]
+    pub mac: String,
     pub pids: Vec<u32>,
     pub proxy_log: PathBuf,
     /// Whether the pod runs portcullis-init and portcullis-proxy (see `inject.rs`).
@@ -80,6 +87,9 @@ pub struct State {
     /// `up --enforce-udp`.
     #[serde(default)]
     pub enforce_udp: bool,
+    /// `up --node-guard`: portcullis-node-guard in the node namespace.
+    #[serde(default)]
+    pub node_guard: Option<GuardState>,
 }
 
 /// dnsmasq in the DNS pod.

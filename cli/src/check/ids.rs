@@ -21,6 +21,7 @@ const MESHES: &str = "other-meshes";
 const POD_SECURITY: &str = "pod-security";
 const DATA: &str = "data-plane";
 const PROXIES: &str = "proxies";
+const NODE_GUARD_CATEGORY: &str = "node-guard";
 
 pub const KUBECONFIG: Id = id("pc-kubeconfig", API);
 pub const API_REACHABLE: Id = id("pc-api-reachable", API);
@@ -47,10 +48,12 @@ pub const POD_EXEMPTIONS: Id = id("pc-pod-exemptions", DATA);
 pub const CONTROLLER_STATUS: Id = id("pc-controller-status", PROXIES);
 pub const PROXY_READY: Id = id("pc-proxy-ready", PROXIES);
 pub const PROXY_CURRENT: Id = id("pc-proxy-current", PROXIES);
+pub const NODE_GUARD: Id = id("pc-node-guard", NODE_GUARD_CATEGORY);
+pub const NODE_NET_RAW: Id = id("pc-node-net-raw", NODE_GUARD_CATEGORY);
 
 /// Every id, for the documentation's test.
 #[cfg(test)]
-pub const ALL: [Id; 25] = [
+pub const ALL: [Id; 27] = [
     KUBECONFIG,
     API_REACHABLE,
     API_VERSION,
@@ -76,6 +79,8 @@ pub const ALL: [Id; 25] = [
     CONTROLLER_STATUS,
     PROXY_READY,
     PROXY_CURRENT,
+    NODE_GUARD,
+    NODE_NET_RAW,
 ];
 
 #[cfg(test)]

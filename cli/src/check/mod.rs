@@ -5,8 +5,9 @@
 //!
 //! `--pre`: before installing (API server reachable, version for native sidecars, RBAC to
 //! install, Pod Security of labelled namespaces, other meshes' injectors). Default: after
-//! installing (the same, then the control plane, the webhook and its CA, and every pod of every
-//! labelled namespace; `--proxy`: every proxy ready and on the controller's current table).
+//! installing (the same, then the control plane, the webhook and its CA, every pod of every
+//! labelled namespace, and the node guard on every node; `--proxy`: every proxy ready and on
+//! the controller's current table).
 //!
 //! Never hangs: every request has `--request-timeout`, the whole run `--timeout`.
 //!
@@ -19,10 +20,12 @@
 //! | `pod_security.rs` | Pod Security admission labels against what the injector adds |
 //! | `pods.rs` | the data plane: every pod of the labelled namespaces |
 //! | `proxies.rs` | `--proxy`: every proxy's `/ready` and table generation |
+//! | `node_guard.rs` | nodes without the node guard, and pods with `NET_RAW` on them |
 
 mod api;
 mod cluster;
 mod ids;
+mod node_guard;
 mod pod_security;
 mod pods;
 mod proxies;
@@ -253,6 +256,10 @@ async fn check(args: &CheckArgs, report: &mut Report, server: &mut Option<String
         let pods = pods::data_plane(&kube, &checked, version.as_deref(), report).await;
         if args.proxy {
             proxies::check(&kube, &pods, report).await;
+        }
+        // Cluster-wide reads: not for a check of one namespace.
+        if args.namespace.is_none() {
+            node_guard::check(&kube, report).await;
         }
     }
 }
