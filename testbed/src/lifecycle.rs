@@ -205,8 +205,7 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
         let Some(expected) = compiled.table(&pod.key) else {
             continue;
         };
-        let mut want = serde_json::to_value(&**expected)?;
-        strip_known_pods(&mut want);
+        let want = serde_json::to_value(&**expected)?;
         loop {
             let served = admin_get(&pod.netns, "/policy")
                 .ok()
@@ -215,8 +214,7 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
                         .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
                         .flatten()
                 });
-            if let Some(mut served) = served.and_then(|v| v.get("table").cloned()) {
-                strip_known_pods(&mut served);
+            if let Some(served) = served.and_then(|v| v.get("table").cloned()) {
                 if served == want {
                     break;
                 }
@@ -228,12 +226,6 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn strip_known_pods(v: &mut serde_json::Value) {
-    if let Some(map) = v.as_object_mut() {
-        map.remove("known_pods");
-    }
 }
 
 pub(crate) fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
