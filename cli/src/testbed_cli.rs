@@ -53,7 +53,11 @@ pub struct BinaryArgs {
 
 impl BinaryArgs {
     pub fn locate(self) -> Result<Binaries> {
-        Binaries::locate(self.proxy_bin, self.init_bin, self.controller_bin)
+        Ok(Binaries::locate(
+            self.proxy_bin,
+            self.init_bin,
+            self.controller_bin,
+        )?)
     }
 }
 
