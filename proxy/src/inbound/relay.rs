@@ -40,7 +40,6 @@ pub enum PodIpsError {
     NotAPodAddress(IpAddr),
 }
 
-
 /// Why an inbound connection's original destination is not this pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForeignDestination {
