@@ -84,7 +84,7 @@ fn allocate(key: &str, taken: &BTreeSet<IpAddr>) -> Ipv4Addr {
 }
 
 /// Splits a manifest stream into documents (kubectl's rule: lines starting with `---`).
-fn yaml_documents(text: &str) -> Vec<String> {
+pub(crate) fn yaml_documents(text: &str) -> Vec<String> {
     let mut docs = vec![String::new()];
     for line in text.lines() {
         if line.starts_with("---") {
