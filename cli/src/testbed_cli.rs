@@ -57,12 +57,12 @@ pub struct BinaryArgs {
 
 impl BinaryArgs {
     pub fn locate(self) -> Result<Binaries> {
-        Binaries::locate(
+        Ok(Binaries::locate(
             self.proxy_bin,
             self.init_bin,
             self.controller_bin,
             self.node_guard_bin,
-        )
+        )?)
     }
 }
 

@@ -13,8 +13,9 @@
 //! reported, so that only their proxies receive anything. A from-scratch
 //! [`portcullis_policy::compile`] of the same objects is the oracle (see the tests).
 //!
-//! Peer names (`known_pods`) are left out of served tables: they would tie every table to every
-//! pod in the cluster, and one new pod would then mean a new table for every proxy.
+//! Peer names are not part of any table (compile returns them beside the tables): here they are
+//! kept in `peer_names` and streamed apart, as `peers`/`peers_delta` lines, so that one new pod
+//! does not mean a new table for every proxy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -96,8 +97,8 @@ pub struct ClusterState {
     /// Valid policies by `namespace/name`, with their peers resolved.
     policies: BTreeMap<String, Arc<ResolvedPolicy>>,
     tables: HashMap<String, Arc<PodTable>>,
-    no_peer_names: Arc<BTreeMap<IpAddr, String>>,
-    /// Which pod owns an address, to name peers (selectable pods only, as in `known_pods`).
+    /// Which pod owns an address, to name peers (selectable pods only, as compile's
+    /// `peer_names`).
     peer_names: HashMap<IpAddr, String>,
     /// Services and EndpointSlices as declared, by `namespace/name`, and each Service resolved
     /// with its slices. Endpoints come from slices only: in a cluster the EndpointSlice
@@ -665,7 +666,7 @@ impl ClusterState {
                 .map(|(_, rp)| rp.as_ref())
                 .filter(|rp| rp.policy.pod_selector.matches(&pod.labels))
                 .collect();
-            let table = assemble_table(pod, &selecting, self.no_peer_names.clone());
+            let table = assemble_table(pod, &selecting);
             applied.tables_assembled += 1;
             if self.tables.get(&key).map(|t| t.as_ref()) != Some(&table) {
                 let table = Arc::new(table);

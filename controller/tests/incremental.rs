@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use portcullis_controller::state::{Change, ClusterState};
@@ -291,7 +290,8 @@ impl Model {
             .collect()
     }
 
-    fn oracle(&self) -> BTreeMap<String, PodTable> {
+    /// A from-scratch compile: its tables, and the peer names it returns beside them.
+    fn oracle(&self) -> (BTreeMap<String, PodTable>, BTreeMap<IpAddr, String>) {
         let mut cluster = Cluster::new();
         for ns in self.namespaces.values() {
             cluster.add_namespace(ns.clone());
@@ -302,18 +302,14 @@ impl Model {
         for p in self.policies.values() {
             cluster.add_policy(p.clone(), None);
         }
-        compile(&cluster)
+        let compiled = compile(&cluster);
+        let tables = compiled
             .tables
             .into_iter()
-            .map(|(k, t)| (k, without_peer_names(&t)))
-            .collect()
+            .map(|(k, t)| (k, PodTable::clone(&t)))
+            .collect();
+        (tables, BTreeMap::clone(&compiled.peer_names))
     }
-}
-
-fn without_peer_names(t: &PodTable) -> PodTable {
-    let mut t = t.clone();
-    t.known_pods = Arc::new(BTreeMap::new());
-    t
 }
 
 fn served(state: &ClusterState) -> BTreeMap<String, PodTable> {
@@ -338,7 +334,12 @@ proptest! {
             let applied = state.apply(changes);
             prop_assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
             let after = served(&state);
-            prop_assert_eq!(&after, &model.oracle(), "after batch {:?}", batch);
+            let (tables, peer_names) = model.oracle();
+            prop_assert_eq!(&after, &tables, "after batch {:?}", batch);
+            // The names the controller streams are the ones compile returns beside the tables.
+            let streamed: BTreeMap<IpAddr, String> =
+                state.peer_names().iter().map(|(ip, k)| (*ip, k.clone())).collect();
+            prop_assert_eq!(&streamed, &peer_names, "peer names after batch {:?}", batch);
 
             // Exactly the pods whose table changed were reported, each once.
             let mut reported: Vec<&String> = applied.changed.iter().map(|(k, _)| k).collect();

@@ -5,7 +5,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_netns::testing::{in_ns, restore, sh};
@@ -17,84 +16,31 @@ const PEER4_SKIPPED: &str = "10.215.0.3";
 const POD6: &str = "fd00:215::1";
 const PEER6: &str = "fd00:215::2";
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// The pod and peer namespaces (deleted on drop), with the init-specific steps.
+struct Pair(portcullis_netns::testing::Pair);
 
-struct Pair {
-    pod: String,
-    peer: String,
-    /// The veth ends: in the pod, in the peer.
-    pod_dev: String,
-    peer_dev: String,
-}
+impl std::ops::Deref for Pair {
+    type Target = portcullis_netns::testing::Pair;
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.pod, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl Pair {
     fn new() -> Pair {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests create network namespaces and iptables rules: run them as root \
-             (sudo ./scripts/test.sh)"
+        portcullis_netns::testing::require_root(
+            "these tests create network namespaces and iptables rules (sudo ./scripts/test.sh)",
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", std::process::id());
-        let tag = std::process::id() % 100000;
-        let (a, b) = (format!("pia{n}x{tag}"), format!("pib{n}x{tag}"));
-        let pair = Pair {
-            pod: format!("pc-init-{id}-pod"),
-            peer: format!("pc-init-{id}-peer"),
-            pod_dev: a.clone(),
-            peer_dev: b.clone(),
-        };
-        sh(&["ip", "netns", "add", &pair.pod]);
-        sh(&["ip", "netns", "add", &pair.peer]);
-        sh(&[
-            "ip", "link", "add", &a, "netns", &pair.pod, "type", "veth", "peer", "name", &b,
-            "netns", &pair.peer,
-        ]);
-        for (ns, dev, v4, v6) in [(&pair.pod, &a, POD4, POD6), (&pair.peer, &b, PEER4, PEER6)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip",
-            "-n",
-            &pair.peer,
-            "addr",
-            "add",
-            &format!("{PEER4_SKIPPED}/24"),
-            "dev",
-            &b,
-        ]);
-        pair
+        Pair(portcullis_netns::testing::Pair::new(
+            "pc-init",
+            &[&format!("{POD4}/24"), &format!("{POD6}/64")],
+            &[
+                &format!("{PEER4}/24"),
+                &format!("{PEER6}/64"),
+                &format!("{PEER4_SKIPPED}/24"),
+            ],
+        ))
     }
 
     fn init(&self, args: &[&str]) -> Output {

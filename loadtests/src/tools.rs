@@ -57,17 +57,8 @@ fn wait_listening(ns: &str, port: u16, what: &str) -> Result<()> {
 fn wait_udp_bound(ns: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "ss",
-                "-Hlun",
-                &format!("sport = :{port}"),
-            ])
-            .output()?;
-        if !out.stdout.is_empty() {
+        let out = portcullis_netns::exec_in(ns, "ss", &["-Hlun", &format!("sport = :{port}")])?;
+        if !out.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {

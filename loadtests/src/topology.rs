@@ -377,17 +377,7 @@ fn set_world_readable(dir: &Path) -> Result<()> {
 
 /// The pid of the process listening on `port` in `ns` (from `ss`).
 pub fn pid_of_listener(ns: &str, port: u16) -> Result<u32> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ss",
-            "-Hltnp",
-            &format!("sport = :{port}"),
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = netns::exec_in(ns, "ss", &["-Hltnp", &format!("sport = :{port}")])?;
     text.split("pid=")
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())

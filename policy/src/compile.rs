@@ -227,13 +227,8 @@ fn resolve_named_egress(
 }
 
 /// Builds one pod's table from the resolved policies that select it (any order).
-pub fn assemble_table(
-    pod: &PodInfo,
-    selecting: &[&ResolvedPolicy],
-    known_pods: Arc<BTreeMap<IpAddr, String>>,
-) -> PodTable {
+pub fn assemble_table(pod: &PodInfo, selecting: &[&ResolvedPolicy]) -> PodTable {
     let mut table = PodTable::unrestricted(&pod.namespace, &pod.name, pod.ips.clone(), pod.host_ip);
-    table.known_pods = known_pods;
     if pod.host_network {
         // NetworkPolicy does not apply to hostNetwork pods; Portcullis never injects them.
         return table;
@@ -289,15 +284,26 @@ fn direction_table(
 pub struct CompiledCluster {
     /// Tables by `namespace/name`.
     pub tables: BTreeMap<String, Arc<PodTable>>,
+    /// Which pod owns each address, to name peers in audit lines: beside the tables, not in them
+    /// (the proxy keeps them in one place, whether they come from here or from the controller).
+    pub peer_names: Arc<PeerNames>,
     /// Objects that were rejected; everything else compiled.
     pub errors: Vec<ObjectError>,
     pub pods: Vec<PodInfo>,
     pub policies: Vec<ResolvedPolicy>,
 }
 
+/// Pod names (`namespace/name`) by address.
+pub type PeerNames = BTreeMap<IpAddr, String>;
+
 impl CompiledCluster {
     pub fn table(&self, key: &str) -> Option<&Arc<PodTable>> {
         self.tables.get(key)
+    }
+
+    /// `namespace/name` of the pod that owns `ip`, if one does.
+    pub fn peer_name(&self, ip: IpAddr) -> Option<&str> {
+        self.peer_names.get(&ip.to_canonical()).map(String::as_str)
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodInfo> {
@@ -355,20 +361,16 @@ pub fn compile(cluster: &Cluster) -> CompiledCluster {
             selecting[i].push(rp);
         }
     }
-    let known_pods = Arc::new(known_pods(&cluster_pods));
+    let peer_names = Arc::new(known_pods(&cluster_pods));
     let tables = cluster_pods
         .iter()
         .zip(&selecting)
-        .map(|(pod, sel)| {
-            (
-                pod.key(),
-                Arc::new(assemble_table(pod, sel, known_pods.clone())),
-            )
-        })
+        .map(|(pod, sel)| (pod.key(), Arc::new(assemble_table(pod, sel))))
         .collect();
     drop(selecting);
     CompiledCluster {
         tables,
+        peer_names,
         errors,
         pods: cluster_pods,
         policies: resolved,
@@ -377,7 +379,7 @@ pub fn compile(cluster: &Cluster) -> CompiledCluster {
 
 /// Pod names by address, for naming peers. hostNetwork pods share their node's address, so they
 /// do not name it.
-pub fn known_pods(pods: &[PodInfo]) -> BTreeMap<IpAddr, String> {
+pub fn known_pods(pods: &[PodInfo]) -> PeerNames {
     pods.iter()
         .filter(|p| p.selectable())
         .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p.key())))

@@ -3,7 +3,6 @@
 //! A table holds no label selectors: every peer is an [`IpSet`] resolved at compile time, every
 //! port a numeric range, so a lookup is a few range checks and binary searches.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,9 +22,21 @@ pub struct PodTable {
     pub host_ip: Option<IpAddr>,
     pub ingress: DirectionTable,
     pub egress: DirectionTable,
-    /// Pod names by IP, to name peers in audit logs. Shared between the tables of one compile.
-    #[serde(default)]
-    pub known_pods: Arc<BTreeMap<IpAddr, String>>,
+    /// Wire version 1 once carried peer names here (`known_pods`, always empty on the wire: the
+    /// controller streams them apart). Still accepted from such a controller and ignored, never
+    /// written: peer names travel beside the tables ([`crate::compile::PeerNames`]).
+    #[serde(default, skip_serializing, rename = "known_pods")]
+    retired_known_pods: Retired,
+}
+
+/// A retired field: whatever it holds is read and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Retired;
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Retired)
+    }
 }
 
 /// The rules of every policy that selects the pod for one direction.
@@ -106,7 +117,7 @@ impl PodTable {
             host_ip,
             ingress: DirectionTable::open(),
             egress: DirectionTable::open(),
-            known_pods: Arc::default(),
+            retired_known_pods: Retired,
         }
     }
 
@@ -150,11 +161,6 @@ impl PodTable {
             }
         };
         Verdict { direction, reason }
-    }
-
-    /// `namespace/name` of the pod that owns `ip`, when the table knows it.
-    pub fn pod_name(&self, ip: IpAddr) -> Option<&str> {
-        self.known_pods.get(&canonical(ip)).map(String::as_str)
     }
 }
 

@@ -223,10 +223,7 @@ fn verdict_names_the_policy_and_rule_that_allowed() {
             .reason,
         Reason::NotIsolated
     );
-    assert_eq!(
-        c.table("x/a").unwrap().pod_name(ip("10.0.0.2")),
-        Some("x/b")
-    );
+    assert_eq!(c.peer_name(ip("10.0.0.2")), Some("x/b"));
 }
 
 #[test]
@@ -303,4 +300,31 @@ fn policies_are_a_union_across_namespaces_selectors() {
         !ingress(&c, "x/a", "10.0.2.1", 80),
         "z/d: db but neither blue nor in x"
     );
+}
+
+#[test]
+fn compile_returns_peer_names_beside_the_tables_not_in_them() {
+    let mut node_agent = pod("kube-system", "agent", "192.168.0.7", "app: agent");
+    node_agent = node_agent.replace("spec:\n", "spec:\n  hostNetwork: true\n");
+    let c = cluster(&[
+        pod("x", "a", "10.0.0.1", "app: a"),
+        pod("y", "b", "10.0.0.2", "app: b"),
+        node_agent,
+    ]);
+    assert_eq!(c.peer_name(ip("10.0.0.1")), Some("x/a"));
+    assert_eq!(c.peer_name(ip("10.0.0.2")), Some("y/b"));
+    // An IPv4 peer seen through a dual-stack socket is the same pod.
+    assert_eq!(c.peer_name(ip("::ffff:10.0.0.2")), Some("y/b"));
+    // hostNetwork pods share their node's address: they do not name it.
+    assert_eq!(c.peer_name(ip("192.168.0.7")), None);
+    assert_eq!(c.peer_name(ip("10.9.9.9")), None);
+    // The tables carry no names: the JSON a controller serves has no `known_pods`.
+    let table = serde_json::to_value(&**c.table("x/a").unwrap()).unwrap();
+    assert!(table.get("known_pods").is_none(), "{table}");
+    // A table from a controller of the same wire version that still sent the (empty) field is
+    // read as before.
+    let mut old = table.clone();
+    old["known_pods"] = serde_json::json!({});
+    let read: portcullis_policy::PodTable = serde_json::from_value(old).unwrap();
+    assert_eq!(&read, &**c.table("x/a").unwrap());
 }

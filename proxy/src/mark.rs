@@ -17,40 +17,26 @@ use tokio::net::TcpSocket;
 
 static MARK: OnceLock<Option<u32>> = OnceLock::new();
 
-/// Why the proxy cannot use `--proxy-mark`.
-#[derive(Debug)]
+/// Why the proxy cannot use `--proxy-mark`. (The I/O error is part of the message, not a
+/// `source`, so that a report prints it once.)
+#[derive(Debug, thiserror::Error)]
 pub enum MarkError {
     /// Setting `SO_MARK` was refused: no CAP_NET_ADMIN.
-    NoCapability { mark: u32, source: io::Error },
+    #[error(
+        "--proxy-mark {mark:#x} (PORTCULLIS_PROXY_MARK) needs CAP_NET_ADMIN to set SO_MARK on the \
+         proxy's sockets, and this process cannot ({error}); without the mark portcullis-init's \
+         rules would redirect the proxy's own connections into itself. Give the proxy NET_ADMIN \
+         (the injector does when UDP is enforced) or unset PORTCULLIS_PROXY_MARK in both the \
+         init container and the proxy"
+    )]
+    NoCapability { mark: u32, error: io::Error },
     /// Any other failure of the check.
-    Socket { mark: u32, source: io::Error },
+    #[error("cannot check --proxy-mark {mark:#x}: {error}")]
+    Socket { mark: u32, error: io::Error },
     /// [`install`] was called twice with different marks.
+    #[error("--proxy-mark is already {old:?} in this process, not {new:?}")]
     Conflict { old: Option<u32>, new: Option<u32> },
 }
-
-impl std::fmt::Display for MarkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MarkError::NoCapability { mark, source } => write!(
-                f,
-                "--proxy-mark {mark:#x} (PORTCULLIS_PROXY_MARK) needs CAP_NET_ADMIN to set \
-                 SO_MARK on the proxy's sockets, and this process cannot ({source}); without the \
-                 mark portcullis-init's rules would redirect the proxy's own connections into \
-                 itself. Give the proxy NET_ADMIN (the injector does when UDP is enforced) or \
-                 unset PORTCULLIS_PROXY_MARK in both the init container and the proxy"
-            ),
-            MarkError::Socket { mark, source } => {
-                write!(f, "cannot check --proxy-mark {mark:#x}: {source}")
-            }
-            MarkError::Conflict { old, new } => write!(
-                f,
-                "--proxy-mark is already {old:?} in this process, not {new:?}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for MarkError {}
 
 /// A packet mark: `0x1000` (hex) or `4096` (decimal), not 0 (the same rules as
 /// `portcullis-init --proxy-mark`).
@@ -78,13 +64,13 @@ pub fn install(mark: Option<u32>) -> Result<(), MarkError> {
 /// Whether this process can set `mark` on a socket.
 pub fn check(mark: u32) -> Result<(), MarkError> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .map_err(|source| MarkError::Socket { mark, source })?;
+        .map_err(|error| MarkError::Socket { mark, error })?;
     match socket.set_mark(mark) {
         Ok(()) => Ok(()),
-        Err(source) if source.raw_os_error() == Some(nix::libc::EPERM) => {
-            Err(MarkError::NoCapability { mark, source })
+        Err(error) if error.raw_os_error() == Some(nix::libc::EPERM) => {
+            Err(MarkError::NoCapability { mark, error })
         }
-        Err(source) => Err(MarkError::Socket { mark, source }),
+        Err(error) => Err(MarkError::Socket { mark, error }),
     }
 }
 
@@ -164,7 +150,7 @@ mod tests {
     fn the_error_without_the_capability_says_what_is_needed() {
         let e = MarkError::NoCapability {
             mark: 0x1000,
-            source: io::Error::from_raw_os_error(nix::libc::EPERM),
+            error: io::Error::from_raw_os_error(nix::libc::EPERM),
         };
         let text = e.to_string();
         assert!(text.contains("--proxy-mark 0x1000"), "{text}");

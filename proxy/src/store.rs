@@ -75,7 +75,8 @@ impl Services {
 
 pub struct PolicyStore {
     current: ArcSwapOption<Snapshot>,
-    /// Peer names streamed by the controller (its tables carry none, see `peer_name`).
+    /// Peer names: streamed by the controller beside the tables, or compiled from
+    /// `--policy-dir` beside the table (tables carry none).
     peer_names: ArcSwap<BTreeMap<IpAddr, String>>,
     /// Services, from the controller or the policy directory.
     services: ArcSwap<Services>,
@@ -106,14 +107,11 @@ impl PolicyStore {
         self.current.load_full()
     }
 
-    /// The pod (`namespace/name`) that owns a peer address, for audit lines and metrics: from
-    /// the table when it names peers (`--policy-dir` compiles them in), else from the names the
-    /// controller streams beside the tables.
-    pub fn peer_name(&self, table: &PodTable, ip: IpAddr) -> Option<String> {
-        match table.pod_name(ip) {
-            Some(name) => Some(name.to_string()),
-            None => self.peer_names.load().get(&ip.to_canonical()).cloned(),
-        }
+    /// The pod (`namespace/name`) that owns a peer address, for audit lines and metrics, from
+    /// the one place peer names are kept, whichever source filled it. (`_table` is no longer
+    /// read: the names travel beside the tables; kept so that callers stay as they are.)
+    pub fn peer_name(&self, _table: &PodTable, ip: IpAddr) -> Option<String> {
+        self.peer_names.load().get(&ip.to_canonical()).cloned()
     }
 
     pub fn set_peer_names(&self, names: Arc<BTreeMap<IpAddr, String>>) {

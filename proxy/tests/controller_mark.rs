@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use portcullis_netns::testing::{in_ns, sh};
+use portcullis_netns::testing::{in_ns, sh, Pair};
 
 const POD_IP: &str = "10.218.0.1";
 const PEER_IP: &str = "10.218.0.2";
@@ -24,6 +24,8 @@ struct Setup {
     peer_ns: String,
     dir: PathBuf,
     children: Vec<Child>,
+    /// The pod and peer namespaces; dropped (deleted) after the children are stopped.
+    _pair: Pair,
 }
 
 impl Drop for Setup {
@@ -31,9 +33,6 @@ impl Drop for Setup {
         for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for ns in [&self.pod_ns, &self.peer_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = fs::remove_dir_all(format!("/etc/netns/{}", self.pod_ns));
         if std::thread::panicking() {
@@ -54,38 +53,22 @@ impl Setup {
             nix::unistd::geteuid().is_root(),
             "this test creates network namespaces and iptables rules: run it as root"
         );
-        let id = std::process::id();
-        let dir = std::env::temp_dir().join(format!("pc-proxy-cm-{id}"));
+        let pair = Pair::new(
+            "pc-proxy-cm",
+            &[&format!("{POD_IP}/24")],
+            &[&format!("{PEER_IP}/24")],
+        );
+        let dir = std::env::temp_dir().join(format!("pc-proxy-cm-{}", pair.id));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("mkdir");
         let setup = Setup {
-            pod_ns: format!("pc-proxy-cm-{id}-pod"),
-            peer_ns: format!("pc-proxy-cm-{id}-peer"),
+            pod_ns: pair.pod.clone(),
+            peer_ns: pair.peer.clone(),
             dir,
             children: Vec::new(),
+            _pair: pair,
         };
-        let (pod, peer) = (&setup.pod_ns, &setup.peer_ns);
-        sh(&["ip", "netns", "add", pod]);
-        sh(&["ip", "netns", "add", peer]);
-        let (a, b) = (format!("pcm{}", id % 100000), format!("pcn{}", id % 100000));
-        sh(&[
-            "ip", "link", "add", &a, "netns", pod, "type", "veth", "peer", "name", &b, "netns",
-            peer,
-        ]);
-        for (ns, dev, ip) in [(pod, &a, POD_IP), (peer, &b, PEER_IP)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
+        let pod = &setup.pod_ns;
         // The pod's /etc/resolv.conf as the kubelet writes it (`ip netns exec` mounts it).
         let etc = format!("/etc/netns/{pod}");
         fs::create_dir_all(&etc).expect("mkdir /etc/netns");

@@ -6,13 +6,16 @@
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use portcullis_netns::testing::{admin, in_ns, restore, sh};
+#[macro_use]
+mod support;
+
+use portcullis_netns::testing::{in_ns, restore, sh, Pair};
 use socket2::{Domain, Socket, Type};
+use support::ProxyUnderTest;
 
 const POD_IP: &str = "10.216.0.1";
 const PEER_IP: &str = "10.216.0.2";
@@ -22,8 +25,6 @@ const ALLOWED: u16 = 5353;
 const DENIED: u16 = 5354;
 const SCTP_ALLOWED: u16 = 38412;
 const SCTP_DENIED: u16 = 38413;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -66,32 +67,17 @@ spec:
     ports: [{port: 5353, protocol: UDP}, {port: 38412, protocol: SCTP}]
 "#;
 
+/// The pod namespace with the proxy, the peer namespace, and everything removed on drop (the
+/// proxy first, then the namespaces).
 struct Setup {
+    /// The proxy, its policy directory and log (`support`), reached through `Deref`.
+    under: ProxyUnderTest,
     pod_ns: String,
     peer_ns: String,
-    dir: PathBuf,
-    log: PathBuf,
-    proxy: Option<Child>,
+    _pair: Pair,
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        for ns in [&self.pod_ns, &self.peer_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "proxy log:\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
+deref_to_proxy_under_test!(Setup);
 
 /// How the proxy is started.
 struct Start<'a> {
@@ -118,53 +104,18 @@ impl Setup {
             nix::unistd::geteuid().is_root(),
             "these tests create network namespaces and iptables rules: run them as root"
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("pc-proxy-udp-{id}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("policy")).expect("mkdir");
+        let pair = Pair::new(
+            "pc-proxy-udp",
+            &[&format!("{POD_IP}/24"), &format!("{POD_IP6}/64")],
+            &[&format!("{PEER_IP}/24"), &format!("{PEER_IP6}/64")],
+        );
+        let pod = pair.pod.clone();
         let mut setup = Setup {
-            pod_ns: format!("pc-proxy-udp-{id}-pod"),
-            peer_ns: format!("pc-proxy-udp-{id}-peer"),
-            log: dir.join("proxy.log"),
-            dir,
-            proxy: None,
+            under: ProxyUnderTest::prepare(&pod, "pc-proxy-udp", &pair.id, BASE, manifests),
+            pod_ns: pair.pod.clone(),
+            peer_ns: pair.peer.clone(),
+            _pair: pair,
         };
-        let (pod, peer) = (setup.pod_ns.clone(), setup.peer_ns.clone());
-        sh(&["ip", "netns", "add", &pod]);
-        sh(&["ip", "netns", "add", &peer]);
-        let tag = std::process::id() % 100000;
-        let (a, b) = (format!("pcu{n}x{tag}"), format!("pcv{n}x{tag}"));
-        sh(&[
-            "ip", "link", "add", &a, "netns", &pod, "type", "veth", "peer", "name", &b, "netns",
-            &peer,
-        ]);
-        for (ns, dev, v4, v6) in [(&pod, &a, POD_IP, POD_IP6), (&peer, &b, PEER_IP, PEER_IP6)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         if start.queue_rules {
             // Exactly what portcullis-init installs (TCP redirect and UDP/SCTP queue), from its
             // own rule generator.
@@ -182,91 +133,36 @@ impl Setup {
                 &portcullis_init::rules::install(&cfg, Family::V6, ""),
             );
         }
-        setup.write_policy("000-base.yaml", BASE);
-        for (i, m) in manifests.iter().enumerate() {
-            setup.write_policy(&format!("{:03}-policy.yaml", i + 1), m);
-        }
         setup.start_proxy(&start);
         setup
     }
 
     fn start_proxy(&mut self, start: &Start) {
-        let log = fs::File::create(&self.log).expect("log");
         let caps = if start.net_admin {
             "-all,+net_admin"
         } else {
             "-all"
         };
         let mut binary = PathBuf::from(env!("CARGO_BIN_EXE_portcullis-proxy"));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.pod_ns, "setpriv"]).args([
-            "--reuid=2171",
-            "--regid=2171",
-            "--clear-groups",
-        ]);
+        let mut cmd = self.command();
         if start.file_capability {
             let copy = self.dir.join("portcullis-proxy");
             fs::copy(&binary, &copy).expect("copy the proxy");
             sh(&["setcap", "cap_net_admin+p", &copy.to_string_lossy()]);
             sh(&["chmod", "-R", "a+rX", &self.dir.to_string_lossy()]);
             binary = copy;
-            cmd.args(["--inh-caps=-all", "--bounding-set=-all,+net_admin"]);
+            cmd.arg("setpriv");
+            ProxyUnderTest::as_proxy_uid(&mut cmd);
+            cmd.args(["--inh-caps=-all", "--bounding-set=-all,+net_admin", "--"]);
         } else {
-            cmd.arg(format!("--inh-caps={caps}"))
-                .arg(format!("--ambient-caps={caps}"))
-                .arg(format!("--bounding-set={caps}"));
+            ProxyUnderTest::as_proxy_user(&mut cmd, caps);
         }
-        cmd.arg("--")
-            .arg(binary)
+        cmd.arg(binary)
             .arg("--policy-dir")
             .arg(self.dir.join("policy"))
             .args(["--policy-poll-interval", "100ms"])
-            .args(start.proxy_args)
-            .env("POD_NAME", "server")
-            .env("POD_NAMESPACE", "x")
-            .env("POD_IPS", format!("{POD_IP},{POD_IP6}"))
-            .env("HOST_IP", "10.216.0.254")
-            .env("PORTCULLIS_LOG", "info")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        self.proxy = Some(cmd.spawn().expect("start portcullis-proxy"));
-    }
-
-    fn write_policy(&self, name: &str, text: &str) {
-        fs::write(self.dir.join("policy").join(name), text).expect("write manifest");
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&self.dir)
-            .status()
-            .expect("chmod");
-    }
-
-    fn remove_policy(&self, name: &str) {
-        fs::remove_file(self.dir.join("policy").join(name)).expect("remove manifest");
-    }
-
-    fn admin(&self, path: &str) -> (u16, String) {
-        admin::get(&self.pod_ns, path)
-    }
-
-    fn wait_for(&self, what: &str, ok: impl FnMut() -> bool) {
-        admin::wait_for(what, ok)
-    }
-
-    fn wait_ready(&self) {
-        self.wait_for("/ready to answer 200", || self.admin("/ready").0 == 200);
-    }
-
-    fn generation(&self) -> u64 {
-        admin::generation(&self.pod_ns)
-    }
-
-    fn log_lines(&self, event: &str) -> Vec<serde_json::Value> {
-        admin::events(&self.log, event)
-    }
-
-    fn metric(&self, parts: &[&str]) -> f64 {
-        admin::metric(&self.admin("/metrics").1, parts)
+            .args(start.proxy_args);
+        self.spawn(cmd, &format!("{POD_IP},{POD_IP6}"), "10.216.0.254");
     }
 
     /// Packets the NFQUEUE rules of a chain have sent to the queue.

@@ -5,13 +5,16 @@
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_netns::testing::{admin, in_ns, sh};
+#[macro_use]
+mod support;
+
+use portcullis_netns::testing::{in_ns, ip_in, sh, veth, Pair, TestNamespace};
+use support::ProxyUnderTest;
 
 const POD_IP: &str = "10.214.0.1";
 const PEER_IP: &str = "10.214.0.2";
@@ -32,8 +35,6 @@ const APP_PORT: u16 = 8080;
 const OTHER_APP_PORT: u16 = 9090;
 const PEER_PORT: u16 = 7070;
 const OTHER_PEER_PORT: u16 = 7071;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -92,42 +93,24 @@ fn require_root() {
     );
 }
 
-/// A pod namespace with the proxy, a peer namespace, and everything removed on drop.
+/// A pod namespace with the proxy, a peer namespace, and everything removed on drop (the
+/// proxy first, then the namespaces).
 struct Setup {
+    /// The proxy, its policy directory and log (`support`), reached through `Deref`.
+    under: ProxyUnderTest,
     pod_ns: String,
     peer_ns: String,
     /// The pod's end of the veth pair.
     veth_pod: String,
     /// The peer's end of the veth pair (its index scopes link-local addresses in the peer).
     veth_peer: String,
-    /// Removed like the other two; made by `add_neighbour`.
+    /// Made by `add_neighbour`; removed like the other two.
     neighbour_ns: String,
-    dir: PathBuf,
-    log: PathBuf,
-    proxy: Option<Child>,
+    neighbour: std::cell::OnceCell<TestNamespace>,
+    _pair: Pair,
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        for ns in [&self.pod_ns, &self.peer_ns, &self.neighbour_ns] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "proxy log:\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
+deref_to_proxy_under_test!(Setup);
 
 /// Where the proxy under test gets its table.
 enum Source {
@@ -160,62 +143,31 @@ impl Setup {
         source: Source,
     ) -> Setup {
         require_root();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("pc-proxy-test-{id}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("policy")).expect("mkdir");
-        let veth_peer = format!("pcq{n}x{}", std::process::id() % 100000);
-        let veth_pod = format!("pcp{n}x{}", std::process::id() % 100000);
+        let pair = Pair::new(
+            "pc-proxy",
+            &[
+                &format!("{POD_IP}/24"),
+                &format!("{POD_IP6}/64"),
+                &format!("{POD_LINK_LOCAL}/64"),
+            ],
+            &[
+                &format!("{PEER_IP}/24"),
+                &format!("{PEER_IP6}/64"),
+                &format!("{PEER_LINK_LOCAL}/64"),
+            ],
+        );
+        let id = pair.id.clone();
+        let (pod, veth_pod) = (pair.pod.clone(), pair.pod_dev.clone());
         let mut setup = Setup {
-            pod_ns: format!("pc-proxy-{id}-pod"),
-            peer_ns: format!("pc-proxy-{id}-peer"),
-            veth_pod: veth_pod.clone(),
-            veth_peer: veth_peer.clone(),
+            under: ProxyUnderTest::prepare(&pod, "pc-proxy-test", &id, BASE, manifests),
+            pod_ns: pair.pod.clone(),
+            peer_ns: pair.peer.clone(),
+            veth_pod: pair.pod_dev.clone(),
+            veth_peer: pair.peer_dev.clone(),
             neighbour_ns: format!("pc-proxy-{id}-nb"),
-            log: dir.join("proxy.log"),
-            dir,
-            proxy: None,
+            neighbour: std::cell::OnceCell::new(),
+            _pair: pair,
         };
-        let (pod, peer) = (setup.pod_ns.clone(), setup.peer_ns.clone());
-        sh(&["ip", "netns", "add", &pod]);
-        sh(&["ip", "netns", "add", &peer]);
-        sh(&[
-            "ip", "link", "add", &veth_pod, "netns", &pod, "type", "veth", "peer", "name",
-            &veth_peer, "netns", &peer,
-        ]);
-        for (ns, dev, ip) in [(&pod, &veth_pod, POD_IP), (&peer, &veth_peer, PEER_IP)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        for (ns, dev, ips) in [
-            (&pod, &veth_pod, [POD_IP6, POD_LINK_LOCAL]),
-            (&peer, &veth_peer, [PEER_IP6, PEER_LINK_LOCAL]),
-        ] {
-            for ip in ips {
-                sh(&[
-                    "ip",
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-            }
-        }
         for (restore, loopback) in [
             ("iptables-restore", "127.0.0.0/8"),
             ("ip6tables-restore", "::1/128"),
@@ -232,28 +184,13 @@ impl Setup {
             portcullis_netns::testing::restore(&pod, restore, &rules);
         }
 
-        setup.write_policy("000-base.yaml", BASE);
-        for (i, m) in manifests.iter().enumerate() {
-            setup.write_policy(&format!("{:03}-policy.yaml", i + 1), m);
-        }
-        let log = fs::File::create(&setup.log).expect("log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod]);
+        let mut cmd = setup.command();
         if let Some(n) = nofile {
             cmd.args(["prlimit", &format!("--nofile={n}:{n}"), "--"]);
         }
-        cmd.args([
-            "setpriv",
-            "--reuid=2171",
-            "--regid=2171",
-            "--clear-groups",
-            // Only CAP_NET_ADMIN, ambient, as the injector runs it (for the UDP/SCTP queue).
-            "--inh-caps=-all,+net_admin",
-            "--ambient-caps=-all,+net_admin",
-            "--bounding-set=-all,+net_admin",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_portcullis-proxy"));
+        // Only CAP_NET_ADMIN, ambient, as the injector runs it (for the UDP/SCTP queue).
+        ProxyUnderTest::as_proxy_user(&mut cmd, "-all,+net_admin");
+        cmd.arg(env!("CARGO_BIN_EXE_portcullis-proxy"));
         match source {
             Source::Dir => {
                 cmd.arg("--policy-dir")
@@ -266,55 +203,9 @@ impl Setup {
                     .arg(setup.dir.join("no-token"));
             }
         }
-        cmd.args(proxy_args)
-            .env("POD_NAME", "server")
-            .env("POD_NAMESPACE", "x")
-            .env("POD_IPS", format!("{POD_IP},{POD_IP6}"))
-            .env("HOST_IP", "10.214.0.254")
-            .env("PORTCULLIS_LOG", "info")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        setup.proxy = Some(cmd.spawn().expect("start portcullis-proxy"));
+        cmd.args(proxy_args);
+        setup.spawn(cmd, &format!("{POD_IP},{POD_IP6}"), "10.214.0.254");
         setup
-    }
-
-    fn write_policy(&self, name: &str, text: &str) {
-        let path = self.dir.join("policy").join(name);
-        fs::write(&path, text).expect("write manifest");
-        // The proxy runs as UID 2171 and must read it.
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&self.dir)
-            .status()
-            .expect("chmod");
-    }
-
-    fn remove_policy(&self, name: &str) {
-        fs::remove_file(self.dir.join("policy").join(name)).expect("remove manifest");
-    }
-
-    fn admin(&self, path: &str) -> (u16, String) {
-        admin::get(&self.pod_ns, path)
-    }
-
-    fn wait_for(&self, what: &str, ok: impl FnMut() -> bool) {
-        admin::wait_for(what, ok)
-    }
-
-    fn wait_ready(&self) {
-        self.wait_for("/ready to answer 200", || self.admin("/ready").0 == 200);
-    }
-
-    fn generation(&self) -> u64 {
-        admin::generation(&self.pod_ns)
-    }
-
-    fn audit_lines(&self, event: &str) -> Vec<serde_json::Value> {
-        admin::events(&self.log, event)
-    }
-
-    fn metric(&self, parts: &[&str]) -> f64 {
-        admin::metric(&self.admin("/metrics").1, parts)
     }
 
     /// An echo server inside the pod (or the peer) namespace, on `[::]` (IPv4 and IPv6).
@@ -336,86 +227,32 @@ impl Setup {
     /// peer routes the neighbour's addresses via the pod, as a hostile pod on the node can.
     fn add_neighbour(&self) -> Arc<AtomicUsize> {
         let (pod, nb) = (&self.pod_ns, &self.neighbour_ns);
-        sh(&["ip", "netns", "add", nb]);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let (near, far) = (
-            format!("pcn{n}x{}", std::process::id() % 100000),
-            format!("pcm{n}x{}", std::process::id() % 100000),
+        self.neighbour
+            .set(TestNamespace::create(nb))
+            .expect("one neighbour");
+        veth(
+            pod,
+            &[
+                &format!("{NEIGHBOUR_SIDE_IP}/24"),
+                &format!("{NEIGHBOUR_SIDE_IP6}/64"),
+            ],
+            nb,
+            &[
+                &format!("{NEIGHBOUR_IP}/24"),
+                &format!("{NEIGHBOUR_IP6}/64"),
+            ],
         );
-        sh(&[
-            "ip", "link", "add", &near, "netns", pod, "type", "veth", "peer", "name", &far,
-            "netns", nb,
-        ]);
-        for (ns, dev, v4, v6) in [
-            (pod, &near, NEIGHBOUR_SIDE_IP, NEIGHBOUR_SIDE_IP6),
-            (nb, &far, NEIGHBOUR_IP, NEIGHBOUR_IP6),
-        ] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&[
-            "ip",
-            "-n",
+        ip_in(nb, &["route", "add", "default", "via", NEIGHBOUR_SIDE_IP]);
+        ip_in(
             nb,
-            "route",
-            "add",
-            "default",
-            "via",
-            NEIGHBOUR_SIDE_IP,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            nb,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            NEIGHBOUR_SIDE_IP6,
-        ]);
+            &["-6", "route", "add", "default", "via", NEIGHBOUR_SIDE_IP6],
+        );
         let peer = &self.peer_ns;
-        sh(&[
-            "ip",
-            "-n",
+        ip_in(peer, &["route", "add", "10.214.1.0/24", "via", POD_IP]);
+        ip_in(
             peer,
-            "route",
-            "add",
-            "10.214.1.0/24",
-            "via",
-            POD_IP,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            peer,
-            "-6",
-            "route",
-            "add",
-            "fd14:215::/64",
-            "via",
-            POD_IP6,
-        ]);
+            &["-6", "route", "add", "fd14:215::/64", "via", POD_IP6],
+        );
         let reached = Arc::new(AtomicUsize::new(0));
         let listener = in_ns(nb, move || TcpListener::bind(("::", NEIGHBOUR_PORT))).expect("bind");
         let count = reached.clone();
@@ -527,10 +364,10 @@ fn inbound_allowed_carries_data_and_denied_is_reset_with_one_audit_line() {
         "denied connection must be reset"
     );
     t.wait_for("the denial audit line", || {
-        !t.audit_lines("connection_denied").is_empty()
+        !t.log_lines("connection_denied").is_empty()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let lines = t.audit_lines("connection_denied");
+    let lines = t.log_lines("connection_denied");
     assert_eq!(lines.len(), 1, "exactly one audit line: {lines:?}");
     let line = &lines[0];
     assert_eq!(line["direction"], "ingress");
@@ -607,9 +444,9 @@ fn a_policy_change_applies_to_new_connections_and_revokes_denied_established_one
     );
     assert!(revoked_at.elapsed() < Duration::from_secs(2));
     t.wait_for("the termination line", || {
-        !t.audit_lines("connection_terminated").is_empty()
+        !t.log_lines("connection_terminated").is_empty()
     });
-    let line = &t.audit_lines("connection_terminated")[0];
+    let line = &t.log_lines("connection_terminated")[0];
     assert_eq!(line["dst"], format!("{POD_IP}:{APP_PORT}"));
     assert!(
         line["reason"]
@@ -637,9 +474,9 @@ fn outbound_connections_are_decided_by_the_egress_table() {
     assert_eq!(back, b"out<eof>");
     assert!(is_reset(t.connect_from_pod(OTHER_PEER_PORT)));
     t.wait_for("the egress denial line", || {
-        !t.audit_lines("connection_denied").is_empty()
+        !t.log_lines("connection_denied").is_empty()
     });
-    let line = &t.audit_lines("connection_denied")[0];
+    let line = &t.log_lines("connection_denied")[0];
     assert_eq!(line["direction"], "egress");
     assert_eq!(line["dst"], format!("{PEER_IP}:{OTHER_PEER_PORT}"));
     assert_eq!(line["peer_pod"], "client");
@@ -662,9 +499,9 @@ fn audit_mode_lets_denied_connections_through_and_says_so() {
         exchange(t.connect_from_peer(OTHER_APP_PORT).expect("connect"), b"x").expect("exchange");
     assert_eq!(back, b"x<eof>");
     t.wait_for("the would-deny line", || {
-        !t.audit_lines("connection_would_deny").is_empty()
+        !t.log_lines("connection_would_deny").is_empty()
     });
-    assert!(t.audit_lines("connection_denied").is_empty());
+    assert!(t.log_lines("connection_denied").is_empty());
     assert_eq!(
         t.metric(&[
             "portcullis_connections_total{",
@@ -741,7 +578,7 @@ fn sigterm_stops_accepting_and_drains_established_connections() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let stopped = t.audit_lines("stopped");
+    let stopped = t.log_lines("stopped");
     assert_eq!(stopped.len(), 1);
     assert_eq!(stopped[0]["drained"], true);
 }
@@ -814,7 +651,7 @@ fn a_descriptor_limit_below_max_connections_lowers_it_and_refuses_cleanly() {
     let t = Setup::with_nofile(&[ALLOW_CLIENT_ON_8080], &[], Some(1000));
     t.echo_server(true, APP_PORT);
     t.wait_ready();
-    let lowered = t.audit_lines("max_connections_lowered");
+    let lowered = t.log_lines("max_connections_lowered");
     assert_eq!(lowered.len(), 1, "one warning at start-up");
     assert_eq!(lowered[0]["max_connections"], 20_000);
     assert_eq!(lowered[0]["rlimit_nofile"], 1000);
@@ -913,11 +750,11 @@ fn refused(t: &Setup, reason: &str) -> f64 {
 /// Waits until a `connection_refused` line names `dst`, and returns it.
 fn refusal_line(t: &Setup, dst: &str) -> serde_json::Value {
     t.wait_for(&format!("a connection_refused line for {dst}"), || {
-        t.audit_lines("connection_refused")
+        t.log_lines("connection_refused")
             .iter()
             .any(|l| l["dst"] == dst)
     });
-    t.audit_lines("connection_refused")
+    t.log_lines("connection_refused")
         .into_iter()
         .find(|l| l["dst"] == dst)
         .expect("line")
@@ -1485,7 +1322,7 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
         ]) == 1.0
     });
     assert!(is_reset(t.connect_from_peer(APP_PORT)));
-    let rejected = t.audit_lines("stream_rejected");
+    let rejected = t.log_lines("stream_rejected");
     let reasons: Vec<&str> = rejected
         .iter()
         .map(|l| l["reason"].as_str().unwrap_or(""))
@@ -1643,7 +1480,7 @@ fn a_cluster_ip_is_judged_on_its_backends_and_only_allowed_ones_are_reached() {
         "{answered:?}"
     );
     assert!(answered.values().all(|n| *n >= 10), "spread: {answered:?}");
-    assert!(t.audit_lines("connection_denied").is_empty());
+    assert!(t.log_lines("connection_denied").is_empty());
     assert_eq!(
         t.metric(&[
             "portcullis_service_connections_total{",
@@ -1659,9 +1496,9 @@ fn a_cluster_ip_is_judged_on_its_backends_and_only_allowed_ones_are_reached() {
         format!("{CLIENT_VIP}:80").parse().unwrap()
     )));
     t.wait_for("the denial line", || {
-        !t.audit_lines("connection_denied").is_empty()
+        !t.log_lines("connection_denied").is_empty()
     });
-    let lines = t.audit_lines("connection_denied");
+    let lines = t.log_lines("connection_denied");
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
     assert_eq!(line["service"], "x/client");
@@ -1689,11 +1526,11 @@ fn a_cluster_ip_is_judged_on_its_backends_and_only_allowed_ones_are_reached() {
         format!("{EMPTY_VIP}:80").parse().unwrap()
     )));
     t.wait_for("the no_endpoints line", || {
-        !t.audit_lines("no_endpoints").is_empty()
+        !t.log_lines("no_endpoints").is_empty()
     });
-    let line = &t.audit_lines("no_endpoints")[0];
+    let line = &t.log_lines("no_endpoints")[0];
     assert_eq!(line["service"], "x/empty");
-    assert_eq!(t.audit_lines("connection_denied").len(), 1);
+    assert_eq!(t.log_lines("connection_denied").len(), 1);
     assert_eq!(
         t.metric(&[
             "portcullis_service_connections_total{",
@@ -1712,9 +1549,7 @@ fn a_removed_backend_takes_no_new_connections() {
         t.identity_server(ip, API_TARGET);
     }
     t.wait_ready();
-    t.wait_for("the Services", || {
-        t.audit_lines("services_loaded").len() == 1
-    });
+    t.wait_for("the Services", || t.log_lines("services_loaded").len() == 1);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         seen.insert(t.who_answers(API_VIP, 80).expect("answer"));
@@ -1729,7 +1564,7 @@ fn a_removed_backend_takes_no_new_connections() {
         ),
     );
     t.wait_for("the new Services", || {
-        t.audit_lines("services_loaded").len() == 2
+        t.log_lines("services_loaded").len() == 2
     });
     for i in 0..30 {
         let who = t.who_answers(API_VIP, 80).expect("answer");
@@ -1805,7 +1640,7 @@ spec:
     established.write_all(b"pong").expect("still open");
     established.read_exact(&mut buf).expect("still echoed");
     assert_eq!(&buf, b"pong");
-    assert!(t.audit_lines("connection_terminated").is_empty());
+    assert!(t.log_lines("connection_terminated").is_empty());
 
     // Take that backend's port away: the connection is judged again on api-3:9443 and closed.
     t.remove_policy("003-secure.yaml");
@@ -1819,9 +1654,9 @@ spec: {clusterIP: 10.96.0.53, selector: {app: api}, ports: [{port: 443, targetPo
 "#,
     );
     t.wait_for("the termination line", || {
-        !t.audit_lines("connection_terminated").is_empty()
+        !t.log_lines("connection_terminated").is_empty()
     });
-    let line = &t.audit_lines("connection_terminated")[0];
+    let line = &t.log_lines("connection_terminated")[0];
     assert_eq!(line["service"], "x/secure");
     assert_eq!(line["backend"], format!("{API_3}:9443"));
     assert_eq!(line["dst"], "10.96.0.53:443");
@@ -1841,9 +1676,9 @@ fn audit_mode_lets_a_denied_service_connection_through_and_names_the_service() {
     let s = connect_in(&t.pod_ns, format!("{CLIENT_VIP}:80").parse().unwrap()).expect("connect");
     assert_eq!(exchange(s, b"hi").expect("exchange"), b"hi<eof>");
     t.wait_for("the would-deny line", || {
-        !t.audit_lines("connection_would_deny").is_empty()
+        !t.log_lines("connection_would_deny").is_empty()
     });
-    let line = &t.audit_lines("connection_would_deny")[0];
+    let line = &t.log_lines("connection_would_deny")[0];
     assert_eq!(line["service"], "x/client");
-    assert!(t.audit_lines("connection_denied").is_empty());
+    assert!(t.log_lines("connection_denied").is_empty());
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 
 use portcullis_contract::ports::{CONTROLLER_ADMIN, CONTROLLER_STREAM};
 
@@ -21,7 +21,7 @@ pub(crate) fn start_controller(
     dir: &Path,
 ) -> Result<ControllerState> {
     let Some(binary) = &opts.binaries.controller else {
-        bail!("cannot find portcullis-controller: build it (cargo build -p portcullis-controller), pass --controller-bin, or use --policy-source dir");
+        return Err(Error::Environment("cannot find portcullis-controller: build it (cargo build -p portcullis-controller), pass --controller-bin, or use --policy-source dir".into()));
     };
     let log = dir.join("controller.log");
     let args: Vec<String> = [
@@ -45,10 +45,10 @@ pub(crate) fn start_controller(
         if Instant::now() > deadline {
             let text = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(10).collect();
-            bail!(
+            return Err(Error::Timeout(format!(
                 "portcullis-controller is not ready after 20s; last log lines:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -59,10 +59,10 @@ pub(crate) fn start_controller(
 /// has noticed (its table is marked stale); the proxies keep enforcing their last tables.
 pub fn stop_controller(state: &State) -> Result<()> {
     let Some(c) = &state.controller else {
-        bail!(
+        return Err(Error::Usage(format!(
             "testbed {:?} has no controller (its proxies read the policy directory)",
             state.name
-        );
+        )));
     };
     let group = nix::unistd::Pid::from_raw(-(c.pid as i32));
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
@@ -83,10 +83,10 @@ pub fn stop_controller(state: &State) -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(Error::Timeout(format!(
                     "the proxy of {} did not notice the controller stopping",
                     pod.key
-                );
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

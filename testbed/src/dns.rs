@@ -18,7 +18,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use portcullis_policy::service::ServiceMap;
 use portcullis_policy::Cluster;
 
@@ -38,19 +38,21 @@ pub fn manifest(cluster: &Cluster) -> Result<Option<String>> {
         .iter()
         .find(|s| s.cluster_ips.contains(&IpAddr::V4(DNS_IP)))
     {
-        bail!(
+        return Err(Error::Manifests(format!(
             "Service {} has clusterIP {DNS_IP}, the cluster DNS's address in the testbed",
             s.key()
-        );
+        )));
     }
     if cluster.pods.iter().any(|p| p.key() == POD_KEY) {
-        bail!("the manifests define pod {POD_KEY} but no Service {SERVICE_KEY}: the testbed runs its own cluster DNS under that name");
+        return Err(Error::Manifests(format!("the manifests define pod {POD_KEY} but no Service {SERVICE_KEY}: the testbed runs its own cluster DNS under that name")));
     }
     let taken: BTreeSet<IpAddr> = cluster.pods.iter().flat_map(|p| p.ips.clone()).collect();
     let ip = (53u8..=255)
         .map(|last| IpAddr::V4(Ipv4Addr::new(10, 244, 0, last)))
         .find(|ip| !taken.contains(ip))
-        .context("no free address for the cluster DNS pod in 10.244.0.53-255")?;
+        .ok_or_else(|| {
+            Error::Manifests("no free address for the cluster DNS pod in 10.244.0.53-255".into())
+        })?;
     // On the node most pods are on, so that it is "a pod of the node" like the others.
     let host_ip = most_common_host_ip(cluster);
     let status = match host_ip {

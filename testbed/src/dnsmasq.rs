@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 
 use crate::sidecars::spawn_in;
 use crate::state::load_cluster;
@@ -39,7 +39,7 @@ pub(crate) fn start_dns(state: &State, snapshot: &Snapshot, dir: &Path) -> Resul
     fs::set_permissions(&hosts, fs::Permissions::from_mode(0o644))?;
     let dnsmasq = Path::new("/usr/sbin/dnsmasq");
     if !dnsmasq.is_file() {
-        bail!("the testbed's cluster DNS needs dnsmasq (Debian package dnsmasq-base: apt-get install dnsmasq-base)");
+        return Err(Error::Environment("the testbed's cluster DNS needs dnsmasq (Debian package dnsmasq-base: apt-get install dnsmasq-base)".into()));
     }
     let log = dir.join("dns.log");
     let pid = spawn_in(
@@ -65,11 +65,11 @@ pub(crate) fn start_dns(state: &State, snapshot: &Snapshot, dir: &Path) -> Resul
             break;
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(Error::Timeout(format!(
                 "dnsmasq did not start in {}: {}",
                 dns::POD_KEY,
                 fs::read_to_string(&log).unwrap_or_default()
-            );
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -89,6 +89,7 @@ pub(crate) fn refresh_dns(state: &State, snapshot: &Snapshot) -> Result<()> {
         nix::unistd::Pid::from_raw(d.pid as i32),
         nix::sys::signal::Signal::SIGHUP,
     )
+    .map_err(std::io::Error::from)
     .context("cannot signal dnsmasq")?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::serve::write_atomically;
@@ -65,7 +65,7 @@ pub fn pod_list(pods: &[PodState]) -> Vec<GuardPod> {
 /// bindings are in the kernel.
 pub(crate) fn start(opts: &UpOptions, state: &State, dir: &Path) -> Result<GuardState> {
     let Some(binary) = &opts.binaries.node_guard else {
-        bail!("--node-guard: cannot find portcullis-node-guard: build it (cargo build -p portcullis-node-guard) or pass --node-guard-bin");
+        return Err(Error::Environment("--node-guard: cannot find portcullis-node-guard: build it (cargo build -p portcullis-node-guard) or pass --node-guard-bin".into()));
     };
     netns::exec_in(&state.node_netns, "nft", &["--version"])
         .context("--node-guard needs nft (Debian: apt-get install nftables)")?;
@@ -137,10 +137,10 @@ fn wait_applied(node: &str, guard: &GuardState, pods: &[PodState]) -> Result<()>
         if Instant::now() > deadline {
             let log = fs::read_to_string(&guard.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            bail!(
+            return Err(Error::Timeout(format!(
                 "portcullis-node-guard did not apply the pod list within {APPLY_TIMEOUT:?}; last log lines:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -132,16 +132,8 @@ fn documents(text: &str) -> Vec<serde_json::Value> {
         }
         return out;
     }
-    let mut docs = vec![String::new()];
-    for line in text.lines() {
-        if line.starts_with("---") {
-            docs.push(String::new());
-        } else if let Some(last) = docs.last_mut() {
-            last.push_str(line);
-            last.push('\n');
-        }
-    }
-    docs.iter()
+    crate::services::yaml_documents(text)
+        .iter()
         .filter(|d| !d.trim().is_empty())
         .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
         .collect()

@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod dns;
 mod dnsmasq;
+pub mod error;
 pub mod guard;
 pub mod inject;
 pub mod lifecycle;
@@ -25,6 +26,7 @@ mod sidecars;
 pub mod state;
 
 pub use controller::stop_controller;
+pub use error::{Error, Result};
 pub use lifecycle::{apply, down, up, wait_converged};
 pub use options::{Binaries, PolicySource, UpOptions};
 pub use queries::{admin_get, audit_lines, connect_from, http_get_in, metrics, policy, resolve};

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use portcullis_injector::decision::Sidecars;
 use portcullis_injector::values::Switch;
 use portcullis_injector::InjectorConfig;
@@ -29,7 +29,7 @@ use crate::{
 
 pub(crate) fn require_root() -> Result<()> {
     if !netns::is_root() {
-        bail!("the testbed needs root: it creates network namespaces, veth pairs and iptables rules (run it with sudo)");
+        return Err(Error::Environment("the testbed needs root: it creates network namespaces, veth pairs and iptables rules (run it with sudo)".into()));
     }
     Ok(())
 }
@@ -39,11 +39,10 @@ pub fn up(opts: &UpOptions) -> Result<State> {
     require_root()?;
     let dir = state_dir(&opts.name);
     if dir.join("state.json").exists() || !netns::list_with_prefix(&prefix(&opts.name)).is_empty() {
-        bail!(
+        return Err(Error::Usage(format!(
             "testbed {:?} is already up; run `portcullis testbed down --name {}` first",
-            opts.name,
-            opts.name
-        );
+            opts.name, opts.name
+        )));
     }
     match build(opts) {
         Ok(state) => Ok(state),
@@ -208,10 +207,10 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
 pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
     let loaded = portcullis_policy_loader::load_paths(&state.manifest_paths());
     if !loaded.errors.is_empty() {
-        bail!(
+        return Err(Error::Manifests(format!(
             "the manifests have errors:\n  {}",
             loaded.errors.join("\n  ")
-        );
+        )));
     }
     let compiled = compile(&loaded.cluster);
     let deadline = Instant::now() + timeout;
@@ -219,8 +218,7 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
         let Some(expected) = compiled.table(&pod.key) else {
             continue;
         };
-        let mut want = serde_json::to_value(&**expected)?;
-        strip_known_pods(&mut want);
+        let want = serde_json::to_value(&**expected)?;
         loop {
             let served = admin_get(&pod.netns, "/policy")
                 .ok()
@@ -229,25 +227,18 @@ pub fn wait_converged(state: &State, timeout: Duration) -> Result<()> {
                         .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
                         .flatten()
                 });
-            if let Some(mut served) = served.and_then(|v| v.get("table").cloned()) {
-                strip_known_pods(&mut served);
+            if let Some(served) = served.and_then(|v| v.get("table").cloned()) {
                 if served == want {
                     break;
                 }
             }
             if Instant::now() > deadline {
-                bail!("the proxy of {} did not load the new policy within {timeout:?} (see `portcullis testbed logs {}`)", pod.key, pod.key);
+                return Err(Error::Timeout(format!("the proxy of {} did not load the new policy within {timeout:?} (see `portcullis testbed logs {}`)", pod.key, pod.key)));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())
-}
-
-pub(crate) fn strip_known_pods(v: &mut serde_json::Value) {
-    if let Some(map) = v.as_object_mut() {
-        map.remove("known_pods");
-    }
 }
 
 pub(crate) fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
@@ -260,11 +251,11 @@ pub(crate) fn wait_ready(state: &State, timeout: Duration) -> Result<()> {
             if Instant::now() > deadline {
                 let log = fs::read_to_string(&pod.proxy_log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                bail!(
+                return Err(Error::Timeout(format!(
                     "the proxy of {} is not ready after {timeout:?}; last log lines:\n{}",
                     pod.key,
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use portcullis_policy::matrix::Probe;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,9 @@ impl Binaries {
                     return Ok(p);
                 }
             }
-            bail!("cannot find {name}: build it (cargo build -p {name}) or pass its path")
+            Err(Error::Environment(format!(
+                "cannot find {name}: build it (cargo build -p {name}) or pass its path"
+            )))
         };
         Ok(Binaries {
             proxy: find(proxy, "portcullis-proxy")?,

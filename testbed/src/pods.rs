@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use portcullis_policy::{Cluster, PodInfo};
 
 use crate::{netns, PodState, FALLBACK_GATEWAY};
@@ -45,10 +45,10 @@ pub(crate) fn plumb_pod(
     dir: &Path,
 ) -> Result<PodState> {
     let Some(IpAddr::V4(ip)) = pod.ips.first().copied() else {
-        bail!(
+        return Err(Error::Manifests(format!(
             "pod {} needs an IPv4 status.podIP for the testbed",
             pod.key()
-        );
+        )));
     };
     // Every distinct hostIP is an address of the node; pods without one use a link-local one.
     let gateway = gateway_of(pod);

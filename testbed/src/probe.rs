@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::{Error, Result};
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::service::ResolvedPort;
 use portcullis_policy::{
@@ -273,10 +273,7 @@ fn in_pods<T: Send + 'static, U: Send + 'static>(
     }
     let mut out = Vec::new();
     for h in handles {
-        out.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??,
-        );
+        out.extend(h.join().map_err(|_| Error::Panicked("probe"))??);
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 
 use portcullis_contract::ports::ADMIN;
 
@@ -37,7 +37,7 @@ pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<(u16, String)> {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .context("malformed HTTP response")?;
+            .ok_or_else(|| Error::Answer("malformed HTTP response".into()))?;
         Ok((status, body.to_string()))
     })?
 }
@@ -58,10 +58,10 @@ pub fn metrics(state: &State, pod: &str) -> Result<String> {
     let pod = injected_pod(state, pod)?;
     let (status, body) = admin_get(&pod.netns, "/metrics")?;
     if status != 200 {
-        bail!(
+        return Err(Error::Answer(format!(
             "the proxy of {} answered /metrics with HTTP {status}",
             pod.key
-        );
+        )));
     }
     Ok(body)
 }
@@ -106,10 +106,10 @@ pub fn policy(state: &State, pod: &str) -> Result<String> {
     let pod = injected_pod(state, pod)?;
     let (status, body) = admin_get(&pod.netns, "/policy")?;
     if status != 200 {
-        bail!(
+        return Err(Error::Answer(format!(
             "the proxy of {} answered /policy with HTTP {status}",
             pod.key
-        );
+        )));
     }
     Ok(body)
 }
@@ -117,7 +117,9 @@ pub fn policy(state: &State, pod: &str) -> Result<String> {
 pub(crate) fn injected_pod<'a>(state: &'a State, key: &str) -> Result<&'a PodState> {
     let pod = state.pod(key)?;
     if let Some(why) = &pod.not_injected {
-        bail!("{key} has no portcullis-proxy ({why})");
+        return Err(Error::Usage(format!(
+            "{key} has no portcullis-proxy ({why})"
+        )));
     }
     Ok(pod)
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::Protocol;
 use serde::{Deserialize, Serialize};

@@ -26,7 +26,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use portcullis_policy::service::{ResolvedPort, ServiceMap};
 use portcullis_policy::{Cluster, Protocol};
 use serde_json::Value;
@@ -50,10 +50,10 @@ pub fn check_cluster_ips(cluster: &Cluster) -> Result<()> {
         for ip in &s.cluster_ips {
             match ip {
                 IpAddr::V4(v4) if in_service_cidr(*v4) => {}
-                _ => bail!(
+                _ => return Err(Error::Manifests(format!(
                     "Service {}: clusterIP {ip} is outside the testbed's Service range 10.96.0.0/12",
                     s.key()
-                ),
+                ))),
             }
         }
     }
@@ -84,7 +84,7 @@ fn allocate(key: &str, taken: &BTreeSet<IpAddr>) -> Ipv4Addr {
 }
 
 /// Splits a manifest stream into documents (kubectl's rule: lines starting with `---`).
-fn yaml_documents(text: &str) -> Vec<String> {
+pub(crate) fn yaml_documents(text: &str) -> Vec<String> {
     let mut docs = vec![String::new()];
     for line in text.lines() {
         if line.starts_with("---") {

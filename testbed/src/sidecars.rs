@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use portcullis_policy::PodInfo;
 
 use crate::pods::gateway_of;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{compile, Cluster, CompiledCluster};
@@ -115,11 +115,11 @@ impl State {
     }
 
     pub fn pod(&self, key: &str) -> Result<&PodState> {
-        self.pods.iter().find(|p| p.key == key).with_context(|| {
-            format!(
+        self.pods.iter().find(|p| p.key == key).ok_or_else(|| {
+            Error::Usage(format!(
                 "pod {key} is not in testbed {} (write NAMESPACE/POD)",
                 self.name
-            )
+            ))
         })
     }
 
@@ -161,11 +161,11 @@ impl State {
         for pod in &self.pods {
             while !wanted.iter().all(|p| pod.bound().knows(*p)) {
                 if Instant::now() > deadline {
-                    bail!(
+                    return Err(Error::Timeout(format!(
                         "the server of {} did not start listening within 10s (see {})",
                         pod.key,
                         pod.bound.with_extension("log").display()
-                    );
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -186,7 +186,10 @@ impl Snapshot {
         let compiled = compile(&cluster);
         if !compiled.errors.is_empty() {
             let errors: Vec<String> = compiled.errors.iter().map(|e| e.to_string()).collect();
-            bail!("the manifests have errors:\n  {}", errors.join("\n  "));
+            return Err(Error::Manifests(format!(
+                "the manifests have errors:\n  {}",
+                errors.join("\n  ")
+            )));
         }
         services::check_cluster_ips(&cluster)?;
         let services = ServiceMap::from_cluster(&cluster);
@@ -202,10 +205,10 @@ impl Snapshot {
 pub(crate) fn load_cluster(paths: &[PathBuf]) -> Result<Cluster> {
     let loaded = portcullis_policy_loader::load_paths(paths);
     if !loaded.errors.is_empty() {
-        bail!(
+        return Err(Error::Manifests(format!(
             "the manifests have errors:\n  {}",
             loaded.errors.join("\n  ")
-        );
+        )));
     }
     Ok(loaded.cluster)
 }

@@ -5,12 +5,17 @@
 //! - [`sh`], [`restore`]: run a command (or `iptables-restore --noflush`) and fail the test with
 //!   its stderr;
 //! - [`in_ns`]: run a closure on a thread that has entered a named network namespace;
+//! - [`Pair`], [`veth`], [`TestNamespace`]: namespaces joined by veth pairs, with addresses,
+//!   unique names, and deleted when the test ends;
 //! - [`admin`]: what a test reads from a proxy's admin port (`/ready`, `/policy`, `/metrics`),
 //!   its JSON log lines, and waiting for a condition.
 
 use std::process::Command;
 
 pub mod admin;
+mod pair;
+
+pub use pair::{add_addrs, ip_in, unique_id, veth, Pair, TestNamespace};
 
 /// Runs `args[0]` with the rest as arguments; panics with its stderr when it fails.
 pub fn sh(args: &[&str]) {

@@ -22,33 +22,23 @@ pub struct PodAddresses {
 }
 
 /// Why `POD_IPS` cannot be used: the proxy refuses to start rather than guess.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PodIpsError {
     /// No address: every inbound connection would be refused, or (worse) nothing checked.
+    #[error(
+        "POD_IPS (--pod-ips) is empty: the inbound proxy forwards only to the pod's own \
+         addresses, so it needs them; set POD_IPS from the downward API \
+         (fieldRef status.podIPs), comma separated"
+    )]
     Empty,
     /// An address no pod has (loopback, unspecified, multicast, broadcast): loopback would let
     /// crafted packets into localhost-only applications again.
+    #[error(
+        "POD_IPS (--pod-ips) contains {0}, which cannot be a pod's address \
+         (loopback, unspecified, multicast or broadcast)"
+    )]
     NotAPodAddress(IpAddr),
 }
-
-impl std::fmt::Display for PodIpsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PodIpsError::Empty => f.write_str(
-                "POD_IPS (--pod-ips) is empty: the inbound proxy forwards only to the pod's own \
-                 addresses, so it needs them; set POD_IPS from the downward API \
-                 (fieldRef status.podIPs), comma separated",
-            ),
-            PodIpsError::NotAPodAddress(ip) => write!(
-                f,
-                "POD_IPS (--pod-ips) contains {ip}, which cannot be a pod's address \
-                 (loopback, unspecified, multicast or broadcast)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for PodIpsError {}
 
 /// Why an inbound connection's original destination is not this pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

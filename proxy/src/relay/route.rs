@@ -50,15 +50,19 @@ impl Route {
     }
 }
 
-#[derive(Debug)]
+/// Why a connection has no route through the proxy.
+#[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     /// No NAT happened: someone connected to the proxy port itself.
+    #[error("connection was not redirected by iptables (no original destination)")]
     NotRedirected,
     /// Inbound only: the original destination is not one of this pod's addresses.
+    #[error("{} ({destination})", why.log_reason())]
     ForeignDestination {
         why: ForeignDestination,
         destination: SocketAddr,
     },
+    #[error("cannot read the original destination: {0}")]
     Io(io::Error),
 }
 
@@ -69,20 +73,6 @@ impl RouteError {
             RouteError::NotRedirected => "not_redirected",
             RouteError::ForeignDestination { why, .. } => why.metric_reason(),
             RouteError::Io(_) => "original_destination_unreadable",
-        }
-    }
-}
-
-impl std::fmt::Display for RouteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RouteError::NotRedirected => {
-                f.write_str("connection was not redirected by iptables (no original destination)")
-            }
-            RouteError::ForeignDestination { why, destination } => {
-                write!(f, "{} ({destination})", why.log_reason())
-            }
-            RouteError::Io(e) => write!(f, "cannot read the original destination: {e}"),
         }
     }
 }

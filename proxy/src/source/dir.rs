@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_policy::compile::PeerNames;
 use portcullis_policy::service::ServiceMap;
 use portcullis_policy::{compile, PodTable};
 pub use portcullis_policy_loader::fingerprint;
@@ -23,6 +24,8 @@ pub enum DirLoad {
     /// This pod's table, and problems that did not stop it (reported, not fatal on first load).
     Table {
         table: Arc<PodTable>,
+        /// Which pod owns each address (compile returns them beside the tables).
+        peer_names: Arc<PeerNames>,
         /// Services with a virtual IP, resolved (slices derived from selectors where the
         /// manifests give none).
         services: ServiceMap,
@@ -70,6 +73,7 @@ pub fn apply(outcome: DirLoad, pod: &PodIdentity, store: &PolicyStore, source: &
     match outcome {
         DirLoad::Table {
             table,
+            peer_names,
             services,
             problems,
         } if problems.is_empty() || !have_table => {
@@ -91,6 +95,8 @@ pub fn apply(outcome: DirLoad, pod: &PodIdentity, store: &PolicyStore, source: &
                 );
                 store.set_services(Services::new(services));
             }
+            // The slot the controller's `peers` lines fill: the proxy looks in one place.
+            store.set_peer_names(peer_names);
             let isolated_ingress = table.ingress.isolated_by.join(",");
             let isolated_egress = table.egress.isolated_by.join(",");
             if let Some(generation) = store.publish(table, source, None) {
@@ -136,6 +142,7 @@ pub fn load(dir: &Path, pod: &PodIdentity) -> DirLoad {
     match compiled.table(&pod.key()) {
         Some(table) => DirLoad::Table {
             table: table.clone(),
+            peer_names: compiled.peer_names.clone(),
             services: ServiceMap::from_cluster(&loaded.cluster),
             problems,
         },
