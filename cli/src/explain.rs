@@ -8,12 +8,12 @@ use anyhow::{bail, Result};
 use clap::Args;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::service::Frontend;
+use portcullis_policy::validate::with_every_policy_error;
 use portcullis_policy::{compile, Direction, PodTable, ServiceMap, Verdict};
 use serde::Serialize;
 
 use crate::matrix::parse_probe;
 use crate::render::{allowed_word, ColorChoice};
-use portcullis_policy_loader::load_paths_linted;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_ip"])))]
@@ -43,8 +43,8 @@ pub struct ExplainArgs {
     /// Destination port and protocol, e.g. 80/TCP.
     #[arg(long, value_parser = parse_probe)]
     pub port: Probe,
-    /// `text` or `json`.
-    #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+    /// `text`, `json` or `yaml`.
+    #[arg(short, long, default_value = "text", value_parser = ["text", "json", "yaml"])]
     pub output: String,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -84,11 +84,11 @@ impl Endpoint<'_> {
 }
 
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let mut loaded = load_paths_linted(&args.files);
+    let mut loaded = crate::load(&args.files);
     let failed = crate::report_load(&loaded, false) | crate::lint::report(&loaded);
     loaded.cluster.assign_placeholder_ips();
     let compiled = compile(&loaded.cluster);
-    for e in &compiled.errors {
+    for e in with_every_policy_error(&loaded.cluster.policies, &compiled.errors) {
         eprintln!("error: {e}");
     }
     let resolve = |pod: &Option<String>, ip: &Option<IpAddr>| -> Result<Endpoint<'_>> {
@@ -153,9 +153,8 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
 
 /// The explanation as JSON, or in words.
 fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()> {
-    if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(explanation)?);
-        return Ok(());
+    if args.output != "text" {
+        return crate::render::print_structured(explanation, args.output == "yaml");
     }
     let color = args.color.enabled();
     println!(

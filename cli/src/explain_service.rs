@@ -92,8 +92,8 @@ pub fn run(
         no_endpoints: backends.is_empty(),
         backends,
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    if args.output != "text" {
+        crate::render::print_structured(&explanation, args.output == "yaml")?;
     } else {
         print_text(&explanation, args.color.enabled());
     }

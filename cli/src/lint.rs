@@ -6,17 +6,44 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use portcullis_policy::lint::{check_cluster, Finding, Severity};
+use portcullis_policy::validate::with_every_policy_error;
 use portcullis_policy::CompiledCluster;
-use portcullis_policy_loader::{load_paths_linted, Loaded};
+use portcullis_policy_loader::Loaded;
 use serde::Serialize;
+
+use crate::render::print_structured;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    /// One line per finding: severity, check, object, field, message; then a count.
+    /// One line per finding: severity, code, check, object, field, message; then a count.
     Table,
-    /// `{"findings":[{"severity","check","object":{kind,namespace,name,source},"field","message"}],
-    /// "errors":N,"warnings":N,"notes":N}`
+    /// `{"findings":[{"severity","code","check","object":{kind,namespace,name,source},"field",
+    /// "message"}],"errors":N,"warnings":N,"notes":N}`
     Json,
+    /// The JSON document, as YAML.
+    Yaml,
+}
+
+/// The least severe finding that fails the run (exit status 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Threshold {
+    /// Errors only (the default): what the API server or the engine rejects.
+    Error,
+    /// Errors and warnings.
+    Warning,
+    /// Any finding, notes included.
+    #[value(alias = "note")]
+    Info,
+}
+
+impl Threshold {
+    fn fails(self, severity: Severity) -> bool {
+        match self {
+            Threshold::Error => severity == Severity::Error,
+            Threshold::Warning => severity <= Severity::Warning,
+            Threshold::Info => true,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -27,6 +54,9 @@ pub struct LintArgs {
     pub files: Vec<PathBuf>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The least severe finding that makes the exit status 1.
+    #[arg(long, value_enum, default_value_t = Threshold::Error)]
+    pub failure_threshold: Threshold,
 }
 
 /// What lint says about what `loaded` holds: unknown fields, then the meaning checks.
@@ -55,14 +85,15 @@ struct Report<'a> {
 }
 
 pub fn run(args: LintArgs) -> Result<ExitCode> {
-    let loaded = load_paths_linted(&args.files);
+    let loaded = crate::load(&args.files);
     let compiled: CompiledCluster = portcullis_policy::compile(&loaded.cluster);
     let mut all: Vec<Finding> = loaded
         .errors
         .iter()
         .map(|e| Finding::invalid_text(e.clone()))
         .collect();
-    all.extend(compiled.errors.iter().map(Finding::invalid));
+    let invalid = with_every_policy_error(&loaded.cluster.policies, &compiled.errors);
+    all.extend(invalid.iter().map(Finding::invalid));
     all.extend(findings(&loaded));
     all.sort_by_key(|f| f.severity); // stable: errors first, each group in input order
     let count = |s: Severity| all.iter().filter(|f| f.severity == s).count();
@@ -73,10 +104,11 @@ pub fn run(args: LintArgs) -> Result<ExitCode> {
         notes: count(Severity::Note),
     };
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Json | Output::Yaml => print_structured(&report, args.output == Output::Yaml)?,
         Output::Table => print!("{}", table(&report)),
     }
-    Ok(if report.errors > 0 {
+    let failed = all.iter().any(|f| args.failure_threshold.fails(f.severity));
+    Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -84,12 +116,13 @@ pub fn run(args: LintArgs) -> Result<ExitCode> {
 }
 
 fn table(report: &Report<'_>) -> String {
-    let rows: Vec<[String; 5]> = report
+    let rows: Vec<[String; 6]> = report
         .findings
         .iter()
         .map(|f| {
             [
                 f.severity.to_string(),
+                f.code.to_string(),
                 f.check.as_str().to_string(),
                 f.object.as_ref().map(|o| o.to_string()).unwrap_or_default(),
                 f.field.clone(),
@@ -97,8 +130,8 @@ fn table(report: &Report<'_>) -> String {
             ]
         })
         .collect();
-    let header = ["SEVERITY", "CHECK", "OBJECT", "FIELD", "MESSAGE"].map(String::from);
-    let mut widths = [0usize; 4];
+    let header = ["SEVERITY", "CODE", "CHECK", "OBJECT", "FIELD", "MESSAGE"].map(String::from);
+    let mut widths = [0usize; 5];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -110,7 +143,7 @@ fn table(report: &Report<'_>) -> String {
             for (w, cell) in widths.iter().zip(row) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
-            out.push_str(&row[4]);
+            out.push_str(&row[5]);
             out.push('\n');
         }
     }

@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod explain;
 mod explain_service;
+mod generate;
 mod lint;
 
 mod matrix;
@@ -12,7 +13,7 @@ mod testbed_cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +46,14 @@ enum Command {
     Testbed(testbed_cli::TestbedArgs),
     /// Run the kangaroo example end to end in a testbed, apply a policy change live (root).
     Demo(demo::DemoArgs),
+    /// Print shell completions: bash, zsh, fish, elvish or powershell.
+    Completion(generate::CompletionArgs),
+    /// Print the man page (roff), or write every page into a directory with --dir.
+    Man(generate::ManArgs),
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Matrix(args) => matrix::run(args),
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Testbed(args) => testbed_cli::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Completion(args) => generate::completion(args, Cli::command()),
+        Command::Man(args) => generate::man(args, Cli::command()),
     };
     match result {
         Ok(code) => code,
@@ -64,6 +72,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `portcullis matrix | head` ends quietly, as Unix tools do, instead of panicking in `println!`
+/// on a closed pipe (Rust ignores SIGPIPE by default). Sockets are unaffected: the standard
+/// library and tokio send with MSG_NOSIGNAL.
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing the default disposition, before any thread is started.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore SIGPIPE: {e}");
+    }
+}
+
+/// Reads manifests for a command: lint's unknown-field findings included, and an input that
+/// holds no object at all an error.
+fn load(files: &[std::path::PathBuf]) -> portcullis_policy_loader::Loaded {
+    let mut loaded = portcullis_policy_loader::load_paths_linted(files);
+    loaded.empty_is_error();
+    loaded
 }
 
 /// Prints load problems to stderr. Returns whether there were errors.
@@ -79,4 +106,16 @@ fn report_load(loaded: &portcullis_policy_loader::Loaded, verbose: bool) -> bool
         }
     }
     !loaded.errors.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand and flag (duplicate short flags,
+    /// conflicting names, defaults outside their value sets...).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -7,10 +7,10 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use portcullis_policy::matrix::{default_probes, Probe};
 use portcullis_policy::ports::{parse_port_protocol, PortProtocolError};
+use portcullis_policy::validate::with_every_policy_error;
 use portcullis_policy::{compile, Matrix};
 
-use crate::render::{grids, ColorChoice};
-use portcullis_policy_loader::load_paths_linted;
+use crate::render::{grids, print_structured, ColorChoice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -18,6 +18,8 @@ pub enum Output {
     Table,
     /// `{"probes":[{"from":"NS/POD","to":"NS/POD","port":80,"protocol":"TCP","allowed":true,"reason":"..."}]}`
     Json,
+    /// The JSON document, as YAML.
+    Yaml,
 }
 
 #[derive(Args)]
@@ -37,15 +39,25 @@ pub struct MatrixArgs {
     /// Also list objects of other kinds that were skipped.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Only the pods of this namespace, as rows and columns (the policies of every namespace
+    /// still decide).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 pub fn parse_probe(s: &str) -> Result<Probe, PortProtocolError> {
     parse_port_protocol(s).map(|(port, protocol)| Probe { port, protocol })
 }
 
-/// Loads, compiles and computes the matrix; reports problems on stderr. Shared with the testbed.
-pub fn predicted(files: &[PathBuf], probes: &[Probe], verbose: bool) -> (Matrix, bool) {
-    let mut loaded = load_paths_linted(files);
+/// Loads, compiles and computes the matrix; reports problems on stderr.
+/// Over the pods of `namespace` only when given.
+fn predicted(
+    files: &[PathBuf],
+    probes: &[Probe],
+    verbose: bool,
+    namespace: Option<&str>,
+) -> (Matrix, bool) {
+    let mut loaded = crate::load(files);
     let mut failed = crate::report_load(&loaded, verbose);
     failed |= crate::lint::report(&loaded);
     for pod in loaded.cluster.assign_placeholder_ips() {
@@ -54,7 +66,7 @@ pub fn predicted(files: &[PathBuf], probes: &[Probe], verbose: bool) -> (Matrix,
         );
     }
     let compiled = compile(&loaded.cluster);
-    for e in &compiled.errors {
+    for e in &with_every_policy_error(&loaded.cluster.policies, &compiled.errors) {
         eprintln!("error: {e}");
         failed = true;
     }
@@ -66,13 +78,20 @@ pub fn predicted(files: &[PathBuf], probes: &[Probe], verbose: bool) -> (Matrix,
     if probes.is_empty() {
         eprintln!("warning: no pod declares a containerPort; pass --probe, e.g. --probe 80/TCP");
     }
-    (Matrix::compute(&compiled, &probes), failed)
+    if let Some(ns) = namespace {
+        if !compiled.tables.values().any(|t| t.namespace == ns) {
+            eprintln!("error: no pod in namespace {ns:?}");
+            failed = true;
+        }
+    }
+    (Matrix::compute_for(&compiled, &probes, namespace), failed)
 }
 
 pub fn run(args: MatrixArgs) -> Result<ExitCode> {
-    let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose);
+    let namespace = args.namespace.as_deref();
+    let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose, namespace);
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+        Output::Json | Output::Yaml => print_structured(&matrix, args.output == Output::Yaml)?,
         Output::Table => print!("{}", grids(&matrix, None, args.color.enabled())),
     }
     Ok(if failed {

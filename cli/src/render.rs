@@ -6,6 +6,16 @@ use std::io::IsTerminal;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::Matrix;
 
+/// `-o json` or `-o yaml`: the same document, in either syntax.
+pub fn print_structured(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()> {
+    if yaml {
+        print!("{}", serde_saphyr::to_string(value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ColorChoice {
     Auto,
@@ -50,6 +60,8 @@ pub fn allowed_word(allowed: bool, color: bool) -> String {
 /// With `compare`, cells that differ from it are marked `!` (observed vs predicted).
 pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
     let pods = matrix.pods();
+    let cells = matrix.index();
+    let expected = compare.map(Matrix::index);
     let width = pods.iter().map(String::len).max().unwrap_or(3).max(8);
     let mut out = String::new();
     for probe in matrix.probe_list() {
@@ -63,8 +75,8 @@ pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
             let _ = write!(out, "{from:width$}");
             for to in &pods {
                 let w = to.len().max(3);
-                let cell = matrix.get(from, to, probe);
-                let predicted = compare.and_then(|m| m.get(from, to, probe));
+                let cell = cells.get(from, to, probe);
+                let predicted = expected.as_ref().and_then(|m| m.get(from, to, probe));
                 let (text, colour) = match (cell, predicted) {
                     (None, _) => ("-", ""),
                     (Some(c), Some(p)) if c.allowed != p.allowed => ("!", YELLOW),

@@ -408,8 +408,8 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
     let state = State::load(&args.name.name)?;
     let obs = observe(&state, &args.probe, args.service_clients, args.timeout)?;
     let same = match args.output {
-        crate::matrix::Output::Json => {
-            println!("{}", serde_json::to_string_pretty(&obs)?);
+        out @ (crate::matrix::Output::Json | crate::matrix::Output::Yaml) => {
+            crate::render::print_structured(&obs, out == crate::matrix::Output::Yaml)?;
             report(&obs, false, false, &mut std::io::stderr())?
         }
         crate::matrix::Output::Table => {

@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -240,7 +242,6 @@ fn tempdir(name: &str) -> PathBuf {
 /// input reads like a file, alone or beside files.
 #[test]
 fn manifests_can_come_from_standard_input() {
-    use std::io::Write;
     let dir = repo().join("policy/tests/conformance");
     let model = dir.join("model.yaml");
     let case = fs::read_dir(&dir)
@@ -261,8 +262,8 @@ fn manifests_can_come_from_standard_input() {
     ]);
     assert!(from_files.status.success(), "{}", text(&from_files.stderr));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
+    let from_stdin = with_stdin(
+        &[
             "matrix",
             "-f",
             model.to_str().unwrap(),
@@ -270,20 +271,9 @@ fn manifests_can_come_from_standard_input() {
             "-",
             "-o",
             "json",
-        ])
-        .current_dir(repo())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run portcullis");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&fs::read(&policy).unwrap())
-        .expect("write stdin");
-    let from_stdin = child.wait_with_output().expect("wait");
+        ],
+        &fs::read_to_string(&policy).unwrap(),
+    );
     assert!(from_stdin.status.success(), "{}", text(&from_stdin.stderr));
     assert_eq!(
         cells(&text(&from_stdin.stdout)),
@@ -398,4 +388,136 @@ fn a_service_without_a_cluster_ip_or_port_is_a_clear_error() {
         "{}",
         text(&wrong_port.stderr)
     );
+}
+
+fn with_stdin(args: &[&str], input: &str) -> Output {
+    support::with_stdin(&repo(), args, input)
+}
+
+/// The empty output of a failed `kubectl get ... | portcullis lint -f -` must fail a CI job, and
+/// so must a directory without manifests.
+#[test]
+fn empty_input_is_an_error() {
+    for command in ["lint", "matrix"] {
+        let out = with_stdin(&[command, "-f", "-"], "");
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert!(
+            text(&out.stderr).contains("<stdin>: no Kubernetes objects")
+                || text(&out.stdout).contains("<stdin>: no Kubernetes objects"),
+            "{command}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let dir = tempdir("empty");
+    fs::write(dir.join("README.md"), "not a manifest\n").unwrap();
+    let out = portcullis(&["matrix", "-f", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no Kubernetes objects"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An empty List read from a cluster holds no object either.
+    let out = with_stdin(
+        &["lint", "-f", "-"],
+        "apiVersion: v1\nkind: List\nitems: []\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A plural or misspelt kind is refused by name, and every error of a policy is shown at once.
+#[test]
+fn look_alike_kinds_and_every_validation_error_are_reported() {
+    let out = with_stdin(
+        &["lint", "-f", "-", "-o", "json"],
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicies\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+         spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}], ports: [{port: 0}, {port: 80, protocol: tcp}]}]}\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lint JSON");
+    let errors: Vec<&serde_json::Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 4, "{v:#}");
+    let first = errors[0]["message"].as_str().unwrap();
+    assert!(
+        first.starts_with("NetworkPolicies x/deny (in <stdin>, document 1): kind: unknown kind")
+            && first.contains("did you mean \"NetworkPolicy\""),
+        "{first}"
+    );
+    let fields: Vec<(&str, &str)> = errors[1..]
+        .iter()
+        .map(|f| {
+            (
+                f["object"]["name"].as_str().unwrap_or(""),
+                f["field"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("bad", "spec.ingress[0].from[0].ipBlock.cidr"),
+            ("bad", "spec.ingress[0].ports[0].port"),
+            ("bad", "spec.ingress[0].ports[1].protocol"),
+        ],
+        "{v:#}"
+    );
+    assert!(errors.iter().all(|f| f["code"] == "PC001"), "{v:#}");
+}
+
+/// No flag value makes the command line panic: each is refused with a message, or works.
+#[test]
+fn odd_flag_values_never_panic() {
+    let kangaroo = "manifests/examples/kangaroo";
+    let cases: &[&[&str]] = &[
+        &["matrix", "-f", kangaroo, "--probe", "0/TCP"],
+        &["matrix", "-f", kangaroo, "--probe", "99999/TCP"],
+        &["matrix", "-f", kangaroo, "--probe", ""],
+        &["matrix", "-f", kangaroo, "--probe", ",,,"],
+        &["matrix", "-f", kangaroo, "--probe", "80/tcp/x"],
+        &["matrix", "-f", kangaroo, "-o", "yaml", "--color", "always"],
+        &["matrix", "-f", kangaroo, "-n", ""],
+        &["matrix", "-f", kangaroo, "-n", "no-such-namespace"],
+        &["matrix", "-f", "", "-f", "-"],
+        &[
+            "explain", "-f", kangaroo, "--from", "/", "--to", "//", "--port", "-1",
+        ],
+        &[
+            "explain",
+            "-f",
+            kangaroo,
+            "--from",
+            "x",
+            "--to-ip",
+            "999.1.1.1",
+        ],
+        &["lint", "-f", kangaroo, "--failure-threshold", "bogus"],
+        &[
+            "lint",
+            "-f",
+            kangaroo,
+            "-o",
+            "yaml",
+            "--failure-threshold",
+            "info",
+        ],
+        &["check", "--timeout", "1e23"],
+        &["check", "--timeout", "18446744073709551616s", "--pre"],
+        &["check", "--request-timeout", "-1s"],
+        &["completion", "nonsense"],
+        &["testbed", "--help"],
+        &["--version"],
+    ];
+    for args in cases {
+        let out = with_stdin(args, "");
+        let stderr = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }

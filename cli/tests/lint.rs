@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -251,4 +253,53 @@ fn lint_reads_standard_input_as_kubectl_pipes_it() {
     assert_eq!(v["findings"][0]["field"], "spec.ingres");
     // Only policies in the input: the checks that need pods say they were skipped.
     assert!(summary(&v).iter().any(|r| r.1 == "no-pods"), "{v}");
+}
+
+/// Every finding carries its stable code; `--failure-threshold` decides which fail the run.
+#[test]
+fn codes_and_failure_threshold() {
+    let kangaroo = "manifests/examples/kangaroo";
+    let out = portcullis(&["lint", "-f", kangaroo, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v = json(&out);
+    let findings = v["findings"].as_array().unwrap();
+    assert!(!findings.is_empty());
+    assert!(findings
+        .iter()
+        .all(|f| f["code"].as_str().is_some_and(|c| c.starts_with("PC0"))));
+    let docs = std::fs::read_to_string(repo().join("docs/cli.md")).unwrap();
+    for f in findings {
+        let code = f["code"].as_str().unwrap();
+        assert!(
+            docs.contains(&format!("`{code}`")),
+            "{code} is not in docs/cli.md"
+        );
+    }
+    for (threshold, code) in [("error", 0), ("warning", 1), ("info", 1)] {
+        let out = portcullis(&["lint", "-f", kangaroo, "--failure-threshold", threshold]);
+        assert_eq!(out.status.code(), Some(code), "{threshold}");
+    }
+    let yaml = portcullis(&["lint", "-f", kangaroo, "-o", "yaml"]);
+    let from_yaml: serde_json::Value =
+        serde_saphyr::from_str(&text(&yaml.stdout)).expect("lint YAML");
+    assert_eq!(from_yaml, v);
+}
+
+/// `kubectl get -o yaml` from a newer API server: unknown fields of Pods are ignored with one
+/// warning, and the run passes; an unknown field in a policy still fails it.
+#[test]
+fn objects_read_back_from_a_server_are_read_leniently() {
+    let run =
+        |input: &str| support::with_stdin(&repo(), &["matrix", "-f", "-", "-o", "json"], input);
+    let pods = "apiVersion: v1\nkind: List\nitems:\n\
+        - apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x, uid: u1, resourceVersion: \"9\"}\n  spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}], fieldFrom137: true}\n  status: {podIP: 10.0.0.1}\n\
+        - apiVersion: v1\n  kind: Pod\n  metadata: {name: b, namespace: x, uid: u2, resourceVersion: \"9\"}\n  spec: {containers: [{name: c, image: i}], fieldFrom137: true}\n  status: {podIP: 10.0.0.2}\n";
+    let out = run(pods);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("newer-server-field").count(), 1, "{stderr}");
+    let policy = "- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: x, uid: u3, resourceVersion: \"9\"}\n  spec: {podSelector: {}, fieldFrom137: []}\n";
+    let out = run(&format!("{pods}{policy}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown-field"));
 }

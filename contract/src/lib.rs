@@ -210,6 +210,22 @@ pub struct DurationError {
 /// Parses a duration as every Portcullis flag takes it: `humantime`'s units (`500ms`, `2s`,
 /// `1m`, `1h30m`, `1d`) or a plain number of seconds (`5`, `0.5`). Never panics: a value too
 /// large for a `Duration` is an error.
+/// What every binary reports as `portcullis_build_info{version,commit} 1`.
+pub mod build {
+    /// The workspace version (every crate shares it).
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The commit built, from `PORTCULLIS_COMMIT` at build time (scripts/dist.sh sets it), or
+    /// `unknown`.
+    pub const COMMIT: &str = match option_env!("PORTCULLIS_COMMIT") {
+        Some(c) => c,
+        None => "unknown",
+    };
+    /// The gauge's name; its value is always 1, the build is in its labels.
+    pub const INFO_METRIC: &str = "portcullis_build_info";
+    pub const INFO_HELP: &str =
+        "Always 1; the labels say which Portcullis build this is (version, commit).";
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     let err = |reason: &str| DurationError {

@@ -24,6 +24,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             &[0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0],
         )?
         .install_recorder()?;
+    telemetry::describe();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

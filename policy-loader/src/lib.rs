@@ -22,6 +22,22 @@ pub struct Loaded {
     pub findings: Vec<Finding>,
     /// Namespaces whose Namespace object was read (others exist only by implication).
     pub declared_namespaces: BTreeSet<String>,
+    /// Standard input (`<stdin>`) or directories that held no object at all, without another
+    /// error, or all the paths when together they held none. A command
+    /// line treats them as errors, as `kubectl apply` does (the empty output of a failed `kubectl
+    /// get ... | portcullis lint -f -` must not pass a CI job); a watched directory may be empty.
+    pub empty: Vec<String>,
+}
+
+impl Loaded {
+    /// Moves [`Loaded::empty`] into [`Loaded::errors`], worded for a user.
+    pub fn empty_is_error(&mut self) {
+        for name in self.empty.drain(..) {
+            self.errors.push(format!(
+                "{name}: no Kubernetes objects (empty input; expected YAML or JSON manifests)"
+            ));
+        }
+    }
 }
 
 /// Reads YAML/JSON files; directories are walked recursively (`.yaml`, `.yml`, `.json`), in
@@ -43,51 +59,74 @@ fn load(paths: &[PathBuf], lint: bool) -> Loaded {
         ignored: Vec::new(),
         findings: Vec::new(),
         declared_namespaces: BTreeSet::new(),
+        empty: Vec::new(),
     };
+    let mut total = 0;
     for path in paths {
-        if path.as_os_str() == "-" {
+        let errors_before = loaded.errors.len();
+        let objects = if path.as_os_str() == "-" {
             // `kubectl get ns,pods,networkpolicies -A -o yaml | portcullis matrix -f -`
             let mut text = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
-                Ok(_) => {
-                    if lint {
-                        loaded.findings.extend(unknown_fields(&text, "<stdin>"));
-                    }
-                    let report = load_into(&mut loaded.cluster, &text, "<stdin>");
-                    loaded
-                        .errors
-                        .extend(report.errors.iter().map(LoadError::to_string));
-                    loaded.ignored.extend(report.ignored);
+                Ok(_) => add_text(&mut loaded, &text, "<stdin>", lint),
+                Err(e) => {
+                    loaded.errors.push(format!("<stdin>: cannot read: {e}"));
+                    0
                 }
-                Err(e) => loaded.errors.push(format!("<stdin>: cannot read: {e}")),
             }
-            continue;
+        } else {
+            load_path(&mut loaded, path, lint)
+        };
+        // Standard input and directories must hold something; a file named on its own may be
+        // empty (a case with no policies) as long as the whole input is not.
+        let stdin_or_dir = path.as_os_str() == "-" || path.is_dir();
+        if stdin_or_dir && objects == 0 && loaded.errors.len() == errors_before {
+            loaded.empty.push(if path.as_os_str() == "-" {
+                "<stdin>".to_string()
+            } else {
+                path.display().to_string()
+            });
         }
-        let mut files = Vec::new();
-        if let Err(e) = collect_files(path, &mut files, true) {
-            loaded.errors.push(e.to_string());
-            continue;
-        }
-        for file in files {
-            let source = file.display().to_string();
-            match fs::read_to_string(&file) {
-                Ok(text) => {
-                    if lint {
-                        loaded.findings.extend(unknown_fields(&text, &source));
-                    }
-                    let report = load_into(&mut loaded.cluster, &text, &source);
-                    loaded
-                        .errors
-                        .extend(report.errors.iter().map(LoadError::to_string));
-                    loaded.ignored.extend(report.ignored);
-                }
-                Err(e) => loaded.errors.push(format!("{source}: cannot read: {e}")),
-            }
-        }
+        total += objects;
+    }
+    if total == 0 && loaded.errors.is_empty() && loaded.empty.is_empty() && !paths.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        loaded.empty.push(names.join(", "));
     }
     loaded.declared_namespaces = loaded.cluster.namespaces.keys().cloned().collect();
     loaded.cluster.ensure_implied_namespaces();
     loaded
+}
+
+/// Reads a file, or every manifest under a directory; returns how many objects they held.
+fn load_path(loaded: &mut Loaded, path: &Path, lint: bool) -> usize {
+    let mut files = Vec::new();
+    if let Err(e) = collect_files(path, &mut files, true) {
+        loaded.errors.push(e.to_string());
+        return 0;
+    }
+    let mut objects = 0;
+    for file in files {
+        let source = file.display().to_string();
+        match fs::read_to_string(&file) {
+            Ok(text) => objects += add_text(loaded, &text, &source, lint),
+            Err(e) => loaded.errors.push(format!("{source}: cannot read: {e}")),
+        }
+    }
+    objects
+}
+
+/// Adds the objects of one text; returns how many it held.
+fn add_text(loaded: &mut Loaded, text: &str, source: &str, lint: bool) -> usize {
+    if lint {
+        loaded.findings.extend(unknown_fields(text, source));
+    }
+    let report = load_into(&mut loaded.cluster, text, source);
+    loaded
+        .errors
+        .extend(report.errors.iter().map(LoadError::to_string));
+    loaded.ignored.extend(report.ignored);
+    report.objects
 }
 
 /// Why a path given to [`load_paths`] could not be walked.

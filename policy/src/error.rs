@@ -17,9 +17,15 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // An object without a name is still named in messages.
+        let name = if self.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.name
+        };
         match &self.namespace {
-            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name)?,
-            None => write!(f, "{} {}", self.kind, self.name)?,
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, name)?,
+            None => write!(f, "{} {}", self.kind, name)?,
         }
         if let Some(source) = &self.source {
             write!(f, " (in {source})")?;

@@ -47,6 +47,10 @@ pub struct LoadReport {
     pub errors: Vec<LoadError>,
     /// Objects of kinds policy does not use (Deployments, ConfigMaps...), as `Kind name (source)`.
     pub ignored: Vec<String>,
+    /// Objects read, of every kind, valid or not (a `List` counts its items, not itself): zero
+    /// means the text held no object at all, which callers report as an error (as `kubectl apply`
+    /// does: the empty output of a failed `kubectl get ... | portcullis lint -f -` must not pass).
+    pub objects: usize,
 }
 
 /// Parses `text` (named `source` in messages) and adds its Namespaces, Pods, NetworkPolicies,
@@ -120,6 +124,19 @@ pub(crate) struct HeadMeta {
     pub(crate) name: Option<String>,
     #[serde(default)]
     pub(crate) namespace: Option<String>,
+    /// Set only by an API server: with `uid`, tells an object read back from a server (`kubectl
+    /// get -o yaml`) from one a user wrote.
+    #[serde(default, rename = "resourceVersion")]
+    pub(crate) resource_version: Option<String>,
+    #[serde(default)]
+    pub(crate) uid: Option<String>,
+}
+
+impl HeadMeta {
+    /// Whether an API server wrote this object (it carries a `resourceVersion` or `uid`).
+    pub(crate) fn written_by_server(&self) -> bool {
+        self.resource_version.is_some() || self.uid.is_some()
+    }
 }
 
 /// A `List`'s items, each kept as YAML-free JSON so that it can be decoded by kind.
@@ -235,6 +252,7 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
     let head: Head = match doc.parse() {
         Ok(h) => h,
         Err(e) => {
+            report.objects += 1;
             report.errors.push(LoadError::Syntax {
                 location: source.to_string(),
                 message: e.to_string(),
@@ -253,6 +271,7 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
     if here.kind.ends_with("List") {
         return add_list(cluster, &doc, &here, report);
     }
+    report.objects += 1;
     let namespaced = here.namespace_or_default();
     match here.kind.as_str() {
         "Namespace" => add_namespace(cluster, &doc, &here, report),
@@ -293,11 +312,47 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
             "kind",
             "is required (expected a Kubernetes object with apiVersion and kind)".into(),
         )),
-        other => report.ignored.push(format!(
-            "{other} {} ({source})",
-            here.object(other, here.namespace.clone()).name
-        )),
+        other => match look_alike(other) {
+            Some(meant) => report.errors.push(here.error(
+                other,
+                here.namespace.clone(),
+                "kind",
+                format!(
+                    "unknown kind {other:?} (did you mean {meant:?}?); the object was not read"
+                ),
+            )),
+            None => report.ignored.push(format!(
+                "{other} {} ({source})",
+                here.object(other, here.namespace.clone()).name
+            )),
+        },
     }
+}
+
+/// The kinds this loader reads.
+const KINDS: [&str; 5] = [
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Service",
+    "EndpointSlice",
+];
+
+/// The kind `kind` was probably meant to be, when it looks like one this loader reads: another
+/// case, a plural (`NetworkPolicies`, the resource name), or a near miss of a long name
+/// (`NetworkPolciy`). Short names are not guessed at (`Pod` is one letter from `Job`).
+fn look_alike(kind: &str) -> Option<&'static str> {
+    let lower = kind.to_ascii_lowercase();
+    KINDS.into_iter().find(|known| {
+        let k = known.to_ascii_lowercase();
+        let plural = match k.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{k}s"),
+        };
+        lower == k
+            || lower == plural
+            || (k.len() >= 9 && crate::lint::edit_distance(&lower, &k) <= 2)
+    })
 }
 
 /// A Namespace: it needs a name (it has no namespace to be named under).

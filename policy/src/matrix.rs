@@ -1,7 +1,7 @@
 //! The reachability matrix: for every ordered pair of pods and every probe (port/protocol),
 //! whether a connection is allowed — the source's egress AND the destination's ingress.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -90,20 +90,32 @@ pub struct Matrix {
 impl Matrix {
     /// Computes the matrix over every pod that has an address, for each probe in order.
     pub fn compute(compiled: &CompiledCluster, probes: &[Probe]) -> Matrix {
-        let tables: Vec<&PodTable> = compiled
+        Matrix::compute_for(compiled, probes, None)
+    }
+
+    /// As [`Matrix::compute`], over the pods of `namespace` only (rows and columns) when given.
+    /// Policies of every namespace still decide: only the pods shown are fewer.
+    pub fn compute_for(
+        compiled: &CompiledCluster,
+        probes: &[Probe],
+        namespace: Option<&str>,
+    ) -> Matrix {
+        let tables: Vec<(&PodTable, String)> = compiled
             .tables
             .values()
             .map(|t| &**t)
             .filter(|t| !t.ips.is_empty())
+            .filter(|t| namespace.is_none_or(|ns| t.namespace == ns))
+            .map(|t| (t, t.key()))
             .collect();
         let mut out = Vec::with_capacity(probes.len() * tables.len() * tables.len());
         for &probe in probes {
-            for from in &tables {
-                for to in &tables {
+            for (from, from_key) in &tables {
+                for (to, to_key) in &tables {
                     if let Some(v) = connection(from, to, probe) {
                         out.push(ProbeResult {
-                            from: from.key(),
-                            to: to.key(),
+                            from: from_key.clone(),
+                            to: to_key.clone(),
                             port: probe.port,
                             protocol: probe.protocol,
                             allowed: v.allowed(),
@@ -114,6 +126,23 @@ impl Matrix {
             }
         }
         Matrix { probes: out }
+    }
+
+    /// Every cell by (from, to, probe), for looking many up: building it is linear in the cells,
+    /// and each look-up constant ([`Matrix::get`] scans).
+    pub fn index(&self) -> MatrixIndex<'_> {
+        MatrixIndex(
+            self.probes
+                .iter()
+                .map(|p| {
+                    let probe = Probe {
+                        port: p.port,
+                        protocol: p.protocol,
+                    };
+                    ((p.from.as_str(), p.to.as_str(), probe), p)
+                })
+                .collect(),
+        )
     }
 
     /// The pods in the matrix, in order.
@@ -132,21 +161,32 @@ impl Matrix {
     /// The probes in the matrix, in order of first appearance.
     pub fn probe_list(&self) -> Vec<Probe> {
         let mut seen = Vec::new();
+        let mut known = BTreeSet::new();
         for p in &self.probes {
             let probe = Probe {
                 port: p.port,
                 protocol: p.protocol,
             };
-            if !seen.contains(&probe) {
+            if known.insert(probe) {
                 seen.push(probe);
             }
         }
         seen
     }
 
+    /// One cell, by a scan: for many, use [`Matrix::index`].
     pub fn get(&self, from: &str, to: &str, probe: Probe) -> Option<&ProbeResult> {
         self.probes.iter().find(|p| {
             p.from == from && p.to == to && p.port == probe.port && p.protocol == probe.protocol
         })
+    }
+}
+
+/// The cells of a [`Matrix`] by (from, to, probe).
+pub struct MatrixIndex<'a>(HashMap<(&'a str, &'a str, Probe), &'a ProbeResult>);
+
+impl<'a> MatrixIndex<'a> {
+    pub fn get(&self, from: &str, to: &str, probe: Probe) -> Option<&'a ProbeResult> {
+        self.0.get(&(from, to, probe)).copied()
     }
 }

@@ -73,10 +73,33 @@ pub enum PortSpec {
 }
 
 /// Validates one NetworkPolicy; any error rejects the whole object, as the API server would.
+/// The first error only: [`validate_policy_all`] gives every one.
 pub fn validate_policy(
     np: &NetworkPolicy,
     source: Option<&str>,
 ) -> Result<ValidPolicy, ObjectError> {
+    validate_policy_all(np, source).map_err(|e| e.first)
+}
+
+/// Every error of one invalid NetworkPolicy, in field order (the API server reports them all).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{first}")]
+pub struct PolicyErrors {
+    pub first: ObjectError,
+    pub rest: Vec<ObjectError>,
+}
+
+impl PolicyErrors {
+    pub fn all(&self) -> impl Iterator<Item = &ObjectError> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+}
+
+/// As [`validate_policy`], with every error of the object instead of the first.
+pub fn validate_policy_all(
+    np: &NetworkPolicy,
+    source: Option<&str>,
+) -> Result<ValidPolicy, PolicyErrors> {
     let namespace = np
         .metadata
         .namespace
@@ -89,45 +112,109 @@ pub fn validate_policy(
         name: name.clone(),
         source: source.map(str::to_string),
     };
-    let fail = |field: String, message: String| ObjectError {
+    let mut errors: Vec<FieldError> = Vec::new();
+    if name.is_empty() {
+        errors.push(("metadata.name".into(), "is required".into()));
+    }
+    let valid = match &np.spec {
+        Some(spec) => validate_spec(spec, namespace, name, &mut errors),
+        None => {
+            errors.push(("spec".into(), "is required".into()));
+            None
+        }
+    };
+    let mut errors = errors.into_iter().map(|(field, message)| ObjectError {
         object: Box::new(object.clone()),
         field,
         message,
-    };
-    if name.is_empty() {
-        return Err(fail("metadata.name".into(), "is required".into()));
+    });
+    match (valid, errors.next()) {
+        (Some(valid), None) => Ok(valid),
+        (_, Some(first)) => Err(PolicyErrors {
+            first,
+            rest: errors.collect(),
+        }),
+        // validate_spec gives no policy only with an error.
+        (None, None) => Err(PolicyErrors {
+            first: ObjectError {
+                object: Box::new(object),
+                field: "spec".into(),
+                message: "is invalid".into(),
+            },
+            rest: Vec::new(),
+        }),
     }
-    let Some(spec) = &np.spec else {
-        return Err(fail("spec".into(), "is required".into()));
-    };
+}
+
+/// `errors` (a compile's, which holds the first error of each invalid policy) with each policy's
+/// first error followed by its others, so that a user sees every error of an object at once.
+pub fn with_every_policy_error(
+    policies: &[crate::cluster::SourcedPolicy],
+    errors: &[ObjectError],
+) -> Vec<ObjectError> {
+    let invalid: Vec<PolicyErrors> = policies
+        .iter()
+        .filter_map(|sp| validate_policy_all(&sp.policy, sp.source.as_deref()).err())
+        .filter(|e| !e.rest.is_empty())
+        .collect();
+    let mut out = Vec::with_capacity(errors.len());
+    for e in errors {
+        match invalid.iter().find(|all| all.first == *e) {
+            Some(all) => out.extend(all.all().cloned()),
+            None => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+/// The spec's parts, each error added to `errors`; the policy when there was none.
+fn validate_spec(
+    spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec,
+    namespace: String,
+    name: String,
+    errors: &mut Vec<FieldError>,
+) -> Option<ValidPolicy> {
+    let before = errors.len();
     let pod_selector = match &spec.pod_selector {
-        Some(sel) => Selector::parse(sel, "spec.podSelector").map_err(|(f, m)| fail(f, m))?,
+        Some(sel) => Selector::parse(sel, "spec.podSelector").unwrap_or_else(|e| {
+            errors.push(e);
+            Selector::everything()
+        }),
         None => Selector::everything(),
     };
 
     let ingress_rules = spec.ingress.as_deref().unwrap_or(&[]);
     let egress_rules = spec.egress.as_deref().unwrap_or(&[]);
     let (isolates_ingress, isolates_egress) =
-        isolation(spec.policy_types.as_deref(), !egress_rules.is_empty())
-            .map_err(|(f, m)| fail(f, m))?;
+        isolation(spec.policy_types.as_deref(), !egress_rules.is_empty()).unwrap_or_else(|e| {
+            errors.push(e);
+            (true, false)
+        });
 
     let mut ingress = Vec::with_capacity(ingress_rules.len());
     for (i, r) in ingress_rules.iter().enumerate() {
         let field = format!("spec.ingress[{i}]");
-        ingress.push(
-            validate_rule(r.from.as_deref(), r.ports.as_deref(), &field, "from")
-                .map_err(|(f, m)| fail(f, m))?,
+        let rule = validate_rule(
+            r.from.as_deref(),
+            r.ports.as_deref(),
+            &field,
+            "from",
+            errors,
         );
+        ingress.push(rule);
     }
     let mut egress = Vec::with_capacity(egress_rules.len());
     for (i, r) in egress_rules.iter().enumerate() {
         let field = format!("spec.egress[{i}]");
-        egress.push(
-            validate_rule(r.to.as_deref(), r.ports.as_deref(), &field, "to")
-                .map_err(|(f, m)| fail(f, m))?,
-        );
+        egress.push(validate_rule(
+            r.to.as_deref(),
+            r.ports.as_deref(),
+            &field,
+            "to",
+            errors,
+        ));
     }
-    Ok(ValidPolicy {
+    (errors.len() == before).then_some(ValidPolicy {
         namespace,
         name,
         pod_selector,
@@ -166,31 +253,35 @@ fn isolation(types: Option<&[String]>, has_egress_rules: bool) -> Result<(bool, 
     }
 }
 
+/// One rule; each invalid peer or port is added to `errors` and left out.
 fn validate_rule(
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
     field: &str,
     peers_name: &str,
-) -> Result<Rule, FieldError> {
+    errors: &mut Vec<FieldError>,
+) -> Rule {
+    let mut keep = |r: Result<_, FieldError>| r.map_err(|e| errors.push(e)).ok();
     let peers = match peers {
         None | Some([]) => None,
         Some(list) => Some(
             list.iter()
                 .enumerate()
-                .map(|(i, p)| validate_peer(p, &format!("{field}.{peers_name}[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
+                .filter_map(|(i, p)| keep(validate_peer(p, &format!("{field}.{peers_name}[{i}]"))))
+                .collect(),
         ),
     };
+    let mut keep = |r: Result<_, FieldError>| r.map_err(|e| errors.push(e)).ok();
     let ports = match ports {
         None | Some([]) => None,
         Some(list) => Some(
             list.iter()
                 .enumerate()
-                .map(|(i, p)| validate_port(p, &format!("{field}.ports[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
+                .filter_map(|(i, p)| keep(validate_port(p, &format!("{field}.ports[{i}]"))))
+                .collect(),
         ),
     };
-    Ok(Rule { peers, ports })
+    Rule { peers, ports }
 }
 
 fn validate_peer(peer: &NetworkPolicyPeer, field: &str) -> Result<Peer, FieldError> {
@@ -362,6 +453,39 @@ mod tests {
 
     fn policy(yaml: &str) -> NetworkPolicy {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn every_error_of_a_policy_is_reported_in_field_order() {
+        let e = validate_policy_all(
+            &policy(&format!(
+                "{HEAD}spec:\n  podSelector: {{}}\n  policyTypes: [Ingres]\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 10.0.0.0/33}}\n    - {{}}\n    ports: [{{port: 0}}, {{port: 80, protocol: tcp}}]\n  egress:\n  - ports: [{{port: Bad_Name}}]\n"
+            )),
+            Some("p.yaml"),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = e.all().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.policyTypes[0]",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+                "spec.ingress[0].from[1]",
+                "spec.ingress[0].ports[0].port",
+                "spec.ingress[0].ports[1].protocol",
+                "spec.egress[0].ports[0].port",
+            ]
+        );
+        assert!(e
+            .all()
+            .all(|e| e.to_string().starts_with("NetworkPolicy x/np (in p.yaml)")));
+        // The single-error form keeps the first.
+        assert_eq!(
+            validate_policy(&policy(&format!("{HEAD}spec:\n  podSelector: {{}}\n  policyTypes: [Ingres]\n  egress: [{{ports: [{{port: 0}}]}}]\n")), None)
+                .unwrap_err()
+                .field,
+            "spec.policyTypes[0]"
+        );
     }
 
     fn err(yaml: &str) -> ObjectError {

@@ -35,6 +35,10 @@ pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
 pub const SERVICE_LABELS_MAX: usize = 64;
 
 pub fn describe() {
+    use portcullis_contract::build;
+    describe_gauge!(build::INFO_METRIC, build::INFO_HELP);
+    metrics::gauge!(build::INFO_METRIC, "version" => build::VERSION, "commit" => build::COMMIT)
+        .set(1.0);
     describe_connections();
     describe_policy();
     describe_admin();

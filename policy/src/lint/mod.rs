@@ -25,6 +25,7 @@ mod rules;
 mod unknown;
 
 pub use policies::check_cluster;
+pub(crate) use unknown::edit_distance;
 pub use unknown::unknown_fields;
 
 /// The namespace label that opts a namespace in to injection (docs/CONVENTIONS.md).
@@ -50,13 +51,16 @@ impl fmt::Display for Severity {
     }
 }
 
-/// Which check found something; stable names for CI filters (`-o json`).
+/// Which check found something; stable names for CI filters (`-o json`), and stable codes
+/// (`PC0xx`, documented in docs/cli.md, "Lint codes"): a code is never reused for another check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Check {
     /// Not YAML/JSON, or an object the API server would reject.
     Invalid,
     UnknownField,
+    /// Unknown fields of objects read back from an API server (a newer one): ignored, one warning.
+    NewerServerField,
     SelectsNoPod,
     PeerSelectsNothing,
     NamedPortUndeclared,
@@ -75,6 +79,7 @@ impl Check {
         match self {
             Check::Invalid => "invalid",
             Check::UnknownField => "unknown-field",
+            Check::NewerServerField => "newer-server-field",
             Check::SelectsNoPod => "selects-no-pod",
             Check::PeerSelectsNothing => "peer-selects-nothing",
             Check::NamedPortUndeclared => "named-port-undeclared",
@@ -88,12 +93,53 @@ impl Check {
             Check::NoPods => "no-pods",
         }
     }
+
+    /// The stable code: `PC00x` for what the API server or the engine rejects, `PC01x`-`PC02x`
+    /// for what probably does not mean what was meant.
+    pub fn code(self) -> &'static str {
+        match self {
+            Check::Invalid => "PC001",
+            Check::UnknownField => "PC002",
+            Check::NewerServerField => "PC003",
+            Check::SelectsNoPod => "PC010",
+            Check::PeerSelectsNothing => "PC011",
+            Check::NamedPortUndeclared => "PC012",
+            Check::PortNotDeclared => "PC013",
+            Check::NoDns => "PC014",
+            Check::OverlappingExcept => "PC015",
+            Check::IgnoredRules => "PC016",
+            Check::HostNetworkSelected => "PC017",
+            Check::NotEnforced => "PC018",
+            Check::ProxyPortConflict => "PC019",
+            Check::NoPods => "PC020",
+        }
+    }
+
+    /// Every check, in code order (for documentation and its test).
+    pub const ALL: [Check; 14] = [
+        Check::Invalid,
+        Check::UnknownField,
+        Check::NewerServerField,
+        Check::SelectsNoPod,
+        Check::PeerSelectsNothing,
+        Check::NamedPortUndeclared,
+        Check::PortNotDeclared,
+        Check::NoDns,
+        Check::OverlappingExcept,
+        Check::IgnoredRules,
+        Check::HostNetworkSelected,
+        Check::NotEnforced,
+        Check::ProxyPortConflict,
+        Check::NoPods,
+    ];
 }
 
 /// One thing lint found: how bad, which check, which object and field, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub severity: Severity,
+    /// The check's stable code, e.g. `PC002` (always `check.code()`).
+    pub code: &'static str,
     pub check: Check,
     /// None for problems that are not about one object (a file that is not YAML).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +153,7 @@ impl Finding {
     fn new(severity: Severity, check: Check, object: &ObjectRef, field: &str, msg: String) -> Self {
         Finding {
             severity,
+            code: check.code(),
             check,
             object: Some(object.clone()),
             field: field.to_string(),
@@ -118,6 +165,7 @@ impl Finding {
     pub fn invalid(e: &ObjectError) -> Self {
         Finding {
             severity: Severity::Error,
+            code: Check::Invalid.code(),
             check: Check::Invalid,
             object: Some((*e.object).clone()),
             field: e.field.clone(),
@@ -129,6 +177,7 @@ impl Finding {
     pub fn invalid_text(message: String) -> Self {
         Finding {
             severity: Severity::Error,
+            code: Check::Invalid.code(),
             check: Check::Invalid,
             object: None,
             field: String::new(),
@@ -146,7 +195,13 @@ impl fmt::Display for Finding {
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }
-        write!(f, ": {} [{}]", self.message, self.check.as_str())
+        write!(
+            f,
+            ": {} [{}] ({})",
+            self.message,
+            self.check.as_str(),
+            self.code
+        )
     }
 }
 
@@ -220,6 +275,42 @@ mod tests {
         assert_eq!(
             fields,
             ["spec.egress[0].to[0].ipBlock.exept", "metadata.lables"]
+        );
+    }
+
+    #[test]
+    fn objects_read_back_from_a_server_are_lenient_but_policies_stay_strict() {
+        // `kubectl get pods,netpol -o yaml` against a newer API server.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+            - apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x, uid: u1, resourceVersion: \"7\"}\n  spec: {containers: [{name: c, image: i}], newSchedulingThing: 1}\n  status: {podIP: 10.0.0.1, newStatus: 2}\n\
+            - apiVersion: v1\n  kind: Pod\n  metadata: {name: b, namespace: x, uid: u2}\n  spec: {containers: [{name: c, image: i}], newSchedulingThing: 1}\n\
+            - apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: x, uid: u3}\n  spec: {podSelector: {}, newRuleKind: []}\n";
+        let found = unknown_fields(text, "get.yaml");
+        let summary: Vec<(Severity, Check, &str)> = found
+            .iter()
+            .map(|f| (f.severity, f.check, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Severity::Error, Check::UnknownField, "spec.newRuleKind"),
+                (
+                    Severity::Warning,
+                    Check::NewerServerField,
+                    "spec.newSchedulingThing"
+                ),
+            ]
+        );
+        assert!(
+            found[1].message.starts_with("3 field(s) in 2 object(s)"),
+            "{}",
+            found[1].message
+        );
+        // The same Pod written by a user (no uid, no resourceVersion) is strict.
+        let mine = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, image: i}], newSchedulingThing: 1}\n";
+        assert_eq!(
+            unknown_fields(mine, "mine.yaml")[0].check,
+            Check::UnknownField
         );
     }
 
@@ -316,6 +407,18 @@ mod tests {
             ],
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn every_check_has_its_own_code_and_a_doc_entry() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
+            .expect("docs/cli.md");
+        let mut codes = std::collections::BTreeSet::new();
+        for check in Check::ALL {
+            assert!(codes.insert(check.code()), "{} reused", check.code());
+            let row = format!("| `{}` | `{}` |", check.code(), check.as_str());
+            assert!(docs.contains(&row), "docs/cli.md lacks {row}");
+        }
     }
 
     #[test]

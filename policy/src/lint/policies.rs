@@ -64,6 +64,7 @@ pub fn check_cluster(cluster: &Cluster, declared_namespaces: &BTreeSet<String>) 
         if !valid.is_empty() {
             out.push(Finding {
                 severity: Severity::Note,
+                code: Check::NoPods.code(),
                 check: Check::NoPods,
                 object: None,
                 field: String::new(),

@@ -16,24 +16,59 @@ use crate::manifest::{split_documents, Document, Head, ListItems};
 /// server's strict field validation reports them (`kubectl apply --validate=strict`, the default
 /// since 1.27). Objects of kinds this check does not know are not looked at; malformed text is
 /// left to the loader, which reports it.
+///
+/// Objects read back from an API server (they carry `metadata.resourceVersion` or `uid`, as
+/// `kubectl get -o yaml` prints them) are read leniently, except NetworkPolicies: a newer server
+/// returns fields this version does not know, and the server accepted them. Those give one
+/// warning per text, not an error per object. A policy stays strict wherever it comes from: a
+/// field the engine does not know may change what it means.
 pub fn unknown_fields(text: &str, source: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     let Ok(documents) = split_documents(text) else {
         return out;
     };
     let many = documents.len() > 1;
+    let mut from_server = Vec::new();
     for (i, doc) in documents.iter().enumerate() {
         let here = if many {
             format!("{source}, document {}", i + 1)
         } else {
             source.to_string()
         };
-        unknown_in_document(doc, &here, &mut out);
+        let mut found = Found {
+            strict: &mut out,
+            from_server: &mut from_server,
+        };
+        unknown_in_document(doc, &here, &mut found);
+    }
+    if let Some((object, field)) = from_server.first() {
+        out.push(Finding::new(
+            Severity::Warning,
+            Check::NewerServerField,
+            object,
+            field,
+            format!(
+                "{} field(s) in {} object(s) read back from an API server are unknown to this \
+                 version (probably from a newer Kubernetes); they are ignored",
+                from_server.len(),
+                from_server
+                    .iter()
+                    .map(|(o, _)| o.to_string())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            ),
+        ));
     }
     out
 }
 
-fn unknown_in_document(doc: &Document<'_>, source: &str, out: &mut Vec<Finding>) {
+/// Where unknown fields go: findings for objects a user wrote, a tally for objects a server wrote.
+struct Found<'a> {
+    strict: &'a mut Vec<Finding>,
+    from_server: &'a mut Vec<(ObjectRef, String)>,
+}
+
+fn unknown_in_document(doc: &Document<'_>, source: &str, out: &mut Found<'_>) {
     let Ok(head) = doc.parse::<Head>() else {
         return;
     };
@@ -49,6 +84,7 @@ fn unknown_in_document(doc: &Document<'_>, source: &str, out: &mut Vec<Finding>)
         }
         return;
     }
+    let lenient = meta.written_by_server() && kind != "NetworkPolicy";
     let namespaced = kind != "Namespace";
     let object = ObjectRef {
         kind: kind.clone(),
@@ -72,10 +108,15 @@ fn unknown_in_document(doc: &Document<'_>, source: &str, out: &mut Vec<Finding>)
         ("batch/v1", "CronJob") => ignored_fields::<CronJob>(doc),
         _ => Vec::new(),
     };
+    if lenient {
+        out.from_server
+            .extend(fields.into_iter().map(|f| (object.clone(), f)));
+        return;
+    }
     for field in fields {
         let leaf = field.rsplit('.').next().unwrap_or(&field).to_string();
         let hint = typo_hint(&leaf);
-        out.push(Finding::new(
+        out.strict.push(Finding::new(
             Severity::Error,
             Check::UnknownField,
             &object,
@@ -114,7 +155,8 @@ fn typo_hint(leaf: &str) -> String {
         .unwrap_or_default()
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance, for "did you mean" hints.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
