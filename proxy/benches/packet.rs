@@ -32,11 +32,7 @@ type Ports = (IpAddr, u16, IpAddr, u16, u8);
 
 fn ours(p: &[u8]) -> Option<Ports> {
     let f = parse(p).ok()?;
-    let n = match f.protocol {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    };
+    let n = f.protocol.number();
     Some((
         f.source.ip(),
         f.source.port(),
