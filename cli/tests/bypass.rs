@@ -609,9 +609,26 @@ fn udp_lite_is_judged_both_ways_as_an_unprivileged_uid() {
         bed.proxy_log(ATTACKER)
     );
 
-    // Ingress: the target (egress open) to the attacker (ingress denied).
+    // Ingress: the target (egress open) to the attacker (ingress denied). Conntrack checks
+    // UDP-Lite checksums on the way in and, over veth, finds them bad: the datagram is
+    // `INVALID` and dropped before the queue (fail closed, no audit line).
     let rx = bed.receiver(ATTACKER, Some(1000), &["udplite", "9000", "2"]);
     let got = bed.probe(TARGET, Some(1000), rx, &["udplite", &attacker, "9000"]);
+    assert!(
+        got.is_empty(),
+        "UDP-Lite reached a pod whose ingress is denied: {got:?}"
+    );
+    // With `net.netfilter.nf_conntrack_checksum=0` in the receivers' namespaces it is `NEW`, and
+    // the queue judges it: denied with an audit line, or allowed by a port-less rule.
+    for pod in [ATTACKER, TARGET] {
+        let set = bed.sh(
+            pod,
+            &["sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=0"],
+        );
+        assert!(set.status.success(), "{}", text(&set.stderr));
+    }
+    let rx = bed.receiver(ATTACKER, Some(1000), &["udplite", "9001", "2"]);
+    let got = bed.probe(TARGET, Some(1000), rx, &["udplite", &attacker, "9001"]);
     assert!(
         got.is_empty(),
         "UDP-Lite reached a pod whose ingress is denied: {got:?}"

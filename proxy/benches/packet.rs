@@ -4,7 +4,6 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis_policy::Protocol;
 use portcullis_proxy::queue::packet::parse;
 
 fn udp4(total: u16) -> Vec<u8> {

@@ -278,6 +278,56 @@ mod tests {
         }
     }
 
+    /// A tuple as conntrack dumps a protocol it tracks without ports (GRE without its helper,
+    /// IPIP, 253, ICMP's type/code aside): no port attributes at all.
+    fn portless(number: u8, t: &Tuple) -> Vec<u8> {
+        let mut attrs = vec![2, 0, 0, 0];
+        for kind in [CTA_TUPLE_ORIG, CTA_TUPLE_REPLY] {
+            let (mut ip, mut proto, mut tuple) = (Vec::new(), Vec::new(), Vec::new());
+            put_attr(&mut ip, CTA_IP_V4_SRC, &v4(t.source.ip()));
+            put_attr(&mut ip, CTA_IP_V4_DST, &v4(t.destination.ip()));
+            put_attr(&mut proto, CTA_PROTO_NUM, &[number]);
+            put_nested(&mut tuple, CTA_TUPLE_IP, &ip);
+            put_nested(&mut tuple, CTA_TUPLE_PROTO, &proto);
+            put_nested(&mut attrs, kind, &tuple);
+        }
+        attrs
+    }
+
+    fn v4(ip: IpAddr) -> [u8; 4] {
+        match ip {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => [0; 4],
+        }
+    }
+
+    /// Issue 20: flows of every protocol the queue judges are revoked through their entries,
+    /// port-less ones included; ICMP's are never the queue's.
+    #[test]
+    fn port_less_entries_are_the_queues_and_icmp_is_not() {
+        let t = Tuple {
+            source: "10.0.0.1:0".parse().unwrap(),
+            destination: "10.0.0.2:0".parse().unwrap(),
+        };
+        for number in [4u8, 47, 253] {
+            let e = parse_entry(&portless(number, &t)).expect("a port-less entry");
+            assert_eq!(e.protocol, Protocol::Other(number));
+            assert_eq!(e.original, t);
+        }
+        assert!(parse_entry(&portless(1, &t)).is_none());
+        assert!(parse_entry(&portless(58, &t)).is_none());
+        // UDP-Lite keeps its ports.
+        let lite = Tuple {
+            source: "10.0.0.1:40000".parse().unwrap(),
+            destination: "10.0.0.2:9000".parse().unwrap(),
+        };
+        let mut attrs = vec![2, 0, 0, 0];
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Other(136), &lite);
+        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Other(136), &lite);
+        let e = parse_entry(&attrs).expect("udplite");
+        assert_eq!((e.protocol, e.original), (Protocol::Other(136), lite));
+    }
+
     fn tcp(t: &Tuple, mark: Option<u32>, state: Option<u8>) -> Vec<u8> {
         let mut attrs = vec![10, 0, 0, 0];
         put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Tcp, t);
