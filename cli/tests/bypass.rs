@@ -4,7 +4,8 @@
 //! pod with a root process and a few capabilities can do). Needs root.
 //!
 //! The cluster (`BYPASS`): `att/attacker` is under default deny both ways; `mid/relay` is open and
-//! runs an application bound to 127.0.0.1 only; `tgt/target` admits only the `mid` namespace.
+//! runs an application bound to 127.0.0.1 only; `tgt/target` admits only the `mid` namespace
+//! (a rule without `ports`, so it also admits the relay's port-less protocols: UDP-Lite, GRE ...).
 
 use std::fs;
 use std::net::IpAddr;
