@@ -4,7 +4,8 @@
 //! pod with a root process and a few capabilities can do). Needs root.
 //!
 //! The cluster (`BYPASS`): `att/attacker` is under default deny both ways; `mid/relay` is open and
-//! runs an application bound to 127.0.0.1 only; `tgt/target` admits only the `mid` namespace.
+//! runs an application bound to 127.0.0.1 only; `tgt/target` admits only the `mid` namespace
+//! (a rule without `ports`, so it also admits the relay's port-less protocols: UDP-Lite, GRE ...).
 
 use std::fs;
 use std::net::IpAddr;
@@ -909,4 +910,342 @@ fn the_node_guard_drops_forged_sources_and_arp_poisoning() {
     assert_eq!(bed.connect_to_vault(&bed.node()).as_deref(), Some(VAULT));
     // The attacker's own traffic passes the guard and meets the vault's policy as before.
     assert_eq!(bed.connect_to_vault(&spoofer_ns), None);
+}
+
+/// Waits up to argv[3] seconds for datagrams carrying the probe marker and prints `GOT <from>`
+/// for each: argv[1] is `udplite` (a UDP-Lite socket on port argv[2]), `raw` (a raw IPv4 socket
+/// for IP protocol argv[2]) or `udp6` (a dual-stack UDP socket on port argv[2]).
+const RECEIVE: &str = r#"
+import socket, sys, time
+kind, arg, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+if kind == "udplite":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+    s.bind(("0.0.0.0", arg))
+elif kind == "raw":
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, arg)
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", arg))
+print("READY", flush=True)
+end = time.time() + wait
+while time.time() < end:
+    s.settimeout(max(0.05, end - time.time()))
+    try:
+        d, a = s.recvfrom(4096)
+    except socket.timeout:
+        break
+    if b"portcullis-probe" in d:
+        print("GOT", a[0], flush=True)
+print("DONE", flush=True)
+"#;
+
+/// Sends the probe three times: argv[1] `udplite` (to argv[2]:argv[3]), `raw` (an IPv4 packet of
+/// IP protocol argv[3] to argv[2], through the sender's own netfilter), or `frame` (an IPv4
+/// packet of protocol argv[3] from argv[4] to argv[2], in an Ethernet frame to MAC argv[5]
+/// over AF_PACKET: the sender's netfilter never sees it), or `frame6` (a UDP/IPv6 datagram from
+/// argv[4] to [argv[2]]:argv[3], to MAC argv[5], over AF_PACKET).
+const SEND: &str = r#"
+import socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+def frame(mac, packet, ethertype):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("eth0", 0))
+    return lambda: s.send(bytes.fromhex(mac.replace(":", "")) + s.getsockname()[4] + ethertype + packet)
+kind, dst, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
+probe = b"portcullis-probe\n"
+if kind == "udplite":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+    send = lambda: s.sendto(probe, (dst, num))
+elif kind == "raw":
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, num)
+    send = lambda: s.sendto(probe, (dst, 0))
+elif kind == "frame":
+    src, d = socket.inet_aton(sys.argv[4]), socket.inet_aton(dst)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(probe), 7, 0, 64, num, 0, src, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    send = frame(sys.argv[5], ip + probe, b"\x08\x00")
+else:
+    src, d = socket.inet_pton(socket.AF_INET6, sys.argv[4]), socket.inet_pton(socket.AF_INET6, dst)
+    udp = struct.pack("!HHHH", 40000, num, 8 + len(probe), 0) + probe
+    c = csum(src + d + struct.pack("!IxxxB", len(udp), 17) + udp) or 0xffff
+    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, src, d)
+    send = frame(sys.argv[5], ip6 + udp, b"\x86\xdd")
+for _ in range(3):
+    send()
+    time.sleep(0.2)
+print("SENT")
+"#;
+
+impl Bed {
+    /// Starts [`RECEIVE`] in `pod` as root (raw sockets need it) or `uid`, and returns once its
+    /// socket is open.
+    fn receiver(&self, pod: &str, uid: Option<u32>, args: &[&str]) -> std::process::Child {
+        use std::io::BufRead;
+        let (netns, _) = self.pod(pod);
+        let program = match uid {
+            Some(uid) => format!(
+                "import os, socket, sys, time\nos.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n{RECEIVE}"
+            ),
+            None => RECEIVE.to_string(),
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", &program])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let mut first = String::new();
+        let stdout = child.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("receiver output");
+        assert_eq!(first.trim(), "READY", "the receiver did not start in {pod}");
+        child
+    }
+
+    /// Sends with [`SEND`] from `pod` while `receiver` listens; the sources it got the probe from.
+    fn probe(
+        &self,
+        pod: &str,
+        uid: Option<u32>,
+        receiver: std::process::Child,
+        args: &[&str],
+    ) -> Vec<String> {
+        let sent = self.python(pod, uid, SEND, args);
+        assert!(
+            text(&sent.stdout).contains("SENT"),
+            "the probe was not sent from {pod}: {}",
+            text(&sent.stderr)
+        );
+        let out = receiver.wait_with_output().expect("receiver");
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("DONE"), "the receiver failed: {stdout}");
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("GOT "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn mac(&self, pod: &str) -> String {
+        let mac = text(&self.sh(pod, &["cat", "/sys/class/net/eth0/address"]).stdout)
+            .trim()
+            .to_string();
+        assert_eq!(mac.len(), 17, "no MAC for {pod}");
+        mac
+    }
+
+    /// The pod's IPv6 link-local address (every pod of the testbed has one on eth0).
+    fn link_local(&self, pod: &str) -> String {
+        let out = text(
+            &self
+                .sh(
+                    pod,
+                    &[
+                        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+                    ],
+                )
+                .stdout,
+        );
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no IPv6 link-local address in {pod}: {out}"))
+            .to_string()
+    }
+
+    /// Whether the pod's proxy wrote a `connection_denied` line for `protocol` from or to `peer`.
+    fn denied(&self, pod: &str, direction: &str, protocol: &str, peer: &str) -> bool {
+        self.proxy_log(pod).lines().any(|l| {
+            l.contains("connection_denied")
+                && l.contains(&format!("\"direction\":\"{direction}\""))
+                && l.contains(&format!("\"protocol\":\"{protocol}\""))
+                && l.contains(peer)
+        })
+    }
+}
+
+/// Issue 20 §1: UDP-Lite (IP protocol 136) is an ordinary socket any UID opens, and before the
+/// fix only TCP, UDP and SCTP were queued: two deny-all directions exchanged it as UID 1000 with
+/// no capability. Now it is judged both ways as a port-less flow (NetworkPolicy cannot name
+/// UDP-Lite): denied where the direction is isolated unless a rule without `ports` matches.
+#[test]
+fn udp_lite_is_judged_both_ways_as_an_unprivileged_uid() {
+    let bed = Bed::up("ul");
+    let (_, attacker_ip) = bed.pod(ATTACKER);
+    let (_, relay_ip) = bed.pod(RELAY);
+    let (_, target_ip) = bed.pod(TARGET);
+    let (attacker, relay, target) = (
+        attacker_ip.to_string(),
+        relay_ip.to_string(),
+        target_ip.to_string(),
+    );
+
+    // Egress: the attacker (egress denied) to the relay (ingress open).
+    let rx = bed.receiver(RELAY, Some(1000), &["udplite", "9000", "2"]);
+    let got = bed.probe(ATTACKER, Some(1000), rx, &["udplite", &relay, "9000"]);
+    assert!(
+        got.is_empty(),
+        "UDP-Lite left a pod whose egress is denied: {got:?}"
+    );
+    assert!(
+        bed.denied(ATTACKER, "egress", "UDPLITE", &format!("{relay}:9000")),
+        "no connection_denied line for UDP-Lite in the attacker's log:\n{}",
+        bed.proxy_log(ATTACKER)
+    );
+
+    // Ingress: the target (egress open) to the attacker (ingress denied). Conntrack checks
+    // UDP-Lite checksums on the way in and, over veth, finds them bad: the datagram is
+    // `INVALID` and dropped before the queue (fail closed, no audit line).
+    let rx = bed.receiver(ATTACKER, Some(1000), &["udplite", "9000", "2"]);
+    let got = bed.probe(TARGET, Some(1000), rx, &["udplite", &attacker, "9000"]);
+    assert!(
+        got.is_empty(),
+        "UDP-Lite reached a pod whose ingress is denied: {got:?}"
+    );
+    // With `net.netfilter.nf_conntrack_checksum=0` in the receivers' namespaces it is `NEW`, and
+    // the queue judges it: denied with an audit line, or allowed by a port-less rule.
+    for pod in [ATTACKER, TARGET] {
+        let set = bed.sh(
+            pod,
+            &["sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=0"],
+        );
+        assert!(set.status.success(), "{}", text(&set.stderr));
+    }
+    let rx = bed.receiver(ATTACKER, Some(1000), &["udplite", "9001", "2"]);
+    let got = bed.probe(TARGET, Some(1000), rx, &["udplite", &attacker, "9001"]);
+    assert!(
+        got.is_empty(),
+        "UDP-Lite reached a pod whose ingress is denied: {got:?}"
+    );
+    assert!(
+        bed.denied(ATTACKER, "ingress", "UDPLITE", &target),
+        "no ingress connection_denied line for UDP-Lite:\n{}",
+        bed.proxy_log(ATTACKER)
+    );
+
+    // Allowed: the target's ingress rule from namespace mid has no `ports`, so it admits the
+    // relay's UDP-Lite.
+    let rx = bed.receiver(TARGET, Some(1000), &["udplite", "9000", "3"]);
+    let got = bed.probe(RELAY, Some(1000), rx, &["udplite", &target, "9000"]);
+    assert!(
+        got.contains(&relay),
+        "a port-less rule must admit UDP-Lite: {got:?}"
+    );
+}
+
+/// Issue 20 §1: with NET_RAW, GRE (47), IPIP (4) and protocol 253 reached an isolated pod's raw
+/// socket. Now every IP protocol but ICMP is judged in the queue: the target's ingress (only
+/// namespace mid) refuses the attacker's frames, sent over AF_PACKET so that the attacker's own
+/// egress rules never see them; the attacker's egress refuses its raw IP packets to the open
+/// relay; and the relay, which the target's port-less rule admits, still gets through.
+#[test]
+fn other_ip_protocols_are_judged_both_ways_with_net_raw() {
+    let bed = Bed::up("ip");
+    let (_, attacker_ip) = bed.pod(ATTACKER);
+    let (_, relay_ip) = bed.pod(RELAY);
+    let (_, target_ip) = bed.pod(TARGET);
+    let (attacker, relay, target) = (
+        attacker_ip.to_string(),
+        relay_ip.to_string(),
+        target_ip.to_string(),
+    );
+    let target_mac = bed.mac(TARGET);
+    for (proto, name) in [("47", "GRE"), ("4", "IPIP"), ("253", "IP-PROTO-253")] {
+        let rx = bed.receiver(TARGET, None, &["raw", proto, "2"]);
+        let got = bed.probe(
+            ATTACKER,
+            None,
+            rx,
+            &["frame", &target, proto, &attacker, &target_mac],
+        );
+        assert!(
+            got.is_empty(),
+            "protocol {proto} reached the isolated target: {got:?}"
+        );
+        assert!(
+            bed.denied(TARGET, "ingress", name, &attacker),
+            "no connection_denied line naming {name} in the target's log:\n{}",
+            bed.proxy_log(TARGET)
+        );
+
+        let rx = bed.receiver(RELAY, None, &["raw", proto, "2"]);
+        let got = bed.probe(ATTACKER, None, rx, &["raw", &relay, proto]);
+        assert!(
+            got.is_empty(),
+            "protocol {proto} left the attacker, whose egress is denied: {got:?}"
+        );
+        assert!(
+            bed.denied(ATTACKER, "egress", name, &relay),
+            "no egress connection_denied line naming {name}:\n{}",
+            bed.proxy_log(ATTACKER)
+        );
+
+        let rx = bed.receiver(TARGET, None, &["raw", proto, "3"]);
+        let got = bed.probe(RELAY, None, rx, &["raw", &target, proto]);
+        assert!(
+            got.contains(&relay),
+            "the target's port-less rule must admit protocol {proto} from the relay: {got:?}"
+        );
+    }
+}
+
+/// Issue 20 §2: an IPv6 datagram whose source is IPv4-mapped (`::ffff:127.0.0.1`,
+/// `::ffff:<relay>`) was judged as that IPv4 address ("self", or the relay the target admits)
+/// and delivered to the target's dual-stack socket on a port nothing opens, with no audit line.
+/// Now such sources are dropped before any verdict (raw PREROUTING, and the queue's parser).
+/// The pods' link-local addresses carry it: the same frame from a genuine source still reaches
+/// the relay, which is not isolated.
+#[test]
+fn an_ipv4_mapped_ipv6_source_is_dropped_not_judged_as_ipv4() {
+    let bed = Bed::up("v4m");
+    let (_, relay_ip) = bed.pod(RELAY);
+    let attacker_ll = bed.link_local(ATTACKER);
+    let (target_ll, target_mac) = (bed.link_local(TARGET), bed.mac(TARGET));
+    let (relay_ll, relay_mac) = (bed.link_local(RELAY), bed.mac(RELAY));
+
+    // Control: the frame is well formed (a genuine source reaches the open relay).
+    let rx = bed.receiver(RELAY, None, &["udp6", "7000", "2"]);
+    let got = bed.probe(
+        ATTACKER,
+        None,
+        rx,
+        &["frame6", &relay_ll, "7000", &attacker_ll, &relay_mac],
+    );
+    assert!(
+        got.contains(&attacker_ll),
+        "the control datagram did not arrive: {got:?}"
+    );
+
+    for source in ["::ffff:127.0.0.1".to_string(), format!("::ffff:{relay_ip}")] {
+        let rx = bed.receiver(TARGET, None, &["udp6", "7000", "2"]);
+        let got = bed.probe(
+            ATTACKER,
+            None,
+            rx,
+            &["frame6", &target_ll, "7000", &source, &target_mac],
+        );
+        assert!(
+            got.is_empty(),
+            "a datagram from {source} reached the isolated target: {got:?}"
+        );
+        // Never legitimate on a wire: dropped even where nothing is isolated.
+        let rx = bed.receiver(RELAY, None, &["udp6", "7000", "2"]);
+        let got = bed.probe(
+            ATTACKER,
+            None,
+            rx,
+            &["frame6", &relay_ll, "7000", &source, &relay_mac],
+        );
+        assert!(
+            got.is_empty(),
+            "a datagram from {source} reached the relay: {got:?}"
+        );
+    }
 }

@@ -1,14 +1,19 @@
-//! UDP and SCTP: the first packet of every new flow goes to the proxy's NFQUEUE for a verdict.
+//! Every IP protocol but ICMP: the first packet of every new flow goes to the proxy's NFQUEUE for
+//! a verdict (UDP and SCTP, and since issue 20 UDP-Lite, GRE, IPIP and any other protocol, which
+//! the proxy judges as port-less flows; inbound TCP too with `--inbound-tcp queue`).
 //!
 //! One [`Part`] of the rule set, in the filter table, in chains of its own, jumped to first from
 //! `INPUT` and `OUTPUT` (an `ACCEPT` already there cannot bypass them). Filter `INPUT`/`OUTPUT`
 //! see a packet after any nat DNAT in the pod, so the verdict is on the address the packet
 //! really goes to. Only conntrack state `NEW` is queued: every later packet of an accepted flow
 //! (and its replies) stays in the kernel. There is no `--queue-bypass`: with no proxy reading the
-//! queue, new flows are dropped (fail closed). UDP/SCTP packets conntrack cannot place
-//! (`INVALID`, `UNTRACKED`) are dropped rather than let through unjudged. Loopback (`-i lo`,
-//! `-o lo`) is not queued; neither is what the proxy itself sends (its UID, and its mark with
-//! `--proxy-mark`), as for TCP.
+//! queue, new flows are dropped (fail closed). Packets conntrack cannot place (`INVALID`,
+//! `UNTRACKED`) are dropped rather than let through unjudged. Loopback (`-i lo`, `-o lo`) is not
+//! queued; neither is what the proxy itself sends (its UID, and its mark with `--proxy-mark`).
+//! TCP this chain does not judge (outbound, and inbound with `--inbound-tcp proxy`) returns to
+//! the nat redirect untouched. ICMP and ICMPv6 return first, whatever their state: NetworkPolicy
+//! does not cover them, and path MTU discovery, neighbour discovery and the errors of allowed
+//! flows (conntrack `RELATED`) need them (docs/enforcement.md).
 //!
 //! Floods: a peer sending new flows or SYNs faster than `--new-flows-per-source` (per source
 //! address, `hashlimit`) has the excess dropped in the kernel before the queue, so the queue's
@@ -17,19 +22,24 @@
 use portcullis_contract::QUEUED_CONNMARK;
 
 use crate::config::{Config, InboundTcp};
-use crate::rules::{Jump, Part, Table};
+use crate::rules::{Family, Jump, Part, Table};
 
 pub const UDP_IN: &str = "PORTCULLIS_UDP_IN";
 pub const UDP_OUT: &str = "PORTCULLIS_UDP_OUT";
 /// Our chains (also in [`crate::rules::OWNED`]).
 pub const OWNED: [(Table, &str); 2] = [(Table::Filter, UDP_IN), (Table::Filter, UDP_OUT)];
 
-/// The protocols judged in the queue, as `iptables-save` prints them.
-const PROTOCOLS: [&str; 2] = ["udp", "sctp"];
+/// ICMP as `iptables-save` / `ip6tables-save` print it.
+fn icmp(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "icmp",
+        Family::V6 => "ipv6-icmp",
+    }
+}
 
 /// The queue rules, when `--enforce-udp` (the default); with `--inbound-tcp queue` (the default
 /// then) `PORTCULLIS_UDP_IN` judges inbound TCP too.
-pub fn part(cfg: &Config) -> Part {
+pub fn part(cfg: &Config, family: Family) -> Part {
     let queue = format!("-j NFQUEUE --queue-num {}", cfg.nfqueue);
     let tcp = cfg.inbound_tcp() == InboundTcp::Queue;
     let mut rules = Vec::new();
@@ -43,31 +53,24 @@ pub fn part(cfg: &Config) -> Part {
             ],
         ),
     ] {
-        let protocols: &[&str] = if tcp && chain == UDP_IN {
-            &["udp", "sctp", "tcp"]
-        } else {
-            &PROTOCOLS
-        };
+        let judges_tcp = tcp && chain == UDP_IN;
         rules.extend(exempt.iter().map(|r| format!("-A {chain} {r}")));
-        for p in protocols {
+        rules.push(format!("-A {chain} -p {} -j RETURN", icmp(family)));
+        if judges_tcp {
             rules.push(format!(
-                "-A {chain} -p {p} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
+                "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
+                 {QUEUED_CONNMARK}/{QUEUED_CONNMARK}"
             ));
+        } else {
+            rules.push(format!("-A {chain} -p tcp -j RETURN"));
         }
+        rules.push(format!(
+            "-A {chain} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
+        ));
         if chain == UDP_IN {
             rules.extend(flood_limit(cfg).map(|r| format!("-A {chain} {r}")));
         }
-        for p in protocols {
-            if *p == "tcp" {
-                rules.push(format!(
-                    "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
-                     {QUEUED_CONNMARK}/{QUEUED_CONNMARK}"
-                ));
-            }
-            rules.push(format!(
-                "-A {chain} -p {p} -m conntrack --ctstate NEW {queue}"
-            ));
-        }
+        rules.push(format!("-A {chain} -m conntrack --ctstate NEW {queue}"));
     }
     Part {
         table: Table::Filter,
@@ -90,7 +93,7 @@ pub fn part(cfg: &Config) -> Part {
     }
 }
 
-/// The per-source limit on new inbound flows, before the queue rules (none with 0). The same
+/// The per-source limit on new inbound flows, before the queue rule (none with 0). The same
 /// hashlimit name in both families: the kernel keeps one table per name and family.
 fn flood_limit(cfg: &Config) -> Option<String> {
     let rate = cfg.new_flows_per_source;
@@ -146,6 +149,35 @@ mod tests {
             .collect()
     }
 
+    /// The IPv4 rules as IPv6 writes them: only ICMP's name differs.
+    fn as_v6(v4: &[&str]) -> Vec<String> {
+        v4.iter()
+            .map(|l| l.replace("-p icmp ", "-p ipv6-icmp "))
+            .collect()
+    }
+
+    /// Issue 20: every protocol but ICMP is queued (UDP-Lite, GRE, IPIP, 253 ...), and ICMP
+    /// returns before the `INVALID` drop and the queue, in both chains and both families.
+    #[test]
+    fn every_protocol_but_icmp_is_queued_and_icmp_returns_first() {
+        for family in [Family::V4, Family::V6] {
+            let text = install(&config(&[]), family, "");
+            for chain in [UDP_IN, UDP_OUT] {
+                let rules: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("-A {chain} ")))
+                    .collect();
+                let at = |needle: &str| rules.iter().position(|l| l.contains(needle));
+                let icmp = at(&format!("-p {} -j RETURN", icmp(family))).expect("ICMP returns");
+                let drop = at("-m conntrack --ctstate INVALID,UNTRACKED -j DROP").expect("drop");
+                let queue = at("-m conntrack --ctstate NEW -j NFQUEUE").expect("queue");
+                assert!(icmp < drop && drop < queue, "{rules:?}");
+                // The drop and the queue name no protocol: they catch every one.
+                assert!(!rules[drop].contains(" -p ") && !rules[queue].contains(" -p "));
+            }
+        }
+    }
+
     #[test]
     fn golden_filter_table_with_inbound_tcp_in_the_queue() {
         let text = install(
@@ -162,20 +194,17 @@ mod tests {
                 "-A PORTCULLIS_UDP_IN -i lo -j RETURN",
                 "-A PORTCULLIS_UDP_IN -p tcp -m multiport --dports 4143,4140,4191 -j RETURN",
                 "-A PORTCULLIS_UDP_IN -p tcp -m multiport --dports 22 -j RETURN",
-                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
-                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
-                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -p icmp -j RETURN",
                 "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
-                "-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-I INPUT 1 -j PORTCULLIS_UDP_IN",
                 "-I OUTPUT 1 -j PORTCULLIS_UDP_OUT",
                 "COMMIT",
@@ -193,7 +222,7 @@ mod tests {
             Family::V6,
             "",
         );
-        assert_eq!(filter_body(&v6), filter_body(&text));
+        assert_eq!(filter_body(&v6), as_v6(&filter_body(&text)));
     }
 
     #[test]
@@ -210,29 +239,29 @@ mod tests {
                 ":PORTCULLIS_UDP_IN - [0:0]",
                 ":PORTCULLIS_UDP_OUT - [0:0]",
                 "-A PORTCULLIS_UDP_IN -i lo -j RETURN",
-                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_IN -p icmp -j RETURN",
+                "-A PORTCULLIS_UDP_IN -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
-                "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
-                "-A PORTCULLIS_UDP_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-I INPUT 1 -j PORTCULLIS_UDP_IN",
                 "-I OUTPUT 1 -j PORTCULLIS_UDP_OUT",
                 "COMMIT",
             ]
         );
-        // Nothing here is family specific.
+        // Only ICMP's name is family specific.
         let v6 = install(
             &config(&["--allow-forwarding", "--inbound-tcp=proxy"]),
             Family::V6,
             "",
         );
-        assert_eq!(filter_body(&v6), filter_body(&text));
+        assert_eq!(filter_body(&v6), as_v6(&filter_body(&text)));
     }
 
     #[test]
@@ -243,7 +272,7 @@ mod tests {
             "",
         );
         assert!(!text.contains("bypass"), "fail closed: {text}");
-        assert_eq!(text.matches("--queue-num 7\n").count(), 5);
+        assert_eq!(text.matches("--queue-num 7\n").count(), 2);
         assert!(text.contains("-A PORTCULLIS_UDP_OUT -m owner --uid-owner 1000 -j RETURN"));
     }
 
@@ -263,10 +292,10 @@ mod tests {
             [
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -m mark --mark 0x1000/0x1000 -j RETURN",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
-                "-A PORTCULLIS_UDP_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
-                "-A PORTCULLIS_UDP_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
             ]
         );
     }
@@ -308,13 +337,10 @@ mod tests {
             "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above \
              300/sec --hashlimit-burst 600 --hashlimit-mode srcip"
         ));
-        // Before the queue rules, after loopback's exemption; never on the way out.
+        // Before the queue rule, after loopback's exemption; never on the way out.
         let at = |needle: &str| limited.find(needle).expect(needle);
         assert!(at("hashlimit") > at("-A PORTCULLIS_UDP_IN -i lo -j RETURN"));
-        assert!(
-            at("hashlimit")
-                < at("-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE")
-        );
+        assert!(at("hashlimit") < at("-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE"));
         assert!(!limited.contains("-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -m hashlimit"));
         assert!(!text(&["--new-flows-per-source=0"]).contains("hashlimit"));
     }

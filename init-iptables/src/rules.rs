@@ -149,7 +149,7 @@ pub fn ruleset(cfg: &Config, family: Family) -> Vec<Part> {
         });
     }
     if cfg.enforce_udp {
-        parts.push(crate::datagram::part(cfg));
+        parts.push(crate::datagram::part(cfg, family));
     }
     parts.push(nat_redirect(cfg, family));
     parts
@@ -160,18 +160,37 @@ pub fn ruleset(cfg: &Config, family: Family) -> Vec<Part> {
 /// drop it as a martian after routing, but nat PREROUTING comes first and its REDIRECT would
 /// rewrite it into a connection to the inbound proxy, whose original destination then names a
 /// localhost-only service. Drop it here, in both families. IPv6 also drops IPv4-mapped
-/// destinations (`::ffff:127.0.0.1` is IPv4 loopback to a dual-stack socket), which never
-/// appear on a wire.
+/// destinations and sources (`::ffff:127.0.0.1` is IPv4 loopback to a dual-stack socket, and a
+/// mapped source would be judged as the IPv4 address), which never appear on a wire.
+///
+/// Issue 20: other sources no pod's wire legitimately carries go too, before any verdict:
+/// IPv4 `0.0.0.0/8`, multicast `224.0.0.0/4` and `255.255.255.255`; IPv6 `::/96` (unspecified,
+/// and the deprecated IPv4-compatible addresses) except ICMPv6, because duplicate address
+/// detection sends its neighbour solicitations and MLD reports from `::`, and multicast
+/// `ff00::/8`.
 fn antispoof(family: Family) -> Part {
     let lo = family.loopback();
     let mut rules = vec![
         format!("-A {ANTISPOOF} -d {lo} ! -i lo -j DROP"),
         format!("-A {ANTISPOOF} -s {lo} ! -i lo -j DROP"),
     ];
-    if family == Family::V6 {
-        rules.push(format!(
-            "-A {ANTISPOOF} -d ::ffff:0.0.0.0/96 ! -i lo -j DROP"
-        ));
+    let sources: &[&str] = match family {
+        Family::V4 => &["0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32"],
+        Family::V6 => {
+            rules.push(format!(
+                "-A {ANTISPOOF} -d ::ffff:0.0.0.0/96 ! -i lo -j DROP"
+            ));
+            rules.push(format!(
+                "-A {ANTISPOOF} -s ::ffff:0.0.0.0/96 ! -i lo -j DROP"
+            ));
+            rules.push(format!(
+                "-A {ANTISPOOF} -s ::/96 ! -i lo ! -p ipv6-icmp -j DROP"
+            ));
+            &["ff00::/8"]
+        }
+    };
+    for source in sources {
+        rules.push(format!("-A {ANTISPOOF} -s {source} ! -i lo -j DROP"));
     }
     Part {
         table: Table::Raw,

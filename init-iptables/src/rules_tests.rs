@@ -46,6 +46,9 @@ fn golden_ipv4_install() {
             ":PORTCULLIS_ANTISPOOF - [0:0]",
             "-A PORTCULLIS_ANTISPOOF -d 127.0.0.0/8 ! -i lo -j DROP",
             "-A PORTCULLIS_ANTISPOOF -s 127.0.0.0/8 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s 0.0.0.0/8 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s 224.0.0.0/4 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s 255.255.255.255/32 ! -i lo -j DROP",
             "-I PREROUTING 1 -j PORTCULLIS_ANTISPOOF",
             "COMMIT",
             "*filter",
@@ -83,10 +86,24 @@ fn ipv6_gets_ipv6_loopback_mapped_addresses_and_only_ipv6_cidrs() {
         "--inbound-tcp=proxy",
     ]);
     let text = install(&cfg, Family::V6, "");
+    // Issue 20: no IPv4-mapped source (judged as IPv4 otherwise), no `::/96` source but the
+    // ICMPv6 of duplicate address detection (from `::`), no multicast source.
+    let raw: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A PORTCULLIS_ANTISPOOF"))
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            "-A PORTCULLIS_ANTISPOOF -d ::1/128 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s ::1/128 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -d ::ffff:0.0.0.0/96 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s ::ffff:0.0.0.0/96 ! -i lo -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s ::/96 ! -i lo ! -p ipv6-icmp -j DROP",
+            "-A PORTCULLIS_ANTISPOOF -s ff00::/8 ! -i lo -j DROP",
+        ]
+    );
     for rule in [
-        "-A PORTCULLIS_ANTISPOOF -d ::1/128 ! -i lo -j DROP",
-        "-A PORTCULLIS_ANTISPOOF -s ::1/128 ! -i lo -j DROP",
-        "-A PORTCULLIS_ANTISPOOF -d ::ffff:0.0.0.0/96 ! -i lo -j DROP",
         "-A PORTCULLIS_INBOUND -m addrtype ! --dst-type LOCAL -j RETURN",
         "-A PORTCULLIS_OUTPUT -d ::1/128 -j RETURN",
         "-A PORTCULLIS_OUTPUT -d fd00::/8 -j RETURN",
@@ -146,9 +163,10 @@ fn a_first_jump_pushed_down_is_moved_back_to_the_top() {
         "-A PREROUTING -j ACCEPT\n-A PREROUTING -j PORTCULLIS_ANTISPOOF",
     );
     let text = install(&cfg, Family::V4, &current);
-    let raw: Vec<&str> = body(&text).into_iter().take(7).collect();
+    // `*raw`, the chain, its five rules, then the jump moved back.
+    let raw: Vec<&str> = body(&text).into_iter().take(10).collect();
     assert_eq!(
-        raw[4..6],
+        raw[7..9],
         [
             "-D PREROUTING -j PORTCULLIS_ANTISPOOF",
             "-I PREROUTING 1 -j PORTCULLIS_ANTISPOOF"

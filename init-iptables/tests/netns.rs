@@ -156,7 +156,8 @@ fn by_default_inbound_tcp_waits_for_a_verdict_in_the_queue_except_on_skipped_por
     assert!(accepted(&proxy).is_none(), "nor the inbound listener");
     let queued = p.save("iptables-save");
     assert!(
-        queued.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE"),
+        queued.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j CONNMARK")
+            && queued.contains("-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE"),
         "{queued}"
     );
     // A skipped port goes straight to the application.
@@ -374,7 +375,9 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("*nat"));
     assert!(text.contains("-A PORTCULLIS_OUTPUT -d 10.96.0.0/12 -j RETURN"));
-    assert!(text.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j NFQUEUE"));
+    // Every protocol but ICMP is queued (issue 20), inbound TCP with its mark.
+    assert!(text.contains("-A PORTCULLIS_UDP_IN -p tcp -m conntrack --ctstate NEW -j CONNMARK"));
+    assert!(text.contains("-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE"));
     assert!(
         !text.contains("PORTCULLIS_INBOUND"),
         "inbound TCP is queued, not redirected"
@@ -568,7 +571,7 @@ fn the_legacy_backend_gets_the_same_queue_rules_and_cleanup_removes_them_exactly
     let installed = p.save("iptables-legacy-save");
     assert!(
         installed.contains(
-            "-A PORTCULLIS_UDP_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171"
+            "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171"
         ),
         "{installed}"
     );

@@ -2,24 +2,84 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
-/// Transport protocols NetworkPolicy knows. The default, when a policy omits it, is TCP.
+/// Transport protocols NetworkPolicy knows (the default, when a policy omits it, is TCP), and
+/// every other IP protocol a packet can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+    /// Any other IP protocol, by number (UDP-Lite 136, GRE 47, IPIP 4, ...): a flow the queue
+    /// judges that NetworkPolicy cannot name. It is port-less for policy, as CNIs treat it: only
+    /// a rule without `ports` matches it ([`crate::table::CompiledRule::matches`]). Never read
+    /// from a policy; build it with [`Protocol::from_number`].
+    Other(u8),
 }
 
+/// IP protocols with a name of their own in audit lines and metrics: IANA's keyword, upper case
+/// as Kubernetes spells TCP. Every other number reads `IP-PROTO-<n>`.
+const NAMED: [(u8, &str); 14] = [
+    (1, "ICMP"),
+    (2, "IGMP"),
+    (4, "IPIP"),
+    (33, "DCCP"),
+    (41, "IPV6"),
+    (47, "GRE"),
+    (50, "ESP"),
+    (51, "AH"),
+    (58, "ICMPV6"),
+    (89, "OSPF"),
+    (103, "PIM"),
+    (112, "VRRP"),
+    (115, "L2TP"),
+    (136, "UDPLITE"),
+];
+
+/// `IP-PROTO-0` … `IP-PROTO-255`, made once, so that [`Protocol::as_str`] stays `&'static`.
+static NUMBERED: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..=255u8).map(|n| format!("IP-PROTO-{n}")).collect());
+
 impl Protocol {
+    /// The protocol of IP protocol number `n` (6, 17 and 132 are the named variants).
+    pub fn from_number(n: u8) -> Protocol {
+        match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            n => Protocol::Other(n),
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Other(n) => n,
+        }
+    }
+
+    /// A protocol NetworkPolicy cannot name: no rule with `ports` ever matches it.
+    pub fn is_portless(self) -> bool {
+        matches!(self, Protocol::Other(_))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
+            Protocol::Other(n) => NAMED
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, name)| *name)
+                .unwrap_or_else(|| NUMBERED[usize::from(n)].as_str()),
         }
     }
 }
@@ -124,6 +184,26 @@ pub fn parse_port_protocol(s: &str) -> Result<(u16, Protocol), PortProtocolError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_ip_protocols_have_one_readable_name_and_no_port_range_holds_them() {
+        assert_eq!(Protocol::from_number(136).as_str(), "UDPLITE");
+        assert_eq!(Protocol::from_number(47).to_string(), "GRE");
+        assert_eq!(Protocol::from_number(4).as_str(), "IPIP");
+        assert_eq!(Protocol::from_number(253).as_str(), "IP-PROTO-253");
+        assert_eq!(Protocol::from_number(0).as_str(), "IP-PROTO-0");
+        assert_eq!(Protocol::from_number(17), Protocol::Udp);
+        for n in 0..=255u8 {
+            assert_eq!(Protocol::from_number(n).number(), n);
+        }
+        assert!(Protocol::Other(136).is_portless() && !Protocol::Udp.is_portless());
+        // A policy cannot name one.
+        assert!("UDPLITE".parse::<Protocol>().is_err());
+        assert!("IP-PROTO-253".parse::<Protocol>().is_err());
+        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+            assert!(!PortRange::all(p).contains(Protocol::Other(136), 53));
+        }
+    }
 
     #[test]
     fn parses_probe_specs() {

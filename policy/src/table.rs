@@ -91,6 +91,10 @@ impl CompiledRule {
     pub fn matches(&self, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
         let port_ok = match &self.ports {
             None => true,
+            // A protocol NetworkPolicy cannot name has no port a rule could list: any `ports`
+            // entry keeps the rule from matching it (nor can a named port below: its protocol is
+            // TCP, UDP or SCTP).
+            Some(_) if protocol.is_portless() => false,
             Some(ranges) => ranges.iter().any(|r| r.contains(protocol, port)),
         };
         if port_ok && self.peers.as_ref().is_none_or(|set| set.contains(peer)) {
@@ -133,7 +137,8 @@ impl PodTable {
     }
 
     /// Decides a connection of this pod with `peer` (the source for ingress, the destination for
-    /// egress) on `port`/`protocol` (the destination port in both cases).
+    /// egress) on `port`/`protocol` (the destination port in both cases). A port-less protocol
+    /// ([`Protocol::Other`]) ignores `port`: only rules without `ports` can admit it.
     pub fn check(
         &self,
         direction: Direction,
@@ -154,6 +159,10 @@ impl PodTable {
                 Some(rule) => Reason::Rule {
                     policy: rule.policy.clone(),
                     rule: rule.rule,
+                },
+                None if protocol.is_portless() => Reason::NoPortlessRuleMatched {
+                    protocol,
+                    isolated_by: table.isolated_by.clone(),
                 },
                 None => Reason::NoRuleMatched {
                     isolated_by: table.isolated_by.clone(),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::Protocol;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -41,6 +43,13 @@ pub enum Reason {
     Rule { policy: Arc<str>, rule: usize },
     /// The pod is isolated by these policies and none of their rules matches.
     NoRuleMatched { isolated_by: Arc<[Arc<str>]> },
+    /// The flow's IP protocol is one NetworkPolicy cannot name (not TCP, UDP or SCTP), the pod
+    /// is isolated by these policies, and none of their rules *without* `ports` matches the
+    /// peer (a rule with `ports` never admits such a protocol).
+    NoPortlessRuleMatched {
+        protocol: Protocol,
+        isolated_by: Arc<[Arc<str>]>,
+    },
 }
 
 /// The decision for one direction of one connection.
@@ -53,13 +62,17 @@ pub struct Verdict {
 impl Verdict {
     #[inline]
     pub fn allowed(&self) -> bool {
-        !matches!(self.reason, Reason::NoRuleMatched { .. })
+        !matches!(
+            self.reason,
+            Reason::NoRuleMatched { .. } | Reason::NoPortlessRuleMatched { .. }
+        )
     }
 
     /// The isolating policies when denied; empty when allowed.
     pub fn isolated_by(&self) -> &[Arc<str>] {
         match &self.reason {
-            Reason::NoRuleMatched { isolated_by } => isolated_by,
+            Reason::NoRuleMatched { isolated_by }
+            | Reason::NoPortlessRuleMatched { isolated_by, .. } => isolated_by,
             _ => &[],
         }
     }
@@ -85,6 +98,20 @@ impl fmt::Display for Verdict {
                 write!(
                     f,
                     "denied: the pod is isolated for {d} by {} and no {d} rule matches",
+                    names.join(", ")
+                )
+            }
+            Reason::NoPortlessRuleMatched {
+                protocol,
+                isolated_by,
+            } => {
+                let names: Vec<&str> = isolated_by.iter().map(|s| &**s).collect();
+                write!(
+                    f,
+                    "denied: NetworkPolicy cannot name IP protocol {protocol} ({}), so only a \
+                     rule without ports admits it; the pod is isolated for {d} by {} and no \
+                     {d} rule without ports matches",
+                    protocol.number(),
                     names.join(", ")
                 )
             }

@@ -328,3 +328,59 @@ fn compile_returns_peer_names_beside_the_tables_not_in_them() {
     let read: portcullis_policy::PodTable = serde_json::from_value(old).unwrap();
     assert_eq!(&read, &**c.table("x/a").unwrap());
 }
+
+/// A protocol NetworkPolicy cannot name (UDP-Lite, GRE, IPIP, ...) is a port-less flow, as CNIs
+/// treat it: allowed where the direction is not isolated, or by a rule without `ports` that
+/// matches the peer; a rule with any `ports` entry (even a protocol-only one) never matches it.
+#[test]
+fn other_ip_protocols_are_port_less_flows() {
+    let c = cluster(&[
+        pod("x", "a", "10.0.0.1", "app: a"),
+        pod("x", "b", "10.0.0.2", "app: b"),
+        pod("x", "c", "10.0.0.3", "app: c"),
+        policy("x", "p", "  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: b}}}]\n    ports: [{protocol: UDP}, {protocol: TCP}, {protocol: SCTP}, {port: http}]\n  - from: [{podSelector: {matchLabels: {app: c}}}]\n  - ports: [{port: 53, protocol: UDP}]"),
+    ]);
+    let t = c.table("x/a").unwrap();
+    let udplite = Protocol::from_number(136);
+    let check = |from: &str, protocol| t.check(Direction::Ingress, ip(from), 53, protocol);
+    // b is admitted on every port of every protocol NetworkPolicy names, never on UDP-Lite.
+    assert!(check("10.0.0.2", Protocol::Udp).allowed());
+    let denied = check("10.0.0.2", udplite);
+    assert!(!denied.allowed());
+    assert_eq!(
+        denied.reason,
+        Reason::NoPortlessRuleMatched {
+            protocol: udplite,
+            isolated_by: std::sync::Arc::from(vec![std::sync::Arc::<str>::from("x/p")])
+        }
+    );
+    assert_eq!(denied.isolated_by().len(), 1);
+    assert_eq!(&*denied.isolated_by()[0], "x/p");
+    assert_eq!(
+        denied.to_string(),
+        "denied: NetworkPolicy cannot name IP protocol UDPLITE (136), so only a rule without \
+         ports admits it; the pod is isolated for ingress by x/p and no ingress rule without \
+         ports matches"
+    );
+    // The rule without ports admits c on any protocol.
+    for n in [136, 47, 4, 253] {
+        assert_eq!(
+            check("10.0.0.3", Protocol::from_number(n)).reason,
+            Reason::Rule {
+                policy: "x/p".into(),
+                rule: 1
+            }
+        );
+    }
+    // Any peer on 53/UDP, but not on UDP-Lite 53.
+    assert!(check("10.9.9.9", Protocol::Udp).allowed());
+    assert!(!check("10.9.9.9", udplite).allowed());
+    // Not isolated for egress: allowed. Self and node traffic: allowed, as for TCP.
+    assert_eq!(
+        t.check(Direction::Egress, ip("10.9.9.9"), 0, Protocol::Other(47))
+            .reason,
+        Reason::NotIsolated
+    );
+    assert!(check("10.0.0.1", Protocol::Other(253)).allowed());
+    assert!(check("192.168.0.1", Protocol::Other(253)).allowed());
+}

@@ -4,7 +4,6 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis_policy::Protocol;
 use portcullis_proxy::queue::packet::parse;
 
 fn udp4(total: u16) -> Vec<u8> {
@@ -32,11 +31,7 @@ type Ports = (IpAddr, u16, IpAddr, u16, u8);
 
 fn ours(p: &[u8]) -> Option<Ports> {
     let f = parse(p).ok()?;
-    let n = match f.protocol {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    };
+    let n = f.protocol.number();
     Some((
         f.source.ip(),
         f.source.port(),

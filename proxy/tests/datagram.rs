@@ -351,6 +351,37 @@ fn udp_egress_is_decided_by_the_egress_table() {
     );
 }
 
+/// ICMP is never queued (issue 20): the error that belongs to an allowed flow (port unreachable
+/// from a peer where nothing listens, conntrack `RELATED`) reaches the application at once, in
+/// both families; a denied flow never leaves, so no error comes back either.
+#[test]
+fn an_icmp_error_of_an_allowed_flow_reaches_the_application() {
+    let t = Setup::new(&[EGRESS_UDP_5353], ENFORCING);
+    t.wait_ready();
+    for (any, peer) in [
+        ("0.0.0.0:0", PEER_IP.to_string()),
+        ("[::]:0", format!("[{PEER_IP6}]")),
+    ] {
+        let refused = |port: u16| {
+            let app = udp(&t.pod_ns, any);
+            app.connect(format!("{peer}:{port}")).expect("connect");
+            app.send(b"anyone?").expect("send");
+            let mut buf = [0u8; 64];
+            app.recv(&mut buf).expect_err("nothing listens").kind()
+        };
+        assert_eq!(
+            refused(ALLOWED),
+            std::io::ErrorKind::ConnectionRefused,
+            "{peer}"
+        );
+        assert_ne!(
+            refused(DENIED),
+            std::io::ErrorKind::ConnectionRefused,
+            "{peer}"
+        );
+    }
+}
+
 #[test]
 fn an_established_flow_stays_in_the_kernel() {
     let t = Setup::new(&[INGRESS_UDP_5353], ENFORCING);

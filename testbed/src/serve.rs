@@ -113,7 +113,7 @@ pub fn listen(identity: Arc<str>, probe: Probe) -> io::Result<u16> {
             std::thread::spawn(move || answer_udp(&socket, &identity));
             Ok(port)
         }
-        Protocol::Sctp => Err(io::Error::new(
+        Protocol::Sctp | Protocol::Other(_) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "this kernel has no SCTP sockets",
         )),
@@ -201,7 +201,7 @@ pub fn probe(addr: SocketAddr, protocol: Protocol, timeout: Duration) -> Result<
     match protocol {
         Protocol::Tcp => probe_tcp(addr, timeout),
         Protocol::Udp => probe_udp(addr, timeout),
-        Protocol::Sctp => Err(NoAnswer::Error),
+        Protocol::Sctp | Protocol::Other(_) => Err(NoAnswer::Error),
     }
 }
 

@@ -215,6 +215,8 @@ fn proto(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
         Protocol::Sctp => "sctp",
+        // A Service port is TCP, UDP or SCTP: manifests name no other.
+        Protocol::Other(_) => "none",
     }
 }
 

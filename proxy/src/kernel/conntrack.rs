@@ -76,7 +76,8 @@ impl Conntrack {
         Ok(Conntrack { socket })
     }
 
-    /// Every UDP and SCTP entry and every live queued TCP connection, IPv4 and IPv6.
+    /// Every entry the queue judged (UDP, SCTP, any other protocol but ICMP) and every live
+    /// queued TCP connection, IPv4 and IPv6.
     pub fn judged_flows(&mut self) -> io::Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for family in [libc_af(AddressFamily::Inet), libc_af(AddressFamily::Inet6)] {
@@ -153,7 +154,7 @@ fn put_tuple(out: &mut Vec<u8>, kind: u16, protocol: Protocol, t: &Tuple) {
         }
     }
     let mut proto = Vec::new();
-    put_attr(&mut proto, CTA_PROTO_NUM, &[protocol_number(protocol)]);
+    put_attr(&mut proto, CTA_PROTO_NUM, &[protocol.number()]);
     put_attr(
         &mut proto,
         CTA_PROTO_SRC_PORT,
@@ -177,14 +178,6 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-fn protocol_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
 fn be16(v: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?))
 }
@@ -193,8 +186,11 @@ fn parse_tuple(data: &[u8]) -> Option<(u8, Tuple)> {
     let ip = find(data, CTA_TUPLE_IP)?;
     let proto = find(data, CTA_TUPLE_PROTO)?;
     let number = *find(proto, CTA_PROTO_NUM)?.first()?;
-    let sport = be16(find(proto, CTA_PROTO_SRC_PORT)?)?;
-    let dport = be16(find(proto, CTA_PROTO_DST_PORT)?)?;
+    // Protocols conntrack tracks without ports (GRE without its helper, IPIP, 253 ...) have
+    // none: port 0, as the queue's parser says. One that is there must be whole.
+    let port = |kind| find(proto, kind).map_or(Some(0), be16);
+    let sport = port(CTA_PROTO_SRC_PORT)?;
+    let dport = port(CTA_PROTO_DST_PORT)?;
     let v4 = |k| -> Option<IpAddr> {
         let b: [u8; 4] = find(ip, k)?.get(..4)?.try_into().ok()?;
         Some(Ipv4Addr::from(b).into())
@@ -216,16 +212,17 @@ fn parse_tuple(data: &[u8]) -> Option<(u8, Tuple)> {
     ))
 }
 
-/// One dumped entry, when the queue judged it: UDP, SCTP, or a TCP connection that carries
+/// One dumped entry, when the queue judged it: any protocol but ICMP and TCP, or a TCP connection that carries
 /// [`QUEUED_TCP_CONNMARK`] and is not over yet.
 fn parse_entry(payload: &[u8]) -> Option<Entry> {
     let attrs = payload.get(4..)?;
     let (number, original) = parse_tuple(find(attrs, CTA_TUPLE_ORIG)?)?;
     let protocol = match number {
         6 if queued_tcp_alive(attrs) => Protocol::Tcp,
-        17 => Protocol::Udp,
-        132 => Protocol::Sctp,
-        _ => return None,
+        // TCP the queue did not judge (the outbound relay's), and ICMP, which is never queued.
+        6 | 1 | 58 => return None,
+        // UDP, SCTP, and every other protocol the queue judges (issue 20).
+        n => Protocol::from_number(n),
     };
     let (_, reply) = parse_tuple(find(attrs, CTA_TUPLE_REPLY)?)?;
     let id =
@@ -279,6 +276,56 @@ mod tests {
         for cut in 0..attrs.len() {
             let _ = parse_entry(&attrs[..cut]);
         }
+    }
+
+    /// A tuple as conntrack dumps a protocol it tracks without ports (GRE without its helper,
+    /// IPIP, 253, ICMP's type/code aside): no port attributes at all.
+    fn portless(number: u8, t: &Tuple) -> Vec<u8> {
+        let mut attrs = vec![2, 0, 0, 0];
+        for kind in [CTA_TUPLE_ORIG, CTA_TUPLE_REPLY] {
+            let (mut ip, mut proto, mut tuple) = (Vec::new(), Vec::new(), Vec::new());
+            put_attr(&mut ip, CTA_IP_V4_SRC, &v4(t.source.ip()));
+            put_attr(&mut ip, CTA_IP_V4_DST, &v4(t.destination.ip()));
+            put_attr(&mut proto, CTA_PROTO_NUM, &[number]);
+            put_nested(&mut tuple, CTA_TUPLE_IP, &ip);
+            put_nested(&mut tuple, CTA_TUPLE_PROTO, &proto);
+            put_nested(&mut attrs, kind, &tuple);
+        }
+        attrs
+    }
+
+    fn v4(ip: IpAddr) -> [u8; 4] {
+        match ip {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => [0; 4],
+        }
+    }
+
+    /// Issue 20: flows of every protocol the queue judges are revoked through their entries,
+    /// port-less ones included; ICMP's are never the queue's.
+    #[test]
+    fn port_less_entries_are_the_queues_and_icmp_is_not() {
+        let t = Tuple {
+            source: "10.0.0.1:0".parse().unwrap(),
+            destination: "10.0.0.2:0".parse().unwrap(),
+        };
+        for number in [4u8, 47, 253] {
+            let e = parse_entry(&portless(number, &t)).expect("a port-less entry");
+            assert_eq!(e.protocol, Protocol::Other(number));
+            assert_eq!(e.original, t);
+        }
+        assert!(parse_entry(&portless(1, &t)).is_none());
+        assert!(parse_entry(&portless(58, &t)).is_none());
+        // UDP-Lite keeps its ports.
+        let lite = Tuple {
+            source: "10.0.0.1:40000".parse().unwrap(),
+            destination: "10.0.0.2:9000".parse().unwrap(),
+        };
+        let mut attrs = vec![2, 0, 0, 0];
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, Protocol::Other(136), &lite);
+        put_tuple(&mut attrs, CTA_TUPLE_REPLY, Protocol::Other(136), &lite);
+        let e = parse_entry(&attrs).expect("udplite");
+        assert_eq!((e.protocol, e.original), (Protocol::Other(136), lite));
     }
 
     fn tcp(t: &Tuple, mark: Option<u32>, state: Option<u8>) -> Vec<u8> {

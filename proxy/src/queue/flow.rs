@@ -1,5 +1,6 @@
-//! The decision on one UDP/SCTP flow, shared by the queue (first packet) and revocation
-//! (established conntrack entries).
+//! The decision on one flow the queue judges (UDP, SCTP, inbound TCP, and every other IP
+//! protocol but ICMP, which the table treats as port-less), shared by the queue (first packet)
+//! and revocation (established conntrack entries).
 //!
 //! A flow to a Service's virtual IP is judged like a TCP connection to one: on every backend the
 //! node's kube-proxy could DNAT it to (egress on the backend's IP and target port). Unlike TCP,

@@ -1,5 +1,6 @@
 //! The NFQUEUE path, shared by both directions: a verdict on the first packet of each new flow
-//! the kernel carries itself. UDP and SCTP in both directions, and inbound TCP SYNs with
+//! the kernel carries itself. UDP, SCTP and every other IP protocol but ICMP (UDP-Lite, GRE,
+//! IPIP, ...: port-less flows for policy) in both directions, and inbound TCP SYNs with
 //! `--inbound-tcp queue` (see [`crate::inbound`]).
 //!
 //! `portcullis-init` sends the first packet of every such flow (conntrack `NEW`) to NFQUEUE

@@ -1,9 +1,11 @@
-//! What a queued packet is: IPv4 or IPv6, UDP, SCTP or TCP (inbound TCP with `--inbound-tcp
-//! queue`), from where to where.
+//! What a queued packet is: IPv4 or IPv6, which IP protocol, from where to where (with ports
+//! for the protocols that have them).
 //!
 //! Everything here reads bytes a peer (or an application in the pod) chose: every length is
 //! checked, nothing panics, and anything that is not exactly an unfragmented first IP packet
-//! carrying UDP or SCTP ports is [`Malformed`], which the reader drops and counts.
+//! (ports included, where the protocol has them) is [`Malformed`], which the reader drops and
+//! counts. Addresses are never moved into the other family: an IPv6 packet with an IPv4-mapped
+//! address is refused, not judged as the IPv4 address (issue 20).
 //!
 //! Hand-written rather than `etherparse`, measured side by side (`benches/packet.rs`, criterion,
 //! release, 2 busy cores): UDP/IPv4 64 B 123 ns vs 126 ns; a 256-byte copy of a 1400-byte
@@ -15,14 +17,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portcullis_policy::table::canonical;
 use portcullis_policy::Protocol;
 
+const ICMP: u8 = 1;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const DCCP: u8 = 33;
+const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
+const UDPLITE: u8 = 136;
 
-/// One new UDP or SCTP flow, as its first packet shows it.
+/// One new flow, as its first packet shows it. Port-less protocols have port 0 on both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     pub protocol: Protocol,
@@ -43,10 +48,17 @@ pub enum Malformed {
     /// A fragment other than the first (conntrack reassembles before the queue, so this is not
     /// a packet the queue should ever carry).
     Fragment,
-    /// Not UDP, SCTP or TCP after the IP header (and its IPv6 extension headers).
+    /// ICMP or ICMPv6, which the init rules never queue (they pass unjudged, see
+    /// docs/enforcement.md).
     OtherProtocol,
     /// More IPv6 extension headers than any real packet has.
     TooManyExtensions,
+    /// An address no pod's wire legitimately carries, dropped before any verdict: an
+    /// IPv4-mapped IPv6 address (`::ffff:0:0/96`) as source or destination (it would be judged
+    /// as the IPv4 address: `::ffff:127.0.0.1` as the pod itself), or as source an IPv4
+    /// `0.0.0.0/8`, multicast or `255.255.255.255`, an IPv6 `::/96` (unspecified, loopback,
+    /// IPv4-compatible) or multicast address.
+    SpecialAddress,
 }
 
 impl Malformed {
@@ -58,12 +70,13 @@ impl Malformed {
             Malformed::Fragment => "fragment",
             Malformed::OtherProtocol => "other_protocol",
             Malformed::TooManyExtensions => "too_many_extensions",
+            Malformed::SpecialAddress => "special_address",
         }
     }
 }
 
-/// Reads the IP header and the UDP or SCTP ports of `packet` (which may be cut short after the
-/// ports: the queue copies only the start of each packet).
+/// Reads the IP header of `packet`, and the ports of the protocols that start with them (which
+/// may be cut short after the ports: the queue copies only the start of each packet).
 pub fn parse(packet: &[u8]) -> Result<Flow, Malformed> {
     let first = *packet.first().ok_or(Malformed::Truncated)?;
     let (src, dst, proto, l4) = match first >> 4 {
@@ -71,21 +84,41 @@ pub fn parse(packet: &[u8]) -> Result<Flow, Malformed> {
         6 => ipv6(packet)?,
         _ => return Err(Malformed::NotIp),
     };
-    let protocol = match proto {
-        TCP => Protocol::Tcp,
-        UDP => Protocol::Udp,
-        SCTP => Protocol::Sctp,
-        _ => return Err(Malformed::OtherProtocol),
+    if special_source(src) || is_v4_mapped(dst) {
+        return Err(Malformed::SpecialAddress);
+    }
+    if matches!(proto, ICMP | ICMPV6) {
+        return Err(Malformed::OtherProtocol);
+    }
+    // UDP, UDP-Lite, SCTP, TCP and DCCP all start with the source and destination ports. A
+    // UDP-Lite flow keeps them for the audit line; policy still treats it as port-less.
+    let (sport, dport) = if matches!(proto, TCP | UDP | SCTP | UDPLITE | DCCP) {
+        let ports = packet.get(l4..l4 + 4).ok_or(Malformed::Truncated)?;
+        (
+            u16::from_be_bytes([ports[0], ports[1]]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        )
+    } else {
+        (0, 0)
     };
-    // UDP, SCTP and TCP all start with the source and destination ports.
-    let ports = packet.get(l4..l4 + 4).ok_or(Malformed::Truncated)?;
-    let sport = u16::from_be_bytes([ports[0], ports[1]]);
-    let dport = u16::from_be_bytes([ports[2], ports[3]]);
     Ok(Flow {
-        protocol,
-        source: SocketAddr::new(canonical(src), sport),
-        destination: SocketAddr::new(canonical(dst), dport),
+        protocol: Protocol::from_number(proto),
+        source: SocketAddr::new(src, sport),
+        destination: SocketAddr::new(dst, dport),
     })
+}
+
+fn is_v4_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// A source that never legitimately arrives on (or leaves from) a pod's interface; the init
+/// rules drop the same ones in raw PREROUTING.
+fn special_source(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 0 || v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => is_v4_mapped(ip) || v6.segments()[..6] == [0; 6] || v6.is_multicast(),
+    }
 }
 
 /// Source, destination, protocol, and where the transport header starts.
@@ -211,12 +244,74 @@ mod tests {
             parse(&ipv6_with(44, &later, &ports)),
             Err(Malformed::Fragment)
         );
-        // A v4-mapped address is judged as the IPv4 address.
-        let mut mapped = ipv6_with(UDP, &[], &ports);
-        mapped[8..24].copy_from_slice(&"::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets());
+        // An IPv4-mapped address is refused, never judged as the IPv4 address.
+        for (at, addr) in [
+            (8, "::ffff:127.0.0.1"),
+            (8, "::ffff:10.0.0.2"),
+            (24, "::ffff:10.0.0.1"),
+        ] {
+            let mut mapped = ipv6_with(UDP, &[], &ports);
+            mapped[at..at + 16].copy_from_slice(&addr.parse::<Ipv6Addr>().unwrap().octets());
+            assert_eq!(parse(&mapped), Err(Malformed::SpecialAddress), "{addr}");
+        }
+    }
+
+    #[test]
+    fn special_sources_are_refused_before_any_verdict() {
+        for src in [
+            [0, 0, 0, 0],
+            [0, 1, 2, 3],
+            [224, 0, 0, 251],
+            [239, 1, 1, 1],
+            [255; 4],
+        ] {
+            assert_eq!(
+                parse(&udp4(src, [10, 0, 0, 1], 68, 67)),
+                Err(Malformed::SpecialAddress),
+                "{src:?}"
+            );
+        }
+        // As destinations, multicast and broadcast are ordinary (mDNS, egress broadcasts).
+        assert!(parse(&udp4([10, 0, 0, 2], [224, 0, 0, 251], 5353, 5353)).is_ok());
+        assert!(parse(&udp4([10, 0, 0, 2], [255; 4], 68, 67)).is_ok());
+        for src in ["::", "::1", "::10.0.0.2", "ff02::1"] {
+            let mut p = ipv6_with(UDP, &[], &[0x9c, 0x40, 0x00, 0x35]);
+            p[8..24].copy_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
+            assert_eq!(parse(&p), Err(Malformed::SpecialAddress), "{src}");
+        }
+        // Link-local and NAT64 sources are ordinary.
+        for src in ["fe80::1", "64:ff9b::a00:2"] {
+            let mut p = ipv6_with(UDP, &[], &[0x9c, 0x40, 0x00, 0x35]);
+            p[8..24].copy_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
+            assert!(parse(&p).is_ok(), "{src}");
+        }
+    }
+
+    #[test]
+    fn every_ip_protocol_but_icmp_is_a_flow() {
+        let mut udplite = udp4([10, 0, 0, 2], [10, 0, 0, 1], 40000, 9000);
+        udplite[9] = UDPLITE;
+        let f = parse(&udplite).expect("udplite");
+        assert_eq!(f.protocol, Protocol::Other(136));
+        assert_eq!(f.destination, "10.0.0.1:9000".parse().unwrap());
+        for proto in [4u8, 47, 50, 253, 255] {
+            let mut p = udp4([10, 0, 0, 2], [10, 0, 0, 1], 1, 2);
+            p[9] = proto;
+            // Port-less: only the IP header is needed.
+            let f = parse(&p[..20]).expect("port-less");
+            assert_eq!(f.protocol, Protocol::Other(proto));
+            assert_eq!(f.source, "10.0.0.2:0".parse().unwrap());
+            assert_eq!(f.destination, "10.0.0.1:0".parse().unwrap());
+        }
+        // GRE over IPv6, after a hop-by-hop header.
+        let f = parse(&ipv6_with(0, &[47, 0, 0, 0, 0, 0, 0, 0], &[])).expect("gre6");
+        assert_eq!(f.protocol, Protocol::Other(47));
+        let mut short = udplite.clone();
+        short.truncate(22);
+        assert_eq!(parse(&short), Err(Malformed::Truncated));
         assert_eq!(
-            parse(&mapped).expect("mapped").source.ip(),
-            "10.0.0.2".parse::<IpAddr>().unwrap()
+            parse(&ipv6_with(ICMPV6, &[], &[128, 0, 0, 0])),
+            Err(Malformed::OtherProtocol)
         );
     }
 
