@@ -41,7 +41,8 @@ pub struct AdminState {
     /// Set on SIGTERM, so that the pod leaves Service endpoints while it drains.
     pub draining: AtomicBool,
     pub pod: String,
-    /// Whether UDP and SCTP are enforced (`--enforce-udp`); TCP always is.
+    /// Whether UDP, SCTP and the other IP protocols (not ICMP) are enforced (`--enforce-udp`);
+    /// TCP always is.
     pub udp_enforced: bool,
     /// Where inbound TCP is judged (`--inbound-tcp`).
     pub inbound_tcp: crate::config::InboundTcp,
@@ -59,6 +60,8 @@ impl AdminState {
             "TCP": true,
             "UDP": self.udp_enforced,
             "SCTP": self.udp_enforced,
+            // Every other IP protocol but ICMP/ICMPv6, as a port-less flow.
+            "other": self.udp_enforced,
         })
     }
 }
@@ -191,7 +194,7 @@ fn metrics_allowed(state: &AdminState, peer: SocketAddr) -> bool {
             snapshot.table.ips.first().copied().unwrap_or(ip),
             state.admin_port,
         ),
-        peer_pod: state.store.peer_name(&snapshot.table, ip),
+        peer_pod: state.store.peer_name(ip),
         pod: state.pod.clone(),
         verdict: Some(decision.verdict().clone()),
         generation: snapshot.generation,

@@ -93,7 +93,7 @@ fn log_start(config: &Config, pod: &str) {
         worker_threads = config.worker_threads,
         max_connections = config.max_connections,
         admin_max_connections = config.admin_max_connections,
-        enforced_protocols = if config.enforce_udp { "TCP,UDP,SCTP" } else { "TCP" },
+        enforced_protocols = if config.enforce_udp { "every IP protocol but ICMP" } else { "TCP" },
         inbound_tcp = config.inbound_tcp().as_str(),
         version = env!("CARGO_PKG_VERSION"),
     );
@@ -175,15 +175,16 @@ fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Re
         tracing::info!(
             event = "udp_enforced",
             nfqueue = config.nfqueue,
-            "UDP and SCTP flows are decided on their first packet from NFQUEUE {}",
+            "new flows of every IP protocol but ICMP (UDP, SCTP, UDP-Lite, GRE, ...) and inbound \
+             TCP connections are decided on their first packet from NFQUEUE {}",
             config.nfqueue
         );
         inbound::log_mode(config);
     } else {
         tracing::warn!(
             event = "udp_not_enforced",
-            "UDP and SCTP are NOT enforced (PORTCULLIS_ENFORCE_UDP=false): every UDP and SCTP \
-             flow passes whatever the policy says; only TCP is enforced"
+            "only TCP is enforced (PORTCULLIS_ENFORCE_UDP=false): every UDP, SCTP and other \
+             non-TCP flow passes whatever the policy says"
         );
     }
     Ok(())

@@ -110,7 +110,7 @@ impl PolicyStore {
     /// The pod (`namespace/name`) that owns a peer address, for audit lines and metrics, from
     /// the one place peer names are kept, whichever source filled it. (`_table` is no longer
     /// read: the names travel beside the tables; kept so that callers stay as they are.)
-    pub fn peer_name(&self, _table: &PodTable, ip: IpAddr) -> Option<String> {
+    pub fn peer_name(&self, ip: IpAddr) -> Option<String> {
         self.peer_names.load().get(&ip.to_canonical()).cloned()
     }
 

@@ -31,34 +31,27 @@ const COPY_RANGE: u16 = 256;
 /// Packets waiting for a verdict before the kernel drops new ones (fail closed).
 const QUEUE_MAX_LEN: u32 = 4096;
 
-#[derive(Debug)]
+/// The queue cannot be read: a start error, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read NFQUEUE {queue} for UDP/SCTP enforcement: {source}{}", hint(.source))]
 pub struct BindError {
     pub queue: u16,
     pub source: io::Error,
 }
 
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hint = match self.source.raw_os_error() {
-            Some(nix::libc::EPERM) => {
-                " (the proxy needs CAP_NET_ADMIN in the pod's network namespace to read the queue: \
-                 NET_ADMIN in the container's capabilities, and, as a non-root user, ambient or \
-                 from the binary's file capability `cap_net_admin+p` (which needs \
-                 allowPrivilegeEscalation: true); or set PORTCULLIS_ENFORCE_UDP=false to leave \
-                 UDP and SCTP unenforced)"
-            }
-            Some(nix::libc::EBUSY) => " (another process already reads this queue)",
-            _ => "",
-        };
-        write!(
-            f,
-            "cannot read NFQUEUE {} for UDP/SCTP enforcement: {}{hint}",
-            self.queue, self.source
-        )
+fn hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(nix::libc::EPERM) => {
+            " (the proxy needs CAP_NET_ADMIN in the pod's network namespace to read the queue: \
+             NET_ADMIN in the container's capabilities, and, as a non-root user, ambient or \
+             from the binary's file capability `cap_net_admin+p` (which needs \
+             allowPrivilegeEscalation: true); or set PORTCULLIS_ENFORCE_UDP=false to leave \
+             UDP and SCTP unenforced)"
+        }
+        Some(nix::libc::EBUSY) => " (another process already reads this queue)",
+        _ => "",
     }
 }
-
-impl std::error::Error for BindError {}
 
 /// Opens and binds the queue (on the caller's thread, so that failing is a start error).
 pub fn bind(queue_num: u16) -> Result<Queue, BindError> {
@@ -163,7 +156,7 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         flow.destination.port(),
         flow.protocol,
     );
-    let peer_pod = ctx.store.peer_name(&snapshot.table, peer);
+    let peer_pod = ctx.store.peer_name(peer);
     let (event, verdict, accept) = match &decision {
         None => {
             count_flow_refused(direction, flow.protocol, "no_endpoints");

@@ -88,7 +88,7 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
         route.peer(),
         route.port(),
     );
-    let peer_pod = ctx.store.peer_name(&snapshot.table, route.peer());
+    let peer_pod = ctx.store.peer_name(route.peer());
     let peer_namespace = peer_pod
         .as_deref()
         .and_then(|p| p.split_once('/'))
@@ -317,7 +317,7 @@ pub fn audit_record(
         direction: route.direction,
         source: route.source,
         destination: route.destination,
-        peer_pod: ctx.store.peer_name(&snapshot.table, route.peer()),
+        peer_pod: ctx.store.peer_name(route.peer()),
         pod: ctx.pod.clone(),
         verdict,
         generation: snapshot.generation,

@@ -41,7 +41,13 @@ pub fn place(entry: &Entry, local: &HashSet<IpAddr>, own_ports: &HashSet<u16>) -
     let port = entry.reply.source.port();
     match (local.contains(&from), local.contains(&to)) {
         (true, true) => None,
-        (true, false) if own_ports.contains(&entry.original.source.port()) => None,
+        // Only UDP: the proxy's own lookups; other protocols' "ports" (a GRE key) are not ports.
+        (true, false)
+            if entry.protocol == Protocol::Udp
+                && own_ports.contains(&entry.original.source.port()) =>
+        {
+            None
+        }
         (true, false) => Some(Judged {
             direction: Direction::Egress,
             peer: to,
@@ -135,7 +141,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
             direction: j.direction,
             source: entry.original.source,
             destination: entry.reply.source,
-            peer_pod: ctx.store.peer_name(&snapshot.table, j.peer),
+            peer_pod: ctx.store.peer_name(j.peer),
             pod: ctx.pod.clone(),
             verdict: flow.decision.as_ref().map(|d| d.verdict().clone()),
             service: flow.service,

@@ -601,8 +601,7 @@ mod stream_tests {
         let store = &p.store;
         wait_until("generation 7", || controller_generation(store) == Some(7)).await;
         wait_until("peer names", || {
-            store.peer_name(&store.current().unwrap().table, "10.0.0.9".parse().unwrap())
-                == Some("x/db".into())
+            store.peer_name("10.0.0.9".parse().unwrap()) == Some("x/db".into())
         })
         .await;
         assert!(!store.is_stale());
@@ -677,7 +676,7 @@ mod stream_tests {
                 "{what}: the last good table stays"
             );
             assert_eq!(
-                store.peer_name(&current.table, "10.0.0.9".parse().unwrap()),
+                store.peer_name("10.0.0.9".parse().unwrap()),
                 Some("x/db".into()),
                 "{what}: nothing of the line applied"
             );
