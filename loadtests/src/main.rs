@@ -202,11 +202,7 @@ fn main() -> Result<()> {
     };
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
-    let flood = if plan.udp && args.flood_seconds > 0.0 {
-        flood::run(&topo, on.server_proxy, args.flood_seconds, args.flood_pps)?
-    } else {
-        Vec::new()
-    };
+    let flood = run_flood(&topo, &args, &plan, on.server_proxy)?;
 
     let notes = report_notes(&topo, &paths, &inbound, haproxy, &mut plan);
     let report = Report {
@@ -220,6 +216,19 @@ fn main() -> Result<()> {
         flood,
     };
     write_report(&report, &args)
+}
+
+/// The flood test, with `--udp` and `--flood-seconds` above 0.
+fn run_flood(
+    topo: &Topology,
+    args: &Args,
+    plan: &extra::Plan,
+    server_proxy: u32,
+) -> Result<Vec<flood::FloodPhase>> {
+    if !plan.udp || args.flood_seconds <= 0.0 {
+        return Ok(Vec::new());
+    }
+    flood::run(topo, server_proxy, args.flood_seconds, args.flood_pps)
 }
 
 /// What runs, from the flags and the tools installed.
