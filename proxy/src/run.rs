@@ -183,8 +183,9 @@ fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Re
     } else {
         tracing::warn!(
             event = "udp_not_enforced",
-            "only TCP is enforced (PORTCULLIS_ENFORCE_UDP=false): every UDP, SCTP and other \
-             non-TCP flow passes whatever the policy says"
+            "UDP, SCTP and the other non-TCP protocols are NOT enforced \
+             (PORTCULLIS_ENFORCE_UDP=false): every such flow passes whatever the policy says; \
+             only TCP is enforced"
         );
     }
     Ok(())
