@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +171,47 @@ pub struct Cluster {
     /// Services and EndpointSlices: what a connection to a ClusterIP reaches (`service.rs`).
     pub services: Vec<crate::service::ServiceInfo>,
     pub endpoint_slices: Vec<crate::service::EndpointSliceInfo>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`), as written: compile validates
+    /// them (`cnp::validate`) and reports the invalid ones by name.
+    pub cnps: Vec<SourcedCnp>,
+    /// Nodes, for ClusterNetworkPolicy `nodes` peers (a Node label selector matching the node's
+    /// addresses).
+    pub nodes: BTreeMap<String, NodeInfo>,
+}
+
+/// A ClusterNetworkPolicy and the file it came from, if any.
+#[derive(Debug, Clone)]
+pub struct SourcedCnp {
+    pub cnp: crate::cnp::ClusterNetworkPolicy,
+    pub source: Option<String>,
+}
+
+/// What policy needs of a Node: its labels and addresses (`status.addresses` of type
+/// `InternalIP`/`ExternalIP`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NodeInfo {
+    pub fn from_k8s(node: &Node) -> Self {
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            addresses,
+        }
+    }
 }
 
 /// A NetworkPolicy and the file it came from, if any.
@@ -203,6 +244,14 @@ impl Cluster {
 
     pub fn add_policy(&mut self, policy: NetworkPolicy, source: Option<String>) {
         self.policies.push(SourcedPolicy { policy, source });
+    }
+
+    pub fn add_cnp(&mut self, cnp: crate::cnp::ClusterNetworkPolicy, source: Option<String>) {
+        self.cnps.push(SourcedCnp { cnp, source });
+    }
+
+    pub fn add_node(&mut self, node: NodeInfo) {
+        self.nodes.insert(node.name.clone(), node);
     }
 
     /// Namespaces that pods or policies live in but that were not declared exist all the same,
