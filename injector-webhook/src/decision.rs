@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn the_reason_names_whose_annotation_opted_out() {
         let cfg = InjectorConfig::default();
-        let allow = NamespaceDefaults::Annotations(BTreeMap::from([(
+        let allow = NamespaceDefaults::annotations(BTreeMap::from([(
             ann::ALLOW_POD_OVERRIDES.to_string(),
             "true".to_string(),
         )]));
@@ -144,7 +144,7 @@ mod tests {
             out,
             Sidecars::NotInjected("pod annotation portcullis.dev/inject: disabled".into())
         );
-        let ns = NamespaceDefaults::Annotations(BTreeMap::from([(
+        let ns = NamespaceDefaults::annotations(BTreeMap::from([(
             ann::INJECT.to_string(),
             "disabled".to_string(),
         )]));

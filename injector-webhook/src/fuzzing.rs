@@ -21,7 +21,7 @@ pub fn check_admission_review(data: &[u8]) {
     let namespace = match &parsed.target {
         // Use the pod's own annotations as namespace defaults too: more code paths.
         Target::Pod { pod, .. } => {
-            NamespaceDefaults::Annotations(pod.metadata.annotations.clone().unwrap_or_default())
+            NamespaceDefaults::annotations(pod.metadata.annotations.clone().unwrap_or_default())
         }
         _ => NamespaceDefaults::Disabled,
     };

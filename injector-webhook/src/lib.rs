@@ -14,6 +14,7 @@ pub mod decision;
 pub mod exemptions;
 pub mod inject;
 pub mod overrides;
+pub mod pod_security;
 pub mod review;
 pub mod values;
 

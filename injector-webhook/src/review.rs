@@ -380,7 +380,7 @@ fn respond_ephemeral(
         return reply(base, ReviewResult::Ignored(why), Vec::new());
     };
     let plan = crate::app_security::ephemeral_plan(spec, existing, cfg.proxy_uid);
-    let allowed = matches!(namespace, NamespaceDefaults::Annotations(a)
+    let allowed = matches!(namespace.annotation_map(), Some(a)
         if a.get(crate::config::annotations::ALLOW_PRIVILEGED_DEBUG).map(String::as_str) == Some("true"));
     if !plan.refusals.is_empty() && allowed {
         let warning = format!(

@@ -335,7 +335,7 @@ fn a_namespace_can_allow_privileged_debugging_and_says_so() {
     let debugger = json!({"name": "debugger", "image": "portcullis/init",
         "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}});
     let parsed = parse_review(&review(debug_request(debugger, true))).expect("parses");
-    let allowing = NamespaceDefaults::Annotations(
+    let allowing = NamespaceDefaults::annotations(
         [(
             "portcullis.dev/allow-privileged-debug".to_string(),
             "true".to_string(),
@@ -353,7 +353,7 @@ fn a_namespace_can_allow_privileged_debugging_and_says_so() {
         reply.warnings
     );
     // Anything else than "true" (or another namespace annotation) does not allow it.
-    let other = NamespaceDefaults::Annotations(
+    let other = NamespaceDefaults::annotations(
         [(
             "portcullis.dev/allow-pod-overrides".to_string(),
             "true".to_string(),

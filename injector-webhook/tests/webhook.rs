@@ -18,6 +18,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use metrics_exporter_prometheus::PrometheusHandle;
+use portcullis_injector::inject::NamespaceMeta;
 use portcullis_injector::server::namespaces::NamespaceSource;
 use portcullis_injector::server::tls::ReloadingCert;
 use portcullis_injector::server::{serve_admin, serve_webhook, AppState};
@@ -110,6 +111,13 @@ struct Harness {
     admin_task: tokio::task::JoinHandle<()>,
 }
 
+fn annotations<const N: usize>(pairs: [(String, String); N]) -> NamespaceMeta {
+    NamespaceMeta {
+        annotations: BTreeMap::from(pairs),
+        pod_security_enforce: None,
+    }
+}
+
 struct Options {
     namespaces: NamespaceSource,
     fail_closed: bool,
@@ -121,7 +129,7 @@ impl Default for Options {
             namespaces: NamespaceSource::Static(HashMap::from([
                 (
                     "shop".to_string(),
-                    BTreeMap::from([
+                    annotations([
                         (
                             "portcullis.dev/skip-outbound-ports".to_string(),
                             "25".to_string(),
@@ -133,7 +141,14 @@ impl Default for Options {
                         ),
                     ]),
                 ),
-                ("batch".to_string(), BTreeMap::new()),
+                ("batch".to_string(), NamespaceMeta::default()),
+                (
+                    "strict".to_string(),
+                    NamespaceMeta {
+                        pod_security_enforce: Some("restricted".to_string()),
+                        ..NamespaceMeta::default()
+                    },
+                ),
             ])),
             fail_closed: false,
         }
@@ -535,6 +550,29 @@ async fn host_network_and_opt_out_get_only_the_exemption_and_other_kinds_no_patc
     );
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
+    h.stop().await;
+}
+
+/// A namespace enforcing Pod Security `restricted` (read through the namespace source, as its
+/// label is in a cluster): the pod is injected, and the answer warns, naming what the API server
+/// will refuse next, so that `kubectl apply` shows it instead of a bare rejection.
+#[tokio::test]
+async fn a_pod_security_restricted_namespace_gets_a_warning_naming_what_will_be_refused() {
+    let h = Harness::start(Options::default()).await;
+    let mut review = fixture("multi-container-no-annotations");
+    review["request"]["namespace"] = json!("strict");
+    review["request"]["object"]["metadata"]["namespace"] = json!("strict");
+    let answer = h.admit(&review).await;
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let w = warnings(&answer["response"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("enforces Pod Security restricted")
+            && w[0].contains("portcullis-init: adds NET_ADMIN and NET_RAW")
+            && w[0].contains("pod-security.kubernetes.io/enforce=privileged"),
+        "{w:?}"
+    );
     h.stop().await;
 }
 

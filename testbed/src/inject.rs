@@ -184,7 +184,7 @@ pub fn decide(
             ..Container::default()
         });
     }
-    let defaults = NamespaceDefaults::Annotations(
+    let defaults = NamespaceDefaults::annotations(
         manifests
             .namespaces
             .get(namespace)

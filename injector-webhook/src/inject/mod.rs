@@ -35,12 +35,48 @@ use settings::{opted_out, resolve_settings, Layers};
 /// up; the decision only sees the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamespaceDefaults {
-    /// The namespace's annotations (empty when it has none).
-    Annotations(BTreeMap<String, String>),
+    /// The namespace as read.
+    Known(NamespaceMeta),
     /// The look-up failed: injection goes on without namespace defaults, with a warning.
     Unavailable(String),
     /// Namespace look-ups are turned off (`--namespace-defaults=false`): no warning.
     Disabled,
+}
+
+/// What the injector reads of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespaceMeta {
+    /// Its `portcullis.dev/*` annotations (empty when it has none).
+    pub annotations: BTreeMap<String, String>,
+    /// Its `pod-security.kubernetes.io/enforce` label: the Pod Security level the API server
+    /// will hold the patched pod to.
+    pub pod_security_enforce: Option<String>,
+}
+
+impl NamespaceDefaults {
+    /// A namespace with these annotations and no Pod Security label.
+    pub fn annotations(annotations: BTreeMap<String, String>) -> Self {
+        NamespaceDefaults::Known(NamespaceMeta {
+            annotations,
+            pod_security_enforce: None,
+        })
+    }
+
+    /// The namespace's annotations, when it was read.
+    pub fn annotation_map(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            NamespaceDefaults::Known(meta) => Some(&meta.annotations),
+            NamespaceDefaults::Unavailable(_) | NamespaceDefaults::Disabled => None,
+        }
+    }
+
+    /// The namespace's Pod Security `enforce` level, when it was read and has one.
+    pub fn pod_security_enforce(&self) -> Option<&str> {
+        match self {
+            NamespaceDefaults::Known(meta) => meta.pod_security_enforce.as_deref(),
+            NamespaceDefaults::Unavailable(_) | NamespaceDefaults::Disabled => None,
+        }
+    }
 }
 
 /// Why a pod is left as it is.
@@ -143,10 +179,7 @@ pub fn decide(pod: &Pod, namespace: &NamespaceDefaults, cfg: &InjectorConfig) ->
     if spec.containers.is_empty() {
         return Decision::untouched(SkipReason::InvalidPod, warnings);
     }
-    let ns_annotations = match namespace {
-        NamespaceDefaults::Annotations(map) => Some(map),
-        NamespaceDefaults::Unavailable(_) | NamespaceDefaults::Disabled => None,
-    };
+    let ns_annotations = namespace.annotation_map();
     let already_injected = spec
         .containers
         .iter()
@@ -230,6 +263,13 @@ fn inject_or_refuse(
             "portcullis: egress not enforceable: {}: raw frames skip the pod's netfilter and NET_ADMIN can remove the rules; drop these to have egress enforced",
             plan.holders.join(", ")
         ));
+    }
+    if let Some(level) = namespace.pod_security_enforce() {
+        let added = [
+            init_container(&settings, cfg),
+            proxy_container(&settings, cfg),
+        ];
+        warnings.extend(crate::pod_security::rejection_warning(level, spec, &added));
     }
     let exemptions = exemptions::render(&exemptions_in_force(&settings, &plan));
     let patch = build_patch(

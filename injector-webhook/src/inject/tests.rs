@@ -31,7 +31,7 @@ fn with_annotations(mut p: Pod, pairs: &[(&str, &str)]) -> Pod {
 }
 
 fn ns(pairs: &[(&str, &str)]) -> NamespaceDefaults {
-    NamespaceDefaults::Annotations(
+    NamespaceDefaults::annotations(
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,14 +1,15 @@
 //! Namespace annotations (defaults for the namespace's pods), read through the Kubernetes API
 //! with a short timeout and a small time-bounded cache. Needs RBAC `get` on `namespaces`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 
-use crate::inject::NamespaceDefaults;
+use crate::inject::{NamespaceDefaults, NamespaceMeta};
 
 /// Where namespace annotations come from.
 pub enum NamespaceSource {
@@ -17,7 +18,7 @@ pub enum NamespaceSource {
     /// No API access (reason given at start-up): every injection carries a warning.
     Unavailable(String),
     /// A fixed map, for tests and local runs.
-    Static(HashMap<String, BTreeMap<String, String>>),
+    Static(HashMap<String, NamespaceMeta>),
     /// Through the API server.
     Api(Box<ApiNamespaces>),
 }
@@ -34,10 +35,27 @@ impl NamespaceSource {
             NamespaceSource::Disabled => NamespaceDefaults::Disabled,
             NamespaceSource::Unavailable(why) => NamespaceDefaults::Unavailable(why.clone()),
             NamespaceSource::Static(map) => {
-                NamespaceDefaults::Annotations(map.get(ns).cloned().unwrap_or_default())
+                NamespaceDefaults::Known(map.get(ns).cloned().unwrap_or_default())
             }
             NamespaceSource::Api(api) => api.defaults(ns).await,
         }
+    }
+}
+
+/// What the injector keeps of a namespace: only our annotations (keeps the cache small: no
+/// last-applied-configuration) and the Pod Security `enforce` label.
+fn namespace_meta(meta: ObjectMeta) -> NamespaceMeta {
+    NamespaceMeta {
+        annotations: meta
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(portcullis_contract::keys::PREFIX))
+            .collect(),
+        pod_security_enforce: meta
+            .labels
+            .unwrap_or_default()
+            .remove(crate::pod_security::ENFORCE_LABEL),
     }
 }
 
@@ -50,7 +68,7 @@ pub enum LookupError {
     Timeout { ns: String, timeout: Duration },
 }
 
-type Lookup = Result<BTreeMap<String, String>, LookupError>;
+type Lookup = Result<NamespaceMeta, LookupError>;
 type CacheEntry = (Instant, Lookup);
 
 /// `GET /api/v1/namespaces/{name}` (metadata only), cached.
@@ -107,29 +125,23 @@ impl ApiNamespaces {
                 hit
             }
             None => {
-                let fetched = match tokio::time::timeout(self.timeout, self.api.get_metadata(ns))
-                    .await
-                {
-                    Ok(Ok(meta)) => Ok(meta
-                        .metadata
-                        .annotations
-                        .unwrap_or_default()
-                        .into_iter()
-                        // Only ours: keeps the cache small (no last-applied-configuration).
-                        .filter(|(k, _)| k.starts_with(portcullis_contract::keys::PREFIX))
-                        .collect()),
-                    // The pod's namespace exists (the API server checked); a 404 here means a
-                    // race with deletion: no defaults.
-                    Ok(Err(kube::Error::Api(status))) if status.code == 404 => Ok(BTreeMap::new()),
-                    Ok(Err(e)) => Err(LookupError::Api {
-                        ns: ns.to_string(),
-                        error: Arc::new(e),
-                    }),
-                    Err(_) => Err(LookupError::Timeout {
-                        ns: ns.to_string(),
-                        timeout: self.timeout,
-                    }),
-                };
+                let fetched =
+                    match tokio::time::timeout(self.timeout, self.api.get_metadata(ns)).await {
+                        Ok(Ok(meta)) => Ok(namespace_meta(meta.metadata)),
+                        // The pod's namespace exists (the API server checked); a 404 here means a
+                        // race with deletion: no defaults.
+                        Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
+                            Ok(NamespaceMeta::default())
+                        }
+                        Ok(Err(e)) => Err(LookupError::Api {
+                            ns: ns.to_string(),
+                            error: Arc::new(e),
+                        }),
+                        Err(_) => Err(LookupError::Timeout {
+                            ns: ns.to_string(),
+                            timeout: self.timeout,
+                        }),
+                    };
                 let label = if fetched.is_ok() { "fetched" } else { "error" };
                 metrics::counter!(crate::server::metrics::NAMESPACE_LOOKUPS, "result" => label)
                     .increment(1);
@@ -141,8 +153,42 @@ impl ApiNamespaces {
             }
         };
         match result {
-            Ok(map) => NamespaceDefaults::Annotations(map),
+            Ok(meta) => NamespaceDefaults::Known(meta),
             Err(e) => NamespaceDefaults::Unavailable(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn keeps_our_annotations_and_the_pod_security_enforce_label_only() {
+        let kv = |pairs: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let meta = namespace_meta(ObjectMeta {
+            annotations: kv(&[
+                ("portcullis.dev/enforce-udp", "false"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+            ]),
+            labels: kv(&[
+                ("pod-security.kubernetes.io/enforce", "baseline"),
+                ("pod-security.kubernetes.io/warn", "restricted"),
+            ]),
+            ..ObjectMeta::default()
+        });
+        assert_eq!(
+            meta.annotations,
+            BTreeMap::from([("portcullis.dev/enforce-udp".into(), "false".into())])
+        );
+        assert_eq!(meta.pod_security_enforce.as_deref(), Some("baseline"));
     }
 }
