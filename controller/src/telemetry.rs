@@ -78,11 +78,7 @@ pub fn describe() {
         CERT_RELOADS,
         "Serving certificate reloads (rotated Secret files)."
     );
-    describe_gauge!(
-        portcullis_tls::EXPIRY_METRIC,
-        Unit::Seconds,
-        "When the serving certificate expires (Unix time)."
-    );
+    portcullis_tls::describe_metrics();
 }
 
 /// The guard metrics of one server (`api` or `admin`).
@@ -154,6 +150,7 @@ mod tests {
             metrics::histogram!(APPLY_SECONDS).record(0.01);
         });
         let text = handle.render();
+        portcullis_netns::testing::admin::promtool_check_metrics(&text);
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split_whitespace().nth(2).unwrap_or_default();
             assert!(

@@ -794,9 +794,11 @@ async fn admin_port_serves_health_and_metrics() {
         "portcullis_injector_skips_total{reason=\"host_network\"}",
         "portcullis_injector_requests_total{result=\"invalid\"}",
         "portcullis_injector_request_duration_seconds_bucket",
+        "portcullis_build_info{version=",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
+    portcullis_netns::testing::admin::promtool_check_metrics(&metrics);
     let (status, _) = h.admin_get("/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     h.stop().await;

@@ -322,6 +322,8 @@ fn udp_ingress_allowed_and_denied_with_one_audit_line_ipv4_and_ipv6() {
         ]),
         2.0
     );
+    // The scrape, with allowed and denied flows counted, is what Prometheus' linter accepts.
+    portcullis_netns::testing::admin::promtool_check_metrics(&t.admin("/metrics").1);
 }
 
 #[test]

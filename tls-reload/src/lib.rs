@@ -19,6 +19,16 @@ use rustls::ServerConfig;
 /// alert `PortcullisCertificateExpiresSoon` (manifests/monitoring) fires 14 days before.
 pub const EXPIRY_METRIC: &str = "portcullis_certificate_expiration_timestamp_seconds";
 
+/// Describes [`EXPIRY_METRIC`] (its HELP line) in the installed recorder; every server that
+/// reloads a certificate calls it with its own metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        EXPIRY_METRIC,
+        metrics::Unit::Seconds,
+        "When the serving certificate expires (Unix time)."
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]

@@ -41,6 +41,11 @@ pub fn recorder() -> Result<PrometheusRecorder, BuildError> {
 
 /// Describe every metric (HELP lines).
 pub fn describe() {
+    use portcullis_contract::build;
+    metrics::describe_gauge!(build::INFO_METRIC, build::INFO_HELP);
+    metrics::gauge!(build::INFO_METRIC, "version" => build::VERSION, "commit" => build::COMMIT)
+        .set(1.0);
+    portcullis_tls::describe_metrics();
     metrics::describe_counter!(REQUESTS, "Admission requests, by result");
     metrics::describe_counter!(INJECTIONS, "Pods injected, by sidecar mode");
     metrics::describe_counter!(SKIPS, "Pods not injected, by reason");
