@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use portcullis_policy::matrix::{default_probes, Probe};
+use portcullis_policy::matrix::{default_probes, Detail, Probe};
 use portcullis_policy::ports::{parse_port_protocol, PortProtocolError};
 use portcullis_policy::validate::with_every_policy_error;
 use portcullis_policy::{compile, Matrix};
@@ -56,6 +56,7 @@ fn predicted(
     probes: &[Probe],
     verbose: bool,
     namespace: Option<&str>,
+    detail: Detail,
 ) -> (Matrix, bool) {
     let mut loaded = crate::load(files);
     let mut failed = crate::report_load(&loaded, verbose);
@@ -84,12 +85,20 @@ fn predicted(
             failed = true;
         }
     }
-    (Matrix::compute_for(&compiled, &probes, namespace), failed)
+    (
+        Matrix::compute_for(&compiled, &probes, namespace, detail),
+        failed,
+    )
 }
 
 pub fn run(args: MatrixArgs) -> Result<ExitCode> {
     let namespace = args.namespace.as_deref();
-    let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose, namespace);
+    // The table shows allowed or denied only: no reasons to write for it.
+    let detail = match args.output {
+        Output::Json | Output::Yaml => Detail::Reasons,
+        Output::Table => Detail::AllowedOnly,
+    };
+    let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose, namespace, detail);
     match args.output {
         Output::Json | Output::Yaml => print_structured(&matrix, args.output == Output::Yaml)?,
         Output::Table => print!("{}", grids(&matrix, None, args.color.enabled())),

@@ -82,6 +82,15 @@ pub struct ProbeResult {
     pub reason: Option<String>,
 }
 
+/// Whether each cell of a computed [`Matrix`] says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every cell with its reason (JSON and YAML output, comparisons).
+    Reasons,
+    /// Allowed or denied only.
+    AllowedOnly,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Matrix {
     pub probes: Vec<ProbeResult>,
@@ -90,15 +99,18 @@ pub struct Matrix {
 impl Matrix {
     /// Computes the matrix over every pod that has an address, for each probe in order.
     pub fn compute(compiled: &CompiledCluster, probes: &[Probe]) -> Matrix {
-        Matrix::compute_for(compiled, probes, None)
+        Matrix::compute_for(compiled, probes, None, Detail::Reasons)
     }
 
     /// As [`Matrix::compute`], over the pods of `namespace` only (rows and columns) when given.
-    /// Policies of every namespace still decide: only the pods shown are fewer.
+    /// Policies of every namespace still decide: only the pods shown are fewer. With
+    /// [`Detail::AllowedOnly`] no cell carries its reason: a view that shows only allowed or
+    /// denied (the table) skips writing millions of sentences nobody reads.
     pub fn compute_for(
         compiled: &CompiledCluster,
         probes: &[Probe],
         namespace: Option<&str>,
+        detail: Detail,
     ) -> Matrix {
         let tables: Vec<(&PodTable, String)> = compiled
             .tables
@@ -119,7 +131,7 @@ impl Matrix {
                             port: probe.port,
                             protocol: probe.protocol,
                             allowed: v.allowed(),
-                            reason: Some(v.explanation()),
+                            reason: (detail == Detail::Reasons).then(|| v.explanation()),
                         });
                     }
                 }
