@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod dns;
+pub mod dual_stack;
 mod dnsmasq;
 pub mod error;
 pub mod guard;
