@@ -8,8 +8,8 @@
 
 pub mod controller;
 pub mod dns;
-pub mod dual_stack;
 mod dnsmasq;
+pub mod dual_stack;
 pub mod error;
 pub mod guard;
 pub mod inject;

@@ -74,11 +74,7 @@ pub(crate) fn plumb_pod(
     gateways: &mut BTreeSet<String>,
     dir: &Path,
 ) -> Result<PodState> {
-    // Either family may come first in `status.podIPs`.
-    let v4 = pod.ips.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    });
+    let (v4, ipv6) = addresses(pod);
     let Some(ip) = v4 else {
         return Err(Error::Manifests(format!(
             "pod {} needs an IPv4 status.podIP for the testbed",
@@ -95,10 +91,6 @@ pub(crate) fn plumb_pod(
     }
     let ns = format!("{prefix}p{i}");
     netns::add(&ns)?;
-    let ipv6 = pod.ips.iter().find_map(|ip| match ip {
-        IpAddr::V6(v6) => Some(*v6),
-        IpAddr::V4(_) => None,
-    });
     if ipv6.is_some() {
         // Before the veth exists, so that its end here takes the setting.
         netns::exec_in(
@@ -125,20 +117,7 @@ pub(crate) fn plumb_pod(
         &ns,
         &["route", "add", "default", "via", &gateway, "dev", "eth0"],
     )?;
-    // With the node's address on the pod's side as the source: a hairpin connection (a pod
-    // reaching itself through its Service) is masqueraded to it, the pod's hostIP.
-    netns::ip_in(
-        node,
-        &[
-            "route",
-            "add",
-            &format!("{ip}/32"),
-            "dev",
-            "br0",
-            "src",
-            &gateway,
-        ],
-    )?;
+    route_back(node, ip, &gateway)?;
     if let Some(v6) = ipv6 {
         plumb_v6(node, &ns, v6)?;
     }
@@ -158,6 +137,28 @@ pub(crate) fn plumb_pod(
         bound: file("server.json"),
         system: false,
     })
+}
+
+/// The node's route to a pod's IPv4 address, with the node's address on the pod's side as the
+/// source: a hairpin connection (a pod reaching itself through its Service) is masqueraded to
+/// it, the pod's hostIP.
+fn route_back(node: &str, ip: Ipv4Addr, gateway: &str) -> Result<()> {
+    let to = format!("{ip}/32");
+    netns::ip_in(node, &["route", "add", &to, "dev", "br0", "src", gateway])?;
+    Ok(())
+}
+
+/// A pod's first IPv4 and first IPv6 address (either family may come first in `status.podIPs`).
+fn addresses(pod: &PodInfo) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = pod.ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = pod.ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    (v4, v6)
 }
 
 /// A dual-stack pod's IPv6 address, its default route through the node's link-local address,

@@ -375,7 +375,12 @@ impl ServiceCell {
     }
 
     pub fn column(&self) -> String {
-        format!("{}:{}/{}", self.service, self.port, self.protocol)
+        let v6 = if self.cluster_ip.is_ipv6() {
+            " (IPv6)"
+        } else {
+            ""
+        };
+        format!("{}:{}/{}{v6}", self.service, self.port, self.protocol)
     }
 
     pub fn describe(&self) -> String {
@@ -420,11 +425,15 @@ fn predict_service(
     state: &State,
     from: &PodState,
     port: &ResolvedPort,
+    family: Family,
 ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
     let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
+    // A ClusterIP leads to the endpoints of its own family only (kube-proxy, and the proxy).
+    let from_ip = from.addr(family).unwrap_or(from.ip);
     // (name, probe on the backend, its pod, egress allows it, why)
     let judged: Vec<_> = port
         .candidates()
+        .filter(|b| Family::of(b.ip) == family)
         .map(|b| {
             let probe = Probe {
                 port: b.port,
@@ -471,7 +480,7 @@ fn predict_service(
             continue;
         }
         let (i_ok, i_why) = match state.pods.iter().find(|p| Some(p.key.as_str()) == pod) {
-            Some(backend) => half(backend, table(backend), Direction::Ingress, from.ip, probe),
+            Some(backend) => half(backend, table(backend), Direction::Ingress, from_ip, probe),
             None => (true, "not a testbed pod".to_string()),
         };
         if i_ok {
@@ -489,7 +498,8 @@ fn predict_service(
     (prediction, allowed, landable_denied)
 }
 
-/// Probes every Service port of `protocols` (IPv4 ClusterIPs) from every chosen client pod.
+/// Probes every Service port of `protocols` from every chosen client pod: on each ClusterIP
+/// (IPv4, and IPv6 from the pods that have an IPv6 address).
 /// `skip`: Services not to probe (e.g. the cluster DNS, which does not answer with a name).
 pub fn observe_services(
     state: &State,
@@ -514,32 +524,54 @@ pub fn observe_services(
             if skip.contains(&key.as_str()) {
                 continue;
             }
-            let Some(ip) = svc.cluster_ips.iter().copied().find(IpAddr::is_ipv4) else {
-                continue;
-            };
-            for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
-                let (predicted, allowed_backends, denied_backends) =
-                    predict_service(&snapshot, state, from, port);
-                mine.push(ServiceCell {
-                    from: from.key.clone(),
-                    service: key.clone(),
-                    cluster_ip: ip,
-                    port: port.port,
-                    protocol: port.protocol,
-                    outcome: Outcome::NoAnswer,
-                    answered_by: None,
-                    no_answer: None,
-                    predicted,
-                    allowed_backends,
-                    denied_backends,
-                });
+            let reachable = |ip: &&IpAddr| from.addr(Family::of(**ip)).is_some();
+            for &ip in svc.cluster_ips.iter().filter(reachable) {
+                for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
+                    mine.push(service_cell(&snapshot, state, from, key, ip, port));
+                }
             }
         }
         groups.push((from.netns.clone(), mine));
     }
     let mut cells = in_pods(groups, move |cell| send_service(cell, timeout))?;
-    cells.sort_by(|a, b| (&a.service, a.port, &a.from).cmp(&(&b.service, b.port, &b.from)));
+    cells.sort_by(|a, b| {
+        let key = |c: &ServiceCell| {
+            (
+                c.service.clone(),
+                c.cluster_ip.is_ipv6(),
+                c.port,
+                c.from.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     Ok(cells)
+}
+
+/// One Service probe, predicted.
+fn service_cell(
+    snapshot: &Snapshot,
+    state: &State,
+    from: &PodState,
+    key: &str,
+    ip: IpAddr,
+    port: &ResolvedPort,
+) -> ServiceCell {
+    let (predicted, allowed_backends, denied_backends) =
+        predict_service(snapshot, state, from, port, Family::of(ip));
+    ServiceCell {
+        from: from.key.clone(),
+        service: key.to_string(),
+        cluster_ip: ip,
+        port: port.port,
+        protocol: port.protocol,
+        outcome: Outcome::NoAnswer,
+        answered_by: None,
+        no_answer: None,
+        predicted,
+        allowed_backends,
+        denied_backends,
+    }
 }
 
 /// Sends one probe to a ClusterIP (from inside the client pod) and records who answered.
@@ -744,7 +776,7 @@ spec:
             .find(|p| p.protocol == protocol)
             .unwrap()
             .clone();
-        predict_service(&snapshot, &state, &state.pods[0], &port)
+        predict_service(&snapshot, &state, &state.pods[0], &port, Family::IPv4)
     }
 
     #[test]
