@@ -222,8 +222,9 @@ fn ipv6_step(state: &State) -> Result<bool> {
         ok &= answered == allowed;
         let source = state.pod(from)?.addr(testbed::Family::IPv6);
         if let (false, Some(source)) = (allowed, source) {
-            let src = format!("[{source}]:");
-            let line = audit_line(state, to, &["connection_denied", &src])?;
+            let src = format!("\"src\":\"[{source}]:");
+            let dst = format!("\"dst\":\"{addr}\"");
+            let line = audit_line(state, to, &["connection_denied", &src, &dst])?;
             match &line {
                 Some(line) => println!("      {line}"),
                 None => ok = false,
