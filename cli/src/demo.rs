@@ -19,6 +19,9 @@ pub struct DemoArgs {
     /// The example cluster.
     #[arg(long, default_value = "manifests/examples/kangaroo")]
     pub example: PathBuf,
+    /// Dual-stack pods brought up beside the example (the IPv6 step).
+    #[arg(long, default_value = "manifests/examples/kangaroo-ipv6")]
+    pub ipv6: PathBuf,
     /// The policy change applied while it runs.
     #[arg(long, default_value = "manifests/examples/kangaroo-change")]
     pub change: PathBuf,
@@ -42,10 +45,10 @@ fn step(n: u32, title: &str, color: bool) {
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let color = args.color.enabled();
-    for p in [&args.example, &args.change] {
+    for p in [&args.example, &args.ipv6, &args.change] {
         if !Path::new(p).exists() {
             anyhow::bail!(
-                "{} not found: run the demo from the repository root or pass --example/--change",
+                "{} not found: run the demo from the repository root or pass --example/--ipv6/--change",
                 p.display()
             );
         }
@@ -63,7 +66,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     let state = testbed::up(&UpOptions {
         name: NAME.into(),
-        files: vec![args.example.clone()],
+        files: vec![args.example.clone(), args.ipv6.clone()],
         binaries,
         proxy_args: Vec::new(),
         policy_source: testbed::PolicySource::Controller,
@@ -103,8 +106,8 @@ fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
 fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     for p in &state.pods {
         match &p.not_injected {
-            None => println!("  {:<32} {:<14} portcullis-proxy", p.key, p.ip),
-            Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, p.ip),
+            None => println!("  {:<32} {:<14} portcullis-proxy", p.key, ips(p)),
+            Some(why) => println!("  {:<32} {:<14} no proxy: {why}", p.key, ips(p)),
         }
     }
     let ok1 = probe_step(
@@ -113,6 +116,7 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
         "probe every pod and every Service from every pod, through the proxies",
         color,
     )?;
+    let ipv6_ok = ipv6_step(state)?;
     let services_ok = services_step(state, color)?;
     let dns_ok = dns_step(state, color)?;
     step(
@@ -175,7 +179,13 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     {
         println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
     }
-    Ok(services_ok && dns_ok && ok1 && ok2 && ok3)
+    Ok(ipv6_ok && services_ok && dns_ok && ok1 && ok2 && ok3)
+}
+
+/// A pod's addresses, comma-separated.
+fn ips(pod: &testbed::PodState) -> String {
+    let ips: Vec<String> = pod.addrs().iter().map(ToString::to_string).collect();
+    ips.join(",")
 }
 
 /// The last audit line of `pod`'s proxy that contains every one of `needles`.
@@ -184,6 +194,44 @@ fn audit_line(state: &State, pod: &str, needles: &[&str]) -> Result<Option<Strin
         .into_iter()
         .rev()
         .find(|l| needles.iter().all(|n| l.contains(n))))
+}
+
+/// IPv6 between dual-stack pods (`kangaroo-ipv6`): dualstack/server admits 8080 from
+/// dualstack/client's IPv6 address only, so over IPv6 the client is answered and dualstack/other
+/// is refused, and the server's proxy logs the refusal with the IPv6 source. Whether both went so.
+fn ipv6_step(state: &State) -> Result<bool> {
+    let to = "dualstack/server";
+    let Ok(server) = state.pod(to) else {
+        println!("  no {to} in the manifests: the IPv6 step is skipped");
+        return Ok(true);
+    };
+    let Some(ip) = server.addr(testbed::Family::IPv6) else {
+        println!("  {to} has no IPv6 address: the IPv6 step is skipped");
+        return Ok(true);
+    };
+    let addr = SocketAddr::new(ip, 8080);
+    println!("  over IPv6: {to} admits 8080 from dualstack/client's IPv6 address only");
+    let mut ok = true;
+    for (from, allowed) in [("dualstack/client", true), ("dualstack/other", false)] {
+        let answer = testbed::connect_from(state, from, addr, Protocol::Tcp, 1)?;
+        let answered = answer[0].is_ok();
+        println!(
+            "    {from} -> {to} ({addr}): {}",
+            if answered { "answered" } else { "refused" }
+        );
+        ok &= answered == allowed;
+        let source = state.pod(from)?.addr(testbed::Family::IPv6);
+        if let (false, Some(source)) = (allowed, source) {
+            let src = format!("\"src\":\"[{source}]:");
+            let dst = format!("\"dst\":\"{addr}\"");
+            let line = audit_line(state, to, &["connection_denied", &src, &dst])?;
+            match &line {
+                Some(line) => println!("      {line}"),
+                None => ok = false,
+            }
+        }
+    }
+    Ok(ok)
 }
 
 /// Connections through Services from kangaroo/backend, whose proxy balances them over the

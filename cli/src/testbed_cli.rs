@@ -245,8 +245,16 @@ pub fn report(
 ) -> Result<bool> {
     let cells = &obs.probes;
     if with_grids {
-        let (observed, predicted) = testbed::probe::matrices(cells);
-        write!(out, "{}", grids(&observed, Some(&predicted), color))?;
+        for (family, sent) in testbed::probe::per_family(cells) {
+            if sent == 0 && family == testbed::Family::IPv6 {
+                continue;
+            }
+            if family == testbed::Family::IPv6 {
+                writeln!(out, "== over IPv6 (the dual-stack pods) ==")?;
+            }
+            let (observed, predicted) = testbed::probe::matrices(cells, family);
+            write!(out, "{}", grids(&observed, Some(&predicted), color))?;
+        }
         if !obs.services.is_empty() {
             write!(out, "{}", service_grid(&obs.services, color))?;
         }
@@ -286,11 +294,16 @@ pub fn report(
             .map(ServiceCell::describe),
     );
     let total = cells.len() - no_listener.len() + obs.services.len();
+    let families: Vec<String> = testbed::probe::per_family(cells)
+        .iter()
+        .map(|(f, n)| format!("{n} over {f}"))
+        .collect();
     if diffs.is_empty() {
         writeln!(
             out,
-            "observed matrix equals the predicted one ({total} probes, {} through Services)",
-            obs.services.len()
+            "observed matrix equals the predicted one ({total} probes, {} through Services; pod to pod {})",
+            obs.services.len(),
+            families.join(", ")
         )?;
     } else {
         writeln!(
@@ -375,7 +388,13 @@ fn print_up(state: &State) {
             None => "proxy".to_string(),
             Some(why) => format!("no proxy: {why}"),
         };
-        println!("  {:<40} {:<16} netns {:<20} {proxy}", p.key, p.ip, p.netns);
+        let ips: Vec<String> = p.addrs().iter().map(ToString::to_string).collect();
+        println!(
+            "  {:<40} {:<16} netns {:<20} {proxy}",
+            p.key,
+            ips.join(","),
+            p.netns
+        );
     }
     if state.dns.is_some() {
         println!(

@@ -8,6 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use portcullis_testbed::dual_stack;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -52,10 +54,12 @@ fn build_components() {
     portcullis_netns::testing::build_testbed_components(env!("CARGO"), &repo());
 }
 
-type Cells = BTreeMap<(String, String, u64, String), bool>;
+/// (from, to, port, protocol, family).
+type Cells = BTreeMap<(String, String, u64, String, String), bool>;
 
-/// The probes of a JSON matrix (observed, or expected.json), by (from, to, port, protocol);
-/// `allowed` is `null` in observed ones where nothing listens, which counts as neither.
+/// The probes of a JSON matrix (observed, or expected.json), by (from, to, port, protocol,
+/// family: IPv4 where the matrix does not say); `allowed` is `null` in observed ones where
+/// nothing listens, which counts as neither.
 fn cells(json: &str) -> Cells {
     cells_of(json, &["TCP", "UDP", "SCTP"])
 }
@@ -76,6 +80,7 @@ fn cells_of(json: &str, protocols: &[&str]) -> Cells {
                     p["to"].as_str().unwrap().to_string(),
                     p["port"].as_u64().unwrap(),
                     p["protocol"].as_str().unwrap().to_string(),
+                    p["family"].as_str().unwrap_or("IPv4").to_string(),
                 ),
                 p["allowed"].as_bool().unwrap(),
             )
@@ -136,14 +141,18 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let tb = tb.as_str();
     // Taken down however the test ends (also after a failed `up`).
     let _guard = Testbed(tb.to_string());
-    let up = portcullis(&[
-        "testbed",
-        "up",
-        "--name",
-        tb,
-        "-f",
-        dir.join("model.yaml").to_str().unwrap(),
-    ]);
+    // Every case over both families: the model's pods dual-stack (each with the IPv6 twin of
+    // its IPv4 address), each case's ipBlocks with their IPv6 twins (`dual_stack`), so that the
+    // IPv6 half has the hand-written truth table of the IPv4 half.
+    let work = std::env::temp_dir().join(format!("pc-e2e-dual-{}", std::process::id()));
+    fs::create_dir_all(&work).unwrap();
+    let model = work.join("model.yaml");
+    fs::write(
+        &model,
+        dual_stack::with_pod_ipv6(&fs::read_to_string(dir.join("model.yaml")).unwrap()),
+    )
+    .unwrap();
+    let up = portcullis(&["testbed", "up", "--name", tb, "-f", model.to_str().unwrap()]);
     assert!(
         up.status.success(),
         "testbed up failed:\n{}\n{}",
@@ -167,6 +176,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     eprintln!("conformance cases on real sockets for {protocols:?}");
     let runs = |case: &Path| protocols.contains(&"UDP") || tcp_only(case);
     let mut ran = 0;
+    let mut per_family: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     for case in &cases {
         // Cases about a protocol the proxies do not enforce are checked by the engine only.
@@ -175,6 +185,14 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         }
         ran += 1;
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        // Only cases with an ipBlock are rewritten (YAML 1.1 would read a label `y` as true).
+        let original = fs::read_to_string(case.join("policy.yaml")).unwrap();
+        let (twins, ext) = match original.contains("ipBlock") {
+            true => (dual_stack::with_ipv6_blocks(&original), "json"),
+            false => (original, "yaml"),
+        };
+        let policy = work.join(format!("{name}.{ext}"));
+        fs::write(&policy, twins).unwrap();
         let apply = portcullis(&[
             "testbed",
             "apply",
@@ -182,7 +200,7 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
             tb,
             "--replace",
             "-f",
-            case.join("policy.yaml").to_str().unwrap(),
+            policy.to_str().unwrap(),
         ]);
         assert!(
             apply.status.success(),
@@ -191,10 +209,13 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         );
         let probe = probe_e2e(tb, protocols);
         let observed = cells_of(&text(&probe.stdout), protocols);
-        let expected = cells_of(
+        for key in observed.keys() {
+            *per_family.entry(key.4.clone()).or_default() += 1;
+        }
+        let expected = both_families(cells_of(
             &fs::read_to_string(case.join("expected.json")).unwrap(),
             protocols,
-        );
+        ));
         assert_eq!(
             observed.len(),
             expected.len(),
@@ -204,17 +225,23 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
         for (key, want) in &expected {
             if observed.get(key) != Some(want) {
                 failures.push(format!(
-                    "{name}: {} -> {} {}/{}: expected {want}, observed {:?}",
+                    "{name}: {} -> {} {}/{} over {}: expected {want}, observed {:?}",
                     key.0,
                     key.1,
                     key.2,
                     key.3,
+                    key.4,
                     observed.get(key)
                 ));
             }
         }
     }
     assert!(ran >= 30, "only {ran} TCP cases ran");
+    eprintln!("{ran} cases on real sockets; probes per family: {per_family:?}");
+    assert!(
+        per_family.get("IPv6") == per_family.get("IPv4"),
+        "every case runs over IPv4 and IPv6 alike: {per_family:?}"
+    );
 
     assert!(
         failures.is_empty(),
@@ -240,13 +267,32 @@ fn e2e_conformance_cases_hold_on_real_sockets() {
     let probe = probe_e2e(tb, protocols);
     assert_eq!(
         cells_of(&text(&probe.stdout), protocols),
-        cells_of(
+        both_families(cells_of(
             &fs::read_to_string(last.join("expected.json")).unwrap(),
             protocols
-        ),
+        )),
         "with the controller gone, enforcement changed: {}",
         text(&probe.stderr)
     );
+    let _ = fs::remove_dir_all(&work);
+}
+
+/// The IPv4 truth table of a case, and the same for its IPv6 half.
+fn both_families(v4: Cells) -> Cells {
+    let v6: Cells = v4
+        .iter()
+        .map(|((f, t, port, proto, _), a)| {
+            let key = (
+                f.clone(),
+                t.clone(),
+                *port,
+                proto.clone(),
+                "IPv6".to_string(),
+            );
+            (key, *a)
+        })
+        .collect();
+    v4.into_iter().chain(v6).collect()
 }
 
 /// Three pods that declare no ports at all, as most real pods: the servers listen on every port
@@ -337,7 +383,7 @@ fn pods_without_declared_ports_are_probed_on_every_port_they_could_be() {
     );
     let observed = cells(&text(&probe.stdout));
     assert_eq!(observed.len(), 18, "{}", text(&probe.stdout));
-    for ((from, to, port, _), allowed) in &observed {
+    for ((from, to, port, _, _), allowed) in &observed {
         let want = to != "x/b" || from == "x/b" || (from == "x/a" && *port == 8080);
         assert_eq!(*allowed, want, "{from} -> {to} on {port}");
     }
@@ -433,7 +479,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
     let allowed: Vec<(&str, &str)> = observed
         .iter()
         .filter(|(_, a)| **a)
-        .map(|((f, t, _, _), _)| (f.as_str(), t.as_str()))
+        .map(|((f, t, _, _, _), _)| (f.as_str(), t.as_str()))
         .collect();
     // x/a enforces both directions; x/b and y/c enforce nothing, whatever their policies say.
     assert_eq!(
@@ -476,7 +522,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             "x/b".to_string(),
             "y/c".to_string(),
             80,
-            "TCP".to_string()
+            "TCP".to_string(),
+            "IPv4".to_string()
         )),
         Some(&false)
     );
@@ -985,4 +1032,180 @@ fn getent(netns: &str, name: &str) -> Option<String> {
             .unwrap_or_default()
             .to_string()
     })
+}
+
+/// Dual-stack on real sockets: pods with an IPv6 address beside their IPv4 one (and one
+/// without), a Service with a ClusterIP in each family, an IPv6-only one and a headless one;
+/// an ingress `ipBlock` on IPv6 and a named port, a default-deny egress that allows DNS and an
+/// IPv6 block. Every probe over both families, TCP and UDP, pod to pod and through every
+/// ClusterIP, must equal the prediction; the IPv6 block admits the IPv6 peer and not its IPv4
+/// address; DNS answers AAAA under the default-deny egress.
+#[test]
+fn dual_stack_pods_services_dns_and_ip_blocks_on_real_sockets() {
+    require_root();
+    build_components();
+    let name = unique("ds");
+    let name = name.as_str();
+    let dir = std::env::temp_dir().join(format!("pc-tb-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let manifests = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: secure}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.1, podIPs: [{ip: 10.3.0.1}, {ip: 'fd00:10::a03:1'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: shop, labels: {app: old}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.3.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-1, namespace: secure, labels: {app: api}}
+spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 'fd00:10::a04:1', podIPs: [{ip: 'fd00:10::a04:1'}, {ip: 10.4.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-2, namespace: secure, labels: {app: api}}
+spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.4.0.2, podIPs: [{ip: 10.4.0.2}, {ip: 'fd00:10::a04:2'}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: secure}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: api}
+  ports: [{name: t, port: 80, targetPort: http}, {name: u, port: 81, protocol: UDP, targetPort: 8081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api6, namespace: secure}
+spec: {ipFamilies: [IPv6], selector: {app: api}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pods, namespace: secure}
+spec: {clusterIP: None, ipFamilyPolicy: RequireDualStack, selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-in, namespace: secure}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+    - from: [{ipBlock: {cidr: 'fd00:10::a03:0/112', except: ['fd00:10::a03:2/128']}}]
+      ports: [{port: http}, {port: 8081, protocol: UDP}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+      ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+    - to: [{ipBlock: {cidr: 'fd00:10::/96'}}]
+";
+    fs::write(dir.join("cluster.yaml"), manifests).unwrap();
+    let _guard = Testbed(name.to_string());
+    let up = portcullis(&[
+        "testbed",
+        "up",
+        "--name",
+        name,
+        "-f",
+        dir.join("cluster.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        up.status.success(),
+        "up failed: {}{}",
+        text(&up.stdout),
+        text(&up.stderr)
+    );
+    let probe = portcullis(&[
+        "testbed",
+        "probe",
+        "--name",
+        name,
+        "--probe",
+        "8080/TCP,8081/UDP",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        probe.status.success(),
+        "observed differs from predicted:\n{}\n{}",
+        text(&probe.stderr),
+        text(&probe.stdout)
+    );
+    let observed = cells(&text(&probe.stdout));
+    let cell = |from: &str, to: &str, port: u64, proto: &str, family: &str| {
+        let key = (from.into(), to.into(), port, proto.into(), family.into());
+        observed.get(&key).copied()
+    };
+    // The IPv6 block admits the client's IPv6 address, not its IPv4 one; named port included.
+    for api in ["secure/api-1", "secure/api-2"] {
+        assert_eq!(cell("shop/client", api, 8080, "TCP", "IPv6"), Some(true));
+        assert_eq!(cell("shop/client", api, 8080, "TCP", "IPv4"), Some(false));
+        assert_eq!(cell("shop/client", api, 8081, "UDP", "IPv6"), Some(true));
+        assert_eq!(cell("shop/client", api, 8081, "UDP", "IPv4"), Some(false));
+        // An IPv4-only pod is probed over IPv4 only.
+        assert_eq!(cell("shop/old", api, 8080, "TCP", "IPv4"), Some(false));
+        assert_eq!(cell("shop/old", api, 8080, "TCP", "IPv6"), None);
+    }
+    let v: serde_json::Value = serde_json::from_str(&text(&probe.stdout)).unwrap();
+    let services = v["services"].as_array().unwrap();
+    let v6_answered: Vec<String> = services
+        .iter()
+        .filter(|c| c["from"] == "shop/client" && c["cluster_ip"].as_str().unwrap().contains(':'))
+        .map(|c| format!("{} {} {}", c["service"], c["protocol"], c["outcome"]))
+        .collect();
+    assert_eq!(
+        v6_answered,
+        [
+            "\"secure/api\" \"TCP\" \"answered\"",
+            "\"secure/api\" \"UDP\" \"answered\"",
+            "\"secure/api6\" \"TCP\" \"answered\""
+        ],
+        "{services:?}"
+    );
+    // DNS under the client's default-deny egress: AAAA for the ClusterIPs and the headless pods.
+    let client = netns_of(&up, "shop/client");
+    let six = |host: &str| -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client, "getent", "ahostsv6", host])
+            .output()
+            .expect("run getent");
+        let mut ips: Vec<String> = text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    let api = six("api.secure.svc.cluster.local.");
+    assert!(
+        api.len() == 1 && api[0].starts_with("fd00:10:96::"),
+        "{api:?}"
+    );
+    assert_eq!(
+        six("pods.secure.svc.cluster.local."),
+        ["fd00:10::a04:1", "fd00:10::a04:2"]
+    );
+    let _ = fs::remove_dir_all(&dir);
 }

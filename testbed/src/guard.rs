@@ -56,7 +56,7 @@ pub fn pod_list(pods: &[PodState]) -> Vec<GuardPod> {
         .map(|p| GuardPod {
             interface: p.port.clone(),
             mac: p.mac.clone(),
-            ips: vec![p.ip.to_string()],
+            ips: p.addrs().iter().map(ToString::to_string).collect(),
         })
         .collect()
 }
@@ -155,6 +155,7 @@ mod tests {
             key: format!("ns/{port}"),
             netns: format!("n-{port}"),
             ip: ip.parse().expect("ip"),
+            ipv6: None,
             port: port.into(),
             mac: mac.into(),
             pids: Vec::new(),

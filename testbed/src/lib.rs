@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod dns;
 mod dnsmasq;
+pub mod dual_stack;
 pub mod error;
 pub mod guard;
 pub mod inject;
@@ -30,7 +31,7 @@ pub use error::{Error, Result};
 pub use lifecycle::{apply, down, up, wait_converged};
 pub use options::{Binaries, PolicySource, UpOptions};
 pub use queries::{admin_get, audit_lines, connect_from, http_get_in, metrics, policy, resolve};
-pub use state::{state_dir, ControllerState, DnsState, PodState, Snapshot, State};
+pub use state::{state_dir, ControllerState, DnsState, Family, PodState, Snapshot, State};
 
 /// Every name the testbed creates starts with this.
 pub const PREFIX: &str = "pc-tb-";

@@ -62,7 +62,14 @@ pub(crate) fn copy_with_cluster_ips(
             fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let (text, allocated) = services::allocate_cluster_ips(&text, taken);
         for (svc, ip) in allocated {
-            eprintln!("note: Service {svc} has no clusterIP; the testbed gives it {ip}");
+            match ip {
+                IpAddr::V4(_) => {
+                    eprintln!("note: Service {svc} has no clusterIP; the testbed gives it {ip}")
+                }
+                IpAddr::V6(_) => {
+                    eprintln!("note: Service {svc} asks for IPv6; the testbed gives it {ip}")
+                }
+            }
         }
         fs::write(&target, text)
             .with_context(|| format!("cannot copy {} into the testbed", file.display()))?;

@@ -19,7 +19,7 @@ use portcullis_policy::{
 use serde::Serialize;
 
 use crate::serve::{self, NoAnswer};
-use crate::{netns, PodState, Snapshot, State};
+use crate::{netns, Family, PodState, Snapshot, State};
 
 /// What a probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +42,8 @@ pub struct Cell {
     pub to: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// The address family probed: a dual-stack pair is probed over each.
+    pub family: Family,
     /// Observed: whether an answer came back; `null` when nothing listens there.
     pub allowed: Option<bool>,
     pub outcome: Outcome,
@@ -83,20 +85,23 @@ impl Cell {
             Outcome::NoListener => "nothing listens there".to_string(),
         };
         format!(
-            "{} -> {} on {}/{}: observed {observed}, predicted {} ({})",
+            "{} -> {} on {}/{} over {}: observed {observed}, predicted {} ({})",
             self.from,
             self.to,
             self.port,
             self.protocol,
+            self.family,
             if self.predicted { "allowed" } else { "denied" },
             self.reason
         )
     }
 }
 
-/// The observed matrix (cells where something listens) and the predicted one, for grids.
-pub fn matrices(cells: &[Cell]) -> (Matrix, Matrix) {
-    let result = |c: &Cell, allowed: bool| ProbeResult {
+/// The observed matrix (cells where something listens) and the predicted one of `family`, for
+/// grids.
+pub fn matrices(cells: &[Cell], family: Family) -> (Matrix, Matrix) {
+    let cells: Vec<&Cell> = cells.iter().filter(|c| c.family == family).collect();
+    let result = |c: &&Cell, allowed: bool| ProbeResult {
         from: c.from.clone(),
         to: c.to.clone(),
         port: c.port,
@@ -145,15 +150,22 @@ fn half(
 }
 
 /// The expected verdict of `from` → `to` on `probe`, and why.
+/// Over `family`: each side is judged on the other's address of that family (the IPv4 ones
+/// when one of them has none).
 pub fn predict(
     compiled: &CompiledCluster,
     from: &PodState,
     to: &PodState,
     probe: Probe,
+    family: Family,
 ) -> (bool, String) {
     let table = |p: &PodState| compiled.table(&p.key).map(|t| &**t);
-    let (e_ok, e_why) = half(from, table(from), Direction::Egress, to.ip, probe);
-    let (i_ok, i_why) = half(to, table(to), Direction::Ingress, from.ip, probe);
+    let (from_ip, to_ip) = match (from.addr(family), to.addr(family)) {
+        (Some(f), Some(t)) => (f, t),
+        _ => (from.ip, to.ip),
+    };
+    let (e_ok, e_why) = half(from, table(from), Direction::Egress, to_ip, probe);
+    let (i_ok, i_why) = half(to, table(to), Direction::Ingress, from_ip, probe);
     let why = match (e_ok, i_ok) {
         (true, false) => i_why,
         (false, true) => e_why,
@@ -162,7 +174,8 @@ pub fn predict(
     (e_ok && i_ok, why)
 }
 
-/// Probes from every pod to every pod on every probe, in parallel per source pod.
+/// Probes from every pod to every pod on every probe, in parallel per source pod: over IPv4,
+/// and over IPv6 too between two pods that both have an IPv6 address.
 pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec<Cell>> {
     state.ensure_served(probes)?;
     let compiled = state.snapshot()?.compiled;
@@ -172,7 +185,11 @@ pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec
         let mut mine = Vec::new();
         for (pi, &probe) in probes.iter().enumerate() {
             for to in &pods {
-                mine.push((pi, plan(&compiled, from, to, probe)));
+                for family in [Family::IPv4, Family::IPv6] {
+                    if from.addr(family).is_some() && to.addr(family).is_some() {
+                        mine.push((pi, plan(&compiled, from, to, probe, family)));
+                    }
+                }
             }
         }
         groups.push((from.netns.clone(), mine));
@@ -180,9 +197,24 @@ pub fn observe(state: &State, probes: &[Probe], timeout: Duration) -> Result<Vec
     let mut cells = in_pods(groups, move |(pi, (cell, target))| {
         (pi, send(cell, target, timeout))
     })?;
-    // Same order as the engine's matrix: probe, then from, then to.
-    cells.sort_by(|(a, x), (b, y)| (a, &x.from, &x.to).cmp(&(b, &y.from, &y.to)));
+    // Same order as the engine's matrix: family, probe, then from, then to.
+    cells.sort_by(|(a, x), (b, y)| {
+        (x.family, a, &x.from, &x.to).cmp(&(y.family, b, &y.from, &y.to))
+    });
     Ok(cells.into_iter().map(|(_, c)| c).collect())
+}
+
+/// How many probes of `cells` were sent over each family (those where something listened).
+pub fn per_family(cells: &[Cell]) -> Vec<(Family, usize)> {
+    [Family::IPv4, Family::IPv6]
+        .into_iter()
+        .map(|f| {
+            let sent = cells
+                .iter()
+                .filter(|c| c.family == f && c.allowed.is_some());
+            (f, sent.count())
+        })
+        .collect()
 }
 
 /// The cell of one probe, predicted, and where to send it (`None`: nothing listens there).
@@ -191,8 +223,9 @@ fn plan(
     from: &PodState,
     to: &PodState,
     probe: Probe,
+    family: Family,
 ) -> (Cell, Option<SocketAddr>) {
-    let (predicted, reason) = predict(compiled, from, to, probe);
+    let (predicted, reason) = predict(compiled, from, to, probe, family);
     let bound = to.bound();
     let no_listener = (!bound.listening.contains(&probe)).then(|| {
         bound
@@ -204,12 +237,13 @@ fn plan(
     });
     let target = no_listener
         .is_none()
-        .then(|| SocketAddr::new(to.ip, probe.port));
+        .then(|| SocketAddr::new(to.addr(family).unwrap_or(to.ip), probe.port));
     let cell = Cell {
         from: from.key.clone(),
         to: to.key.clone(),
         port: probe.port,
         protocol: probe.protocol,
+        family,
         allowed: None,
         outcome: Outcome::NoListener,
         answered_by: None,
@@ -341,7 +375,12 @@ impl ServiceCell {
     }
 
     pub fn column(&self) -> String {
-        format!("{}:{}/{}", self.service, self.port, self.protocol)
+        let v6 = if self.cluster_ip.is_ipv6() {
+            " (IPv6)"
+        } else {
+            ""
+        };
+        format!("{}:{}/{}{v6}", self.service, self.port, self.protocol)
     }
 
     pub fn describe(&self) -> String {
@@ -386,11 +425,15 @@ fn predict_service(
     state: &State,
     from: &PodState,
     port: &ResolvedPort,
+    family: Family,
 ) -> (ServicePrediction, Vec<String>, Vec<(String, String)>) {
     let table = |p: &PodState| snapshot.compiled.table(&p.key).map(|t| &**t);
+    // A ClusterIP leads to the endpoints of its own family only (kube-proxy, and the proxy).
+    let from_ip = from.addr(family).unwrap_or(from.ip);
     // (name, probe on the backend, its pod, egress allows it, why)
     let judged: Vec<_> = port
         .candidates()
+        .filter(|b| Family::of(b.ip) == family)
         .map(|b| {
             let probe = Probe {
                 port: b.port,
@@ -437,7 +480,7 @@ fn predict_service(
             continue;
         }
         let (i_ok, i_why) = match state.pods.iter().find(|p| Some(p.key.as_str()) == pod) {
-            Some(backend) => half(backend, table(backend), Direction::Ingress, from.ip, probe),
+            Some(backend) => half(backend, table(backend), Direction::Ingress, from_ip, probe),
             None => (true, "not a testbed pod".to_string()),
         };
         if i_ok {
@@ -455,7 +498,8 @@ fn predict_service(
     (prediction, allowed, landable_denied)
 }
 
-/// Probes every Service port of `protocols` (IPv4 ClusterIPs) from every chosen client pod.
+/// Probes every Service port of `protocols` from every chosen client pod: on each ClusterIP
+/// (IPv4, and IPv6 from the pods that have an IPv6 address).
 /// `skip`: Services not to probe (e.g. the cluster DNS, which does not answer with a name).
 pub fn observe_services(
     state: &State,
@@ -480,32 +524,54 @@ pub fn observe_services(
             if skip.contains(&key.as_str()) {
                 continue;
             }
-            let Some(ip) = svc.cluster_ips.iter().copied().find(IpAddr::is_ipv4) else {
-                continue;
-            };
-            for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
-                let (predicted, allowed_backends, denied_backends) =
-                    predict_service(&snapshot, state, from, port);
-                mine.push(ServiceCell {
-                    from: from.key.clone(),
-                    service: key.clone(),
-                    cluster_ip: ip,
-                    port: port.port,
-                    protocol: port.protocol,
-                    outcome: Outcome::NoAnswer,
-                    answered_by: None,
-                    no_answer: None,
-                    predicted,
-                    allowed_backends,
-                    denied_backends,
-                });
+            let reachable = |ip: &&IpAddr| from.addr(Family::of(**ip)).is_some();
+            for &ip in svc.cluster_ips.iter().filter(reachable) {
+                for port in svc.ports.iter().filter(|p| protocols.contains(&p.protocol)) {
+                    mine.push(service_cell(&snapshot, state, from, key, ip, port));
+                }
             }
         }
         groups.push((from.netns.clone(), mine));
     }
     let mut cells = in_pods(groups, move |cell| send_service(cell, timeout))?;
-    cells.sort_by(|a, b| (&a.service, a.port, &a.from).cmp(&(&b.service, b.port, &b.from)));
+    cells.sort_by(|a, b| {
+        let key = |c: &ServiceCell| {
+            (
+                c.service.clone(),
+                c.cluster_ip.is_ipv6(),
+                c.port,
+                c.from.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     Ok(cells)
+}
+
+/// One Service probe, predicted.
+fn service_cell(
+    snapshot: &Snapshot,
+    state: &State,
+    from: &PodState,
+    key: &str,
+    ip: IpAddr,
+    port: &ResolvedPort,
+) -> ServiceCell {
+    let (predicted, allowed_backends, denied_backends) =
+        predict_service(snapshot, state, from, port, Family::of(ip));
+    ServiceCell {
+        from: from.key.clone(),
+        service: key.to_string(),
+        cluster_ip: ip,
+        port: port.port,
+        protocol: port.protocol,
+        outcome: Outcome::NoAnswer,
+        answered_by: None,
+        no_answer: None,
+        predicted,
+        allowed_backends,
+        denied_backends,
+    }
 }
 
 /// Sends one probe to a ClusterIP (from inside the client pod) and records who answered.
@@ -553,6 +619,7 @@ mod tests {
             key: key.into(),
             netns: String::new(),
             ip: ip.parse().unwrap(),
+            ipv6: None,
             port: String::new(),
             mac: String::new(),
             pids: Vec::new(),
@@ -604,16 +671,16 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
             pod("x/a", "10.1.0.1", true, true),
             pod("x/b", "10.1.0.2", true, true),
         );
-        assert!(!predict(&c, &a, &b, tcp).0);
-        assert!(!predict(&c, &a, &b, udp).0);
+        assert!(!predict(&c, &a, &b, tcp, Family::IPv4).0);
+        assert!(!predict(&c, &a, &b, udp, Family::IPv4).0);
         // Without a proxy on a, its egress is not enforced; b's ingress still is.
         let bare_a = pod("x/a", "10.1.0.1", false, false);
-        let (ok, why) = predict(&c, &bare_a, &b, tcp);
+        let (ok, why) = predict(&c, &bare_a, &b, tcp, Family::IPv4);
         assert!(!ok, "{why}");
         assert!(why.contains("ingress denied"), "{why}");
         // Neither has a proxy: nothing is enforced, whatever the policy says.
         let bare_b = pod("x/b", "10.1.0.2", false, false);
-        let (ok, why) = predict(&c, &bare_a, &bare_b, tcp);
+        let (ok, why) = predict(&c, &bare_a, &bare_b, tcp, Family::IPv4);
         assert!(ok, "{why}");
         assert!(
             why.contains("egress not enforced: x/a has no proxy")
@@ -625,8 +692,8 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
             pod("x/a", "10.1.0.1", true, false),
             pod("x/b", "10.1.0.2", true, false),
         );
-        assert!(predict(&c, &a, &b, udp).0);
-        assert!(!predict(&c, &a, &b, tcp).0);
+        assert!(predict(&c, &a, &b, udp, Family::IPv4).0);
+        assert!(!predict(&c, &a, &b, tcp, Family::IPv4).0);
     }
 
     /// x/c's egress allows x/b1 (not x/b2) on 8080, TCP and UDP; Service x/s selects both, on
@@ -709,7 +776,7 @@ spec:
             .find(|p| p.protocol == protocol)
             .unwrap()
             .clone();
-        predict_service(&snapshot, &state, &state.pods[0], &port)
+        predict_service(&snapshot, &state, &state.pods[0], &port, Family::IPv4)
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use crate::error::{Context, Error, Result};
@@ -31,10 +31,12 @@ use portcullis_policy::service::{ResolvedPort, ServiceMap};
 use portcullis_policy::{Cluster, Protocol};
 use serde_json::Value;
 
-use crate::netns;
+use crate::{netns, Family};
 
 /// The Service CIDR of the testbed (kubeadm's default).
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
+/// The IPv6 Service CIDR of the testbed (a dual-stack cluster's second `--service-cluster-ip-range`).
+pub const SERVICE_CIDR_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0), 112);
 /// Reserved in the range: the `kubernetes` Service and the cluster DNS.
 pub const RESERVED: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::new(10, 96, 0, 10)];
 
@@ -44,14 +46,21 @@ pub fn in_service_cidr(ip: Ipv4Addr) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// Fails on a ClusterIP outside the Service CIDR (the API server would refuse the Service).
+pub fn in_service_cidr_v6(ip: Ipv6Addr) -> bool {
+    let (net, len) = SERVICE_CIDR_V6;
+    let mask = u128::MAX << (128 - len);
+    u128::from(ip) & mask == u128::from(net) & mask
+}
+
+/// Fails on a ClusterIP outside the Service CIDRs (the API server would refuse the Service).
 pub fn check_cluster_ips(cluster: &Cluster) -> Result<()> {
     for s in &cluster.services {
         for ip in &s.cluster_ips {
             match ip {
                 IpAddr::V4(v4) if in_service_cidr(*v4) => {}
+                IpAddr::V6(v6) if in_service_cidr_v6(*v6) => {}
                 _ => return Err(Error::Manifests(format!(
-                    "Service {}: clusterIP {ip} is outside the testbed's Service range 10.96.0.0/12",
+                    "Service {}: clusterIP {ip} is outside the testbed's Service ranges 10.96.0.0/12 and fd00:10:96::/112",
                     s.key()
                 ))),
             }
@@ -67,20 +76,71 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// A free address for Service `key` in the Service CIDR, stable for a given key and set of
-/// taken addresses.
-fn allocate(key: &str, taken: &BTreeSet<IpAddr>) -> Ipv4Addr {
-    let (net, len) = SERVICE_CIDR;
-    let size = 1u32 << (32 - len);
-    let mut offset = (fnv(key) % u64::from(size)) as u32;
+/// A free address for Service `key` in the Service CIDR of `family`, stable for a given key and
+/// set of taken addresses (in IPv6, the same offsets as in IPv4 are reserved).
+fn allocate(key: &str, family: Family, taken: &BTreeSet<IpAddr>) -> IpAddr {
+    let (base, len): (u128, u8) = match family {
+        Family::IPv4 => (u32::from(SERVICE_CIDR.0).into(), 32 - SERVICE_CIDR.1),
+        Family::IPv6 => (u128::from(SERVICE_CIDR_V6.0), 128 - SERVICE_CIDR_V6.1),
+    };
+    let size = 1u128 << len;
+    let reserved: Vec<u128> = RESERVED
+        .iter()
+        .map(|r| u128::from(u32::from(*r) - u32::from(SERVICE_CIDR.0)))
+        .collect();
+    let mut offset = u128::from(fnv(key)) % size;
     loop {
-        let ip = Ipv4Addr::from(u32::from(net) + offset);
-        let usable = offset != 0 && offset != size - 1 && !RESERVED.contains(&ip);
-        if usable && !taken.contains(&IpAddr::V4(ip)) {
+        let n = base + offset;
+        let ip = match family {
+            // In range: base and offset fit in 32 bits.
+            Family::IPv4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            Family::IPv6 => IpAddr::V6(Ipv6Addr::from(n)),
+        };
+        let usable = offset != 0 && offset != size - 1 && !reserved.contains(&offset);
+        if usable && !taken.contains(&ip) {
             return ip;
         }
         offset = (offset + 1) % size;
     }
+}
+
+/// The families a Service asks for (`ipFamilies`, else `ipFamilyPolicy`: a dual-stack policy
+/// means both, IPv4 first as in a cluster whose first range is IPv4), and the addresses it
+/// already has.
+fn families_wanted(spec: &serde_json::Map<String, Value>, given: &[IpAddr]) -> Vec<Family> {
+    let named: Vec<Family> = spec
+        .get("ipFamilies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| match f.as_str() {
+            Some("IPv4") => Some(Family::IPv4),
+            Some("IPv6") => Some(Family::IPv6),
+            _ => None,
+        })
+        .collect();
+    let dual = matches!(
+        spec.get("ipFamilyPolicy").and_then(Value::as_str),
+        Some("PreferDualStack" | "RequireDualStack")
+    );
+    let mut families: Vec<Family> = given.iter().map(|ip| Family::of(*ip)).collect();
+    for f in named {
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    if families.is_empty() {
+        families.push(Family::IPv4);
+    }
+    if dual {
+        for f in [Family::IPv4, Family::IPv6] {
+            if !families.contains(&f) {
+                families.push(f);
+            }
+        }
+    }
+    families.truncate(2);
+    families
 }
 
 /// Splits a manifest stream into documents (kubectl's rule: lines starting with `---`).
@@ -97,9 +157,13 @@ pub(crate) fn yaml_documents(text: &str) -> Vec<String> {
     docs
 }
 
-/// Gives `v` a ClusterIP if it is a Service that should have one and has none. Returns the
-/// Service's key and address when it did.
-fn allocate_in(v: &mut Value, taken: &mut BTreeSet<IpAddr>) -> Option<(String, Ipv4Addr)> {
+/// Gives `v` a ClusterIP in each family it asks for and has none in, if it is a Service that
+/// should have one. Returns the Service's key and the addresses it was given.
+fn allocate_in(v: &mut Value, taken: &mut BTreeSet<IpAddr>) -> Vec<(String, IpAddr)> {
+    allocate_service(v, taken).unwrap_or_default()
+}
+
+fn allocate_service(v: &mut Value, taken: &mut BTreeSet<IpAddr>) -> Option<Vec<(String, IpAddr)>> {
     if v.get("kind").and_then(Value::as_str) != Some("Service") {
         return None;
     }
@@ -119,24 +183,47 @@ fn allocate_in(v: &mut Value, taken: &mut BTreeSet<IpAddr>) -> Option<(String, I
     if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
         return None;
     }
-    let given = |k: &str| {
-        spec.get(k).is_some_and(|v| match v {
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            _ => false,
-        })
-    };
-    if given("clusterIP") || given("clusterIPs") {
+    let texts: Vec<&str> = spec
+        .get("clusterIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .chain(spec.get("clusterIP").and_then(Value::as_str))
+        .collect();
+    if texts.contains(&"None") {
         return None;
     }
-    let ip = allocate(&key, taken);
-    taken.insert(IpAddr::V4(ip));
-    spec.insert("clusterIP".into(), Value::String(ip.to_string()));
-    spec.insert(
-        "clusterIPs".into(),
-        Value::Array(vec![Value::String(ip.to_string())]),
-    );
-    Some((key, ip))
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in texts.iter().filter_map(|t| t.parse::<IpAddr>().ok()) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let families = families_wanted(spec, &ips);
+    let mut allocated = Vec::new();
+    for family in families.iter().copied() {
+        if ips.iter().any(|ip| Family::of(*ip) == family) {
+            continue;
+        }
+        let ip = allocate(&key, family, taken);
+        taken.insert(ip);
+        ips.push(ip);
+        allocated.push((key.clone(), ip));
+    }
+    if allocated.is_empty() {
+        return None;
+    }
+    let list =
+        |ips: &[IpAddr]| Value::Array(ips.iter().map(|i| Value::String(i.to_string())).collect());
+    spec.insert("clusterIP".into(), Value::String(ips[0].to_string()));
+    spec.insert("clusterIPs".into(), list(&ips));
+    let names: Vec<Value> = ips
+        .iter()
+        .map(|ip| Value::String(Family::of(*ip).to_string()))
+        .collect();
+    spec.insert("ipFamilies".into(), Value::Array(names));
+    Some(allocated)
 }
 
 /// Rewrites a manifest so that every Service that needs a ClusterIP has one (see the module
@@ -145,7 +232,7 @@ fn allocate_in(v: &mut Value, taken: &mut BTreeSet<IpAddr>) -> Option<(String, I
 pub fn allocate_cluster_ips(
     text: &str,
     taken: &mut BTreeSet<IpAddr>,
-) -> (String, Vec<(String, Ipv4Addr)>) {
+) -> (String, Vec<(String, IpAddr)>) {
     let mut allocated = Vec::new();
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -189,14 +276,16 @@ pub fn allocate_cluster_ips(
             .then(|| serde_saphyr::from_str::<Value>(&doc).ok())
             .flatten();
         match parsed {
-            Some(mut v) => match allocate_in(&mut v, taken) {
-                Some(a) => {
-                    allocated.push(a);
+            Some(mut v) => {
+                let a = allocate_in(&mut v, taken);
+                if a.is_empty() {
+                    out.push_str(&doc);
+                } else {
+                    allocated.extend(a);
                     out.push_str(&serde_json::to_string(&v).unwrap_or_default());
                     out.push('\n');
                 }
-                None => out.push_str(&doc),
-            },
+            }
             None => out.push_str(&doc),
         }
     }
@@ -220,14 +309,21 @@ fn proto(p: Protocol) -> &'static str {
     }
 }
 
-/// kube-proxy's iptables rules for `services` (IPv4), as `iptables-restore` input for the
-/// node's nat and filter tables. A pure function of the map, so the rules can be read in a test.
-pub fn kube_proxy_rules(services: &ServiceMap) -> String {
+/// kube-proxy's iptables rules for the ClusterIPs of `family` in `services`, as
+/// `iptables-restore` (IPv4) or `ip6tables-restore` (IPv6) input for the node's nat and filter
+/// tables: as kube-proxy in a dual-stack cluster, a ClusterIP leads only to the endpoints of its
+/// own family (EndpointSlices are per family). A pure function of the map, so the rules can be
+/// read in a test.
+pub fn kube_proxy_rules(services: &ServiceMap, family: Family) -> String {
     let mut chains = Vec::new();
     let mut nat = String::new();
     let mut reject = String::new();
     for (key, svc) in &services.services {
-        for ip in svc.cluster_ips.iter().filter(|ip| ip.is_ipv4()) {
+        for ip in svc
+            .cluster_ips
+            .iter()
+            .filter(|ip| Family::of(**ip) == family)
+        {
             for port in &svc.ports {
                 port_rules(key, *ip, port, &mut chains, &mut nat, &mut reject);
             }
@@ -277,11 +373,19 @@ fn port_rules(
         port.name.clone().unwrap_or_else(|| port.port.to_string())
     );
     let p = proto(port.protocol);
-    let endpoints: Vec<_> = port.candidates().filter(|b| b.ip.is_ipv4()).collect();
+    let family = Family::of(ip);
+    let endpoints: Vec<_> = port
+        .candidates()
+        .filter(|b| Family::of(b.ip) == family)
+        .collect();
+    let (host, unreachable) = match family {
+        Family::IPv4 => (32, "icmp-port-unreachable"),
+        Family::IPv6 => (128, "icmp6-port-unreachable"),
+    };
     if endpoints.is_empty() {
         let _ = writeln!(
             reject,
-            "-A KUBE-SERVICES -d {ip}/32 -p {p} -m comment --comment \"{name} has no endpoints\" -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable",
+            "-A KUBE-SERVICES -d {ip}/{host} -p {p} -m comment --comment \"{name} has no endpoints\" -m {p} --dport {} -j REJECT --reject-with {unreachable}",
             port.port
         );
         return;
@@ -290,7 +394,7 @@ fn port_rules(
     chains.push(svc_chain.clone());
     let _ = writeln!(
         nat,
-        "-A KUBE-SERVICES -d {ip}/32 -p {p} -m comment --comment \"{name} cluster IP\" -m {p} --dport {} -j {svc_chain}",
+        "-A KUBE-SERVICES -d {ip}/{host} -p {p} -m comment --comment \"{name} cluster IP\" -m {p} --dport {} -j {svc_chain}",
         port.port
     );
     let n = endpoints.len();
@@ -311,26 +415,28 @@ fn port_rules(
                 "-A {svc_chain} -m comment --comment \"{name} -> {who}\" -j {sep}"
             );
         }
-        let _ = writeln!(nat, "-A {sep} -s {}/32 -j KUBE-MARK-MASQ", b.ip);
+        let _ = writeln!(nat, "-A {sep} -s {}/{host} -j KUBE-MARK-MASQ", b.ip);
         let _ = writeln!(
             nat,
-            "-A {sep} -p {p} -m {p} -j DNAT --to-destination {}:{}",
-            b.ip, b.port
+            "-A {sep} -p {p} -m {p} -j DNAT --to-destination {}",
+            SocketAddr::new(b.ip, b.port)
         );
     }
 }
 
-/// Replaces the node's nat and filter tables with the rules for `services`.
+/// Replaces the node's nat and filter tables, of both families, with the rules for `services`.
 pub fn install(node: &str, services: &ServiceMap, dir: &Path) -> Result<()> {
-    let rules = kube_proxy_rules(services);
-    let file = dir.join("kube-proxy.rules");
-    fs::write(&file, &rules).with_context(|| format!("cannot write {}", file.display()))?;
-    netns::exec_in(
-        node,
-        "iptables-restore",
-        &["-w", "5", &file.to_string_lossy()],
-    )
-    .context("installing the Service rules in the node namespace")?;
+    for (family, program, file) in [
+        (Family::IPv4, "iptables-restore", "kube-proxy.rules"),
+        (Family::IPv6, "ip6tables-restore", "kube-proxy.v6.rules"),
+    ] {
+        let rules = kube_proxy_rules(services, family);
+        let file = dir.join(file);
+        fs::write(&file, &rules).with_context(|| format!("cannot write {}", file.display()))?;
+        netns::exec_in(node, program, &["-w", "5", &file.to_string_lossy()]).with_context(
+            || format!("installing the {family} Service rules in the node namespace"),
+        )?;
+    }
     Ok(())
 }
 
@@ -380,6 +486,9 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
         assert_eq!(allocated.len(), 1, "{allocated:?}");
         assert_eq!(allocated[0].0, "shop/api");
         let ip = allocated[0].1;
+        let IpAddr::V4(ip) = ip else {
+            panic!("{ip} is not IPv4")
+        };
         assert!(in_service_cidr(ip) && !RESERVED.contains(&ip), "{ip}");
         // Stable: the same Service gets the same address again.
         let (_, again) = allocate_cluster_ips(MANIFEST, &mut ["10.96.5.5".parse().unwrap()].into());
@@ -411,7 +520,7 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
         let mut cluster = Cluster::new();
         let report = load_into(&mut cluster, &text, "t");
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(cluster.services[0].cluster_ips, vec![IpAddr::V4(a[0].1)]);
+        assert_eq!(cluster.services[0].cluster_ips, vec![a[0].1]);
     }
 
     #[test]
@@ -423,7 +532,10 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
             "t",
         );
         let e = check_cluster_ips(&cluster).unwrap_err().to_string();
-        assert!(e.contains("default/s") && e.contains("10.96.0.0/12"), "{e}");
+        assert!(
+            e.contains("default/s") && e.contains("10.96.0.0/12") && e.contains("fd00:10:96::/112"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -433,7 +545,7 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
         let mut cluster = Cluster::new();
         load_into(&mut cluster, &text, "t");
         let map = ServiceMap::from_cluster(&cluster);
-        let rules = kube_proxy_rules(&map);
+        let rules = kube_proxy_rules(&map, Family::IPv4);
         let api_ip = map.services["shop/api"].cluster_ips[0];
         let lines: Vec<&str> = rules.lines().collect();
         let jump = lines
@@ -479,5 +591,86 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
                 }
             }
         }
+    }
+
+    const DUAL: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, labels: {app: api}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.1.0.1, podIPs: [{ip: 10.1.0.1}, {ip: 'fd00:10::a01:1'}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: shop}
+spec: {ipFamilyPolicy: PreferDualStack, selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: six, namespace: shop}
+spec: {ipFamilies: [IPv6], selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: given, namespace: shop}
+spec: {clusterIP: 10.96.7.7, ipFamilyPolicy: RequireDualStack, selector: {app: api}, ports: [{port: 81}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: four, namespace: shop}
+spec: {selector: {app: api}, ports: [{port: 82}]}
+";
+
+    #[test]
+    fn dual_stack_services_get_a_cluster_ip_per_family_and_rules_per_family() {
+        let mut taken = BTreeSet::new();
+        let (text, allocated) = allocate_cluster_ips(DUAL, &mut taken);
+        let mut cluster = Cluster::new();
+        let report = load_into(&mut cluster, &text, "t");
+        assert!(report.errors.is_empty(), "{:?}\n{text}", report.errors);
+        check_cluster_ips(&cluster).unwrap();
+        let families = |n: &str| -> Vec<Family> {
+            let s = cluster.services.iter().find(|s| s.name == n).unwrap();
+            s.cluster_ips.iter().map(|ip| Family::of(*ip)).collect()
+        };
+        assert_eq!(families("dual"), [Family::IPv4, Family::IPv6]);
+        assert_eq!(families("six"), [Family::IPv6]);
+        assert_eq!(families("given"), [Family::IPv4, Family::IPv6]);
+        assert_eq!(families("four"), [Family::IPv4]);
+        // One new address for each but `given`, which only needed its IPv6 one.
+        assert_eq!(allocated.len(), 5, "{allocated:?}");
+        for (_, ip) in &allocated {
+            if let IpAddr::V6(v6) = ip {
+                assert!(in_service_cidr_v6(*v6), "{v6}");
+            }
+        }
+        let map = ServiceMap::from_cluster(&cluster);
+        let v4 = kube_proxy_rules(&map, Family::IPv4);
+        let v6 = kube_proxy_rules(&map, Family::IPv6);
+        // Each family's ClusterIPs lead to that family's endpoints only.
+        assert!(v4.contains("DNAT --to-destination 10.1.0.1:80"), "{v4}");
+        assert!(!v4.contains("fd00:"), "{v4}");
+        assert!(
+            v6.contains("DNAT --to-destination [fd00:10::a01:1]:80"),
+            "{v6}"
+        );
+        assert!(!v6.contains("10.1.0.1"), "{v6}");
+        let six = map.services["shop/six"].cluster_ips[0];
+        assert!(
+            v6.contains(&format!("-A KUBE-SERVICES -d {six}/128 -p tcp")),
+            "{v6}"
+        );
+        assert!(!v4.contains("shop/six"));
+    }
+
+    #[test]
+    fn an_ipv6_cluster_ip_outside_the_range_is_refused() {
+        let mut cluster = Cluster::new();
+        load_into(
+            &mut cluster,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 'fd00:99::1', ports: [{port: 1}]}\n",
+            "t",
+        );
+        assert!(check_cluster_ips(&cluster).is_err());
     }
 }

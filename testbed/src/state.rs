@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,11 @@ pub struct PodState {
     /// `namespace/name`
     pub key: String,
     pub netns: String,
+    /// Its IPv4 address (`status.podIP`).
     pub ip: IpAddr,
+    /// Its IPv6 address, when `status.podIPs` gives one (a dual-stack pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Its port on the node's bridge (the host-side veth) and the MAC of its `eth0`, as the
     /// CNI set them up (empty in a state written before they were recorded).
     #[serde(default)]
@@ -56,7 +60,49 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+/// An IP family, as Kubernetes spells it (`ipFamilies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Family {
+    IPv4,
+    IPv6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::IPv4
+        } else {
+            Family::IPv6
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::IPv4 => "IPv4",
+            Family::IPv6 => "IPv6",
+        })
+    }
+}
+
 impl PodState {
+    /// Its address in `family`, if it has one.
+    pub fn addr(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::IPv4 => Some(self.ip),
+            Family::IPv6 => self.ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// Every address it has: IPv4, then IPv6.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        [Family::IPv4, Family::IPv6]
+            .into_iter()
+            .filter_map(|f| self.addr(f))
+            .collect()
+    }
+
     /// The ports its server listens on, as it last reported them.
     pub fn bound(&self) -> serve::Bound {
         fs::read(&self.bound)

@@ -2,9 +2,9 @@
 //! kube-proxy could pick, sent only to an allowed one ([`plan_service`]), spread by
 //! [`super::balance`], retried on another backend when a connect fails ([`open_service`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use portcullis_policy::service::{judge, BackendVerdict, Frontend};
+use portcullis_policy::service::{judge, BackendVerdict, Frontend, ServiceJudgement};
 use tokio::net::TcpStream;
 
 use super::balance::Active;
@@ -39,7 +39,10 @@ pub fn plan_service(
 ) -> Option<Target> {
     let service = frontend.service.to_string();
     let namespace = service.split_once('/').map(|s| s.0);
-    let judgement = judge(&snapshot.table, frontend.port);
+    let judgement = of_family(
+        judge(&snapshot.table, frontend.port),
+        route.destination.ip(),
+    );
     if judgement.no_endpoints() {
         count_service(&service, "no_endpoints");
         let mut record = audit_record(ctx, route, snapshot, None, AuditEvent::NoEndpoints);
@@ -88,6 +91,19 @@ pub fn plan_service(
             candidates,
         }),
     })
+}
+
+/// The backends of `judgement` in the family of `cluster_ip`: a ClusterIP leads only to the
+/// endpoints of its own family (EndpointSlices are per family; kube-proxy programs each family
+/// apart), so a connection to an IPv6 ClusterIP goes to the backends' IPv6 addresses.
+pub(crate) fn of_family(
+    mut judgement: ServiceJudgement<'_>,
+    cluster_ip: IpAddr,
+) -> ServiceJudgement<'_> {
+    let v4 = cluster_ip.to_canonical().is_ipv4();
+    judgement.allowed.retain(|b| b.backend.ip.is_ipv4() == v4);
+    judgement.denied.retain(|b| b.backend.ip.is_ipv4() == v4);
+    judgement
 }
 
 /// `ip:port (ns/pod): reason` for the first refused backends, then how many more.

@@ -18,7 +18,7 @@ use portcullis_policy::{Direction, Protocol};
 use crate::audit::ServiceNote;
 use crate::authorize::{decide_protocol, Decision};
 use crate::config::Mode;
-use crate::outbound::service::refused_list;
+use crate::outbound::service::{of_family, refused_list};
 use crate::store::{Services, Snapshot};
 
 /// What the table says about a flow, and the Service it was for, if any.
@@ -61,7 +61,7 @@ pub fn decide_flow(
             service: None,
         };
     };
-    let judgement = judge(&snapshot.table, frontend.port);
+    let judgement = of_family(judge(&snapshot.table, frontend.port), peer);
     let note = |refused| ServiceNote {
         service: frontend.service.to_string(),
         backend: None,
