@@ -348,7 +348,7 @@ fn main() {
 /// One CNP: tier by parity, subject one namespace, 25 ingress rules each naming another.
 fn synthetic_cnp(i: usize, priority: usize, namespaces: &[String]) -> SourcedCnp {
     let ns = |k: usize| namespaces[k % namespaces.len()].clone();
-    let rules: Vec<serde_json::Value> = (0..25)
+    let rules: Vec<serde_json::Value> = (0..25usize)
         .map(|r| {
             serde_json::json!({
                 "name": format!("r{r}"),
