@@ -92,7 +92,12 @@ pub fn run(args: LintArgs) -> Result<ExitCode> {
         .iter()
         .map(|e| Finding::invalid_text(e.clone()))
         .collect();
-    let invalid = with_every_policy_error(&loaded.cluster.policies, &compiled.errors);
+    // ClusterNetworkPolicies: lint validates them itself, strictly, with every error (PC004).
+    let errors: Vec<_> = (compiled.errors.iter())
+        .filter(|e| e.object.kind != portcullis_policy::cnp::KIND)
+        .cloned()
+        .collect();
+    let invalid = with_every_policy_error(&loaded.cluster.policies, &errors);
     all.extend(invalid.iter().map(Finding::invalid));
     all.extend(findings(&loaded));
     all.sort_by_key(|f| f.severity); // stable: errors first, each group in input order

@@ -858,3 +858,61 @@ fn show() {
         println!("{}", stdout(&check(scenario, &all)));
     }
 }
+
+#[test]
+fn cluster_network_policies_the_crd_its_versions_and_what_the_controllers_watch() {
+    // What the controllers watch is asked through the pod proxy: with --proxy only.
+    let run = check("cnp+proxies+installed", &["--proxy", "-o", "json"]);
+    let l = lines(&run);
+    has(
+        &l,
+        "ok",
+        "the ClusterNetworkPolicy CRD is installed, serving v1alpha2, v1beta1: Portcullis reads v1alpha2",
+    );
+    let hint = has(
+        &l,
+        "warn",
+        "the v1alpha1 AdminNetworkPolicy CRD is installed: Portcullis does NOT read nor enforce AdminNetworkPolicy or BaselineAdminNetworkPolicy objects",
+    );
+    assert!(
+        hint.contains("rewrite them as ClusterNetworkPolicies"),
+        "{hint}"
+    );
+    has(
+        &l,
+        "ok",
+        "portcullis-controller-7c9d8b6f5-abcde watches ClusterNetworkPolicies: 4 in force",
+    );
+    let hint = has(
+        &l,
+        "fail",
+        "ClusterNetworkPolicy tenant-isolation is invalid (its last valid version stays in force): spec.priority: Invalid value 5000: must be between 0 and 1000",
+    );
+    assert!(hint.contains("portcullis lint -f -"), "{hint}");
+    let ids: Vec<Value> = checks(&run)
+        .into_iter()
+        .filter(|c| c["category"] == "cluster-network-policy")
+        .map(|c| c["id"].clone())
+        .collect();
+    assert!(ids.contains(&json!("pc-cnp-crd")) && ids.contains(&json!("pc-cnp-watched")));
+    assert!(
+        run.seen.iter().any(|(_, p)| p
+            == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/clusternetworkpolicies.policy.networking.k8s.io"),
+        "{:?}",
+        run.seen
+    );
+
+    // Without the CRD (pre-install): said, with where to get it, and not a failure.
+    let run = check("fresh", &["--pre", "-o", "json"]);
+    let crd = checks(&run)
+        .into_iter()
+        .find(|c| c["id"] == "pc-cnp-crd")
+        .expect("a CRD line");
+    assert_eq!(crd["status"], "ok");
+    let message = crd["message"].as_str().unwrap();
+    assert!(
+        message.contains("is not installed: Portcullis enforces NetworkPolicy v1 alone")
+            && message.contains("network-policy-api/v0.2.1/config/crd/experimental"),
+        "{message}"
+    );
+}

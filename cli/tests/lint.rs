@@ -303,3 +303,103 @@ fn objects_read_back_from_a_server_are_read_leniently() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown-field"));
 }
+
+#[test]
+fn cluster_network_policies_every_error_and_the_tier_warnings() {
+    let out = portcullis(&[
+        "lint",
+        "-f",
+        "cli/tests/lint/cluster-network-policies.yaml",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v = json(&out);
+    let got = summary(&v);
+    let cnp = |name: &str| format!("ClusterNetworkPolicy /{name}");
+    for expected in [
+        row("error", "cnp-invalid", &cnp("broken"), "spec.priority"),
+        row(
+            "error",
+            "cnp-invalid",
+            &cnp("broken"),
+            "spec.ingress[0].action",
+        ),
+        row(
+            "error",
+            "cnp-invalid",
+            &cnp("broken"),
+            "spec.egress[0].protocols[0].tcp.destinationPort.range",
+        ),
+        row(
+            "warning",
+            "cnp-shadowed-rule",
+            &cnp("guardrails"),
+            "spec.egress[1]",
+        ),
+        row(
+            "warning",
+            "cnp-not-enforced",
+            &cnp("guardrails"),
+            "spec.egress[2]",
+        ),
+        row(
+            "warning",
+            "cnp-equal-priority",
+            &cnp("monitoring"),
+            "spec.priority",
+        ),
+        row(
+            "warning",
+            "cnp-baseline-pass",
+            &cnp("default"),
+            "spec.ingress[0].action",
+        ),
+        row(
+            "warning",
+            "anp-v1alpha1-not-read",
+            "AdminNetworkPolicy /legacy",
+            "apiVersion",
+        ),
+    ] {
+        assert!(got.contains(&expected), "{expected:?} not in {got:#?}");
+    }
+    assert!(got.contains(&row(
+        "warning",
+        "cnp-equal-priority",
+        &cnp("tenant-b"),
+        "spec.priority"
+    )));
+    let messages: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    let has = |needle: &str| {
+        assert!(
+            messages.iter().any(|m| m.contains(needle)),
+            "{needle:?} not in {messages:#?}"
+        )
+    };
+    has("guardrails and monitoring are both tier Admin, priority 10, and their subjects can overlap");
+    has("Portcullis evaluates them by name (guardrails first)");
+    // tenant-b's subject (tenant=no) cannot overlap guardrails' (tenant=yes); monitoring's can.
+    has("monitoring and tenant-b are both tier Admin, priority 10");
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains("guardrails and tenant-b")),
+        "{messages:#?}"
+    );
+    has("rule no-metadata-again never decides anything: rule no-metadata before it");
+    has("domainNames peers are not enforced yet: this Accept rule fails closed");
+    has("v1alpha1 AdminNetworkPolicy is NOT read nor enforced by Portcullis");
+    has("`tier: Admin`");
+    // The table names the codes.
+    let table = portcullis(&["lint", "-f", "cli/tests/lint/cluster-network-policies.yaml"]);
+    let table = text(&table.stdout);
+    for code in ["PC004", "PC021", "PC022", "PC023", "PC024", "PC025"] {
+        assert!(table.contains(code), "{code} not in:\n{table}");
+    }
+}

@@ -1,6 +1,8 @@
 //! Plain-HTTP admin endpoints: `/metrics`, `/ready` (200 once every kind is listed and until
 //! shutdown starts), `/live`, and `/v1/unprotected` (JSON: pods of opted-in namespaces running
-//! without the proxy or with an exemption, and why). Guarded like the table API: `--admin-max-connections`
+//! without the proxy or with an exemption, and why), and `/v1/cluster-network-policies` (JSON:
+//! whether the ClusterNetworkPolicy CRD is installed and watched, how many CNPs are in force, and
+//! the invalid ones by name, with every reason). Guarded like the table API: `--admin-max-connections`
 //! (`--admin-max-connections-per-peer` from one address), `--header-timeout`, `--idle-timeout`.
 
 use std::convert::Infallible;
@@ -23,6 +25,8 @@ pub struct Admin {
     pub hub: Arc<Hub>,
     /// Unprotected pods (kube mode; empty in file mode, where pods carry no containers).
     pub protection: Arc<Protection>,
+    /// Whether ClusterNetworkPolicies are watched (the CRD may not be installed).
+    pub cnps: Arc<crate::cnp_watch::CnpStatus>,
     pub prometheus: Option<PrometheusHandle>,
     pub draining: AtomicBool,
 }
@@ -52,14 +56,9 @@ pub fn respond<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/v1/unprotected" => {
-            let body = serde_json::json!({ "unprotected": admin.protection.unprotected() });
-            let mut r = text(StatusCode::OK, format!("{body}\n"));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            r
+            json(serde_json::json!({ "unprotected": admin.protection.unprotected() }))
         }
+        "/v1/cluster-network-policies" => json(cnp_report(admin)),
         "/ready" => {
             if admin.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
@@ -98,6 +97,26 @@ pub fn respond<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `{"crd":{"state","servedVersions","message"},"inForce":N,"nodes":N,"invalid":[...]}`.
+pub fn cnp_report(admin: &Admin) -> serde_json::Value {
+    let (in_force, nodes) = admin.hub.cnp_sizes();
+    serde_json::json!({
+        "crd": admin.cnps.get(),
+        "inForce": in_force,
+        "nodes": nodes,
+        "invalid": admin.hub.invalid_cnps(),
+    })
+}
+
+fn json(body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, format!("{body}\n"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -130,6 +149,7 @@ mod tests {
         let admin = Arc::new(Admin {
             hub: Arc::new(Hub::new()),
             protection: Arc::default(),
+            cnps: Arc::default(),
             prometheus: None,
             draining: Default::default(),
         });

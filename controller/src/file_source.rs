@@ -1,5 +1,6 @@
 //! `--policy-dir`: the cluster read from manifests on disk instead of the API server, for the
-//! local testbed. The directory is polled; each change becomes a relist of every kind, which
+//! local testbed (ClusterNetworkPolicies and Nodes included, as the loader reads them). The
+//! directory is polled; each change becomes a relist of every kind, which
 //! [`crate::state::ClusterState`] turns into the few table updates it really implies.
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,11 @@ pub fn read(dir: &Path) -> Result<(Vec<Change>, Vec<String>), ReadError> {
             Change::ResetPolicies(loaded.cluster.policies),
             Change::ResetServices(loaded.cluster.services),
             Change::ResetEndpointSlices(slices),
+            Change::ResetCnps {
+                cnps: loaded.cluster.cnps,
+                unreadable: Vec::new(),
+            },
+            Change::ResetNodes(loaded.cluster.nodes.into_values().collect()),
         ],
         problems,
     ))

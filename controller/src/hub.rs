@@ -260,6 +260,17 @@ impl Hub {
         )
     }
 
+    /// ClusterNetworkPolicies in force and Nodes known: (valid CNPs, nodes).
+    pub fn cnp_sizes(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.state.cnp_count(), inner.state.node_count())
+    }
+
+    /// The ClusterNetworkPolicies whose current version is invalid.
+    pub fn invalid_cnps(&self) -> Vec<crate::state::InvalidCnp> {
+        self.lock().state.invalid_cnps()
+    }
+
     /// Called by the source once it holds a complete view of the cluster (every kind listed).
     pub fn mark_ready(&self) {
         self.ready.send_replace(true);

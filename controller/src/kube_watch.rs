@@ -1,5 +1,6 @@
 //! Kube mode: one watch per kind (Namespaces, Pods, NetworkPolicies, Services, EndpointSlices,
-//! cluster-wide), turned into [`Change`]s for the hub.
+//! cluster-wide; ClusterNetworkPolicies and Nodes when the CRD is installed, see
+//! [`crate::cnp_watch`]), turned into [`Change`]s for the hub.
 //!
 //! kube-runtime's watcher does the protocol work: the initial list, resuming from the last
 //! resourceVersion (bookmarks keep it fresh), and a full relist when the API server answers
@@ -37,6 +38,9 @@ struct Listed {
     policies: bool,
     services: bool,
     slices: bool,
+    /// Listed, or known not to exist (no CRD): [`crate::cnp_watch`] says which.
+    cnps: bool,
+    nodes: bool,
 }
 
 impl Listed {
@@ -47,17 +51,27 @@ impl Listed {
             NetworkPolicy::NAME => self.policies = true,
             Service::NAME => self.services = true,
             EndpointSlice::NAME => self.slices = true,
+            crate::cnp_watch::CNPS => self.cnps = true,
+            crate::cnp_watch::NODES => self.nodes = true,
             _ => {}
         }
     }
 
     fn all(&self) -> bool {
-        self.namespaces && self.pods && self.policies && self.services && self.slices
+        self.namespaces
+            && self.pods
+            && self.policies
+            && self.services
+            && self.slices
+            && self.cnps
+            && self.nodes
     }
 }
 
 /// What one watch event means for the cluster state, per kind.
-trait Kind: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static {
+pub(crate) trait Kind:
+    Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static
+{
     const NAME: &'static str;
     fn upsert(obj: &Self) -> Option<Change>;
     fn gone(obj: &Self) -> Change;
@@ -67,7 +81,7 @@ trait Kind: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + S
 }
 
 /// A watch event as the protection tracker sees it.
-enum Observed<'a, K> {
+pub(crate) enum Observed<'a, K> {
     Upsert(&'a K),
     Gone(&'a K),
     Relisted(&'a [K]),
@@ -232,14 +246,21 @@ fn sourced(policy: &NetworkPolicy) -> SourcedPolicy {
     }
 }
 
-/// Watches the five kinds until shutdown, applying changes to the hub in batches.
+/// Watches the five kinds (and ClusterNetworkPolicies and Nodes while their CRD is installed)
+/// until shutdown, applying changes to the hub in batches.
 pub async fn run(
     client: Client,
     hub: Arc<Hub>,
     protection: Arc<Protection>,
+    cnp_status: Arc<crate::cnp_watch::CnpStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(&'static str, Batch)>(1024);
+    let cnps = tokio::spawn(crate::cnp_watch::supervise(
+        client.clone(),
+        tx.clone(),
+        cnp_status,
+    ));
     let tasks = spawn_watchers(client, tx, protection);
     let mut listed = Listed::default();
     loop {
@@ -261,6 +282,7 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
+    cnps.abort();
 }
 
 /// Messages applied in one recompile at most.
@@ -324,11 +346,13 @@ async fn apply_batch(hub: &Arc<Hub>, batch: Vec<(&'static str, Batch)>, listed: 
     }
     if !hub.is_ready() && listed.all() {
         let (namespaces, pods, policies, tables) = hub.sizes();
+        let (cluster_network_policies, _) = hub.cnp_sizes();
         tracing::info!(
             event = "cluster_listed",
             namespaces,
             pods,
             policies,
+            cluster_network_policies,
             services = hub.service_count(),
             tables,
             "every kind is listed; serving tables"
@@ -338,14 +362,14 @@ async fn apply_batch(hub: &Arc<Hub>, batch: Vec<(&'static str, Batch)>, listed: 
 }
 
 /// What a watcher hands the applying loop.
-enum Batch {
+pub(crate) enum Batch {
     Change(Change),
     /// A complete list (first one, or a relist after 410 Gone or a lost watch).
     Listed(Change),
 }
 
 /// Drives one watcher, buffering relists, and sends its changes on.
-async fn forward<K, S>(
+pub(crate) async fn forward<K, S>(
     events: S,
     tx: mpsc::Sender<(&'static str, Batch)>,
     protection: Arc<Protection>,

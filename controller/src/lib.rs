@@ -1,4 +1,5 @@
-//! portcullis-controller: watches Namespaces, Pods and NetworkPolicies once, keeps every pod's
+//! portcullis-controller: watches Namespaces, Pods and NetworkPolicies (and ClusterNetworkPolicies
+//! and Nodes when their CRD is installed: `cnp_watch.rs`) once, keeps every pod's
 //! compiled table up to date incrementally, and streams each proxy its own pod's table.
 //!
 //! Where to look: what an event recompiles is `state.rs` (pure); how tables reach proxies is
@@ -7,6 +8,7 @@
 //! table is `token_review.rs`.
 
 pub mod admin;
+pub mod cnp_watch;
 pub mod config;
 pub mod feed;
 pub mod file_source;
@@ -50,8 +52,12 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Arc::new(Hub::new());
     let protection = Arc::new(protection::Protection::default());
+    let cnps = Arc::new(match config.policy_dir {
+        Some(_) => cnp_watch::CnpStatus::file_mode(),
+        None => cnp_watch::CnpStatus::default(),
+    });
     let tls = tls_acceptor(&config)?;
-    let (auth, source) = start_source(&config, &hub, &protection, &stop_rx).await?;
+    let (auth, source) = start_source(&config, &hub, &protection, &cnps, &stop_rx).await?;
     let (listener, admin_listener) = bind(&config, tls.is_some()).await?;
 
     let server = TableServer::new(
@@ -66,6 +72,7 @@ pub async fn run(config: Config, prometheus: Option<PrometheusHandle>) -> anyhow
     let admin = Arc::new(admin::Admin {
         hub: hub.clone(),
         protection,
+        cnps,
         prometheus: prometheus.clone(),
         draining: Default::default(),
     });
@@ -120,6 +127,7 @@ async fn start_source(
     config: &Config,
     hub: &Arc<Hub>,
     protection: &Arc<protection::Protection>,
+    cnps: &Arc<cnp_watch::CnpStatus>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<(Authenticator, JoinHandle<()>)> {
     if let Some(dir) = &config.policy_dir {
@@ -146,6 +154,7 @@ async fn start_source(
         client,
         hub.clone(),
         protection.clone(),
+        cnps.clone(),
         stop.clone(),
     ));
     Ok((Authenticator::TokenReview(Box::new(reviewer)), source))

@@ -1,13 +1,15 @@
 //! The incremental compile against the oracle: after any sequence of cluster events, every
 //! pod's table must equal what a from-scratch `portcullis_policy::compile` of the same objects
-//! gives, and a batch must report exactly the pods whose table changed.
+//! gives, and a batch must report exactly the pods whose table changed. ClusterNetworkPolicies
+//! and Nodes are among the events, and the oracle compiles them too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use portcullis_controller::state::{Change, ClusterState};
-use portcullis_policy::cluster::{ContainerPort, SourcedPolicy};
+use portcullis_policy::cluster::{ContainerPort, NodeInfo, SourcedCnp, SourcedPolicy};
+use portcullis_policy::cnp::ClusterNetworkPolicy;
 use portcullis_policy::{compile, Cluster, NamespaceInfo, PodInfo, PodTable, Protocol};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -15,6 +17,8 @@ use serde_json::{json, Value};
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const POD_SLOTS: usize = 8;
 const POLICY_SLOTS: usize = 5;
+const CNP_SLOTS: usize = 4;
+const NODE_SLOTS: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -24,6 +28,10 @@ enum Event {
     PodGone(usize),
     Policy(usize, usize, Value),
     PolicyGone(usize),
+    Cnp(usize, Value),
+    CnpGone(usize),
+    Node(usize, BTreeMap<String, String>),
+    NodeGone(usize),
     /// Relist of everything the model holds (what a 410 Gone leads to).
     Relist,
 }
@@ -139,6 +147,65 @@ fn policy_spec() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A CNP peer: every kind the engine resolves (pods, namespaces, networks, nodes).
+fn cnp_peer(egress: bool) -> impl Strategy<Value = Value> {
+    let mut kinds = vec![
+        selector().prop_map(|s| json!({ "namespaces": s })).boxed(),
+        (selector(), selector())
+            .prop_map(|(n, p)| json!({ "pods": { "namespaceSelector": n, "podSelector": p } }))
+            .boxed(),
+    ];
+    if egress {
+        kinds.push(Just(json!({ "networks": ["10.0.1.0/24", "fd00::/64"] })).boxed());
+        kinds.push(
+            labels()
+                .prop_map(|l| json!({ "nodes": { "matchLabels": l } }))
+                .boxed(),
+        );
+    }
+    prop::strategy::Union::new(kinds)
+}
+
+fn cnp_rule(egress: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Accept", "Deny", "Pass"]),
+        prop::collection::vec(cnp_peer(egress), 1..=2),
+        prop::sample::select(vec![
+            None,
+            Some(json!([{ "tcp": { "destinationPort": { "number": 80 } } }])),
+            Some(
+                json!([{ "tcp": { "destinationPort": { "range": { "start": 80, "end": 90 } } } }]),
+            ),
+        ]),
+    )
+        .prop_map(move |(action, peers, protocols)| {
+            let mut r = json!({ "action": action });
+            r[if egress { "to" } else { "from" }] = json!(peers);
+            if let Some(p) = protocols {
+                r["protocols"] = p;
+            }
+            r
+        })
+}
+
+fn cnp_spec() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Admin", "Baseline"]),
+        prop::sample::select(vec![0, 10, 10, 500]),
+        prop_oneof![
+            selector().prop_map(|s| json!({ "namespaces": s })),
+            (selector(), selector())
+                .prop_map(|(n, p)| json!({ "pods": { "namespaceSelector": n, "podSelector": p } })),
+        ],
+        prop::collection::vec(cnp_rule(false), 0..=2),
+        prop::collection::vec(cnp_rule(true), 0..=2),
+    )
+        .prop_map(|(tier, priority, subject, ingress, egress)| {
+            json!({ "tier": tier, "priority": priority, "subject": subject,
+                    "ingress": ingress, "egress": egress })
+        })
+}
+
 fn event() -> impl Strategy<Value = Event> {
     let pod = (
         labels(),
@@ -163,6 +230,10 @@ fn event() -> impl Strategy<Value = Event> {
         2 => (0..POD_SLOTS).prop_map(Event::PodGone),
         5 => (0..POLICY_SLOTS, 0..NAMESPACES.len(), policy_spec()).prop_map(|(i, ns, s)| Event::Policy(i, ns, s)),
         2 => (0..POLICY_SLOTS).prop_map(Event::PolicyGone),
+        3 => (0..CNP_SLOTS, cnp_spec()).prop_map(|(i, s)| Event::Cnp(i, s)),
+        1 => (0..CNP_SLOTS).prop_map(Event::CnpGone),
+        1 => (0..NODE_SLOTS, labels()).prop_map(|(i, l)| Event::Node(i, l)),
+        1 => (0..NODE_SLOTS).prop_map(Event::NodeGone),
         1 => Just(Event::Relist),
     ]
 }
@@ -173,6 +244,29 @@ struct Model {
     namespaces: BTreeMap<String, NamespaceInfo>,
     pods: BTreeMap<String, PodInfo>,
     policies: BTreeMap<usize, NetworkPolicy>,
+    cnps: BTreeMap<usize, ClusterNetworkPolicy>,
+    nodes: BTreeMap<usize, NodeInfo>,
+}
+
+fn make_cnp(slot: usize, spec: &Value) -> SourcedCnp {
+    let text = json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": { "name": format!("cnp{slot}") },
+        "spec": spec,
+    });
+    SourcedCnp {
+        cnp: portcullis_policy::cnp::parse(&text.to_string()).expect("generated CNPs parse"),
+        source: None,
+    }
+}
+
+fn make_node(slot: usize, labels: &BTreeMap<String, String>) -> NodeInfo {
+    NodeInfo {
+        name: format!("node{slot}"),
+        labels: labels.clone(),
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, slot as u8 + 1))],
+    }
 }
 
 fn pod_namespace(slot: usize) -> &'static str {
@@ -276,6 +370,24 @@ impl Model {
                     name: format!("np{i}"),
                 },
             },
+            Event::Cnp(i, spec) => {
+                let sc = make_cnp(*i, spec);
+                self.cnps.insert(*i, sc.cnp.clone());
+                Change::Cnp(Box::new(sc))
+            }
+            Event::CnpGone(i) => {
+                self.cnps.remove(i);
+                Change::CnpGone(format!("cnp{i}"))
+            }
+            Event::Node(i, labels) => {
+                let node = make_node(*i, labels);
+                self.nodes.insert(*i, node.clone());
+                Change::Node(node)
+            }
+            Event::NodeGone(i) => {
+                self.nodes.remove(i);
+                Change::NodeGone(format!("node{i}"))
+            }
             Event::Relist => Change::ResetPods(self.pods.values().cloned().collect()),
         }
     }
@@ -301,6 +413,12 @@ impl Model {
         }
         for p in self.policies.values() {
             cluster.add_policy(p.clone(), None);
+        }
+        for c in self.cnps.values() {
+            cluster.add_cnp(c.clone(), None);
+        }
+        for n in self.nodes.values() {
+            cluster.add_node(n.clone());
         }
         let compiled = compile(&cluster);
         let tables = compiled
@@ -333,6 +451,7 @@ proptest! {
             let changes: Vec<Change> = batch.iter().map(|e| model.change(e)).collect();
             let applied = state.apply(changes);
             prop_assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+            prop_assert_eq!(state.cnp_count(), model.cnps.len());
             let after = served(&state);
             let (tables, peer_names) = model.oracle();
             prop_assert_eq!(&after, &tables, "after batch {:?}", batch);

@@ -489,10 +489,12 @@ async fn watch_layer_follows_a_replayed_api_server() {
     let hub = Arc::new(Hub::new());
     let (stop, stop_rx) = watch::channel(false);
     let protection = Arc::new(Protection::default());
+    let cnps = Arc::new(portcullis_controller::cnp_watch::CnpStatus::default());
     let watching = tokio::spawn(kube_watch::run(
         client,
         hub.clone(),
         protection.clone(),
+        cnps.clone(),
         stop_rx,
     ));
 
@@ -532,6 +534,11 @@ async fn watch_layer_follows_a_replayed_api_server() {
     server.advance(1);
     eventually("ready once every kind is listed", || hub.is_ready()).await;
     let phase1 = started.elapsed();
+    // This server has no ClusterNetworkPolicy CRD: said so, and v1 alone is enforced.
+    assert_eq!(
+        cnps.get().state,
+        portcullis_controller::cnp_watch::CrdState::NotInstalled
+    );
     assert_eq!(isolated_by(&hub, FRONTEND_1), SHOP_DEFAULT);
     assert_eq!(ips(&hub, FRONTEND_1), [FRONTEND_1_IP, FRONTEND_1_IP6]);
     assert_eq!(

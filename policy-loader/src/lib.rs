@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeSet;
 
-use portcullis_policy::lint::{unknown_fields, Finding};
+use portcullis_policy::lint::{cnp_documents, unknown_fields, Check, Finding};
 use portcullis_policy::manifest::{load_into, LoadError};
 use portcullis_policy::Cluster;
 
@@ -121,7 +121,23 @@ fn add_text(loaded: &mut Loaded, text: &str, source: &str, lint: bool) -> usize 
     if lint {
         loaded.findings.extend(unknown_fields(text, source));
     }
+    let cnps_before = loaded.cluster.cnps.len();
     let report = load_into(&mut loaded.cluster, text, source);
+    if lint {
+        // ClusterNetworkPolicies for lint, read here until the manifest loader reads them (then
+        // it has, and only the v1alpha1 notes are added).
+        let found = cnp_documents(text, source);
+        let loader_took_them = loaded.cluster.cnps.len() > cnps_before
+            || (report.errors.iter()).any(|e| e.to_string().contains(portcullis_policy::cnp::KIND));
+        for f in found.findings {
+            if f.check == Check::AnpV1alpha1NotRead || !loader_took_them {
+                loaded.findings.push(f);
+            }
+        }
+        if !loader_took_them {
+            loaded.cluster.cnps.extend(found.cnps);
+        }
+    }
     loaded
         .errors
         .extend(report.errors.iter().map(LoadError::to_string));

@@ -22,6 +22,7 @@ const POD_SECURITY: &str = "pod-security";
 const DATA: &str = "data-plane";
 const PROXIES: &str = "proxies";
 const NODE_GUARD_CATEGORY: &str = "node-guard";
+const CNP: &str = "cluster-network-policy";
 
 pub const KUBECONFIG: Id = id("pc-kubeconfig", API);
 pub const API_REACHABLE: Id = id("pc-api-reachable", API);
@@ -50,10 +51,12 @@ pub const PROXY_READY: Id = id("pc-proxy-ready", PROXIES);
 pub const PROXY_CURRENT: Id = id("pc-proxy-current", PROXIES);
 pub const NODE_GUARD: Id = id("pc-node-guard", NODE_GUARD_CATEGORY);
 pub const NODE_NET_RAW: Id = id("pc-node-net-raw", NODE_GUARD_CATEGORY);
+pub const CNP_CRD: Id = id("pc-cnp-crd", CNP);
+pub const CNP_WATCHED: Id = id("pc-cnp-watched", CNP);
 
 /// Every id, for the documentation's test.
 #[cfg(test)]
-pub const ALL: [Id; 27] = [
+pub const ALL: [Id; 29] = [
     KUBECONFIG,
     API_REACHABLE,
     API_VERSION,
@@ -81,6 +84,8 @@ pub const ALL: [Id; 27] = [
     PROXY_CURRENT,
     NODE_GUARD,
     NODE_NET_RAW,
+    CNP_CRD,
+    CNP_WATCHED,
 ];
 
 #[cfg(test)]

@@ -21,9 +21,11 @@
 //! | `pods.rs` | the data plane: every pod of the labelled namespaces |
 //! | `proxies.rs` | `--proxy`: every proxy's `/ready` and table generation |
 //! | `node_guard.rs` | nodes without the node guard, and pods with `NET_RAW` on them |
+//! | `cnp.rs` | the ClusterNetworkPolicy CRD and its versions; whether the controllers watch CNPs |
 
 mod api;
 mod cluster;
+mod cnp;
 mod ids;
 mod node_guard;
 mod pod_security;
@@ -241,9 +243,11 @@ async fn check(args: &CheckArgs, report: &mut Report, server: &mut Option<String
         cluster::pre_existing(&namespaces, &checked, report);
         pod_security::check(&checked, report);
         cluster::meshes(&kube, &checked, report).await;
+        cnp::crd(&kube, report).await;
     } else {
         let version = cluster::control_plane(&kube, &namespaces, report).await;
         cluster::webhook(&kube, report).await;
+        cnp::crd(&kube, report).await;
         pod_security::check(&checked, report);
         cluster::meshes(&kube, &checked, report).await;
         if let (Some(ns), true) = (&args.namespace, checked.is_empty()) {
@@ -256,6 +260,7 @@ async fn check(args: &CheckArgs, report: &mut Report, server: &mut Option<String
         let pods = pods::data_plane(&kube, &checked, version.as_deref(), report).await;
         if args.proxy {
             proxies::check(&kube, &pods, report).await;
+            cnp::controllers(&kube, report).await;
         }
         // Cluster-wide reads: not for a check of one namespace.
         if args.namespace.is_none() {

@@ -119,33 +119,42 @@ fn list(generations: &[u64]) -> String {
     v.join(" and ")
 }
 
-/// The generation each ready controller replica serves now.
-async fn controller_generations(kube: &Kube, report: &mut Report) -> Vec<u64> {
-    let id = ids::CONTROLLER_STATUS;
+/// The controller's replicas (pods of its Deployment), or a warning under `id` and none.
+pub(super) async fn controller_pods(kube: &Kube, id: ids::Id, report: &mut Report) -> Vec<Pod> {
     let api = Api::<Pod>::namespaced(kube.client.clone(), SYSTEM_NAMESPACE);
     let what = format!("list pods -n {SYSTEM_NAMESPACE}");
-    let pods = match kube.call(&what, api.list(&ListParams::default())).await {
-        Ok(list) => list.items,
+    match kube.call(&what, api.list(&ListParams::default())).await {
+        Ok(list) => (list.items.into_iter())
+            .filter(|p| workload(p) == format!("deployment {CONTROLLER}"))
+            .collect(),
         Err(e) => {
             report.warn(
                 id,
                 format!("cannot list the controller's pods: {e}"),
                 e.hint(),
             );
-            return Vec::new();
+            Vec::new()
         }
-    };
+    }
+}
+
+/// `path` (e.g. `/ready`) on a controller replica's admin port, through the pod proxy.
+pub(super) fn controller_admin_path(name: &str, path: &str) -> String {
+    format!(
+        "/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{name}:{}/proxy{path}",
+        ports::CONTROLLER_ADMIN
+    )
+}
+
+/// The generation each ready controller replica serves now.
+async fn controller_generations(kube: &Kube, report: &mut Report) -> Vec<u64> {
+    let id = ids::CONTROLLER_STATUS;
+    let pods = controller_pods(kube, id, report).await;
     let mut generations = Vec::new();
     let what = format!("get pods/proxy -n {SYSTEM_NAMESPACE}");
-    for pod in pods
-        .iter()
-        .filter(|p| workload(p) == format!("deployment {CONTROLLER}"))
-    {
+    for pod in &pods {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let path = format!(
-            "/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{name}:{}/proxy/ready",
-            ports::CONTROLLER_ADMIN
-        );
+        let path = controller_admin_path(name, "/ready");
         match kube.get_text(&what, &path).await {
             Ok(body) => match ready_generation(&body) {
                 Some(g) => {

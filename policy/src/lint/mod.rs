@@ -10,7 +10,8 @@
 //! Layout: the finding types here; `unknown.rs` (fields the API server would reject),
 //! `policies.rs` (what a policy selects and whom it names), `rules.rs` (each rule's peers and
 //! ports), `dns.rs` (egress that leaves pods without DNS), `proxy_ports.rs` (application ports
-//! that collide with the proxy's).
+//! that collide with the proxy's), `cnp.rs` (ClusterNetworkPolicies: validation and the tier
+//! warnings, and `v1alpha1` AdminNetworkPolicies).
 
 use std::fmt;
 
@@ -18,12 +19,14 @@ use serde::Serialize;
 
 use crate::error::{ObjectError, ObjectRef};
 
+mod cnp;
 mod dns;
 mod policies;
 mod proxy_ports;
 mod rules;
 mod unknown;
 
+pub use cnp::{check_cnps, cnp_documents, CnpDocuments};
 pub use policies::check_cluster;
 pub(crate) use unknown::edit_distance;
 pub use unknown::unknown_fields;
@@ -72,6 +75,15 @@ pub enum Check {
     NotEnforced,
     ProxyPortConflict,
     NoPods,
+    /// A ClusterNetworkPolicy the CRD's schema or CEL rules reject.
+    CnpInvalid,
+    CnpShadowedRule,
+    CnpEqualPriority,
+    CnpBaselinePass,
+    /// A ClusterNetworkPolicy rule with a peer Portcullis does not enforce yet (`domainNames`).
+    CnpNotEnforced,
+    /// A `v1alpha1` AdminNetworkPolicy or BaselineAdminNetworkPolicy: not read.
+    AnpV1alpha1NotRead,
 }
 
 impl Check {
@@ -91,6 +103,12 @@ impl Check {
             Check::NotEnforced => "not-enforced",
             Check::ProxyPortConflict => "proxy-port-conflict",
             Check::NoPods => "no-pods",
+            Check::CnpInvalid => "cnp-invalid",
+            Check::CnpShadowedRule => "cnp-shadowed-rule",
+            Check::CnpEqualPriority => "cnp-equal-priority",
+            Check::CnpBaselinePass => "cnp-baseline-pass",
+            Check::CnpNotEnforced => "cnp-not-enforced",
+            Check::AnpV1alpha1NotRead => "anp-v1alpha1-not-read",
         }
     }
 
@@ -112,14 +130,21 @@ impl Check {
             Check::NotEnforced => "PC018",
             Check::ProxyPortConflict => "PC019",
             Check::NoPods => "PC020",
+            Check::CnpInvalid => "PC004",
+            Check::CnpShadowedRule => "PC021",
+            Check::CnpEqualPriority => "PC022",
+            Check::CnpBaselinePass => "PC023",
+            Check::CnpNotEnforced => "PC024",
+            Check::AnpV1alpha1NotRead => "PC025",
         }
     }
 
     /// Every check, in code order (for documentation and its test).
-    pub const ALL: [Check; 14] = [
+    pub const ALL: [Check; 20] = [
         Check::Invalid,
         Check::UnknownField,
         Check::NewerServerField,
+        Check::CnpInvalid,
         Check::SelectsNoPod,
         Check::PeerSelectsNothing,
         Check::NamedPortUndeclared,
@@ -131,6 +156,11 @@ impl Check {
         Check::NotEnforced,
         Check::ProxyPortConflict,
         Check::NoPods,
+        Check::CnpShadowedRule,
+        Check::CnpEqualPriority,
+        Check::CnpBaselinePass,
+        Check::CnpNotEnforced,
+        Check::AnpV1alpha1NotRead,
     ];
 }
 
@@ -416,6 +446,8 @@ mod tests {
         let mut codes = std::collections::BTreeSet::new();
         for check in Check::ALL {
             assert!(codes.insert(check.code()), "{} reused", check.code());
+            // `-o json` spells the check as the table does.
+            assert_eq!(serde_json::to_value(check).unwrap(), check.as_str());
             let row = format!("| `{}` | `{}` |", check.code(), check.as_str());
             assert!(docs.contains(&row), "docs/cli.md lacks {row}");
         }

@@ -21,7 +21,7 @@ use crate::verdict::Direction;
 pub fn check_cluster(cluster: &Cluster, declared_namespaces: &BTreeSet<String>) -> Vec<Finding> {
     let index = ClusterIndex::new(&cluster.namespaces, &cluster.pods);
     let have_pods = !cluster.pods.is_empty();
-    let mut out = Vec::new();
+    let mut out = super::check_cnps(&cluster.cnps);
     let mut valid = Vec::new();
     for sp in &cluster.policies {
         let Ok(policy) = validate_policy(&sp.policy, sp.source.as_deref()) else {
