@@ -65,6 +65,12 @@ struct Args {
     /// binaries' default (`queue` when they enforce UDP).
     #[arg(long, value_parser = ["queue", "proxy"])]
     inbound_tcp: Option<String>,
+    /// Where the pods judge outbound TCP to pod IPs, passed to portcullis-init (the mesh
+    /// client's is the one that matters): `queue` (a verdict on the SYN, the kernel carries the
+    /// connection; Services are still relayed) or `proxy` (every connection relayed by the
+    /// outbound listener, as before issue 26). Unset: the binaries' default.
+    #[arg(long, value_parser = ["queue", "proxy"])]
+    outbound_tcp: Option<String>,
     /// `sockperf ping-pong` 16 B (TCP on every path; UDP beside the UDP workloads). auto: when
     /// installed, off with --smoke.
     #[arg(long, value_enum, default_value = "auto")]
@@ -169,6 +175,17 @@ fn main() -> Result<()> {
         init_args.push(format!("--inbound-tcp={mode}"));
         proxy_args.push(format!("--inbound-tcp={mode}"));
     }
+    if let Some(mode) = &args.outbound_tcp {
+        init_args.push(format!("--outbound-tcp={mode}"));
+    }
+    plan.notes.push(format!(
+        "Outbound TCP in the mesh client (portcullis-init --outbound-tcp): {}. queue: the SYN to \
+         the server's pod IP is judged in NFQUEUE and the kernel carries the connection (issue \
+         26); proxy: relayed by the outbound listener.",
+        args.outbound_tcp
+            .as_deref()
+            .unwrap_or("the init's default (queue when it enforces UDP)")
+    ));
     let server_proxy = topo.start_portcullis(
         &server_ns,
         "server",
