@@ -1219,36 +1219,12 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
     let mut c6 = tcp_connect(&t.peer_ns, &format!("[{POD_IP6}]:8080")).expect("allowed v6");
     exchange(&mut c6, "before;").expect("echo before, v6");
 
-    t.remove_policy("001-policy.yaml");
-    t.write_policy(
-        "002-deny.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
-         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    deny_all_and_expect_both_ended(
+        &t,
+        "ingress",
+        [format!("{POD_IP}:8080"), format!("[{POD_IP6}]:8080")],
+        [&mut c, &mut c6],
     );
-    t.wait_for("both termination lines", || {
-        t.log_lines("connection_terminated").len() == 2
-    });
-    let lines = t.log_lines("connection_terminated");
-    let mut dsts: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
-    dsts.sort();
-    assert_eq!(
-        dsts,
-        [format!("{POD_IP}:8080"), format!("[{POD_IP6}]:8080")]
-    );
-    for line in &lines {
-        assert_eq!(line["protocol"], "TCP");
-        assert_eq!(line["direction"], "ingress");
-    }
-    // The peer is told at once: its next read ends (reset), it does not hang.
-    use std::io::Read;
-    for c in [&mut c, &mut c6] {
-        let mut buf = [0u8; 16];
-        match c.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("the revoked connection must end with a reset, got {other:?}"),
-        }
-    }
     assert!(
         tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).is_err(),
         "a new connection is denied"
@@ -1261,6 +1237,54 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
         ]),
         2.0
     );
+}
+
+/// Replaces the policy with a deny-all of `direction`, waits for one termination line per
+/// connection (`dsts`, sorted), and checks that both connections end at once (a reset, or the
+/// application's socket aborted) instead of hanging.
+fn deny_all_and_expect_both_ended(
+    t: &Setup,
+    direction: &str,
+    dsts: [String; 2],
+    conns: [&mut std::net::TcpStream; 2],
+) {
+    let policy_type = if direction == "ingress" {
+        "Ingress"
+    } else {
+        "Egress"
+    };
+    t.remove_policy("001-policy.yaml");
+    t.write_policy(
+        "002-deny.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-all, \
+             namespace: x}}\nspec: {{podSelector: {{}}, policyTypes: [{policy_type}]}}\n"
+        ),
+    );
+    t.wait_for("both termination lines", || {
+        t.log_lines("connection_terminated").len() == 2
+    });
+    let lines = t.log_lines("connection_terminated");
+    let mut seen: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
+    seen.sort();
+    assert_eq!(seen, dsts);
+    for line in &lines {
+        assert_eq!(line["protocol"], "TCP");
+        assert_eq!(line["direction"], direction);
+    }
+    use std::io::Read;
+    for c in conns {
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) => {}
+            other => panic!("the revoked connection must end at once, got {other:?}"),
+        }
+    }
 }
 
 // ---- Outbound TCP in the queue (issue 26): pod IPs judged on the SYN, Services relayed ----
@@ -1364,40 +1388,12 @@ fn a_revoked_outbound_tcp_connection_is_reset_in_both_families() {
     let mut c6 = tcp_connect(&t.pod_ns, &format!("[{PEER_IP6}]:8080")).expect("allowed v6");
     exchange(&mut c6, "before;").expect("echo before, v6");
 
-    t.remove_policy("001-policy.yaml");
-    t.write_policy(
-        "002-deny.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
-         spec: {podSelector: {}, policyTypes: [Egress]}\n",
+    deny_all_and_expect_both_ended(
+        &t,
+        "egress",
+        [format!("{PEER_IP}:8080"), format!("[{PEER_IP6}]:8080")],
+        [&mut c, &mut c6],
     );
-    t.wait_for("both termination lines", || {
-        t.log_lines("connection_terminated").len() == 2
-    });
-    let lines = t.log_lines("connection_terminated");
-    let mut dsts: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
-    dsts.sort();
-    assert_eq!(
-        dsts,
-        [format!("{PEER_IP}:8080"), format!("[{PEER_IP6}]:8080")]
-    );
-    for line in &lines {
-        assert_eq!(line["protocol"], "TCP");
-        assert_eq!(line["direction"], "egress");
-    }
-    // The application is told at once: its socket is aborted, its next read fails or ends.
-    use std::io::Read;
-    for c in [&mut c, &mut c6] {
-        let mut buf = [0u8; 16];
-        match c.read(&mut buf) {
-            Ok(0) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                ) => {}
-            other => panic!("the revoked connection must end, got {other:?}"),
-        }
-    }
     assert_eq!(
         tcp_connect(&t.pod_ns, &format!("{PEER_IP}:8080"))
             .map(|_| ())
