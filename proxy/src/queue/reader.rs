@@ -1,5 +1,6 @@
 //! The NFQUEUE reader: one OS thread of its own, blocking on netlink, answering accept or drop
-//! for the first packet of each new UDP/SCTP flow and each queued inbound TCP SYN. It never touches the async runtime, so a
+//! for the first packet of each new UDP/SCTP flow and each queued TCP SYN (refusing a denied
+//! outbound one with a reset). It never touches the async runtime, so a
 //! busy queue cannot slow the TCP data path, and a stalled runtime cannot hold up verdicts.
 //!
 //! Crate: `nfq` 0.2 (pure Rust over libc, MIT/Apache): it binds the queue, receives packets with
@@ -231,5 +232,28 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         Verdict::Accept
     } else {
         denied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_outbound_tcp_denials_are_refused_the_rest_dropped() {
+        assert_eq!(
+            Verdict::denial(Direction::Egress, Protocol::Tcp),
+            Verdict::Refuse
+        );
+        for (direction, protocol) in [
+            (Direction::Ingress, Protocol::Tcp),
+            (Direction::Egress, Protocol::Udp),
+            (Direction::Egress, Protocol::Sctp),
+            (Direction::Ingress, Protocol::Udp),
+        ] {
+            assert_eq!(Verdict::denial(direction, protocol), Verdict::Drop);
+        }
+        assert!(Verdict::Accept.accepts());
+        assert!(!Verdict::Refuse.accepts() && !Verdict::Drop.accepts());
     }
 }
