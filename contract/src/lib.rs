@@ -27,6 +27,17 @@ pub const PROXY_MARK: Mark = Mark(0x1000);
 /// it queued, so that revocation can list exactly those entries.
 pub const QUEUED_CONNMARK: Mark = Mark(0x1000);
 
+/// The packet mark the proxy's queue verdict puts on an outbound TCP SYN it refuses (verdict
+/// `NF_REPEAT`): the packet goes through the filter table's `OUTPUT` again, where
+/// `portcullis-init`'s first rule answers it with a TCP reset, so the application's `connect()`
+/// fails at once with `ECONNREFUSED`. Bit 13, beside [`PROXY_MARK`]; it never leaves the pod.
+pub const REFUSED_MARK: Mark = Mark(0x2000);
+
+/// The Service ClusterIP ranges `portcullis-init` assumes when none is given: kubeadm's default
+/// (and the testbed's). Outbound TCP to these goes to the proxy's relay (which picks an allowed
+/// backend); all other outbound TCP is judged in the queue.
+pub const DEFAULT_SERVICE_CIDRS: &str = "10.96.0.0/12";
+
 /// The NFQUEUE number on which the proxy judges the first packet of each new flow.
 pub const NFQUEUE: u16 = 4171;
 
@@ -116,6 +127,9 @@ pub mod env {
     pub const SKIP_OUTBOUND_CIDRS: &str = "PORTCULLIS_SKIP_OUTBOUND_CIDRS";
     pub const ENFORCE_UDP: &str = "PORTCULLIS_ENFORCE_UDP";
     pub const INBOUND_TCP: &str = "PORTCULLIS_INBOUND_TCP";
+    pub const OUTBOUND_TCP: &str = "PORTCULLIS_OUTBOUND_TCP";
+    /// `portcullis-init` only: the Service ClusterIP ranges (outbound TCP to them is relayed).
+    pub const SERVICE_CIDRS: &str = "PORTCULLIS_SERVICE_CIDRS";
     /// `portcullis-init` only: `auto`, `nft` or `legacy`.
     pub const IPTABLES_BACKEND: &str = "PORTCULLIS_IPTABLES_BACKEND";
     /// `portcullis-init` only: leave `filter FORWARD` alone.

@@ -1,7 +1,9 @@
 //! `docs/CONVENTIONS.md` explains the contract; this test keeps its tables and the constants of
 //! `contract/src/lib.rs` equal, so that a value changed on one side only fails CI.
 
-use portcullis_contract::{env, keys, ports, NFQUEUE, PROXY_MARK, PROXY_UID, QUEUED_CONNMARK};
+use portcullis_contract::{
+    env, keys, ports, NFQUEUE, PROXY_MARK, PROXY_UID, QUEUED_CONNMARK, REFUSED_MARK,
+};
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONVENTIONS.md");
@@ -66,6 +68,7 @@ fn identity_ports_and_queue_match_the_contract() {
         ("controller admin", ports::CONTROLLER_ADMIN.to_string()),
         ("NFQUEUE number", NFQUEUE.to_string()),
         ("queued-TCP connmark", QUEUED_CONNMARK.to_string()),
+        ("refused-SYN mark", REFUSED_MARK.to_string()),
         ("mark", PROXY_MARK.to_string()),
     ];
     for (what, want) in numbers {
@@ -147,6 +150,8 @@ fn every_env_name_of_the_contract_is_documented() {
         env::SKIP_OUTBOUND_CIDRS,
         env::ENFORCE_UDP,
         env::INBOUND_TCP,
+        env::OUTBOUND_TCP,
+        env::SERVICE_CIDRS,
         env::IPTABLES_BACKEND,
         env::ALLOW_FORWARDING,
         env::NFQUEUE,

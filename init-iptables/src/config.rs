@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
-use portcullis_contract::{env as var, ports, Mark, NFQUEUE, PROXY_UID};
+use portcullis_contract::{env as var, ports, Mark, DEFAULT_SERVICE_CIDRS, NFQUEUE, PROXY_UID};
 
 /// Installs the iptables rules that send the pod's TCP traffic through portcullis-proxy.
 ///
@@ -91,7 +91,25 @@ pub struct Config {
     /// `--enforce-udp=false` (reading the queue takes the proxy's CAP_NET_ADMIN). Set the same
     /// value on the proxy.
     #[arg(long, env = var::INBOUND_TCP, value_enum)]
-    pub inbound_tcp: Option<InboundTcp>,
+    pub inbound_tcp: Option<TcpPath>,
+
+    /// How outbound TCP is judged. `queue` (the default when UDP is enforced): the SYN of each
+    /// new connection to anything outside `--service-cidrs` (pod IPs, node IPs, addresses
+    /// outside the cluster) goes to the proxy's NFQUEUE and the kernel carries an allowed
+    /// connection; a denied one is answered with a TCP reset (`ECONNREFUSED` at once).
+    /// Connections to `--service-cidrs` are still redirected to the proxy's outbound listener,
+    /// which picks an allowed backend. `proxy`: every outbound connection is redirected and
+    /// relayed (the only choice with `--enforce-udp=false`).
+    #[arg(long, env = var::OUTBOUND_TCP, value_enum)]
+    pub outbound_tcp: Option<TcpPath>,
+
+    /// The cluster's Service ClusterIP ranges, IPv4 and IPv6 (e.g. `10.96.0.0/12,fd00:96::/108`).
+    /// With `--outbound-tcp queue`, outbound TCP to them goes to the proxy's relay and all other
+    /// outbound TCP to the queue. A ClusterIP outside these ranges is judged in the queue on
+    /// every backend kube-proxy could pick (fail closed); an address inside them that is no
+    /// ClusterIP is judged by the relay: both paths judge with the same table.
+    #[arg(long, env = var::SERVICE_CIDRS, default_value = DEFAULT_SERVICE_CIDRS)]
+    pub service_cidrs: CidrList,
 
     /// NFQUEUE number the proxy reads (the same `--nfqueue` as the proxy's).
     #[arg(long, env = var::NFQUEUE, default_value_t = NFQUEUE)]
@@ -113,23 +131,33 @@ pub struct Config {
     pub cleanup: bool,
 }
 
-/// Where inbound TCP is judged (`--inbound-tcp`).
+/// Where inbound (`--inbound-tcp`) or outbound (`--outbound-tcp`) TCP is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InboundTcp {
+pub enum TcpPath {
     /// A verdict on the first packet, in the proxy's NFQUEUE; the kernel carries the rest.
     Queue,
-    /// Redirected into the proxy's inbound listener, which relays every byte.
+    /// Redirected into the proxy's listener for that direction, which relays every byte.
     Proxy,
 }
 
 impl Config {
     /// `--inbound-tcp`, or its default: `queue` when the queue is read (`--enforce-udp`),
     /// `proxy` otherwise.
-    pub fn inbound_tcp(&self) -> InboundTcp {
+    pub fn inbound_tcp(&self) -> TcpPath {
         self.inbound_tcp.unwrap_or(if self.enforce_udp {
-            InboundTcp::Queue
+            TcpPath::Queue
         } else {
-            InboundTcp::Proxy
+            TcpPath::Proxy
+        })
+    }
+
+    /// `--outbound-tcp`, or its default: `queue` when the queue is read (`--enforce-udp`),
+    /// `proxy` otherwise.
+    pub fn outbound_tcp(&self) -> TcpPath {
+        self.outbound_tcp.unwrap_or(if self.enforce_udp {
+            TcpPath::Queue
+        } else {
+            TcpPath::Proxy
         })
     }
 }
@@ -320,6 +348,8 @@ mod tests {
             "PORTCULLIS_ENFORCE_UDP",
             "PORTCULLIS_NFQUEUE",
             "PORTCULLIS_INBOUND_TCP",
+            "PORTCULLIS_OUTBOUND_TCP",
+            "PORTCULLIS_SERVICE_CIDRS",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }

@@ -19,9 +19,9 @@
 //! address, `hashlimit`) has the excess dropped in the kernel before the queue, so the queue's
 //! netlink socket does not overflow and other peers' first packets still get their verdict.
 
-use portcullis_contract::QUEUED_CONNMARK;
+use portcullis_contract::{QUEUED_CONNMARK, REFUSED_MARK};
 
-use crate::config::{Config, InboundTcp};
+use crate::config::{Config, TcpPath};
 use crate::rules::{Family, Jump, Part, Table};
 
 pub const UDP_IN: &str = "PORTCULLIS_UDP_IN";
@@ -38,40 +38,12 @@ fn icmp(family: Family) -> &'static str {
 }
 
 /// The queue rules, when `--enforce-udp` (the default); with `--inbound-tcp queue` (the default
-/// then) `PORTCULLIS_UDP_IN` judges inbound TCP too.
+/// then) `PORTCULLIS_UDP_IN` judges inbound TCP too, and with `--outbound-tcp queue`
+/// `PORTCULLIS_UDP_OUT` judges outbound TCP that the nat redirect left alone (everything but
+/// the Service ranges).
 pub fn part(cfg: &Config, family: Family) -> Part {
-    let queue = format!("-j NFQUEUE --queue-num {}", cfg.nfqueue);
-    let tcp = cfg.inbound_tcp() == InboundTcp::Queue;
-    let mut rules = Vec::new();
-    for (chain, exempt) in [
-        (UDP_IN, inbound_exemptions(cfg, tcp)),
-        (
-            UDP_OUT,
-            vec![
-                "-o lo -j RETURN".to_string(),
-                format!("{} -j RETURN", crate::rules::proxy_match(cfg)),
-            ],
-        ),
-    ] {
-        let judges_tcp = tcp && chain == UDP_IN;
-        rules.extend(exempt.iter().map(|r| format!("-A {chain} {r}")));
-        rules.push(format!("-A {chain} -p {} -j RETURN", icmp(family)));
-        if judges_tcp {
-            rules.push(format!(
-                "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
-                 {QUEUED_CONNMARK}/{QUEUED_CONNMARK}"
-            ));
-        } else {
-            rules.push(format!("-A {chain} -p tcp -j RETURN"));
-        }
-        rules.push(format!(
-            "-A {chain} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
-        ));
-        if chain == UDP_IN {
-            rules.extend(flood_limit(cfg).map(|r| format!("-A {chain} {r}")));
-        }
-        rules.push(format!("-A {chain} -m conntrack --ctstate NEW {queue}"));
-    }
+    let mut rules = chain_rules(cfg, family, UDP_IN);
+    rules.extend(chain_rules(cfg, family, UDP_OUT));
     Part {
         table: Table::Filter,
         chains: vec![UDP_IN, UDP_OUT],
@@ -93,6 +65,76 @@ pub fn part(cfg: &Config, family: Family) -> Part {
     }
 }
 
+/// One chain's rules: its exemptions, ICMP, then TCP (queued with the connmark, or returned to
+/// the nat redirect), the `INVALID` drop, the flood limit (inbound) and the queue.
+fn chain_rules(cfg: &Config, family: Family, chain: &str) -> Vec<String> {
+    let queue = format!("-j NFQUEUE --queue-num {}", cfg.nfqueue);
+    let (judges_tcp, exempt) = if chain == UDP_IN {
+        let tcp = cfg.inbound_tcp() == TcpPath::Queue;
+        (tcp, inbound_exemptions(cfg, family, tcp))
+    } else {
+        let tcp = cfg.outbound_tcp() == TcpPath::Queue;
+        (tcp, outbound_exemptions(cfg, family, tcp))
+    };
+    let mut rules: Vec<String> = exempt.iter().map(|r| format!("-A {chain} {r}")).collect();
+    if judges_tcp {
+        // Every TCP connection that gets here is judged: the connmark marks it as the queue's.
+        rules.push(format!(
+            "-A {chain} -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark \
+             {QUEUED_CONNMARK}/{QUEUED_CONNMARK}"
+        ));
+    } else {
+        rules.push(format!("-A {chain} -p tcp -j RETURN"));
+    }
+    rules.push(format!(
+        "-A {chain} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
+    ));
+    if chain == UDP_IN {
+        rules.extend(flood_limit(cfg).map(|r| format!("-A {chain} {r}")));
+    }
+    rules.push(format!("-A {chain} -m conntrack --ctstate NEW {queue}"));
+    rules
+}
+
+/// What `PORTCULLIS_UDP_OUT` never queues: loopback (the relay's redirect goes there too), the
+/// proxy's own traffic, ICMP and, when it judges outbound TCP, the `--skip-outbound-*` TCP the
+/// nat rules exempt. Before all of them, with outbound TCP in the queue, the SYN the proxy
+/// refused comes back (verdict `NF_REPEAT` with [`REFUSED_MARK`]) and is answered with a reset,
+/// so the application's `connect()` fails at once with `ECONNREFUSED`.
+fn outbound_exemptions(cfg: &Config, family: Family, tcp: bool) -> Vec<String> {
+    let mut exempt = Vec::new();
+    if tcp {
+        exempt.push(format!(
+            "-p tcp -m mark --mark {REFUSED_MARK}/{REFUSED_MARK} -j REJECT --reject-with tcp-reset"
+        ));
+    }
+    exempt.push("-o lo -j RETURN".to_string());
+    if tcp {
+        // A connection nat `OUTPUT` redirected to the relay (a Service): filter `OUTPUT` sees
+        // it after the redirect, addressed to the relay, but with its original output device,
+        // so `-o lo` does not catch it.
+        let relay = match family {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        };
+        exempt.push(format!(
+            "-d {relay} -p tcp -m tcp --dport {} -j RETURN",
+            cfg.outbound_port
+        ));
+    }
+    exempt.push(format!("{} -j RETURN", crate::rules::proxy_match(cfg)));
+    exempt.push(format!("-p {} -j RETURN", icmp(family)));
+    if tcp {
+        for chunk in crate::rules::multiport_chunks(&cfg.skip_outbound_ports) {
+            exempt.push(format!("-p tcp -m multiport --dports {chunk} -j RETURN"));
+        }
+        for net in cfg.skip_outbound_cidrs.0.iter().filter(|n| family.holds(n)) {
+            exempt.push(format!("-d {net} -p tcp -j RETURN"));
+        }
+    }
+    exempt
+}
+
 /// The per-source limit on new inbound flows, before the queue rule (none with 0). The same
 /// hashlimit name in both families: the kernel keeps one table per name and family.
 fn flood_limit(cfg: &Config) -> Option<String> {
@@ -107,9 +149,9 @@ fn flood_limit(cfg: &Config) -> Option<String> {
     })
 }
 
-/// What `PORTCULLIS_UDP_IN` never queues: loopback and, when it judges inbound TCP, the
+/// What `PORTCULLIS_UDP_IN` never queues: loopback, ICMP and, when it judges inbound TCP, the
 /// proxy's own ports and `--skip-inbound-ports` (as the nat redirect skips them).
-fn inbound_exemptions(cfg: &Config, tcp: bool) -> Vec<String> {
+fn inbound_exemptions(cfg: &Config, family: Family, tcp: bool) -> Vec<String> {
     let mut exempt = vec!["-i lo -j RETURN".to_string()];
     if tcp {
         for ports in [&crate::rules::own_ports(cfg), &cfg.skip_inbound_ports] {
@@ -118,6 +160,7 @@ fn inbound_exemptions(cfg: &Config, tcp: bool) -> Vec<String> {
             }
         }
     }
+    exempt.push(format!("-p {} -j RETURN", icmp(family)));
     exempt
 }
 
@@ -149,10 +192,13 @@ mod tests {
             .collect()
     }
 
-    /// The IPv4 rules as IPv6 writes them: only ICMP's name differs.
+    /// The IPv4 rules as IPv6 writes them: only ICMP's name and the relay's address differ.
     fn as_v6(v4: &[&str]) -> Vec<String> {
         v4.iter()
-            .map(|l| l.replace("-p icmp ", "-p ipv6-icmp "))
+            .map(|l| {
+                l.replace("-p icmp ", "-p ipv6-icmp ")
+                    .replace("-d 127.0.0.1/32 ", "-d ::1/128 ")
+            })
             .collect()
     }
 
@@ -199,10 +245,14 @@ mod tests {
                 "-A PORTCULLIS_UDP_IN -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 10000 --hashlimit-mode srcip --hashlimit-name portcullis-in --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 -j DROP",
                 "-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+                // Issue 26: the SYN the proxy refused comes back marked and is reset at once.
+                "-A PORTCULLIS_UDP_OUT -p tcp -m mark --mark 0x2000/0x2000 -j REJECT --reject-with tcp-reset",
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 4140 -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
-                "-A PORTCULLIS_UDP_OUT -p tcp -j RETURN",
+                // Outbound TCP the nat rules did not redirect (not to a Service) is queued.
+                "-A PORTCULLIS_UDP_OUT -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
                 "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
                 "-I INPUT 1 -j PORTCULLIS_UDP_IN",
@@ -228,7 +278,11 @@ mod tests {
     #[test]
     fn golden_filter_table() {
         let text = install(
-            &config(&["--allow-forwarding", "--inbound-tcp=proxy"]),
+            &config(&[
+                "--allow-forwarding",
+                "--inbound-tcp=proxy",
+                "--outbound-tcp=proxy",
+            ]),
             Family::V4,
             "",
         );
@@ -257,7 +311,11 @@ mod tests {
         );
         // Only ICMP's name is family specific.
         let v6 = install(
-            &config(&["--allow-forwarding", "--inbound-tcp=proxy"]),
+            &config(&[
+                "--allow-forwarding",
+                "--inbound-tcp=proxy",
+                "--outbound-tcp=proxy",
+            ]),
             Family::V6,
             "",
         );
@@ -290,10 +348,12 @@ mod tests {
         assert_eq!(
             out,
             [
+                "-A PORTCULLIS_UDP_OUT -p tcp -m mark --mark 0x2000/0x2000 -j REJECT --reject-with tcp-reset",
                 "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 4140 -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -m mark --mark 0x1000/0x1000 -j RETURN",
                 "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
-                "-A PORTCULLIS_UDP_OUT -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
                 "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
                 "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
             ]
@@ -343,5 +403,67 @@ mod tests {
         assert!(at("hashlimit") < at("-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE"));
         assert!(!limited.contains("-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -m hashlimit"));
         assert!(!text(&["--new-flows-per-source=0"]).contains("hashlimit"));
+    }
+
+    /// Issue 26: outbound TCP to the Service ranges is redirected to the relay, every other
+    /// outbound SYN is queued (the skips exempt from both), per family; `--outbound-tcp proxy`
+    /// keeps today's redirect of everything.
+    #[test]
+    fn golden_outbound_tcp_in_the_queue_but_services_relayed() {
+        let args = [
+            "--allow-forwarding",
+            "--skip-outbound-ports=25",
+            "--skip-outbound-cidrs=192.168.0.0/16,fd01::/16",
+            "--service-cidrs=10.96.0.0/12,fd00:96::/108",
+        ];
+        let text = install(&config(&args), Family::V4, "");
+        let chain = |text: &str, prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(
+            chain(&text, "-A PORTCULLIS_OUTPUT "),
+            [
+                "-A PORTCULLIS_OUTPUT -m owner --uid-owner 2171 -j RETURN",
+                "-A PORTCULLIS_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "-A PORTCULLIS_OUTPUT -p tcp -m multiport --dports 25 -j RETURN",
+                "-A PORTCULLIS_OUTPUT -d 192.168.0.0/16 -j RETURN",
+                "-A PORTCULLIS_OUTPUT -d 10.96.0.0/12 -p tcp -j PORTCULLIS_OUT_REDIRECT",
+            ]
+        );
+        assert_eq!(
+            chain(&text, "-A PORTCULLIS_UDP_OUT "),
+            [
+                "-A PORTCULLIS_UDP_OUT -p tcp -m mark --mark 0x2000/0x2000 -j REJECT --reject-with tcp-reset",
+                "-A PORTCULLIS_UDP_OUT -o lo -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 4140 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p icmp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -m multiport --dports 25 -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -d 192.168.0.0/16 -p tcp -j RETURN",
+                "-A PORTCULLIS_UDP_OUT -p tcp -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1000/0x1000",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate INVALID,UNTRACKED -j DROP",
+                "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171",
+            ]
+        );
+        let v6 = install(&config(&args), Family::V6, "");
+        assert!(v6
+            .contains("-A PORTCULLIS_OUTPUT -d fd00:96::/108 -p tcp -j PORTCULLIS_OUT_REDIRECT\n"));
+        assert!(v6.contains("-A PORTCULLIS_UDP_OUT -d fd01::/16 -p tcp -j RETURN\n"));
+        assert!(!v6.contains("10.96.0.0/12") && !text.contains("fd00:96::"));
+        // No catch-all redirect: what is not to a Service reaches the queue.
+        assert!(!text.contains("-A PORTCULLIS_OUTPUT -p tcp -j PORTCULLIS_OUT_REDIRECT"));
+        // No Service range at all: every outbound SYN is queued.
+        let none = install(&config(&["--service-cidrs="]), Family::V4, "");
+        assert!(
+            !none.contains("-j PORTCULLIS_OUT_REDIRECT\n-A")
+                && !none.contains("-p tcp -j PORTCULLIS_OUT_REDIRECT")
+        );
+        let relayed = install(&config(&["--outbound-tcp=proxy"]), Family::V4, "");
+        assert!(relayed.contains("-A PORTCULLIS_OUTPUT -p tcp -j PORTCULLIS_OUT_REDIRECT\n"));
+        assert!(relayed.contains("-A PORTCULLIS_UDP_OUT -p tcp -j RETURN\n"));
+        assert!(!relayed.contains("REJECT"));
     }
 }

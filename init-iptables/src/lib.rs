@@ -11,7 +11,7 @@ pub mod rules;
 use anyhow::{bail, Context, Result};
 
 use crate::backend::Backend;
-use crate::config::{Config, InboundTcp};
+use crate::config::{Config, TcpPath};
 use crate::rules::Family;
 
 /// What happened, for the summary line.
@@ -22,11 +22,17 @@ pub struct Report {
 
 pub fn run(cfg: &Config) -> Result<Report> {
     check_ports(cfg)?;
-    if cfg.inbound_tcp() == InboundTcp::Queue && !cfg.enforce_udp {
+    if cfg.inbound_tcp() == TcpPath::Queue && !cfg.enforce_udp {
         bail!(
             "--inbound-tcp queue needs the queue rules and a proxy that reads them \
              (--enforce-udp, which gives the proxy CAP_NET_ADMIN); with --enforce-udp=false use \
              --inbound-tcp proxy"
+        );
+    }
+    if cfg.outbound_tcp() == TcpPath::Queue && !cfg.enforce_udp {
+        bail!(
+            "--outbound-tcp queue needs the queue rules and a proxy that reads them \
+             (--enforce-udp); with --enforce-udp=false use --outbound-tcp proxy"
         );
     }
     let backend = backend::select(cfg.backend)?;
@@ -94,7 +100,7 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
         .with_context(|| format!("installing the {} redirect", family.name()))?;
     // Validation: read back what the kernel holds, not what we meant to write.
     let mut after = backend::save_all(backend, family)?;
-    if cfg.inbound_tcp() == InboundTcp::Queue {
+    if cfg.inbound_tcp() == TcpPath::Queue {
         // An earlier run with `--inbound-tcp proxy` left the inbound redirect: remove it, or it
         // would still take inbound TCP away from the queue.
         let stale = [
@@ -109,28 +115,52 @@ fn run_family(cfg: &Config, backend: Backend, family: Family) -> Result<String> 
         }
     }
     rules::verify(cfg, family, &after)?;
+    Ok(summary(cfg, family))
+}
+
+/// The report line of an install.
+fn summary(cfg: &Config, family: Family) -> String {
     let inbound = match cfg.inbound_tcp() {
-        InboundTcp::Queue => format!(
+        TcpPath::Queue => format!(
             "inbound TCP: first packet of each new connection -> NFQUEUE {}",
             cfg.nfqueue
         ),
-        InboundTcp::Proxy => format!(
+        TcpPath::Proxy => format!(
             "inbound TCP to the pod's own addresses -> :{}",
             cfg.inbound_port
         ),
     };
-    Ok(format!(
-        "{}: {inbound}, outbound TCP -> :{} (UID {} exempt), \
-         loopback from outside dropped, {}, verified",
+    let services: Vec<String> = cfg
+        .service_cidrs
+        .0
+        .iter()
+        .filter(|n| family.holds(n))
+        .map(ToString::to_string)
+        .collect();
+    let outbound = match cfg.outbound_tcp() {
+        TcpPath::Queue => format!(
+            "outbound TCP: to Services ({}) -> :{}, else first packet -> NFQUEUE {}, refused \
+             with a reset",
+            if services.is_empty() {
+                "none".to_string()
+            } else {
+                services.join(",")
+            },
+            cfg.outbound_port,
+            cfg.nfqueue
+        ),
+        TcpPath::Proxy => format!("outbound TCP -> :{}", cfg.outbound_port),
+    };
+    format!(
+        "{}: {inbound}, {outbound} (UID {} exempt), loopback from outside dropped, {}, verified",
         family.name(),
-        cfg.outbound_port,
         cfg.proxy_uid,
         if cfg.allow_forwarding {
             "forwarding left alone"
         } else {
             "forwarding dropped"
         }
-    ))
+    )
 }
 
 /// The report line for UDP/SCTP (the queue rules are one part of the rule set, installed,

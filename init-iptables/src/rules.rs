@@ -8,7 +8,7 @@
 
 use ipnet::IpNet;
 
-use crate::config::{Config, InboundTcp, PortList, PortSpan};
+use crate::config::{Config, PortList, PortSpan, TcpPath};
 
 /// Inbound TCP, in nat PREROUTING: what is addressed to the pod goes to the inbound proxy.
 pub const INBOUND: &str = "PORTCULLIS_INBOUND";
@@ -55,7 +55,7 @@ impl Family {
         }
     }
 
-    fn holds(self, net: &IpNet) -> bool {
+    pub fn holds(self, net: &IpNet) -> bool {
         matches!(
             (self, net),
             (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
@@ -210,7 +210,7 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
     let mut rules = Vec::new();
     let mut chains = Vec::new();
     let mut jumps = Vec::new();
-    if cfg.inbound_tcp() == InboundTcp::Proxy {
+    if cfg.inbound_tcp() == TcpPath::Proxy {
         rules = inbound_redirect(cfg);
         chains = vec![INBOUND, IN_REDIRECT];
         jumps.push(Jump {
@@ -221,24 +221,7 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
         });
     }
 
-    // Outbound: what the pod's applications open. The proxy's own connections (by UID, and by
-    // mark with `--proxy-mark`) go out untouched, or they would loop; so does loopback traffic. A connection to the pod's own IP
-    // also leaves through `lo` but is redirected like any other: the pod talking to itself.
-    rules.push(format!(
-        "-A {OUT_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
-        cfg.outbound_port
-    ));
-    rules.push(format!("-A {OUTPUT} {} -j RETURN", proxy_match(cfg)));
-    rules.push(format!("-A {OUTPUT} -d {} -j RETURN", family.loopback()));
-    for chunk in multiport_chunks(&cfg.skip_outbound_ports) {
-        rules.push(format!(
-            "-A {OUTPUT} -p tcp -m multiport --dports {chunk} -j RETURN"
-        ));
-    }
-    for net in cfg.skip_outbound_cidrs.0.iter().filter(|n| family.holds(n)) {
-        rules.push(format!("-A {OUTPUT} -d {net} -j RETURN"));
-    }
-    rules.push(format!("-A {OUTPUT} -p tcp -j {OUT_REDIRECT}"));
+    rules.extend(outbound_redirect(cfg, family));
     chains.extend([OUTPUT, OUT_REDIRECT]);
     jumps.push(Jump {
         from: "OUTPUT",
@@ -252,6 +235,39 @@ fn nat_redirect(cfg: &Config, family: Family) -> Part {
         rules,
         jumps,
     }
+}
+
+/// Outbound: what the pod's applications open. The proxy's own connections (by UID, and by
+/// mark with `--proxy-mark`) go out untouched, or they would loop; so do loopback traffic and
+/// the skips. With `--outbound-tcp proxy` every other connection is redirected to the relay (one
+/// to the pod's own IP too: the pod talking to itself); with `queue` only connections to
+/// `--service-cidrs` are, and the rest reach filter `PORTCULLIS_UDP_OUT`, which queues their SYN
+/// (see [`crate::datagram`]): a SYN that is not redirected here is judged there.
+fn outbound_redirect(cfg: &Config, family: Family) -> Vec<String> {
+    let mut rules = vec![
+        format!(
+            "-A {OUT_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
+            cfg.outbound_port
+        ),
+        format!("-A {OUTPUT} {} -j RETURN", proxy_match(cfg)),
+        format!("-A {OUTPUT} -d {} -j RETURN", family.loopback()),
+    ];
+    for chunk in multiport_chunks(&cfg.skip_outbound_ports) {
+        rules.push(format!(
+            "-A {OUTPUT} -p tcp -m multiport --dports {chunk} -j RETURN"
+        ));
+    }
+    for net in cfg.skip_outbound_cidrs.0.iter().filter(|n| family.holds(n)) {
+        rules.push(format!("-A {OUTPUT} -d {net} -j RETURN"));
+    }
+    if cfg.outbound_tcp() == TcpPath::Proxy {
+        rules.push(format!("-A {OUTPUT} -p tcp -j {OUT_REDIRECT}"));
+    } else {
+        for net in cfg.service_cidrs.0.iter().filter(|n| family.holds(n)) {
+            rules.push(format!("-A {OUTPUT} -d {net} -p tcp -j {OUT_REDIRECT}"));
+        }
+    }
+    rules
 }
 
 /// `--inbound-tcp proxy`: inbound TCP into the proxy's inbound listener. Only what is

@@ -183,7 +183,7 @@ fn inbound_ipv6_is_redirected_too() {
 #[test]
 fn outbound_is_redirected_and_the_proxy_uid_is_not() {
     let p = Pair::new();
-    p.init_ok(&[]);
+    p.init_ok(&["--outbound-tcp=proxy"]);
     let outbound = listen(&p.pod, "127.0.0.1:4140");
     let peer = listen(&p.peer, "0.0.0.0:7070");
 
@@ -1028,7 +1028,7 @@ s.close()
 #[test]
 fn with_a_proxy_mark_the_proxy_uid_alone_is_redirected_and_queued_like_any_app() {
     let p = Pair::new();
-    p.init_ok(&["--proxy-mark=0x1000"]);
+    p.init_ok(&["--proxy-mark=0x1000", "--outbound-tcp=proxy"]);
     // The read-back check accepted what iptables-save prints for the marked rule.
     let outbound = listen(&p.pod, "127.0.0.1:4140");
     let peer = listen(&p.peer, "0.0.0.0:7070");
@@ -1100,4 +1100,75 @@ fn with_a_proxy_mark_the_proxy_uid_alone_is_redirected_and_queued_like_any_app()
         "another mark is queued"
     );
     assert_eq!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT"), 2);
+}
+
+// ---- Issue 26: outbound TCP judged in the queue, Services relayed ----
+
+/// A TCP connect from `ns` as root, with `SO_MARK` `mark` when given: `"ok"`, `"refused"` or
+/// `"timeout"`, and how long `connect()` itself took (timed inside the process, so that a busy
+/// machine's process start does not count).
+fn connect_marked(ns: &str, to: SocketAddr, mark: Option<u32>) -> (String, Duration) {
+    let script = format!(
+        "import socket,time\ns=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET)\n\
+         m={mark}\nif m: s.setsockopt(socket.SOL_SOCKET, 36, m)\ns.settimeout(1.5)\n\
+         t=time.monotonic()\ntry:\n s.connect(('{ip}',{port})); r='ok'\n\
+         except ConnectionRefusedError: r='refused'\nexcept OSError: r='timeout'\n\
+         print(r, int((time.monotonic()-t)*1e6))\n",
+        ip = to.ip(),
+        port = to.port(),
+        mark = mark.unwrap_or(0)
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &script])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (what, micros) = text.split_once(' ').unwrap_or((&text, "0"));
+    (
+        what.to_string(),
+        Duration::from_micros(micros.parse().unwrap_or(u64::MAX)),
+    )
+}
+
+#[test]
+fn outbound_tcp_is_queued_but_services_are_relayed_and_a_refused_syn_is_reset() {
+    let p = Pair::new();
+    p.init_ok(&[&format!(
+        "--service-cidrs={PEER4_SKIPPED}/32,fd00:215::3/128"
+    )]);
+    let outbound = listen(&p.pod, "127.0.0.1:4140");
+    let peer = listen(&p.peer, "0.0.0.0:7070");
+
+    // A pod IP: the SYN goes to the queue (nobody reads it here: dropped, fail closed), never
+    // to the relay.
+    let (what, _) = connect_marked(&p.pod, format!("{PEER4}:7070").parse().unwrap(), None);
+    assert_eq!(what, "timeout");
+    assert!(accepted(&outbound).is_none(), "not relayed");
+    assert!(accepted(&peer).is_none(), "not passed unjudged");
+    assert!(queued_packets(&p, "iptables", "PORTCULLIS_UDP_OUT") >= 1);
+
+    // The Service range: redirected to the relay, with its original destination.
+    let _c = connect(&p.pod, &format!("{PEER4_SKIPPED}:7070"));
+    let s = accepted(&outbound).expect("a ClusterIP connection lands on the outbound port");
+    assert_eq!(
+        original_dst(&s),
+        format!("{PEER4_SKIPPED}:7070").parse().unwrap()
+    );
+
+    // The proxy's refusal (its verdict repeats the SYN with the refused mark): reset at once.
+    for to in [format!("{PEER4}:7070"), format!("[{PEER6}]:7070")] {
+        let (what, took) = connect_marked(&p.pod, to.parse().unwrap(), Some(0x2000));
+        assert_eq!(what, "refused", "{to}");
+        assert!(took < Duration::from_millis(100), "{to}: {took:?}");
+    }
+    assert!(accepted(&peer).is_none());
+
+    // The proxy's own connections go straight out.
+    assert!(send_as_proxy_uid(
+        &p.pod,
+        "tcp",
+        &format!("{PEER4}:7070"),
+        None
+    ));
+    assert!(accepted(&peer).is_some(), "UID 2171 is exempt");
 }

@@ -65,6 +65,12 @@ struct Args {
     /// binaries' default (`queue` when they enforce UDP).
     #[arg(long, value_parser = ["queue", "proxy"])]
     inbound_tcp: Option<String>,
+    /// Where the pods judge outbound TCP to pod IPs, passed to portcullis-init (the mesh
+    /// client's is the one that matters): `queue` (a verdict on the SYN, the kernel carries the
+    /// connection; Services are still relayed) or `proxy` (every connection relayed by the
+    /// outbound listener, as before issue 26). Unset: the binaries' default.
+    #[arg(long, value_parser = ["queue", "proxy"])]
+    outbound_tcp: Option<String>,
     /// `sockperf ping-pong` 16 B (TCP on every path; UDP beside the UDP workloads). auto: when
     /// installed, off with --smoke.
     #[arg(long, value_enum, default_value = "auto")]
@@ -164,11 +170,7 @@ fn main() -> Result<()> {
     topo.write_policy(0)?;
     let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
     let (server_ns, mesh_ns) = (topo.server.clone(), topo.mesh_client.clone());
-    let (mut init_args, mut proxy_args) = (Vec::new(), args.proxy_args.clone());
-    if let Some(mode) = &args.inbound_tcp {
-        init_args.push(format!("--inbound-tcp={mode}"));
-        proxy_args.push(format!("--inbound-tcp={mode}"));
-    }
+    let (init_args, proxy_args) = portcullis_args(&args, &mut plan);
     let server_proxy = topo.start_portcullis(
         &server_ns,
         "server",
@@ -216,6 +218,28 @@ fn main() -> Result<()> {
         flood,
     };
     write_report(&report, &args)
+}
+
+/// The arguments of portcullis-init and of both proxies, from `--inbound-tcp`,
+/// `--outbound-tcp` and `--proxy-arg`; notes the outbound mode in the report.
+fn portcullis_args(args: &Args, plan: &mut extra::Plan) -> (Vec<String>, Vec<String>) {
+    let (mut init_args, mut proxy_args) = (Vec::new(), args.proxy_args.clone());
+    if let Some(mode) = &args.inbound_tcp {
+        init_args.push(format!("--inbound-tcp={mode}"));
+        proxy_args.push(format!("--inbound-tcp={mode}"));
+    }
+    if let Some(mode) = &args.outbound_tcp {
+        init_args.push(format!("--outbound-tcp={mode}"));
+    }
+    plan.notes.push(format!(
+        "Outbound TCP in the mesh client (portcullis-init --outbound-tcp): {}. queue: the SYN to \
+         the server's pod IP is judged in NFQUEUE and the kernel carries the connection (issue \
+         26); proxy: relayed by the outbound listener.",
+        args.outbound_tcp
+            .as_deref()
+            .unwrap_or("the init's default (queue when it enforces UDP)")
+    ));
+    (init_args, proxy_args)
 }
 
 /// The flood test, with `--udp` and `--flood-seconds` above 0.

@@ -1096,6 +1096,16 @@ spec:
 
 /// A TCP server in the pod: answers each line with the address it saw the peer at, then echoes.
 fn tcp_server(ns: &str, addr: &str) {
+    tcp_server_saying(ns, addr, |peer| peer.ip().to_string());
+}
+
+/// A TCP server that answers each line with the peer's port (whose socket it talks to), then
+/// echoes.
+fn tcp_server_seeing_ports(ns: &str, addr: &str) {
+    tcp_server_saying(ns, addr, |peer| peer.port().to_string());
+}
+
+fn tcp_server_saying(ns: &str, addr: &str, say: fn(SocketAddr) -> String) {
     let addr: SocketAddr = addr.parse().expect("addr");
     let l = in_ns(ns, move || std::net::TcpListener::bind(addr)).expect("bind tcp");
     std::thread::spawn(move || {
@@ -1103,10 +1113,7 @@ fn tcp_server(ns: &str, addr: &str) {
             std::thread::spawn(move || {
                 use std::io::{Read, Write};
                 let mut s = s;
-                let peer = s
-                    .peer_addr()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default();
+                let peer = s.peer_addr().map(say).unwrap_or_default();
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 || s.write_all(format!("{peer} ").as_bytes()).is_err() {
@@ -1214,36 +1221,12 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
     let mut c6 = tcp_connect(&t.peer_ns, &format!("[{POD_IP6}]:8080")).expect("allowed v6");
     exchange(&mut c6, "before;").expect("echo before, v6");
 
-    t.remove_policy("001-policy.yaml");
-    t.write_policy(
-        "002-deny.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\n\
-         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    deny_all_and_expect_both_ended(
+        &t,
+        "ingress",
+        [format!("{POD_IP}:8080"), format!("[{POD_IP6}]:8080")],
+        [&mut c, &mut c6],
     );
-    t.wait_for("both termination lines", || {
-        t.log_lines("connection_terminated").len() == 2
-    });
-    let lines = t.log_lines("connection_terminated");
-    let mut dsts: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
-    dsts.sort();
-    assert_eq!(
-        dsts,
-        [format!("{POD_IP}:8080"), format!("[{POD_IP6}]:8080")]
-    );
-    for line in &lines {
-        assert_eq!(line["protocol"], "TCP");
-        assert_eq!(line["direction"], "ingress");
-    }
-    // The peer is told at once: its next read ends (reset), it does not hang.
-    use std::io::Read;
-    for c in [&mut c, &mut c6] {
-        let mut buf = [0u8; 16];
-        match c.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("the revoked connection must end with a reset, got {other:?}"),
-        }
-    }
     assert!(
         tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).is_err(),
         "a new connection is denied"
@@ -1256,4 +1239,204 @@ fn a_revoked_inbound_tcp_connection_is_reset() {
         ]),
         2.0
     );
+}
+
+/// Replaces the policy with a deny-all of `direction`, waits for one termination line per
+/// connection (`dsts`, sorted), and checks that both connections end at once (a reset, or the
+/// application's socket aborted) instead of hanging.
+fn deny_all_and_expect_both_ended(
+    t: &Setup,
+    direction: &str,
+    dsts: [String; 2],
+    conns: [&mut std::net::TcpStream; 2],
+) {
+    let policy_type = if direction == "ingress" {
+        "Ingress"
+    } else {
+        "Egress"
+    };
+    t.remove_policy("001-policy.yaml");
+    t.write_policy(
+        "002-deny.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-all, \
+             namespace: x}}\nspec: {{podSelector: {{}}, policyTypes: [{policy_type}]}}\n"
+        ),
+    );
+    t.wait_for("both termination lines", || {
+        t.log_lines("connection_terminated").len() == 2
+    });
+    let lines = t.log_lines("connection_terminated");
+    let mut seen: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
+    seen.sort();
+    assert_eq!(seen, dsts);
+    for line in &lines {
+        assert_eq!(line["protocol"], "TCP");
+        assert_eq!(line["direction"], direction);
+    }
+    use std::io::Read;
+    for c in conns {
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) => {}
+            other => panic!("the revoked connection must end at once, got {other:?}"),
+        }
+    }
+}
+
+// ---- Outbound TCP in the queue (issue 26): pod IPs judged on the SYN, Services relayed ----
+
+/// Egress to the client on 8080/TCP only.
+const EGRESS_TCP_8080: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-tcp, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080, protocol: TCP}]
+"#;
+
+/// A Service in portcullis-init's default Service range, backed by the client on 8080.
+const WEB_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: client}
+  ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+"#;
+
+/// The relay's byte counter: zero while the relay carried nothing.
+fn relayed_bytes(t: &Setup) -> f64 {
+    t.metric(&["portcullis_bytes_total{"])
+}
+
+#[test]
+fn outbound_tcp_to_a_pod_ip_is_decided_in_the_queue_and_a_denied_one_is_refused_at_once() {
+    let t = Setup::new(&[EGRESS_TCP_8080], ENFORCING);
+    tcp_server_seeing_ports(&t.peer_ns, "[::]:8080");
+    tcp_server(&t.peer_ns, "[::]:8081");
+    t.wait_ready();
+
+    // Allowed: the peer talks to the application's own socket (its port), not to a relay's,
+    // in both families; only the SYN was queued, and the relay carried no byte.
+    for to in [format!("{PEER_IP}:8080"), format!("[{PEER_IP6}]:8080")] {
+        let mut c = tcp_connect(&t.pod_ns, &to).expect("allowed");
+        let port = c.local_addr().expect("local").port();
+        for i in 0..20 {
+            let back = exchange(&mut c, &format!("m{i};")).expect("echo");
+            assert_eq!(back, format!("{port} m{i};"), "{to}");
+        }
+    }
+    assert_eq!(t.queued("PORTCULLIS_UDP_OUT"), 1, "the IPv4 SYN only");
+    assert_eq!(relayed_bytes(&t), 0.0, "nothing went through the relay");
+
+    // Denied: refused at once (a reset, not a SYN left to retransmit), one line each.
+    for to in [format!("{PEER_IP}:8081"), format!("[{PEER_IP6}]:8081")] {
+        let addr: SocketAddr = to.parse().expect("addr");
+        let (result, took) = in_ns(&t.pod_ns, move || {
+            let start = Instant::now();
+            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3));
+            Ok::<_, std::io::Error>((r.map(|_| ()), start.elapsed()))
+        })
+        .expect("in the pod");
+        let err = result.expect_err("a denied port must not connect");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{to}");
+        assert!(
+            took < Duration::from_millis(100),
+            "{to}: refused after {took:?}"
+        );
+        t.wait_for("the denial line", || {
+            t.log_lines("connection_denied")
+                .iter()
+                .any(|l| l["dst"] == to.as_str())
+        });
+    }
+    let lines = t.log_lines("connection_denied");
+    assert_eq!(lines.len(), 2, "one line per refused connection: {lines:?}");
+    for line in &lines {
+        assert_eq!(line["protocol"], "TCP");
+        assert_eq!(line["direction"], "egress");
+        assert_eq!(line["peer_pod"], "client");
+        assert_eq!(line["isolated_by"], "x/egress-tcp");
+    }
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"egress\"",
+            "protocol=\"TCP\"",
+            "verdict=\"deny\""
+        ]),
+        2.0
+    );
+}
+
+#[test]
+fn a_revoked_outbound_tcp_connection_is_reset_in_both_families() {
+    let t = Setup::new(&[EGRESS_TCP_8080], ENFORCING);
+    tcp_server(&t.peer_ns, "[::]:8080");
+    t.wait_ready();
+    let mut c = tcp_connect(&t.pod_ns, &format!("{PEER_IP}:8080")).expect("allowed");
+    exchange(&mut c, "before;").expect("echo before");
+    let mut c6 = tcp_connect(&t.pod_ns, &format!("[{PEER_IP6}]:8080")).expect("allowed v6");
+    exchange(&mut c6, "before;").expect("echo before, v6");
+
+    deny_all_and_expect_both_ended(
+        &t,
+        "egress",
+        [format!("{PEER_IP}:8080"), format!("[{PEER_IP6}]:8080")],
+        [&mut c, &mut c6],
+    );
+    assert_eq!(
+        tcp_connect(&t.pod_ns, &format!("{PEER_IP}:8080"))
+            .map(|_| ())
+            .map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a new connection is refused"
+    );
+}
+
+#[test]
+fn outbound_tcp_to_a_cluster_ip_is_still_relayed_to_an_allowed_backend() {
+    let t = Setup::new(&[EGRESS_TCP_8080, WEB_SERVICE], ENFORCING);
+    tcp_server_seeing_ports(&t.peer_ns, "[::]:8080");
+    // A route for the Service range, as a node gives its pods (the redirect needs one).
+    sh(&[
+        "ip",
+        "-n",
+        &t.pod_ns,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "via",
+        PEER_IP,
+    ]);
+    t.wait_ready();
+    t.wait_for("the Service", || t.metric(&["portcullis_services"]) >= 1.0);
+    let mut c = tcp_connect(&t.pod_ns, "10.96.0.20:80").expect("relayed");
+    let port = c.local_addr().expect("local").port();
+    let back = exchange(&mut c, "via-service;").expect("echo");
+    let (seen, rest) = back.split_once(' ').expect("port, then the echo");
+    assert_eq!(rest, "via-service;");
+    assert_ne!(
+        seen,
+        port.to_string(),
+        "the backend talks to the relay's socket"
+    );
+    assert_eq!(
+        t.queued("PORTCULLIS_UDP_OUT"),
+        0,
+        "a ClusterIP never waits in the queue"
+    );
+    drop(c);
+    t.wait_for("the relay's byte count", || relayed_bytes(&t) > 0.0);
 }

@@ -1,5 +1,5 @@
 //! The pod's conntrack table over ctnetlink (`NETLINK_NETFILTER`, subsystem `CTNETLINK`): list
-//! the entries the queue judged (UDP, SCTP, and inbound TCP marked [`QUEUED_TCP_CONNMARK`]),
+//! the entries the queue judged (UDP, SCTP, and TCP marked [`QUEUED_TCP_CONNMARK`], both ways),
 //! delete one. Needs `CAP_NET_ADMIN` in the pod's network namespace.
 //!
 //! Two messages (a dump request and a delete by tuple and id) and the few attributes they carry,
@@ -31,7 +31,7 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
 const TCP_CONNTRACK_CLOSE: u8 = 8;
 
-/// The conntrack mark bit portcullis-init's `--inbound-tcp queue` rules set on each inbound TCP
+/// The conntrack mark bit portcullis-init's queue rules set on each TCP
 /// connection they queue (`docs/CONVENTIONS.md`): only those are the queue's to revoke; TCP to
 /// the proxy's own ports, to skipped ports, and everything the proxy relays carry no such bit.
 pub const QUEUED_TCP_CONNMARK: u32 = portcullis_contract::QUEUED_CONNMARK.0;
@@ -53,7 +53,7 @@ pub struct Tuple {
     pub destination: SocketAddr,
 }
 
-/// A conntrack entry the queue judged: UDP, SCTP, or queued inbound TCP.
+/// A conntrack entry the queue judged: UDP, SCTP, or queued TCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub protocol: Protocol,

@@ -1,7 +1,9 @@
 //! The NFQUEUE path, shared by both directions: a verdict on the first packet of each new flow
 //! the kernel carries itself. UDP, SCTP and every other IP protocol but ICMP (UDP-Lite, GRE,
-//! IPIP, ...: port-less flows for policy) in both directions, and inbound TCP SYNs with
-//! `--inbound-tcp queue` (see [`crate::inbound`]).
+//! IPIP, ...: port-less flows for policy) in both directions, inbound TCP SYNs with
+//! `--inbound-tcp queue` (see [`crate::inbound`]), and outbound TCP SYNs to anything but a
+//! Service with portcullis-init's `--outbound-tcp queue` (see [`crate::outbound`]); a denied
+//! outbound SYN is refused with a reset ([`reader::Verdict::Refuse`]).
 //!
 //! `portcullis-init` sends the first packet of every such flow (conntrack `NEW`) to NFQUEUE
 //! `--nfqueue` (4171) from the filter table's `INPUT` (ingress) and `OUTPUT` (egress).

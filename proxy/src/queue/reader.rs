@@ -1,5 +1,6 @@
 //! The NFQUEUE reader: one OS thread of its own, blocking on netlink, answering accept or drop
-//! for the first packet of each new UDP/SCTP flow and each queued inbound TCP SYN. It never touches the async runtime, so a
+//! for the first packet of each new UDP/SCTP flow and each queued TCP SYN (refusing a denied
+//! outbound one with a reset). It never touches the async runtime, so a
 //! busy queue cannot slow the TCP data path, and a stalled runtime cannot hold up verdicts.
 //!
 //! Crate: `nfq` 0.2 (pure Rust over libc, MIT/Apache): it binds the queue, receives packets with
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nfq::{Queue, Verdict as NfVerdict};
-use portcullis_policy::Direction;
+use portcullis_contract::REFUSED_MARK;
+use portcullis_policy::{Direction, Protocol};
 
 use super::flow::{decide_flow, FlowDecision};
 use super::packet::{self, Flow};
@@ -108,12 +110,22 @@ pub fn run(mut queue: Queue, ctx: Arc<Context>) -> io::Error {
             }
         };
         consecutive_errors = 0;
-        let accept = judge(&ctx, msg.get_hook(), msg.get_payload());
-        msg.set_verdict(if accept {
-            NfVerdict::Accept
+        let verdict = if msg.get_nfmark() & REFUSED_MARK.get() != 0 {
+            // Already refused once: it should have met the reset rule. Never repeat it again.
+            Verdict::Drop
         } else {
-            NfVerdict::Drop
-        });
+            judge(&ctx, msg.get_hook(), msg.get_payload())
+        };
+        match verdict {
+            Verdict::Accept => msg.set_verdict(NfVerdict::Accept),
+            Verdict::Drop => msg.set_verdict(NfVerdict::Drop),
+            Verdict::Refuse => {
+                // Back through filter OUTPUT with the mark: portcullis-init's first rule there
+                // answers it with a reset, so the application's connect() fails at once.
+                msg.set_nfmark(msg.get_nfmark() | REFUSED_MARK.get());
+                msg.set_verdict(NfVerdict::Repeat);
+            }
+        }
         if let Err(e) = queue.verdict(msg) {
             // The packet stays queued until the kernel gives up on it: dropped, never accepted.
             metrics::counter!(QUEUE_ERRORS, "operation" => "verdict").increment(1);
@@ -122,9 +134,36 @@ pub fn run(mut queue: Queue, ctx: Arc<Context>) -> io::Error {
     }
 }
 
-/// Decides one queued packet: `true` to accept it. Malformed packets, unknown hooks and packets
-/// that arrive before the first table are dropped.
-pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
+/// What becomes of one queued packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Dropped silently: inbound denials (as CNIs do), datagrams, anything unreadable.
+    Drop,
+    /// A denied outbound TCP SYN: answered with a reset (`ECONNREFUSED` in the application)
+    /// rather than left to retransmit for minutes.
+    Refuse,
+}
+
+impl Verdict {
+    /// Accepted or not; a refusal is a denial.
+    pub fn accepts(self) -> bool {
+        self == Verdict::Accept
+    }
+
+    /// How a denial ends: outbound TCP is refused at once, everything else dropped.
+    fn denial(direction: Direction, protocol: Protocol) -> Verdict {
+        if direction == Direction::Egress && protocol == Protocol::Tcp {
+            Verdict::Refuse
+        } else {
+            Verdict::Drop
+        }
+    }
+}
+
+/// Decides one queued packet. Malformed packets, unknown hooks and packets that arrive before
+/// the first table are dropped; a denied outbound TCP connection is refused.
+pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     let flow = match packet::parse(payload) {
         Ok(f) => f,
         Err(m) => {
@@ -134,16 +173,17 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
                 reason = m.label(),
                 len = payload.len()
             );
-            return false;
+            return Verdict::Drop;
         }
     };
     let Some(direction) = direction_of(hook) else {
         metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
-        return false;
+        return Verdict::Drop;
     };
+    let denied = Verdict::denial(direction, flow.protocol);
     let Some(snapshot) = ctx.store.current() else {
         count_flow_refused(direction, flow.protocol, "no_policy");
-        return false;
+        return denied;
     };
     let peer = peer(&flow, direction);
     let services = ctx.store.services();
@@ -169,7 +209,7 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
                 .map(|p| p.0);
             count_flow_decision(direction, flow.protocol, d.label(), peer_namespace);
             let event = match d {
-                Decision::Allow(_) => return true,
+                Decision::Allow(_) => return Verdict::Accept,
                 Decision::Deny(_) => AuditEvent::Denied,
                 Decision::AuditAllow(_) => AuditEvent::WouldDeny,
             };
@@ -188,5 +228,32 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> bool {
         generation: snapshot.generation,
         protocol: flow.protocol,
     });
-    accept
+    if accept {
+        Verdict::Accept
+    } else {
+        denied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_outbound_tcp_denials_are_refused_the_rest_dropped() {
+        assert_eq!(
+            Verdict::denial(Direction::Egress, Protocol::Tcp),
+            Verdict::Refuse
+        );
+        for (direction, protocol) in [
+            (Direction::Ingress, Protocol::Tcp),
+            (Direction::Egress, Protocol::Udp),
+            (Direction::Egress, Protocol::Sctp),
+            (Direction::Ingress, Protocol::Udp),
+        ] {
+            assert_eq!(Verdict::denial(direction, protocol), Verdict::Drop);
+        }
+        assert!(Verdict::Accept.accepts());
+        assert!(!Verdict::Refuse.accepts() && !Verdict::Drop.accepts());
+    }
 }

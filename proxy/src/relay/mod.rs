@@ -1,5 +1,6 @@
-//! The relayed TCP path, shared by both directions: every outbound TCP connection, and inbound
-//! TCP with `--inbound-tcp proxy`. portcullis-init redirects them to the outbound and inbound
+//! The relayed TCP path, shared by both directions: outbound TCP to Services (every outbound
+//! connection with portcullis-init's `--outbound-tcp proxy`), and inbound TCP with
+//! `--inbound-tcp proxy`. portcullis-init redirects them to the outbound and inbound
 //! listeners ([`dataplane`]: one accept loop per worker thread, [`listener`]); [`route`] finds
 //! the original destination and the peer; [`connection`] decides (plan → open → relay → report),
 //! with the direction's own rules in [`crate::inbound::relay`] and [`crate::outbound`]; the

@@ -2,10 +2,12 @@
 //! denies it. With `--on-policy-change=close` in enforce mode ([`enabled`]) every table swap is
 //! checked against what is already open, by the mechanism that can end it:
 //!
-//! - relayed TCP (outbound, and inbound with `--inbound-tcp proxy`): the proxy holds both sockets,
+//! - relayed TCP (outbound to Services, all outbound with `--outbound-tcp proxy`, and inbound
+//!   with `--inbound-tcp proxy`): the proxy holds both sockets,
 //!   so each relayed connection waits on the swap itself ([`relayed::until_denied`], raced
 //!   against the byte relay in [`crate::connection`]) and is reset when the new table denies it;
-//! - queued flows (UDP, SCTP, and inbound TCP with `--inbound-tcp queue`): the kernel carries
+//! - queued flows (UDP, SCTP, inbound TCP with `--inbound-tcp queue`, outbound TCP that is not
+//!   to a Service with portcullis-init's `--outbound-tcp queue`): the kernel carries
 //!   them, so one sweep per swap lists their conntrack entries, deletes the denied ones and
 //!   aborts a queued TCP socket first ([`queued::on_policy_change`], started by [`start_sweep`]).
 //!

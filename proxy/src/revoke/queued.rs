@@ -1,5 +1,6 @@
-//! Revocation of queued flows: when a new table denies a UDP or SCTP flow, or an inbound TCP connection the
-//! queue let through (`--inbound-tcp queue`), that is already established, its conntrack entry
+//! Revocation of queued flows: when a new table denies a UDP or SCTP flow, or a TCP connection the
+//! queue let through (inbound with `--inbound-tcp queue`, outbound to anything but a Service
+//! with portcullis-init's `--outbound-tcp queue`), that is already established, its conntrack entry
 //! is deleted, so its next packet is `NEW` again, goes to the queue, and meets the new table; a
 //! TCP connection's socket is reset first, so that both ends see it end. One
 //! `connection_terminated` line per flow, as for relayed TCP.
@@ -129,7 +130,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
         }
         if entry.protocol == Protocol::Tcp {
             // Reset the application's socket first: its reset leaves through the entry it has.
-            reset_socket(&entry);
+            reset_socket(&entry, j.direction);
         }
         if !ct.delete(&entry)? {
             continue;
@@ -152,16 +153,23 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
     Ok(revoked)
 }
 
-/// Aborts the application's end of a queued inbound TCP connection (the peer gets a reset).
-/// When the kernel cannot, deleting the entry still ends it: the next packet is judged again.
-fn reset_socket(entry: &Entry) {
-    // Inbound, not translated: the application's socket is the reply's source.
-    match sockdiag::destroy_tcp(entry.reply.source, entry.original.source) {
+/// Aborts the application's end of a queued TCP connection (the peer gets a reset), inbound or
+/// outbound. When the kernel cannot, deleting the entry still ends it: the next packet is
+/// judged again.
+fn reset_socket(entry: &Entry, direction: Direction) {
+    let (local, peer) = match direction {
+        // Inbound, not translated: the application's socket is the reply's source.
+        Direction::Ingress => (entry.reply.source, entry.original.source),
+        // Outbound: the application's socket opened the connection, to the original
+        // destination (the queue saw it before any translation on the node).
+        Direction::Egress => (entry.original.source, entry.original.destination),
+    };
+    match sockdiag::destroy_tcp(local, peer) {
         Ok(_) => {}
         Err(e) => tracing::debug!(
             event = "socket_reset_failed",
-            local = %entry.reply.source,
-            peer = %entry.original.source,
+            local = %local,
+            peer = %peer,
             error = %e,
             "the connection's conntrack entry is deleted, so its next packet is judged and dropped"
         ),
