@@ -84,6 +84,10 @@ pub struct InjectorConfig {
     pub skip_inbound_ports: PortList,
     pub skip_outbound_ports: PortList,
     pub skip_outbound_cidrs: CidrList,
+    /// The cluster's Service ranges (`PORTCULLIS_SERVICE_CIDRS` of `portcullis-init`): TCP to
+    /// them is relayed (the proxy picks an allowed backend), all other outbound TCP is judged in
+    /// the queue. Empty: the init container's default (`portcullis_contract::DEFAULT_SERVICE_CIDRS`).
+    pub service_cidrs: CidrList,
     /// The proxy's UID: the proxy runs as it, `portcullis-init` exempts it, and pods whose
     /// containers would run as it are refused.
     pub proxy_uid: i64,
@@ -114,6 +118,7 @@ impl Default for InjectorConfig {
             skip_inbound_ports: PortList::default(),
             skip_outbound_ports: PortList::default(),
             skip_outbound_cidrs: CidrList::default(),
+            service_cidrs: CidrList::default(),
             proxy_uid: i64::from(portcullis_contract::PROXY_UID),
             enforce_udp: Switch(true),
             drop_net_raw: Switch(true),

@@ -130,6 +130,21 @@ mod tests {
         assert!(env.enforce_udp);
         assert_eq!(env_of(&env.init, "PORTCULLIS_PROXY_MARK"), Some("0x1000"));
         assert_eq!(env_of(&env.proxy, "PORTCULLIS_INBOUND_TCP"), Some("queue"));
+        // Not configured: portcullis-init's own default Service range applies.
+        assert_eq!(env_of(&env.init, "PORTCULLIS_SERVICE_CIDRS"), None);
+
+        let cfg = InjectorConfig {
+            service_cidrs: "10.43.0.0/16,fd00:43::/112".parse().expect("cidrs"),
+            ..InjectorConfig::default()
+        };
+        let Sidecars::Injected(env) = sidecars(&pod(&[]), &NamespaceDefaults::Disabled, &cfg)
+        else {
+            panic!("not injected");
+        };
+        assert_eq!(
+            env_of(&env.init, "PORTCULLIS_SERVICE_CIDRS"),
+            Some("10.43.0.0/16,fd00:43::/112")
+        );
     }
 
     #[test]

@@ -201,6 +201,14 @@ struct Args {
     )]
     skip_outbound_cidrs: CidrList,
 
+    /// The cluster's Service ranges, IPv4 and IPv6 (the API server's
+    /// `--service-cluster-ip-range`), comma-separated. Outbound TCP to them is relayed so that
+    /// the proxy picks an allowed backend; all other outbound TCP is judged on its first packet.
+    /// A ClusterIP outside these ranges is still judged, on every backend it may reach (stricter,
+    /// never open). Empty: portcullis-init's default, 10.96.0.0/12 (kubeadm's).
+    #[arg(long, env = "PORTCULLIS_INJECTOR_SERVICE_CIDRS", default_value = "")]
+    service_cidrs: CidrList,
+
     /// UID (and GID) of the proxy. Its connections are exempt from the outbound redirect, so
     /// pods that set this runAsUser on any container (or the pod) are refused. Must match what
     /// the proxy image expects; not 0.
@@ -327,6 +335,7 @@ fn build_config(args: &Args) -> anyhow::Result<InjectorConfig> {
         skip_inbound_ports: args.skip_inbound_ports.clone(),
         skip_outbound_ports: args.skip_outbound_ports.clone(),
         skip_outbound_cidrs: args.skip_outbound_cidrs.clone(),
+        service_cidrs: args.service_cidrs.clone(),
         proxy_uid: args.proxy_uid,
         enforce_udp: Switch(args.enforce_udp),
         drop_net_raw: Switch(args.drop_net_raw),

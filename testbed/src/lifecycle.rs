@@ -66,6 +66,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let manifests = inject::Manifests::read(std::slice::from_ref(&policy_dir));
     let injector = InjectorConfig {
         enforce_udp: Switch(opts.enforce_udp),
+        service_cidrs: crate::services::service_cidrs(),
         ..InjectorConfig::default()
     };
     let node = format!("{}node", prefix(&opts.name));

@@ -40,6 +40,15 @@ pub const SERVICE_CIDR_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x10, 0x96, 0
 /// Reserved in the range: the `kubernetes` Service and the cluster DNS.
 pub const RESERVED: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::new(10, 96, 0, 10)];
 
+/// Both ranges, as the injector passes them to `portcullis-init` (TCP to them is relayed).
+pub fn service_cidrs() -> portcullis_injector::values::CidrList {
+    let (v4, v4_len) = SERVICE_CIDR;
+    let (v6, v6_len) = SERVICE_CIDR_V6;
+    format!("{v4}/{v4_len},{v6}/{v6_len}")
+        .parse()
+        .expect("the testbed's two Service ranges are CIDRs")
+}
+
 pub fn in_service_cidr(ip: Ipv4Addr) -> bool {
     let (net, len) = SERVICE_CIDR;
     let mask = u32::MAX << (32 - len);

@@ -61,6 +61,9 @@ pub(super) fn init_env(settings: &Settings, cfg: &InjectorConfig) -> Vec<EnvVar>
             vars.push(env(name, value));
         }
     }
+    if !cfg.service_cidrs.is_empty() {
+        vars.push(env(var::SERVICE_CIDRS, cfg.service_cidrs.to_string()));
+    }
     vars.extend(udp_env(settings));
     vars
 }
