@@ -33,5 +33,5 @@ pub use ipset::IpSet;
 pub use matrix::{Matrix, Probe, ProbeResult};
 pub use ports::{PortRange, Protocol};
 pub use service::{ServiceInfo, ServiceMap};
-pub use table::{CompiledRule, DirectionTable, PodTable};
+pub use table::{CompiledRule, DirectionTable, PodTable, TierRule};
 pub use verdict::{Direction, Reason, Verdict};
