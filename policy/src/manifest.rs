@@ -307,35 +307,8 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
                 }
             }
         }
-        "ClusterNetworkPolicy" => {
-            let api = crate::cnp::API_VERSION;
-            if let Some(cnp) = here.decode::<ClusterNetworkPolicy>(&doc, api, None, report) {
-                cluster.add_cnp(cnp, Some(source.to_string()))
-            }
-        }
-        "Node" => {
-            if let Some(node) = here.decode::<Node>(&doc, "v1", None, report) {
-                cluster.add_node(NodeInfo::from_k8s(&node))
-            }
-        }
-        kind @ ("AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
-            let tier = if kind == "AdminNetworkPolicy" {
-                "Admin"
-            } else {
-                "Baseline"
-            };
-            report.errors.push(here.error(
-                kind,
-                None,
-                "kind",
-                format!(
-                    "{kind} ({}) is not read: Portcullis enforces its successor, \
-                     ClusterNetworkPolicy ({}) with `tier: {tier}`; rewrite the object as one \
-                     (the object was not read, nothing of it is enforced)",
-                    here.api_version,
-                    crate::cnp::API_VERSION
-                ),
-            ))
+        "ClusterNetworkPolicy" | "Node" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+            add_cluster_scoped(cluster, &doc, &here, report)
         }
         "" => report.errors.push(here.error(
             "<no kind>",
@@ -343,20 +316,25 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
             "kind",
             "is required (expected a Kubernetes object with apiVersion and kind)".into(),
         )),
-        other => match look_alike(other) {
-            Some(meant) => report.errors.push(here.error(
-                other,
-                here.namespace.clone(),
-                "kind",
-                format!(
-                    "unknown kind {other:?} (did you mean {meant:?}?); the object was not read"
-                ),
-            )),
-            None => report.ignored.push(format!(
-                "{other} {} ({source})",
-                here.object(other, here.namespace.clone()).name
-            )),
-        },
+        other => unknown_kind(other, &here, report),
+    }
+}
+
+/// A kind this loader does not read: an error when it looks like one it does (a typo), else
+/// listed as ignored.
+fn unknown_kind(other: &str, here: &Here<'_>, report: &mut LoadReport) {
+    match look_alike(other) {
+        Some(meant) => report.errors.push(here.error(
+            other,
+            here.namespace.clone(),
+            "kind",
+            format!("unknown kind {other:?} (did you mean {meant:?}?); the object was not read"),
+        )),
+        None => report.ignored.push(format!(
+            "{other} {} ({})",
+            here.object(other, here.namespace.clone()).name,
+            here.source
+        )),
     }
 }
 
@@ -386,6 +364,49 @@ fn look_alike(kind: &str) -> Option<&'static str> {
             || lower == plural
             || (k.len() >= 9 && crate::lint::edit_distance(&lower, &k) <= 2)
     })
+}
+
+/// The cluster-scoped objects ClusterNetworkPolicy needs (CNPs, Nodes), and the `v1alpha1`
+/// kinds it replaced, which are refused by name rather than skipped.
+fn add_cluster_scoped(
+    cluster: &mut Cluster,
+    doc: &Document<'_>,
+    here: &Here<'_>,
+    report: &mut LoadReport,
+) {
+    let source = here.source;
+    match here.kind.as_str() {
+        "ClusterNetworkPolicy" => {
+            let api = crate::cnp::API_VERSION;
+            if let Some(cnp) = here.decode::<ClusterNetworkPolicy>(doc, api, None, report) {
+                cluster.add_cnp(cnp, Some(source.to_string()))
+            }
+        }
+        "Node" => {
+            if let Some(node) = here.decode::<Node>(doc, "v1", None, report) {
+                cluster.add_node(NodeInfo::from_k8s(&node))
+            }
+        }
+        kind => {
+            let tier = if kind == "AdminNetworkPolicy" {
+                "Admin"
+            } else {
+                "Baseline"
+            };
+            report.errors.push(here.error(
+                kind,
+                None,
+                "kind",
+                format!(
+                    "{kind} ({}) is not read: Portcullis enforces its successor, \
+                     ClusterNetworkPolicy ({}) with `tier: {tier}`; rewrite the object as one \
+                     (the object was not read, nothing of it is enforced)",
+                    here.api_version,
+                    crate::cnp::API_VERSION
+                ),
+            ))
+        }
+    }
 }
 
 /// A Namespace: it needs a name (it has no namespace to be named under).
