@@ -1252,7 +1252,7 @@ fn table_line(generation: u64, ingress_isolated_by: &[&str]) -> String {
 
 #[test]
 fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_says_why() {
-    const HELLO: &str = r#"{"hello":{"v":1}}"#;
+    const HELLO: &str = r#"{"hello":{"v":2}}"#;
     const PEERS: &str = r#"{"peers":{"version":1,"names":{"10.214.0.2":"x/client"}}}"#;
     let hold = std::sync::Arc::new(std::sync::Mutex::new(None));
     let keep = hold.clone();
