@@ -690,7 +690,7 @@ mod stream_tests {
         let (addr, server) = stand_in(vec![
             vec![send(HELLO), send(&table_line(7, "a")), send(PEERS)],
             vec![
-                send(r#"{"hello":{"v":2,"features":["services"]}}"#),
+                send(r#"{"hello":{"v":3,"features":["services"]}}"#),
                 send(&table_line(8, "b")),
                 send(PEERS),
             ],
