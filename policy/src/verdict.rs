@@ -126,13 +126,17 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.direction;
         match &self.reason {
-            Reason::NotIsolated => write!(f, "allowed: no NetworkPolicy selects the pod for {d}"),
+            Reason::NotIsolated => write!(
+                f,
+                "no policy: allowed (no NetworkPolicy selects the pod for {d} and no \
+                 ClusterNetworkPolicy rule matches)"
+            ),
             Reason::SelfTraffic => {
                 write!(f, "allowed: traffic of a pod to itself is always allowed")
             }
             Reason::NodeTraffic => write!(
                 f,
-                "allowed: traffic between a pod and its node (hostIP) is always allowed"
+                "allowed: NetworkPolicy always allows traffic between a pod and its node (hostIP)"
             ),
             Reason::Rule { policy, rule } => {
                 write!(f, "allowed by NetworkPolicy {policy}, {d} rule #{rule}")
