@@ -61,6 +61,28 @@ struct Explanation {
     egress: Option<Verdict>,
     /// None when the destination is outside the cluster.
     ingress: Option<Verdict>,
+    /// The Admin-tier `Pass` rule that sent the egress on to NetworkPolicy and the Baseline tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress_admin_pass: Option<AdminPass>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress_admin_pass: Option<AdminPass>,
+}
+
+/// An Admin-tier ClusterNetworkPolicy rule with `action: Pass` that matched.
+#[derive(Serialize)]
+struct AdminPass {
+    policy: String,
+    rule: String,
+}
+
+impl AdminPass {
+    fn of(t: &PodTable, direction: Direction, peer: IpAddr, probe: Probe) -> Option<Self> {
+        t.admin_pass(direction, peer, probe.port, probe.protocol)
+            .map(|r| AdminPass {
+                policy: r.matcher.policy.to_string(),
+                rule: r.label.to_string(),
+            })
+    }
 }
 
 pub(crate) enum Endpoint<'a> {
@@ -134,6 +156,10 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     };
     let allowed = egress.as_ref().is_none_or(Verdict::allowed)
         && ingress.as_ref().is_none_or(Verdict::allowed);
+    let pass = |e: &Endpoint<'_>, direction, peer| match e {
+        Endpoint::Pod(t) => AdminPass::of(t, direction, peer, args.port),
+        Endpoint::External(_) => None,
+    };
     let explanation = Explanation {
         from: from.name(),
         to: to.name(),
@@ -142,6 +168,8 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         allowed,
         egress,
         ingress,
+        egress_admin_pass: pass(&from, Direction::Egress, to_ip),
+        ingress_admin_pass: pass(&to, Direction::Ingress, from_ip),
     };
     print_explanation(&explanation, &args)?;
     Ok(if failed || !compiled.errors.is_empty() {
@@ -165,15 +193,30 @@ fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()
         explanation.protocol,
         allowed_word(explanation.allowed, color)
     );
+    let passed = |p: &Option<AdminPass>, d: &str| {
+        if let Some(p) = p {
+            println!(
+                "    (Admin-tier ClusterNetworkPolicy {}, {d} rule {} passed it on (Pass): \
+                 NetworkPolicy, then the Baseline tier decide)",
+                p.policy, p.rule
+            );
+        }
+    };
     match &explanation.egress {
-        Some(v) => println!("  egress of {}: {v}", explanation.from),
+        Some(v) => {
+            println!("  egress of {}: {v}", explanation.from);
+            passed(&explanation.egress_admin_pass, "egress");
+        }
         None => println!(
             "  egress: {} is outside the cluster; no policy governs it",
             explanation.from
         ),
     }
     match &explanation.ingress {
-        Some(v) => println!("  ingress of {}: {v}", explanation.to),
+        Some(v) => {
+            println!("  ingress of {}: {v}", explanation.to);
+            passed(&explanation.ingress_admin_pass, "ingress");
+        }
         None => println!(
             "  ingress: {} is outside the cluster; no policy governs it",
             explanation.to

@@ -1,15 +1,18 @@
 //! NetworkPolicies + pods + namespaces → one [`PodTable`] per pod.
 //!
 //! Two steps, both public so that the controller can redo only what an event affects:
-//! [`resolve_policy`] turns a validated policy's selectors into IP sets (per policy, shared by
-//! every pod it selects), and [`assemble_table`] gathers the resolved rules of the policies that
-//! select one pod into its table.
+//! [`resolve_policy`] (and [`crate::cnp::resolve_cnp`] for ClusterNetworkPolicies) turns a
+//! validated policy's selectors into IP sets (per policy, shared by every pod it selects), and
+//! [`assemble_table_with_cnps`] gathers the resolved rules of the policies that select one pod
+//! into its table: Admin-tier CNP rules, NetworkPolicy v1 rules, Baseline-tier CNP rules.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, NamespaceInfo, PodInfo};
+use crate::cnp::resolve::{pods_of, tier_rules};
+use crate::cnp::{resolve_cnp, Mode, ResolvedCnp, Tier, ValidCnp};
 use crate::error::{ObjectError, ObjectRef};
 use crate::ipset::{IpSet, IpSetBuilder};
 use crate::ports::{PortRange, Protocol};
@@ -226,17 +229,39 @@ fn resolve_named_egress(
         .collect()
 }
 
-/// Builds one pod's table from the resolved policies that select it (any order).
+/// Builds one pod's table from the resolved NetworkPolicies that select it (any order), with
+/// no ClusterNetworkPolicy.
 pub fn assemble_table(pod: &PodInfo, selecting: &[&ResolvedPolicy]) -> PodTable {
+    assemble_table_with_cnps(pod, selecting, &[])
+}
+
+/// Builds one pod's table from the resolved NetworkPolicies (any order) and
+/// ClusterNetworkPolicies (any order; the table holds them in [`ValidCnp::evaluation_order`])
+/// that select it.
+pub fn assemble_table_with_cnps(
+    pod: &PodInfo,
+    selecting: &[&ResolvedPolicy],
+    cnps: &[&ResolvedCnp],
+) -> PodTable {
     let mut table = PodTable::unrestricted(&pod.namespace, &pod.name, pod.ips.clone(), pod.host_ip);
     if pod.host_network {
-        // NetworkPolicy does not apply to hostNetwork pods; Portcullis never injects them.
+        // Neither NetworkPolicy nor ClusterNetworkPolicy applies to hostNetwork pods; Portcullis
+        // never injects them.
         return table;
     }
     let mut ordered: Vec<&ResolvedPolicy> = selecting.to_vec();
     ordered.sort_by(|a, b| a.key.cmp(&b.key));
-    table.ingress = direction_table(pod, &ordered, Direction::Ingress);
-    table.egress = direction_table(pod, &ordered, Direction::Egress);
+    let mut cnps = cnps.to_vec();
+    cnps.sort_by(|a, b| ValidCnp::evaluation_order(&a.cnp, &b.cnp));
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let mut t = direction_table(pod, &ordered, direction);
+        t.admin = tier_rules(pod, &cnps, Tier::Admin, direction);
+        t.baseline = tier_rules(pod, &cnps, Tier::Baseline, direction);
+        match direction {
+            Direction::Ingress => table.ingress = t,
+            Direction::Egress => table.egress = t,
+        }
+    }
     table
 }
 
@@ -276,6 +301,8 @@ fn direction_table(
     DirectionTable {
         isolated_by: Arc::from(isolated_by),
         rules,
+        admin: Vec::new(),
+        baseline: Vec::new(),
     }
 }
 
@@ -291,6 +318,8 @@ pub struct CompiledCluster {
     pub errors: Vec<ObjectError>,
     pub pods: Vec<PodInfo>,
     pub policies: Vec<ResolvedPolicy>,
+    /// Valid ClusterNetworkPolicies, in [`ValidCnp::evaluation_order`].
+    pub cnps: Vec<ResolvedCnp>,
 }
 
 /// Pod names (`namespace/name`) by address.
@@ -355,26 +384,64 @@ pub fn compile(cluster: &Cluster) -> CompiledCluster {
         }
     }
 
+    let cnps = resolve_cnps(cluster, &index, &mut errors);
+
     let mut selecting: Vec<Vec<&ResolvedPolicy>> = vec![Vec::new(); cluster_pods.len()];
     for rp in &resolved {
         for (i, _) in index.selected_pods(&rp.policy) {
             selecting[i].push(rp);
         }
     }
+    let mut selecting_cnps: Vec<Vec<&ResolvedCnp>> = vec![Vec::new(); cluster_pods.len()];
+    for rc in &cnps {
+        for i in pods_of(&index, &rc.cnp.subject) {
+            selecting_cnps[i].push(rc);
+        }
+    }
     let peer_names = Arc::new(known_pods(&cluster_pods));
     let tables = cluster_pods
         .iter()
-        .zip(&selecting)
-        .map(|(pod, sel)| (pod.key(), Arc::new(assemble_table(pod, sel))))
+        .zip(selecting.iter().zip(&selecting_cnps))
+        .map(|(pod, (sel, c))| (pod.key(), Arc::new(assemble_table_with_cnps(pod, sel, c))))
         .collect();
-    drop(selecting);
+    drop((selecting, selecting_cnps));
     CompiledCluster {
         tables,
         peer_names,
         errors,
         pods: cluster_pods,
         policies: resolved,
+        cnps,
     }
+}
+
+/// Validates (as objects the API server accepted: an unknown peer type fails closed) and
+/// resolves every ClusterNetworkPolicy; an invalid one is reported with every reason and left
+/// out, a second one of a name too. The result is in [`ValidCnp::evaluation_order`].
+fn resolve_cnps(
+    cluster: &Cluster,
+    index: &ClusterIndex<'_>,
+    errors: &mut Vec<ObjectError>,
+) -> Vec<ResolvedCnp> {
+    let mut seen = HashSet::new();
+    let mut valid = Vec::with_capacity(cluster.cnps.len());
+    for sc in &cluster.cnps {
+        let source = sc.source.as_deref();
+        match crate::cnp::validate(&sc.cnp, Mode::FromApiServer) {
+            Ok(v) if !seen.insert(v.name.clone()) => {
+                let mut e = duplicate(crate::cnp::KIND, "", &v.name, source);
+                e.object.namespace = None;
+                errors.push(e);
+            }
+            Ok(v) => valid.push(v),
+            Err(errs) => errors.extend(errs.iter().map(|e| e.to_object_error(source))),
+        }
+    }
+    valid.sort_by(ValidCnp::evaluation_order);
+    valid
+        .into_iter()
+        .map(|v| resolve_cnp(index, &cluster.nodes, v))
+        .collect()
 }
 
 /// Pod names by address, for naming peers. hostNetwork pods share their node's address, so they

@@ -5,9 +5,10 @@
 //! with a [`Verdict`] that says why. Label selectors are resolved to IP sets at compile time, so a
 //! lookup never evaluates a selector.
 //!
-//! Where to look: the allow/deny decision is [`DirectionTable::check`] in `table.rs`; how
-//! NetworkPolicy objects become those tables is `compile.rs`; what counts as a valid object is
-//! `validate.rs`.
+//! Where to look: the allow/deny decision is [`PodTable::check`] in `table.rs` (the Admin tier
+//! of ClusterNetworkPolicy, then NetworkPolicy v1, then the Baseline tier); how NetworkPolicy
+//! objects become those tables is `compile.rs`, ClusterNetworkPolicies `cnp/resolve.rs`; what
+//! counts as a valid object is `validate.rs` and `cnp/validate.rs`.
 
 pub mod cluster;
 pub mod cnp;
@@ -33,5 +34,5 @@ pub use ipset::IpSet;
 pub use matrix::{Matrix, Probe, ProbeResult};
 pub use ports::{PortRange, Protocol};
 pub use service::{ServiceInfo, ServiceMap};
-pub use table::{CompiledRule, DirectionTable, PodTable};
+pub use table::{CompiledRule, DirectionTable, PodTable, TierRule};
 pub use verdict::{Direction, Reason, Verdict};

@@ -1,14 +1,15 @@
 //! Kubernetes manifests (YAML, multi-document YAML, JSON, `List` objects) → [`Cluster`] objects.
 //! Text in, objects and errors out: reading files is the caller's business.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, NamespaceInfo, PodInfo};
+use crate::cluster::{Cluster, NamespaceInfo, NodeInfo, PodInfo};
+use crate::cnp::ClusterNetworkPolicy;
 use crate::error::{ObjectError, ObjectRef};
 use crate::service::{EndpointSliceInfo, ServiceInfo};
 
@@ -306,36 +307,46 @@ fn add_object(cluster: &mut Cluster, doc: Document<'_>, source: &str, report: &m
                 }
             }
         }
+        "ClusterNetworkPolicy" | "Node" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+            add_cluster_scoped(cluster, &doc, &here, report)
+        }
         "" => report.errors.push(here.error(
             "<no kind>",
             here.namespace.clone(),
             "kind",
             "is required (expected a Kubernetes object with apiVersion and kind)".into(),
         )),
-        other => match look_alike(other) {
-            Some(meant) => report.errors.push(here.error(
-                other,
-                here.namespace.clone(),
-                "kind",
-                format!(
-                    "unknown kind {other:?} (did you mean {meant:?}?); the object was not read"
-                ),
-            )),
-            None => report.ignored.push(format!(
-                "{other} {} ({source})",
-                here.object(other, here.namespace.clone()).name
-            )),
-        },
+        other => unknown_kind(other, &here, report),
+    }
+}
+
+/// A kind this loader does not read: an error when it looks like one it does (a typo), else
+/// listed as ignored.
+fn unknown_kind(other: &str, here: &Here<'_>, report: &mut LoadReport) {
+    match look_alike(other) {
+        Some(meant) => report.errors.push(here.error(
+            other,
+            here.namespace.clone(),
+            "kind",
+            format!("unknown kind {other:?} (did you mean {meant:?}?); the object was not read"),
+        )),
+        None => report.ignored.push(format!(
+            "{other} {} ({})",
+            here.object(other, here.namespace.clone()).name,
+            here.source
+        )),
     }
 }
 
 /// The kinds this loader reads.
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 7] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "Service",
     "EndpointSlice",
+    "ClusterNetworkPolicy",
+    "Node",
 ];
 
 /// The kind `kind` was probably meant to be, when it looks like one this loader reads: another
@@ -353,6 +364,49 @@ fn look_alike(kind: &str) -> Option<&'static str> {
             || lower == plural
             || (k.len() >= 9 && crate::lint::edit_distance(&lower, &k) <= 2)
     })
+}
+
+/// The cluster-scoped objects ClusterNetworkPolicy needs (CNPs, Nodes), and the `v1alpha1`
+/// kinds it replaced, which are refused by name rather than skipped.
+fn add_cluster_scoped(
+    cluster: &mut Cluster,
+    doc: &Document<'_>,
+    here: &Here<'_>,
+    report: &mut LoadReport,
+) {
+    let source = here.source;
+    match here.kind.as_str() {
+        "ClusterNetworkPolicy" => {
+            let api = crate::cnp::API_VERSION;
+            if let Some(cnp) = here.decode::<ClusterNetworkPolicy>(doc, api, None, report) {
+                cluster.add_cnp(cnp, Some(source.to_string()))
+            }
+        }
+        "Node" => {
+            if let Some(node) = here.decode::<Node>(doc, "v1", None, report) {
+                cluster.add_node(NodeInfo::from_k8s(&node))
+            }
+        }
+        kind => {
+            let tier = if kind == "AdminNetworkPolicy" {
+                "Admin"
+            } else {
+                "Baseline"
+            };
+            report.errors.push(here.error(
+                kind,
+                None,
+                "kind",
+                format!(
+                    "{kind} ({}) is not read: Portcullis enforces its successor, \
+                     ClusterNetworkPolicy ({}) with `tier: {tier}`; rewrite the object as one \
+                     (the object was not read, nothing of it is enforced)",
+                    here.api_version,
+                    crate::cnp::API_VERSION
+                ),
+            ))
+        }
+    }
 }
 
 /// A Namespace: it needs a name (it has no namespace to be named under).
@@ -488,5 +542,40 @@ mod tests {
         );
         assert_eq!(c.pods.len(), 1);
         assert_eq!(c.pods[0].name, "ok");
+    }
+
+    #[test]
+    fn reads_cluster_network_policies_and_nodes_and_refuses_v1alpha1_plainly() {
+        let mut c = Cluster::new();
+        let r = load_into(
+            &mut c,
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+             metadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 10\n  \
+             subject: {namespaces: {}}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n1, \
+             labels: {zone: a}}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n\
+             ---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\n\
+             metadata: {name: old}\nspec: {priority: 1}\n---\n\
+             apiVersion: policy.networking.k8s.io/v1alpha1\nkind: ClusterNetworkPolicy\n\
+             metadata: {name: wrong}\nspec: {}\n",
+            "f.yaml",
+        );
+        assert_eq!(c.cnps.len(), 1);
+        assert_eq!(c.cnps[0].cnp.name(), "guard");
+        assert_eq!(
+            c.nodes["n1"].addresses,
+            vec!["192.168.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        let old = r.errors[0].to_string();
+        assert!(
+            old.contains("AdminNetworkPolicy") && old.contains("is not read"),
+            "{old}"
+        );
+        assert!(
+            old.contains("ClusterNetworkPolicy") && old.contains("tier: Admin"),
+            "{old}"
+        );
+        let wrong = r.errors[1].to_string();
+        assert!(wrong.contains("v1alpha2"), "{wrong}");
     }
 }

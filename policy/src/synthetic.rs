@@ -142,3 +142,106 @@ fn policy_yaml(ns: usize, k: usize, rng: &mut Rng) -> serde_json::Value {
         "spec": spec
     })
 }
+
+/// Adds `cnps` ClusterNetworkPolicies of `rules` rules each (half ingress, half egress) and 100
+/// Nodes (the pods' hostIPs) to a [`cluster`] of `namespaces` namespaces. Shaped like a platform
+/// team's: two cluster-wide Admin guardrails and two Baseline defaults for `env: dev`, the rest
+/// per-namespace Admin policies for one app each (Accept, Deny and Pass rules on pods, networks,
+/// nodes, numeric and named ports and ranges).
+pub fn add_cnps(c: &mut Cluster, namespaces: usize, cnps: usize, rules: usize, seed: u64) {
+    use serde_json::json;
+    let mut rng = Rng(seed.max(1));
+    for n in 0..100u8 {
+        c.add_node(crate::cluster::NodeInfo {
+            name: format!("node-{n:03}"),
+            labels: [("zone".to_string(), format!("zone-{}", n % 3))].into(),
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 168, n, 1))],
+        });
+    }
+    for k in 0..cnps {
+        let (tier, subject) = match k {
+            0 | 1 => ("Admin", json!({"namespaces": {}})),
+            2 | 3 => (
+                "Baseline",
+                json!({"namespaces": {"matchLabels": {"env": "dev"}}}),
+            ),
+            _ => (
+                "Admin",
+                json!({"pods": {
+                    "namespaceSelector": {"matchLabels":
+                        {"kubernetes.io/metadata.name": namespace_name(k % namespaces)}},
+                    "podSelector": {"matchLabels":
+                        {"app": format!("app-{}", rng.below(APPS_PER_NAMESPACE))}}}}),
+            ),
+        };
+        let (ingress, egress): (Vec<_>, Vec<_>) = (0..rules)
+            .map(|r| (r, cnp_rule(r, &mut rng)))
+            .partition(|(r, _)| r % 2 == 0);
+        let strip = |v: Vec<(usize, serde_json::Value)>| v.into_iter().map(|(_, r)| r).collect();
+        let ingress: Vec<serde_json::Value> = strip(ingress);
+        let egress: Vec<serde_json::Value> = strip(egress);
+        let cnp = json!({
+            "apiVersion": crate::cnp::API_VERSION, "kind": crate::cnp::KIND,
+            "metadata": {"name": format!("cnp-{k:04}")},
+            "spec": {"tier": tier, "priority": k % 1000, "subject": subject,
+                     "ingress": ingress, "egress": egress}
+        });
+        match serde_json::from_value(cnp) {
+            Ok(cnp) => c.add_cnp(cnp, None),
+            Err(e) => unreachable!("synthetic ClusterNetworkPolicy is valid: {e}"),
+        }
+    }
+}
+
+/// Rule `r` of a synthetic CNP: even ones are ingress rules, odd ones egress.
+fn cnp_rule(r: usize, rng: &mut Rng) -> serde_json::Value {
+    use serde_json::json;
+    let action = ["Accept", "Deny", "Pass"][rng.below(3)];
+    let team = format!("team-{}", rng.below(TEAMS));
+    let tcp = |port: usize| json!({"tcp": {"destinationPort": {"number": port}}});
+    let (key, peers, protocols) = match (r % 2, (r / 2) % 4) {
+        (0, 0) => (
+            "from",
+            json!([{"namespaces": {"matchLabels": {"team": team}}}]),
+            json!([tcp(8080)]),
+        ),
+        (0, 1) => (
+            "from",
+            json!([{"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                             "podSelector": {"matchLabels": {"tier": "web"}}}}]),
+            json!([{"tcp": {"destinationPort": {"range": {"start": 9000, "end": 9100}}}}]),
+        ),
+        (0, 2) => (
+            "from",
+            json!([{"namespaces": {"matchLabels": {"env": "prod"}}}]),
+            json!([{"destinationNamedPort": "metrics"}]),
+        ),
+        (0, _) => (
+            "from",
+            json!([{"namespaces": {"matchLabels": {"team": team}}}]),
+            json!([tcp(5000 + r)]),
+        ),
+        (_, 0) => (
+            "to",
+            json!([{"networks": [format!("172.20.{r}.0/24")]}]),
+            json!([tcp(443)]),
+        ),
+        (_, 1) => (
+            "to",
+            json!([{"nodes": {"matchLabels": {"zone": "zone-1"}}}]),
+            json!([tcp(10250)]),
+        ),
+        (_, 2) => (
+            "to",
+            json!([{"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                             "podSelector": {"matchLabels": {"tier": "db"}}}}]),
+            json!([tcp(5432)]),
+        ),
+        (_, _) => (
+            "to",
+            json!([{"namespaces": {"matchLabels": {"team": team}}}]),
+            json!([tcp(6000 + r)]),
+        ),
+    };
+    json!({"name": format!("rule-{r}"), "action": action, key: peers, "protocols": protocols})
+}

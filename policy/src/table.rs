@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cnp::model::{Action, Tier};
 use crate::ipset::IpSet;
 use crate::ports::{PortRange, Protocol};
 use crate::verdict::{Direction, Reason, Verdict};
@@ -46,6 +47,55 @@ pub struct DirectionTable {
     /// Policies that isolate the pod in this direction; empty means not isolated.
     pub isolated_by: Arc<[Arc<str>]>,
     pub rules: Vec<CompiledRule>,
+    /// Admin-tier ClusterNetworkPolicy rules selecting the pod, in evaluation order
+    /// ([`crate::cnp::ValidCnp::evaluation_order`], then list order): the first match decides.
+    /// Absent on the wire when empty, so a table without CNPs reads as before.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub admin: Vec<TierRule>,
+    /// Baseline-tier rules, likewise; consulted only where NetworkPolicy v1 does not isolate.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub baseline: Vec<TierRule>,
+}
+
+/// One ClusterNetworkPolicy rule, resolved for one pod and direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRule {
+    /// What a match does: `Accept`/`Deny` end the direction's evaluation, `Pass` the tier's.
+    pub action: Action,
+    /// The rule's `name`, else `#<index>` in the CNP's `ingress`/`egress` list.
+    pub label: Arc<str>,
+    /// The rule holds a peer type this version cannot enforce (`domainNames`, a newer API's):
+    /// a `Deny`/`Pass` rule then denies everything (`action` is `Deny`, `matcher` matches all).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed_closed: bool,
+    /// The CNP's name (`policy`), the rule's index, and the peers and ports it matches.
+    pub matcher: CompiledRule,
+}
+
+impl TierRule {
+    fn reason(&self, tier: Tier) -> Reason {
+        Reason::Tier {
+            tier,
+            policy: self.matcher.policy.clone(),
+            rule: self.label.clone(),
+            action: self.action,
+            failed_closed: self.failed_closed,
+        }
+    }
+}
+
+/// The first rule of a tier that matches.
+#[inline]
+fn first_match(
+    rules: &[TierRule],
+    peer: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Option<&TierRule> {
+    rules
+        .iter()
+        .find(|r| r.matcher.matches(peer, port, protocol))
 }
 
 impl DirectionTable {
@@ -53,6 +103,8 @@ impl DirectionTable {
         DirectionTable {
             isolated_by: Arc::from(Vec::new()),
             rules: Vec::new(),
+            admin: Vec::new(),
+            baseline: Vec::new(),
         }
     }
 
@@ -139,6 +191,11 @@ impl PodTable {
     /// Decides a connection of this pod with `peer` (the source for ingress, the destination for
     /// egress) on `port`/`protocol` (the destination port in both cases). A port-less protocol
     /// ([`Protocol::Other`]) ignores `port`: only rules without `ports` can admit it.
+    ///
+    /// In order: the Admin tier (the first matching ClusterNetworkPolicy rule; `Accept`/`Deny`
+    /// decide, `Pass` skips the rest of the tier), NetworkPolicy v1 if it isolates the pod, the
+    /// Baseline tier likewise, else allowed. Traffic CNPs do not govern skips both tiers (see
+    /// [`PodTable::governed_by_cnp`]).
     pub fn check(
         &self,
         direction: Direction,
@@ -148,9 +205,43 @@ impl PodTable {
     ) -> Verdict {
         let peer = canonical(peer);
         let table = self.direction(direction);
-        let reason = if !table.is_isolated() {
-            Reason::NotIsolated
-        } else if peer.is_loopback() || self.ips.contains(&peer) {
+        let cnp = self.governed_by_cnp(direction, peer);
+        let tier = |rules: &[TierRule], tier: Tier| {
+            let rule = first_match(rules, peer, port, protocol).filter(|_| cnp)?;
+            (rule.action != Action::Pass).then(|| rule.reason(tier))
+        };
+        let reason = tier(&table.admin, Tier::Admin)
+            .or_else(|| self.network_policy(table, peer, port, protocol))
+            .or_else(|| tier(&table.baseline, Tier::Baseline))
+            .unwrap_or(Reason::NotIsolated);
+        Verdict { direction, reason }
+    }
+
+    /// Whether ClusterNetworkPolicies apply to this peer. Not to the pod's own addresses (the
+    /// API: "a Pod connecting to its own Pod IP is not subject to CNP"), nor to ingress from the
+    /// pod's node (`status.hostIP`: kubelet probes; CNP ingress peers are pods only, so only a
+    /// failed-closed rule could match the node, and it must not cut probes). Egress to a node
+    /// address is governed: `nodes` and `networks` peers exist for it (NPEP-126).
+    #[inline]
+    pub fn governed_by_cnp(&self, direction: Direction, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        !(peer.is_loopback()
+            || self.ips.contains(&peer)
+            || (direction == Direction::Ingress && self.host_ip == Some(peer)))
+    }
+
+    /// NetworkPolicy v1's decision: `None` when no v1 policy isolates the pod in this direction.
+    fn network_policy(
+        &self,
+        table: &DirectionTable,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<Reason> {
+        if !table.is_isolated() {
+            return None;
+        }
+        Some(if peer.is_loopback() || self.ips.contains(&peer) {
             Reason::SelfTraffic
         } else if self.host_ip == Some(peer) {
             Reason::NodeTraffic
@@ -168,8 +259,24 @@ impl PodTable {
                     isolated_by: table.isolated_by.clone(),
                 },
             }
-        };
-        Verdict { direction, reason }
+        })
+    }
+
+    /// The Admin-tier `Pass` rule that sent this connection on to NetworkPolicy v1 and the
+    /// Baseline tier, if one did (for `explain`).
+    pub fn admin_pass(
+        &self,
+        direction: Direction,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<&TierRule> {
+        let peer = canonical(peer);
+        if !self.governed_by_cnp(direction, peer) {
+            return None;
+        }
+        first_match(&self.direction(direction).admin, peer, port, protocol)
+            .filter(|r| r.action == Action::Pass)
     }
 }
 

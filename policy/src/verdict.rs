@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cnp::model::{Action, Tier};
 use crate::ports::Protocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,6 +51,19 @@ pub enum Reason {
         protocol: Protocol,
         isolated_by: Arc<[Arc<str>]>,
     },
+    /// A ClusterNetworkPolicy rule decided (`Accept` or `Deny`; a `Pass` never decides).
+    Tier {
+        tier: Tier,
+        /// The ClusterNetworkPolicy's name (cluster-scoped: no namespace).
+        policy: Arc<str>,
+        /// The rule's `name`, else `#<index>`.
+        rule: Arc<str>,
+        action: Action,
+        /// The rule holds a peer type Portcullis cannot enforce, so it denied everything it
+        /// would cover.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failed_closed: bool,
+    },
 }
 
 /// The decision for one direction of one connection.
@@ -64,8 +78,38 @@ impl Verdict {
     pub fn allowed(&self) -> bool {
         !matches!(
             self.reason,
-            Reason::NoRuleMatched { .. } | Reason::NoPortlessRuleMatched { .. }
+            Reason::NoRuleMatched { .. }
+                | Reason::NoPortlessRuleMatched { .. }
+                | Reason::Tier {
+                    action: Action::Deny | Action::Pass,
+                    ..
+                }
         )
+    }
+
+    /// Which tier decided, as a metric label (four values): `admin`, `baseline` (a
+    /// ClusterNetworkPolicy rule), `network_policy` (NetworkPolicy v1 isolates the pod), `none`
+    /// (nothing selects the pod for this direction, or the traffic is exempt).
+    pub fn tier_label(&self) -> &'static str {
+        match &self.reason {
+            Reason::Tier {
+                tier: Tier::Admin, ..
+            } => "admin",
+            Reason::Tier {
+                tier: Tier::Baseline,
+                ..
+            } => "baseline",
+            Reason::NotIsolated | Reason::SelfTraffic => "none",
+            _ => "network_policy",
+        }
+    }
+
+    /// The ClusterNetworkPolicy tier that decided, if one did.
+    pub fn tier(&self) -> Option<Tier> {
+        match &self.reason {
+            Reason::Tier { tier, .. } => Some(*tier),
+            _ => None,
+        }
     }
 
     /// The isolating policies when denied; empty when allowed.
@@ -82,13 +126,17 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.direction;
         match &self.reason {
-            Reason::NotIsolated => write!(f, "allowed: no NetworkPolicy selects the pod for {d}"),
+            Reason::NotIsolated => write!(
+                f,
+                "no policy: allowed (no NetworkPolicy selects the pod for {d} and no \
+                 ClusterNetworkPolicy rule matches)"
+            ),
             Reason::SelfTraffic => {
                 write!(f, "allowed: traffic of a pod to itself is always allowed")
             }
             Reason::NodeTraffic => write!(
                 f,
-                "allowed: traffic between a pod and its node (hostIP) is always allowed"
+                "allowed: NetworkPolicy always allows traffic between a pod and its node (hostIP)"
             ),
             Reason::Rule { policy, rule } => {
                 write!(f, "allowed by NetworkPolicy {policy}, {d} rule #{rule}")
@@ -115,6 +163,45 @@ impl fmt::Display for Verdict {
                     names.join(", ")
                 )
             }
+            Reason::Tier {
+                tier,
+                policy,
+                rule,
+                action,
+                failed_closed,
+            } => tier_words(f, d, *tier, policy, rule, *action, *failed_closed),
         }
+    }
+}
+
+fn tier_words(
+    f: &mut fmt::Formatter<'_>,
+    d: Direction,
+    tier: Tier,
+    policy: &str,
+    rule: &str,
+    action: Action,
+    failed_closed: bool,
+) -> fmt::Result {
+    let by = format!("{tier}-tier ClusterNetworkPolicy {policy}, {d} rule {rule}");
+    if failed_closed {
+        return write!(
+            f,
+            "denied by {by}: the rule names a peer type Portcullis cannot enforce \
+             (domainNames, or a newer API's), so it fails closed and denies all {d} it covers"
+        );
+    }
+    match (action, tier) {
+        (Action::Accept, _) => write!(f, "allowed by {by} (Accept)"),
+        (_, Tier::Admin) => write!(
+            f,
+            "denied by {by} (Deny); an Admin-tier rule overrides every NetworkPolicy: change \
+             the ClusterNetworkPolicy to allow it"
+        ),
+        (_, Tier::Baseline) => write!(
+            f,
+            "denied by {by} (Deny): no NetworkPolicy isolates the pod for {d}; a NetworkPolicy \
+             selecting the pod would decide instead"
+        ),
     }
 }

@@ -1,8 +1,8 @@
 //! The upstream ClusterNetworkPolicy conformance suite, transcribed as data in
 //! `cnp-conformance/` (see its README): every step's CNPs must parse and validate, and every
 //! probe's expected result is checked against the reference tier model (`cnp::eval`), with
-//! NetworkPolicy v1 decided by this crate's engine. Later the same vectors run through the
-//! compiled tables and the testbed.
+//! NetworkPolicy v1 decided by this crate's engine; and through the compiled tables
+//! (`PodTable::check` on both ends), which must agree with the expectation too.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -158,6 +158,7 @@ struct Tally {
     probes: usize,
     decided: usize,
     passed: usize,
+    compiled_passed: usize,
     skipped: BTreeMap<String, usize>,
     failures: Vec<String>,
 }
@@ -170,12 +171,13 @@ fn run_step(dir: &Path, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mu
     let mut cluster = Cluster::new();
     load(&mut cluster, base_text, "base.yaml");
     load(&mut cluster, &objects, &source);
-    let compiled = compile(&cluster);
-    assert!(
-        compiled.errors.is_empty(),
-        "{source}: {:?}",
-        compiled.errors
-    );
+    let full = compile(&cluster);
+    assert!(full.errors.is_empty(), "{source}: {:?}", full.errors);
+    assert_eq!(full.cnps.len(), cnps.len(), "{source}: every CNP compiled");
+    // NetworkPolicy v1 alone, for the reference model.
+    let mut v1_only = cluster.clone();
+    v1_only.cnps.clear();
+    let compiled = compile(&v1_only);
     let world = World {
         cluster: &cluster,
         nodes,
@@ -222,6 +224,25 @@ fn run_step(dir: &Path, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mu
         );
         t.decided += 1;
         let allowed = egress.allowed && ingress.allowed;
+        let table = |pod: &PodInfo| full.table(&pod.key()).cloned();
+        let (Some(ct), Some(st), Some(cip), Some(sip)) = (
+            table(client),
+            table(server),
+            client.primary_ip(),
+            server.primary_ip(),
+        ) else {
+            panic!("{source}: {} or {} has no table or address", p.from, p.to);
+        };
+        let e = ct.check(Direction::Egress, sip, p.port, p.protocol);
+        let i = st.check(Direction::Ingress, cip, p.port, p.protocol);
+        if (e.allowed() && i.allowed()) == p.allowed {
+            t.compiled_passed += 1;
+        } else {
+            t.failures.push(format!(
+                "{source}: {} -> {} {}/{}: expected {}, the compiled tables say egress: {e}; ingress: {i}",
+                p.from, p.to, p.port, p.protocol, p.allowed
+            ));
+        }
         if allowed == p.allowed {
             t.passed += 1;
         } else {
@@ -258,8 +279,8 @@ fn every_upstream_cnp_conformance_vector() {
         }
     }
     println!(
-        "cnp conformance vectors: {} tests, {} steps, {} CNPs validated, {} probes: {} decided by the model, {} passed, skipped {:?}",
-        t.tests, t.steps, t.cnps, t.probes, t.decided, t.passed, t.skipped
+        "cnp conformance vectors: {} tests, {} steps, {} CNPs validated, {} probes: {} decided by the model, {} passed, {} passed through the compiled tables, skipped {:?}",
+        t.tests, t.steps, t.cnps, t.probes, t.decided, t.passed, t.compiled_passed, t.skipped
     );
     assert_eq!(
         t.tests, 24,
@@ -267,4 +288,5 @@ fn every_upstream_cnp_conformance_vector() {
     );
     assert!(t.failures.is_empty(), "{}", t.failures.join("\n"));
     assert_eq!(t.decided + t.skipped.values().sum::<usize>(), t.probes);
+    assert_eq!(t.compiled_passed, t.decided);
 }

@@ -156,6 +156,32 @@ spec:
     }
 
     #[test]
+    fn a_cnp_denial_is_denied_in_enforce_and_let_through_in_audit_mode() {
+        let mut cluster = Cluster::new();
+        let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                   metadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 1\n  \
+                   subject: {namespaces: {}}\n  ingress:\n  - action: Deny\n    \
+                   from: [{namespaces: {}}]\n";
+        let report = load_into(&mut cluster, &format!("{CLUSTER}---\n{cnp}"), "test.yaml");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        cluster.ensure_implied_namespaces();
+        let compiled = compile(&cluster);
+        let t = compiled.table("shop/server").expect("table");
+        let client = "10.0.0.2".parse().unwrap();
+        let enforced = decide(t, Mode::Enforce, Direction::Ingress, client, 80);
+        assert_eq!(enforced.label(), "deny");
+        assert_eq!(enforced.verdict().tier_label(), "admin");
+        let fields = crate::audit::CnpFields::of(enforced.verdict()).expect("CNP fields");
+        assert_eq!(
+            (fields.tier, fields.policy, fields.rule, fields.action),
+            ("Admin", "guard", "#0", "Deny")
+        );
+        let audited = decide(t, Mode::Audit, Direction::Ingress, client, 80);
+        assert_eq!(audited.label(), "audit");
+        assert!(audited.lets_through());
+    }
+
+    #[test]
     fn node_and_v4_mapped_peers() {
         let t = server_table();
         let node = decide(

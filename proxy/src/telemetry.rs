@@ -50,7 +50,7 @@ fn describe_connections() {
     describe_counter!(
         CONNECTIONS,
         "Connections (TCP) and new flows (UDP, SCTP) decided, by direction, protocol, verdict \
-         (allow, deny, audit) and peer namespace."
+         (allow, deny, audit), tier (admin, network_policy, baseline, none) and peer namespace."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,
@@ -180,17 +180,25 @@ impl DirectionMetrics {
     }
 }
 
-pub fn count_decision(direction: Direction, verdict: &'static str, peer_namespace: Option<&str>) {
-    count_flow_decision(direction, Protocol::Tcp, verdict, peer_namespace);
+/// Counts a TCP connection's decision: `verdict` is its label (allow, deny, audit), `tier` the
+/// verdict's [`portcullis_policy::Verdict::tier_label`].
+pub fn count_decision(
+    direction: Direction,
+    verdict: &'static str,
+    tier: &'static str,
+    peer_namespace: Option<&str>,
+) {
+    count_flow_decision(direction, Protocol::Tcp, verdict, tier, peer_namespace);
 }
 
 pub fn count_flow_decision(
     direction: Direction,
     protocol: Protocol,
     verdict: &'static str,
+    tier: &'static str,
     peer_namespace: Option<&str>,
 ) {
-    type Key = (Direction, Protocol, &'static str);
+    type Key = (Direction, Protocol, &'static str, &'static str);
     type ByNamespace = HashMap<Box<str>, Counter>;
     thread_local! {
         /// Counter handles already registered on this thread, so that a connection costs one
@@ -200,13 +208,14 @@ pub fn count_flow_decision(
             const { RefCell::new(Vec::new()) };
     }
     let namespace = peer_namespace.unwrap_or("");
-    let key = (direction, protocol, verdict);
+    let key = (direction, protocol, verdict, tier);
     let register = || {
         metrics::counter!(
             CONNECTIONS,
             "direction" => direction.as_str(),
             "protocol" => protocol.as_str(),
             "verdict" => verdict,
+            "tier" => tier,
             "peer_namespace" => namespace.to_string()
         )
     };

@@ -490,6 +490,77 @@ fn outbound_connections_are_decided_by_the_egress_table() {
     );
 }
 
+/// An Admin-tier guardrail denying the client namespace's traffic to the server's port 8080,
+/// which ALLOW_CLIENT_ON_8080 (a NetworkPolicy) allows.
+const CNP_DENY_8080: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard-http}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}
+  ingress:
+  - name: no-http-from-x
+    action: Deny
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}]
+    protocols: [{tcp: {destinationPort: {number: 8080}}}]
+"#;
+
+#[test]
+fn an_admin_cnp_deny_overrides_a_network_policy_allow_on_a_real_connection() {
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080, CNP_DENY_8080], &[]);
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    assert!(
+        is_reset(t.connect_from_peer(APP_PORT)),
+        "the Admin Deny must win over the NetworkPolicy allow"
+    );
+    t.wait_for("the denial audit line", || {
+        !t.log_lines("connection_denied").is_empty()
+    });
+    let lines = t.log_lines("connection_denied");
+    let line = &lines[0];
+    assert_eq!(line["direction"], "ingress");
+    assert_eq!(line["tier"], "Admin", "{line}");
+    assert_eq!(line["policy"], "guard-http");
+    assert_eq!(line["rule"], "no-http-from-x");
+    assert_eq!(line["action"], "Deny");
+    assert_eq!(line["isolated_by"], "");
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("denied by Admin-tier ClusterNetworkPolicy guard-http"),
+        "{line}"
+    );
+    assert_eq!(
+        t.metric(&[
+            "portcullis_connections_total{",
+            "direction=\"ingress\"",
+            "verdict=\"deny\"",
+            "tier=\"admin\""
+        ]),
+        1.0
+    );
+}
+
+#[test]
+fn audit_mode_lets_a_cnp_denial_through_and_names_the_rule() {
+    let t = Setup::new(&[ALLOW_CLIENT_ON_8080, CNP_DENY_8080], &["--mode", "audit"]);
+    t.echo_server(true, APP_PORT);
+    t.wait_ready();
+    let back = exchange(t.connect_from_peer(APP_PORT).expect("connect"), b"x").expect("exchange");
+    assert_eq!(back, b"x<eof>");
+    t.wait_for("the would-deny line", || {
+        !t.log_lines("connection_would_deny").is_empty()
+    });
+    let lines = t.log_lines("connection_would_deny");
+    assert_eq!(lines[0]["policy"], "guard-http", "{:?}", lines[0]);
+    assert_eq!(lines[0]["rule"], "no-http-from-x");
+    assert!(t.log_lines("connection_denied").is_empty());
+}
+
 #[test]
 fn audit_mode_lets_denied_connections_through_and_says_so() {
     let t = Setup::new(&[ALLOW_CLIENT_ON_8080], &["--mode", "audit"]);
@@ -1252,7 +1323,7 @@ fn table_line(generation: u64, ingress_isolated_by: &[&str]) -> String {
 
 #[test]
 fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_says_why() {
-    const HELLO: &str = r#"{"hello":{"v":1}}"#;
+    const HELLO: &str = r#"{"hello":{"v":2}}"#;
     const PEERS: &str = r#"{"peers":{"version":1,"names":{"10.214.0.2":"x/client"}}}"#;
     let hold = std::sync::Arc::new(std::sync::Mutex::new(None));
     let keep = hold.clone();
@@ -1270,7 +1341,7 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
                 ],
                 // A replica that speaks a newer version, with a table that would allow all.
                 vec![
-                    r#"{"hello":{"v":2}}"#.into(),
+                    r#"{"hello":{"v":3}}"#.into(),
                     table_line(6, &[]),
                     PEERS.into(),
                 ],
@@ -1332,7 +1403,7 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
         rejected[1]["error"]
             .as_str()
             .unwrap_or("")
-            .contains("version 2"),
+            .contains("version 3"),
         "{}",
         rejected[1]
     );

@@ -7,7 +7,7 @@
 //! key naming its kind:
 //!
 //! ```text
-//! {"hello":{"v":1}}                                          first line, always
+//! {"hello":{"v":2}}                                          first line, always
 //! {"table":{"generation":12,"table":{...}}}                   the pod's table (null: unknown pod)
 //! {"peers":{"version":40,"names":{"10.1.0.20":"shop/db"}}}    every peer name, once
 //! {"peers_delta":{"version":41,"set":{...},"remove":[...]}}   what changed since
@@ -18,7 +18,7 @@
 //!
 //! # Versioning: one hello line, then strict lines
 //! The version belongs to the stream, not to each line: a stream never changes version halfway,
-//! so it is said once, first (`{"hello":{"v":1}}`), and every following line is read by that
+//! so it is said once, first (`{"hello":{"v":2}}`), and every following line is read by that
 //! version's rules. The hello line's shape is frozen for all versions (`hello.v` is always
 //! there, extra hello fields are ignored), so that a proxy can always tell "this controller
 //! speaks version 2" apart from "this line is garbage" and say which.
@@ -41,7 +41,12 @@ use serde::{Deserialize, Serialize};
 pub use portcullis_contract::stream::{parse_table_path, table_path, TABLES_PATH};
 
 /// The version of the line types this crate defines.
-pub const VERSION: u32 = 1;
+///
+/// - 1: NetworkPolicy v1 tables.
+/// - 2: tables carry ClusterNetworkPolicy tiers (`admin`/`baseline` rules of a direction) and
+///   verdict reasons name them; a version-1 proxy could not read such a table (its types deny
+///   unknown fields), so it refuses the stream at the hello instead, and keeps its last table.
+pub const VERSION: u32 = 2;
 
 /// The response's content type.
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
@@ -340,7 +345,7 @@ mod tests {
 
     fn started() -> Decoder {
         let mut d = Decoder::new();
-        d.decode(br#"{"hello":{"v":1}}"#).expect("hello");
+        d.decode(br#"{"hello":{"v":2}}"#).expect("hello");
         d
     }
 
@@ -362,7 +367,7 @@ mod tests {
             .iter()
             .map(|l| String::from_utf8(l.encode().unwrap()).unwrap())
             .collect();
-        assert_eq!(text[0], "{\"hello\":{\"v\":1}}\n");
+        assert_eq!(text[0], "{\"hello\":{\"v\":2}}\n");
         assert!(text[1].starts_with(r#"{"table":{"generation":12,"table":{"namespace":"shop""#));
         assert_eq!(text[2], "{\"table\":{\"generation\":13,\"table\":null}}\n");
         assert_eq!(
@@ -395,10 +400,10 @@ mod tests {
             .expect_err("the unversioned format");
         assert_eq!(err.reason(), "no_hello");
         let err = Decoder::new()
-            .decode(br#"{"hello":{"v":2,"features":["services"]}}"#)
+            .decode(br#"{"hello":{"v":3,"features":["services"]}}"#)
             .expect_err("newer");
-        assert_eq!(err, WireError::UnsupportedVersion { got: 2 });
-        assert!(err.to_string().contains("version 2"), "{err}");
+        assert_eq!(err, WireError::UnsupportedVersion { got: 3 });
+        assert!(err.to_string().contains("version 3"), "{err}");
         assert_eq!(
             Decoder::new()
                 .decode(br#"{"hello":{"v":0}}"#)
@@ -408,7 +413,7 @@ mod tests {
         );
         let mut d = started();
         assert_eq!(
-            d.decode(br#"{"hello":{"v":1}}"#).expect_err("twice"),
+            d.decode(br#"{"hello":{"v":2}}"#).expect_err("twice"),
             WireError::RepeatedHello
         );
     }
@@ -495,5 +500,71 @@ mod tests {
             names.into_iter().collect::<Vec<_>>(),
             [(ip("10.0.0.2"), "a/z".to_string())]
         );
+    }
+
+    /// A table with a ClusterNetworkPolicy rule in each tier.
+    fn tiered_table() -> Arc<PodTable> {
+        use portcullis_policy::cnp::Action;
+        use portcullis_policy::{CompiledRule, TierRule};
+        let mut t = (*table()).clone();
+        let rule = |action| TierRule {
+            action,
+            label: "deny-db".into(),
+            failed_closed: false,
+            matcher: CompiledRule {
+                policy: "guard".into(),
+                rule: 0,
+                peers: None,
+                ports: None,
+                named: Arc::from(Vec::new()),
+            },
+        };
+        t.ingress.admin.push(rule(Action::Deny));
+        t.egress.baseline.push(rule(Action::Pass));
+        Arc::new(t)
+    }
+
+    #[test]
+    fn version_skew_is_refused_both_ways_at_the_hello() {
+        // A version-1 controller meets this proxy: refused before any table is applied.
+        let err = Decoder::new()
+            .decode(br#"{"hello":{"v":1}}"#)
+            .expect_err("older controller");
+        assert_eq!(err, WireError::UnsupportedVersion { got: 1 });
+        assert_eq!(err.reason(), "version");
+        // This controller meets a version-1 proxy: its hello says 2, which such a proxy's check
+        // (`v != 1`) refuses, so it never reads a tiered table it could not understand.
+        let hello = serde_json::to_string(&Line::Hello(Hello::current())).unwrap();
+        assert_ne!(hello_version(hello.as_bytes()).unwrap(), 1);
+        // And were it to read on, the tiers are fields a version-1 table does not have: its
+        // strict types refuse them rather than enforce the table without them.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct V1Direction {
+            isolated_by: Vec<String>,
+            rules: Vec<serde_json::Value>,
+        }
+        let tiered = serde_json::to_value(&*tiered_table()).unwrap();
+        assert!(serde_json::from_value::<V1Direction>(tiered["ingress"].clone()).is_err());
+        assert!(serde_json::from_value::<V1Direction>(tiered["egress"].clone()).is_err());
+        // A table without CNPs still has the version-1 shape.
+        let plain = serde_json::to_value(&*table()).unwrap();
+        assert!(serde_json::from_value::<V1Direction>(plain["ingress"].clone()).is_ok());
+    }
+
+    #[test]
+    fn tiered_tables_round_trip() {
+        let mut d = started();
+        let line = Line::Table(TableUpdate {
+            generation: 3,
+            table: Some(tiered_table()),
+        });
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(
+            text.contains(r#""admin":[{"action":"Deny","label":"deny-db""#),
+            "{text}"
+        );
+        assert_eq!(d.decode(text.as_bytes()).unwrap(), line);
     }
 }

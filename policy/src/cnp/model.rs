@@ -10,7 +10,9 @@ use crate::ports::PortRange;
 use crate::selector::Selector;
 use crate::verdict::Direction;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Tier {
     /// Evaluated before NetworkPolicy v1.
     Admin,
@@ -33,7 +35,7 @@ impl fmt::Display for Tier {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// Allowed in this direction; no later tier is consulted for it.
     Accept,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use portcullis_policy::{Direction, Protocol, Verdict};
+use portcullis_policy::{Direction, Protocol, Reason, Verdict};
 
 /// What kind of audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +142,7 @@ pub fn write_line(line: &AuditLine) {
         (None, AuditEvent::NoEndpoints) => "no ready endpoint behind the Service port".into(),
         (None, _) => String::new(),
     };
+    let cnp = r.verdict.as_ref().and_then(CnpFields::of);
     let service = r.service.as_ref().map(|s| s.service.as_str());
     let backend = r
         .service
@@ -164,6 +165,10 @@ pub fn write_line(line: &AuditLine) {
         peer_pod,
         pod = %r.pod,
         isolated_by = %isolated_by,
+        tier = cnp.as_ref().map(|c| c.tier),
+        policy = cnp.as_ref().map(|c| c.policy),
+        rule = cnp.as_ref().map(|c| c.rule),
+        action = cnp.as_ref().map(|c| c.action),
         reason = %reason,
         service,
         service_port = service.map(|_| r.destination.port()),
@@ -174,4 +179,35 @@ pub fn write_line(line: &AuditLine) {
         aggregated = line.aggregated,
         rate_limited = line.rate_limited,
     );
+}
+
+/// The structured fields of a decision by a ClusterNetworkPolicy rule: `tier` (`Admin`,
+/// `Baseline`), `policy` (the CNP's name), `rule` (its `name`, else `#index`), `action`
+/// (`Deny`, or `Accept` on a terminated connection's line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CnpFields<'a> {
+    pub tier: &'static str,
+    pub policy: &'a str,
+    pub rule: &'a str,
+    pub action: &'static str,
+}
+
+impl<'a> CnpFields<'a> {
+    pub fn of(verdict: &'a Verdict) -> Option<Self> {
+        match &verdict.reason {
+            Reason::Tier {
+                tier,
+                policy,
+                rule,
+                action,
+                ..
+            } => Some(CnpFields {
+                tier: tier.as_str(),
+                policy,
+                rule,
+                action: action.as_str(),
+            }),
+            _ => None,
+        }
+    }
 }

@@ -68,7 +68,12 @@ pub fn plan_service(
         // Excluded by `no_endpoints` above.
         (None, None) => return None,
     };
-    count_decision(route.direction, decision.label(), namespace);
+    count_decision(
+        route.direction,
+        decision.label(),
+        decision.verdict().tier_label(),
+        namespace,
+    );
     count_service(&service, decision.label());
     let note = ServiceNote {
         service: service.clone(),

@@ -207,7 +207,13 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
                 .as_deref()
                 .and_then(|p| p.split_once('/'))
                 .map(|p| p.0);
-            count_flow_decision(direction, flow.protocol, d.label(), peer_namespace);
+            count_flow_decision(
+                direction,
+                flow.protocol,
+                d.label(),
+                d.verdict().tier_label(),
+                peer_namespace,
+            );
             let event = match d {
                 Decision::Allow(_) => return Verdict::Accept,
                 Decision::Deny(_) => AuditEvent::Denied,

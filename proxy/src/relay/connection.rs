@@ -93,7 +93,12 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
         .as_deref()
         .and_then(|p| p.split_once('/'))
         .map(|p| p.0);
-    count_decision(route.direction, decision.label(), peer_namespace);
+    count_decision(
+        route.direction,
+        decision.label(),
+        decision.verdict().tier_label(),
+        peer_namespace,
+    );
     if !admit(ctx, route, snapshot, &decision, None) {
         return None;
     }
