@@ -25,8 +25,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use portcullis_policy::cluster::{NodeInfo, SourcedCnp, SourcedPolicy};
-use portcullis_policy::cnp::ValidCnp;
-use portcullis_policy::compile::{assemble_table, resolve_policy, ClusterIndex, ResolvedPolicy};
+use portcullis_policy::cnp::ResolvedCnp;
+use portcullis_policy::compile::{
+    assemble_table_with_cnps, resolve_policy, ClusterIndex, ResolvedPolicy,
+};
 use portcullis_policy::service::{resolve, EndpointSliceInfo, ResolvedService, ServiceInfo};
 use portcullis_policy::validate::{validate_policy, Peer, PortSpec, Rule, ValidPolicy};
 use portcullis_policy::{NamespaceInfo, ObjectError, PodInfo, PodTable};
@@ -725,14 +727,11 @@ impl ClusterState {
     }
 }
 
-/// One pod's table from the NetworkPolicies and the ClusterNetworkPolicies that select it.
-///
-/// The compiled tables do not carry CNP rules yet: once the engine's
-/// `assemble_table_with_cnps` is on main, it takes the resolved form of `_cnps` here (resolved in
-/// [`ClusterState::resolve_cnps`]), and `tests/incremental.rs`'s oracle, which already hands
-/// compile the same CNPs and Nodes, checks it.
-fn assemble(pod: &PodInfo, selecting: &[&ResolvedPolicy], _cnps: &[&ValidCnp]) -> PodTable {
-    assemble_table(pod, selecting)
+/// One pod's table from the NetworkPolicies and the ClusterNetworkPolicies (resolved in
+/// [`ClusterState::resolve_cnps`]) that select it; `tests/incremental.rs`'s oracle checks it
+/// against a full compile of the same objects.
+fn assemble(pod: &PodInfo, selecting: &[&ResolvedPolicy], cnps: &[&ResolvedCnp]) -> PodTable {
+    assemble_table_with_cnps(pod, selecting, cnps)
 }
 
 fn has_named_ports(rule: &Rule) -> bool {

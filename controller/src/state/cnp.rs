@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use portcullis_policy::cluster::{NodeInfo, SourcedCnp};
-use portcullis_policy::cnp::{self, Mode, Peer, PodSet, ValidCnp};
+use portcullis_policy::cnp::{self, resolve_cnp, Mode, Peer, PodSet, ResolvedCnp, ValidCnp};
+use portcullis_policy::compile::ClusterIndex;
 use portcullis_policy::{NamespaceInfo, ObjectError, PodInfo};
 
 use super::{Applied, Change, ClusterState, Dirty};
@@ -35,6 +36,9 @@ pub(super) struct Cnps {
     /// in `valid`: its last valid version stays in force.
     pub(super) invalid: BTreeMap<String, Vec<String>>,
     pub(super) nodes: BTreeMap<String, NodeInfo>,
+    /// The valid ones, resolved against the current pods, namespaces and nodes (their peers as
+    /// address sets), by name; refreshed for every CNP an event marks.
+    pub(super) resolved: BTreeMap<String, Arc<ResolvedCnp>>,
 }
 
 /// A ClusterNetworkPolicy the controller could not use, and why.
@@ -47,20 +51,10 @@ pub struct InvalidCnp {
     pub last_valid_in_force: bool,
 }
 
-/// Whether `pod` is in `set` (host-network pods never are).
+/// Whether `pod` is in `set`: the engine's definition ([`cnp::resolve::in_pod_set`]: host-network
+/// and finished pods never are), for a pod whose namespace may not be known yet.
 pub(super) fn in_pod_set(set: &PodSet, namespace: Option<&NamespaceInfo>, pod: &PodInfo) -> bool {
-    if pod.host_network {
-        return false;
-    }
-    let Some(ns) = namespace else {
-        return false;
-    };
-    match set {
-        PodSet::Namespaces(sel) => sel.matches(&ns.labels),
-        PodSet::Pods { namespaces, pods } => {
-            namespaces.matches(&ns.labels) && pods.matches(&pod.labels)
-        }
-    }
+    namespace.is_some_and(|ns| cnp::resolve::in_pod_set(set, &ns.labels, pod))
 }
 
 fn pod_sets(cnp: &ValidCnp) -> impl Iterator<Item = &PodSet> {
@@ -180,6 +174,7 @@ impl ClusterState {
         self.cnps.invalid.remove(name);
         self.mark_cnp_subjects(name, &mut dirty.pods);
         self.cnps.valid.remove(name);
+        self.cnps.resolved.remove(name);
         dirty.cnps.remove(name);
     }
 
@@ -287,10 +282,25 @@ impl ClusterState {
     /// Resolution itself (peers → address sets, the engine's `resolve_cnp`) belongs here, beside
     /// `resolve_policy` for NetworkPolicies, once the compiled tables carry CNP rules.
     pub(super) fn resolve_cnps(
-        &self,
+        &mut self,
         dirty_cnps: &BTreeSet<String>,
         reassemble: &mut BTreeSet<String>,
     ) {
+        if dirty_cnps.is_empty() {
+            return;
+        }
+        let index = ClusterIndex::new(&self.namespaces, &self.pods);
+        for name in dirty_cnps {
+            match self.cnps.valid.get(name) {
+                Some(valid) => {
+                    let resolved = resolve_cnp(&index, &self.cnps.nodes, valid.as_ref().clone());
+                    self.cnps.resolved.insert(name.clone(), Arc::new(resolved));
+                }
+                None => {
+                    self.cnps.resolved.remove(name);
+                }
+            }
+        }
         for name in dirty_cnps {
             self.mark_cnp_subjects(name, reassemble);
         }
@@ -307,17 +317,17 @@ impl ClusterState {
         }
     }
 
-    /// The valid CNPs whose subject holds `pod`, in [`ValidCnp::evaluation_order`].
-    pub(super) fn cnps_selecting(&self, pod: &PodInfo) -> Vec<&ValidCnp> {
+    /// The resolved CNPs in force whose subject holds `pod`, in [`ValidCnp::evaluation_order`].
+    pub(super) fn cnps_selecting(&self, pod: &PodInfo) -> Vec<&ResolvedCnp> {
         if self.cnps.valid.is_empty() {
             return Vec::new();
         }
         let ns = self.namespaces.get(&pod.namespace);
-        let mut selecting: Vec<&ValidCnp> = (self.cnps.valid.values())
-            .map(|c| c.as_ref())
-            .filter(|c| in_pod_set(&c.subject, ns, pod))
+        let mut selecting: Vec<&ResolvedCnp> = (self.cnps.valid.iter())
+            .filter(|(_, c)| in_pod_set(&c.subject, ns, pod))
+            .filter_map(|(name, _)| self.cnps.resolved.get(name).map(|r| r.as_ref()))
             .collect();
-        selecting.sort_by(|a, b| ValidCnp::evaluation_order(a, b));
+        selecting.sort_by(|a, b| ValidCnp::evaluation_order(&a.cnp, &b.cnp));
         selecting
     }
 
