@@ -228,14 +228,30 @@ fn probe_udp(addr: SocketAddr, timeout: Duration) -> Result<String, NoAnswer> {
     let socket = UdpSocket::bind(local).map_err(|e| classify(&e))?;
     // Connected: only the probed address's answers count, and ICMP errors are reported.
     socket.connect(addr).map_err(|e| classify(&e))?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| classify(&e))?;
-    socket.send(b"probe\n").map_err(|e| classify(&e))?;
-    let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf).map_err(|e| classify(&e))?;
-    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    // Sent up to three times within the timeout, as a UDP client (a resolver) does: a datagram
+    // lost on its way (a neighbour still being resolved) is not a denial. Every copy belongs to
+    // the one flow the first opened, so a denied flow stays denied.
+    let wait = (timeout / UDP_SENDS).max(Duration::from_millis(1));
+    let mut last = NoAnswer::Error;
+    for _ in 0..UDP_SENDS {
+        socket
+            .set_read_timeout(Some(wait))
+            .map_err(|e| classify(&e))?;
+        socket.send(b"probe\n").map_err(|e| classify(&e))?;
+        let mut buf = [0u8; 512];
+        match socket.recv(&mut buf) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                last = classify(&e);
+            }
+            Err(e) => return Err(classify(&e)),
+        }
+    }
+    Err(last)
 }
+
+/// Copies of a UDP probe sent within its timeout.
+const UDP_SENDS: u32 = 3;
 
 #[cfg(test)]
 mod tests {
