@@ -1042,16 +1042,31 @@ impl Bed {
     }
 
     /// The pod's IPv6 link-local address (every pod of the testbed has one on eth0).
+    /// The pod's IPv6 link-local address, once usable: the kernel drops what arrives for an
+    /// address still in duplicate address detection (`tentative`), which made the control
+    /// datagram of the v4-mapped case miss now and then.
     fn link_local(&self, pod: &str) -> String {
-        let out = text(
-            &self
-                .sh(
-                    pod,
-                    &[
-                        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
-                    ],
-                )
-                .stdout,
+        let show = || {
+            text(
+                &self
+                    .sh(
+                        pod,
+                        &[
+                            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+                        ],
+                    )
+                    .stdout,
+            )
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut out = show();
+        while out.contains("tentative") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            out = show();
+        }
+        assert!(
+            !out.contains("tentative"),
+            "{pod}'s link-local address is still tentative after 10 s: {out}"
         );
         out.split_whitespace()
             .skip_while(|w| *w != "inet6")
