@@ -8,7 +8,10 @@
 //! - [`keys`]: label and annotation keys.
 //! - [`env`]: environment variable names read by `portcullis-init` and `portcullis-proxy`.
 //! - [`stream`]: the controller's table API path.
+//! - [`log`]: the JSON lines of a proxy's log that tools read back (flow records).
 //! - [`Mark`], [`parse_duration`]: the parsers every binary uses for those values.
+
+pub mod log;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,131 @@
+//! The JSON lines a proxy writes to its log that other tools read back (`portcullis advise`, the
+//! testbed, the demo, a user's log pipeline): their shapes are defined here, once.
+//!
+//! Readers are lenient on purpose: a line may carry more fields than these structs name (the log
+//! formatter adds `timestamp`, `level`, `target`; a newer proxy may add fields), and those are
+//! ignored. A change that removes or redefines a field raises [`LOG_SCHEMA`].
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the proxy's log schema, written as `schema` on every line this module defines.
+pub const LOG_SCHEMA: u32 = 1;
+
+/// The `event` of a [`FlowSummary`] line.
+pub const FLOW_SUMMARY: &str = "flow_summary";
+
+/// The `event` of a [`FlowsDropped`] line.
+pub const FLOWS_DROPPED: &str = "flow_records_dropped";
+
+/// Which side of the pod a flow was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowDirection {
+    /// The peer connected to (or sent to) this pod.
+    Ingress,
+    /// This pod connected to (or sent to) the peer.
+    Egress,
+}
+
+/// The transport protocol of a flow, spelled as in a NetworkPolicy's `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FlowProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// What the enforced tables said about a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowVerdict {
+    Allowed,
+    Denied,
+}
+
+/// One `flow_summary` line: what one pod did with one peer, port and protocol during one period
+/// of its proxy's flow records. Connections (TCP) and flows (UDP, SCTP) are counted alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowSummary {
+    /// Always [`FLOW_SUMMARY`].
+    pub event: String,
+    /// [`LOG_SCHEMA`] when written.
+    pub schema: u32,
+    /// The namespace of the pod whose proxy saw the flows.
+    pub pod_namespace: String,
+    /// That pod's name.
+    pub pod: String,
+    pub direction: FlowDirection,
+    pub protocol: FlowProtocol,
+    /// The other end's address: the source of an ingress flow, the destination of an egress one
+    /// (for a connection to a Service, the backend it went to).
+    pub peer_ip: IpAddr,
+    /// The peer pod's namespace, when the proxy's table knew the address as a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_namespace: Option<String>,
+    /// The peer pod's name, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_pod: Option<String>,
+    /// The server's port: this pod's own port for ingress, the peer's for egress (for a
+    /// Service, the backend's target port).
+    pub port: u16,
+    /// `namespace/name` of the Service, when the pod connected to its ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub verdict: FlowVerdict,
+    /// How many connections or flows this line stands for.
+    pub count: u64,
+    /// RFC 3339, UTC, seconds: the first and last time one was seen in the period.
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// One `flow_records_dropped` line: how many flows the proxy's bound on flow records could not
+/// keep during a period (they are still enforced and audited; only their summary is lost).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsDropped {
+    /// Always [`FLOWS_DROPPED`].
+    pub event: String,
+    pub schema: u32,
+    pub pod_namespace: String,
+    pub pod: String,
+    /// Flows not recorded in the period.
+    pub dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_summary_line_reads_back_with_the_formatters_extra_fields() {
+        let line = r#"{"timestamp":"2026-12-08T03:00:00Z","level":"INFO","target":"portcullis::flows",
+            "event":"flow_summary","schema":1,"pod_namespace":"zoo","pod":"kangaroo-1",
+            "direction":"egress","protocol":"TCP","peer_ip":"10.244.1.7","peer_namespace":"zoo",
+            "peer_pod":"wombat-0","port":8080,"verdict":"allowed","count":3,
+            "first_seen":"2026-12-08T02:59:01Z","last_seen":"2026-12-08T02:59:58Z"}"#;
+        let f: FlowSummary = serde_json::from_str(line).expect("reads");
+        assert_eq!(f.event, FLOW_SUMMARY);
+        assert_eq!(f.direction, FlowDirection::Egress);
+        assert_eq!(f.protocol, FlowProtocol::Tcp);
+        assert_eq!(f.peer_pod.as_deref(), Some("wombat-0"));
+        assert_eq!(f.service, None);
+        let back = serde_json::to_value(&f).expect("writes");
+        assert_eq!(back["protocol"], "TCP");
+        assert_eq!(back["verdict"], "allowed");
+        assert!(
+            back.get("service").is_none(),
+            "absent optional fields are not written"
+        );
+    }
+
+    #[test]
+    fn an_unknown_protocol_or_verdict_is_an_error_not_a_guess() {
+        let bad = r#"{"event":"flow_summary","schema":1,"pod_namespace":"a","pod":"b",
+            "direction":"egress","protocol":"ICMP","peer_ip":"10.0.0.1","port":1,
+            "verdict":"allowed","count":1,"first_seen":"x","last_seen":"y"}"#;
+        assert!(serde_json::from_str::<FlowSummary>(bad).is_err());
+    }
+}
