@@ -100,6 +100,12 @@ pub mod keys {
     pub const ALLOW_POD_OVERRIDES: &str = "portcullis.dev/allow-pod-overrides";
     /// Namespace only: privileged ephemeral containers are admitted, with a warning.
     pub const ALLOW_PRIVILEGED_DEBUG: &str = "portcullis.dev/allow-privileged-debug";
+    /// On a NetworkPolicy or ClusterNetworkPolicy, `"true"`: staged, evaluated and reported
+    /// (`connection_would_deny` / `connection_would_allow`) but not enforced.
+    pub const STAGED: &str = "portcullis.dev/staged";
+    /// Written by `portcullis advise` on the policies it writes: how many flow records of which
+    /// window they come from.
+    pub const ADVISED_FROM: &str = "portcullis.dev/advised-from";
     /// The value of [`INJECT`] that opts in.
     pub const ENABLED: &str = "enabled";
     /// The value of [`INJECT`] that opts out.
