@@ -73,7 +73,10 @@ pub fn advise(cluster: &Cluster, flows: &[FlowSummary], options: &Options) -> Ad
             p.metadata
                 .annotations
                 .get_or_insert_with(Default::default)
-                .insert(portcullis_contract::keys::ADVISED_FROM.to_string(), note.clone());
+                .insert(
+                    portcullis_contract::keys::ADVISED_FROM.to_string(),
+                    note.clone(),
+                );
         }
     }
     Advice {
