@@ -41,7 +41,8 @@ pub struct WorkloadId {
 }
 
 impl WorkloadId {
-    /// A short readable name: the usual name labels, else the first label's value.
+    /// A short readable name: the values of its labels joined (`app=kangaroo,role=backend` →
+    /// `kangaroo-backend`) when there are at most three, else the usual name label.
     pub fn name(&self) -> String {
         const NAME_KEYS: &[&str] = &[
             "app.kubernetes.io/name",
@@ -50,6 +51,15 @@ impl WorkloadId {
             "name",
             "component",
         ];
+        if (1..=3).contains(&self.labels.len()) {
+            let mut values: Vec<&str> = Vec::new();
+            for v in self.labels.values() {
+                if !values.contains(&v.as_str()) {
+                    values.push(v);
+                }
+            }
+            return values.join("-");
+        }
         NAME_KEYS
             .iter()
             .find_map(|k| self.labels.get(*k))

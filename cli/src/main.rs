@@ -1,7 +1,9 @@
 //! `portcullis`: the user's command line for Portcullis.
 
+mod advise;
 mod check;
 mod demo;
+mod draw;
 mod explain;
 mod explain_service;
 mod generate;
@@ -46,6 +48,9 @@ enum Command {
     Testbed(testbed_cli::TestbedArgs),
     /// Run the kangaroo example end to end in a testbed, apply a policy change live (root).
     Demo(demo::DemoArgs),
+    /// Write least-privilege NetworkPolicies from the proxies' flow records, and prove them
+    /// with the engine: every observed flow allowed, what else they allow listed.
+    Advise(advise::AdviseArgs),
     /// Print shell completions: bash, zsh, fish, elvish or powershell.
     Completion(generate::CompletionArgs),
     /// Print the man page (roff), or write every page into a directory with --dir.
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Command::Matrix(args) => matrix::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
+        Command::Advise(args) => advise::run(args),
         Command::Check(args) => check::run(args),
         Command::Testbed(args) => testbed_cli::run(args),
         Command::Demo(args) => demo::run(args),

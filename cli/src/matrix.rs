@@ -20,6 +20,11 @@ pub enum Output {
     Json,
     /// The JSON document, as YAML.
     Yaml,
+    /// A picture: namespaces as arcs of a circle, pods on them, an arrow per pair of pods with
+    /// any allowed probe (ports in its tooltip). Standalone SVG.
+    Svg,
+    /// The picture and a table of its arrows, as one self-contained HTML page.
+    Html,
 }
 
 #[derive(Args)]
@@ -96,12 +101,14 @@ pub fn run(args: MatrixArgs) -> Result<ExitCode> {
     // The table shows allowed or denied only: no reasons to write for it.
     let detail = match args.output {
         Output::Json | Output::Yaml => Detail::Reasons,
-        Output::Table => Detail::AllowedOnly,
+        Output::Table | Output::Svg | Output::Html => Detail::AllowedOnly,
     };
     let (matrix, failed) = predicted(&args.files, &args.probe, args.verbose, namespace, detail);
     match args.output {
         Output::Json | Output::Yaml => print_structured(&matrix, args.output == Output::Yaml)?,
         Output::Table => print!("{}", grids(&matrix, None, args.color.enabled())),
+        Output::Svg => print!("{}", crate::draw::svg(&crate::draw::matrix(&matrix))),
+        Output::Html => print!("{}", crate::draw::html(&crate::draw::matrix(&matrix))),
     }
     Ok(if failed {
         ExitCode::FAILURE

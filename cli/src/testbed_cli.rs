@@ -109,8 +109,8 @@ pub struct ProbeArgs {
     /// proxies enforce UDP). UDP probes send a datagram and expect the pod's name back.
     #[arg(long, value_delimiter = ',', value_parser = parse_probe)]
     pub probe: Vec<Probe>,
-    #[arg(short, long, value_enum, default_value_t = crate::matrix::Output::Table)]
-    pub output: crate::matrix::Output,
+    #[arg(short, long, value_enum, default_value_t = ProbeOutput::Table)]
+    pub output: ProbeOutput,
     /// How long one probe may take before it counts as denied.
     #[arg(long, default_value = "2s", value_parser = portcullis_contract::parse_duration)]
     pub timeout: Duration,
@@ -404,6 +404,17 @@ fn print_up(state: &State) {
     }
 }
 
+/// `testbed probe -o`: what was observed beside what was predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeOutput {
+    /// One grid per probe, observed; cells that differ from the prediction marked `!`.
+    Table,
+    /// Observed and predicted matrices, as JSON.
+    Json,
+    /// The same document, as YAML.
+    Yaml,
+}
+
 /// `testbed up`: brings the testbed up and prints its pods.
 fn up_command(args: UpArgs) -> Result<ExitCode> {
     let binaries = args.binaries.locate()?;
@@ -427,13 +438,11 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
     let state = State::load(&args.name.name)?;
     let obs = observe(&state, &args.probe, args.service_clients, args.timeout)?;
     let same = match args.output {
-        out @ (crate::matrix::Output::Json | crate::matrix::Output::Yaml) => {
-            crate::render::print_structured(&obs, out == crate::matrix::Output::Yaml)?;
+        out @ (ProbeOutput::Json | ProbeOutput::Yaml) => {
+            crate::render::print_structured(&obs, out == ProbeOutput::Yaml)?;
             report(&obs, false, false, &mut std::io::stderr())?
         }
-        crate::matrix::Output::Table => {
-            report(&obs, args.color.enabled(), true, &mut std::io::stdout())?
-        }
+        ProbeOutput::Table => report(&obs, args.color.enabled(), true, &mut std::io::stdout())?,
     };
     Ok(if same {
         ExitCode::SUCCESS

@@ -37,6 +37,25 @@ pub enum FlowProtocol {
     Sctp,
 }
 
+impl std::fmt::Display for FlowDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowDirection::Ingress => "ingress",
+            FlowDirection::Egress => "egress",
+        })
+    }
+}
+
+impl std::fmt::Display for FlowProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowProtocol::Tcp => "TCP",
+            FlowProtocol::Udp => "UDP",
+            FlowProtocol::Sctp => "SCTP",
+        })
+    }
+}
+
 /// What the enforced tables said about a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
