@@ -454,6 +454,7 @@ fn run_rounds(paths: &[PathSpec], args: &Args, plan: &extra::Plan) -> Result<Vec
     let duration = Duration::from_secs_f64(args.seconds);
     let n = paths.len();
     let (mut t1, mut t16, mut cps) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let mut waits: Vec<Vec<workload::Latency>> = vec![vec![]; n];
     let fails: Vec<std::sync::Arc<workload::Failures>> =
         (0..n).map(|_| Default::default()).collect();
     let mut lat: Vec<Vec<workload::Latency>> = vec![vec![]; n];
@@ -475,9 +476,9 @@ fn run_rounds(paths: &[PathSpec], args: &Args, plan: &extra::Plan) -> Result<Vec
                 workload::latency(&p.ns, p.echo, args.latency_rounds)
                     .with_context(|| format!("{}: latency", p.name))?,
             );
-            cps[i].push(workload::connection_rate(
-                &p.ns, p.echo, 4, duration, &fails[i],
-            )?);
+            let rate = workload::connection_rate(&p.ns, p.echo, 4, duration, &fails[i])?;
+            cps[i].push(rate.per_s);
+            waits[i].push(rate.connect);
             plan.measure(p.name, &p.ns, &p.targets, duration, &mut optional[i])?;
         }
     }
@@ -495,6 +496,11 @@ fn run_rounds(paths: &[PathSpec], args: &Args, plan: &extra::Plan) -> Result<Vec
                 p999_us: median(lat[i].iter().map(|l| l.p999_us).collect()),
             },
             connections_per_s: median(cps[i].clone()),
+            connect_wait: workload::Latency {
+                p50_us: median(waits[i].iter().map(|l| l.p50_us).collect()),
+                p99_us: median(waits[i].iter().map(|l| l.p99_us).collect()),
+                p999_us: median(waits[i].iter().map(|l| l.p999_us).collect()),
+            },
             connection_failures: fails[i].total(),
             failure_reasons: fails[i].reasons(),
             tools: optional[i].finish(),

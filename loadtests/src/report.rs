@@ -14,6 +14,9 @@ pub struct PathResult {
     pub throughput_16_gbps: f64,
     pub latency: Latency,
     pub connections_per_s: f64,
+    /// How long `connect()` waited during the connection-rate run (queued paths: on the
+    /// proxy's verdict on the SYN), medians of the rounds' percentiles.
+    pub connect_wait: Latency,
     pub connection_failures: u64,
     /// What went wrong with the failed connections, most frequent first.
     pub failure_reasons: Vec<(String, u64)>,
@@ -142,15 +145,15 @@ impl Report {
 
     /// The main table: throughput, latency and connection rate per path, then failures.
     fn paths_markdown(&self, s: &mut String) {
-        let _ = writeln!(s, "| path | 1 stream Gbit/s | 16 streams Gbit/s | p50 µs | p99 µs | p99.9 µs | conn/s | failed |");
+        let _ = writeln!(s, "| path | 1 stream Gbit/s | 16 streams Gbit/s | p50 µs | p99 µs | p99.9 µs | conn/s | connect() p50 µs | connect() p99 µs | failed |");
         let _ = writeln!(
             s,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for p in &self.paths {
             let _ = writeln!(
                 s,
-                "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {} |",
                 p.description,
                 p.throughput_1_gbps,
                 p.throughput_16_gbps,
@@ -158,6 +161,8 @@ impl Report {
                 p.latency.p99_us,
                 p.latency.p999_us,
                 p.connections_per_s,
+                p.connect_wait.p50_us,
+                p.connect_wait.p99_us,
                 p.connection_failures
             );
         }

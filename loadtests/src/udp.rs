@@ -70,22 +70,8 @@ pub fn request_response(ns: &str, ip: IpAddr, rounds: usize) -> Result<(Latency,
                 samples.push(t.elapsed().as_nanos() as u64);
             }
         }
-        Ok((percentiles(samples), lost))
+        Ok((Latency::of(samples), lost))
     })
-}
-
-fn percentiles(mut samples: Vec<u64>) -> Latency {
-    samples.sort_unstable();
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * p) as usize)
-            .map_or(0.0, |&v| v as f64 / 1000.0)
-    };
-    Latency {
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        p999_us: pct(0.999),
-    }
 }
 
 fn unspecified(ip: IpAddr) -> IpAddr {

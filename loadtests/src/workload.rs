@@ -133,6 +133,23 @@ pub struct Latency {
     pub p999_us: f64,
 }
 
+impl Latency {
+    /// Percentiles of samples in nanoseconds, in µs (zero for no sample).
+    pub fn of(mut samples: Vec<u64>) -> Latency {
+        samples.sort_unstable();
+        let pct = |p: f64| {
+            samples
+                .get(((samples.len() as f64 - 1.0) * p) as usize)
+                .map_or(0.0, |&v| v as f64 / 1000.0)
+        };
+        Latency {
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            p999_us: pct(0.999),
+        }
+    }
+}
+
 /// 1-byte request/response on one persistent connection, `rounds` times.
 pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
     within(ns, move || {
@@ -151,13 +168,7 @@ pub fn latency(ns: &str, addr: SocketAddr, rounds: usize) -> Result<Latency> {
                 samples.push(t.elapsed().as_nanos() as u64);
             }
         }
-        samples.sort_unstable();
-        let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
-        Ok(Latency {
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
-            p999_us: pct(0.999),
-        })
+        Ok(Latency::of(samples))
     })
 }
 
@@ -188,6 +199,14 @@ impl Failures {
     }
 }
 
+/// What [`connection_rate`] measured: new connections per second, and how long each
+/// `connect()` waited for the handshake (for a queued path, on the proxy's verdict on the SYN).
+#[derive(Debug, Clone)]
+pub struct Rate {
+    pub per_s: f64,
+    pub connect: Latency,
+}
+
 /// New connections per second, each with one 1-byte exchange; failures are counted by reason
 /// in `failures`.
 pub fn connection_rate(
@@ -196,30 +215,36 @@ pub fn connection_rate(
     workers: usize,
     duration: Duration,
     failures: &Arc<Failures>,
-) -> Result<f64> {
+) -> Result<Rate> {
     let ok = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..workers {
         let (ns, ok, failures) = (ns.to_string(), ok.clone(), failures.clone());
-        handles.push(std::thread::spawn(move || -> Result<()> {
+        handles.push(std::thread::spawn(move || -> Result<Vec<u64>> {
             enter(&ns)?;
             let deadline = Instant::now() + duration;
+            let mut waits = Vec::new();
             while Instant::now() < deadline {
                 match one_exchange(addr) {
-                    Ok(()) => {
+                    Ok(wait) => {
                         ok.fetch_add(1, Ordering::Relaxed);
+                        waits.push(wait.as_nanos() as u64);
                     }
                     Err(why) => failures.record(why),
                 }
             }
-            Ok(())
+            Ok(waits)
         }));
     }
+    let mut waits = Vec::new();
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        waits.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
     }
-    Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(Rate {
+        per_s: ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        connect: Latency::of(waits),
+    })
 }
 
 /// Which step of one exchange failed, and how: what [`Failures`] counts and reports.
@@ -239,8 +264,9 @@ impl StepFailed {
     }
 }
 
-/// One short connection with a 1-byte exchange; on failure, which step failed and how.
-fn one_exchange(addr: SocketAddr) -> std::result::Result<(), StepFailed> {
+/// One short connection with a 1-byte exchange: how long `connect()` took; on failure, which
+/// step failed and how.
+fn one_exchange(addr: SocketAddr) -> std::result::Result<Duration, StepFailed> {
     let timeout = Duration::from_secs(2);
     let step = |what: &'static str| {
         move |e: std::io::Error| match e.kind() {
@@ -251,12 +277,15 @@ fn one_exchange(addr: SocketAddr) -> std::result::Result<(), StepFailed> {
             _ => StepFailed::new(what, e),
         }
     };
+    let started = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(step("connect"))?;
+    let wait = started.elapsed();
     s.set_read_timeout(Some(timeout)).map_err(step("setup"))?;
     s.set_write_timeout(Some(timeout)).map_err(step("setup"))?;
     s.write_all(b"x").map_err(step("write"))?;
     let mut b = [0u8; 1];
-    s.read_exact(&mut b).map_err(step("read"))
+    s.read_exact(&mut b).map_err(step("read"))?;
+    Ok(wait)
 }
 
 /// Longest any single connect, read or write of the harness may block.
@@ -334,7 +363,7 @@ pub fn soak(
             enter(&ns)?;
             while !stop.load(Ordering::Relaxed) {
                 match one_exchange(addr) {
-                    Ok(()) => {
+                    Ok(_) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(why) => failures.record(why),
