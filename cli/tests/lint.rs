@@ -341,7 +341,7 @@ fn cluster_network_policies_every_error_and_the_tier_warnings() {
             "warning",
             "cnp-not-enforced",
             &cnp("guardrails"),
-            "spec.egress[2]",
+            "spec.egress[3]",
         ),
         row(
             "warning",
@@ -393,7 +393,8 @@ fn cluster_network_policies_every_error_and_the_tier_warnings() {
         "{messages:#?}"
     );
     has("rule no-metadata-again never decides anything: rule no-metadata before it");
-    has("domainNames peers are not enforced yet: this Accept rule fails closed");
+    has("domainNames peers are enforced only in Admin-tier Accept rules");
+    has("this Admin Deny rule fails closed");
     has("v1alpha1 AdminNetworkPolicy is NOT read nor enforced by Portcullis");
     has("`tier: Admin`");
     // The table names the codes.

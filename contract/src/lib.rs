@@ -44,6 +44,14 @@ pub const DEFAULT_SERVICE_CIDRS: &str = "10.96.0.0/12";
 /// The NFQUEUE number on which the proxy judges the first packet of each new flow.
 pub const NFQUEUE: u16 = 4171;
 
+/// The NFQUEUE number on which the proxy reads the pod's DNS queries (UDP port 53) and the
+/// replies to them, whole, to learn the addresses its `domainNames` rules allow.
+pub const DNS_NFQUEUE: u16 = 4172;
+
+/// The cluster DNS Service (`namespace/name`) whose ClusterIPs and endpoints the proxy trusts
+/// as resolvers.
+pub const KUBE_DNS_SERVICE: &str = "kube-system/kube-dns";
+
 /// The UID/GID pair of the proxy as the Kubernetes API types it (`runAsUser` is an `int64`).
 pub const fn proxy_uid_k8s() -> i64 {
     PROXY_UID as i64

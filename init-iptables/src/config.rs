@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = var::ENFORCE_UDP, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enforce_udp: bool,
 
+    /// Also send the pod's outbound DNS queries (UDP port 53, every datagram) and the replies
+    /// conntrack ties to them to the proxy's DNS queue (`DNS_NFQUEUE`, 4172), so that it learns
+    /// the addresses `domainNames` rules allow (docs/dns-policy.md). Needs `--enforce-udp`.
+    #[arg(long)]
+    pub learn_dns: bool,
+
     /// How inbound TCP is judged. `queue` (the default when UDP is enforced): the first packet
     /// of each new inbound connection goes to the proxy's NFQUEUE, as for UDP, and the kernel
     /// carries an allowed connection straight to the application: no second socket pair, no

@@ -19,7 +19,7 @@
 //! address, `hashlimit`) has the excess dropped in the kernel before the queue, so the queue's
 //! netlink socket does not overflow and other peers' first packets still get their verdict.
 
-use portcullis_contract::{QUEUED_CONNMARK, REFUSED_MARK};
+use portcullis_contract::{DNS_NFQUEUE, QUEUED_CONNMARK, REFUSED_MARK};
 
 use crate::config::{Config, TcpPath};
 use crate::rules::{Family, Jump, Part, Table};
@@ -89,11 +89,33 @@ fn chain_rules(cfg: &Config, family: Family, chain: &str) -> Vec<String> {
     rules.push(format!(
         "-A {chain} -m conntrack --ctstate INVALID,UNTRACKED -j DROP"
     ));
+    if cfg.learn_dns {
+        rules.push(format!("-A {chain} {}", dns_rule(chain)));
+    }
     if chain == UDP_IN {
         rules.extend(flood_limit(cfg).map(|r| format!("-A {chain} {r}")));
     }
     rules.push(format!("-A {chain} -m conntrack --ctstate NEW {queue}"));
     rules
+}
+
+/// With `--learn-dns`: every outbound DNS query over UDP (new flow or not: a resolver sends A
+/// and AAAA on one socket) and every reply conntrack ties to a flow the pod opened, whole, to
+/// the proxy's DNS queue. The proxy records the query and judges it as the first packet of a
+/// flow; it learns from the reply before accepting it. A datagram from port 53 that opens a new
+/// flow is not a reply: it goes to the flow queue like any other.
+fn dns_rule(chain: &str) -> String {
+    if chain == UDP_IN {
+        format!(
+            "-p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY \
+             -j NFQUEUE --queue-num {DNS_NFQUEUE}"
+        )
+    } else {
+        format!(
+            "-p udp -m udp --dport 53 -m conntrack --ctstate NEW,ESTABLISHED --ctdir ORIGINAL \
+             -j NFQUEUE --queue-num {DNS_NFQUEUE}"
+        )
+    }
 }
 
 /// What `PORTCULLIS_UDP_OUT` never queues: loopback (the relay's redirect goes there too), the
@@ -320,6 +342,49 @@ mod tests {
             "",
         );
         assert_eq!(filter_body(&v6), as_v6(&filter_body(&text)));
+    }
+
+    #[test]
+    fn golden_dns_queue_rules_with_learn_dns() {
+        let text = install(
+            &config(&[
+                "--allow-forwarding",
+                "--inbound-tcp=proxy",
+                "--outbound-tcp=proxy",
+                "--learn-dns",
+            ]),
+            Family::V4,
+            "",
+        );
+        let body = filter_body(&text);
+        let dns: Vec<&str> = body
+            .iter()
+            .copied()
+            .filter(|r| r.contains("4172"))
+            .collect();
+        assert_eq!(
+            dns,
+            [
+                "-A PORTCULLIS_UDP_IN -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFQUEUE --queue-num 4172",
+                "-A PORTCULLIS_UDP_OUT -p udp -m udp --dport 53 -m conntrack --ctstate NEW,ESTABLISHED --ctdir ORIGINAL -j NFQUEUE --queue-num 4172",
+            ]
+        );
+        // After the exemptions and the INVALID drop, before the flow queue.
+        let at = |r: &str| body.iter().position(|l| *l == r).expect(r);
+        assert!(at(dns[1]) > at("-A PORTCULLIS_UDP_OUT -m owner --uid-owner 2171 -j RETURN"));
+        assert!(
+            at(dns[1])
+                < at(
+                    "-A PORTCULLIS_UDP_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171"
+                )
+        );
+        assert!(
+            at(dns[0])
+                < at("-A PORTCULLIS_UDP_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4171")
+        );
+        // Off by default: the goldens above have no DNS rule.
+        let plain = install(&config(&["--allow-forwarding"]), Family::V4, "");
+        assert!(!plain.contains("4172"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cnp;
 pub mod compile;
+pub mod dns;
 pub mod error;
 pub mod ipset;
 pub mod lint;
@@ -35,4 +36,4 @@ pub use matrix::{Matrix, Probe, ProbeResult};
 pub use ports::{PortRange, Protocol};
 pub use service::{ServiceInfo, ServiceMap};
 pub use table::{CompiledRule, DirectionTable, PodTable, TierRule};
-pub use verdict::{Direction, Reason, Verdict};
+pub use verdict::{Direction, DnsNote, Reason, Verdict};

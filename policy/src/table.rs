@@ -9,9 +9,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::cnp::model::{Action, Tier};
+use crate::dns::{DomainPattern, Learned, NoLearned};
 use crate::ipset::IpSet;
 use crate::ports::{PortRange, Protocol};
-use crate::verdict::{Direction, Reason, Verdict};
+use crate::verdict::{Direction, DnsNote, Reason, Verdict};
 
 /// Everything one pod's proxy needs to decide on its connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,17 +72,37 @@ pub struct TierRule {
     pub failed_closed: bool,
     /// The CNP's name (`policy`), the rule's index, and the peers and ports it matches.
     pub matcher: CompiledRule,
+    /// `domainNames` of an Admin-tier egress `Accept` rule: the rule also matches a peer the
+    /// pod learned from its own lookup of a name one of them allows (on the rule's ports).
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub domains: Arc<[DomainPattern]>,
 }
 
 impl TierRule {
-    fn reason(&self, tier: Tier) -> Reason {
+    fn reason(&self, tier: Tier, dns: Option<DnsNote>) -> Reason {
         Reason::Tier {
             tier,
             policy: self.matcher.policy.clone(),
             rule: self.label.clone(),
             action: self.action,
             failed_closed: self.failed_closed,
+            dns,
         }
+    }
+
+    /// The learned name through which this rule's `domainNames` match `peer`, if one does.
+    #[inline]
+    fn learned_match(
+        &self,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        learned: &dyn Learned,
+    ) -> Option<Arc<str>> {
+        if self.domains.is_empty() || !self.matcher.ports_match(port, protocol) {
+            return None;
+        }
+        learned.learned_name(peer, &|name| self.domains.iter().any(|d| d.matches(name)))
     }
 }
 
@@ -96,6 +117,34 @@ fn first_match(
     rules
         .iter()
         .find(|r| r.matcher.matches(peer, port, protocol))
+}
+
+/// The first rule of a tier that matches, by its peers or by a name the pod learned, with that
+/// name; and whether a `domainNames` rule before it covered the port but not the (unlearned) IP.
+#[inline]
+fn first_match_learned<'t>(
+    rules: &'t [TierRule],
+    peer: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    learned: &dyn Learned,
+) -> (
+    Option<(&'t TierRule, Option<DnsNote>)>,
+    Option<&'t TierRule>,
+) {
+    let mut unlearned = None;
+    for r in rules {
+        if r.matcher.matches(peer, port, protocol) {
+            return (Some((r, None)), unlearned);
+        }
+        if let Some(name) = r.learned_match(peer, port, protocol, learned) {
+            return (Some((r, Some(DnsNote::Learned { name }))), unlearned);
+        }
+        if unlearned.is_none() && !r.domains.is_empty() && r.matcher.ports_match(port, protocol) {
+            unlearned = Some(r);
+        }
+    }
+    (None, unlearned)
 }
 
 impl DirectionTable {
@@ -139,16 +188,22 @@ pub struct NamedPortTarget {
 }
 
 impl CompiledRule {
+    /// Whether the rule's numeric ports admit `port`/`protocol` (any, without `ports`).
     #[inline]
-    pub fn matches(&self, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
-        let port_ok = match &self.ports {
+    pub fn ports_match(&self, port: u16, protocol: Protocol) -> bool {
+        match &self.ports {
             None => true,
             // A protocol NetworkPolicy cannot name has no port a rule could list: any `ports`
             // entry keeps the rule from matching it (nor can a named port below: its protocol is
             // TCP, UDP or SCTP).
             Some(_) if protocol.is_portless() => false,
             Some(ranges) => ranges.iter().any(|r| r.contains(protocol, port)),
-        };
+        }
+    }
+
+    #[inline]
+    pub fn matches(&self, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
+        let port_ok = self.ports_match(port, protocol);
         if port_ok && self.peers.as_ref().is_none_or(|set| set.contains(peer)) {
             return true;
         }
@@ -203,12 +258,38 @@ impl PodTable {
         port: u16,
         protocol: Protocol,
     ) -> Verdict {
+        self.check_learned(direction, peer, port, protocol, &NoLearned)
+    }
+
+    /// [`PodTable::check`] with what the pod learned from its own DNS lookups: an Admin-tier
+    /// `domainNames` rule matches a peer learned from a name it allows ([`DnsNote::Learned`]
+    /// says which); a tier `Deny` that such a rule would have pre-empted says the IP was not
+    /// learned ([`DnsNote::NotLearned`]).
+    pub fn check_learned(
+        &self,
+        direction: Direction,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        learned: &dyn Learned,
+    ) -> Verdict {
         let peer = canonical(peer);
         let table = self.direction(direction);
         let cnp = self.governed_by_cnp(direction, peer);
         let tier = |rules: &[TierRule], tier: Tier| {
-            let rule = first_match(rules, peer, port, protocol).filter(|_| cnp)?;
-            (rule.action != Action::Pass).then(|| rule.reason(tier))
+            if !cnp {
+                return None;
+            }
+            let (hit, unlearned) = first_match_learned(rules, peer, port, protocol, learned);
+            let (rule, note) = hit?;
+            let note = note.or_else(|| {
+                let u = unlearned.filter(|_| rule.action == Action::Deny)?;
+                Some(DnsNote::NotLearned {
+                    policy: u.matcher.policy.clone(),
+                    rule: u.label.clone(),
+                })
+            });
+            (rule.action != Action::Pass).then(|| rule.reason(tier, note))
         };
         let reason = tier(&table.admin, Tier::Admin)
             .or_else(|| self.network_policy(table, peer, port, protocol))

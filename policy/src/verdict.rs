@@ -63,7 +63,36 @@ pub enum Reason {
         /// would cover.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         failed_closed: bool,
+        /// What DNS had to do with it (egress `domainNames` rules only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns: Option<DnsNote>,
     },
+}
+
+/// How a `domainNames` rule took part in a tier's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "dns", rename_all = "snake_case")]
+pub enum DnsNote {
+    /// Allowed because the pod learned the peer from its own lookup of `name`.
+    Learned { name: Arc<str> },
+    /// Denied, though `domainNames` rule `rule` of ClusterNetworkPolicy `policy`, before the
+    /// deciding rule, covers the port: the peer IP was not learned from DNS.
+    NotLearned { policy: Arc<str>, rule: Arc<str> },
+}
+
+impl fmt::Display for DnsNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsNote::Learned { name } => {
+                write!(f, "the pod learned this IP from its DNS lookup of {name}")
+            }
+            DnsNote::NotLearned { policy, rule } => write!(
+                f,
+                "IP not learned from DNS: the domainNames rule {rule} of ClusterNetworkPolicy \
+                 {policy} allows only addresses the pod received in answers to its own lookups"
+            ),
+        }
+    }
 }
 
 /// The decision for one direction of one connection.
@@ -169,7 +198,14 @@ impl fmt::Display for Verdict {
                 rule,
                 action,
                 failed_closed,
-            } => tier_words(f, d, *tier, policy, rule, *action, *failed_closed),
+                dns,
+            } => {
+                tier_words(f, d, *tier, policy, rule, *action, *failed_closed)?;
+                match dns {
+                    Some(note) => write!(f, " ({note})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -188,7 +224,7 @@ fn tier_words(
         return write!(
             f,
             "denied by {by}: the rule names a peer type Portcullis cannot enforce \
-             (domainNames, or a newer API's), so it fails closed and denies all {d} it covers"
+             (domainNames outside an Admin-tier Accept rule, or a newer API's), so it fails closed and denies all {d} it covers"
         );
     }
     match (action, tier) {

@@ -51,6 +51,8 @@ pub struct AdminState {
     /// The port `/metrics` is judged on.
     pub admin_port: u16,
     pub audit: Arc<AuditLog>,
+    /// The names and addresses learned from the pod's DNS lookups (`/policy` lists them).
+    pub dns: Arc<crate::dns::DnsState>,
 }
 
 impl AdminState {
@@ -131,6 +133,7 @@ pub fn respond<B>(state: &AdminState, req: &Request<B>, peer: SocketAddr) -> Res
                     "enforced_protocols": state.enforced_protocols(),
                     "inbound_tcp": state.inbound_tcp.as_str(),
                     "table": &*snapshot.table,
+                    "dns_learned": state.dns.snapshot(),
                 });
                 json(StatusCode::OK, &body)
             }
@@ -264,6 +267,7 @@ mod tests {
                 std::time::Duration::from_secs(10),
                 crate::audit::LineBudget::UNLIMITED,
             )),
+            dns: Arc::new(crate::dns::DnsState::new(Vec::new(), Default::default())),
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use portcullis_policy::dns::{Learned, NoLearned};
 use portcullis_policy::{Direction, PodTable, Protocol, Verdict};
 
 use crate::config::Mode;
@@ -63,7 +64,20 @@ pub fn decide_protocol(
     port: u16,
     protocol: Protocol,
 ) -> Decision {
-    let verdict = table.check(direction, peer, port, protocol);
+    decide_learned(table, mode, direction, peer, port, protocol, &NoLearned)
+}
+
+/// [`decide_protocol`] with what the pod learned from its DNS lookups (`domainNames` rules).
+pub fn decide_learned(
+    table: &PodTable,
+    mode: Mode,
+    direction: Direction,
+    peer: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    learned: &dyn Learned,
+) -> Decision {
+    let verdict = table.check_learned(direction, peer, port, protocol, learned);
     match (verdict.allowed(), mode) {
         (true, _) => Decision::Allow(verdict),
         (false, Mode::Enforce) => Decision::Deny(verdict),

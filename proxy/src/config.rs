@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = env::POD_IPS, value_delimiter = ',')]
     pub pod_ips: Vec<IpAddr>,
 
+    /// Resolvers whose answers teach `domainNames` rules, comma separated, besides the
+    /// `kube-system/kube-dns` Service's ClusterIPs and endpoints (docs/dns-policy.md).
+    #[arg(long, value_delimiter = ',')]
+    pub dns_resolvers: Vec<IpAddr>,
+
     /// The node's IP (downward API `status.hostIP`); traffic with the node is always allowed.
     #[arg(long, env = env::HOST_IP)]
     pub host_ip: Option<IpAddr>,

@@ -30,6 +30,8 @@ pub struct Context {
     pub pod_addresses: PodAddresses,
     /// Active connections per Service backend, to spread new ones.
     pub balancer: Balancer,
+    /// What this pod learned from its own DNS lookups (`domainNames` rules).
+    pub dns: Arc<crate::dns::DnsState>,
     ingress: DirectionMetrics,
     egress: DirectionMetrics,
 }
@@ -59,6 +61,10 @@ impl Context {
             // pod from a neighbour it is asked to relay to.
             pod_addresses: PodAddresses::new(&config.pod_ips)?,
             balancer: Balancer::new(),
+            dns: Arc::new(crate::dns::DnsState::new(
+                config.dns_resolvers.clone(),
+                Default::default(),
+            )),
             ingress: DirectionMetrics::new(Direction::Ingress),
             egress: DirectionMetrics::new(Direction::Egress),
         })

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod authorize;
 pub mod config;
 pub mod context;
+pub mod dns;
 pub mod inbound;
 pub mod kernel;
 pub mod limits;

@@ -58,6 +58,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
         mode: config.mode,
         admin_port: config.admin_listen.port(),
         audit: ctx.audit.clone(),
+        dns: ctx.dns.clone(),
     });
     // The admin port outlives the listeners: it answers /ready with 503 while draining.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -171,6 +172,7 @@ fn start_datagram_enforcement(ctx: &Arc<Context>, config: &Config) -> anyhow::Re
     telemetry::set_enforced_protocols(config.enforce_udp);
     if config.enforce_udp {
         queue::start(ctx, config)?;
+        crate::dns::reader::start(ctx)?;
         revoke::start_sweep(ctx, config);
         tracing::info!(
             event = "udp_enforced",

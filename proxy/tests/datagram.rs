@@ -119,8 +119,18 @@ impl Setup {
         if start.queue_rules {
             // Exactly what portcullis-init installs (TCP redirect and UDP/SCTP queue), from its
             // own rule generator.
-            let cfg = portcullis_init::config::Config::try_parse_from(["portcullis-init"])
-                .expect("init defaults");
+            // A proxy told its resolvers learns DNS: the init rules then queue DNS too.
+            let learn_dns = start
+                .proxy_args
+                .iter()
+                .any(|a| a.starts_with("--dns-resolvers"));
+            let init_args: &[&str] = if learn_dns {
+                &["portcullis-init", "--learn-dns"]
+            } else {
+                &["portcullis-init"]
+            };
+            let cfg =
+                portcullis_init::config::Config::try_parse_from(init_args).expect("init defaults");
             use portcullis_init::rules::Family;
             restore(
                 &pod,
@@ -1439,4 +1449,90 @@ fn outbound_tcp_to_a_cluster_ip_is_still_relayed_to_an_allowed_backend() {
     );
     drop(c);
     t.wait_for("the relay's byte count", || relayed_bytes(&t) > 0.0);
+}
+
+/// Admin-tier allowlist: DNS to the peer, `allowed.example.com` on 5353/UDP, nothing else.
+const DNS_ALLOWLIST: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: egress-allowlist}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}
+  egress:
+  - name: dns
+    action: Accept
+    to: [{networks: ["10.216.0.2/32"]}]
+    protocols: [{udp: {destinationPort: {number: 53}}}]
+  - name: allowed-name
+    action: Accept
+    to: [{domainNames: ["allowed.example.com"]}]
+    protocols: [{udp: {destinationPort: {number: 5353}}}]
+  - name: rest
+    action: Deny
+    to: [{networks: ["0.0.0.0/0"]}]
+"#;
+
+/// A DNS server in `ns` on `addr` answering every A question with `answer` (TTL 60), built by
+/// hand: the question echoed, one record pointing at it.
+fn fake_dns(ns: &str, addr: &str, answer: [u8; 4]) {
+    let s = udp(ns, addr);
+    s.set_read_timeout(None).expect("blocking");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80; // QR: a response
+            reply[3] = 0x80; // RA, NOERROR
+            reply[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+            reply[8..12].fill(0);
+            reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&answer);
+            let _ = s.send_to(&reply, from);
+        }
+    });
+}
+
+#[test]
+fn a_domain_name_is_reachable_only_after_the_pods_own_trusted_lookup() {
+    let t = Setup::new(
+        &[DNS_ALLOWLIST],
+        Start {
+            proxy_args: &["--dns-resolvers", PEER_IP],
+            ..ENFORCING
+        },
+    );
+    udp_echo(&t.peer_ns, &format!("0.0.0.0:{ALLOWED}"));
+    fake_dns(&t.peer_ns, &format!("{PEER_IP}:53"), [10, 216, 0, 2]);
+    t.wait_ready();
+    let app = udp(&t.pod_ns, "0.0.0.0:0");
+    // Not before the lookup.
+    assert!(ask(&app, &format!("{PEER_IP}:{ALLOWED}"), b"early").is_none());
+    // A lookup of another name teaches nothing.
+    let resolver = udp(&t.pod_ns, "0.0.0.0:0");
+    resolver
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let other =
+        portcullis_proxy::resolve::query(1, "other.example.com.", hickory_rr_a()).expect("query");
+    assert!(ask(&resolver, &format!("{PEER_IP}:53"), &other).is_some());
+    assert!(ask(&app, &format!("{PEER_IP}:{ALLOWED}"), b"other").is_none());
+    // The allowed name: its answer is learned before it reaches the pod.
+    let q =
+        portcullis_proxy::resolve::query(2, "Allowed.Example.com.", hickory_rr_a()).expect("query");
+    let answer = ask(&resolver, &format!("{PEER_IP}:53"), &q).expect("an answer");
+    let ips = portcullis_proxy::resolve::parse_answer(2, hickory_rr_a(), &answer).expect("A");
+    assert_eq!(ips, [PEER_IP.parse::<std::net::IpAddr>().unwrap()]);
+    assert!(echoed(&app, &format!("{PEER_IP}:{ALLOWED}"), "after"));
+    let (status, policy) = t.admin("/policy");
+    assert_eq!(status, 200, "{policy}");
+    assert!(policy.contains("allowed.example.com"), "{policy}");
+}
+
+fn hickory_rr_a() -> hickory_proto::rr::RecordType {
+    hickory_proto::rr::RecordType::A
 }

@@ -518,6 +518,7 @@ mod tests {
                 ports: None,
                 named: Arc::from(Vec::new()),
             },
+            domains: Arc::from(Vec::new()),
         };
         t.ingress.admin.push(rule(Action::Deny));
         t.egress.baseline.push(rule(Action::Pass));

@@ -12,9 +12,11 @@
 //! 4. Otherwise allowed.
 //!
 //! A pod's traffic to its own address is not subject to CNPs (v1 alone decides, and v1 allows
-//! it). A rule that holds a peer of an unknown or unsupported type (`domainNames` until the FQDN
-//! work) fails closed: in an `Accept` rule that peer matches nothing; a `Deny` or `Pass` rule with
-//! it denies every connection its subject makes in that direction.
+//! it). A rule that holds a peer of an unknown or unsupported type fails closed: in an `Accept`
+//! rule that peer matches nothing; a `Deny` or `Pass` rule with it denies every connection its
+//! subject makes in that direction. `domainNames` are learned per pod at run time
+//! (`crate::dns`); this model knows no lookups, so it never matches them, as a table checked
+//! with nothing learned.
 //!
 //! This module is the reference the compiled tables must agree with: the compiler will lower the
 //! same order into the per-pod table, and `explain` names the [`Decision`] it returns.

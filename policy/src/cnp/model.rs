@@ -81,7 +81,9 @@ pub enum Peer {
     Nodes(Selector),
     /// Any address in these CIDRs, pod addresses included.
     Networks(Vec<IpNet>),
-    /// FQDNs: not enforced yet (the FQDN issue); treated like [`Peer::Unknown`].
+    /// FQDNs, `*.` prefix allowed. Enforced in Admin-tier egress `Accept` rules from what each
+    /// pod learns ([`crate::dns`]); in a `Deny`/`Pass` rule they fail closed like
+    /// [`Peer::Unknown`] (the API supports them for `Accept` only).
     DomainNames(Vec<String>),
     /// A peer with no field this version knows (a newer API): fails closed.
     Unknown,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::model::{Action, Peer, PodSet, PortMatch, Rule, Tier, ValidCnp};
 use crate::cluster::{NodeInfo, PodInfo};
 use crate::compile::ClusterIndex;
+use crate::dns::DomainPattern;
 use crate::ipset::{IpSet, IpSetBuilder};
 use crate::ports::PortRange;
 use crate::selector::Labels;
@@ -46,6 +47,9 @@ pub struct ResolvedCnpRule {
     pub named_on_subject: Vec<String>,
     /// Egress `destinationNamedPort`s, resolved on the destination pods here.
     pub named: Arc<[NamedPortTarget]>,
+    /// `domainNames` of an Admin-tier egress `Accept` rule (elsewhere they match nothing, or
+    /// fail closed in `Deny`/`Pass` rules).
+    pub domains: Arc<[DomainPattern]>,
 }
 
 impl ResolvedCnp {
@@ -102,10 +106,11 @@ pub fn resolve_cnp(
     nodes: &BTreeMap<String, NodeInfo>,
     cnp: ValidCnp,
 ) -> ResolvedCnp {
+    let tier = cnp.tier;
     let resolve = |rules: &[Rule], direction| {
         rules
             .iter()
-            .map(|r| resolve_rule(index, nodes, direction, r))
+            .map(|r| resolve_rule(index, nodes, direction, tier, r))
             .collect()
     };
     ResolvedCnp {
@@ -120,6 +125,7 @@ fn resolve_rule(
     index: &ClusterIndex<'_>,
     nodes: &BTreeMap<String, NodeInfo>,
     direction: Direction,
+    tier: Tier,
     rule: &Rule,
 ) -> ResolvedCnpRule {
     let label: Arc<str> = Arc::from(rule.label());
@@ -133,8 +139,10 @@ fn resolve_rule(
             ports: None,
             named_on_subject: Vec::new(),
             named: Arc::from(Vec::new()),
+            domains: Arc::from(Vec::new()),
         };
     }
+    let mut domains = Vec::new();
     let mut set = IpSetBuilder::new();
     for peer in &rule.peers {
         match peer {
@@ -149,6 +157,10 @@ fn resolve_rule(
                 .flat_map(|n| &n.addresses)
                 .for_each(|ip| set.add_ip(*ip)),
             Peer::Networks(nets) => nets.iter().for_each(|net| set.add_block(*net, &[])),
+            // Learned per pod at run time, in the Admin tier (see `docs/dns-policy.md`).
+            Peer::DomainNames(names) if tier == Tier::Admin && direction == Direction::Egress => {
+                domains.extend(names.iter().filter_map(|n| DomainPattern::parse(n)));
+            }
             // An `Accept` rule's unenforceable peer matches nothing.
             Peer::DomainNames(_) | Peer::Unknown => {}
         }
@@ -176,6 +188,7 @@ fn resolve_rule(
         ports,
         named_on_subject,
         named,
+        domains: Arc::from(domains),
     }
 }
 
@@ -256,6 +269,7 @@ pub fn tier_rules(
                     ports,
                     named: r.named.clone(),
                 },
+                domains: r.domains.clone(),
             });
         }
     }

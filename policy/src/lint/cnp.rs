@@ -2,7 +2,8 @@
 //! [`crate::cnp::validate`] in strict mode), and what is valid but probably not meant: a rule an
 //! earlier rule of the same policy shadows, two policies of one tier and priority whose subjects
 //! can overlap (their order is Portcullis's, not the API's), `Pass` in the Baseline tier, rules
-//! with `domainNames` (not enforced yet: they fail closed). `v1alpha1` AdminNetworkPolicy and
+//! with `domainNames` where they are not enforced (outside an Admin-tier egress `Accept`: they
+//! fail closed). `v1alpha1` AdminNetworkPolicy and
 //! BaselineAdminNetworkPolicy objects are reported as not read.
 
 use std::collections::BTreeMap;
@@ -154,24 +155,39 @@ fn rule_warnings(v: &ValidCnp, object: &ObjectRef, out: &mut Vec<Finding>) {
                         .into(),
                 ));
             }
-            if rule.peers.iter().any(|p| matches!(p, Peer::DomainNames(_))) {
-                out.push(Finding::new(
-                    Severity::Warning,
-                    Check::CnpNotEnforced,
-                    object,
-                    &field,
-                    format!(
-                        "domainNames peers are not enforced yet: this {} rule fails closed ({})",
-                        rule.action,
-                        match rule.action {
-                            Action::Accept => "the domainNames peer matches nothing",
-                            _ => "it denies every connection of its subjects in this direction",
-                        }
-                    ),
-                ));
-            }
+            domain_warnings(v, rule, object, &field, out);
         }
     }
+}
+
+/// `domainNames` outside an Admin-tier `Accept` (not enforced: fails closed). Names the CRD's
+/// pattern refuses (a wildcard not in front, a single label such as `*.com`) are `PC004` errors.
+fn domain_warnings(
+    v: &ValidCnp,
+    rule: &Rule,
+    object: &ObjectRef,
+    field: &str,
+    out: &mut Vec<Finding>,
+) {
+    let any = rule.peers.iter().any(|p| matches!(p, Peer::DomainNames(_)));
+    if !any || (v.tier == Tier::Admin && rule.action == Action::Accept) {
+        return;
+    }
+    let why = match rule.action {
+        Action::Accept => "the domainNames peer matches nothing",
+        _ => "it denies every connection of its subjects in this direction",
+    };
+    out.push(Finding::new(
+        Severity::Warning,
+        Check::CnpNotEnforced,
+        object,
+        field,
+        format!(
+            "domainNames peers are enforced only in Admin-tier Accept rules (the API supports \
+             them for Accept only): this {} {} rule fails closed ({why})",
+            v.tier, rule.action
+        ),
+    ));
 }
 
 /// Whether rule `a` matches every connection rule `b` matches (peers and ports), judged on what

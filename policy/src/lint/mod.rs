@@ -80,8 +80,10 @@ pub enum Check {
     CnpShadowedRule,
     CnpEqualPriority,
     CnpBaselinePass,
-    /// A ClusterNetworkPolicy rule with a peer Portcullis does not enforce yet (`domainNames`).
+    /// A `domainNames` peer where Portcullis does not enforce it (outside an Admin-tier egress
+    /// `Accept` rule): the rule fails closed.
     CnpNotEnforced,
+
     /// A `v1alpha1` AdminNetworkPolicy or BaselineAdminNetworkPolicy: not read.
     AnpV1alpha1NotRead,
 }
@@ -108,6 +110,7 @@ impl Check {
             Check::CnpEqualPriority => "cnp-equal-priority",
             Check::CnpBaselinePass => "cnp-baseline-pass",
             Check::CnpNotEnforced => "cnp-not-enforced",
+
             Check::AnpV1alpha1NotRead => "anp-v1alpha1-not-read",
         }
     }
@@ -135,6 +138,7 @@ impl Check {
             Check::CnpEqualPriority => "PC022",
             Check::CnpBaselinePass => "PC023",
             Check::CnpNotEnforced => "PC024",
+
             Check::AnpV1alpha1NotRead => "PC025",
         }
     }

@@ -12,11 +12,12 @@
 
 use std::net::IpAddr;
 
+use portcullis_policy::dns::Learned;
 use portcullis_policy::service::judge;
 use portcullis_policy::{Direction, Protocol};
 
 use crate::audit::ServiceNote;
-use crate::authorize::{decide_protocol, Decision};
+use crate::authorize::{decide_learned, Decision};
 use crate::config::Mode;
 use crate::outbound::service::{of_family, refused_list};
 use crate::store::{Services, Snapshot};
@@ -34,7 +35,9 @@ impl FlowDecision {
     }
 }
 
-/// Decides a flow of this pod with `peer` on `port`/`protocol` (the destination port).
+/// Decides a flow of this pod with `peer` on `port`/`protocol` (the destination port), with
+/// what the pod `learned` from its DNS lookups (`domainNames` rules; not for Services).
+#[allow(clippy::too_many_arguments)]
 pub fn decide_flow(
     snapshot: &Snapshot,
     services: &Services,
@@ -43,6 +46,7 @@ pub fn decide_flow(
     peer: IpAddr,
     port: u16,
     protocol: Protocol,
+    learned: &dyn Learned,
 ) -> FlowDecision {
     let frontend = match direction {
         Direction::Egress => services.frontend_for(peer, port, protocol),
@@ -50,13 +54,14 @@ pub fn decide_flow(
     };
     let Some(frontend) = frontend else {
         return FlowDecision {
-            decision: Some(decide_protocol(
+            decision: Some(decide_learned(
                 &snapshot.table,
                 mode,
                 direction,
                 peer,
                 port,
                 protocol,
+                learned,
             )),
             service: None,
         };

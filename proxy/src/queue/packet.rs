@@ -78,6 +78,21 @@ impl Malformed {
 /// Reads the IP header of `packet`, and the ports of the protocols that start with them (which
 /// may be cut short after the ports: the queue copies only the start of each packet).
 pub fn parse(packet: &[u8]) -> Result<Flow, Malformed> {
+    parse_at(packet).map(|(flow, _)| flow)
+}
+
+/// A UDP datagram's flow and its payload (what `crate::dns` reads of queries and answers).
+pub fn udp_payload(packet: &[u8]) -> Result<(Flow, &[u8]), Malformed> {
+    let (flow, l4) = parse_at(packet)?;
+    if flow.protocol != Protocol::Udp {
+        return Err(Malformed::OtherProtocol);
+    }
+    let payload = packet.get(l4 + 8..).ok_or(Malformed::Truncated)?;
+    Ok((flow, payload))
+}
+
+/// The flow, and where its transport header starts.
+fn parse_at(packet: &[u8]) -> Result<(Flow, usize), Malformed> {
     let first = *packet.first().ok_or(Malformed::Truncated)?;
     let (src, dst, proto, l4) = match first >> 4 {
         4 => ipv4(packet)?,
@@ -101,11 +116,12 @@ pub fn parse(packet: &[u8]) -> Result<Flow, Malformed> {
     } else {
         (0, 0)
     };
-    Ok(Flow {
+    let flow = Flow {
         protocol: Protocol::from_number(proto),
         source: SocketAddr::new(src, sport),
         destination: SocketAddr::new(dst, dport),
-    })
+    };
+    Ok((flow, l4))
 }
 
 fn is_v4_mapped(ip: IpAddr) -> bool {

@@ -186,16 +186,7 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         return denied;
     };
     let peer = peer(&flow, direction);
-    let services = ctx.store.services();
-    let FlowDecision { decision, service } = decide_flow(
-        &snapshot,
-        &services,
-        ctx.mode,
-        direction,
-        peer,
-        flow.destination.port(),
-        flow.protocol,
-    );
+    let FlowDecision { decision, service } = decide_now(ctx, &snapshot, direction, peer, &flow);
     let peer_pod = ctx.store.peer_name(peer);
     let (event, verdict, accept) = match &decision {
         None => {
@@ -239,6 +230,30 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     } else {
         denied
     }
+}
+
+/// The flow's decision now, with the Services and what the pod learned from DNS.
+fn decide_now(
+    ctx: &Context,
+    snapshot: &crate::store::Snapshot,
+    direction: Direction,
+    peer: std::net::IpAddr,
+    flow: &Flow,
+) -> FlowDecision {
+    let services = ctx.store.services();
+    let now = std::time::Instant::now();
+    ctx.dns.with(|dns| {
+        decide_flow(
+            snapshot,
+            &services,
+            ctx.mode,
+            direction,
+            peer,
+            flow.destination.port(),
+            flow.protocol,
+            &dns.learned().at(now),
+        )
+    })
 }
 
 #[cfg(test)]

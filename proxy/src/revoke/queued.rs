@@ -116,15 +116,21 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
         let Some(j) = place(&entry, &local, &own_ports) else {
             continue;
         };
-        let flow = decide_flow(
-            &snapshot,
-            &services,
-            ctx.mode,
-            j.direction,
-            j.peer,
-            j.port,
-            entry.protocol,
-        );
+        // An open flow to a learned address outlives its TTL (docs/dns-policy.md).
+        let now = std::time::Instant::now();
+        let flow = ctx.dns.with(|dns| {
+            decide_flow(
+                &snapshot,
+                &services,
+                ctx.mode,
+                j.direction,
+                j.peer,
+                j.port,
+                entry.protocol,
+                &dns.learned()
+                    .for_open_flows(now, crate::dns::OPEN_FLOW_GRACE),
+            )
+        });
         if flow.lets_through() {
             continue;
         }
