@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use portcullis_injector::decision::Sidecars;
+use portcullis_injector::decision::{SidecarEnv, Sidecars};
 use portcullis_injector::values::Switch;
 use portcullis_injector::InjectorConfig;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::service::ServiceMap;
-use portcullis_policy::{compile, PodInfo};
+use portcullis_policy::{compile, Cluster, PodInfo};
 
 use crate::controller::start_controller;
 use crate::dnsmasq::{add_cluster_dns, refresh_dns, start_dns};
@@ -64,23 +64,14 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let dir = state_dir(&opts.name);
     let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
     let dns_added = add_cluster_dns(&policy_dir)?;
-    let mut cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
-    let node_plan = nodes::plan(&prefix(&opts.name), &cluster.pods);
-    if nodes::synthesise_nodes(&policy_dir, &cluster, &node_plan)? {
-        cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
-    }
+    let (cluster, node_plan) = load_with_nodes(&opts.name, &policy_dir)?;
     let manifests = inject::Manifests::read(std::slice::from_ref(&policy_dir));
     let injector = InjectorConfig {
         enforce_udp: Switch(opts.enforce_udp),
         service_cidrs: crate::services::service_cidrs(),
         ..InjectorConfig::default()
     };
-    let node = nodes::node_netns(&prefix(&opts.name), 0);
-    create_node(&node)?;
-    for other in node_plan.iter().skip(1) {
-        create_node(&other.netns)?;
-    }
-    nodes::connect(&prefix(&opts.name), &node_plan)?;
+    let node = create_nodes(&opts.name, &node_plan)?;
     let mut state = State {
         name: opts.name.clone(),
         node_netns: node.clone(),
@@ -139,12 +130,51 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
     start_node_processes(opts, &mut state, &dir)?;
+    start_pods(opts, &mut state, &pods, &sidecars)?;
+    let host_pods = nodes::host_network_pods(&cluster);
+    state.host_pods = nodes::start_host_pods(&state.nodes, &node, &host_pods, &dir)?;
+    state.save()?;
+    wait_ready(&state, Duration::from_secs(30))?;
+    state.ensure_served(&wanted)?;
+    Ok(state)
+}
+
+/// The manifests' cluster, and its nodes when there are several (with a Node object written
+/// for each node address no Node claims).
+fn load_with_nodes(name: &str, policy_dir: &Path) -> Result<(Cluster, Vec<nodes::NodeState>)> {
+    let cluster = load_cluster(&[policy_dir.to_path_buf()])?;
+    let node_plan = nodes::plan(&prefix(name), &cluster.pods);
+    if nodes::synthesise_nodes(policy_dir, &cluster, &node_plan)? {
+        return Ok((load_cluster(&[policy_dir.to_path_buf()])?, node_plan));
+    }
+    Ok((cluster, node_plan))
+}
+
+/// The node namespace (the first node's), the other nodes' and the LAN between them.
+fn create_nodes(name: &str, node_plan: &[nodes::NodeState]) -> Result<String> {
+    let node = nodes::node_netns(&prefix(name), 0);
+    create_node(&node)?;
+    for other in node_plan.iter().skip(1) {
+        create_node(&other.netns)?;
+    }
+    nodes::connect(&prefix(name), node_plan)?;
+    Ok(node)
+}
+
+/// Every pod's processes (`sidecars`: the injector's environment of each, if injected).
+fn start_pods(
+    opts: &UpOptions,
+    state: &mut State,
+    pods: &[&PodInfo],
+    sidecars: &[Option<SidecarEnv>],
+) -> Result<()> {
     let first_node = state.nodes.first().map(|n| n.address.to_string());
-    for ((pod, info), env) in state.pods.iter_mut().zip(&pods).zip(&sidecars) {
+    let node = state.node_netns.clone();
+    for ((pod, info), env) in state.pods.iter_mut().zip(pods).zip(sidecars) {
         // The node's address on the pod's side of the bridge, as a Service would route it; on
         // another node, the first node's address (where the controller runs).
         let controller = match &first_node {
-            Some(first) if pod.node != node => first.clone(),
+            Some(first) if !pod.node.is_empty() && pod.node != node => first.clone(),
             _ => gateway_of(info),
         };
         start_pod(
@@ -153,17 +183,11 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
             info,
             env.as_ref(),
             &state.wanted_ports,
-            &policy_dir,
+            &state.policy_dir,
             &controller,
         )?;
     }
-    state.save()?;
-    let host_pods = nodes::host_network_pods(&cluster);
-    state.host_pods = nodes::start_host_pods(&state.nodes, &node, &host_pods, &dir)?;
-    state.save()?;
-    wait_ready(&state, Duration::from_secs(30))?;
-    state.ensure_served(&wanted)?;
-    Ok(state)
+    state.save()
 }
 
 /// The node's own processes, before any process of a pod runs: the node guard (every pod
