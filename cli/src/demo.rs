@@ -187,12 +187,14 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     Ok(ipv6_ok && services_ok && dns_ok && ok1 && ok2 && ok3 && guardrail_ok)
 }
 
+/// The guardrail's ClusterNetworkPolicy and rule (`manifests/examples/kangaroo-guardrails`).
+const POLICY: &str = "membership-is-sensitive";
+const RULE: &str = "no-app-calls-membership";
+
 /// The CNP guardrail: the backend's own policy allows membership/api on 443; an Admin-tier
 /// `Deny` applied live overrides it, and the proxy's audit line names the tier, the
 /// ClusterNetworkPolicy and its rule. Whether the call was denied and so audited.
 fn guardrail_step(state: &State, guardrails: &Path, color: bool) -> Result<bool> {
-    const POLICY: &str = "membership-is-sensitive";
-    const RULE: &str = "no-app-calls-membership";
     step(
         10,
         &format!(
@@ -370,4 +372,43 @@ fn dns_step(state: &State, color: bool) -> Result<bool> {
         println!("    {line}");
     }
     Ok(!allowed.is_empty() && denied.is_empty() && line.is_some())
+}
+
+#[cfg(test)]
+mod guardrail_tests {
+    use super::{POLICY, RULE};
+    use portcullis_policy::{compile, Direction, Protocol};
+    use std::path::PathBuf;
+
+    /// The data of the guardrail step: without the guardrails the backend reaches membership/api
+    /// on 443; with them the Admin-tier Deny the step names denies it.
+    #[test]
+    fn the_guardrails_deny_what_kangaroo_allows_and_pass_dns() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example = root.join("manifests/examples/kangaroo");
+        let guardrails = root.join("manifests/examples/kangaroo-guardrails");
+        let text = std::fs::read_to_string(guardrails.join("guardrails.yaml")).unwrap();
+        assert!(text.contains(POLICY) && text.contains(RULE) && text.contains("action: Pass"));
+        let check = |paths: &[PathBuf], to: &str, port: u16, protocol: Protocol| {
+            let loaded = portcullis_policy_loader::load_paths(paths);
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            let compiled = compile(&loaded.cluster);
+            let ip = loaded
+                .cluster
+                .pods
+                .iter()
+                .find(|p| p.key() == to)
+                .unwrap()
+                .ips[0];
+            compiled
+                .table("kangaroo/backend")
+                .unwrap()
+                .check(Direction::Egress, ip, port, protocol)
+                .allowed()
+        };
+        let without = [example.clone()];
+        let with = [example, guardrails];
+        assert!(check(&without, "membership/api", 443, Protocol::Tcp));
+        assert!(!check(&with, "membership/api", 443, Protocol::Tcp));
+    }
 }
