@@ -105,7 +105,7 @@ fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     report(&cells, color, true, &mut std::io::stdout())
 }
 
-/// Steps 2 to 9: probe, Services, DNS, metrics, a live change, probe, controller gone, probe.
+/// Steps 2 to 10: probe, Services, DNS, metrics, a live change, probe, controller gone, probe.
 /// Whether every probe matched the prediction.
 fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     for p in &state.pods {
@@ -165,15 +165,16 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
         color,
     )?;
 
+    let guardrail_ok = guardrail_step(state, &args.guardrails, color)?;
     step(
-        8,
+        9,
         "stop portcullis-controller: every proxy keeps enforcing its last table",
         color,
     );
     testbed::stop_controller(state)?;
     let ok3 = probe_step(
         state,
-        9,
+        10,
         "probe with the controller gone: nothing changes",
         color,
     )?;
@@ -183,7 +184,6 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     {
         println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
     }
-    let guardrail_ok = guardrail_step(state, &args.guardrails, color)?;
     Ok(ipv6_ok && services_ok && dns_ok && ok1 && ok2 && ok3 && guardrail_ok)
 }
 
@@ -196,7 +196,7 @@ const RULE: &str = "no-app-calls-membership";
 /// ClusterNetworkPolicy and its rule. Whether the call was denied and so audited.
 fn guardrail_step(state: &State, guardrails: &Path, color: bool) -> Result<bool> {
     step(
-        10,
+        8,
         &format!(
             "apply {}: an Admin-tier Deny overrides kangaroo's allow to membership/api",
             guardrails.display()
