@@ -25,6 +25,10 @@ pub struct DemoArgs {
     /// The policy change applied while it runs.
     #[arg(long, default_value = "manifests/examples/kangaroo-change")]
     pub change: PathBuf,
+    /// The platform team's ClusterNetworkPolicy guardrails applied at the end (an Admin `Deny`
+    /// over a namespace's allow, and a `Pass`).
+    #[arg(long, default_value = "manifests/examples/kangaroo-guardrails")]
+    pub guardrails: PathBuf,
     #[command(flatten)]
     pub binaries: BinaryArgs,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -45,10 +49,10 @@ fn step(n: u32, title: &str, color: bool) {
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let color = args.color.enabled();
-    for p in [&args.example, &args.ipv6, &args.change] {
+    for p in [&args.example, &args.ipv6, &args.change, &args.guardrails] {
         if !Path::new(p).exists() {
             anyhow::bail!(
-                "{} not found: run the demo from the repository root or pass --example/--ipv6/--change",
+                "{} not found: run the demo from the repository root or pass --example/--ipv6/--change/--guardrails",
                 p.display()
             );
         }
@@ -78,7 +82,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.keep {
         println!("\nthe testbed stays up: portcullis testbed down --name {NAME}");
     } else {
-        step(10, "testbed down", color);
+        step(11, "testbed down", color);
         let removed = testbed::down(NAME);
         println!("  removed {} network namespaces", removed.len());
     }
@@ -101,7 +105,7 @@ fn probe_step(state: &State, n: u32, title: &str, color: bool) -> Result<bool> {
     report(&cells, color, true, &mut std::io::stdout())
 }
 
-/// Steps 2 to 9: probe, Services, DNS, metrics, a live change, probe, controller gone, probe.
+/// Steps 2 to 10: probe, Services, DNS, metrics, a live change, probe, controller gone, probe.
 /// Whether every probe matched the prediction.
 fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     for p in &state.pods {
@@ -161,15 +165,16 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
         color,
     )?;
 
+    let guardrail_ok = guardrail_step(state, &args.guardrails, color)?;
     step(
-        8,
+        9,
         "stop portcullis-controller: every proxy keeps enforcing its last table",
         color,
     );
     testbed::stop_controller(state)?;
     let ok3 = probe_step(
         state,
-        9,
+        10,
         "probe with the controller gone: nothing changes",
         color,
     )?;
@@ -179,7 +184,50 @@ fn tour(state: &State, args: &DemoArgs, color: bool) -> Result<bool> {
     {
         println!("  {line}   (kangaroo/backend: its table is marked stale, still enforced)");
     }
-    Ok(ipv6_ok && services_ok && dns_ok && ok1 && ok2 && ok3)
+    Ok(ipv6_ok && services_ok && dns_ok && ok1 && ok2 && ok3 && guardrail_ok)
+}
+
+/// The guardrail's ClusterNetworkPolicy and rule (`manifests/examples/kangaroo-guardrails`).
+const POLICY: &str = "membership-is-sensitive";
+const RULE: &str = "no-app-calls-membership";
+
+/// The CNP guardrail: the backend's own policy allows membership/api on 443; an Admin-tier
+/// `Deny` applied live overrides it, and the proxy's audit line names the tier, the
+/// ClusterNetworkPolicy and its rule. Whether the call was denied and so audited.
+fn guardrail_step(state: &State, guardrails: &Path, color: bool) -> Result<bool> {
+    step(
+        8,
+        &format!(
+            "apply {}: an Admin-tier Deny overrides kangaroo's allow to membership/api",
+            guardrails.display()
+        ),
+        color,
+    );
+    testbed::apply(
+        state,
+        &[guardrails.to_path_buf()],
+        false,
+        Duration::from_secs(20),
+    )?;
+    let (from, to) = ("kangaroo/backend", "membership/api");
+    let addr = SocketAddr::new(state.pod(to)?.ip, 443);
+    let answers = testbed::connect_from(state, from, addr, Protocol::Tcp, 1)?;
+    let denied = !matches!(answers.first(), Some(Ok(_)));
+    println!(
+        "  {from} -> {to} 443/TCP: {}",
+        if denied { "denied" } else { "ANSWERED" }
+    );
+    let needles = [
+        "\"tier\":\"Admin\"",
+        &format!("\"policy\":\"{POLICY}\""),
+        &format!("\"rule\":\"{RULE}\""),
+    ];
+    let line = audit_line(state, from, &needles)?;
+    match &line {
+        Some(l) => println!("  audit ({from}): {l}"),
+        None => println!("  no audit line of {from} names Admin/{POLICY}/{RULE}"),
+    }
+    Ok(denied && line.is_some())
 }
 
 /// A pod's addresses, comma-separated.
@@ -324,4 +372,43 @@ fn dns_step(state: &State, color: bool) -> Result<bool> {
         println!("    {line}");
     }
     Ok(!allowed.is_empty() && denied.is_empty() && line.is_some())
+}
+
+#[cfg(test)]
+mod guardrail_tests {
+    use super::{POLICY, RULE};
+    use portcullis_policy::{compile, Direction, Protocol};
+    use std::path::PathBuf;
+
+    /// The data of the guardrail step: without the guardrails the backend reaches membership/api
+    /// on 443; with them the Admin-tier Deny the step names denies it.
+    #[test]
+    fn the_guardrails_deny_what_kangaroo_allows_and_pass_dns() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example = root.join("manifests/examples/kangaroo");
+        let guardrails = root.join("manifests/examples/kangaroo-guardrails");
+        let text = std::fs::read_to_string(guardrails.join("guardrails.yaml")).unwrap();
+        assert!(text.contains(POLICY) && text.contains(RULE) && text.contains("action: Pass"));
+        let check = |paths: &[PathBuf], to: &str, port: u16, protocol: Protocol| {
+            let loaded = portcullis_policy_loader::load_paths(paths);
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            let compiled = compile(&loaded.cluster);
+            let ip = loaded
+                .cluster
+                .pods
+                .iter()
+                .find(|p| p.key() == to)
+                .unwrap()
+                .ips[0];
+            compiled
+                .table("kangaroo/backend")
+                .unwrap()
+                .check(Direction::Egress, ip, port, protocol)
+                .allowed()
+        };
+        let without = [example.clone()];
+        let with = [example, guardrails];
+        assert!(check(&without, "membership/api", 443, Protocol::Tcp));
+        assert!(!check(&with, "membership/api", 443, Protocol::Tcp));
+    }
 }

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cnp;
 pub mod compile;
+pub mod conformance;
 pub mod dns;
 pub mod error;
 pub mod ipset;

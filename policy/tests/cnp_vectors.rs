@@ -5,35 +5,16 @@
 //! (`PodTable::check` on both ends), which must agree with the expectation too.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use portcullis_policy::cnp::eval::{decide, Facts, Flow};
 use portcullis_policy::cnp::{self, Mode, PodSet, ValidCnp};
+use portcullis_policy::conformance::{self, documents, Step};
 use portcullis_policy::manifest::load_into;
 use portcullis_policy::selector::{Labels, Selector};
 use portcullis_policy::{compile, Cluster, Direction, PodInfo, Protocol};
 use serde::Deserialize;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cnp-conformance")
-}
-
-#[derive(Deserialize)]
-struct Expected {
-    probes: Vec<Probe>,
-}
-
-#[derive(Deserialize)]
-struct Probe {
-    from: String,
-    to: String,
-    port: u16,
-    protocol: Protocol,
-    allowed: bool,
-}
 
 #[derive(Deserialize)]
 struct Head {
@@ -57,15 +38,6 @@ struct NodeStatus {
 #[derive(Deserialize)]
 struct NodeAddress {
     address: String,
-}
-
-fn documents(text: &str) -> Vec<&str> {
-    text.split("\n---\n")
-        .filter(|d| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        })
-        .collect()
 }
 
 /// The resolver over the base pods and nodes, as the compiler will resolve selectors.
@@ -115,7 +87,7 @@ fn load(cluster: &mut Cluster, text: &str, source: &str) {
 }
 
 fn base() -> (String, Vec<(Labels, Vec<IpAddr>)>) {
-    let text = fs::read_to_string(root().join("base.yaml")).unwrap();
+    let text = conformance::base().unwrap();
     let mut nodes = Vec::new();
     for doc in documents(&text) {
         let head: Head = serde_saphyr::from_str(doc).unwrap();
@@ -163,14 +135,14 @@ struct Tally {
     failures: Vec<String>,
 }
 
-fn run_step(dir: &Path, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mut Tally) {
-    let objects = fs::read_to_string(dir.join("objects.yaml")).unwrap();
-    let source = dir.display().to_string();
-    let cnps = step_cnps(&objects, &source);
+fn run_step(step: &Step, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mut Tally) {
+    let objects = &step.objects;
+    let source = step.dir.display().to_string();
+    let cnps = step_cnps(objects, &source);
     t.cnps += cnps.len();
     let mut cluster = Cluster::new();
     load(&mut cluster, base_text, "base.yaml");
-    load(&mut cluster, &objects, &source);
+    load(&mut cluster, objects, &source);
     let full = compile(&cluster);
     assert!(full.errors.is_empty(), "{source}: {:?}", full.errors);
     assert_eq!(full.cnps.len(), cnps.len(), "{source}: every CNP compiled");
@@ -182,9 +154,7 @@ fn run_step(dir: &Path, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mu
         cluster: &cluster,
         nodes,
     };
-    let expected: Expected =
-        serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    for p in &expected.probes {
+    for p in &step.probes {
         t.probes += 1;
         let find = |key: &str| cluster.pods.iter().find(|pod| pod.key() == key);
         let (Some(client), Some(server)) = (find(&p.from), find(&p.to)) else {
@@ -257,23 +227,12 @@ fn run_step(dir: &Path, base_text: &str, nodes: &[(Labels, Vec<IpAddr>)], t: &mu
 #[test]
 fn every_upstream_cnp_conformance_vector() {
     let (base_text, nodes) = base();
-    let mut tests: Vec<PathBuf> = fs::read_dir(root())
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("test.yaml").is_file())
-        .collect();
-    tests.sort();
+    let tests = conformance::tests().unwrap();
     let mut t = Tally::default();
     for test in &tests {
         t.tests += 1;
-        let mut steps: Vec<PathBuf> = fs::read_dir(test)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("expected.json").is_file())
-            .collect();
-        steps.sort();
-        assert!(!steps.is_empty(), "{test:?} has no step");
-        for step in &steps {
+        assert!(!test.steps.is_empty(), "{} has no step", test.name);
+        for step in &test.steps {
             t.steps += 1;
             run_step(step, &base_text, &nodes, &mut t);
         }

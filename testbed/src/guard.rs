@@ -61,17 +61,24 @@ pub fn pod_list(pods: &[PodState]) -> Vec<GuardPod> {
         .collect()
 }
 
-/// Starts the guard in the node namespace with the pods of `state`, and waits until their
-/// bindings are in the kernel.
-pub(crate) fn start(opts: &UpOptions, state: &State, dir: &Path) -> Result<GuardState> {
+/// Starts the guard in node namespace `node` with the pods on it, and waits until their
+/// bindings are in the kernel. `tag` tells the files of the nodes of a testbed with several
+/// apart (empty for the first).
+pub(crate) fn start(
+    opts: &UpOptions,
+    node: &str,
+    pods: &[PodState],
+    dir: &Path,
+    tag: &str,
+) -> Result<GuardState> {
     let Some(binary) = &opts.binaries.node_guard else {
         return Err(Error::Environment("--node-guard: cannot find portcullis-node-guard: build it (cargo build -p portcullis-node-guard) or pass --node-guard-bin".into()));
     };
-    netns::exec_in(&state.node_netns, "nft", &["--version"])
+    netns::exec_in(node, "nft", &["--version"])
         .context("--node-guard needs nft (Debian: apt-get install nftables)")?;
-    let pods_file = dir.join("guard-pods.json");
-    write_list(&pods_file, &state.pods)?;
-    let log = dir.join("node-guard.log");
+    let pods_file = dir.join(format!("guard-pods{tag}.json"));
+    write_list(&pods_file, pods)?;
+    let log = dir.join(format!("node-guard{tag}.log"));
     let args: Vec<String> = [
         "--pods-file",
         &pods_file.to_string_lossy(),
@@ -85,14 +92,28 @@ pub(crate) fn start(opts: &UpOptions, state: &State, dir: &Path) -> Result<Guard
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let pid = spawn_in(&state.node_netns, binary, &args, &[], &log, None)?;
+    let pid = spawn_in(node, binary, &args, &[], &log, None)?;
     let guard = GuardState {
         pid,
         log,
         pods_file,
     };
-    wait_applied(&state.node_netns, &guard, &state.pods)?;
+    wait_applied(node, &guard, pods)?;
     Ok(guard)
+}
+
+/// The guard of every node (`up --node-guard`), each with the pods on its node.
+pub(crate) fn start_all(opts: &UpOptions, state: &mut State, dir: &Path) -> Result<()> {
+    let first = state.node_netns.clone();
+    state.node_guard = Some(start(opts, &first, &state.pods_on(&first), dir, "")?);
+    state.save()?;
+    for k in 1..state.nodes.len() {
+        let node = state.nodes[k].netns.clone();
+        let tag = format!("-node{}", k + 1);
+        state.nodes[k].guard = Some(start(opts, &node, &state.pods_on(&node), dir, &tag)?);
+        state.save()?;
+    }
+    Ok(())
 }
 
 /// Hands the guard the pods of `state` now, and returns once the kernel holds their table
@@ -102,8 +123,17 @@ pub fn publish(state: &State) -> Result<()> {
     let Some(guard) = &state.node_guard else {
         return Ok(());
     };
-    write_list(&guard.pods_file, &state.pods)?;
-    wait_applied(&state.node_netns, guard, &state.pods)
+    let first = state.pods_on(&state.node_netns);
+    write_list(&guard.pods_file, &first)?;
+    wait_applied(&state.node_netns, guard, &first)?;
+    for node in state.nodes.iter().skip(1) {
+        if let Some(guard) = &node.guard {
+            let pods = state.pods_on(&node.netns);
+            write_list(&guard.pods_file, &pods)?;
+            wait_applied(&node.netns, guard, &pods)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_list(path: &Path, pods: &[PodState]) -> Result<()> {
@@ -165,6 +195,7 @@ mod tests {
             enforces_udp: false,
             bound: PathBuf::new(),
             system: false,
+            node: String::new(),
         }
     }
 

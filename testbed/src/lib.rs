@@ -15,6 +15,7 @@ pub mod guard;
 pub mod inject;
 pub mod lifecycle;
 mod manifests;
+pub mod nodes;
 pub use portcullis_netns as netns;
 pub mod options;
 mod pods;

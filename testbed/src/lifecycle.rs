@@ -8,23 +8,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use portcullis_injector::decision::Sidecars;
+use portcullis_injector::decision::{SidecarEnv, Sidecars};
 use portcullis_injector::values::Switch;
 use portcullis_injector::InjectorConfig;
 use portcullis_policy::matrix::Probe;
-use portcullis_policy::{compile, PodInfo};
+use portcullis_policy::service::ServiceMap;
+use portcullis_policy::{compile, Cluster, PodInfo};
 
 use crate::controller::start_controller;
 use crate::dnsmasq::{add_cluster_dns, refresh_dns, start_dns};
 use crate::manifests::{
     cluster_ips_in, collect, copy_with_cluster_ips, make_world_readable, prepare_policy_dir,
 };
-use crate::pods::{create_node, plumb_pod, testbed_pods};
+use crate::pods::{create_node, gateway_of, plumb_pod, testbed_pods};
 use crate::queries::admin_get;
 use crate::sidecars::start_pod;
 use crate::state::load_cluster;
 use crate::{
-    dns, guard, inject, netns, serve, services, state_dir, PolicySource, State, UpOptions, PREFIX,
+    dns, guard, inject, netns, nodes, serve, services, state_dir, PolicySource, State, UpOptions,
+    PREFIX,
 };
 
 pub(crate) fn require_root() -> Result<()> {
@@ -62,15 +64,14 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     let dir = state_dir(&opts.name);
     let policy_dir = prepare_policy_dir(&dir, &opts.files)?;
     let dns_added = add_cluster_dns(&policy_dir)?;
-    let cluster = load_cluster(std::slice::from_ref(&policy_dir))?;
+    let (cluster, node_plan) = load_with_nodes(&opts.name, &policy_dir)?;
     let manifests = inject::Manifests::read(std::slice::from_ref(&policy_dir));
     let injector = InjectorConfig {
         enforce_udp: Switch(opts.enforce_udp),
         service_cidrs: crate::services::service_cidrs(),
         ..InjectorConfig::default()
     };
-    let node = format!("{}node", prefix(&opts.name));
-    create_node(&node)?;
+    let node = create_nodes(&opts.name, &node_plan)?;
     let mut state = State {
         name: opts.name.clone(),
         node_netns: node.clone(),
@@ -82,12 +83,18 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
         enforce_udp: opts.enforce_udp,
         dns: None,
         node_guard: None,
+        nodes: node_plan,
+        host_pods: Vec::new(),
     };
     let pods: Vec<&PodInfo> = testbed_pods(&cluster);
     let mut gateways: BTreeSet<String> = BTreeSet::new();
     let mut sidecars = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
-        let mut ps = plumb_pod(&node, &prefix(&opts.name), i, pod, &mut gateways, &dir)?;
+        let home = nodes::node_of(&state.nodes, &node, pod).to_string();
+        let mut ps = plumb_pod(&home, &prefix(&opts.name), i, pod, &mut gateways, &dir)?;
+        if !state.nodes.is_empty() {
+            ps.node = home;
+        }
         match inject::decide(&cluster, &manifests, &injector, &pod.namespace, &ps.key) {
             Sidecars::Injected(env) => {
                 ps.enforces_udp = env.enforce_udp;
@@ -105,8 +112,9 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
         }
         state.pods.push(ps);
     }
+    nodes::route_pods(&state.nodes, &state.pods)?;
     let snapshot = state.snapshot()?;
-    services::install(&node, &snapshot.services, &dir)?;
+    install_services(&state, &snapshot.services)?;
     if dns_added {
         let d = start_dns(&state, &snapshot, &dir)?;
         if let Some(p) = state.pods.iter_mut().find(|p| p.key == dns::POD_KEY) {
@@ -122,20 +130,64 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
     serve::write_atomically(&state.wanted_ports, &serde_json::to_vec(&wanted)?)?;
     state.save()?;
     start_node_processes(opts, &mut state, &dir)?;
-    for ((pod, info), env) in state.pods.iter_mut().zip(&pods).zip(&sidecars) {
+    start_pods(opts, &mut state, &pods, &sidecars)?;
+    let host_pods = nodes::host_network_pods(&cluster);
+    state.host_pods = nodes::start_host_pods(&state.nodes, &node, &host_pods, &dir)?;
+    state.save()?;
+    wait_ready(&state, Duration::from_secs(30))?;
+    state.ensure_served(&wanted)?;
+    Ok(state)
+}
+
+/// The manifests' cluster, and its nodes when there are several (with a Node object written
+/// for each node address no Node claims).
+fn load_with_nodes(name: &str, policy_dir: &Path) -> Result<(Cluster, Vec<nodes::NodeState>)> {
+    let cluster = load_cluster(&[policy_dir.to_path_buf()])?;
+    let node_plan = nodes::plan(&prefix(name), &cluster.pods);
+    if nodes::synthesise_nodes(policy_dir, &cluster, &node_plan)? {
+        return Ok((load_cluster(&[policy_dir.to_path_buf()])?, node_plan));
+    }
+    Ok((cluster, node_plan))
+}
+
+/// The node namespace (the first node's), the other nodes' and the LAN between them.
+fn create_nodes(name: &str, node_plan: &[nodes::NodeState]) -> Result<String> {
+    let node = nodes::node_netns(&prefix(name), 0);
+    create_node(&node)?;
+    for other in node_plan.iter().skip(1) {
+        create_node(&other.netns)?;
+    }
+    nodes::connect(&prefix(name), node_plan)?;
+    Ok(node)
+}
+
+/// Every pod's processes (`sidecars`: the injector's environment of each, if injected).
+fn start_pods(
+    opts: &UpOptions,
+    state: &mut State,
+    pods: &[&PodInfo],
+    sidecars: &[Option<SidecarEnv>],
+) -> Result<()> {
+    let first_node = state.nodes.first().map(|n| n.address.to_string());
+    let node = state.node_netns.clone();
+    for ((pod, info), env) in state.pods.iter_mut().zip(pods).zip(sidecars) {
+        // The node's address on the pod's side of the bridge, as a Service would route it; on
+        // another node, the first node's address (where the controller runs).
+        let controller = match &first_node {
+            Some(first) if !pod.node.is_empty() && pod.node != node => first.clone(),
+            _ => gateway_of(info),
+        };
         start_pod(
             opts,
             pod,
             info,
             env.as_ref(),
             &state.wanted_ports,
-            &policy_dir,
+            &state.policy_dir,
+            &controller,
         )?;
     }
-    state.save()?;
-    wait_ready(&state, Duration::from_secs(30))?;
-    state.ensure_served(&wanted)?;
-    Ok(state)
+    state.save()
 }
 
 /// The node's own processes, before any process of a pod runs: the node guard (every pod
@@ -143,8 +195,7 @@ pub(crate) fn build(opts: &UpOptions) -> Result<State> {
 /// guard runs before the pods) and the controller.
 fn start_node_processes(opts: &UpOptions, state: &mut State, dir: &Path) -> Result<()> {
     if opts.node_guard {
-        state.node_guard = Some(guard::start(opts, state, dir)?);
-        state.save()?;
+        guard::start_all(opts, state, dir)?;
     }
     if opts.policy_source == PolicySource::Controller {
         let controller = start_controller(opts, &state.node_netns, &state.policy_dir, dir)?;
@@ -189,11 +240,7 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     // New policies and Services may name new ports: every pod serves them too; the node's
     // Service rules and the DNS's names follow the new Services and endpoints.
     let snapshot = state.snapshot()?;
-    services::install(
-        &state.node_netns,
-        &snapshot.services,
-        &state_dir(&state.name),
-    )?;
+    install_services(state, &snapshot.services)?;
     refresh_dns(state, &snapshot)?;
     let set = state.port_set(&snapshot);
     for note in &set.notes {
@@ -201,6 +248,15 @@ pub fn apply(state: &State, files: &[PathBuf], replace: bool, timeout: Duration)
     }
     state.ensure_served(&set.ports.iter().copied().collect::<Vec<_>>())?;
     wait_converged(state, timeout)
+}
+
+/// kube-proxy's rules for `services` on every node.
+fn install_services(state: &State, services: &ServiceMap) -> Result<()> {
+    let dir = state_dir(&state.name);
+    for node in state.node_namespaces() {
+        services::install(node, services, &dir)?;
+    }
+    Ok(())
 }
 
 /// Waits until every proxy serves, on `/policy`, the table this process compiles from the same
@@ -272,6 +328,13 @@ pub fn down(name: &str) -> Vec<String> {
         // The node's processes (controller, node guard), then every pod's.
         let node = state.controller.iter().map(|c| &c.pid);
         let node = node.chain(state.node_guard.iter().map(|g| &g.pid));
+        let node = node.chain(
+            state
+                .nodes
+                .iter()
+                .filter_map(|n| n.guard.as_ref().map(|g| &g.pid)),
+        );
+        let node = node.chain(state.host_pods.iter().map(|h| &h.pid));
         for pid in node.chain(state.pods.iter().flat_map(|p| &p.pids)) {
             // Negative pid: the whole process group (ip netns exec, setpriv and the child).
             let _ = nix::sys::signal::kill(

@@ -136,6 +136,7 @@ pub(crate) fn plumb_pod(
         enforces_udp: false,
         bound: file("server.json"),
         system: false,
+        node: String::new(),
     })
 }
 

@@ -629,6 +629,7 @@ mod tests {
             enforces_udp,
             bound: Default::default(),
             system: false,
+            node: String::new(),
         }
     }
 
@@ -760,6 +761,8 @@ spec:
             dns: None,
             enforce_udp: true,
             node_guard: None,
+            nodes: Vec::new(),
+            host_pods: Vec::new(),
         };
         (snapshot, state)
     }

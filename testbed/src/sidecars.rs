@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use crate::error::{Context, Result};
 use portcullis_policy::PodInfo;
 
-use crate::pods::gateway_of;
 use portcullis_contract::ports::CONTROLLER_STREAM;
 use portcullis_contract::{env, PROXY_UID};
 use portcullis_injector::decision::SidecarEnv;
@@ -19,29 +18,30 @@ use portcullis_injector::decision::SidecarEnv;
 use crate::{netns, PodState, PolicySource, UpOptions};
 
 /// The pod's application: `portcullis testbed serve` on the ports of `wanted`.
-pub(crate) fn start_server(pod: &PodState, wanted: &Path) -> Result<u32> {
+pub(crate) fn start_server(ns: &str, identity: &str, wanted: &Path, bound: &Path) -> Result<u32> {
     let self_exe = std::env::current_exe().context("cannot find the portcullis executable")?;
     spawn_in(
-        &pod.netns,
+        ns,
         &self_exe,
         &[
             "testbed".into(),
             "serve".into(),
             "--identity".into(),
-            pod.key.clone(),
+            identity.to_string(),
             "--wanted".into(),
             wanted.to_string_lossy().into_owned(),
             "--bound".into(),
-            pod.bound.to_string_lossy().into_owned(),
+            bound.to_string_lossy().into_owned(),
         ],
         &[],
-        &pod.bound.with_extension("log"),
+        &bound.with_extension("log"),
         None,
     )
 }
 
 /// A pod's processes: when the injector gives it Portcullis, `portcullis-init` to completion
-/// first, then its server, then the proxy; else only its server.
+/// first, then its server, then the proxy; else only its server. `controller`: the address
+/// the proxy reaches the controller at (the first node's).
 pub(crate) fn start_pod(
     opts: &UpOptions,
     pod: &mut PodState,
@@ -49,14 +49,16 @@ pub(crate) fn start_pod(
     sidecars: Option<&SidecarEnv>,
     wanted: &Path,
     policy_dir: &Path,
+    controller: &str,
 ) -> Result<()> {
     if let Some(env) = sidecars {
         run_init(opts, pod, env)?;
     }
-    pod.pids.push(start_server(pod, wanted)?);
+    pod.pids
+        .push(start_server(&pod.netns, &pod.key, wanted, &pod.bound)?);
     if let Some(env) = sidecars {
         pod.pids
-            .push(start_proxy(opts, pod, info, env, policy_dir)?);
+            .push(start_proxy(opts, pod, info, env, policy_dir, controller)?);
     }
     Ok(())
 }
@@ -89,6 +91,7 @@ fn start_proxy(
     info: &PodInfo,
     sidecars: &SidecarEnv,
     policy_dir: &Path,
+    controller: &str,
 ) -> Result<u32> {
     let ips: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
     let mut vars = vec![
@@ -111,10 +114,9 @@ fn start_proxy(
             "--policy-dir".to_string(),
             policy_dir.to_string_lossy().into_owned(),
         ],
-        // The node's address on the pod's side of the bridge, as a Service would route it.
         PolicySource::Controller => vec![
             "--controller".to_string(),
-            format!("http://{}:{CONTROLLER_STREAM}", gateway_of(info)),
+            format!("http://{controller}:{CONTROLLER_STREAM}"),
         ],
     };
     args.extend(opts.proxy_args.iter().cloned());

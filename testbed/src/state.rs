@@ -14,6 +14,7 @@ use portcullis_policy::{compile, Cluster, CompiledCluster};
 use serde::{Deserialize, Serialize};
 
 use crate::guard::GuardState;
+use crate::nodes::{HostPodState, NodeState};
 use crate::{ports, serve, services, SYSTEM_SERVICES};
 
 /// Where a testbed keeps its state, logs and the policy directory its proxies watch.
@@ -54,6 +55,10 @@ pub struct PodState {
     /// pod-to-pod probes.
     #[serde(default)]
     pub system: bool,
+    /// The namespace of its node, when the testbed has several (`nodes.rs`); empty: the
+    /// single node (`State::node_netns`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 pub(crate) fn yes() -> bool {
@@ -136,6 +141,13 @@ pub struct State {
     /// `up --node-guard`: portcullis-node-guard in the node namespace.
     #[serde(default)]
     pub node_guard: Option<GuardState>,
+    /// Every node, when the pods sit on several (`nodes.rs`; the first is `node_netns`);
+    /// empty with a single node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeState>,
+    /// The host-network pods, each serving in its node's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_pods: Vec<HostPodState>,
 }
 
 /// dnsmasq in the DNS pod.
