@@ -391,9 +391,11 @@ fn a_process_running_as_the_proxy_uid_is_checked_like_any_other() {
     // It was redirected to the attacker's own proxy, which denied it.
     let log = bed.proxy_log(ATTACKER);
     assert!(
-        log.lines().any(|l| l.contains("connection_denied")
-            && l.contains(&format!("{relay}:443"))
-            && l.contains("egress")),
+        denied_lines(&log)
+            .iter()
+            .any(|l| l["dst_ip"] == relay.as_str()
+                && l["dst_port"] == 443
+                && l["direction"] == "egress"),
         "the attacker's proxy did not deny {relay}:443:\n{log}"
     );
     // The same over UDP: the first packet goes to the attacker's queue, and is dropped. (The
@@ -566,6 +568,12 @@ fn a_scan_cannot_flood_the_audit_log() {
     assert!(
         lines.iter().any(|l| l["rate_limited"] == true),
         "no rate_limited line sums what the budget folded"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["dst_ip"] == target_ip.to_string() && l["dst_port"].is_u64()),
+        "every line names the scanned address and its port apart"
     );
 }
 
@@ -1078,11 +1086,14 @@ impl Bed {
 
     /// Whether the pod's proxy wrote a `connection_denied` line for `protocol` from or to `peer`.
     fn denied(&self, pod: &str, direction: &str, protocol: &str, peer: &str) -> bool {
-        self.proxy_log(pod).lines().any(|l| {
-            l.contains("connection_denied")
-                && l.contains(&format!("\"direction\":\"{direction}\""))
-                && l.contains(&format!("\"protocol\":\"{protocol}\""))
-                && l.contains(peer)
+        // The peer is the source of an ingress flow, the destination of an egress one.
+        let peer_field = if direction == "ingress" {
+            "src_ip"
+        } else {
+            "dst_ip"
+        };
+        denied_lines(&self.proxy_log(pod)).iter().any(|l| {
+            l["direction"] == direction && l["protocol"] == protocol && l[peer_field] == peer
         })
     }
 }

@@ -19,6 +19,7 @@ use super::packet::{self, Flow};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::authorize::Decision;
 use crate::context::Context;
+use crate::flows::FlowKey;
 use crate::telemetry::{
     count_flow_decision, count_flow_refused, DATAGRAMS_MALFORMED, QUEUE_ERRORS,
 };
@@ -197,6 +198,17 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         flow.protocol,
     );
     let peer_pod = ctx.store.peer_name(peer);
+    if let (Some(d), true) = (&decision, ctx.records_flows()) {
+        record_flow(
+            ctx,
+            &flow,
+            direction,
+            peer,
+            d.lets_through(),
+            &peer_pod,
+            &service,
+        );
+    }
     let (event, verdict, accept) = match &decision {
         None => {
             count_flow_refused(direction, flow.protocol, "no_endpoints");
@@ -239,6 +251,30 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     } else {
         denied
     }
+}
+
+/// Counts a judged flow in the flow records: on the peer as the packet named it (for a Service,
+/// its ClusterIP: the kernel, not the proxy, picks the backend).
+fn record_flow(
+    ctx: &Context,
+    flow: &Flow,
+    direction: Direction,
+    peer: std::net::IpAddr,
+    went_through: bool,
+    peer_pod: &Option<String>,
+    service: &Option<crate::audit::ServiceNote>,
+) {
+    let key = FlowKey::new(
+        direction,
+        flow.protocol,
+        peer,
+        flow.destination.port(),
+        went_through,
+    );
+    ctx.record_flow(key.map(|k| {
+        k.with_peer_pod(peer_pod.clone())
+            .with_service(service.as_ref().map(|s| s.service.clone()))
+    }));
 }
 
 #[cfg(test)]
