@@ -220,3 +220,89 @@ impl<'a> CnpFields<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn denial() -> AuditLine {
+        AuditLine {
+            record: AuditRecord {
+                event: AuditEvent::Denied,
+                direction: Direction::Ingress,
+                source: "10.214.0.2:40412".parse().expect("addr"),
+                destination: "10.214.0.1:9090".parse().expect("addr"),
+                peer_pod: Some("x/client".into()),
+                pod: "x/server".into(),
+                verdict: Some(Verdict {
+                    direction: Direction::Ingress,
+                    reason: Reason::NoRuleMatched {
+                        isolated_by: Arc::from(vec![
+                            Arc::from("x/client-to-http"),
+                            Arc::from("x/deny-all"),
+                        ]),
+                    },
+                }),
+                generation: 1,
+                protocol: Protocol::Tcp,
+                service: None,
+            },
+            count: 1,
+            aggregated: false,
+            rate_limited: false,
+        }
+    }
+
+    #[test]
+    fn an_audit_line_has_structured_addresses_and_an_isolated_by_array() {
+        let bytes = json::encode(json::Level::Warn, log::AUDIT_TARGET, &denial().to_log());
+        let text = String::from_utf8(bytes).expect("utf-8");
+        eprintln!("audit line: {text}");
+        let line: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(line["schema"], log::LOG_SCHEMA);
+        assert_eq!(line["event"], "connection_denied");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["target"], "portcullis::audit");
+        assert_eq!(line["src_ip"], "10.214.0.2");
+        assert_eq!(line["src_port"], 40412);
+        assert_eq!(line["dst_ip"], "10.214.0.1");
+        assert_eq!(line["dst_port"], 9090);
+        assert_eq!(line["direction"], "ingress");
+        assert_eq!(line["peer_namespace"], "x");
+        assert_eq!(line["peer_pod"], "client");
+        assert_eq!(
+            line["isolated_by"],
+            serde_json::json!(["x/client-to-http", "x/deny-all"])
+        );
+        for absent in ["src", "dst", "tier", "service", "endpoints_refused"] {
+            assert!(line.get(absent).is_none(), "{absent}: {text}");
+        }
+        // No Rust Debug spelling anywhere: every value is a JSON scalar or array of them.
+        assert!(
+            !text.contains("Some(") && !text.contains("Ingress"),
+            "{text}"
+        );
+        let back: log::Envelope<log::AuditLine> = serde_json::from_str(&text).expect("reads");
+        assert_eq!(back.line, denial().to_log());
+    }
+
+    #[test]
+    fn a_service_line_lists_refused_endpoints_as_an_array() {
+        let mut line = denial();
+        line.record.destination = "10.96.0.52:80".parse().expect("addr");
+        line.record.service = Some(ServiceNote {
+            service: "x/client".into(),
+            backend: Some("10.214.0.5:9443".parse().expect("addr")),
+            refused: vec![
+                "10.214.0.2:7070 (x/client): denied".into(),
+                "and 2 more".into(),
+            ],
+        });
+        let v = serde_json::to_value(line.to_log()).expect("JSON");
+        assert_eq!(v["service"], "x/client");
+        assert_eq!(v["service_port"], 80);
+        assert_eq!(v["backend"], "10.214.0.5:9443");
+        assert_eq!(v["endpoints_refused"][1], "and 2 more");
+    }
+}

@@ -28,11 +28,10 @@ use portcullis_contract::log::{
 use portcullis_policy::{Direction, Protocol};
 
 use crate::audit::json;
+use crate::telemetry::FLOW_RECORDS_DROPPED;
 
 /// How many mutexes the map is split in.
 pub const SHARDS: usize = 16;
-
-pub const FLOW_RECORDS_DROPPED: &str = "portcullis_flow_records_dropped_total";
 
 /// What one flow record aggregates by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
