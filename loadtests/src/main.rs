@@ -212,24 +212,7 @@ fn main() -> Result<()> {
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
     let flood = run_flood(&topo, &args, &plan, on.server_proxy)?;
-    let flow_records = if args.flow_records == flow_records::FlowRecords::Compare {
-        let proxies = flow_records::Proxies {
-            binary: &proxy,
-            args: &proxy_args,
-            pods: [
-                (&on.server_ns, "server", &server_ips),
-                (&on.mesh_ns, "mesh-client", CLIENT_IP_MESH),
-            ],
-        };
-        let budget = flow_records::Budget {
-            rounds: args.rounds,
-            duration: Duration::from_secs_f64(args.seconds),
-            latency_rounds: args.latency_rounds,
-        };
-        flow_records::compare(&mut topo, &proxies, &paths, &budget)?
-    } else {
-        Vec::new()
-    };
+    let flow_records = compare_flow_records(&mut topo, &args, &proxy, &proxy_args, &on, &paths)?;
 
     let notes = report_notes(&topo, &paths, &inbound, haproxy, &mut plan);
     let report = Report {
@@ -267,6 +250,35 @@ fn portcullis_args(args: &Args, plan: &mut extra::Plan) -> (Vec<String>, Vec<Str
             .unwrap_or("the init's default (queue when it enforces UDP)")
     ));
     (init_args, proxy_args)
+}
+
+/// `--flow-records compare`: both proxies restarted per setting (see [`flow_records`]).
+fn compare_flow_records(
+    topo: &mut Topology,
+    args: &Args,
+    proxy: &std::path::Path,
+    proxy_args: &[String],
+    on: &Processes,
+    paths: &[PathSpec],
+) -> Result<Vec<flow_records::FlowRecordsResult>> {
+    if args.flow_records != flow_records::FlowRecords::Compare {
+        return Ok(Vec::new());
+    }
+    let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
+    let proxies = flow_records::Proxies {
+        binary: proxy,
+        args: proxy_args,
+        pods: [
+            (&on.server_ns, "server", &server_ips),
+            (&on.mesh_ns, "mesh-client", CLIENT_IP_MESH),
+        ],
+    };
+    let budget = flow_records::Budget {
+        rounds: args.rounds,
+        duration: Duration::from_secs_f64(args.seconds),
+        latency_rounds: args.latency_rounds,
+    };
+    flow_records::compare(topo, &proxies, paths, &budget)
 }
 
 /// The flood test, with `--udp` and `--flood-seconds` above 0.

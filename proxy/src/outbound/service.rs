@@ -87,21 +87,7 @@ pub fn plan_service(
         },
     };
     if !decision.lets_through() {
-        // Refused before any backend is picked: recorded on the backend whose verdict the
-        // audit line gives (an allowed connection is recorded on the backend it reaches).
-        ctx.record_flow(judgement.denied.first().and_then(|d| {
-            let key = FlowKey::new(
-                route.direction,
-                Protocol::Tcp,
-                d.backend.ip,
-                d.backend.port,
-                false,
-            )?;
-            Some(
-                key.with_peer_pod(d.backend.pod.as_deref().map(str::to_string))
-                    .with_service(Some(service.clone())),
-            )
-        }));
+        record_refused(ctx, route, &judgement, &service);
     }
     if !admit(ctx, route, snapshot, &decision, Some(note)) {
         return None;
@@ -115,6 +101,20 @@ pub fn plan_service(
             candidates,
         }),
     })
+}
+
+/// Counts a refused Service connection in the flow records. It is refused before any backend
+/// is picked: recorded on the backend whose verdict the audit line gives (an allowed connection
+/// is recorded on the backend it reaches, in [`open_service`]).
+fn record_refused(ctx: &Context, route: &Route, judgement: &ServiceJudgement<'_>, service: &str) {
+    ctx.record_flow(judgement.denied.first().and_then(|d| {
+        let b = d.backend;
+        let key = FlowKey::new(route.direction, Protocol::Tcp, b.ip, b.port, false)?;
+        Some(
+            key.with_peer_pod(b.pod.as_deref().map(str::to_string))
+                .with_service(Some(service.to_string())),
+        )
+    }));
 }
 
 /// The backends of `judgement` in the family of `cluster_ip`: a ClusterIP leads only to the

@@ -165,20 +165,7 @@ impl Verdict {
 /// Decides one queued packet. Malformed packets, unknown hooks and packets that arrive before
 /// the first table are dropped; a denied outbound TCP connection is refused.
 pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
-    let flow = match packet::parse(payload) {
-        Ok(f) => f,
-        Err(m) => {
-            metrics::counter!(DATAGRAMS_MALFORMED, "reason" => m.label()).increment(1);
-            tracing::debug!(
-                event = "datagram_malformed",
-                reason = m.label(),
-                len = payload.len()
-            );
-            return Verdict::Drop;
-        }
-    };
-    let Some(direction) = direction_of(hook) else {
-        metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
+    let Some((flow, direction)) = read(hook, payload) else {
         return Verdict::Drop;
     };
     let denied = Verdict::denial(direction, flow.protocol);
@@ -251,6 +238,28 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     } else {
         denied
     }
+}
+
+/// The flow a queued packet starts and its direction; `None` (counted) when either cannot be
+/// read.
+fn read(hook: u8, payload: &[u8]) -> Option<(Flow, Direction)> {
+    let flow = match packet::parse(payload) {
+        Ok(f) => f,
+        Err(m) => {
+            metrics::counter!(DATAGRAMS_MALFORMED, "reason" => m.label()).increment(1);
+            tracing::debug!(
+                event = "datagram_malformed",
+                reason = m.label(),
+                len = payload.len()
+            );
+            return None;
+        }
+    };
+    let Some(direction) = direction_of(hook) else {
+        metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
+        return None;
+    };
+    Some((flow, direction))
 }
 
 /// Counts a judged flow in the flow records: on the peer as the packet named it (for a Service,
