@@ -270,8 +270,8 @@ fn ipv6_step(state: &State) -> Result<bool> {
         ok &= answered == allowed;
         let source = state.pod(from)?.addr(testbed::Family::IPv6);
         if let (false, Some(source)) = (allowed, source) {
-            let src = format!("\"src\":\"[{source}]:");
-            let dst = format!("\"dst\":\"{addr}\"");
+            let src = format!("\"src_ip\":\"{source}\"");
+            let dst = format!("\"dst_ip\":\"{}\",\"dst_port\":{}", addr.ip(), addr.port());
             let line = audit_line(state, to, &["connection_denied", &src, &dst])?;
             match &line {
                 Some(line) => println!("      {line}"),
@@ -364,7 +364,7 @@ fn dns_step(state: &State, color: bool) -> Result<bool> {
         "kangaroo/worker",
         &[
             "connection_denied",
-            "\"dst\":\"10.96.0.10:53\"",
+            "\"dst_ip\":\"10.96.0.10\",\"dst_port\":53",
             "\"protocol\":\"UDP\"",
         ],
     )?;

@@ -276,14 +276,17 @@ fn a_pod_cannot_relay_through_a_neighbours_inbound_proxy() {
     // took the connection and tried the target: on IPv4 the connect from 127.0.0.6 failed by
     // luck, on IPv6 it went through.) The only acceptable trace is a refusal.
     let log = bed.proxy_log(RELAY);
-    let served: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(&format!("{target}:443")) && !l.contains("connection_refused"))
+    let served: Vec<serde_json::Value> = log_lines(&log)
+        .into_iter()
+        .filter(|l| {
+            l["dst_ip"] == target.as_str()
+                && l["dst_port"] == 443
+                && l["event"] != "connection_refused"
+        })
         .collect();
     assert!(
         served.is_empty(),
-        "the neighbour's proxy handled a connection addressed to the target:\n{}",
-        served.join("\n")
+        "the neighbour's proxy handled a connection addressed to the target:\n{served:?}"
     );
 }
 
@@ -391,9 +394,11 @@ fn a_process_running_as_the_proxy_uid_is_checked_like_any_other() {
     // It was redirected to the attacker's own proxy, which denied it.
     let log = bed.proxy_log(ATTACKER);
     assert!(
-        log.lines().any(|l| l.contains("connection_denied")
-            && l.contains(&format!("{relay}:443"))
-            && l.contains("egress")),
+        denied_lines(&log)
+            .iter()
+            .any(|l| l["dst_ip"] == relay.as_str()
+                && l["dst_port"] == 443
+                && l["direction"] == "egress"),
         "the attacker's proxy did not deny {relay}:443:\n{log}"
     );
     // The same over UDP: the first packet goes to the attacker's queue, and is dropped. (The
@@ -409,8 +414,10 @@ fn a_process_running_as_the_proxy_uid_is_checked_like_any_other() {
     assert_eq!(answer(&udp), None, "UDP as UID 2171: {}", text(&udp.stdout));
     let log = bed.proxy_log(ATTACKER);
     assert!(
-        log.lines()
-            .any(|l| l.contains(&format!("{relay}:5353")) && l.contains("UDP")),
+        log.lines().any(
+            |l| l.contains(&format!("\"dst_ip\":\"{relay}\",\"dst_port\":5353"))
+                && l.contains("UDP")
+        ),
         "the attacker's proxy did not judge {relay}:5353/UDP:\n{log}"
     );
 
@@ -510,9 +517,12 @@ fn a_flow_of_an_app_running_as_the_proxy_uid_is_revoked_like_any_other() {
     );
     let log = bed.proxy_log(TARGET);
     assert!(
-        log.lines().any(|l| l.contains("connection_terminated")
-            && l.contains(&format!("{relay}:5353"))
-            && l.contains("UDP")),
+        log_lines(&log)
+            .iter()
+            .any(|l| l["event"] == "connection_terminated"
+                && l["dst_ip"] == relay.as_str()
+                && l["dst_port"] == 5353
+                && l["protocol"] == "UDP"),
         "no connection_terminated line for the app's flow to {relay}:5353:\n{log}"
     );
 }
@@ -526,10 +536,17 @@ for port in range(int(sys.argv[2]), int(sys.argv[3])):
 print("ANSWER sent")
 "#;
 
-/// The `connection_denied` lines of a proxy log, parsed.
-fn denied_lines(log: &str) -> Vec<serde_json::Value> {
+/// Every JSON line of a proxy log, parsed.
+fn log_lines(log: &str) -> Vec<serde_json::Value> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+/// The `connection_denied` lines of a proxy log, parsed.
+fn denied_lines(log: &str) -> Vec<serde_json::Value> {
+    log_lines(log)
+        .into_iter()
         .filter(|v| v["event"] == "connection_denied")
         .collect()
 }
@@ -566,6 +583,12 @@ fn a_scan_cannot_flood_the_audit_log() {
     assert!(
         lines.iter().any(|l| l["rate_limited"] == true),
         "no rate_limited line sums what the budget folded"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["dst_ip"] == target_ip.to_string() && l["dst_port"].is_u64()),
+        "every line names the scanned address and its port apart"
     );
 }
 
@@ -1076,13 +1099,20 @@ impl Bed {
             .to_string()
     }
 
-    /// Whether the pod's proxy wrote a `connection_denied` line for `protocol` from or to `peer`.
+    /// Whether the pod's proxy wrote a `connection_denied` line for `protocol` from or to `peer`
+    /// (an address, or `ip:port` to match the destination's port too).
     fn denied(&self, pod: &str, direction: &str, protocol: &str, peer: &str) -> bool {
-        self.proxy_log(pod).lines().any(|l| {
-            l.contains("connection_denied")
-                && l.contains(&format!("\"direction\":\"{direction}\""))
-                && l.contains(&format!("\"protocol\":\"{protocol}\""))
-                && l.contains(peer)
+        // The peer is the source of an ingress flow, the destination of an egress one.
+        let side = if direction == "ingress" { "src" } else { "dst" };
+        let (ip, port) = match peer.parse::<std::net::SocketAddr>() {
+            Ok(a) => (a.ip().to_string(), Some(a.port())),
+            Err(_) => (peer.to_string(), None),
+        };
+        denied_lines(&self.proxy_log(pod)).iter().any(|l| {
+            l["direction"] == direction
+                && l["protocol"] == protocol
+                && l[format!("{side}_ip")] == ip.as_str()
+                && port.is_none_or(|p| l["dst_port"] == p)
         })
     }
 }

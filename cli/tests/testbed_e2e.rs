@@ -941,7 +941,9 @@ fn dns_under_default_deny_egress(name: &str, up: &Output) {
     let line = logs
         .lines()
         .find(|l| {
-            l.contains("\"event\":\"connection_denied\"") && l.contains("\"dst\":\"10.96.0.10:53\"")
+            l.contains("\"event\":\"connection_denied\"")
+                && l.contains("\"dst_ip\":\"10.96.0.10\"")
+                && l.contains("\"dst_port\":53,")
         })
         .unwrap_or_else(|| panic!("no denial of 10.96.0.10:53 in the log of secure/mute:\n{logs}"));
     assert!(line.contains("\"protocol\":\"UDP\""), "{line}");

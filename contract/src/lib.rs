@@ -158,6 +158,10 @@ pub mod env {
     pub const CONTROLLER_CA_PEM: &str = "PORTCULLIS_CONTROLLER_CA_PEM";
     pub const TOKEN_FILE: &str = "PORTCULLIS_TOKEN_FILE";
     pub const POLICY_DIR: &str = "PORTCULLIS_POLICY_DIR";
+    /// `portcullis-proxy` only: how often flow records are written (`0`: off).
+    pub const FLOW_SUMMARY_INTERVAL: &str = "PORTCULLIS_FLOW_SUMMARY_INTERVAL";
+    /// `portcullis-proxy` only: flow records held per period at most.
+    pub const FLOW_RECORDS_MAX: &str = "PORTCULLIS_FLOW_RECORDS_MAX";
     /// Downward API (exact names, no prefix).
     pub const POD_NAME: &str = "POD_NAME";
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
@@ -257,6 +261,12 @@ pub mod build {
         "Always 1; the labels say which Portcullis build this is (version, commit).";
 }
 
+/// Writes a duration as [`parse_duration`] reads it back (`5s`, `1m 30s`, `500ms`): for log
+/// lines and messages, never Rust's `Debug` spelling.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     let err = |reason: &str| DurationError {
@@ -300,6 +310,14 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        for d in [
+            Duration::from_secs(20),
+            Duration::from_millis(1500),
+            Duration::ZERO,
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
         for bad in [
             "",
             "1e23",

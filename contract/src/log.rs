@@ -6,11 +6,111 @@
 //! ignored. A change that removes or redefines a field raises [`LOG_SCHEMA`].
 
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 /// The version of the proxy's log schema, written as `schema` on every line this module defines.
 pub const LOG_SCHEMA: u32 = 1;
+
+/// Every line a proxy writes itself (audit lines, flow records) starts with the fields its
+/// tracing lines carry, so that one log pipeline reads both: `timestamp` (RFC 3339, UTC,
+/// microseconds), `level` (`INFO`, `WARN`, ...) and `target` (`portcullis::audit`,
+/// `portcullis::flows`), then the line's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub timestamp: String,
+    pub level: String,
+    pub target: String,
+    #[serde(flatten)]
+    pub line: T,
+}
+
+/// The `target` of audit lines.
+pub const AUDIT_TARGET: &str = "portcullis::audit";
+/// The `target` of flow record lines.
+pub const FLOWS_TARGET: &str = "portcullis::flows";
+
+/// The `event`s of [`AuditLine`]s.
+pub mod audit_event {
+    /// Refused (enforce mode).
+    pub const DENIED: &str = "connection_denied";
+    /// Let through only because the pod is in audit mode.
+    pub const WOULD_DENY: &str = "connection_would_deny";
+    /// An established connection or flow ended because a new table denies it.
+    pub const TERMINATED: &str = "connection_terminated";
+    /// A connection or flow to a Service port with no ready endpoint (no policy decision).
+    pub const NO_ENDPOINTS: &str = "no_endpoints";
+    /// Every audit event, in the order `docs/audit-log.md` lists them.
+    pub const ALL: [&str; 4] = [DENIED, WOULD_DENY, TERMINATED, NO_ENDPOINTS];
+}
+
+/// One audit line: a denial, a would-be denial, a termination or a Service without endpoints,
+/// written at level `WARN` with target [`AUDIT_TARGET`] inside an [`Envelope`].
+///
+/// Optional fields are left out of the line when they have no value; `docs/audit-log.md` lists
+/// every field (a test keeps the two equal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLine {
+    /// One of [`audit_event::ALL`].
+    pub event: String,
+    /// [`LOG_SCHEMA`] when written.
+    pub schema: u32,
+    pub direction: FlowDirection,
+    /// `TCP`, `UDP`, `SCTP`, or another IP protocol's IANA keyword (`GRE`, `UDPLITE`, ...) or
+    /// `IP-PROTO-<n>`.
+    pub protocol: String,
+    /// The connection's or datagram's source, as the pod's network namespace saw it.
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    /// Its original destination (for a Service, the ClusterIP and the Service's port).
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    /// `namespace/name` of the pod whose proxy wrote the line.
+    pub pod: String,
+    /// The peer pod's namespace and name, when the proxy's table knows the peer's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_pod: Option<String>,
+    /// `namespace/name` of every NetworkPolicy that isolates the pod in this direction, when the
+    /// denial is "no rule matched" (empty otherwise).
+    #[serde(default)]
+    pub isolated_by: Vec<String>,
+    /// A ClusterNetworkPolicy decision: its tier (`Admin`, `Baseline`), name, rule (its `name`,
+    /// else `#index`) and action (`Deny`; `Accept` on a terminated connection's line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The verdict in words.
+    pub reason: String,
+    /// `namespace/name` of the Service, for a connection or flow to its ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The Service's port (the same as `dst_port`), with `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<u16>,
+    /// The backend a terminated Service connection went to, `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Why the Service's endpoints were refused: `ip:port (ns/pod): reason`, at most five, then
+    /// `and N more`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints_refused: Vec<String>,
+    /// The generation of the policy table that decided.
+    pub policy_generation: u64,
+    /// How many connections or flows this line stands for.
+    pub count: u64,
+    /// True for a line that sums repeats (the end of an audit window, or an overflow).
+    pub aggregated: bool,
+    /// True for the line that sums what the event kind's budget of lines folded.
+    pub rate_limited: bool,
+}
 
 /// The `event` of a [`FlowSummary`] line.
 pub const FLOW_SUMMARY: &str = "flow_summary";
@@ -56,7 +156,9 @@ impl std::fmt::Display for FlowProtocol {
     }
 }
 
-/// What the enforced tables said about a flow.
+/// What became of a flow: `allowed` when it went through (in audit mode this includes flows the
+/// table denies, each of which also has its `connection_would_deny` audit line), `denied` when
+/// the proxy refused or dropped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowVerdict {
@@ -112,6 +214,16 @@ pub struct FlowsDropped {
     pub pod: String,
     /// Flows not recorded in the period.
     pub dropped: u64,
+}
+
+/// `timestamp` of an [`Envelope`]: RFC 3339, UTC, microseconds (as the proxy's tracing lines).
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// `first_seen` / `last_seen` of a [`FlowSummary`]: RFC 3339, UTC, seconds.
+pub fn seconds(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]

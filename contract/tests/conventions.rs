@@ -161,6 +161,8 @@ fn every_env_name_of_the_contract_is_documented() {
         env::CONTROLLER_CA_PEM,
         env::TOKEN_FILE,
         env::POLICY_DIR,
+        env::FLOW_SUMMARY_INTERVAL,
+        env::FLOW_RECORDS_MAX,
         env::POD_NAME,
         env::POD_NAMESPACE,
         env::POD_IPS,

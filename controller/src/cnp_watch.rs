@@ -229,7 +229,7 @@ pub(crate) async fn supervise(
                     tracing::info!(event = "cnp_watching", message = %now.message)
                 }
                 _ => {
-                    tracing::warn!(event = "cnp_crd_missing", served_versions = ?now.served_versions, message = %now.message)
+                    tracing::warn!(event = "cnp_crd_missing", served_versions = %now.served_versions.join(","), message = %now.message)
                 }
             }
         }

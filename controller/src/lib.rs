@@ -200,10 +200,10 @@ fn spawn_upkeep(prometheus: Option<PrometheusHandle>, hub: Arc<Hub>) -> JoinHand
 fn connection_limits(config: &Config) -> anyhow::Result<(Limits, Limits)> {
     if config.idle_timeout <= config.heartbeat {
         anyhow::bail!(
-            "--idle-timeout ({:?}) must be longer than --heartbeat ({:?}): quiet streams would be \
+            "--idle-timeout ({}) must be longer than --heartbeat ({}): quiet streams would be \
              closed between heartbeats",
-            config.idle_timeout,
-            config.heartbeat
+            portcullis_contract::format_duration(config.idle_timeout),
+            portcullis_contract::format_duration(config.heartbeat)
         );
     }
     let admin_max = config.admin_max_connections.max(1);

@@ -388,7 +388,10 @@ async fn shutdown_signal(delay: Duration) {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
-    tracing::info!(delay = ?delay, "shutting down: still serving during the delay");
+    tracing::info!(
+        delay = %portcullis_contract::format_duration(delay),
+        "shutting down: still serving during the delay"
+    );
     tokio::time::sleep(delay).await;
     tracing::info!("shutting down: no longer accepting connections");
 }

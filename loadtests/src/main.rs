@@ -3,6 +3,7 @@
 
 mod extra;
 mod flood;
+mod flow_records;
 mod report;
 mod tools;
 mod topology;
@@ -99,6 +100,12 @@ struct Args {
     /// Datagrams per second of the flood.
     #[arg(long, default_value_t = 100_000)]
     flood_pps: u64,
+    /// The proxies' flow records (issue 25): `on` (their default), `off`
+    /// (`--flow-summary-interval=0`), or `compare`: after everything else, both proxies are
+    /// restarted per setting, off and on alternately each round, and connections per second
+    /// and latency are measured on every Portcullis path for each.
+    #[arg(long, value_enum, default_value = "on")]
+    flow_records: flow_records::FlowRecords,
 }
 
 fn locate(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -205,6 +212,7 @@ fn main() -> Result<()> {
     let memory = measure_memory(&paths, &args.idle, &on)?;
     let soak = run_soak(&topo, args.swaps)?;
     let flood = run_flood(&topo, &args, &plan, on.server_proxy)?;
+    let flow_records = compare_flow_records(&mut topo, &args, &proxy, &proxy_args, &on, &paths)?;
 
     let notes = report_notes(&topo, &paths, &inbound, haproxy, &mut plan);
     let report = Report {
@@ -216,6 +224,7 @@ fn main() -> Result<()> {
         memory,
         soak: Some(soak),
         flood,
+        flow_records,
     };
     write_report(&report, &args)
 }
@@ -224,6 +233,7 @@ fn main() -> Result<()> {
 /// `--outbound-tcp` and `--proxy-arg`; notes the outbound mode in the report.
 fn portcullis_args(args: &Args, plan: &mut extra::Plan) -> (Vec<String>, Vec<String>) {
     let (mut init_args, mut proxy_args) = (Vec::new(), args.proxy_args.clone());
+    proxy_args.extend(args.flow_records.proxy_args());
     if let Some(mode) = &args.inbound_tcp {
         init_args.push(format!("--inbound-tcp={mode}"));
         proxy_args.push(format!("--inbound-tcp={mode}"));
@@ -240,6 +250,35 @@ fn portcullis_args(args: &Args, plan: &mut extra::Plan) -> (Vec<String>, Vec<Str
             .unwrap_or("the init's default (queue when it enforces UDP)")
     ));
     (init_args, proxy_args)
+}
+
+/// `--flow-records compare`: both proxies restarted per setting (see [`flow_records`]).
+fn compare_flow_records(
+    topo: &mut Topology,
+    args: &Args,
+    proxy: &std::path::Path,
+    proxy_args: &[String],
+    on: &Processes,
+    paths: &[PathSpec],
+) -> Result<Vec<flow_records::FlowRecordsResult>> {
+    if args.flow_records != flow_records::FlowRecords::Compare {
+        return Ok(Vec::new());
+    }
+    let server_ips = format!("{SERVER_IP_PLAIN},{SERVER_IP_MESH}");
+    let proxies = flow_records::Proxies {
+        binary: proxy,
+        args: proxy_args,
+        pods: [
+            (&on.server_ns, "server", &server_ips),
+            (&on.mesh_ns, "mesh-client", CLIENT_IP_MESH),
+        ],
+    };
+    let budget = flow_records::Budget {
+        rounds: args.rounds,
+        duration: Duration::from_secs_f64(args.seconds),
+        latency_rounds: args.latency_rounds,
+    };
+    flow_records::compare(topo, &proxies, paths, &budget)
 }
 
 /// The flood test, with `--udp` and `--flood-seconds` above 0.

@@ -107,6 +107,8 @@ pub struct Report {
     pub soak: Option<SoakResult>,
     /// The flood test's phases, when it ran.
     pub flood: Vec<crate::flood::FloodPhase>,
+    /// `--flow-records compare`: each Portcullis path with flow records off and on.
+    pub flow_records: Vec<crate::flow_records::FlowRecordsResult>,
 }
 
 fn reasons(r: &[(String, u64)]) -> String {
@@ -134,6 +136,7 @@ impl Report {
         self.memory_markdown(&mut s);
         self.soak_markdown(&mut s);
         self.flood_markdown(&mut s);
+        crate::flow_records::markdown(&self.flow_records, &mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s);
             for n in &self.notes {

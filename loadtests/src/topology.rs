@@ -201,6 +201,41 @@ impl Topology {
         let mut args = vec!["--skip-inbound-ports", &skip];
         args.extend(init_args.iter().map(String::as_str));
         netns::exec_in(ns, &init, &args).with_context(|| format!("portcullis-init in {ns}"))?;
+        self.spawn_proxy(ns, pod, pod_ips, (proxy, proxy_args))
+    }
+
+    /// Stops the proxy of `ns` (SIGKILL: nothing is open between measurements) and starts it
+    /// again with `proxy_args`; its rules stay. Returns the new proxy's pid.
+    pub fn restart_proxy(
+        &mut self,
+        ns: &str,
+        pod: &str,
+        pod_ips: &str,
+        (proxy, proxy_args): (&Path, &[String]),
+    ) -> Result<u32> {
+        let old = pid_of_listener(ns, ports::INBOUND)?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(old)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .with_context(|| format!("cannot stop the proxy in {ns}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pid_of_listener(ns, ports::INBOUND).is_ok_and(|p| p == old) {
+            if Instant::now() > deadline {
+                bail!("the proxy in {ns} did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.spawn_proxy(ns, pod, pod_ips, (proxy, proxy_args))
+    }
+
+    /// Starts portcullis-proxy in `ns` (its rules already installed) and waits until it is
+    /// ready. Returns its pid.
+    fn spawn_proxy(
+        &mut self,
+        ns: &str,
+        pod: &str,
+        pod_ips: &str,
+        (proxy, proxy_args): (&Path, &[String]),
+    ) -> Result<u32> {
         let policy_dir = self.dir.join("policy");
         let log = self.dir.join(format!("{pod}.proxy.log"));
         let out = File::create(&log)?;

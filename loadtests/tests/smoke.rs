@@ -36,6 +36,8 @@ fn smoke_run_measures_every_path_without_failures() {
     let out_dir = std::env::temp_dir().join(format!("pc-loadtests-smoke-{}", std::process::id()));
     let output = Command::new(&bin)
         .arg("--smoke")
+        // Flow records on vs off (issue 25): proxies restarted per setting, in the same run.
+        .args(["--flow-records", "compare"])
         .arg("--out")
         .arg(&out_dir)
         .arg("--proxy-bin")
@@ -76,6 +78,16 @@ fn smoke_run_measures_every_path_without_failures() {
         "policy swaps must not break connections"
     );
     assert!(json["soak"]["generations_observed"].as_u64().unwrap_or(0) > 0);
+    let flows = json["flow_records"].as_array().expect("flow_records");
+    for path in ["inbound", "mesh", "service"] {
+        for on in [false, true] {
+            let r = flows
+                .iter()
+                .find(|r| r["path"] == path && r["flow_records"] == on)
+                .unwrap_or_else(|| panic!("{path} with flow records {on}: {flows:?}"));
+            assert!(r["connections_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        }
+    }
     assert!(run.join("results.md").exists() && run.join("plot.svg").exists());
     assert!(stdout.contains("Ratios"));
     let _ = std::fs::remove_dir_all(&out_dir);

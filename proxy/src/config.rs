@@ -16,12 +16,30 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnPolicyChange {
     /// Close established connections that the new table denies (revoking access revokes it).
     Close,
     /// Keep established connections; the new table applies to new connections only.
     Keep,
+}
+
+impl OnPolicyChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnPolicyChange::Close => "close",
+            OnPolicyChange::Keep => "keep",
+        }
+    }
 }
 
 /// The Portcullis sidecar: enforces Kubernetes NetworkPolicy on every TCP connection of its pod.
@@ -187,6 +205,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_lines_per_second: u32,
 
+    /// Flow records: every this long, the proxy writes one `flow_summary` line per (direction,
+    /// protocol, peer, server port, Service, verdict) its pod had since the last ones, with a
+    /// count and the first and last time seen (`docs/audit-log.md`), and once more at shutdown.
+    /// `0` turns flow records off.
+    #[arg(long, env = env::FLOW_SUMMARY_INTERVAL, default_value = "60s", value_parser = parse_duration)]
+    pub flow_summary_interval: Duration,
+
+    /// Flow records held per period at most; flows with a new key beyond that are counted
+    /// (`portcullis_flow_records_dropped_total`, one `flow_records_dropped` line) but not kept.
+    #[arg(long, env = env::FLOW_RECORDS_MAX, default_value_t = 4096)]
+    pub flow_records_max: usize,
+
     /// Also log every allowed connection when it closes (bytes, duration) at info level.
     #[arg(long, env = "PORTCULLIS_LOG_ALLOWED")]
     pub log_allowed: bool,
@@ -346,6 +376,8 @@ mod tests {
         assert!(c.enforce_udp);
         assert_eq!(c.nfqueue, 4171);
         assert_eq!(c.proxy_mark, None);
+        assert_eq!(c.flow_summary_interval, Duration::from_secs(60));
+        assert_eq!(c.flow_records_max, 4096);
         let off = Config::try_parse_from([
             "portcullis-proxy",
             "--pod-name=a",

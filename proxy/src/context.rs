@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
 use crate::config::{Config, Mode, OnPolicyChange};
+use crate::flows::{FlowKey, FlowRecords};
 use crate::inbound::relay::PodAddresses;
 use crate::outbound::balance::Balancer;
 use crate::store::PolicyStore;
@@ -25,6 +26,8 @@ pub struct Context {
     pub log_allowed: bool,
     pub store: Arc<PolicyStore>,
     pub audit: Arc<AuditLog>,
+    /// Flow records; `None` with `--flow-summary-interval 0`.
+    pub flows: Option<Arc<FlowRecords>>,
     pub connection_slots: Arc<Semaphore>,
     /// `POD_IPS`: the only destinations inbound connections are forwarded to.
     pub pod_addresses: PodAddresses,
@@ -46,6 +49,20 @@ impl Context {
 }
 
 impl Context {
+    /// Whether flows are recorded (callers skip building keys otherwise).
+    pub fn records_flows(&self) -> bool {
+        self.flows.is_some()
+    }
+
+    /// Counts one connection or flow in the flow records, if they are on.
+    pub fn record_flow(&self, key: Option<FlowKey>) {
+        if let (Some(flows), Some(key)) = (&self.flows, key) {
+            flows.record(key, std::time::SystemTime::now());
+        }
+    }
+}
+
+impl Context {
     pub(crate) fn new(config: &Config, pod: String) -> anyhow::Result<Context> {
         Ok(Context {
             pod,
@@ -56,6 +73,13 @@ impl Context {
             log_allowed: config.log_allowed,
             store: Arc::new(PolicyStore::new()),
             audit: Arc::new(AuditLog::new(config.audit_window, config.audit_budget())),
+            flows: (!config.flow_summary_interval.is_zero()).then(|| {
+                Arc::new(FlowRecords::new(
+                    &config.pod_namespace,
+                    &config.pod_name,
+                    config.flow_records_max,
+                ))
+            }),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             // Fail closed: without the pod's own addresses the inbound proxy cannot tell this
             // pod from a neighbour it is asked to relay to.

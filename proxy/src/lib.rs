@@ -14,7 +14,8 @@
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`] (directory or controller stream,
 //!   the controller's name resolved by [`resolve`]);
 //! - what every task shares: [`context`]; start and drain: [`run`]; flags: [`config`];
-//! - audit lines: [`audit`]; metrics: [`telemetry`]; `/metrics`, `/ready`, `/live`, `/policy`:
+//! - audit lines: [`audit`] (the schema is `portcullis_contract::log`); flow records:
+//!   [`flows`]; metrics: [`telemetry`]; `/metrics`, `/ready`, `/live`, `/policy`:
 //!   [`admin`]; descriptor budget: [`limits`].
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod authorize;
 pub mod config;
 pub mod context;
 pub mod dns;
+pub mod flows;
 pub mod inbound;
 pub mod kernel;
 pub mod limits;

@@ -70,7 +70,7 @@ pub async fn run(mut config: Config, prometheus: Option<PrometheusHandle>) -> an
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut data_plane = dataplane::DataPlane::start(&ctx, workers, &stop_rx)?;
-    spawn_housekeeping(&ctx, prometheus);
+    spawn_housekeeping(&ctx, &config, prometheus);
 
     shutdown_signal.recv().await;
     // Close the listeners first (connections still queued are reset), then report not ready.
@@ -86,22 +86,36 @@ fn log_start(config: &Config, pod: &str) {
     tracing::info!(
         event = "starting",
         pod,
-        mode = ?config.mode,
-        on_policy_change = ?config.on_policy_change,
-        inbound = ?config.inbound_listen,
-        outbound = ?config.outbound_listen,
+        mode = config.mode.as_str(),
+        on_policy_change = config.on_policy_change.as_str(),
+        inbound = %addresses(&config.inbound_listen),
+        outbound = %addresses(&config.outbound_listen),
         admin = %config.admin_listen,
         worker_threads = config.worker_threads,
         max_connections = config.max_connections,
         admin_max_connections = config.admin_max_connections,
         enforced_protocols = if config.enforce_udp { "every IP protocol but ICMP" } else { "TCP" },
         inbound_tcp = config.inbound_tcp().as_str(),
+        flow_summary_interval = %portcullis_contract::format_duration(config.flow_summary_interval),
+        flow_records_max = config.flow_records_max,
         version = env!("CARGO_PKG_VERSION"),
     );
 }
 
-/// Audit lines flushed every second; the Prometheus recorder's upkeep every five.
-fn spawn_housekeeping(ctx: &Arc<Context>, prometheus: Option<PrometheusHandle>) {
+/// `a,b,c`: listener addresses as one log field.
+fn addresses(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Audit lines flushed every second; flow records written every `--flow-summary-interval`; the Prometheus recorder's upkeep every five.
+fn spawn_housekeeping(ctx: &Arc<Context>, config: &Config, prometheus: Option<PrometheusHandle>) {
+    if let Some(flows) = &ctx.flows {
+        crate::flows::spawn_emitter(flows.clone(), config.flow_summary_interval);
+    }
     let audit_ctx = ctx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -124,7 +138,11 @@ fn spawn_housekeeping(ctx: &Arc<Context>, prometheus: Option<PrometheusHandle>) 
 /// Waits up to `--shutdown-grace` for the open connections to end, then cuts the rest.
 async fn drain(ctx: &Context, config: &Config, data_plane: dataplane::DataPlane) {
     let active = config.max_connections - ctx.connection_slots.available_permits();
-    tracing::info!(event = "draining", active_connections = active, grace = ?config.shutdown_grace);
+    tracing::info!(
+        event = "draining",
+        active_connections = active,
+        grace = %portcullis_contract::format_duration(config.shutdown_grace)
+    );
     let drained = tokio::time::timeout(
         config.shutdown_grace,
         ctx.connection_slots
@@ -135,6 +153,9 @@ async fn drain(ctx: &Context, config: &Config, data_plane: dataplane::DataPlane)
     let left = config.max_connections - ctx.connection_slots.available_permits();
     data_plane.exit().await;
     ctx.audit.flush();
+    if let Some(flows) = &ctx.flows {
+        flows.emit();
+    }
     tracing::info!(
         event = "stopped",
         drained,

@@ -31,6 +31,7 @@ pub const AUDIT_LINES_FOLDED: &str = "portcullis_audit_lines_folded_total";
 pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
 pub const SERVICES: &str = "portcullis_services";
 pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
+pub const FLOW_RECORDS_DROPPED: &str = "portcullis_flow_records_dropped_total";
 /// Distinct `service` label values one proxy reports; the rest are counted as `_other`.
 pub const SERVICE_LABELS_MAX: usize = 64;
 
@@ -132,6 +133,12 @@ fn describe_queue_and_services() {
     describe_counter!(
         DATAGRAMS_MALFORMED,
         "Queued UDP/SCTP packets dropped because they could not be read, by reason."
+    );
+    describe_counter!(
+        FLOW_RECORDS_DROPPED,
+        "Connections and flows not kept in the flow records because --flow-records-max keys \
+         were already held in the period (still enforced and audited; each period that drops \
+         some writes one flow_records_dropped line)."
     );
     describe_counter!(
         AUDIT_LINES_FOLDED,

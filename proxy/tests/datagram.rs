@@ -311,10 +311,14 @@ fn udp_ingress_allowed_and_denied_with_one_audit_line_ipv4_and_ipv6() {
     let line = &lines[0];
     assert_eq!(line["protocol"], "UDP");
     assert_eq!(line["direction"], "ingress");
-    assert_eq!(line["dst"], format!("{POD_IP}:{DENIED}"));
-    assert!(line["src"].as_str().unwrap_or("").starts_with(PEER_IP));
+    support::assert_audit_schema(line);
+    assert_eq!(line["dst_ip"], POD_IP);
+    assert_eq!(line["dst_port"], DENIED);
+    assert_eq!(line["src_ip"], PEER_IP);
+    assert!(line["src_port"].as_u64().is_some_and(|p| p > 0), "{line}");
     assert_eq!(line["peer_pod"], "client");
-    assert_eq!(line["isolated_by"], "x/client-udp");
+    assert_eq!(line["isolated_by"][0], "x/client-udp");
+    assert_eq!(line["isolated_by"].as_array().map(Vec::len), Some(1));
     assert_eq!(
         t.metric(&[
             "portcullis_connections_total{",
@@ -351,7 +355,8 @@ fn udp_egress_is_decided_by_the_egress_table() {
     let line = &t.log_lines("connection_denied")[0];
     assert_eq!(line["direction"], "egress");
     assert_eq!(line["protocol"], "UDP");
-    assert_eq!(line["dst"], format!("{PEER_IP}:{DENIED}"));
+    assert_eq!(line["dst_ip"], PEER_IP);
+    assert_eq!(line["dst_port"], DENIED);
     assert_eq!(
         t.metric(&[
             "portcullis_connections_total{",
@@ -473,7 +478,8 @@ fn a_policy_change_deletes_the_conntrack_entry_of_a_denied_flow_and_stops_it() {
     let line = &t.log_lines("connection_terminated")[0];
     assert_eq!(line["protocol"], "UDP");
     assert_eq!(line["direction"], "ingress");
-    assert_eq!(line["dst"], format!("{POD_IP}:{ALLOWED}"));
+    assert_eq!(line["dst_ip"], POD_IP);
+    assert_eq!(line["dst_port"], ALLOWED);
     assert!(
         line["reason"].as_str().unwrap_or("").contains("x/deny-all"),
         "{line}"
@@ -570,7 +576,9 @@ fn sctp_init_packets_get_the_policy_verdict() {
     });
     let line = &t.log_lines("connection_denied")[0];
     assert_eq!(line["protocol"], "SCTP");
-    assert_eq!(line["dst"], format!("{POD_IP}:{SCTP_DENIED}"));
+    support::assert_audit_schema(line);
+    assert_eq!(line["dst_ip"], POD_IP);
+    assert_eq!(line["dst_port"], SCTP_DENIED);
     assert_eq!(
         t.metric(&[
             "portcullis_connections_total{",
@@ -775,7 +783,7 @@ fn an_egress_flow_is_revoked_too_and_an_ipv6_one() {
     assert!(
         lines
             .iter()
-            .any(|l| l["dst"] == format!("[{PEER_IP6}]:{ALLOWED}")),
+            .any(|l| l["dst_ip"] == PEER_IP6 && l["dst_port"] == ALLOWED),
         "{lines:?}"
     );
     assert!(lines.iter().all(|l| l["peer_pod"] == "client"), "{lines:?}");
@@ -1080,7 +1088,10 @@ fn a_udp_flow_to_a_cluster_ip_is_judged_on_every_backend_kube_proxy_could_pick()
         .find(|l| l["service"] == "x/mixed")
         .unwrap();
     assert_eq!(line["protocol"], "UDP");
-    assert_eq!(line["dst"], "10.96.0.11:54");
+    assert_eq!(line["dst_ip"], "10.96.0.11");
+    assert_eq!(line["dst_port"], 54);
+    assert_eq!(line["service_port"], 54);
+    assert!(line["endpoints_refused"].is_array(), "{line}");
     let refused = line["endpoints_refused"].to_string();
     assert!(refused.contains("x/other"), "{line}");
     // x/empty: no endpoint at all, not a policy denial.
@@ -1198,9 +1209,11 @@ fn inbound_tcp_is_decided_in_the_queue_and_then_left_to_the_kernel() {
     let line = &t.log_lines("connection_denied")[0];
     assert_eq!(line["protocol"], "TCP");
     assert_eq!(line["direction"], "ingress");
-    assert_eq!(line["dst"], format!("{POD_IP}:8081"));
+    support::assert_audit_schema(line);
+    assert_eq!(line["dst_ip"], POD_IP);
+    assert_eq!(line["dst_port"], 8081);
     assert_eq!(line["peer_pod"], "client");
-    assert_eq!(line["isolated_by"], "x/client-tcp");
+    assert_eq!(line["isolated_by"][0], "x/client-tcp");
     assert!(
         t.metric(&[
             "portcullis_connections_total{",
@@ -1277,7 +1290,7 @@ fn deny_all_and_expect_both_ended(
         t.log_lines("connection_terminated").len() == 2
     });
     let lines = t.log_lines("connection_terminated");
-    let mut seen: Vec<&str> = lines.iter().filter_map(|l| l["dst"].as_str()).collect();
+    let mut seen: Vec<String> = lines.iter().map(|l| support::socket(l, "dst")).collect();
     seen.sort();
     assert_eq!(seen, dsts);
     for line in &lines {
@@ -1368,7 +1381,7 @@ fn outbound_tcp_to_a_pod_ip_is_decided_in_the_queue_and_a_denied_one_is_refused_
         t.wait_for("the denial line", || {
             t.log_lines("connection_denied")
                 .iter()
-                .any(|l| l["dst"] == to.as_str())
+                .any(|l| support::socket(l, "dst") == to)
         });
     }
     let lines = t.log_lines("connection_denied");
@@ -1377,7 +1390,7 @@ fn outbound_tcp_to_a_pod_ip_is_decided_in_the_queue_and_a_denied_one_is_refused_
         assert_eq!(line["protocol"], "TCP");
         assert_eq!(line["direction"], "egress");
         assert_eq!(line["peer_pod"], "client");
-        assert_eq!(line["isolated_by"], "x/egress-tcp");
+        assert_eq!(line["isolated_by"][0], "x/egress-tcp");
     }
     assert_eq!(
         t.metric(&[
@@ -1535,4 +1548,168 @@ fn a_domain_name_is_reachable_only_after_the_pods_own_trusted_lookup() {
 
 fn hickory_rr_a() -> hickory_proto::rr::RecordType {
     hickory_proto::rr::RecordType::A
+}
+
+/// The proxy's `flow_summary` lines, read back as the contract's type (the envelope's fields
+/// too), summed by key over periods.
+fn flow_summaries(t: &Setup) -> Vec<portcullis_contract::log::FlowSummary> {
+    use portcullis_contract::log::{Envelope, FlowSummary, FLOWS_TARGET, FLOW_SUMMARY};
+    t.log_lines(FLOW_SUMMARY)
+        .into_iter()
+        .map(|v| {
+            let line: Envelope<FlowSummary> =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"));
+            assert_eq!(line.target, FLOWS_TARGET);
+            assert_eq!(line.level, "INFO");
+            line.line
+        })
+        .collect()
+}
+
+/// Issue 25: every decision point records a flow (inbound queued TCP and UDP here, allowed and
+/// denied, and outbound UDP), written every `--flow-summary-interval` as `flow_summary` lines.
+#[test]
+fn flow_records_count_allowed_and_denied_tcp_and_udp() {
+    use portcullis_contract::log::{FlowDirection, FlowProtocol, FlowVerdict, LOG_SCHEMA};
+    let t = Setup::new(
+        &[INGRESS_UDP_5353, INGRESS_TCP_8080],
+        Start {
+            proxy_args: &["--flow-summary-interval", "1s"],
+            ..ENFORCING
+        },
+    );
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{ALLOWED}"));
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{DENIED}"));
+    udp_echo(&t.peer_ns, &format!("0.0.0.0:{ALLOWED}"));
+    tcp_server(&t.pod_ns, "[::]:8080");
+    tcp_server(&t.pod_ns, "[::]:8081");
+    t.wait_ready();
+
+    let client = udp(&t.peer_ns, "0.0.0.0:0");
+    assert!(echoed(&client, &format!("{POD_IP}:{ALLOWED}"), "hi"));
+    let denied = udp(&t.peer_ns, "0.0.0.0:0");
+    denied
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    assert!(ask(&denied, &format!("{POD_IP}:{DENIED}"), b"no").is_none());
+    for _ in 0..3 {
+        let mut c = tcp_connect(&t.peer_ns, &format!("{POD_IP}:8080")).expect("allowed");
+        exchange(&mut c, "m;").expect("echo");
+    }
+    assert!(tcp_connect(&t.peer_ns, &format!("{POD_IP}:8081")).is_err());
+    // Egress is not isolated: the pod's own UDP to the client is allowed, and recorded.
+    let out = udp(&t.pod_ns, "0.0.0.0:0");
+    assert!(echoed(&out, &format!("{PEER_IP}:{ALLOWED}"), "out"));
+
+    let wanted =
+        |s: &portcullis_contract::log::FlowSummary| (s.direction, s.protocol, s.port, s.verdict);
+    let expect = [
+        (
+            FlowDirection::Ingress,
+            FlowProtocol::Udp,
+            ALLOWED,
+            FlowVerdict::Allowed,
+        ),
+        (
+            FlowDirection::Ingress,
+            FlowProtocol::Udp,
+            DENIED,
+            FlowVerdict::Denied,
+        ),
+        (
+            FlowDirection::Ingress,
+            FlowProtocol::Tcp,
+            8080,
+            FlowVerdict::Allowed,
+        ),
+        (
+            FlowDirection::Ingress,
+            FlowProtocol::Tcp,
+            8081,
+            FlowVerdict::Denied,
+        ),
+        (
+            FlowDirection::Egress,
+            FlowProtocol::Udp,
+            ALLOWED,
+            FlowVerdict::Allowed,
+        ),
+    ];
+    t.wait_for("a flow_summary line for each flow", || {
+        let got = flow_summaries(&t);
+        expect.iter().all(|e| got.iter().any(|s| wanted(s) == *e))
+    });
+    let got = flow_summaries(&t);
+    eprintln!(
+        "flow_summary example: {}",
+        t.log_lines("flow_summary")
+            .iter()
+            .find(|l| l["port"] == 8080)
+            .expect("8080")
+    );
+    for s in &got {
+        assert_eq!(s.schema, LOG_SCHEMA);
+        assert_eq!((s.pod_namespace.as_str(), s.pod.as_str()), ("x", "server"));
+        assert_eq!(s.peer_ip.to_string(), PEER_IP, "{s:?}");
+        assert_eq!(s.peer_namespace.as_deref(), Some("x"), "{s:?}");
+        assert_eq!(s.peer_pod.as_deref(), Some("client"), "{s:?}");
+        assert!(s.first_seen <= s.last_seen, "{s:?}");
+    }
+    let count = |e: &(FlowDirection, FlowProtocol, u16, FlowVerdict)| -> u64 {
+        got.iter()
+            .filter(|s| wanted(s) == *e)
+            .map(|s| s.count)
+            .sum()
+    };
+    assert_eq!(
+        count(&expect[2]),
+        3,
+        "three allowed TCP connections: {got:?}"
+    );
+    assert_eq!(count(&expect[0]), 1, "one UDP flow, however many datagrams");
+    assert!(t.log_lines("flow_records_dropped").is_empty());
+}
+
+/// The records of the last period are written at shutdown, and what the bound dropped is said.
+#[test]
+fn flow_records_are_written_at_shutdown_with_what_the_bound_dropped() {
+    use portcullis_contract::log::{FlowsDropped, FLOWS_DROPPED};
+    let mut t = Setup::new(
+        &[INGRESS_UDP_5353],
+        Start {
+            proxy_args: &["--flow-summary-interval", "1h", "--flow-records-max", "1"],
+            ..ENFORCING
+        },
+    );
+    udp_echo(&t.pod_ns, &format!("0.0.0.0:{ALLOWED}"));
+    t.wait_ready();
+    let client = udp(&t.peer_ns, "0.0.0.0:0");
+    assert!(echoed(&client, &format!("{POD_IP}:{ALLOWED}"), "hi"));
+    let denied = udp(&t.peer_ns, "0.0.0.0:0");
+    denied
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    assert!(ask(&denied, &format!("{POD_IP}:{DENIED}"), b"no").is_none());
+    t.wait_for("the dropped record to be counted", || {
+        t.metric(&["portcullis_flow_records_dropped_total"]) == 1.0
+    });
+    assert!(
+        flow_summaries(&t).is_empty(),
+        "nothing before the period ends"
+    );
+    let mut proxy = t.proxy.take().expect("proxy");
+    let pid = nix::unistd::Pid::from_raw(proxy.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = proxy.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let got = flow_summaries(&t);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].port, ALLOWED);
+    let dropped: Vec<FlowsDropped> = t
+        .log_lines(FLOWS_DROPPED)
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("a flow_records_dropped line"))
+        .collect();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].dropped, 1);
 }

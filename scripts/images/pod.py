@@ -597,7 +597,7 @@ def check(outputs, k):
     for proto in ("TCP", "UDP"):
         hits = [e for e in events if e.get("event") == "connection_denied"
                 and str(e.get("protocol", "")).upper() == proto
-                and str(e.get("dst", "")).startswith(f"{denied_ip}:")]
+                and e.get("dst_ip") == denied_ip]
         if hits:
             log(f"audit line ({proto}): {json.dumps(hits[0])}")
         else:

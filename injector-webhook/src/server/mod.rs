@@ -91,11 +91,11 @@ pub async fn admit(state: &AppState, body: &[u8]) -> Result<Reply, ParseError> {
     let exemptions = reply.exemptions.as_deref().unwrap_or("");
     match &reply.result {
         ReviewResult::Injected(mode) => {
-            tracing::info!(uid, namespace = ns, pod, mode = mode.as_str(), exemptions, warnings = ?reply.warnings, "injected");
+            tracing::info!(uid, namespace = ns, pod, mode = mode.as_str(), exemptions, warnings = %reply.warnings.join("; "), "injected");
             ::metrics::counter!(metrics::INJECTIONS, "sidecar_mode" => mode.as_str()).increment(1);
         }
         ReviewResult::Skipped(reason) => {
-            tracing::info!(uid, namespace = ns, pod, reason = reason.label(), exemptions, warnings = ?reply.warnings, "not injected");
+            tracing::info!(uid, namespace = ns, pod, reason = reason.label(), exemptions, warnings = %reply.warnings.join("; "), "not injected");
             ::metrics::counter!(metrics::SKIPS, "reason" => reason.label()).increment(1);
         }
         ReviewResult::Denied(why) => {
@@ -263,7 +263,10 @@ pub async fn serve_webhook(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {
-            tracing::warn!("connections still open after {drain:?}; closing them");
+            tracing::warn!(
+                "connections still open after {}; closing them",
+                portcullis_contract::format_duration(drain)
+            );
         }
     }
 }

@@ -64,7 +64,10 @@ fn namespace_meta(meta: ObjectMeta) -> NamespaceMeta {
 pub enum LookupError {
     #[error("reading namespace {ns}: {error}")]
     Api { ns: String, error: Arc<kube::Error> },
-    #[error("reading namespace {ns}: timed out after {timeout:?}")]
+    #[error(
+        "reading namespace {ns}: timed out after {}",
+        portcullis_contract::format_duration(*.timeout)
+    )]
     Timeout { ns: String, timeout: Duration },
 }
 

@@ -1,8 +1,10 @@
-//! Audit lines for denials and terminations, as JSON on stdout (what `kubectl logs` shows),
-//! with flood control ([`aggregate`]): repeats are summed per window, and each event kind has a
+//! Audit lines for denials and terminations, as JSON on stdout (what `kubectl logs` shows; the
+//! schema is `portcullis_contract::log::AuditLine`, documented in `docs/audit-log.md`), with
+//! flood control ([`aggregate`]): repeats are summed per window, and each event kind has a
 //! budget of lines per second, so no sources, forged or not, can flood a pod's log.
 
 mod aggregate;
+pub mod json;
 
 pub use aggregate::{Aggregator, LineBudget};
 
@@ -10,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use portcullis_contract::log;
 use portcullis_policy::{Direction, Protocol, Reason, Verdict};
 
 /// What kind of audit line.
@@ -29,10 +32,10 @@ pub enum AuditEvent {
 impl AuditEvent {
     pub fn as_str(self) -> &'static str {
         match self {
-            AuditEvent::Denied => "connection_denied",
-            AuditEvent::WouldDeny => "connection_would_deny",
-            AuditEvent::Terminated => "connection_terminated",
-            AuditEvent::NoEndpoints => "no_endpoints",
+            AuditEvent::Denied => log::audit_event::DENIED,
+            AuditEvent::WouldDeny => log::audit_event::WOULD_DENY,
+            AuditEvent::Terminated => log::audit_event::TERMINATED,
+            AuditEvent::NoEndpoints => log::audit_event::NO_ENDPOINTS,
         }
     }
 }
@@ -121,64 +124,70 @@ impl AuditLog {
     }
 }
 
-/// Writes one JSON line through tracing (the JSON formatter flattens these fields).
+/// Writes one audit line: [`AuditLine::to_log`] as one JSON line on stdout ([`json`]).
 pub fn write_line(line: &AuditLine) {
-    let r = &line.record;
-    let (peer_namespace, peer_pod) = match r.peer_pod.as_deref().and_then(|p| p.split_once('/')) {
-        Some((ns, name)) => (Some(ns), Some(name)),
-        None => (None, None),
-    };
-    let isolated_by = r
-        .verdict
-        .as_ref()
-        .map(|v| v.isolated_by())
-        .unwrap_or_default()
-        .iter()
-        .map(|s| &**s)
-        .collect::<Vec<_>>()
-        .join(",");
-    let reason = match (&r.verdict, r.event) {
-        (Some(v), _) => v.to_string(),
-        (None, AuditEvent::NoEndpoints) => "no ready endpoint behind the Service port".into(),
-        (None, _) => String::new(),
-    };
-    let cnp = r.verdict.as_ref().and_then(CnpFields::of);
-    let service = r.service.as_ref().map(|s| s.service.as_str());
-    let backend = r
-        .service
-        .as_ref()
-        .and_then(|s| s.backend)
-        .map(|b| b.to_string());
-    let endpoints_refused = r
-        .service
-        .as_ref()
-        .filter(|s| !s.refused.is_empty())
-        .map(|s| s.refused.join("; "));
-    tracing::warn!(
-        target: "portcullis::audit",
-        event = r.event.as_str(),
-        direction = r.direction.as_str(),
-        src = %r.source,
-        dst = %r.destination,
-        protocol = r.protocol.as_str(),
-        peer_namespace,
-        peer_pod,
-        pod = %r.pod,
-        isolated_by = %isolated_by,
-        tier = cnp.as_ref().map(|c| c.tier),
-        policy = cnp.as_ref().map(|c| c.policy),
-        rule = cnp.as_ref().map(|c| c.rule),
-        action = cnp.as_ref().map(|c| c.action),
-        reason = %reason,
-        service,
-        service_port = service.map(|_| r.destination.port()),
-        backend = backend.as_deref(),
-        endpoints_refused = endpoints_refused.as_deref(),
-        policy_generation = r.generation,
-        count = line.count,
-        aggregated = line.aggregated,
-        rate_limited = line.rate_limited,
-    );
+    if tracing::enabled!(target: log::AUDIT_TARGET, tracing::Level::WARN) {
+        json::write(json::Level::Warn, log::AUDIT_TARGET, &line.to_log());
+    }
+}
+
+impl AuditLine {
+    /// The line as the log schema defines it (`portcullis_contract::log::AuditLine`).
+    pub fn to_log(&self) -> log::AuditLine {
+        let r = &self.record;
+        let (peer_namespace, peer_pod) = match r.peer_pod.as_deref().and_then(|p| p.split_once('/'))
+        {
+            Some((ns, name)) => (Some(ns.to_string()), Some(name.to_string())),
+            None => (None, None),
+        };
+        let isolated_by = r
+            .verdict
+            .as_ref()
+            .map(|v| v.isolated_by().iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        let reason = match (&r.verdict, r.event) {
+            (Some(v), _) => v.to_string(),
+            (None, AuditEvent::NoEndpoints) => "no ready endpoint behind the Service port".into(),
+            (None, _) => String::new(),
+        };
+        let cnp = r.verdict.as_ref().and_then(CnpFields::of);
+        let service = r.service.as_ref();
+        log::AuditLine {
+            event: r.event.as_str().to_string(),
+            schema: log::LOG_SCHEMA,
+            direction: flow_direction(r.direction),
+            protocol: r.protocol.as_str().to_string(),
+            src_ip: r.source.ip(),
+            src_port: r.source.port(),
+            dst_ip: r.destination.ip(),
+            dst_port: r.destination.port(),
+            pod: r.pod.clone(),
+            peer_namespace,
+            peer_pod,
+            isolated_by,
+            tier: cnp.map(|c| c.tier.to_string()),
+            policy: cnp.map(|c| c.policy.to_string()),
+            rule: cnp.map(|c| c.rule.to_string()),
+            action: cnp.map(|c| c.action.to_string()),
+            reason,
+            service: service.map(|s| s.service.clone()),
+            service_port: service.map(|_| r.destination.port()),
+            backend: service.and_then(|s| s.backend).map(|b| b.to_string()),
+            endpoints_refused: service.map(|s| s.refused.clone()).unwrap_or_default(),
+            policy_generation: r.generation,
+            count: self.count,
+            aggregated: self.aggregated,
+            rate_limited: self.rate_limited,
+        }
+    }
+}
+
+/// The log schema's spelling of a direction.
+pub fn flow_direction(direction: Direction) -> log::FlowDirection {
+    match direction {
+        Direction::Ingress => log::FlowDirection::Ingress,
+        Direction::Egress => log::FlowDirection::Egress,
+    }
 }
 
 /// The structured fields of a decision by a ClusterNetworkPolicy rule: `tier` (`Admin`,
@@ -209,5 +218,91 @@ impl<'a> CnpFields<'a> {
             }),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn denial() -> AuditLine {
+        AuditLine {
+            record: AuditRecord {
+                event: AuditEvent::Denied,
+                direction: Direction::Ingress,
+                source: "10.214.0.2:40412".parse().expect("addr"),
+                destination: "10.214.0.1:9090".parse().expect("addr"),
+                peer_pod: Some("x/client".into()),
+                pod: "x/server".into(),
+                verdict: Some(Verdict {
+                    direction: Direction::Ingress,
+                    reason: Reason::NoRuleMatched {
+                        isolated_by: Arc::from(vec![
+                            Arc::from("x/client-to-http"),
+                            Arc::from("x/deny-all"),
+                        ]),
+                    },
+                }),
+                generation: 1,
+                protocol: Protocol::Tcp,
+                service: None,
+            },
+            count: 1,
+            aggregated: false,
+            rate_limited: false,
+        }
+    }
+
+    #[test]
+    fn an_audit_line_has_structured_addresses_and_an_isolated_by_array() {
+        let bytes = json::encode(json::Level::Warn, log::AUDIT_TARGET, &denial().to_log());
+        let text = String::from_utf8(bytes).expect("utf-8");
+        eprintln!("audit line: {text}");
+        let line: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(line["schema"], log::LOG_SCHEMA);
+        assert_eq!(line["event"], "connection_denied");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["target"], "portcullis::audit");
+        assert_eq!(line["src_ip"], "10.214.0.2");
+        assert_eq!(line["src_port"], 40412);
+        assert_eq!(line["dst_ip"], "10.214.0.1");
+        assert_eq!(line["dst_port"], 9090);
+        assert_eq!(line["direction"], "ingress");
+        assert_eq!(line["peer_namespace"], "x");
+        assert_eq!(line["peer_pod"], "client");
+        assert_eq!(
+            line["isolated_by"],
+            serde_json::json!(["x/client-to-http", "x/deny-all"])
+        );
+        for absent in ["src", "dst", "tier", "service", "endpoints_refused"] {
+            assert!(line.get(absent).is_none(), "{absent}: {text}");
+        }
+        // No Rust Debug spelling anywhere: every value is a JSON scalar or array of them.
+        assert!(
+            !text.contains("Some(") && !text.contains("Ingress"),
+            "{text}"
+        );
+        let back: log::Envelope<log::AuditLine> = serde_json::from_str(&text).expect("reads");
+        assert_eq!(back.line, denial().to_log());
+    }
+
+    #[test]
+    fn a_service_line_lists_refused_endpoints_as_an_array() {
+        let mut line = denial();
+        line.record.destination = "10.96.0.52:80".parse().expect("addr");
+        line.record.service = Some(ServiceNote {
+            service: "x/client".into(),
+            backend: Some("10.214.0.5:9443".parse().expect("addr")),
+            refused: vec![
+                "10.214.0.2:7070 (x/client): denied".into(),
+                "and 2 more".into(),
+            ],
+        });
+        let v = serde_json::to_value(line.to_log()).expect("JSON");
+        assert_eq!(v["service"], "x/client");
+        assert_eq!(v["service_port"], 80);
+        assert_eq!(v["backend"], "10.214.0.5:9443");
+        assert_eq!(v["endpoints_refused"][1], "and 2 more");
     }
 }

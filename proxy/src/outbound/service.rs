@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use portcullis_policy::service::{judge, BackendVerdict, Frontend, ServiceJudgement};
+use portcullis_policy::Protocol;
 use tokio::net::TcpStream;
 
 use super::balance::Active;
@@ -12,6 +13,7 @@ use crate::audit::{AuditEvent, ServiceNote, REFUSED_LISTED};
 use crate::authorize::Decision;
 use crate::config::Mode;
 use crate::context::Context;
+use crate::flows::FlowKey;
 use crate::relay::connection::{admit, audit_record, connect, connect_failed, Target};
 use crate::relay::route::Route;
 use crate::store::Snapshot;
@@ -84,6 +86,9 @@ pub fn plan_service(
             _ => refused_list(&judgement.denied),
         },
     };
+    if !decision.lets_through() {
+        record_refused(ctx, route, &judgement, &service);
+    }
     if !admit(ctx, route, snapshot, &decision, Some(note)) {
         return None;
     }
@@ -96,6 +101,20 @@ pub fn plan_service(
             candidates,
         }),
     })
+}
+
+/// Counts a refused Service connection in the flow records. It is refused before any backend
+/// is picked: recorded on the backend whose verdict the audit line gives (an allowed connection
+/// is recorded on the backend it reaches, in [`open_service`]).
+fn record_refused(ctx: &Context, route: &Route, judgement: &ServiceJudgement<'_>, service: &str) {
+    ctx.record_flow(judgement.denied.first().and_then(|d| {
+        let b = d.backend;
+        let key = FlowKey::new(route.direction, Protocol::Tcp, b.ip, b.port, false)?;
+        Some(
+            key.with_peer_pod(b.pod.as_deref().map(str::to_string))
+                .with_service(Some(service.to_string())),
+        )
+    }));
 }
 
 /// The backends of `judgement` in the family of `cluster_ip`: a ClusterIP leads only to the
@@ -149,6 +168,19 @@ pub async fn open_service<'c>(
         let active = ctx.balancer.track(backend);
         match connect(route.direction, backend, ctx.connect_timeout).await {
             Ok(s) => {
+                if ctx.records_flows() {
+                    let key = FlowKey::new(
+                        route.direction,
+                        Protocol::Tcp,
+                        backend.ip(),
+                        backend.port(),
+                        true,
+                    );
+                    ctx.record_flow(key.map(|k| {
+                        k.with_peer_pod(ctx.store.peer_name(backend.ip()))
+                            .with_service(Some(service.name.clone()))
+                    }));
+                }
                 *destination = backend;
                 return Some((s, Some(active)));
             }

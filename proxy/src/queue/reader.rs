@@ -19,6 +19,7 @@ use super::packet::{self, Flow};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::authorize::Decision;
 use crate::context::Context;
+use crate::flows::FlowKey;
 use crate::telemetry::{
     count_flow_decision, count_flow_refused, DATAGRAMS_MALFORMED, QUEUE_ERRORS,
 };
@@ -164,20 +165,7 @@ impl Verdict {
 /// Decides one queued packet. Malformed packets, unknown hooks and packets that arrive before
 /// the first table are dropped; a denied outbound TCP connection is refused.
 pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
-    let flow = match packet::parse(payload) {
-        Ok(f) => f,
-        Err(m) => {
-            metrics::counter!(DATAGRAMS_MALFORMED, "reason" => m.label()).increment(1);
-            tracing::debug!(
-                event = "datagram_malformed",
-                reason = m.label(),
-                len = payload.len()
-            );
-            return Verdict::Drop;
-        }
-    };
-    let Some(direction) = direction_of(hook) else {
-        metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
+    let Some((flow, direction)) = read(hook, payload) else {
         return Verdict::Drop;
     };
     let denied = Verdict::denial(direction, flow.protocol);
@@ -188,6 +176,17 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     let peer = peer(&flow, direction);
     let FlowDecision { decision, service } = decide_now(ctx, &snapshot, direction, peer, &flow);
     let peer_pod = ctx.store.peer_name(peer);
+    if let (Some(d), true) = (&decision, ctx.records_flows()) {
+        record_flow(
+            ctx,
+            &flow,
+            direction,
+            peer,
+            d.lets_through(),
+            &peer_pod,
+            &service,
+        );
+    }
     let (event, verdict, accept) = match &decision {
         None => {
             count_flow_refused(direction, flow.protocol, "no_endpoints");
@@ -254,6 +253,52 @@ fn decide_now(
             &dns.learned().at(now),
         )
     })
+}
+
+/// The flow a queued packet starts and its direction; `None` (counted) when either cannot be
+/// read.
+fn read(hook: u8, payload: &[u8]) -> Option<(Flow, Direction)> {
+    let flow = match packet::parse(payload) {
+        Ok(f) => f,
+        Err(m) => {
+            metrics::counter!(DATAGRAMS_MALFORMED, "reason" => m.label()).increment(1);
+            tracing::debug!(
+                event = "datagram_malformed",
+                reason = m.label(),
+                len = payload.len()
+            );
+            return None;
+        }
+    };
+    let Some(direction) = direction_of(hook) else {
+        metrics::counter!(DATAGRAMS_MALFORMED, "reason" => "unexpected_hook").increment(1);
+        return None;
+    };
+    Some((flow, direction))
+}
+
+/// Counts a judged flow in the flow records: on the peer as the packet named it (for a Service,
+/// its ClusterIP: the kernel, not the proxy, picks the backend).
+fn record_flow(
+    ctx: &Context,
+    flow: &Flow,
+    direction: Direction,
+    peer: std::net::IpAddr,
+    went_through: bool,
+    peer_pod: &Option<String>,
+    service: &Option<crate::audit::ServiceNote>,
+) {
+    let key = FlowKey::new(
+        direction,
+        flow.protocol,
+        peer,
+        flow.destination.port(),
+        went_through,
+    );
+    ctx.record_flow(key.map(|k| {
+        k.with_peer_pod(peer_pod.clone())
+            .with_service(service.as_ref().map(|s| s.service.clone()))
+    }));
 }
 
 #[cfg(test)]

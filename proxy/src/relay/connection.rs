@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_policy::{Direction, Verdict};
+use portcullis_policy::{Direction, Protocol, Verdict};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -14,6 +14,7 @@ use super::splice::{relay, ByteCounters, Transferred};
 use crate::audit::{AuditEvent, AuditRecord, ServiceNote};
 use crate::authorize::{decide, Decision};
 use crate::context::Context;
+use crate::flows::FlowKey;
 use crate::outbound::balance::Active;
 use crate::outbound::service::{open_service, plan_service, ServiceTarget};
 use crate::store::Snapshot;
@@ -41,8 +42,10 @@ pub async fn serve(
         tracing::warn!(
             event = "connection_refused",
             direction = route.direction.as_str(),
-            src = %route.source,
-            dst = %route.destination,
+            src_ip = %route.source.ip(),
+            src_port = route.source.port(),
+            dst_ip = %route.destination.ip(),
+            dst_port = route.destination.port(),
             reason = "no policy table loaded yet",
         );
         reset(client);
@@ -99,6 +102,18 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
         decision.verdict().tier_label(),
         peer_namespace,
     );
+    if ctx.records_flows() {
+        ctx.record_flow(
+            FlowKey::new(
+                route.direction,
+                Protocol::Tcp,
+                route.peer(),
+                route.port(),
+                decision.lets_through(),
+            )
+            .map(|k| k.with_peer_pod(peer_pod)),
+        );
+    }
     if !admit(ctx, route, snapshot, &decision, None) {
         return None;
     }
@@ -124,8 +139,10 @@ pub fn admit(
             tracing::debug!(
                 event = "connection_allowed",
                 direction = route.direction.as_str(),
-                src = %route.source,
-                dst = %route.destination,
+                src_ip = %route.source.ip(),
+                src_port = route.source.port(),
+                dst_ip = %route.destination.ip(),
+                dst_port = route.destination.port(),
                 service = service.as_ref().map(|s| s.service.as_str()),
                 reason = %verdict,
             );
@@ -169,8 +186,10 @@ pub fn connect_failed(route: &Route, to: SocketAddr, service: Option<&str>, e: &
     tracing::info!(
         event = "connect_failed",
         direction = route.direction.as_str(),
-        src = %route.source,
-        dst = %route.destination,
+        src_ip = %route.source.ip(),
+        src_port = route.source.port(),
+        dst_ip = %route.destination.ip(),
+        dst_port = route.destination.port(),
         backend = %to,
         service,
         error = %e,
@@ -237,8 +256,10 @@ fn report(ctx: &Context, route: &Route, target: &Target, outcome: Outcome, start
                 tracing::info!(
                     event = "connection_closed",
                     direction = route.direction.as_str(),
-                    src = %route.source,
-                    dst = %route.destination,
+                    src_ip = %route.source.ip(),
+                    src_port = route.source.port(),
+                    dst_ip = %route.destination.ip(),
+                    dst_port = route.destination.port(),
                     backend = %target.destination,
                     service,
                     bytes_client_to_server = moved.client_to_server,
@@ -251,8 +272,10 @@ fn report(ctx: &Context, route: &Route, target: &Target, outcome: Outcome, start
             tracing::debug!(
                 event = "connection_error",
                 direction = route.direction.as_str(),
-                src = %route.source,
-                dst = %route.destination,
+                src_ip = %route.source.ip(),
+                src_port = route.source.port(),
+                dst_ip = %route.destination.ip(),
+                dst_port = route.destination.port(),
                 service,
                 error = %e,
             );
@@ -305,7 +328,10 @@ pub async fn connect(
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
+            format!(
+                "no answer within {}",
+                portcullis_contract::format_duration(timeout)
+            ),
         )),
     }
 }

@@ -47,7 +47,10 @@ pub fn bind(
         let mut sockets = Vec::new();
         for (addr, direction) in &addrs {
             let s = listener::bind_shared(*addr).map_err(|e| {
-                anyhow::anyhow!("cannot bind another {direction:?} listener on {addr}: {e}")
+                anyhow::anyhow!(
+                    "cannot bind another {} listener on {addr}: {e}",
+                    direction.as_str()
+                )
             })?;
             sockets.push((s, *direction));
         }

@@ -30,7 +30,8 @@ pub fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<std::net
         }
     }
     if listeners.is_empty() {
-        anyhow::bail!("no {what} listener could be bound on {addrs:?}");
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        anyhow::bail!("no {what} listener could be bound on {}", addrs.join(", "));
     }
     Ok(listeners)
 }
@@ -86,7 +87,8 @@ pub async fn accept_loop(
                     tracing::warn!(
                         event = "connection_refused",
                         direction = direction.as_str(),
-                        src = %source,
+                        src_ip = %source.ip(),
+                        src_port = source.port(),
                         reason = "--max-connections reached",
                     );
                     reset(stream);
@@ -124,15 +126,17 @@ fn log_refused_route(direction: Direction, source: SocketAddr, e: &RouteError) {
                 tracing::warn!(
                     event = "connection_refused",
                     direction = direction.as_str(),
-                    src = %source,
-                    dst = %destination,
+                    src_ip = %source.ip(),
+                    src_port = source.port(),
+                    dst_ip = %destination.ip(),
+                    dst_port = destination.port(),
                     reason = why.log_reason(),
                     suppressed,
                 );
             }
         }
         _ => {
-            tracing::debug!(direction = direction.as_str(), src = %source, error = %e, "refused");
+            tracing::debug!(direction = direction.as_str(), src_ip = %source.ip(), src_port = source.port(), error = %e, "refused");
         }
     }
 }

@@ -82,8 +82,8 @@ pub fn apply(outcome: DirLoad, pod: &PodIdentity, store: &PolicyStore, source: &
             }
             if !pod.ips.is_empty() && table.ips != pod.ips {
                 tracing::warn!(
-                    pod_ips = ?pod.ips,
-                    manifest_ips = ?table.ips,
+                    pod_ips = %join(&pod.ips),
+                    manifest_ips = %join(&table.ips),
                     "POD_IPS differ from the pod's IPs in the manifests; the manifests are used"
                 );
             }
@@ -155,6 +155,14 @@ pub fn load(dir: &Path, pod: &PodIdentity) -> DirLoad {
             DirLoad::Failed(problems)
         }
     }
+}
+
+/// `a,b`: addresses as one log field.
+fn join(ips: &[std::net::IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

@@ -136,6 +136,44 @@ impl ProxyUnderTest {
     }
 }
 
+/// `ip:port` (`[ip]:port` for IPv6) of an audit line's `src` or `dst` side, from its separate
+/// `{side}_ip` and `{side}_port` fields (a line without them gives an empty string).
+pub fn socket(line: &serde_json::Value, side: &str) -> String {
+    let ip = line[format!("{side}_ip")]
+        .as_str()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let port = line[format!("{side}_port")]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok());
+    match (ip, port) {
+        (Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The audit schema's fixed parts, which every audit line carries.
+pub fn assert_audit_schema(line: &serde_json::Value) {
+    assert_eq!(
+        line["schema"],
+        portcullis_contract::log::LOG_SCHEMA,
+        "{line}"
+    );
+    assert_eq!(
+        line["target"],
+        portcullis_contract::log::AUDIT_TARGET,
+        "{line}"
+    );
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(line["isolated_by"].is_array(), "{line}");
+    for side in ["src", "dst"] {
+        assert!(!socket(line, side).is_empty(), "{side}: {line}");
+        assert!(
+            line.get(side).is_none(),
+            "no `{side}` string any more: {line}"
+        );
+    }
+}
+
 /// `Deref`/`DerefMut` from a test's setup to its `under: ProxyUnderTest` field, so that the
 /// test reads `t.admin(..)`, `t.log`, `t.proxy` directly.
 macro_rules! deref_to_proxy_under_test {
