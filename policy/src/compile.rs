@@ -262,7 +262,11 @@ pub fn assemble_table_with_cnps(
         .map(|p| p.key.clone())
         .chain(cnps.iter().filter(|c| c.cnp.staged).map(|c| c.key.clone()))
         .collect();
-    let enforced: Vec<&ResolvedPolicy> = ordered.iter().copied().filter(|p| !p.policy.staged).collect();
+    let enforced: Vec<&ResolvedPolicy> = ordered
+        .iter()
+        .copied()
+        .filter(|p| !p.policy.staged)
+        .collect();
     let enforced_cnps: Vec<&ResolvedCnp> = cnps.iter().copied().filter(|c| !c.cnp.staged).collect();
     table.ingress = full_direction_table(pod, &enforced, &enforced_cnps, Direction::Ingress);
     table.egress = full_direction_table(pod, &enforced, &enforced_cnps, Direction::Egress);

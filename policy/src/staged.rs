@@ -126,12 +126,7 @@ impl StagedVerdict {
 
 impl fmt::Display for StagedVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "staged ({}): {}",
-            self.staged_by_joined(),
-            self.verdict
-        )
+        write!(f, "staged ({}): {}", self.staged_by_joined(), self.verdict)
     }
 }
 
@@ -261,7 +256,10 @@ spec:
                         spec: {podSelector: {}}\n";
         let c = compiled(&[deny_all]);
         let checked = ingress(&c, "10.0.0.2");
-        assert!(checked.enforced.allowed(), "a staged policy is not enforced");
+        assert!(
+            checked.enforced.allowed(),
+            "a staged policy is not enforced"
+        );
         assert_eq!(checked.enforced.reason, Reason::NotIsolated);
         let staged = checked.staged.expect("a staged verdict");
         assert_eq!(staged.effect(), Effect::WouldDeny);
@@ -271,7 +269,12 @@ spec:
         let t = c.table("shop/server").unwrap();
         let st = t.staged.as_deref().unwrap();
         assert!(st.ingress.is_some() && st.egress.is_none());
-        let out = t.check_staged(Direction::Egress, "10.0.0.2".parse().unwrap(), 80, Protocol::Tcp);
+        let out = t.check_staged(
+            Direction::Egress,
+            "10.0.0.2".parse().unwrap(),
+            80,
+            Protocol::Tcp,
+        );
         assert_eq!(out.staged, None);
         // Every pod of the namespace carries it.
         assert!(c.tables.values().all(|t| t.has_staged()));
@@ -286,7 +289,10 @@ spec:
         let c = compiled(&[ONLY_CLIENT, allow_other]);
         let other = ingress(&c, "10.0.0.3");
         assert!(!other.enforced.allowed());
-        assert_eq!(other.enforced.isolated_by(), &[Arc::from("shop/only-client")]);
+        assert_eq!(
+            other.enforced.isolated_by(),
+            &[Arc::from("shop/only-client")]
+        );
         let staged = other.staged.expect("a staged verdict");
         assert_eq!(staged.effect(), Effect::WouldAllow);
         assert_eq!(names(&staged), ["shop/allow-other"]);
@@ -325,7 +331,9 @@ spec:
             ),
             other => panic!("{other:?}"),
         }
-        assert!(staged.to_string().starts_with("staged (guard): denied by Admin-tier"));
+        assert!(staged
+            .to_string()
+            .starts_with("staged (guard): denied by Admin-tier"));
     }
 
     #[test]
@@ -351,6 +359,9 @@ spec:
         let back: PodTable = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, &**t);
         let plain = serde_json::to_string(&*c.table("shop/client").unwrap().clone()).unwrap();
-        assert!(plain.contains("\"staged\""), "deny-all selects the client too");
+        assert!(
+            plain.contains("\"staged\""),
+            "deny-all selects the client too"
+        );
     }
 }
