@@ -200,6 +200,7 @@ fn metrics_allowed(state: &AdminState, peer: SocketAddr) -> bool {
         generation: snapshot.generation,
         protocol: Protocol::Tcp,
         service: None,
+        staged_by: None,
     });
     decision.lets_through()
 }

@@ -17,8 +17,11 @@ use portcullis_policy::{Direction, Protocol, Reason, Verdict};
 pub enum AuditEvent {
     /// Refused (enforce mode).
     Denied,
-    /// Allowed only because of audit mode.
+    /// Allowed only because of audit mode; or allowed, and a staged policy would deny it
+    /// (`staged_by` names it).
     WouldDeny,
+    /// Denied, and a staged policy would allow it (`staged_by` names it).
+    WouldAllow,
     /// An established connection closed because a new table denies it.
     Terminated,
     /// A connection to a Service port with no ready (or serving) endpoint: reset, and not a
@@ -31,6 +34,7 @@ impl AuditEvent {
         match self {
             AuditEvent::Denied => "connection_denied",
             AuditEvent::WouldDeny => "connection_would_deny",
+            AuditEvent::WouldAllow => "connection_would_allow",
             AuditEvent::Terminated => "connection_terminated",
             AuditEvent::NoEndpoints => "no_endpoints",
         }
@@ -55,6 +59,9 @@ pub struct AuditRecord {
     pub protocol: Protocol,
     /// Set when the connection was for a Service's virtual IP.
     pub service: Option<ServiceNote>,
+    /// The staged policies (`,`-separated) whose verdict this line reports; `None` on every
+    /// line but a staged `connection_would_deny`/`connection_would_allow`.
+    pub staged_by: Option<String>,
 }
 
 /// What an audit line says about a connection to a Service's virtual IP.
@@ -174,6 +181,7 @@ pub fn write_line(line: &AuditLine) {
         service_port = service.map(|_| r.destination.port()),
         backend = backend.as_deref(),
         endpoints_refused = endpoints_refused.as_deref(),
+        staged_by = r.staged_by.as_deref(),
         policy_generation = r.generation,
         count = line.count,
         aggregated = line.aggregated,

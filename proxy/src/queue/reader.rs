@@ -197,6 +197,25 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         flow.protocol,
     );
     let peer_pod = ctx.store.peer_name(peer);
+    let record = |event, verdict| AuditRecord {
+        event,
+        direction,
+        source: flow.source,
+        destination: flow.destination,
+        peer_pod: peer_pod.clone(),
+        pod: ctx.pod.clone(),
+        verdict,
+        service: None,
+        generation: snapshot.generation,
+        protocol: flow.protocol,
+        staged_by: None,
+    };
+    if let (Some(d), None) = (&decision, &service) {
+        let flow_key = (peer, flow.destination.port(), flow.protocol);
+        crate::staged::report(&ctx.audit, &snapshot.table, d.verdict(), flow_key, || {
+            record(AuditEvent::WouldDeny, None)
+        });
+    }
     let (event, verdict, accept) = match &decision {
         None => {
             count_flow_refused(direction, flow.protocol, "no_endpoints");
@@ -223,16 +242,8 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         }
     };
     ctx.audit.record(AuditRecord {
-        event,
-        direction,
-        source: flow.source,
-        destination: flow.destination,
-        peer_pod,
-        pod: ctx.pod.clone(),
-        verdict,
         service,
-        generation: snapshot.generation,
-        protocol: flow.protocol,
+        ..record(event, verdict)
     });
     if accept {
         Verdict::Accept

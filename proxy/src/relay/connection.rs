@@ -99,6 +99,14 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
         decision.verdict().tier_label(),
         peer_namespace,
     );
+    let flow = (route.peer(), route.port(), portcullis_policy::Protocol::Tcp);
+    crate::staged::report(
+        &ctx.audit,
+        &snapshot.table,
+        decision.verdict(),
+        flow,
+        || audit_record(ctx, route, snapshot, None, AuditEvent::WouldDeny),
+    );
     if !admit(ctx, route, snapshot, &decision, None) {
         return None;
     }
@@ -328,5 +336,6 @@ pub fn audit_record(
         generation: snapshot.generation,
         protocol: portcullis_policy::Protocol::Tcp,
         service: None,
+        staged_by: None,
     }
 }

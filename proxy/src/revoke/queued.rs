@@ -148,6 +148,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
             service: flow.service,
             generation: snapshot.generation,
             protocol: entry.protocol,
+            staged_by: None,
         });
     }
     Ok(revoked)
