@@ -89,17 +89,14 @@ fn staged_of(
     }
 }
 
-/// The connection's verdict with the staged policies, when it differs from `allowed`.
-fn staged_allowed(
-    allowed: bool,
-    egress: (Option<&Verdict>, Option<&StagedVerdict>),
-    ingress: (Option<&Verdict>, Option<&StagedVerdict>),
-) -> Option<bool> {
-    let half = |(enforced, staged): (Option<&Verdict>, Option<&StagedVerdict>)| match staged {
+/// The connection's verdict with the staged policies, when it differs from the enforced one.
+fn staged_allowed(e: &Explanation) -> Option<bool> {
+    let half = |enforced: &Option<Verdict>, staged: &Option<StagedVerdict>| match staged {
         Some(s) => s.verdict.allowed(),
-        None => enforced.is_none_or(Verdict::allowed),
+        None => enforced.as_ref().is_none_or(Verdict::allowed),
     };
-    let with_staged = half(egress) && half(ingress);
+    let with_staged = half(&e.egress, &e.egress_staged) && half(&e.ingress, &e.ingress_staged);
+    let allowed = e.allowed;
     (with_staged != allowed).then_some(with_staged)
 }
 
@@ -197,17 +194,13 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     };
     let egress_staged = staged_of(&from, egress.as_ref(), to_ip, args.port);
     let ingress_staged = staged_of(&to, ingress.as_ref(), from_ip, args.port);
-    let explanation = Explanation {
+    let mut explanation = Explanation {
         from: from.name(),
         to: to.name(),
         port,
         protocol: protocol.to_string(),
         allowed,
-        staged_allowed: staged_allowed(
-            allowed,
-            (egress.as_ref(), egress_staged.as_ref()),
-            (ingress.as_ref(), ingress_staged.as_ref()),
-        ),
+        staged_allowed: None,
         egress,
         ingress,
         egress_admin_pass: pass(&from, Direction::Egress, to_ip),
@@ -215,6 +208,7 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         egress_staged,
         ingress_staged,
     };
+    explanation.staged_allowed = staged_allowed(&explanation);
     print_explanation(&explanation, &args)?;
     Ok(if failed || !compiled.errors.is_empty() {
         ExitCode::FAILURE

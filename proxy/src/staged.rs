@@ -12,28 +12,29 @@ use crate::audit::{AuditEvent, AuditLog, AuditRecord};
 use crate::telemetry::count_staged;
 
 /// Given the enforced verdict of a connection, writes and counts what the pod's staged policies
-/// would change about it. `record` builds the line's connection fields (its event, verdict and
-/// `staged_by` are set here); it is called only when there is something to say. Returns at once
-/// when nothing staged selects the pod.
+/// would change about it. `record` builds the line from its event and verdict (`staged_by` is
+/// set here); it is called only when there is something to say. Returns at once when nothing
+/// staged selects the pod.
 #[inline]
 pub fn report(
     audit: &AuditLog,
     table: &PodTable,
     enforced: &Verdict,
     (peer, port, protocol): (IpAddr, u16, Protocol),
-    record: impl FnOnce() -> AuditRecord,
+    record: impl FnOnce(AuditEvent, Option<Verdict>) -> AuditRecord,
 ) -> Option<Effect> {
     let staged = table.staged_verdict(enforced, peer, port, protocol)?;
     let effect = staged.effect();
     count_staged(effect.as_str(), enforced.direction, &staged.staged_by);
-    let mut line = record();
-    line.event = match effect {
+    let event = match effect {
         Effect::WouldDeny => AuditEvent::WouldDeny,
         Effect::WouldAllow => AuditEvent::WouldAllow,
     };
-    line.staged_by = Some(staged.staged_by_joined());
-    line.verdict = Some(staged.verdict);
-    audit.record(line);
+    let staged_by = Some(staged.staged_by_joined());
+    audit.record(AuditRecord {
+        staged_by,
+        ..record(event, Some(staged.verdict))
+    });
     Some(effect)
 }
 
@@ -90,14 +91,20 @@ spec: {podSelector: {}}
         let enforced = table.check(Direction::Ingress, peer, 80, Protocol::Tcp);
         assert!(enforced.allowed());
         let mut built = 0;
-        let effect = report(&audit, table, &enforced, (peer, 80, Protocol::Tcp), || {
-            built += 1;
-            line()
-        });
+        let effect = report(
+            &audit,
+            table,
+            &enforced,
+            (peer, 80, Protocol::Tcp),
+            |_, _| {
+                built += 1;
+                line()
+            },
+        );
         assert_eq!((effect, built), (Some(Effect::WouldDeny), 1));
         // Egress: nothing staged there, no line built.
         let egress = table.check(Direction::Egress, peer, 80, Protocol::Tcp);
-        let effect = report(&audit, table, &egress, (peer, 80, Protocol::Tcp), || {
+        let effect = report(&audit, table, &egress, (peer, 80, Protocol::Tcp), |_, _| {
             built += 1;
             line()
         });

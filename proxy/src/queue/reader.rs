@@ -199,22 +199,13 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
     let peer_pod = ctx.store.peer_name(peer);
     let record = |event, verdict| AuditRecord {
         event,
-        direction,
-        source: flow.source,
-        destination: flow.destination,
-        peer_pod: peer_pod.clone(),
-        pod: ctx.pod.clone(),
         verdict,
-        service: None,
-        generation: snapshot.generation,
-        protocol: flow.protocol,
-        staged_by: None,
+        peer_pod: peer_pod.clone(),
+        ..flow_record(ctx, &flow, direction, snapshot.generation)
     };
     if let (Some(d), None) = (&decision, &service) {
-        let flow_key = (peer, flow.destination.port(), flow.protocol);
-        crate::staged::report(&ctx.audit, &snapshot.table, d.verdict(), flow_key, || {
-            record(AuditEvent::WouldDeny, None)
-        });
+        let key = (peer, flow.destination.port(), flow.protocol);
+        crate::staged::report(&ctx.audit, &snapshot.table, d.verdict(), key, record);
     }
     let (event, verdict, accept) = match &decision {
         None => {
@@ -249,6 +240,24 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         Verdict::Accept
     } else {
         denied
+    }
+}
+
+/// The audit line of a queued flow, without peer name, verdict or Service (`connection_denied`
+/// until the caller says otherwise).
+fn flow_record(ctx: &Context, flow: &Flow, direction: Direction, generation: u64) -> AuditRecord {
+    AuditRecord {
+        event: AuditEvent::Denied,
+        direction,
+        source: flow.source,
+        destination: flow.destination,
+        peer_pod: None,
+        pod: ctx.pod.clone(),
+        verdict: None,
+        service: None,
+        generation,
+        protocol: flow.protocol,
+        staged_by: None,
     }
 }
 

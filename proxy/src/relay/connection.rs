@@ -105,7 +105,7 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
         &snapshot.table,
         decision.verdict(),
         flow,
-        || audit_record(ctx, route, snapshot, None, AuditEvent::WouldDeny),
+        |e, v| audit_record(ctx, route, snapshot, v, e),
     );
     if !admit(ctx, route, snapshot, &decision, None) {
         return None;
