@@ -9,7 +9,7 @@ use clap::Args;
 use portcullis_policy::matrix::Probe;
 use portcullis_policy::service::Frontend;
 use portcullis_policy::validate::with_every_policy_error;
-use portcullis_policy::{compile, Direction, PodTable, ServiceMap, Verdict};
+use portcullis_policy::{compile, Direction, PodTable, ServiceMap, StagedVerdict, Verdict};
 use serde::Serialize;
 
 use crate::matrix::parse_probe;
@@ -66,6 +66,38 @@ struct Explanation {
     egress_admin_pass: Option<AdminPass>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ingress_admin_pass: Option<AdminPass>,
+    /// With the staged policies (`portcullis.dev/staged`) added, when that changes the
+    /// connection's verdict: allowed or not, and each direction they change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    staged_allowed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress_staged: Option<StagedVerdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress_staged: Option<StagedVerdict>,
+}
+
+/// What the staged policies selecting `e` would decide instead of `enforced`, if different.
+fn staged_of(
+    e: &Endpoint<'_>,
+    enforced: Option<&Verdict>,
+    peer: IpAddr,
+    probe: Probe,
+) -> Option<StagedVerdict> {
+    match (e, enforced) {
+        (Endpoint::Pod(t), Some(v)) => t.staged_verdict(v, peer, probe.port, probe.protocol),
+        _ => None,
+    }
+}
+
+/// The connection's verdict with the staged policies, when it differs from the enforced one.
+fn staged_allowed(e: &Explanation) -> Option<bool> {
+    let half = |enforced: &Option<Verdict>, staged: &Option<StagedVerdict>| match staged {
+        Some(s) => s.verdict.allowed(),
+        None => enforced.as_ref().is_none_or(Verdict::allowed),
+    };
+    let with_staged = half(&e.egress, &e.egress_staged) && half(&e.ingress, &e.ingress_staged);
+    let allowed = e.allowed;
+    (with_staged != allowed).then_some(with_staged)
 }
 
 /// An Admin-tier ClusterNetworkPolicy rule with `action: Pass` that matched.
@@ -160,17 +192,23 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         Endpoint::Pod(t) => AdminPass::of(t, direction, peer, args.port),
         Endpoint::External(_) => None,
     };
-    let explanation = Explanation {
+    let egress_staged = staged_of(&from, egress.as_ref(), to_ip, args.port);
+    let ingress_staged = staged_of(&to, ingress.as_ref(), from_ip, args.port);
+    let mut explanation = Explanation {
         from: from.name(),
         to: to.name(),
         port,
         protocol: protocol.to_string(),
         allowed,
+        staged_allowed: None,
         egress,
         ingress,
         egress_admin_pass: pass(&from, Direction::Egress, to_ip),
         ingress_admin_pass: pass(&to, Direction::Ingress, from_ip),
+        egress_staged,
+        ingress_staged,
     };
+    explanation.staged_allowed = staged_allowed(&explanation);
     print_explanation(&explanation, &args)?;
     Ok(if failed || !compiled.errors.is_empty() {
         ExitCode::FAILURE
@@ -193,6 +231,12 @@ fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()
         explanation.protocol,
         allowed_word(explanation.allowed, color)
     );
+    if let Some(with_staged) = explanation.staged_allowed {
+        println!(
+            "  with the staged policies: {} (not enforced)",
+            allowed_word(with_staged, color)
+        );
+    }
     let passed = |p: &Option<AdminPass>, d: &str| {
         if let Some(p) = p {
             println!(
@@ -202,10 +246,16 @@ fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()
             );
         }
     };
+    let staged = |s: &Option<StagedVerdict>| {
+        if let Some(s) = s {
+            println!("    {}: {s}", s.effect());
+        }
+    };
     match &explanation.egress {
         Some(v) => {
             println!("  egress of {}: {v}", explanation.from);
             passed(&explanation.egress_admin_pass, "egress");
+            staged(&explanation.egress_staged);
         }
         None => println!(
             "  egress: {} is outside the cluster; no policy governs it",
@@ -216,6 +266,7 @@ fn print_explanation(explanation: &Explanation, args: &ExplainArgs) -> Result<()
         Some(v) => {
             println!("  ingress of {}: {v}", explanation.to);
             passed(&explanation.ingress_admin_pass, "ingress");
+            staged(&explanation.ingress_staged);
         }
         None => println!(
             "  ingress: {} is outside the cluster; no policy governs it",

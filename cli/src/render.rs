@@ -80,6 +80,7 @@ pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
                 let (text, colour) = match (cell, predicted) {
                     (None, _) => ("-", ""),
                     (Some(c), Some(p)) if c.allowed != p.allowed => ("!", YELLOW),
+                    (Some(c), _) if c.staged.is_some() => staged_mark(c.allowed),
                     (Some(c), _) if c.allowed => (".", GREEN),
                     (Some(_), _) => ("X", RED),
                 };
@@ -104,7 +105,23 @@ pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
         "legend: . allowed   X denied"
     };
     let _ = writeln!(out, "{legend}");
+    if matrix.probes.iter().any(|p| p.staged.is_some()) {
+        let _ = writeln!(out, "{STAGED_LEGEND}");
+    }
     out
+}
+
+/// Cells where the staged policies (`portcullis.dev/staged`) would change the verdict.
+const STAGED_LEGEND: &str = "staged: x allowed, a staged policy would deny   \
+                             + denied, a staged policy would allow";
+
+/// The mark of a cell whose verdict a staged policy would change; `allowed` is the enforced one.
+fn staged_mark(allowed: bool) -> (&'static str, &'static str) {
+    if allowed {
+        ("x", YELLOW)
+    } else {
+        ("+", YELLOW)
+    }
 }
 
 fn grid_header(probe: Probe, observed: bool) -> String {

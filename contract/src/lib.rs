@@ -106,6 +106,11 @@ pub mod keys {
     pub const DROP_NET_RAW: &str = "portcullis.dev/drop-net-raw";
     /// Namespace only: `true` lets its pods weaken their own enforcement.
     pub const ALLOW_POD_OVERRIDES: &str = "portcullis.dev/allow-pod-overrides";
+    /// On a NetworkPolicy or ClusterNetworkPolicy, `"true"`: compiled and evaluated, not
+    /// enforced; the proxy logs what it would change (`docs/staged-policies.md`).
+    pub const STAGED: &str = "portcullis.dev/staged";
+    /// The value of [`STAGED`] that stages a policy (any other value enforces it).
+    pub const STAGED_TRUE: &str = "true";
     /// Namespace only: privileged ephemeral containers are admitted, with a warning.
     pub const ALLOW_PRIVILEGED_DEBUG: &str = "portcullis.dev/allow-privileged-debug";
     /// On a NetworkPolicy or ClusterNetworkPolicy, `"true"`: staged, evaluated and reported

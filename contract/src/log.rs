@@ -37,12 +37,14 @@ pub mod audit_event {
     pub const DENIED: &str = "connection_denied";
     /// Let through only because the pod is in audit mode.
     pub const WOULD_DENY: &str = "connection_would_deny";
+    /// Denied by the enforced policies; a staged policy (`staged_by`) would allow it.
+    pub const WOULD_ALLOW: &str = "connection_would_allow";
     /// An established connection or flow ended because a new table denies it.
     pub const TERMINATED: &str = "connection_terminated";
     /// A connection or flow to a Service port with no ready endpoint (no policy decision).
     pub const NO_ENDPOINTS: &str = "no_endpoints";
     /// Every audit event, in the order `docs/audit-log.md` lists them.
-    pub const ALL: [&str; 4] = [DENIED, WOULD_DENY, TERMINATED, NO_ENDPOINTS];
+    pub const ALL: [&str; 5] = [DENIED, WOULD_DENY, WOULD_ALLOW, TERMINATED, NO_ENDPOINTS];
 }
 
 /// One audit line: a denial, a would-be denial, a termination or a Service without endpoints,
@@ -102,6 +104,10 @@ pub struct AuditLine {
     /// `and N more`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints_refused: Vec<String>,
+    /// The staged policies that would change the verdict (`connection_would_deny` /
+    /// `connection_would_allow` of staged policies only; audit mode's lines have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged_by: Vec<String>,
     /// The generation of the policy table that decided.
     pub policy_generation: u64,
     /// How many connections or flows this line stands for.

@@ -298,10 +298,25 @@ pub fn read_cnp(obj: &DynamicObject) -> Result<SourcedCnp, ObjectError> {
     // List items may come without their type; a CNP's is known.
     value["apiVersion"] = cnp::API_VERSION.into();
     value["kind"] = cnp::KIND.into();
-    // Bookkeeping the API server adds; the policy needs spec and name only.
+    // Bookkeeping the API server adds; the policy needs spec, name and the staged annotation.
     if let Some(meta) = value["metadata"].as_object_mut() {
         meta.remove("managedFields");
-        meta.remove("annotations");
+        let staged = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(portcullis_contract::keys::STAGED));
+        match staged {
+            Some(v) => {
+                meta.insert(
+                    "annotations".into(),
+                    serde_json::json!({ portcullis_contract::keys::STAGED: v }),
+                );
+            }
+            None => {
+                meta.remove("annotations");
+            }
+        }
     }
     match serde_json::from_value::<ClusterNetworkPolicy>(value) {
         Ok(cnp) => Ok(SourcedCnp { cnp, source: None }),
@@ -416,5 +431,24 @@ mod tests {
             "{}",
             unreadable[0]
         );
+    }
+
+    #[test]
+    fn a_staged_cnp_keeps_its_staged_annotation_and_nothing_else() {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "guard", "annotations": {
+                "portcullis.dev/staged": "true", "note": "x" } },
+            "spec": { "tier": "Admin", "priority": 1,
+                      "subject": { "namespaces": {} },
+                      "ingress": [{ "action": "Deny", "from": [{ "namespaces": {} }] }] },
+        }))
+        .unwrap();
+        let c = read_cnp(&obj).expect("readable");
+        assert_eq!(
+            c.cnp.metadata.annotations,
+            Some([("portcullis.dev/staged".to_string(), "true".to_string())].into())
+        );
+        let valid = portcullis_policy::cnp::validate(&c.cnp, cnp::Mode::FromApiServer).unwrap();
+        assert!(valid.staged);
     }
 }

@@ -237,13 +237,25 @@ impl Kind for EndpointSlice {
 
 fn sourced(policy: &NetworkPolicy) -> SourcedPolicy {
     let mut policy = policy.clone();
-    // Policy needs spec, name and namespace only; managedFields alone can outweigh the spec.
+    // Policy needs spec, name, namespace and the staged annotation only; managedFields alone
+    // can outweigh the spec.
     policy.metadata.managed_fields = None;
-    policy.metadata.annotations = None;
+    policy.metadata.annotations = staged_only(policy.metadata.annotations.take());
     SourcedPolicy {
         policy,
         source: None,
     }
+}
+
+/// Of an object's annotations, only `portcullis.dev/staged`, which policy reads.
+pub(crate) fn staged_only(
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let kept: std::collections::BTreeMap<String, String> = annotations?
+        .into_iter()
+        .filter(|(k, _)| k == portcullis_contract::keys::STAGED)
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// Watches the five kinds (and ClusterNetworkPolicies and Nodes while their CRD is installed)
@@ -667,6 +679,45 @@ mod tests {
             assert_eq!(sp.policy.metadata.namespace, original.metadata.namespace);
             assert_eq!(sp.policy.spec, original.spec);
         }
+    }
+
+    /// A staged policy keeps its `portcullis.dev/staged` annotation (and only it) through the
+    /// watch, its pods' tables carry it as staged, and removing the annotation (promoting it)
+    /// recompiles them, enforced.
+    #[test]
+    fn a_staged_policy_is_compiled_staged_and_promoted_by_removing_the_annotation() {
+        let mut policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-all", "namespace": "shop", "annotations": {
+                "portcullis.dev/staged": "true",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"podSelector": {}}
+        }))
+        .unwrap();
+        let Change::ResetPolicies(sourced) = NetworkPolicy::reset(std::slice::from_ref(&policy))
+        else {
+            panic!("not a policy reset")
+        };
+        assert_eq!(
+            sourced[0].policy.metadata.annotations,
+            Some([("portcullis.dev/staged".to_string(), "true".to_string())].into())
+        );
+        let mut state = crate::state::ClusterState::new();
+        state.apply([Pod::reset(&pods()), Change::ResetPolicies(sourced)]);
+        let key = "shop/db-migrate-29371520-9kq7d";
+        let staged = state.table(key).cloned().expect("a table");
+        assert!(!staged.ingress.is_isolated(), "staged: not enforced");
+        let parts = staged.staged.as_deref().expect("the staged part");
+        assert_eq!(&*parts.policies, &[Arc::from("shop/deny-all")]);
+        assert!(parts.ingress.as_ref().is_some_and(|t| t.is_isolated()));
+
+        policy.metadata.annotations = None;
+        let promoted = NetworkPolicy::upsert(&policy).expect("a change");
+        let applied = state.apply([promoted]);
+        assert!(applied.changed.iter().any(|(k, _)| k == key));
+        let enforced = state.table(key).cloned().expect("a table");
+        assert!(enforced.ingress.is_isolated(), "promoted: enforced");
+        assert_eq!(enforced.staged, None);
     }
 
     /// A relist (Init, InitApply..., InitDone) is buffered into one reset; watch events pass

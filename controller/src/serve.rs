@@ -3,7 +3,7 @@
 //! version, the current table at once and every change after it, and the peer names:
 //!
 //! ```text
-//! {"hello":{"v":2}}
+//! {"hello":{"v":3}}
 //! {"table":{"generation":12,"table":{...}}}
 //! {"peers":{"version":40,"names":{...}}}
 //! {"services":{"version":7,"services":{...}}}

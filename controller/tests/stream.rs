@@ -212,7 +212,7 @@ async fn tables_stream_over_https_to_the_proxy_and_only_affected_pods_hear_of_ch
     ));
     let mut web_lines = raw_lines(addr, connector, "/v1/tables/shop/web").await;
     let line = web_lines.recv().await.expect("first line");
-    assert_eq!(line, r#"{"hello":{"v":2}}"#, "the wire version first");
+    assert_eq!(line, r#"{"hello":{"v":3}}"#, "the wire version first");
     let line = web_lines.recv().await.expect("table line");
     assert!(line.starts_with(r#"{"table":{"generation":"#), "{line}");
     assert!(line.contains("\"name\":\"web\""), "{line}");

@@ -233,3 +233,33 @@ fn walk(path: &Path, hasher: &mut DefaultHasher) {
         (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()).hash(hasher);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staged annotation travels from a file to the compiled table: the loader keeps
+    /// object metadata, and validation reads `portcullis.dev/staged`.
+    #[test]
+    fn a_staged_policy_read_from_a_file_is_compiled_staged() {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-loader-staged-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("staged.yaml");
+        fs::write(
+            &file,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n\
+             status: {podIP: 10.0.0.1}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  \
+             namespace: shop\n  annotations: {portcullis.dev/staged: \"true\"}\nspec: {podSelector: {}}\n",
+        )
+        .unwrap();
+        let loaded = load_paths(std::slice::from_ref(&dir));
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let compiled = portcullis_policy::compile(&loaded.cluster);
+        let table = compiled.table("shop/web").expect("a table");
+        assert!(!table.ingress.is_isolated());
+        assert!(table.has_staged());
+    }
+}

@@ -16,6 +16,7 @@ use crate::cnp::{resolve_cnp, Mode, ResolvedCnp, Tier, ValidCnp};
 use crate::error::{ObjectError, ObjectRef};
 use crate::ipset::{IpSet, IpSetBuilder};
 use crate::ports::{PortRange, Protocol};
+use crate::staged::StagedTables;
 use crate::table::{CompiledRule, DirectionTable, NamedPortTarget, PodTable};
 use crate::validate::{validate_policy, Peer, PortSpec, Rule, ValidPolicy};
 use crate::verdict::Direction;
@@ -237,7 +238,9 @@ pub fn assemble_table(pod: &PodInfo, selecting: &[&ResolvedPolicy]) -> PodTable 
 
 /// Builds one pod's table from the resolved NetworkPolicies (any order) and
 /// ClusterNetworkPolicies (any order; the table holds them in [`ValidCnp::evaluation_order`])
-/// that select it.
+/// that select it. Staged ones (`portcullis.dev/staged: "true"`) are left out of the enforced
+/// table; when any selects the pod, the table also carries what they change
+/// ([`crate::staged::StagedTables`]).
 pub fn assemble_table_with_cnps(
     pod: &PodInfo,
     selecting: &[&ResolvedPolicy],
@@ -253,16 +256,48 @@ pub fn assemble_table_with_cnps(
     ordered.sort_by(|a, b| a.key.cmp(&b.key));
     let mut cnps = cnps.to_vec();
     cnps.sort_by(|a, b| ValidCnp::evaluation_order(&a.cnp, &b.cnp));
-    for direction in [Direction::Ingress, Direction::Egress] {
-        let mut t = direction_table(pod, &ordered, direction);
-        t.admin = tier_rules(pod, &cnps, Tier::Admin, direction);
-        t.baseline = tier_rules(pod, &cnps, Tier::Baseline, direction);
-        match direction {
-            Direction::Ingress => table.ingress = t,
-            Direction::Egress => table.egress = t,
-        }
+    let staged: Vec<Arc<str>> = ordered
+        .iter()
+        .filter(|p| p.policy.staged)
+        .map(|p| p.key.clone())
+        .chain(cnps.iter().filter(|c| c.cnp.staged).map(|c| c.key.clone()))
+        .collect();
+    let enforced: Vec<&ResolvedPolicy> = ordered
+        .iter()
+        .copied()
+        .filter(|p| !p.policy.staged)
+        .collect();
+    let enforced_cnps: Vec<&ResolvedCnp> = cnps.iter().copied().filter(|c| !c.cnp.staged).collect();
+    table.ingress = full_direction_table(pod, &enforced, &enforced_cnps, Direction::Ingress);
+    table.egress = full_direction_table(pod, &enforced, &enforced_cnps, Direction::Egress);
+    if staged.is_empty() {
+        return table;
     }
+    let mut staged = staged;
+    staged.sort();
+    let combined = |direction: Direction, enforced: &DirectionTable| {
+        let t = full_direction_table(pod, &ordered, &cnps, direction);
+        (t != *enforced).then_some(t)
+    };
+    table.staged = Some(Box::new(StagedTables {
+        policies: Arc::from(staged),
+        ingress: combined(Direction::Ingress, &table.ingress),
+        egress: combined(Direction::Egress, &table.egress),
+    }));
     table
+}
+
+/// One direction's table from the given policies: Admin tier, NetworkPolicy v1, Baseline tier.
+fn full_direction_table(
+    pod: &PodInfo,
+    policies: &[&ResolvedPolicy],
+    cnps: &[&ResolvedCnp],
+    direction: Direction,
+) -> DirectionTable {
+    let mut t = direction_table(pod, policies, direction);
+    t.admin = tier_rules(pod, cnps, Tier::Admin, direction);
+    t.baseline = tier_rules(pod, cnps, Tier::Baseline, direction);
+    t
 }
 
 fn direction_table(

@@ -80,6 +80,61 @@ pub struct ProbeResult {
     pub allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With the staged policies (`portcullis.dev/staged`) added, when that changes `allowed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedCell>,
+}
+
+/// A cell's verdict with the staged policies added, where it differs from the enforced one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedCell {
+    pub allowed: bool,
+    /// The staged policies that make the difference.
+    pub staged_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The connection's verdict with the staged policies of both pods added, when it differs.
+pub fn staged_connection(
+    from: &PodTable,
+    to: &PodTable,
+    probe: Probe,
+    enforced: &ConnectionVerdict,
+    detail: Detail,
+) -> Option<StagedCell> {
+    if !from.has_staged() && !to.has_staged() {
+        return None;
+    }
+    let (from_ip, to_ip) = (*from.ips.first()?, *to.ips.first()?);
+    let (port, protocol) = (probe.port, probe.protocol);
+    let egress = from.staged_verdict(&enforced.egress, to_ip, port, protocol);
+    let ingress = to.staged_verdict(&enforced.ingress, from_ip, port, protocol);
+    let together = ConnectionVerdict {
+        egress: egress
+            .as_ref()
+            .map_or(&enforced.egress, |s| &s.verdict)
+            .clone(),
+        ingress: ingress
+            .as_ref()
+            .map_or(&enforced.ingress, |s| &s.verdict)
+            .clone(),
+    };
+    if together.allowed() == enforced.allowed() {
+        return None;
+    }
+    let mut staged_by: Vec<String> = egress
+        .iter()
+        .chain(&ingress)
+        .flat_map(|s| s.staged_by.iter().map(|p| p.to_string()))
+        .collect();
+    staged_by.sort();
+    staged_by.dedup();
+    Some(StagedCell {
+        allowed: together.allowed(),
+        staged_by,
+        reason: (detail == Detail::Reasons).then(|| together.explanation()),
+    })
 }
 
 /// Whether each cell of a computed [`Matrix`] says why.
@@ -132,6 +187,7 @@ impl Matrix {
                             protocol: probe.protocol,
                             allowed: v.allowed(),
                             reason: (detail == Detail::Reasons).then(|| v.explanation()),
+                            staged: staged_connection(from, to, probe, &v, detail),
                         });
                     }
                 }

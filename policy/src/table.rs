@@ -12,6 +12,7 @@ use crate::cnp::model::{Action, Tier};
 use crate::dns::{DomainPattern, Learned, NoLearned};
 use crate::ipset::IpSet;
 use crate::ports::{PortRange, Protocol};
+use crate::staged::StagedTables;
 use crate::verdict::{Direction, DnsNote, Reason, Verdict};
 
 /// Everything one pod's proxy needs to decide on its connections.
@@ -24,6 +25,11 @@ pub struct PodTable {
     pub host_ip: Option<IpAddr>,
     pub ingress: DirectionTable,
     pub egress: DirectionTable,
+    /// What the staged policies selecting the pod would change (`None`: nothing staged selects
+    /// it). Never consulted by [`PodTable::check`]; see [`crate::staged`]. Absent on the wire
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Box<StagedTables>>,
     /// Wire version 1 once carried peer names here (`known_pods`, always empty on the wire: the
     /// controller streams them apart). Still accepted from such a controller and ignored, never
     /// written: peer names travel beside the tables ([`crate::compile::PeerNames`]).
@@ -228,6 +234,7 @@ impl PodTable {
             host_ip,
             ingress: DirectionTable::open(),
             egress: DirectionTable::open(),
+            staged: None,
             retired_known_pods: Retired,
         }
     }
@@ -273,8 +280,22 @@ impl PodTable {
         protocol: Protocol,
         learned: &dyn Learned,
     ) -> Verdict {
+        self.decide(self.direction(direction), direction, peer, port, protocol, learned)
+    }
+
+    /// [`PodTable::check`]'s decision with one direction's table: the enforced one, or the
+    /// enforced and staged policies together ([`crate::staged`]).
+    #[inline(always)]
+    pub(crate) fn decide(
+        &self,
+        table: &DirectionTable,
+        direction: Direction,
+        peer: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        learned: &dyn Learned,
+    ) -> Verdict {
         let peer = canonical(peer);
-        let table = self.direction(direction);
         let cnp = self.governed_by_cnp(direction, peer);
         let tier = |rules: &[TierRule], tier: Tier| {
             if !cnp {

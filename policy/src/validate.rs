@@ -21,6 +21,9 @@ pub struct ValidPolicy {
     pub isolates_egress: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// Annotated `portcullis.dev/staged: "true"`: compiled beside the enforced policies, never
+    /// enforced ([`crate::staged`]).
+    pub staged: bool,
 }
 
 impl ValidPolicy {
@@ -129,7 +132,10 @@ pub fn validate_policy_all(
         message,
     });
     match (valid, errors.next()) {
-        (Some(valid), None) => Ok(valid),
+        (Some(valid), None) => Ok(ValidPolicy {
+            staged: crate::staged::is_staged(np.metadata.annotations.as_ref()),
+            ..valid
+        }),
         (_, Some(first)) => Err(PolicyErrors {
             first,
             rest: errors.collect(),
@@ -222,6 +228,7 @@ fn validate_spec(
         isolates_egress,
         ingress,
         egress,
+        staged: false,
     })
 }
 

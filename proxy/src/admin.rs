@@ -203,6 +203,7 @@ fn metrics_allowed(state: &AdminState, peer: SocketAddr) -> bool {
         generation: snapshot.generation,
         protocol: Protocol::Tcp,
         service: None,
+        staged_by: Vec::new(),
     });
     decision.lets_through()
 }

@@ -11,6 +11,7 @@
 //! - the kernel beyond sockets (conntrack, `SOCK_DESTROY`, one netlink framing, capabilities):
 //!   [`kernel`]; the proxy's own socket mark: [`mark`];
 //! - the allow/deny decision: [`authorize`] (on top of `PodTable::check` in the policy crate);
+//!   what staged policies would change about it: [`staged`];
 //! - policy tables: [`store`] (arc-swap) fed by a [`source`] (directory or controller stream,
 //!   the controller's name resolved by [`resolve`]);
 //! - what every task shares: [`context`]; start and drain: [`run`]; flags: [`config`];
@@ -36,6 +37,7 @@ pub mod resolve;
 pub mod revoke;
 mod run;
 pub mod source;
+pub mod staged;
 pub mod store;
 pub mod telemetry;
 

@@ -32,6 +32,10 @@ pub const STREAM_REJECTED: &str = "portcullis_stream_rejected_total";
 pub const SERVICES: &str = "portcullis_services";
 pub const SERVICE_CONNECTIONS: &str = "portcullis_service_connections_total";
 pub const FLOW_RECORDS_DROPPED: &str = "portcullis_flow_records_dropped_total";
+pub const STAGED_VERDICTS: &str = "portcullis_staged_verdicts_total";
+/// Distinct `policy` label values of [`STAGED_VERDICTS`] one proxy reports; the rest are
+/// counted as `_other`.
+pub const STAGED_POLICY_LABELS_MAX: usize = 32;
 /// Distinct `service` label values one proxy reports; the rest are counted as `_other`.
 pub const SERVICE_LABELS_MAX: usize = 64;
 
@@ -154,6 +158,12 @@ fn describe_queue_and_services() {
     describe_gauge!(
         SERVICES,
         "Services with a virtual IP this proxy resolves connections to."
+    );
+    describe_counter!(
+        STAGED_VERDICTS,
+        "Connections and new flows whose verdict a staged policy would change, by effect \
+         (would_deny, would_allow), direction and staged policy (the first 32 seen, then \
+         _other); a verdict naming two staged policies counts for each."
     );
     describe_counter!(
         SERVICE_CONNECTIONS,
@@ -290,14 +300,34 @@ const OTHER_SERVICES: &str = "_other";
 /// process, `_other` after that.
 fn service_label(service: &str) -> String {
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.iter().any(|s| s == service) {
-        service.to_string()
-    } else if seen.len() < SERVICE_LABELS_MAX {
-        seen.push(service.to_string());
-        service.to_string()
+    bounded_label(&SEEN, SERVICE_LABELS_MAX, service)
+}
+
+/// `value` if it is one of the first `max` values seen in `seen`, else `_other`.
+fn bounded_label(seen: &std::sync::Mutex<Vec<String>>, max: usize, value: &str) -> String {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|s| s == value) {
+        value.to_string()
+    } else if seen.len() < max {
+        seen.push(value.to_string());
+        value.to_string()
     } else {
         OTHER_SERVICES.to_string()
+    }
+}
+
+/// Counts one verdict a staged policy would change, once for each staged policy it names.
+pub fn count_staged(effect: &'static str, direction: Direction, staged_by: &[std::sync::Arc<str>]) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    for policy in staged_by {
+        let policy = bounded_label(&SEEN, STAGED_POLICY_LABELS_MAX, policy);
+        metrics::counter!(
+            STAGED_VERDICTS,
+            "effect" => effect,
+            "direction" => direction.as_str(),
+            "policy" => policy
+        )
+        .increment(1);
     }
 }
 

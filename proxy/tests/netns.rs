@@ -1316,7 +1316,7 @@ fn table_line(generation: u64, ingress_isolated_by: &[&str]) -> String {
 
 #[test]
 fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_says_why() {
-    const HELLO: &str = r#"{"hello":{"v":2}}"#;
+    const HELLO: &str = r#"{"hello":{"v":3}}"#;
     const PEERS: &str = r#"{"peers":{"version":1,"names":{"10.214.0.2":"x/client"}}}"#;
     let hold = std::sync::Arc::new(std::sync::Mutex::new(None));
     let keep = hold.clone();
@@ -1334,7 +1334,7 @@ fn a_stream_line_the_proxy_cannot_read_keeps_the_last_table_marks_it_stale_and_s
                 ],
                 // A replica that speaks a newer version, with a table that would allow all.
                 vec![
-                    r#"{"hello":{"v":3}}"#.into(),
+                    r#"{"hello":{"v":4}}"#.into(),
                     table_line(6, &[]),
                     PEERS.into(),
                 ],

@@ -108,6 +108,7 @@ pub fn matrices(cells: &[Cell], family: Family) -> (Matrix, Matrix) {
         protocol: c.protocol,
         allowed,
         reason: Some(c.reason.clone()),
+        staged: None,
     };
     let observed = cells
         .iter()

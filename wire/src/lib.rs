@@ -7,7 +7,7 @@
 //! key naming its kind:
 //!
 //! ```text
-//! {"hello":{"v":2}}                                          first line, always
+//! {"hello":{"v":3}}                                          first line, always
 //! {"table":{"generation":12,"table":{...}}}                   the pod's table (null: unknown pod)
 //! {"peers":{"version":40,"names":{"10.1.0.20":"shop/db"}}}    every peer name, once
 //! {"peers_delta":{"version":41,"set":{...},"remove":[...]}}   what changed since
@@ -18,10 +18,10 @@
 //!
 //! # Versioning: one hello line, then strict lines
 //! The version belongs to the stream, not to each line: a stream never changes version halfway,
-//! so it is said once, first (`{"hello":{"v":2}}`), and every following line is read by that
+//! so it is said once, first (`{"hello":{"v":3}}`), and every following line is read by that
 //! version's rules. The hello line's shape is frozen for all versions (`hello.v` is always
 //! there, extra hello fields are ignored), so that a proxy can always tell "this controller
-//! speaks version 2" apart from "this line is garbage" and say which.
+//! speaks version 3" apart from "this line is garbage" and say which.
 //!
 //! Everything after the hello is read **strictly**: an unknown line kind, an unknown field at
 //! any depth (the policy crate's table types deny unknown fields too), a missing field or a
@@ -46,7 +46,11 @@ pub use portcullis_contract::stream::{parse_table_path, table_path, TABLES_PATH}
 /// - 2: tables carry ClusterNetworkPolicy tiers (`admin`/`baseline` rules of a direction) and
 ///   verdict reasons name them; a version-1 proxy could not read such a table (its types deny
 ///   unknown fields), so it refuses the stream at the hello instead, and keeps its last table.
-pub const VERSION: u32 = 2;
+/// - 3: tables carry staged policies (`staged`: the staged policy names and the tables of the
+///   enforced and staged policies together, `docs/staged-policies.md`); a version-2 proxy would
+///   refuse such a table (unknown field `staged`) and must not enforce a staged policy it could
+///   not tell apart, so it refuses the stream at the hello instead, and keeps its last table.
+pub const VERSION: u32 = 3;
 
 /// The response's content type.
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
@@ -345,7 +349,7 @@ mod tests {
 
     fn started() -> Decoder {
         let mut d = Decoder::new();
-        d.decode(br#"{"hello":{"v":2}}"#).expect("hello");
+        d.decode(br#"{"hello":{"v":3}}"#).expect("hello");
         d
     }
 
@@ -367,7 +371,7 @@ mod tests {
             .iter()
             .map(|l| String::from_utf8(l.encode().unwrap()).unwrap())
             .collect();
-        assert_eq!(text[0], "{\"hello\":{\"v\":2}}\n");
+        assert_eq!(text[0], "{\"hello\":{\"v\":3}}\n");
         assert!(text[1].starts_with(r#"{"table":{"generation":12,"table":{"namespace":"shop""#));
         assert_eq!(text[2], "{\"table\":{\"generation\":13,\"table\":null}}\n");
         assert_eq!(
@@ -400,10 +404,10 @@ mod tests {
             .expect_err("the unversioned format");
         assert_eq!(err.reason(), "no_hello");
         let err = Decoder::new()
-            .decode(br#"{"hello":{"v":3,"features":["services"]}}"#)
+            .decode(br#"{"hello":{"v":4,"features":["services"]}}"#)
             .expect_err("newer");
-        assert_eq!(err, WireError::UnsupportedVersion { got: 3 });
-        assert!(err.to_string().contains("version 3"), "{err}");
+        assert_eq!(err, WireError::UnsupportedVersion { got: 4 });
+        assert!(err.to_string().contains("version 4"), "{err}");
         assert_eq!(
             Decoder::new()
                 .decode(br#"{"hello":{"v":0}}"#)
@@ -413,7 +417,7 @@ mod tests {
         );
         let mut d = started();
         assert_eq!(
-            d.decode(br#"{"hello":{"v":2}}"#).expect_err("twice"),
+            d.decode(br#"{"hello":{"v":3}}"#).expect_err("twice"),
             WireError::RepeatedHello
         );
     }
@@ -533,7 +537,7 @@ mod tests {
             .expect_err("older controller");
         assert_eq!(err, WireError::UnsupportedVersion { got: 1 });
         assert_eq!(err.reason(), "version");
-        // This controller meets a version-1 proxy: its hello says 2, which such a proxy's check
+        // This controller meets a version-1 proxy: its hello says 3, which such a proxy's check
         // (`v != 1`) refuses, so it never reads a tiered table it could not understand.
         let hello = serde_json::to_string(&Line::Hello(Hello::current())).unwrap();
         assert_ne!(hello_version(hello.as_bytes()).unwrap(), 1);
@@ -567,5 +571,57 @@ mod tests {
             "{text}"
         );
         assert_eq!(d.decode(text.as_bytes()).unwrap(), line);
+    }
+
+    /// A table with a staged part: the staged policy names and a combined ingress table.
+    fn staged_table() -> Arc<PodTable> {
+        use portcullis_policy::StagedTables;
+        let mut t = (*tiered_table()).clone();
+        let mut combined = t.ingress.clone();
+        combined.isolated_by = Arc::from(vec![Arc::from("shop/deny-all")]);
+        t.staged = Some(Box::new(StagedTables {
+            policies: Arc::from(vec![Arc::from("shop/deny-all")]),
+            ingress: Some(combined),
+            egress: None,
+        }));
+        Arc::new(t)
+    }
+
+    #[test]
+    fn staged_tables_round_trip() {
+        let mut d = started();
+        let line = Line::Table(TableUpdate {
+            generation: 4,
+            table: Some(staged_table()),
+        });
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(
+            text.contains(r#""staged":{"policies":["shop/deny-all"],"ingress":{"isolated_by":["shop/deny-all"]"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#""egress":null"#),
+            "an unchanged direction is left out"
+        );
+        assert_eq!(d.decode(text.as_bytes()).unwrap(), line);
+        // A table with nothing staged has no `staged` key: version 2's shape.
+        let plain = serde_json::to_string(&*tiered_table()).unwrap();
+        assert!(!plain.contains("staged"), "{plain}");
+    }
+
+    #[test]
+    fn a_version_2_proxy_refuses_staged_tables_at_the_hello() {
+        let hello = serde_json::to_string(&Line::Hello(Hello::current())).unwrap();
+        assert_ne!(hello_version(hello.as_bytes()).unwrap(), 2);
+        // And this proxy refuses a version-2 controller, keeping its last table.
+        let err = Decoder::new()
+            .decode(br#"{"hello":{"v":2}}"#)
+            .expect_err("older controller");
+        assert_eq!(err, WireError::UnsupportedVersion { got: 2 });
+        // Were a version-2 proxy to read on, its strict table refuses the unknown `staged`.
+        let mut staged = serde_json::to_value(&*staged_table()).unwrap();
+        assert!(staged.get("staged").is_some());
+        staged.as_object_mut().unwrap().remove("staged");
+        assert!(serde_json::from_value::<PodTable>(staged).is_ok());
     }
 }

@@ -139,6 +139,9 @@ pub struct ValidCnp {
     pub subject: PodSet,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// Annotated `portcullis.dev/staged: "true"`: compiled beside the enforced policies, never
+    /// enforced ([`crate::staged`]).
+    pub staged: bool,
 }
 
 impl ValidCnp {

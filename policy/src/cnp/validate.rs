@@ -86,6 +86,7 @@ pub fn validate(cnp: &ClusterNetworkPolicy, mode: Mode) -> Result<ValidCnp, Vec<
             subject,
             ingress,
             egress,
+            staged: crate::staged::is_staged(cnp.metadata.annotations.as_ref()),
         }),
         _ => Err(v.errors),
     }

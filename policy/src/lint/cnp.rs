@@ -109,6 +109,9 @@ pub fn check_cnps(cnps: &[SourcedCnp]) -> Vec<Finding> {
     }
     for (sc, v) in &valid {
         let object = object_of(sc);
+        if v.staged {
+            out.push(Finding::staged(&object));
+        }
         rule_warnings(v, &object, &mut out);
     }
     equal_priorities(&valid, &mut out);

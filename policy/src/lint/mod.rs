@@ -86,6 +86,8 @@ pub enum Check {
 
     /// A `v1alpha1` AdminNetworkPolicy or BaselineAdminNetworkPolicy: not read.
     AnpV1alpha1NotRead,
+    /// A policy annotated `portcullis.dev/staged: "true"`: evaluated, not enforced.
+    Staged,
 }
 
 impl Check {
@@ -112,6 +114,7 @@ impl Check {
             Check::CnpNotEnforced => "cnp-not-enforced",
 
             Check::AnpV1alpha1NotRead => "anp-v1alpha1-not-read",
+            Check::Staged => "staged",
         }
     }
 
@@ -140,11 +143,12 @@ impl Check {
             Check::CnpNotEnforced => "PC024",
 
             Check::AnpV1alpha1NotRead => "PC025",
+            Check::Staged => "PC026",
         }
     }
 
     /// Every check, in code order (for documentation and its test).
-    pub const ALL: [Check; 20] = [
+    pub const ALL: [Check; 21] = [
         Check::Invalid,
         Check::UnknownField,
         Check::NewerServerField,
@@ -165,6 +169,7 @@ impl Check {
         Check::CnpBaselinePass,
         Check::CnpNotEnforced,
         Check::AnpV1alpha1NotRead,
+        Check::Staged,
     ];
 }
 
@@ -205,6 +210,21 @@ impl Finding {
             field: e.field.clone(),
             message: e.message.clone(),
         }
+    }
+
+    /// A staged policy (`portcullis.dev/staged: "true"`): said, at note level, so that nobody
+    /// takes it for enforced.
+    pub(crate) fn staged(object: &ObjectRef) -> Self {
+        Finding::new(
+            Severity::Note,
+            Check::Staged,
+            object,
+            "metadata.annotations",
+            "staged (portcullis.dev/staged: \"true\"): evaluated but NOT enforced; proxies log \
+             connection_would_deny / connection_would_allow where it would change a verdict. \
+             Remove the annotation to enforce it."
+                .into(),
+        )
     }
 
     /// A problem known only as text (unreadable file, not YAML).
@@ -455,6 +475,30 @@ mod tests {
             let row = format!("| `{}` | `{}` |", check.code(), check.as_str());
             assert!(docs.contains(&row), "docs/cli.md lacks {row}");
         }
+    }
+
+    #[test]
+    fn staged_policies_are_reported_as_notes() {
+        let found = lint(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  \
+             namespace: app\n  annotations: {portcullis.dev/staged: \"true\"}\nspec: {podSelector: {}}\n\
+             ---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+             metadata:\n  name: guard\n  annotations: {portcullis.dev/staged: \"true\"}\n\
+             spec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n  \
+             - {action: Deny, from: [{namespaces: {}}]}\n",
+        );
+        let staged: Vec<(&str, Severity)> = found
+            .iter()
+            .filter(|f| f.check == Check::Staged)
+            .map(|f| (f.object.as_ref().unwrap().name.as_str(), f.severity))
+            .collect();
+        assert_eq!(
+            staged,
+            [("guard", Severity::Note), ("deny-all", Severity::Note)]
+        );
+        assert!(found
+            .iter()
+            .any(|f| f.code == "PC026" && f.message.contains("NOT enforced")));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub fn check_cluster(cluster: &Cluster, declared_namespaces: &BTreeSet<String>) 
             continue; // compile reports it
         };
         let object = policy_ref(&policy, sp.source.as_deref());
+        if policy.staged {
+            out.push(Finding::staged(&object));
+        }
         ignored_rules(&sp.policy, &object, &mut out);
         valid.push((policy, object));
     }

@@ -241,6 +241,7 @@ mod tests {
             generation: 1,
             protocol: Protocol::Tcp,
             service: None,
+            staged_by: Vec::new(),
         }
     }
 

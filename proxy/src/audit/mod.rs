@@ -20,8 +20,11 @@ use portcullis_policy::{Direction, Protocol, Reason, Verdict};
 pub enum AuditEvent {
     /// Refused (enforce mode).
     Denied,
-    /// Allowed only because of audit mode.
+    /// Allowed only because of audit mode; or allowed, and a staged policy would deny it
+    /// (`staged_by` names it).
     WouldDeny,
+    /// Denied, and a staged policy would allow it (`staged_by` names it).
+    WouldAllow,
     /// An established connection closed because a new table denies it.
     Terminated,
     /// A connection to a Service port with no ready (or serving) endpoint: reset, and not a
@@ -34,6 +37,7 @@ impl AuditEvent {
         match self {
             AuditEvent::Denied => log::audit_event::DENIED,
             AuditEvent::WouldDeny => log::audit_event::WOULD_DENY,
+            AuditEvent::WouldAllow => log::audit_event::WOULD_ALLOW,
             AuditEvent::Terminated => log::audit_event::TERMINATED,
             AuditEvent::NoEndpoints => log::audit_event::NO_ENDPOINTS,
         }
@@ -58,6 +62,9 @@ pub struct AuditRecord {
     pub protocol: Protocol,
     /// Set when the connection was for a Service's virtual IP.
     pub service: Option<ServiceNote>,
+    /// The staged policies (`,`-separated) whose verdict this line reports; `None` on every
+    /// line but a staged `connection_would_deny`/`connection_would_allow`.
+    pub staged_by: Vec<String>,
 }
 
 /// What an audit line says about a connection to a Service's virtual IP.
@@ -174,6 +181,7 @@ impl AuditLine {
             service_port: service.map(|_| r.destination.port()),
             backend: service.and_then(|s| s.backend).map(|b| b.to_string()),
             endpoints_refused: service.map(|s| s.refused.clone()).unwrap_or_default(),
+            staged_by: r.staged_by.clone(),
             policy_generation: r.generation,
             count: self.count,
             aggregated: self.aggregated,

@@ -187,6 +187,16 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
             &service,
         );
     }
+    let record = |event, verdict| AuditRecord {
+        event,
+        verdict,
+        peer_pod: peer_pod.clone(),
+        ..flow_record(ctx, &flow, direction, snapshot.generation)
+    };
+    if let (Some(d), None) = (&decision, &service) {
+        let key = (peer, flow.destination.port(), flow.protocol);
+        crate::staged::report(&ctx.audit, &snapshot.table, d.verdict(), key, record);
+    }
     let (event, verdict, accept) = match &decision {
         None => {
             count_flow_refused(direction, flow.protocol, "no_endpoints");
@@ -213,16 +223,8 @@ pub fn judge(ctx: &Context, hook: u8, payload: &[u8]) -> Verdict {
         }
     };
     ctx.audit.record(AuditRecord {
-        event,
-        direction,
-        source: flow.source,
-        destination: flow.destination,
-        peer_pod,
-        pod: ctx.pod.clone(),
-        verdict,
         service,
-        generation: snapshot.generation,
-        protocol: flow.protocol,
+        ..record(event, verdict)
     });
     if accept {
         Verdict::Accept
@@ -299,6 +301,24 @@ fn record_flow(
         k.with_peer_pod(peer_pod.clone())
             .with_service(service.as_ref().map(|s| s.service.clone()))
     }));
+}
+
+/// The audit line of a queued flow, without peer name, verdict or Service (`connection_denied`
+/// until the caller says otherwise).
+fn flow_record(ctx: &Context, flow: &Flow, direction: Direction, generation: u64) -> AuditRecord {
+    AuditRecord {
+        event: AuditEvent::Denied,
+        direction,
+        source: flow.source,
+        destination: flow.destination,
+        peer_pod: None,
+        pod: ctx.pod.clone(),
+        verdict: None,
+        service: None,
+        generation,
+        protocol: flow.protocol,
+        staged_by: Vec::new(),
+    }
 }
 
 #[cfg(test)]

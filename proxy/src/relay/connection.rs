@@ -114,6 +114,14 @@ fn plan(ctx: &Context, route: &Route, snapshot: &Snapshot) -> Option<Target> {
             .map(|k| k.with_peer_pod(peer_pod)),
         );
     }
+    let flow = (route.peer(), route.port(), Protocol::Tcp);
+    crate::staged::report(
+        &ctx.audit,
+        &snapshot.table,
+        decision.verdict(),
+        flow,
+        |e, v| audit_record(ctx, route, snapshot, v, e),
+    );
     if !admit(ctx, route, snapshot, &decision, None) {
         return None;
     }
@@ -354,5 +362,6 @@ pub fn audit_record(
         generation: snapshot.generation,
         protocol: portcullis_policy::Protocol::Tcp,
         service: None,
+        staged_by: Vec::new(),
     }
 }

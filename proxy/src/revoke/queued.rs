@@ -154,6 +154,7 @@ pub fn sweep(ctx: &Context, pod_ips: &[IpAddr]) -> io::Result<usize> {
             service: flow.service,
             generation: snapshot.generation,
             protocol: entry.protocol,
+            staged_by: Vec::new(),
         });
     }
     Ok(revoked)

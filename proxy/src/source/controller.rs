@@ -470,7 +470,7 @@ mod stream_tests {
         format!("{:x}\r\n{line}\n\r\n", line.len() + 1)
     }
 
-    const HELLO: &str = r#"{"hello":{"v":2}}"#;
+    const HELLO: &str = r#"{"hello":{"v":3}}"#;
     const PEERS: &str = r#"{"peers":{"version":3,"names":{"10.0.0.9":"x/db"}}}"#;
     const SERVICES: &str = r#"{"services":{"version":1,"services":{}}}"#;
 
@@ -643,7 +643,7 @@ mod stream_tests {
                 r#"{"peers_delta":{"version":4,"set":{"10.0.0.9":"x/other"},"remove":[],"ttl":5}}"#
                     .to_string(),
             ),
-            ("a second hello", r#"{"hello":{"v":2}}"#.to_string()),
+            ("a second hello", r#"{"hello":{"v":3}}"#.to_string()),
             (
                 "the unversioned format",
                 r#"{"generation":9,"table":null}"#.to_string(),
@@ -690,7 +690,7 @@ mod stream_tests {
         let (addr, server) = stand_in(vec![
             vec![send(HELLO), send(&table_line(7, "a")), send(PEERS)],
             vec![
-                send(r#"{"hello":{"v":3,"features":["services"]}}"#),
+                send(r#"{"hello":{"v":4,"features":["services"]}}"#),
                 send(&table_line(8, "b")),
                 send(PEERS),
             ],
