@@ -71,12 +71,23 @@ pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
             let _ = write!(out, " {to:>w$}", w = to.len().max(3));
         }
         out.push('\n');
+        let columns: Vec<(Option<usize>, Option<usize>, usize)> = pods
+            .iter()
+            .map(|to| {
+                let at = |m: &portcullis_policy::matrix::MatrixIndex| m.position(to);
+                (at(&cells), expected.as_ref().and_then(at), to.len().max(3))
+            })
+            .collect();
         for from in &pods {
             let _ = write!(out, "{from:width$}");
-            for to in &pods {
-                let w = to.len().max(3);
-                let cell = cells.get(from, to, probe);
-                let predicted = expected.as_ref().and_then(|m| m.get(from, to, probe));
+            let row = cells.row(from, probe).unwrap_or_default();
+            let predicted_row = expected
+                .as_ref()
+                .and_then(|m| m.row(from, probe))
+                .unwrap_or_default();
+            for &(at, predicted_at, w) in &columns {
+                let cell = at.and_then(|i| row.get(i).copied().flatten());
+                let predicted = predicted_at.and_then(|i| predicted_row.get(i).copied().flatten());
                 let (text, colour) = match (cell, predicted) {
                     (None, _) => ("-", ""),
                     (Some(c), Some(p)) if c.allowed != p.allowed => ("!", YELLOW),
@@ -84,16 +95,11 @@ pub fn grids(matrix: &Matrix, compare: Option<&Matrix>, color: bool) -> String {
                     (Some(c), _) if c.allowed => (".", GREEN),
                     (Some(_), _) => ("X", RED),
                 };
-                let padded = format!("{text:>w$}");
-                let _ = write!(
-                    out,
-                    " {}",
-                    if colour.is_empty() {
-                        padded
-                    } else {
-                        paint(&padded, colour, color)
-                    }
-                );
+                if colour.is_empty() || !color {
+                    let _ = write!(out, " {text:>w$}");
+                } else {
+                    let _ = write!(out, " {}", paint(&format!("{text:>w$}"), colour, color));
+                }
             }
             out.push('\n');
         }

@@ -197,20 +197,44 @@ impl Matrix {
     }
 
     /// Every cell by (from, to, probe), for looking many up: building it is linear in the cells,
-    /// and each look-up constant ([`Matrix::get`] scans).
+    /// and each look-up constant ([`Matrix::get`] scans). Dense: one slot per (probe, from, to)
+    /// over the pods and probes that occur, so a grid of 2,000 pods reads it by position.
     pub fn index(&self) -> MatrixIndex<'_> {
-        MatrixIndex(
-            self.probes
-                .iter()
-                .map(|p| {
-                    let probe = Probe {
-                        port: p.port,
-                        protocol: p.protocol,
-                    };
-                    ((p.from.as_str(), p.to.as_str(), probe), p)
+        let mut pods: HashMap<&str, usize> = HashMap::new();
+        let mut probes: HashMap<Probe, usize> = HashMap::new();
+        for p in &self.probes {
+            for name in [p.from.as_str(), p.to.as_str()] {
+                let next = pods.len();
+                pods.entry(name).or_insert(next);
+            }
+            let next = probes.len();
+            probes
+                .entry(Probe {
+                    port: p.port,
+                    protocol: p.protocol,
                 })
-                .collect(),
-        )
+                .or_insert(next);
+        }
+        let n = pods.len();
+        let mut cells = vec![None; probes.len() * n * n];
+        let mut last_from: Option<(&str, usize)> = None;
+        for p in &self.probes {
+            let from = match last_from {
+                Some((name, i)) if name == p.from => i,
+                _ => pods[p.from.as_str()],
+            };
+            last_from = Some((p.from.as_str(), from));
+            let probe = probes[&Probe {
+                port: p.port,
+                protocol: p.protocol,
+            }];
+            cells[(probe * n + from) * n + pods[p.to.as_str()]] = Some(p);
+        }
+        MatrixIndex {
+            pods,
+            probes,
+            cells,
+        }
     }
 
     /// The pods in the matrix, in order.
@@ -250,11 +274,33 @@ impl Matrix {
     }
 }
 
-/// The cells of a [`Matrix`] by (from, to, probe).
-pub struct MatrixIndex<'a>(HashMap<(&'a str, &'a str, Probe), &'a ProbeResult>);
+/// The cells of a [`Matrix`] by (from, to, probe): [`Matrix::index`].
+pub struct MatrixIndex<'a> {
+    pods: HashMap<&'a str, usize>,
+    probes: HashMap<Probe, usize>,
+    /// `(probe * n + from) * n + to`, `n` pods.
+    cells: Vec<Option<&'a ProbeResult>>,
+}
 
 impl<'a> MatrixIndex<'a> {
     pub fn get(&self, from: &str, to: &str, probe: Probe) -> Option<&'a ProbeResult> {
-        self.0.get(&(from, to, probe)).copied()
+        let n = self.pods.len();
+        let (from, to) = (*self.pods.get(from)?, *self.pods.get(to)?);
+        let probe = *self.probes.get(&probe)?;
+        self.cells[(probe * n + from) * n + to]
+    }
+
+    /// The cells of one probe from one pod, by destination: look the destinations up once with
+    /// [`MatrixIndex::position`], then read rows without hashing.
+    pub fn row(&self, from: &str, probe: Probe) -> Option<&[Option<&'a ProbeResult>]> {
+        let n = self.pods.len();
+        let (from, probe) = (*self.pods.get(from)?, *self.probes.get(&probe)?);
+        let start = (probe * n + from) * n;
+        self.cells.get(start..start + n)
+    }
+
+    /// A pod's position in every [`MatrixIndex::row`].
+    pub fn position(&self, pod: &str) -> Option<usize> {
+        self.pods.get(pod).copied()
     }
 }
