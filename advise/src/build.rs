@@ -182,7 +182,7 @@ fn unique_name(taken: &mut BTreeSet<(String, String)>, namespace: &str, base: &s
 fn meta(namespace: &str, name: &str, options: &Options) -> ObjectMeta {
     let mut annotations = BTreeMap::new();
     if options.staged {
-        annotations.insert(keys::STAGED.to_string(), "true".to_string());
+        annotations.insert(keys::STAGED.to_string(), keys::STAGED_TRUE.to_string());
     }
     ObjectMeta {
         name: Some(name.to_string()),

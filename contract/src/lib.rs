@@ -113,9 +113,6 @@ pub mod keys {
     pub const STAGED_TRUE: &str = "true";
     /// Namespace only: privileged ephemeral containers are admitted, with a warning.
     pub const ALLOW_PRIVILEGED_DEBUG: &str = "portcullis.dev/allow-privileged-debug";
-    /// On a NetworkPolicy or ClusterNetworkPolicy, `"true"`: staged, evaluated and reported
-    /// (`connection_would_deny` / `connection_would_allow`) but not enforced.
-    pub const STAGED: &str = "portcullis.dev/staged";
     /// Written by `portcullis advise` on the policies it writes: how many flow records of which
     /// window they come from.
     pub const ADVISED_FROM: &str = "portcullis.dev/advised-from";

@@ -83,6 +83,7 @@ fn full_audit_line() -> AuditLine {
         service_port: Some(80),
         backend: some("10.0.0.2:8080"),
         endpoints_refused: vec!["10.0.0.2:8080 (y/b): denied".into()],
+        staged_by: vec!["x/stage-deny".into()],
         policy_generation: 3,
         count: 1,
         aggregated: false,

@@ -94,7 +94,8 @@ pub fn compare(
             restart(topo, proxies, on)?;
             for (i, p) in paths.iter().enumerate() {
                 let fails = std::sync::Arc::new(Failures::default());
-                let cps = workload::connection_rate(&p.ns, p.echo, 4, budget.duration, &fails)?;
+                let cps =
+                    workload::connection_rate(&p.ns, p.echo, 4, budget.duration, &fails)?.per_s;
                 let lat = workload::latency(&p.ns, p.echo, budget.latency_rounds)
                     .with_context(|| format!("{}: latency", p.name))?;
                 samples[usize::from(on)][i].push((cps, lat.p50_us, lat.p99_us));

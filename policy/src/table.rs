@@ -280,7 +280,14 @@ impl PodTable {
         protocol: Protocol,
         learned: &dyn Learned,
     ) -> Verdict {
-        self.decide(self.direction(direction), direction, peer, port, protocol, learned)
+        self.decide(
+            self.direction(direction),
+            direction,
+            peer,
+            port,
+            protocol,
+            learned,
+        )
     }
 
     /// [`PodTable::check`]'s decision with one direction's table: the enforced one, or the

@@ -255,6 +255,7 @@ mod tests {
                 generation: 1,
                 protocol: Protocol::Tcp,
                 service: None,
+                staged_by: Vec::new(),
             },
             count: 1,
             aggregated: false,
